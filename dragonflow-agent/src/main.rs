@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", dragonflow_agent::datapath::EBPF_OBJECT.len());
+}

@@ -1,0 +1,1 @@
+//! The northbound model stored in etcd.

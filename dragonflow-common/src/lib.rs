@@ -1,0 +1,28 @@
+//! Facts shared by the kernel programs (`dragonflow-ebpf`) and the agent: map names and
+//! capacities, `#[repr(C)]` key/value layouts, drop reasons, counters and ring-buffer
+//! events. Every layout carries a `const` size assertion: a change here that is not made
+//! on both sides fails to compile instead of corrupting maps at run time.
+//!
+//! A layout change of a pinned map must also change its name (see [`maps`]): a restarted
+//! agent adopts pinned maps by name, and must never reinterpret old bytes.
+#![no_std]
+
+pub mod addr;
+pub mod event;
+pub mod maps;
+pub mod port;
+pub mod verdict;
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` lets the agent read and write these types in maps.
+    //! SAFETY: every type here is `#[repr(C)]`, `Copy`, made of integers and byte arrays,
+    //! with explicit padding, so any bit pattern is valid.
+    use crate::{addr, event, port};
+    unsafe impl aya::Pod for addr::AddrKey {}
+    unsafe impl aya::Pod for addr::AddrValue {}
+    unsafe impl aya::Pod for addr::MacKey {}
+    unsafe impl aya::Pod for port::PortConfig {}
+    unsafe impl aya::Pod for event::GarpEvent {}
+    unsafe impl aya::Pod for event::GarpRateKey {}
+}

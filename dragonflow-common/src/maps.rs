@@ -1,0 +1,71 @@
+//! Map names and capacities. Names are what the maps are pinned under in
+//! `<pin_root>/dragonflow/<chassis>/`; bump the `_vN` suffix when a layout changes.
+//! BPF object names are limited to 15 characters.
+
+/// ifindex (u32) → [`crate::port::PortConfig`]. A tap with no entry is dropped (fail closed).
+pub const PORTS: &str = "df_ports_v1";
+pub const PORTS_MAX: u32 = 65_536;
+
+/// [`crate::addr::AddrKey`] → [`crate::addr::AddrValue`]: exact (ifindex, MAC, IP) pairs a
+/// port may send from: the fixed pairs, the single-IP AAPs and the IPv6 link-local
+/// addresses derived from the allowed MACs.
+pub const ADDRS: &str = "df_addrs_v1";
+pub const ADDRS_MAX: u32 = 262_144;
+
+/// LPM trie over [`crate::addr::AddrKey`] for CIDR allowed address pairs. The key's fixed
+/// part (ifindex, MAC, family) is matched exactly by adding [`crate::addr::LPM_FIXED_BITS`]
+/// to the prefix length. Consulted only for ports flagged
+/// [`crate::port::PORT_F_CIDR_AAP`].
+pub const CIDRS: &str = "df_cidrs_v1";
+pub const CIDRS_MAX: u32 = 65_536;
+
+/// [`crate::addr::MacKey`] → u32 flags: every MAC a port may send from. Consulted on the
+/// slow path only, to tell a spoofed MAC from a spoofed IP, and for frames without an IP
+/// source (DHCPDISCOVER, DAD, ARP probes).
+pub const MACS: &str = "df_macs_v1";
+pub const MACS_MAX: u32 = 131_072;
+
+/// Per-CPU u64 counters indexed by [`crate::verdict::stat_index`].
+pub const STATS: &str = "df_stats_v1";
+
+/// Ring buffer of [`crate::event::GarpEvent`].
+pub const GARP_EVENTS: &str = "df_garp_ev_v1";
+pub const GARP_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// LRU [`crate::event::GarpRateKey`] → u64 last event time (ns, bpf_ktime_get_ns): the
+/// per (port, IP) rate limit of GARP events.
+pub const GARP_RATE: &str = "df_garp_rl_v1";
+pub const GARP_RATE_MAX: u32 = 65_536;
+
+/// Every map the agent pins and adopts, in one list (for cleanup and metrics).
+pub const ALL: &[&str] = &[PORTS, ADDRS, CIDRS, MACS, STATS, GARP_EVENTS, GARP_RATE];
+
+/// Capacity of a map by name, for fill-level metrics (`None` for arrays/ring buffers).
+pub fn capacity(name: &str) -> Option<u32> {
+    match name {
+        PORTS => Some(PORTS_MAX),
+        ADDRS => Some(ADDRS_MAX),
+        CIDRS => Some(CIDRS_MAX),
+        MACS => Some(MACS_MAX),
+        GARP_RATE => Some(GARP_RATE_MAX),
+        _ => None,
+    }
+}
+
+/// Program names in the object (the Rust function names of the entry points).
+pub mod progs {
+    /// The from-VM pipeline attached as XDP on a tap.
+    pub const FROM_VM_XDP: &str = "df_from_vm_xdp";
+    /// The same pipeline attached as TC (tcx ingress) on a tap.
+    pub const FROM_VM_TC: &str = "df_from_vm_tc";
+    /// tcx ingress companion of the XDP hook on veth taps: drops frames whose 802.1Q tag
+    /// was offloaded into skb metadata, which an XDP program cannot see.
+    pub const VLAN_GUARD_TC: &str = "df_vlan_guard";
+}
+
+/// Load-time globals (`EbpfLoader::set_global`), read-only in the datapath.
+pub mod globals {
+    /// Minimum interval between two GARP events for the same (port, IP), in ns.
+    pub const GARP_MIN_INTERVAL_NS: &str = "GARP_MIN_INTERVAL_NS";
+    pub const GARP_MIN_INTERVAL_NS_DEFAULT: u64 = 200_000_000;
+}

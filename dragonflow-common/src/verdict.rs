@@ -1,0 +1,159 @@
+//! Every outcome of the datapath, counted. Drop reasons are one enum; a retired reason
+//! keeps its number reserved (never reuse a value: dashboards and pinned counters key on it).
+//!
+//! Counters live in one per-CPU array ([`crate::maps::STATS`]) of `u64` packet counts,
+//! indexed by [`stat_index`]: `direction * STATS_PER_DIR + slot`, where drop reasons take
+//! slots `0..64`, allowed paths `64..96` and event outcomes `96..128`.
+
+/// Where the packet was going.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent by a local VM (tap ingress).
+    FromVm = 0,
+    /// Delivered to a local VM (destination-side policy).
+    ToVm = 1,
+}
+pub const DIRECTIONS: [Direction; 2] = [Direction::FromVm, Direction::ToVm];
+
+impl Direction {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::FromVm => "from_vm",
+            Direction::ToVm => "to_vm",
+        }
+    }
+}
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $n:literal => $s:literal,)* }) => {
+        $(#[$m])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$vm])* $v = $n,)* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// Stable snake_case name, used as the metrics label.
+            pub const fn name(self) -> &'static str { match self { $($name::$v => $s,)* } }
+            pub fn from_u32(v: u32) -> Option<Self> { match v { $($n => Some($name::$v),)* _ => None } }
+        }
+    };
+}
+
+named_enum! {
+    /// Why a frame was dropped. ATTACKS.md rows in brackets.
+    DropReason {
+        /// No port is known for this tap yet (fail closed until the agent fills the maps).
+        UnknownPort = 1 => "unknown_port",
+        /// Shorter than an Ethernet header [13].
+        EthTruncated = 2 => "eth_truncated",
+        /// 802.1Q/802.1ad/QinQ or priority tag, in the frame or in skb metadata [9].
+        VlanTagged = 3 => "vlan_tagged",
+        /// Not IPv4, IPv6 or ARP (LLDP, PPPoE, MPLS, …) [12].
+        BadEthertype = 4 => "bad_ethertype",
+        /// Source MAC is neither the port's nor an allowed address pair's [1, 8].
+        SrcMacSpoof = 5 => "src_mac_spoof",
+        /// Source IP not among the fixed IPs / AAPs for that source MAC [2].
+        SrcIpSpoof = 6 => "src_ip_spoof",
+        /// ARP with htype≠1, ptype≠IPv4, hlen≠6, plen≠4, unknown op or truncated [13].
+        ArpMalformed = 7 => "arp_malformed",
+        /// ARP sender hardware address ≠ Ethernet source [3].
+        ArpShaMismatch = 8 => "arp_sha_mismatch",
+        /// ARP (sha, spa) is not an allowed pair [3, 4].
+        ArpSpoof = 9 => "arp_spoof",
+        /// ARP probe (spa 0.0.0.0) from a MAC other than the port's [3].
+        ArpProbeSpoof = 10 => "arp_probe_spoof",
+        /// IPv4 with ihl<5, ihl*4>tot_len, tot_len>frame, or truncated [11, 13].
+        Ipv4Malformed = 11 => "ipv4_malformed",
+        /// IPv6 header truncated or payload length beyond the frame [13].
+        Ipv6Malformed = 12 => "ipv6_malformed",
+        /// TCP/UDP/ICMP header truncated, TCP doff<5 [13].
+        L4Malformed = 13 => "l4_malformed",
+        /// DHCP server reply (UDP 67→68) from a VM [7].
+        DhcpServer = 14 => "dhcp_server",
+        /// DHCPv6 server reply (UDP 547→546) from a VM [7].
+        Dhcpv6Server = 15 => "dhcpv6_server",
+        /// ICMPv6 router advertisement (or redirect) from a VM, anywhere in the header chain [6].
+        RouterAdvert = 16 => "router_advert",
+        /// NS/NA target or link-layer option not the port's, DAD for a foreign address [5].
+        NdSpoof = 17 => "nd_spoof",
+        /// Neighbour discovery in a fragment (RFC 6980), or an IPv6 first fragment without
+        /// the full header chain, or a chain longer than we parse [6, 10].
+        Ipv6HeaderChain = 18 => "ipv6_header_chain",
+        /// Source 0.0.0.0 that is not a DHCPDISCOVER/REQUEST with chaddr = port MAC [2].
+        DhcpClientSpoof = 19 => "dhcp_client_spoof",
+    }
+}
+
+named_enum! {
+    /// Frames allowed, by the path that allowed them.
+    PassPath {
+        /// Port security disabled on the port.
+        NoPortSecurity = 0 => "no_port_security",
+        Ipv4 = 1 => "ipv4",
+        Ipv6 = 2 => "ipv6",
+        Arp = 3 => "arp",
+        /// DHCPDISCOVER/REQUEST from 0.0.0.0 with chaddr = port MAC.
+        DhcpDiscover = 4 => "dhcp_discover",
+        /// IPv6 NS/NA that passed the target and link-layer checks.
+        Nd = 5 => "nd",
+        /// DAD NS or MLD report from :: (RFC 4862).
+        Ipv6Unspecified = 6 => "ipv6_unspecified",
+    }
+}
+
+named_enum! {
+    /// What happened to GARP events.
+    EventStat {
+        /// Pushed to the ring buffer.
+        GarpSent = 0 => "garp_sent",
+        /// Suppressed by the per (port, IP) rate limit.
+        GarpRateLimited = 1 => "garp_rate_limited",
+        /// The ring buffer was full: the event is lost (the frame is still forwarded).
+        GarpRingFull = 2 => "garp_ring_full",
+    }
+}
+
+pub const STATS_PER_DIR: u32 = 128;
+pub const STATS_LEN: u32 = STATS_PER_DIR * 2;
+const DROP_BASE: u32 = 0;
+const PASS_BASE: u32 = 64;
+const EVENT_BASE: u32 = 96;
+
+/// One counter slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    Drop(DropReason),
+    Pass(PassPath),
+    Event(EventStat),
+}
+
+/// Index into [`crate::maps::STATS`].
+#[inline(always)]
+pub const fn stat_index(dir: Direction, stat: Stat) -> u32 {
+    let slot = match stat {
+        Stat::Drop(r) => DROP_BASE + r as u32,
+        Stat::Pass(p) => PASS_BASE + p as u32,
+        Stat::Event(e) => EVENT_BASE + e as u32,
+    };
+    dir as u32 * STATS_PER_DIR + slot
+}
+
+const _: () = {
+    // Every enum must fit its slot range.
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!((DropReason::ALL[i] as u32) < PASS_BASE - DROP_BASE);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < PassPath::ALL.len() {
+        assert!((PassPath::ALL[i] as u32) < EVENT_BASE - PASS_BASE);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < EventStat::ALL.len() {
+        assert!((EventStat::ALL[i] as u32) < STATS_PER_DIR - EVENT_BASE);
+        i += 1;
+    }
+};

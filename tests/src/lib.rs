@@ -1,0 +1,1 @@
+//! Test harness: network namespaces, etcd and agent processes, packet tools.
