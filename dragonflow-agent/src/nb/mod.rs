@@ -1,1 +1,9 @@
-//! The northbound model stored in etcd.
+//! The northbound model stored in etcd (DESIGN.md §3): JSON values under a prefix
+//! (default `/dragonflow/`), shaped after Neutron/Dragonflow objects so operators
+//! recognise them.
+
+pub mod addr;
+pub mod model;
+
+pub use addr::{IpPrefix, MacAddr};
+pub use model::*;

@@ -1,0 +1,158 @@
+//! NB objects as stored in etcd. Keys: `<prefix><kind>/<id>` (see [`Kind`]).
+//! Validation (Neutron's rules) lives in `validate.rs`; these types only describe shape.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{IpPrefix, MacAddr};
+
+/// How traffic for a shared allowed-address-pair IP is forwarded (the blueprint's two ways).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AapMode {
+    /// To every port that lists the IP.
+    #[default]
+    Broadcast,
+    /// Only to the port detected as active (GARP / ARP reply seen in the datapath).
+    Detection,
+}
+
+/// `chassis/<name>`: one hypervisor, written by its agent under an etcd lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chassis {
+    pub name: String,
+    /// Underlay address VXLAN tunnels to this chassis are sent to.
+    pub tunnel_ip: IpAddr,
+    #[serde(default)]
+    pub aap_mode: AapMode,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// `lswitch/<id>`: a logical switch (Neutron network).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LSwitch {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// VXLAN VNI (1..=16777215); also the network key in the datapath.
+    pub segmentation_id: u32,
+    /// MTU of the network (VM side); default 1450 leaves room for VXLAN on a 1500 underlay.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Per-network override of the agent's `aap_mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aap_mode: Option<AapMode>,
+}
+
+pub const fn default_mtu() -> u16 {
+    1450
+}
+
+/// `subnet/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub id: String,
+    pub lswitch: String,
+    pub cidr: IpPrefix,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ip: Option<IpAddr>,
+    /// 4 or 6; must match `cidr`.
+    pub ip_version: u8,
+}
+
+/// One allowed address pair (Neutron `allowed_address_pairs` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AllowedAddressPair {
+    /// An IP (a /32 or /128 host prefix) or a CIDR.
+    pub ip_address: IpPrefix,
+    /// Defaults to the port's MAC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<MacAddr>,
+}
+
+/// `lport/<id>`: a logical port (Neutron port).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LPort {
+    pub id: String,
+    pub lswitch: String,
+    pub mac: MacAddr,
+    #[serde(default)]
+    pub fixed_ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub allowed_address_pairs: Vec<AllowedAddressPair>,
+    #[serde(default = "default_true")]
+    pub port_security_enabled: bool,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Binding: the chassis hosting the VM (None = unbound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<String>,
+    /// Binding: the tap device name on that chassis (default: `tap` + first 11 chars of id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    #[serde(default)]
+    pub device_owner: String,
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+impl LPort {
+    /// The tap name on the hypervisor: the binding's `ifname`, else Neutron's convention
+    /// (`tap` + the first 11 characters of the port id, within IFNAMSIZ).
+    pub fn tap_name(&self) -> String {
+        match &self.ifname {
+            Some(n) => n.clone(),
+            None => format!("tap{}", self.id.chars().take(11).collect::<String>()),
+        }
+    }
+
+    /// The MAC an allowed address pair is used with.
+    pub fn aap_mac(&self, aap: &AllowedAddressPair) -> MacAddr {
+        aap.mac_address.unwrap_or(self.mac)
+    }
+}
+
+/// Object kinds and their etcd key segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Chassis,
+    LSwitch,
+    Subnet,
+    LPort,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Chassis, Kind::LSwitch, Kind::Subnet, Kind::LPort];
+
+    pub const fn segment(self) -> &'static str {
+        match self {
+            Kind::Chassis => "chassis",
+            Kind::LSwitch => "lswitch",
+            Kind::Subnet => "subnet",
+            Kind::LPort => "lport",
+        }
+    }
+
+    pub fn from_segment(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.segment() == s)
+    }
+}
+
+pub const DEFAULT_PREFIX: &str = "/dragonflow/";
+
+/// `<prefix><kind>/<id>`.
+pub fn key(prefix: &str, kind: Kind, id: &str) -> String {
+    format!("{prefix}{}/{id}", kind.segment())
+}
+
+/// Splits `<prefix><kind>/<id>` back into its parts; `None` for keys of other kinds.
+pub fn parse_key<'a>(prefix: &str, key: &'a str) -> Option<(Kind, &'a str)> {
+    let rest = key.strip_prefix(prefix)?;
+    let (seg, id) = rest.split_once('/')?;
+    Some((Kind::from_segment(seg)?, id))
+}
