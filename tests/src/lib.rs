@@ -1,1 +1,4 @@
-//! Test harness: network namespaces, etcd and agent processes, packet tools.
+//! Test harness: network namespaces, etcd and agent processes, packet tools, and
+//! BPF_PROG_TEST_RUN. Shared by the integration tests, the demo and the benchmarks.
+
+pub mod testrun;

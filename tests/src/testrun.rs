@@ -1,0 +1,1 @@
+//! BPF_PROG_TEST_RUN wrapper (verdict tables and micro-benchmarks).
