@@ -1,0 +1,612 @@
+//! Simulated hypervisors and VMs in network namespaces, with real etcd and real agent
+//! processes. Every object is a guard that removes what it made on `Drop`, also when the
+//! test panics, so a failed run leaves no namespace, link, mount or process behind.
+//!
+//! Topology (one [`Cloud`]):
+//!
+//! ```text
+//!   ns <p>-ul  (underlay)   br-ul 198.18.0.1/24, etcd on 198.18.0.1:2379
+//!      │ veth ul-<hv> ── eth-ul (198.18.0.1x/24)
+//!   ns <p>-<hv> (hypervisor) agent, bpffs pins, br-int (delivers allowed frames, issue 2)
+//!      │ tap<port>  (veth "tap": program on its ingress = what the VM sends)
+//!   ns <p>-<vm> (VM)        eth0 with the port's MAC and IPs
+//! ```
+//!
+//! Names: every namespace starts with `dft-` so `cargo xtask test` can sweep leftovers of a
+//! killed run; interface names stay within IFNAMSIZ (15).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Debian's python3 (it has python3-scapy); the PATH one may be a pyenv without scapy.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// The underlay address etcd listens on inside the underlay namespace.
+pub const ETCD_IP: &str = "198.18.0.1";
+pub const ETCD_PORT: u16 = 2379;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique prefix for one test's objects: `dft<pid%10000><seq>`.
+pub fn unique_prefix() -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("dft{}{}", std::process::id() % 10_000, n)
+}
+
+/// Runs a command, panicking with its output when it fails.
+#[track_caller]
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs `sh`-free argv given as one string split on whitespace (no quoting needed here).
+#[track_caller]
+pub fn cmd(line: &str) -> Output {
+    let mut it = line.split_whitespace();
+    let mut c = Command::new(it.next().expect("empty command"));
+    c.args(it);
+    run(&mut c)
+}
+
+/// Like [`cmd`] but returns the output whatever the exit status.
+pub fn try_cmd(line: &str) -> Output {
+    let mut it = line.split_whitespace();
+    let mut c = Command::new(it.next().expect("empty command"));
+    c.args(it);
+    c.output().unwrap_or_else(|e| panic!("spawn {line}: {e}"))
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what` and the last
+/// value seen. Readiness is always polled, never slept for.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Same as [`wait_for`] for a condition.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    wait_for(what, timeout, || f().then_some(()))
+}
+
+/// The directory holding the workspace's binaries for the profile the tests run under
+/// (`target/debug` for `cargo test`), built once per test process.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // current_exe = target/<profile>/deps/<test>-<hash>
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        // `cargo test -p tests` does not build the agent's binaries; make sure they are
+        // current (a no-op when they are).
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(["build", "--quiet", "-p", "dragonflow-agent", "--bins"]);
+        if release {
+            c.arg("--release");
+        }
+        c.current_dir(env!("CARGO_MANIFEST_DIR"));
+        run(&mut c);
+        dir
+    })
+}
+
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("dragonflow-agent")
+}
+
+pub fn dfctl_bin() -> PathBuf {
+    bin_dir().join("dfctl")
+}
+
+/// Path of a helper script in `tests/scripts/`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+/// A network namespace, deleted (with every process still in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        cmd(&format!("ip netns add {name}"));
+        let ns = Netns { name: name.to_string() };
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    /// `ip netns exec <ns> <argv>`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs a whitespace-separated command line in the namespace; panics on failure.
+    #[track_caller]
+    pub fn exec(&self, line: &str) -> Output {
+        let mut it = line.split_whitespace();
+        let mut c = self.command(it.next().expect("empty command"));
+        c.args(it);
+        run(&mut c)
+    }
+
+    /// Runs a command line in the namespace and returns its output whatever the status.
+    pub fn try_exec(&self, line: &str) -> Output {
+        let mut it = line.split_whitespace();
+        let mut c = self.command(it.next().expect("empty command"));
+        c.args(it);
+        c.output().unwrap_or_else(|e| panic!("spawn {line} in {}: {e}", self.name))
+    }
+
+    /// ifindex of a link in this namespace.
+    pub fn ifindex(&self, ifname: &str) -> u32 {
+        let out = self.exec(&format!("cat /sys/class/net/{ifname}/ifindex"));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("ifindex")
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (setns only moves the calling
+    /// thread), e.g. to open a TCP connection to a process listening inside it.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on a valid netns fd affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// HTTP GET from inside the namespace; `None` when nothing answers.
+    pub fn http_get(&self, addr: &str, path: &str) -> Option<(u16, String)> {
+        self.within(|| http_get(addr, path))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill whatever still runs inside (agents, etcd, pings) before deleting it.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Minimal HTTP/1.1 GET (the agent's metrics server speaks just enough HTTP).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Value of one Prometheus sample, `labels` given as `a="x",b="y"` in the exposition order;
+/// `None` if absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have: Vec<(&str, &str)> = rest
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+            .collect();
+        labels.iter().all(|want| have.contains(want)).then(|| value.parse().ok())?
+    })
+}
+
+/// A bpffs instance mounted where `ip netns exec`'d agents can see it (netns exec remounts
+/// /sys, hiding /sys/fs/bpf). Unmounting it releases everything pinned in it.
+pub struct Bpffs {
+    pub path: PathBuf,
+}
+
+impl Bpffs {
+    pub fn new(tag: &str) -> Self {
+        let path = PathBuf::from(format!("/run/dragonflow-test-{tag}"));
+        fs::create_dir_all(&path).expect("mkdir bpffs");
+        cmd(&format!("mount -t bpf bpf {}", path.display()));
+        Bpffs { path }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// A real etcd (Debian's etcd-server) in the underlay namespace with a temporary data dir.
+/// `stop`/`start` keep the data dir, to test an etcd outage.
+pub struct Etcd {
+    ns: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start_in(ns: &Netns) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-etcd", ns.name));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("etcd dir");
+        let mut e = Etcd { ns: ns.name.clone(), dir, child: None };
+        e.start();
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{ETCD_IP}:{ETCD_PORT}")
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "etcd already running");
+        let client = self.endpoint();
+        let peer = format!("http://{ETCD_IP}:{}", ETCD_PORT + 1);
+        let log = fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "etcd", "--name", "default"])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd (is etcd-server installed? run `cargo xtask setup`)");
+        self.child = Some(child);
+        let ns = Netns { name: self.ns.clone() };
+        let addr = format!("{ETCD_IP}:{ETCD_PORT}");
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until("etcd /health", Duration::from_secs(20), || {
+                ns.http_get(&addr, "/health").is_some_and(|(s, b)| s == 200 && b.contains("true"))
+            })
+        }));
+        std::mem::forget(ns); // not ours to delete
+        if let Err(e) = ok {
+            let log = fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+            eprintln!("etcd log:\n{log}");
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Which program hook the agent attaches to taps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    pub const BOTH: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// A hypervisor: a namespace joined to the underlay, with br-int and its own bpffs.
+pub struct Hypervisor {
+    pub name: String,
+    pub ns: Netns,
+    pub tunnel_ip: String,
+    pub bpffs: Bpffs,
+    pub metrics_addr: String,
+    agent: Option<Child>,
+    agent_log: PathBuf,
+    pub hook: Hook,
+    pub extra_agent_args: Vec<String>,
+}
+
+impl Hypervisor {
+    /// The agent's metrics endpoint inside the hypervisor namespace.
+    pub const METRICS: &str = "127.0.0.1:9465";
+
+    /// `GET /metrics` text (panics if the agent does not answer).
+    pub fn metrics(&self) -> String {
+        let (s, body) = self
+            .ns
+            .http_get(&self.metrics_addr, "/metrics")
+            .unwrap_or_else(|| panic!("agent on {} does not answer /metrics", self.name));
+        assert_eq!(s, 200, "/metrics status");
+        body
+    }
+
+    /// One datapath counter: drops by reason, or passes by path.
+    pub fn drops(&self, reason: &str) -> f64 {
+        metric(
+            &self.metrics(),
+            "dragonflow_datapath_packets_total",
+            &[("direction", "from_vm"), ("verdict", "drop"), ("reason", reason)],
+        )
+        .unwrap_or_else(|| panic!("no drop counter for reason {reason}"))
+    }
+
+    pub fn passes(&self, path: &str) -> f64 {
+        metric(
+            &self.metrics(),
+            "dragonflow_datapath_packets_total",
+            &[("direction", "from_vm"), ("verdict", "pass"), ("path", path)],
+        )
+        .unwrap_or_else(|| panic!("no pass counter for path {path}"))
+    }
+
+    /// Starts (or restarts) the agent process and waits for /healthz.
+    pub fn start_agent(&mut self, etcd_endpoint: &str) {
+        assert!(self.agent.is_none(), "agent already running on {}", self.name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.agent_log)
+            .expect("agent log");
+        let child = self
+            .ns
+            .command(agent_bin())
+            .args(["--chassis", &self.name, "--etcd-endpoints", etcd_endpoint])
+            .args(["--tunnel-ip", &self.tunnel_ip, "--hook", self.hook.as_str()])
+            .arg("--bpffs")
+            .arg(&self.bpffs.path)
+            .args(["--metrics-addr", &self.metrics_addr])
+            .args(&self.extra_agent_args)
+            .env("RUST_LOG", "info,dragonflow_agent=debug")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.agent = Some(child);
+        self.wait_healthy();
+    }
+
+    pub fn wait_healthy(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(c) = self.agent.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("agent on {} exited ({status}); log:\n{}", self.name, self.agent_log());
+            }
+            if self.ns.http_get(&self.metrics_addr, "/healthz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!("agent on {} not healthy after 30 s; log:\n{}", self.name, self.agent_log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL the agent (pins keep the datapath running).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            // `ip netns exec` execs the agent, so this pid is the agent itself.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        self.kill_agent();
+        if thread::panicking() {
+            eprintln!("---- agent log of {} ----\n{}", self.name, self.agent_log());
+        }
+        let _ = fs::remove_file(&self.agent_log);
+    }
+}
+
+/// A VM: a namespace whose eth0 is the far end of a tap in its hypervisor.
+pub struct Vm {
+    pub ns: Netns,
+    /// The tap's name in the hypervisor namespace.
+    pub tap: String,
+    pub mac: String,
+}
+
+/// A whole simulated cloud: underlay + etcd + hypervisors + VMs. Drop order: VMs, then
+/// hypervisors (agents, bpffs), then etcd and the underlay.
+pub struct Cloud {
+    pub prefix: String,
+    pub vms: Vec<Vm>,
+    pub hvs: Vec<Hypervisor>,
+    pub etcd: Etcd,
+    pub ul: Netns,
+}
+
+impl Cloud {
+    pub fn new() -> Self {
+        let prefix = unique_prefix();
+        let ul = Netns::new(&format!("{prefix}-ul"));
+        ul.exec("ip link add br-ul type bridge");
+        ul.exec(&format!("ip addr add {ETCD_IP}/24 dev br-ul"));
+        ul.exec("ip link set br-ul up");
+        let etcd = Etcd::start_in(&ul);
+        Cloud { prefix, vms: Vec::new(), hvs: Vec::new(), etcd, ul }
+    }
+
+    /// Adds a hypervisor `name` (namespace `<prefix>-<name>`) with underlay address
+    /// 198.18.0.(10+i) and br-int. Its agent is not started yet.
+    pub fn add_hypervisor(&mut self, name: &str, hook: Hook) -> usize {
+        let i = self.hvs.len();
+        let ns = Netns::new(&format!("{}-{name}", self.prefix));
+        let tunnel_ip = format!("198.18.0.{}", 10 + i);
+        let ul_if = format!("ul{}{i}", &self.prefix[3..]);
+        let ul_if: String = ul_if.chars().take(15).collect();
+        cmd(&format!("ip link add {ul_if} type veth peer name eth-ul netns {}", ns.name));
+        cmd(&format!("ip link set {ul_if} netns {}", self.ul.name));
+        self.ul.exec(&format!("ip link set {ul_if} master br-ul"));
+        self.ul.exec(&format!("ip link set {ul_if} up"));
+        ns.exec(&format!("ip addr add {tunnel_ip}/24 dev eth-ul"));
+        ns.exec("ip link set eth-ul up");
+        ns.exec("ip link add br-int type bridge");
+        ns.exec("ip link set br-int up");
+        let tag = format!("{}-{name}", self.prefix);
+        let bpffs = Bpffs::new(&tag);
+        let agent_log = std::env::temp_dir().join(format!("{tag}-agent.log"));
+        let _ = fs::remove_file(&agent_log);
+        self.hvs.push(Hypervisor {
+            name: name.to_string(),
+            ns,
+            tunnel_ip,
+            bpffs,
+            metrics_addr: Hypervisor::METRICS.to_string(),
+            agent: None,
+            agent_log,
+            hook,
+            extra_agent_args: Vec::new(),
+        });
+        i
+    }
+
+    pub fn start_agent(&mut self, hv: usize) {
+        let ep = self.etcd.endpoint();
+        self.hvs[hv].start_agent(&ep);
+    }
+
+    /// Adds a VM behind a veth "tap" `tap` on hypervisor `hv`, with `mac` and addresses
+    /// (`192.0.2.10/24`, `2001:db8::10/64`). The tap joins br-int. IPv6 DAD is disabled
+    /// so addresses are usable at once.
+    pub fn add_vm(&mut self, hv: usize, name: &str, tap: &str, mac: &str, addrs: &[&str]) -> usize {
+        let hvns = &self.hvs[hv].ns;
+        let ns = Netns::new(&format!("{}-{name}", self.prefix));
+        ns.exec("sysctl -qw net.ipv6.conf.all.accept_dad=0");
+        ns.exec("sysctl -qw net.ipv6.conf.default.accept_dad=0");
+        hvns.exec(&format!("ip link add {tap} type veth peer name eth0 netns {}", ns.name));
+        ns.exec(&format!("ip link set eth0 address {mac}"));
+        for a in addrs {
+            ns.exec(&format!("ip addr add {a} dev eth0 nodad"));
+        }
+        ns.exec("ip link set eth0 up");
+        hvns.exec(&format!("ip link set {tap} master br-int"));
+        hvns.exec(&format!("ip link set {tap} up"));
+        self.vms.push(Vm { ns, tap: tap.to_string(), mac: mac.to_string() });
+        self.vms.len() - 1
+    }
+
+    /// Runs `dfctl` against this cloud's etcd (from the underlay namespace); panics on
+    /// failure. Arguments are whitespace-separated.
+    #[track_caller]
+    pub fn dfctl(&self, args: &str) -> String {
+        let out = self.try_dfctl(args);
+        if !out.status.success() {
+            panic!(
+                "dfctl {args} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn try_dfctl(&self, args: &str) -> Output {
+        self.ul
+            .command(dfctl_bin())
+            .args(["--etcd-endpoints", &self.etcd.endpoint()])
+            .args(args.split_whitespace())
+            .output()
+            .expect("spawn dfctl")
+    }
+}
+
+impl Default for Cloud {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs a python3 (scapy) helper script from `tests/scripts/` inside a namespace.
+#[track_caller]
+pub fn python(ns: &Netns, script_name: &str, args: &[&str]) -> String {
+    let mut c = ns.command(PYTHON);
+    c.arg(script(script_name)).args(args);
+    String::from_utf8_lossy(&run(&mut c).stdout).into_owned()
+}
+
+/// `ping -c N -W 1 -i 0.05 ip` from a namespace; true when every reply came back.
+pub fn ping(ns: &Netns, ip: &str, count: u32) -> bool {
+    let six = if ip.contains(':') { "-6" } else { "-4" };
+    ns.try_exec(&format!("ping {six} -q -n -c {count} -i 0.05 -W 1 {ip}")).status.success()
+}
+
+/// Formats a list of lines for assertion messages.
+pub fn lines(v: &[String]) -> String {
+    let mut s = String::new();
+    for l in v {
+        let _ = writeln!(s, "  {l}");
+    }
+    s
+}
