@@ -4,6 +4,12 @@
 
 pub mod addr;
 pub mod model;
+pub mod store;
+pub mod validate;
 
 pub use addr::{IpPrefix, MacAddr};
 pub use model::*;
+pub use store::{NbStore, StoreError, Versioned};
+pub use validate::{
+    DecodeError, NbObject, NbRecord, ValidationError, ValidationOptions, decode, decode_with,
+};

@@ -1,0 +1,460 @@
+//! A small typed CRUD layer over etcd for NB objects (`<prefix><kind>/<id>` → JSON).
+//!
+//! - reads decode and validate ([`super::validate::decode_as`]); `list` keeps going past
+//!   malformed records and returns them separately so callers can log and count them;
+//! - writes validate first, so nothing this layer writes is refused by a reader;
+//! - `create` is put-if-absent (a txn comparing the key's version with 0), optionally
+//!   also requiring other keys to exist (a port's lswitch);
+//! - `update` is read-modify-write guarded by the key's `mod_revision`, retried when a
+//!   concurrent writer got there first.
+//!
+//! Every call is bounded by a timeout: etcd-client connects lazily and a request to an
+//! unreachable cluster otherwise waits forever. Watching is not here (the agent owns it);
+//! [`NbStore::client`] gives the underlying client for that.
+
+use std::{future::Future, time::Duration};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+
+use super::{
+    Kind, key,
+    validate::{DecodeError, NbRecord, ValidationError, ValidationOptions, decode_as},
+};
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of an [`NbStore::update`] before giving up on a key that keeps changing.
+pub const UPDATE_ATTEMPTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach etcd at {endpoints}: {source}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error(
+        "etcd at {endpoints} did not answer {op} within {}s; is it running and reachable?",
+        after.as_secs_f32()
+    )]
+    Timeout {
+        endpoints: String,
+        op: String,
+        after: Duration,
+    },
+    #[error("etcd at {endpoints}: {op} failed: {source}")]
+    Etcd {
+        endpoints: String,
+        op: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("{kind} {id}: {source}")]
+    Invalid {
+        kind: &'static str,
+        id: String,
+        #[source]
+        source: Box<ValidationError>,
+    },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("{kind} {id}: {dep_kind} {dep_id} does not exist")]
+    MissingDependency {
+        kind: &'static str,
+        id: String,
+        dep_kind: &'static str,
+        dep_id: String,
+    },
+    #[error(
+        "{kind} {id} kept changing under concurrent writers; gave up after {attempts} attempts"
+    )]
+    Conflict {
+        kind: &'static str,
+        id: String,
+        attempts: usize,
+    },
+}
+
+impl StoreError {
+    /// etcd could not be reached or failed (as opposed to a refused request).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connect { .. } | StoreError::Timeout { .. } | StoreError::Etcd { .. }
+        )
+    }
+}
+
+/// A record with the etcd revisions it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+    pub create_revision: i64,
+}
+
+/// The result of a [`NbStore::list`].
+#[derive(Debug)]
+pub struct Listing<T> {
+    /// Valid records, sorted by key.
+    pub items: Vec<Versioned<T>>,
+    /// Records that failed to parse or validate (skipped).
+    pub malformed: Vec<DecodeError>,
+    /// The store revision the listing reflects (watch from `revision + 1`).
+    pub revision: i64,
+}
+
+/// Typed access to the NB objects under one prefix.
+#[derive(Clone)]
+pub struct NbStore {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+    op_timeout: Duration,
+    opts: ValidationOptions,
+}
+
+impl NbStore {
+    /// Connects (lazily: the first request is the real test) with the default timeouts.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with_timeouts(
+            endpoints,
+            prefix,
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_OP_TIMEOUT,
+        )
+        .await
+    }
+
+    pub async fn connect_with_timeouts(
+        endpoints: &[String],
+        prefix: &str,
+        connect_timeout: Duration,
+        op_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let joined = endpoints.join(",");
+        let options = ConnectOptions::new()
+            .with_connect_timeout(connect_timeout)
+            .with_timeout(op_timeout)
+            .with_keep_alive(Duration::from_secs(10), connect_timeout);
+        let client = match tokio::time::timeout(
+            connect_timeout + op_timeout,
+            Client::connect(endpoints, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(source)) => {
+                return Err(StoreError::Connect {
+                    endpoints: joined,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    endpoints: joined,
+                    op: "connect".into(),
+                    after: connect_timeout + op_timeout,
+                });
+            }
+        };
+        Ok(Self {
+            client,
+            prefix: prefix.to_string(),
+            endpoints: joined,
+            op_timeout,
+            opts: ValidationOptions::default(),
+        })
+    }
+
+    /// Validation options used for reads and writes.
+    pub fn with_validation(mut self, opts: ValidationOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    pub fn validation(&self) -> &ValidationOptions {
+        &self.opts
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The underlying client (cheap to clone), e.g. for watches and leases.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// `<prefix><kind>/<id>`.
+    pub fn key(&self, kind: Kind, id: &str) -> String {
+        key(&self.prefix, kind, id)
+    }
+
+    /// `<prefix><kind>/`, the range of one kind.
+    pub fn kind_prefix(&self, kind: Kind) -> String {
+        format!("{}{}/", self.prefix, kind.segment())
+    }
+
+    async fn run<R>(
+        &self,
+        op: impl Into<String>,
+        fut: impl Future<Output = Result<R, etcd_client::Error>>,
+    ) -> Result<R, StoreError> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(source)) => Err(StoreError::Etcd {
+                endpoints: self.endpoints.clone(),
+                op: op.into(),
+                source,
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                endpoints: self.endpoints.clone(),
+                op: op.into(),
+                after: self.op_timeout,
+            }),
+        }
+    }
+
+    fn check<T: NbRecord>(&self, obj: &T) -> Result<(), StoreError> {
+        obj.validate(&self.opts)
+            .map_err(|source| StoreError::Invalid {
+                kind: T::KIND.segment(),
+                id: obj.id().to_string(),
+                source: Box::new(source),
+            })
+    }
+
+    fn encode<T: NbRecord>(obj: &T) -> Vec<u8> {
+        // Serialising these plain structs cannot fail.
+        serde_json::to_vec(obj).expect("NB objects serialise to JSON")
+    }
+
+    /// One object, or `None` when the key is absent.
+    pub async fn get<T: NbRecord>(&self, id: &str) -> Result<Option<Versioned<T>>, StoreError> {
+        let k = self.key(T::KIND, id);
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .run(format!("get {k}"), kv.get(k.as_str(), None))
+            .await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let value = decode_as::<T>(id, kv.value(), &self.opts)?;
+        Ok(Some(Versioned {
+            value,
+            mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
+        }))
+    }
+
+    /// Like [`get`](Self::get), but a missing object is [`StoreError::NotFound`].
+    pub async fn get_existing<T: NbRecord>(&self, id: &str) -> Result<Versioned<T>, StoreError> {
+        self.get(id).await?.ok_or_else(|| StoreError::NotFound {
+            kind: T::KIND.segment(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Every object of a kind, sorted by id; malformed records are returned apart.
+    pub async fn list<T: NbRecord>(&self) -> Result<Listing<T>, StoreError> {
+        let p = self.kind_prefix(T::KIND);
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .run(
+                format!("get {p}*"),
+                kv.get(p.as_str(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut listing = Listing {
+            items: Vec::new(),
+            malformed: Vec::new(),
+            revision,
+        };
+        for kv in resp.kvs() {
+            let id = String::from_utf8_lossy(&kv.key()[p.len()..]).into_owned();
+            match decode_as::<T>(&id, kv.value(), &self.opts) {
+                Ok(value) => listing.items.push(Versioned {
+                    value,
+                    mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
+                }),
+                Err(e) => listing.malformed.push(e),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Writes an object unconditionally (after validating it); returns the new revision.
+    pub async fn put<T: NbRecord>(&self, obj: &T) -> Result<i64, StoreError> {
+        self.put_opts(obj, None).await
+    }
+
+    /// [`put`](Self::put) attached to a lease (e.g. `chassis/<name>` for liveness).
+    pub async fn put_with_lease<T: NbRecord>(
+        &self,
+        obj: &T,
+        lease: i64,
+    ) -> Result<i64, StoreError> {
+        self.put_opts(obj, Some(PutOptions::new().with_lease(lease)))
+            .await
+    }
+
+    async fn put_opts<T: NbRecord>(
+        &self,
+        obj: &T,
+        opts: Option<PutOptions>,
+    ) -> Result<i64, StoreError> {
+        self.check(obj)?;
+        let k = self.key(T::KIND, obj.id());
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .run(
+                format!("put {k}"),
+                kv.put(k.as_str(), Self::encode(obj), opts),
+            )
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Put-if-absent; [`StoreError::AlreadyExists`] when the key exists.
+    pub async fn create<T: NbRecord>(&self, obj: &T) -> Result<i64, StoreError> {
+        self.create_requiring(obj, &[]).await
+    }
+
+    /// Put-if-absent that also requires other objects to exist at that moment (one txn),
+    /// e.g. a port's lswitch: [`StoreError::MissingDependency`] otherwise.
+    pub async fn create_requiring<T: NbRecord>(
+        &self,
+        obj: &T,
+        requires: &[(Kind, &str)],
+    ) -> Result<i64, StoreError> {
+        self.check(obj)?;
+        let (kind, id) = (T::KIND.segment(), obj.id().to_string());
+        let k = self.key(T::KIND, &id);
+        let mut cmps = vec![Compare::version(k.as_str(), CompareOp::Equal, 0)];
+        for (dk, did) in requires {
+            cmps.push(Compare::version(self.key(*dk, did), CompareOp::Greater, 0));
+        }
+        let txn = Txn::new()
+            .when(cmps)
+            .and_then([TxnOp::put(k.as_str(), Self::encode(obj), None)]);
+        let mut kv = self.client.kv_client();
+        let resp = self.run(format!("create {k}"), kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map_or(0, |h| h.revision()));
+        }
+        // Find out which comparison failed, for the message.
+        let resp = self
+            .run(format!("get {k}"), kv.get(k.as_str(), None))
+            .await?;
+        if !resp.kvs().is_empty() {
+            return Err(StoreError::AlreadyExists { kind, id });
+        }
+        for (dk, did) in requires {
+            let dkey = self.key(*dk, did);
+            let r = self
+                .run(format!("get {dkey}"), kv.get(dkey.as_str(), None))
+                .await?;
+            if r.kvs().is_empty() {
+                return Err(StoreError::MissingDependency {
+                    kind,
+                    id,
+                    dep_kind: dk.segment(),
+                    dep_id: did.to_string(),
+                });
+            }
+        }
+        // Everything is in place now: a concurrent writer raced us; report it as such.
+        Err(StoreError::Conflict {
+            kind,
+            id,
+            attempts: 1,
+        })
+    }
+
+    /// Read-modify-write: `f` edits the current object; the write only lands if nobody
+    /// changed the key since it was read (compare `mod_revision`), else it is redone with
+    /// the fresh object, up to [`UPDATE_ATTEMPTS`] times. `f` may refuse with an error,
+    /// which is returned as is. The id cannot be changed.
+    pub async fn update<T, F>(&self, id: &str, mut f: F) -> Result<Versioned<T>, StoreError>
+    where
+        T: NbRecord,
+        F: FnMut(&mut T) -> Result<(), StoreError>,
+    {
+        let kind = T::KIND.segment();
+        let k = self.key(T::KIND, id);
+        let mut kv = self.client.kv_client();
+        for _ in 0..UPDATE_ATTEMPTS {
+            let cur = self.get_existing::<T>(id).await?;
+            let mut value = cur.value.clone();
+            f(&mut value)?;
+            if value.id() != id {
+                return Err(StoreError::Invalid {
+                    kind,
+                    id: id.to_string(),
+                    source: Box::new(ValidationError::InvalidId {
+                        what: "id",
+                        id: value.id().to_string(),
+                        reason: "an update cannot rename an object",
+                    }),
+                });
+            }
+            self.check(&value)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    k.as_str(),
+                    CompareOp::Equal,
+                    cur.mod_revision,
+                )])
+                .and_then([TxnOp::put(k.as_str(), Self::encode(&value), None)]);
+            let resp = self.run(format!("update {k}"), kv.txn(txn)).await?;
+            if resp.succeeded() {
+                let rev = resp.header().map_or(0, |h| h.revision());
+                return Ok(Versioned {
+                    value,
+                    mod_revision: rev,
+                    create_revision: cur.create_revision,
+                });
+            }
+        }
+        Err(StoreError::Conflict {
+            kind,
+            id: id.to_string(),
+            attempts: UPDATE_ATTEMPTS,
+        })
+    }
+
+    /// Deletes one object; `false` when it did not exist.
+    pub async fn delete<T: NbRecord>(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_key(T::KIND, id).await
+    }
+
+    /// [`delete`](Self::delete) by kind.
+    pub async fn delete_key(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        let k = self.key(kind, id);
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .run(format!("delete {k}"), kv.delete(k.as_str(), None))
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Deletes several objects in one transaction (all or nothing).
+    pub async fn delete_all(&self, objs: &[(Kind, &str)]) -> Result<(), StoreError> {
+        let ops: Vec<TxnOp> = objs
+            .iter()
+            .map(|(kind, id)| TxnOp::delete(self.key(*kind, id), None))
+            .collect();
+        let mut kv = self.client.kv_client();
+        self.run("delete (txn)", kv.txn(Txn::new().and_then(ops)))
+            .await?;
+        Ok(())
+    }
+}
