@@ -1,5 +1,12 @@
 //! The Dragonflow eBPF agent as a library: the binaries (`dragonflow-agent`, `dfctl`) and
 //! the integration tests share it.
 
+pub mod config;
+pub mod controller;
 pub mod datapath;
+pub mod garp;
+pub mod metrics;
 pub mod nb;
+pub mod netlink;
+pub mod reconcile;
+pub mod sync;

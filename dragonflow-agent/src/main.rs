@@ -1,3 +1,163 @@
-fn main() {
-    println!("{}", dragonflow_agent::datapath::EBPF_OBJECT.len());
+//! `dragonflow-agent`: the per-hypervisor daemon. See `controller.rs` for the order of
+//! things (adopt, sync, prune) and `config.rs` for the flags.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use dragonflow_agent::{
+    config::{Cli, Config},
+    controller::Controller,
+    datapath::{self, sys},
+    garp, metrics, netlink, sync,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{debug, error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cfg = match Cli::parse().resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dragonflow-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // --log / DRAGONFLOW_LOG, else RUST_LOG, else the file's `log`, else info.
+    let filter = std::env::var("DRAGONFLOW_LOG")
+        .ok()
+        .filter(|_| cfg.log.is_none())
+        .or(cfg
+            .log
+            .clone()
+            .filter(|_| std::env::var("RUST_LOG").is_err() || cli_has_log()))
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .or(cfg.log.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("dragonflow-agent: invalid log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the tokio runtime: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether `--log` was on the command line (it then beats RUST_LOG).
+fn cli_has_log() -> bool {
+    std::env::args().any(|a| a == "--log" || a.starts_with("--log="))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    if let Err(e) = sys::raise_memlock() {
+        // Kernels >= 5.11 account BPF memory to the cgroup; the limit does not matter there.
+        debug!("setrlimit(RLIMIT_MEMLOCK): {e}");
+    }
+    if cfg.cleanup {
+        let r = datapath::cleanup(&cfg).context("cleanup")?;
+        info!(
+            chassis = %cfg.chassis,
+            links = r.links,
+            maps = r.maps,
+            "removed every pinned link and map of this chassis under {}",
+            cfg.pin_root().display()
+        );
+        return Ok(());
+    }
+    let cfg = Arc::new(cfg);
+    info!(
+        chassis = %cfg.chassis,
+        hook = cfg.hook.as_str(),
+        etcd = %cfg.etcd_endpoints.join(","),
+        pins = %cfg.pin_root().display(),
+        "starting dragonflow-agent {}",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    datapath::prepare_pin_dirs(&cfg)?;
+    let mut loaded = datapath::load(&cfg)?;
+    let logger = if cfg.datapath_log {
+        match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("datapath logging unavailable: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let listener = metrics::bind(cfg.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--metrics-addr)", cfg.metrics_addr))?;
+    let shared = Arc::new(metrics::Shared::new(
+        cfg.chassis.clone(),
+        cfg.hook,
+        loaded.stats,
+    ));
+    tokio::spawn(metrics::serve(listener, shared.clone()));
+    info!(
+        "serving /metrics, /healthz, /garp and /state on http://{}",
+        cfg.metrics_addr
+    );
+
+    if let Some(ring) = loaded.garp_events {
+        tokio::spawn(garp::run(ring, cfg.chassis.clone(), shared.clone()));
+    }
+    if let Some(logger) = logger {
+        tokio::spawn(async move {
+            // SAFETY: the logger owns its ring buffer fd for its whole life.
+            let Ok(mut fd) = (unsafe { AsyncFd::register(logger) }) else {
+                return;
+            };
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    return;
+                };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+    }
+
+    // Subscribe to link changes before the controller's first scan, so none is missed.
+    let (link_tx, link_rx) = mpsc::channel(1);
+    netlink::spawn(link_tx).context("tap watcher")?;
+    let (nb_tx, nb_rx) = mpsc::channel(64);
+    let controller = Controller::new(cfg.clone(), shared.clone(), loaded.ebpf, loaded.maps);
+    let etcd = tokio::spawn(sync::run(cfg.clone(), shared.clone(), nb_tx));
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+    };
+    controller.run(nb_rx, link_rx, shutdown).await;
+    etcd.abort();
+    Ok(())
 }

@@ -1,4 +1,228 @@
-//! The kernel side as seen from the agent: the embedded eBPF object.
+//! The kernel side as seen from the agent: the embedded eBPF object, loading it with its
+//! maps pinned (and adopted when a previous agent left them), program attachments, and
+//! typed map access.
+//!
+//! Pins live under `<bpffs>/dragonflow/<chassis>/`: `maps/<map name>` and
+//! `links/<ifname>.<xdp|tc|vlan>`.
+
+pub mod links;
+pub mod maps;
+pub mod sys;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use dragonflow_common::maps::{self as names, globals};
+use tracing::{info, warn};
+
+pub use self::{
+    links::{LinkKind, Links, Outcome},
+    maps::{Maps, StatsMaps},
+};
+use crate::config::{Config, Hook};
 
 /// The eBPF object built by build.rs (aya-build) from `dragonflow-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dragonflow"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dragonflow"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "{dir} is not a bpffs: is bpffs mounted at {dir}? try `mount -t bpf bpf {dir}` (or pass --bpffs)"
+    )]
+    NotBpffs { dir: PathBuf },
+    #[error("cannot use {dir}: is bpffs mounted there? try `mount -t bpf bpf {dir}`")]
+    Bpffs {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create pin directory {dir}")]
+    PinDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the eBPF object (maps pinned in {maps_dir})")]
+    Load {
+        maps_dir: PathBuf,
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("cannot load program {name} (verifier rejected it?)")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error(transparent)]
+    Maps(#[from] maps::MapsError),
+    #[error(transparent)]
+    Links(#[from] links::LinkError),
+}
+
+/// Checks that `dir` is a bpffs and creates `maps/` and `links/` under the pin root.
+pub fn prepare_pin_dirs(cfg: &Config) -> Result<(), DatapathError> {
+    let dir = &cfg.bpffs;
+    match sys::is_bpffs(dir) {
+        Ok(true) => {}
+        Ok(false) => return Err(DatapathError::NotBpffs { dir: dir.clone() }),
+        Err(source) => {
+            return Err(DatapathError::Bpffs {
+                dir: dir.clone(),
+                source,
+            });
+        }
+    }
+    for d in [cfg.maps_dir(), cfg.links_dir()] {
+        fs::create_dir_all(&d).map_err(|source| DatapathError::PinDir {
+            dir: d.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The loaded object with its programs ready to attach.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+    pub stats: StatsMaps,
+    pub garp_events: Option<RingBuf<MapData>>,
+}
+
+/// Loads [`EBPF_OBJECT`]: every shared map is pinned by name in `<pins>/maps`, so maps
+/// pinned by a previous agent are reused as they are (entries and counters included);
+/// the GARP rate limit is set as a load-time global; the programs for `cfg.hook` are
+/// loaded (verified) but not attached.
+pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
+    let maps_dir = cfg.maps_dir();
+    let garp_ns: u64 = cfg.garp_min_interval_ms.saturating_mul(1_000_000);
+    let aya_log_level: u8 = if cfg.datapath_log { 0xff } else { 0 };
+    let pin_paths: Vec<(&str, PathBuf)> =
+        names::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect();
+
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(&maps_dir)
+        .override_global(globals::GARP_MIN_INTERVAL_NS, &garp_ns, false)
+        .override_global(aya_log::LEVEL, &aya_log_level, false);
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|source| DatapathError::Load {
+            maps_dir: maps_dir.clone(),
+            source: Box::new(source),
+        })?;
+
+    for &kind in LinkKind::for_hook(cfg.hook) {
+        load_program(&mut ebpf, kind)?;
+    }
+    let maps = Maps::take(&mut ebpf)?;
+    let stats = StatsMaps::take(&mut ebpf)?;
+    let garp_events = match ebpf.take_map(names::GARP_EVENTS) {
+        Some(m) => match RingBuf::try_from(m) {
+            Ok(rb) => Some(rb),
+            Err(e) => {
+                warn!(
+                    "{} is not a ring buffer: {e:#}; GARP events disabled",
+                    names::GARP_EVENTS
+                );
+                None
+            }
+        },
+        None => {
+            warn!(
+                "{} not in the eBPF object; GARP events disabled",
+                names::GARP_EVENTS
+            );
+            None
+        }
+    };
+    Ok(Loaded {
+        ebpf,
+        maps,
+        stats,
+        garp_events,
+    })
+}
+
+fn load_program(ebpf: &mut Ebpf, kind: LinkKind) -> Result<(), DatapathError> {
+    let name = kind.program();
+    let Some(prog) = ebpf.program_mut(name) else {
+        // Tolerated so that a partial object still runs; every tap then stays unattached
+        // and is reported as such.
+        warn!("program {name} is not in the eBPF object");
+        return Ok(());
+    };
+    let err = |source| DatapathError::Program {
+        name,
+        source: Box::new(source),
+    };
+    match kind {
+        LinkKind::Xdp => {
+            let p: &mut Xdp = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+        }
+        LinkKind::Tc | LinkKind::VlanGuard => {
+            let p: &mut SchedClassifier = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `--cleanup` removed.
+#[derive(Debug, Default)]
+pub struct CleanupReport {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Detaches every pinned link of this chassis and removes its pinned maps and directories.
+/// Unpinning is what detaches: no agent runs, so the pins are the last references.
+pub fn cleanup(cfg: &Config) -> Result<CleanupReport, DatapathError> {
+    let mut report = CleanupReport::default();
+    for pin in links::list_pins(&cfg.links_dir())? {
+        links::remove_pin(&pin.path);
+        info!(ifname = %pin.ifname, kind = pin.kind.suffix(), "detached");
+        report.links += 1;
+    }
+    report.maps += remove_files(&cfg.maps_dir());
+    remove_files(&cfg.links_dir());
+    for d in [cfg.maps_dir(), cfg.links_dir(), cfg.pin_root()] {
+        let _ = fs::remove_dir(&d);
+    }
+    // The shared `dragonflow/` directory goes only when no other chassis uses it.
+    let _ = fs::remove_dir(cfg.bpffs.join("dragonflow"));
+    Ok(report)
+}
+
+fn remove_files(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        match fs::remove_file(e.path()) {
+            Ok(()) => n += 1,
+            Err(err) => warn!(path = %e.path().display(), "cannot remove: {err}"),
+        }
+    }
+    n
+}
+
+/// The other hook's link kinds (detached after the configured hook is attached).
+pub fn other_kinds(hook: Hook) -> Vec<LinkKind> {
+    LinkKind::ALL
+        .into_iter()
+        .filter(|k| !LinkKind::for_hook(hook).contains(k))
+        .collect()
+}

@@ -1,0 +1,405 @@
+//! Agent configuration: command-line flags, `DRAGONFLOW_*` environment variables and an
+//! optional TOML file with the same keys in snake_case.
+//!
+//! Precedence: flag > environment > file > default. clap resolves the first two (every
+//! field is an `Option` without a clap default, so "not given" stays visible); the file
+//! and the defaults are merged here.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::nb::{AapMode, DEFAULT_PREFIX};
+
+/// Where the from-VM pipeline runs on a tap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// XDP: fastest for small packets, but takes GSO/TSO and checksum offload away from
+    /// veth/tap VMs (see DESIGN.md §4).
+    Xdp,
+    /// tcx ingress classifier: keeps GSO and checksum state; the default.
+    #[default]
+    Tc,
+}
+
+impl Hook {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// XDP attach mode (only with `--hook xdp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) XDP.
+    #[default]
+    Native,
+    /// Generic XDP in the kernel stack (works on any device, slower).
+    Skb,
+}
+
+/// The two ways traffic for a shared AAP is delivered (mirrors [`AapMode`] for clap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AapModeArg {
+    #[default]
+    Broadcast,
+    Detection,
+}
+
+impl From<AapModeArg> for AapMode {
+    fn from(m: AapModeArg) -> Self {
+        match m {
+            AapModeArg::Broadcast => AapMode::Broadcast,
+            AapModeArg::Detection => AapMode::Detection,
+        }
+    }
+}
+
+/// Command line. Defaults are documented in the help texts and applied in
+/// [`Cli::resolve`] so that a config file can sit between environment and default.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "dragonflow-agent",
+    version,
+    about = "Dragonflow eBPF hypervisor agent"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "DRAGONFLOW_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This hypervisor's chassis name (required; flag, env or file).
+    #[arg(long, env = "DRAGONFLOW_CHASSIS", value_name = "NAME")]
+    pub chassis: Option<String>,
+    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379].
+    #[arg(
+        long,
+        env = "DRAGONFLOW_ETCD_ENDPOINTS",
+        value_name = "URL[,URL…]",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Key prefix of the northbound model [default: /dragonflow/].
+    #[arg(long, env = "DRAGONFLOW_PREFIX")]
+    pub prefix: Option<String>,
+    /// Underlay address published in the chassis record [default: 127.0.0.1].
+    #[arg(long, env = "DRAGONFLOW_TUNNEL_IP", value_name = "IP")]
+    pub tunnel_ip: Option<IpAddr>,
+    /// Hook of the from-VM pipeline [default: tc].
+    #[arg(long, env = "DRAGONFLOW_HOOK", value_enum)]
+    pub hook: Option<Hook>,
+    /// XDP attach mode with `--hook xdp` [default: native].
+    #[arg(long, env = "DRAGONFLOW_XDP_MODE", value_enum)]
+    pub xdp_mode: Option<XdpMode>,
+    /// Interfaces with this name prefix get the pipeline even with no known port, and are
+    /// thus dropped until their port is known (fail closed) [default: tap].
+    #[arg(long, env = "DRAGONFLOW_TAP_PREFIX")]
+    pub tap_prefix: Option<String>,
+    /// bpffs mount; pins go to <bpffs>/dragonflow/<chassis>/{maps,links} [default: /sys/fs/bpf].
+    #[arg(long, env = "DRAGONFLOW_BPFFS", value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+    /// HTTP address of /metrics, /healthz, /garp and /state [default: 127.0.0.1:9465].
+    #[arg(long, env = "DRAGONFLOW_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How traffic for shared AAP IPs is delivered, published in the chassis record
+    /// [default: broadcast].
+    #[arg(long, env = "DRAGONFLOW_AAP_MODE", value_enum)]
+    pub aap_mode: Option<AapModeArg>,
+    /// Minimum interval between two GARP events for one (port, IP), in ms [default: 200].
+    #[arg(long, env = "DRAGONFLOW_GARP_MIN_INTERVAL_MS", value_name = "MS")]
+    pub garp_min_interval_ms: Option<u64>,
+    /// Ports with more allowed address pairs are rejected as invalid [default: 10].
+    #[arg(long, env = "DRAGONFLOW_MAX_ALLOWED_ADDRESS_PAIRS", value_name = "N")]
+    pub max_allowed_address_pairs: Option<usize>,
+    /// Accept AAPs of 0.0.0.0/0 and ::/0 (a port may then claim any address) [default: false].
+    #[arg(long, env = "DRAGONFLOW_ALLOW_ANY_AAP", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_any_aap: Option<bool>,
+    /// Forward the datapath's aya-log messages to the agent's log [default: false].
+    #[arg(long, env = "DRAGONFLOW_DATAPATH_LOG", num_args = 0..=1, default_missing_value = "true")]
+    pub datapath_log: Option<bool>,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG also works [default: info].
+    #[arg(long, env = "DRAGONFLOW_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Detach every program and remove this chassis's pins, then exit (uninstall).
+    #[arg(long, env = "DRAGONFLOW_CLEANUP", num_args = 0..=1, default_missing_value = "true")]
+    pub cleanup: Option<bool>,
+}
+
+/// The same settings as read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub chassis: Option<String>,
+    pub etcd_endpoints: Option<EndpointList>,
+    pub prefix: Option<String>,
+    pub tunnel_ip: Option<IpAddr>,
+    pub hook: Option<Hook>,
+    pub xdp_mode: Option<XdpMode>,
+    pub tap_prefix: Option<String>,
+    pub bpffs: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub aap_mode: Option<AapModeArg>,
+    pub garp_min_interval_ms: Option<u64>,
+    pub max_allowed_address_pairs: Option<usize>,
+    pub allow_any_aap: Option<bool>,
+    pub datapath_log: Option<bool>,
+    pub log: Option<String>,
+}
+
+/// `etcd_endpoints` in the file: a list, or one comma-separated string like the flag.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointList {
+    List(Vec<String>),
+    One(String),
+}
+
+impl EndpointList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            EndpointList::List(v) => v,
+            EndpointList::One(s) => s.split(',').map(|s| s.trim().to_string()).collect(),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub chassis: String,
+    pub etcd_endpoints: Vec<String>,
+    pub prefix: String,
+    pub tunnel_ip: IpAddr,
+    pub hook: Hook,
+    pub xdp_mode: XdpMode,
+    pub tap_prefix: String,
+    pub bpffs: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub aap_mode: AapMode,
+    pub garp_min_interval_ms: u64,
+    pub max_allowed_address_pairs: usize,
+    pub allow_any_aap: bool,
+    pub datapath_log: bool,
+    /// The log filter; `None` = RUST_LOG or "info".
+    pub log: Option<String>,
+    pub cleanup: bool,
+}
+
+pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9465";
+pub const DEFAULT_GARP_MIN_INTERVAL_MS: u64 = 200;
+pub const DEFAULT_MAX_AAP: usize = 10;
+pub const DEFAULT_TAP_PREFIX: &str = "tap";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("--chassis is required (or DRAGONFLOW_CHASSIS, or `chassis` in the config file)")]
+    MissingChassis,
+    #[error(
+        "invalid chassis name {0:?}: use letters, digits, '-', '_' and '.' (it names pin directories and etcd keys)"
+    )]
+    BadChassis(String),
+    #[error("--prefix must start and end with '/' (got {0:?})")]
+    BadPrefix(String),
+    #[error("--etcd-endpoints is empty")]
+    NoEndpoints,
+}
+
+impl Cli {
+    /// Merges flags/env (already in `self`) with the file named by `--config` and the defaults.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        self.merge(file)
+    }
+
+    pub fn merge(self, file: FileConfig) -> Result<Config, ConfigError> {
+        let chassis = self
+            .chassis
+            .or(file.chassis)
+            .ok_or(ConfigError::MissingChassis)?;
+        if chassis.is_empty()
+            || !chassis
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || chassis.starts_with('.')
+        {
+            return Err(ConfigError::BadChassis(chassis));
+        }
+        let prefix = self
+            .prefix
+            .or(file.prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        if !prefix.starts_with('/') || !prefix.ends_with('/') {
+            return Err(ConfigError::BadPrefix(prefix));
+        }
+        let etcd_endpoints: Vec<String> = self
+            .etcd_endpoints
+            .or(file.etcd_endpoints.map(EndpointList::into_vec))
+            .unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()])
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if etcd_endpoints.is_empty() {
+            return Err(ConfigError::NoEndpoints);
+        }
+        Ok(Config {
+            chassis,
+            etcd_endpoints,
+            prefix,
+            tunnel_ip: self
+                .tunnel_ip
+                .or(file.tunnel_ip)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            hook: self.hook.or(file.hook).unwrap_or_default(),
+            xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            tap_prefix: self
+                .tap_prefix
+                .or(file.tap_prefix)
+                .unwrap_or_else(|| DEFAULT_TAP_PREFIX.to_string()),
+            bpffs: self
+                .bpffs
+                .or(file.bpffs)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS)),
+            metrics_addr: self
+                .metrics_addr
+                .or(file.metrics_addr)
+                .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid default")),
+            aap_mode: self.aap_mode.or(file.aap_mode).unwrap_or_default().into(),
+            garp_min_interval_ms: self
+                .garp_min_interval_ms
+                .or(file.garp_min_interval_ms)
+                .unwrap_or(DEFAULT_GARP_MIN_INTERVAL_MS),
+            max_allowed_address_pairs: self
+                .max_allowed_address_pairs
+                .or(file.max_allowed_address_pairs)
+                .unwrap_or(DEFAULT_MAX_AAP),
+            allow_any_aap: self.allow_any_aap.or(file.allow_any_aap).unwrap_or(false),
+            datapath_log: self.datapath_log.or(file.datapath_log).unwrap_or(false),
+            log: self.log.or(file.log),
+            cleanup: self.cleanup.unwrap_or(false),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Config {
+    /// `<bpffs>/dragonflow/<chassis>`.
+    pub fn pin_root(&self) -> PathBuf {
+        self.bpffs.join("dragonflow").join(&self.chassis)
+    }
+    pub fn maps_dir(&self) -> PathBuf {
+        self.pin_root().join("maps")
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.pin_root().join("links")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut v = vec!["dragonflow-agent"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("parse")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--chassis", "hv1"])
+            .merge(FileConfig::default())
+            .unwrap();
+        assert_eq!(c.etcd_endpoints, vec![DEFAULT_ETCD]);
+        assert_eq!(c.prefix, "/dragonflow/");
+        assert_eq!(c.hook, Hook::Tc);
+        assert_eq!(c.xdp_mode, XdpMode::Native);
+        assert_eq!(c.tap_prefix, "tap");
+        assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9465");
+        assert_eq!(c.aap_mode, AapMode::Broadcast);
+        assert_eq!(c.garp_min_interval_ms, 200);
+        assert_eq!(c.max_allowed_address_pairs, 10);
+        assert!(!c.allow_any_aap && !c.datapath_log && !c.cleanup);
+        assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/dragonflow/hv1"));
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file: FileConfig = toml::from_str(
+            "chassis = \"from-file\"\nhook = \"xdp\"\netcd_endpoints = \"http://a:1,http://b:2\"\n\
+             allow_any_aap = true\n",
+        )
+        .unwrap();
+        let c = parse(&["--chassis", "hv2", "--allow-any-aap=false"])
+            .merge(file)
+            .unwrap();
+        assert_eq!(c.chassis, "hv2");
+        assert_eq!(c.hook, Hook::Xdp);
+        assert_eq!(c.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
+        assert!(!c.allow_any_aap);
+    }
+
+    #[test]
+    fn comma_separated_endpoints_and_bool_flags() {
+        let c = parse(&[
+            "--chassis",
+            "x",
+            "--etcd-endpoints",
+            "http://a:1,http://b:2",
+            "--cleanup",
+        ])
+        .merge(FileConfig::default())
+        .unwrap();
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert!(c.cleanup);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            parse(&[]).merge(FileConfig::default()),
+            Err(ConfigError::MissingChassis)
+        ));
+        assert!(matches!(
+            parse(&["--chassis", "../x"]).merge(FileConfig::default()),
+            Err(ConfigError::BadChassis(_))
+        ));
+        assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+    }
+}

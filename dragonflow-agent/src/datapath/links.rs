@@ -1,0 +1,374 @@
+//! Program attachments on taps, pinned as `<pins>/links/<ifname>.<kind>` so that they
+//! outlive the agent: a killed or upgraded agent leaves the datapath running, and its
+//! successor adopts each pinned link by atomically replacing the program in it
+//! (`bpf_link_update`), never by detach-then-attach.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, LinkError as AyaLinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::{XdpLink, XdpMode as AyaXdpMode},
+    },
+};
+use dragonflow_common::maps::progs;
+use tracing::{debug, info, warn};
+
+use super::sys;
+use crate::config::{Hook, XdpMode};
+
+/// One kind of attachment on a tap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkKind {
+    /// The from-VM pipeline as XDP.
+    Xdp,
+    /// The from-VM pipeline on tcx ingress.
+    Tc,
+    /// The tcx companion of the XDP hook that drops VLAN tags hidden in skb metadata.
+    VlanGuard,
+}
+
+impl LinkKind {
+    pub const ALL: [LinkKind; 3] = [LinkKind::Xdp, LinkKind::Tc, LinkKind::VlanGuard];
+
+    /// Suffix of the pin file name.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            LinkKind::Xdp => "xdp",
+            LinkKind::Tc => "tc",
+            LinkKind::VlanGuard => "vlan",
+        }
+    }
+
+    pub const fn program(self) -> &'static str {
+        match self {
+            LinkKind::Xdp => progs::FROM_VM_XDP,
+            LinkKind::Tc => progs::FROM_VM_TC,
+            LinkKind::VlanGuard => progs::VLAN_GUARD_TC,
+        }
+    }
+
+    const fn link_type(self) -> u32 {
+        match self {
+            LinkKind::Xdp => sys::LINK_TYPE_XDP,
+            LinkKind::Tc | LinkKind::VlanGuard => sys::LINK_TYPE_TCX,
+        }
+    }
+
+    fn from_suffix(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.suffix() == s)
+    }
+
+    /// What a tap carries with `hook`. With XDP the VLAN guard goes on every tap, not only
+    /// veth: it costs one metadata test per packet on the skb path, and a tap driver that
+    /// moves tags into metadata would otherwise slip tagged frames past the XDP program.
+    pub const fn for_hook(hook: Hook) -> &'static [LinkKind] {
+        match hook {
+            Hook::Xdp => &[LinkKind::Xdp, LinkKind::VlanGuard],
+            Hook::Tc => &[LinkKind::Tc],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("program {0} is not in the eBPF object")]
+    ProgramMissing(&'static str),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "cannot attach {name} to {ifname} (with --hook xdp, try --xdp-mode skb if the driver lacks native XDP)"
+    )]
+    Attach {
+        name: &'static str,
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("link of {name} on {ifname}")]
+    Link {
+        name: &'static str,
+        ifname: String,
+        #[source]
+        source: AyaLinkError,
+    },
+    #[error("cannot pin the link at {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot list {path}")]
+    ListPins {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What [`Links::ensure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already attached by this process.
+    Unchanged,
+    /// A pinned link from a previous agent now runs the freshly loaded program.
+    Adopted,
+    /// A new link was created and pinned.
+    Attached,
+}
+
+/// A pin file in the links directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub ifname: String,
+    pub kind: LinkKind,
+    pub path: PathBuf,
+}
+
+/// The pinned links of this chassis.
+pub struct Links {
+    dir: PathBuf,
+    xdp_mode: XdpMode,
+    /// What this process attached or adopted: (ifname, kind) → ifindex.
+    done: BTreeMap<(String, LinkKind), u32>,
+}
+
+impl Links {
+    pub fn new(dir: PathBuf, xdp_mode: XdpMode) -> Self {
+        Links {
+            dir,
+            xdp_mode,
+            done: BTreeMap::new(),
+        }
+    }
+
+    pub fn path(&self, ifname: &str, kind: LinkKind) -> PathBuf {
+        self.dir.join(format!("{ifname}.{}", kind.suffix()))
+    }
+
+    /// Every pin file (unknown files are ignored).
+    pub fn pins(&self) -> Result<Vec<Pin>, LinkError> {
+        list_pins(&self.dir)
+    }
+
+    /// Makes sure `kind` runs on `ifname` (ifindex `ifindex`) from a pinned link.
+    pub fn ensure(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifname: &str,
+        ifindex: u32,
+        kind: LinkKind,
+    ) -> Result<Outcome, LinkError> {
+        let path = self.path(ifname, kind);
+        let key = (ifname.to_string(), kind);
+        if self.done.get(&key) == Some(&ifindex) && path.exists() {
+            return Ok(Outcome::Unchanged);
+        }
+        if ebpf.program(kind.program()).is_none() {
+            return Err(LinkError::ProgramMissing(kind.program()));
+        }
+        let outcome = if path.exists() {
+            match sys::pinned_link_info(&path) {
+                Ok(i) if i.ifindex == ifindex && i.link_type == kind.link_type() => {
+                    self.adopt(ebpf, ifname, kind, &path)?;
+                    Outcome::Adopted
+                }
+                Ok(i) => {
+                    info!(
+                        ifname,
+                        pin = %path.display(),
+                        "pinned link is stale (attached to ifindex {} of type {}, tap now has ifindex {ifindex}); replacing it",
+                        i.ifindex,
+                        i.link_type
+                    );
+                    remove_pin(&path);
+                    self.attach(ebpf, ifname, ifindex, kind, &path)?;
+                    Outcome::Attached
+                }
+                Err(e) => {
+                    warn!(pin = %path.display(), "unreadable pinned link ({e}); replacing it");
+                    remove_pin(&path);
+                    self.attach(ebpf, ifname, ifindex, kind, &path)?;
+                    Outcome::Attached
+                }
+            }
+        } else {
+            self.attach(ebpf, ifname, ifindex, kind, &path)?;
+            Outcome::Attached
+        };
+        self.done.insert(key, ifindex);
+        Ok(outcome)
+    }
+
+    fn adopt(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifname: &str,
+        kind: LinkKind,
+        path: &Path,
+    ) -> Result<(), LinkError> {
+        let name = kind.program();
+        let link_err = |source| LinkError::Link {
+            name,
+            ifname: ifname.to_string(),
+            source,
+        };
+        let prog_err = |source| LinkError::Program { name, source };
+        let fd: FdLink = PinnedLink::from_pin(path).map_err(link_err)?.into();
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(LinkError::ProgramMissing(name))?;
+        // The pin keeps the link (and the new program in it) alive; the fds taken here are
+        // closed when the returned links drop.
+        match kind {
+            LinkKind::Xdp => {
+                let prog: &mut Xdp = prog.try_into().map_err(prog_err)?;
+                let link = XdpLink::try_from(fd).map_err(link_err)?;
+                let id = prog.attach_to_link(link).map_err(prog_err)?;
+                drop(prog.take_link(id).map_err(prog_err)?);
+            }
+            LinkKind::Tc | LinkKind::VlanGuard => {
+                let prog: &mut SchedClassifier = prog.try_into().map_err(prog_err)?;
+                let link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
+                let id = prog.attach_to_link(link).map_err(prog_err)?;
+                drop(prog.take_link(id).map_err(prog_err)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifname: &str,
+        ifindex: u32,
+        kind: LinkKind,
+        path: &Path,
+    ) -> Result<(), LinkError> {
+        let name = kind.program();
+        let prog_err = |source| LinkError::Program { name, source };
+        let attach_err = |source| LinkError::Attach {
+            name,
+            ifname: ifname.to_string(),
+            source,
+        };
+        let link_err = |source| LinkError::Link {
+            name,
+            ifname: ifname.to_string(),
+            source,
+        };
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(LinkError::ProgramMissing(name))?;
+        let fd: FdLink = match kind {
+            LinkKind::Xdp => {
+                let prog: &mut Xdp = prog.try_into().map_err(prog_err)?;
+                let mode = match self.xdp_mode {
+                    XdpMode::Native => AyaXdpMode::Driver,
+                    XdpMode::Skb => AyaXdpMode::Skb,
+                };
+                let id = prog.attach_to_if_index(ifindex, mode).map_err(attach_err)?;
+                prog.take_link(id)
+                    .map_err(prog_err)?
+                    .try_into()
+                    .map_err(link_err)?
+            }
+            LinkKind::Tc | LinkKind::VlanGuard => {
+                let prog: &mut SchedClassifier = prog.try_into().map_err(prog_err)?;
+                let id = prog
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(attach_err)?;
+                prog.take_link(id)
+                    .map_err(prog_err)?
+                    .try_into()
+                    .map_err(link_err)?
+            }
+        };
+        // If pinning fails, `fd` is dropped and the link detaches: nothing half-done stays.
+        fd.pin(path).map_err(|source| LinkError::Pin {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        debug!(ifname, ifindex, pin = %path.display(), "attached {name}");
+        Ok(())
+    }
+
+    /// Removes the pins of `kinds` on `ifname` (detaching them).
+    pub fn remove(&mut self, ifname: &str, kinds: &[LinkKind]) -> usize {
+        let mut n = 0;
+        for &kind in kinds {
+            let path = self.path(ifname, kind);
+            if path.exists() {
+                remove_pin(&path);
+                n += 1;
+            }
+            self.done.remove(&(ifname.to_string(), kind));
+        }
+        n
+    }
+
+    /// Forgets that `ifname` was handled (its device is gone).
+    pub fn forget(&mut self, ifname: &str) {
+        self.done.retain(|(n, _), _| n != ifname);
+    }
+
+    /// The links this process attached or adopted.
+    pub fn done(&self) -> impl Iterator<Item = (&str, LinkKind, u32)> {
+        self.done.iter().map(|((n, k), i)| (n.as_str(), *k, *i))
+    }
+}
+
+pub fn list_pins(dir: &Path) -> Result<Vec<Pin>, LinkError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LinkError::ListPins {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let Some((ifname, suffix)) = file.rsplit_once('.') else {
+            continue;
+        };
+        let Some(kind) = LinkKind::from_suffix(suffix) else {
+            continue;
+        };
+        out.push(Pin {
+            ifname: ifname.to_string(),
+            kind,
+            path: entry.path(),
+        });
+    }
+    out.sort_by(|a, b| (&a.ifname, a.kind).cmp(&(&b.ifname, b.kind)));
+    Ok(out)
+}
+
+/// Unpins (and thereby detaches, unless someone else holds the link) a pinned link.
+pub fn remove_pin(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => debug!(pin = %path.display(), "removed pin"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!(pin = %path.display(), "cannot remove pin: {e}"),
+    }
+}

@@ -1,0 +1,484 @@
+//! State shared between the agent's tasks, and the tiny HTTP/1.1 server that exposes it:
+//!
+//! - `GET /metrics`: Prometheus text;
+//! - `GET /healthz`: 200 `ok` once the first full sync from etcd has been applied to the
+//!   maps, 503 before;
+//! - `GET /garp`: JSON array of the last GARP seen per IP;
+//! - `GET /state`: JSON of local ports, taps and sync state (for tests and operators).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use dragonflow_common::{
+    maps as names,
+    verdict::{DIRECTIONS, DropReason, EventStat, PassPath, Stat, stat_index},
+};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time,
+};
+use tracing::debug;
+
+use crate::{
+    config::Hook,
+    datapath::StatsMaps,
+    garp::{self, GarpTable},
+    nb::Kind,
+    reconcile::LocalPort,
+};
+
+/// How a tap is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TapState {
+    /// The pipeline runs and the port's entries are in the maps.
+    Attached,
+    /// The pipeline runs with no port entries: everything the VM sends is dropped.
+    FailClosed,
+    /// The pipeline could not be attached (see the log): the tap is NOT protected.
+    AttachFailed,
+}
+
+impl TapState {
+    pub const ALL: [TapState; 3] = [
+        TapState::Attached,
+        TapState::FailClosed,
+        TapState::AttachFailed,
+    ];
+    pub const fn name(&self) -> &'static str {
+        match self {
+            TapState::Attached => "attached",
+            TapState::FailClosed => "fail_closed",
+            TapState::AttachFailed => "attach_failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TapView {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub lport: Option<String>,
+    pub state: TapState,
+    /// Pinned link kinds on it (`xdp`, `tc`, `vlan`).
+    pub links: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortView {
+    pub id: String,
+    pub lswitch: String,
+    pub tap: String,
+    pub ifindex: Option<u32>,
+    pub state: &'static str,
+}
+
+impl From<&LocalPort> for PortView {
+    fn from(p: &LocalPort) -> Self {
+        PortView {
+            id: p.id.clone(),
+            lswitch: p.lswitch.clone(),
+            tap: p.tap.clone(),
+            ifindex: match p.state {
+                crate::reconcile::PortState::Programmed { ifindex } => Some(ifindex),
+                _ => None,
+            },
+            state: p.state.name(),
+        }
+    }
+}
+
+/// What the controller last computed, for /state and the gauges.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct View {
+    pub ports: Vec<PortView>,
+    pub taps: Vec<TapView>,
+    /// NB keys whose value is invalid (key → reason).
+    pub invalid_records: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub entries: BTreeMap<&'static str, u64>,
+}
+
+/// Everything the HTTP server and the tasks share.
+pub struct Shared {
+    pub chassis: String,
+    pub hook: Hook,
+    /// The first full sync has been applied to the maps.
+    pub synced: AtomicBool,
+    pub etcd_connected: AtomicBool,
+    pub etcd_revision: AtomicI64,
+    pub sync_total: AtomicU64,
+    pub map_write_errors: AtomicU64,
+    invalid: Mutex<BTreeMap<&'static str, u64>>,
+    pub view: Mutex<View>,
+    pub stats: Mutex<StatsMaps>,
+    pub garp: Mutex<GarpTable>,
+}
+
+impl Shared {
+    pub fn new(chassis: String, hook: Hook, stats: StatsMaps) -> Self {
+        Shared {
+            chassis,
+            hook,
+            synced: AtomicBool::new(false),
+            etcd_connected: AtomicBool::new(false),
+            etcd_revision: AtomicI64::new(0),
+            sync_total: AtomicU64::new(0),
+            map_write_errors: AtomicU64::new(0),
+            invalid: Mutex::new(BTreeMap::new()),
+            view: Mutex::new(View::default()),
+            stats: Mutex::new(stats),
+            garp: Mutex::new(GarpTable::default()),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self::new("test".into(), Hook::Tc, StatsMaps::default())
+    }
+
+    pub fn count_invalid(&self, kind: Kind) {
+        *self
+            .invalid
+            .lock()
+            .expect("lock")
+            .entry(kind.segment())
+            .or_default() += 1;
+    }
+
+    pub fn invalid_count(&self, kind: Kind) -> u64 {
+        self.invalid
+            .lock()
+            .expect("lock")
+            .get(kind.segment())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// (ifname, lport id) of a tap, "" when unknown.
+    pub fn port_of(&self, ifindex: u32) -> (String, String) {
+        let view = self.view.lock().expect("lock");
+        view.taps
+            .iter()
+            .find(|t| t.ifindex == ifindex)
+            .map(|t| (t.ifname.clone(), t.lport.clone().unwrap_or_default()))
+            .unwrap_or_default()
+    }
+}
+
+/// Prometheus text exposition of everything.
+pub fn render(shared: &Shared) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let (counters, garp_rate) = {
+        let stats = shared.stats.lock().expect("lock");
+        (stats.read_stats(), stats.garp_rate_entries())
+    };
+    let get = |dir, stat| {
+        counters
+            .get(stat_index(dir, stat) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+
+    o.push_str("# HELP dragonflow_datapath_packets_total Frames judged by the datapath, by direction, verdict and drop reason or pass path (summed over CPUs).\n");
+    o.push_str("# TYPE dragonflow_datapath_packets_total counter\n");
+    for dir in DIRECTIONS {
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                o,
+                "dragonflow_datapath_packets_total{{direction=\"{}\",verdict=\"drop\",reason=\"{}\"}} {}",
+                dir.name(),
+                r.name(),
+                get(dir, Stat::Drop(*r))
+            );
+        }
+        for p in PassPath::ALL {
+            let _ = writeln!(
+                o,
+                "dragonflow_datapath_packets_total{{direction=\"{}\",verdict=\"pass\",path=\"{}\"}} {}",
+                dir.name(),
+                p.name(),
+                get(dir, Stat::Pass(*p))
+            );
+        }
+    }
+    o.push_str("# HELP dragonflow_datapath_events_total Datapath event outcomes (GARP events sent, rate limited, lost).\n");
+    o.push_str("# TYPE dragonflow_datapath_events_total counter\n");
+    for e in EventStat::ALL {
+        let v: u64 = DIRECTIONS.iter().map(|d| get(*d, Stat::Event(*e))).sum();
+        let _ = writeln!(
+            o,
+            "dragonflow_datapath_events_total{{event=\"{}\"}} {v}",
+            e.name()
+        );
+    }
+
+    let view = shared.view.lock().expect("lock").clone();
+    o.push_str("# HELP dragonflow_map_entries Entries in each pinned map.\n# TYPE dragonflow_map_entries gauge\n");
+    for (name, n) in &view.entries {
+        let _ = writeln!(o, "dragonflow_map_entries{{map=\"{name}\"}} {n}");
+    }
+    if let Some(n) = garp_rate {
+        let _ = writeln!(
+            o,
+            "dragonflow_map_entries{{map=\"{}\"}} {n}",
+            names::GARP_RATE
+        );
+    }
+    o.push_str("# HELP dragonflow_map_capacity Capacity (max_entries) of each pinned map.\n# TYPE dragonflow_map_capacity gauge\n");
+    for name in names::ALL {
+        if let Some(c) = names::capacity(name) {
+            let _ = writeln!(o, "dragonflow_map_capacity{{map=\"{name}\"}} {c}");
+        }
+    }
+
+    let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    };
+    gauge(
+        &mut o,
+        "dragonflow_etcd_connected",
+        "1 while the etcd session (lease, watch) is up.",
+        shared.etcd_connected.load(Ordering::Relaxed) as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_etcd_revision",
+        "Last etcd revision applied.",
+        shared.etcd_revision.load(Ordering::Relaxed).max(0) as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_synced",
+        "1 once the first full sync has been applied to the maps.",
+        shared.synced.load(Ordering::Relaxed) as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_local_ports",
+        "Ports bound to this chassis.",
+        view.ports.len() as u64,
+    );
+
+    o.push_str("# HELP dragonflow_ports Local ports by state.\n# TYPE dragonflow_ports gauge\n");
+    for state in ["programmed", "no_tap", "unknown_lswitch", "tap_conflict"] {
+        let n = view.ports.iter().filter(|p| p.state == state).count();
+        let _ = writeln!(o, "dragonflow_ports{{state=\"{state}\"}} {n}");
+    }
+    o.push_str(
+        "# HELP dragonflow_taps Managed tap devices by state.\n# TYPE dragonflow_taps gauge\n",
+    );
+    for state in TapState::ALL {
+        let n = view.taps.iter().filter(|t| t.state == state).count();
+        let _ = writeln!(o, "dragonflow_taps{{state=\"{}\"}} {n}", state.name());
+    }
+
+    o.push_str("# HELP dragonflow_nb_invalid_records_total Northbound records rejected (last good version kept).\n");
+    o.push_str("# TYPE dragonflow_nb_invalid_records_total counter\n");
+    {
+        let invalid = shared.invalid.lock().expect("lock");
+        for kind in Kind::ALL {
+            let v = invalid.get(kind.segment()).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "dragonflow_nb_invalid_records_total{{kind=\"{}\"}} {v}",
+                kind.segment()
+            );
+        }
+    }
+    let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+        let _ = write!(
+            o,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    };
+    counter(
+        &mut o,
+        "dragonflow_sync_total",
+        "Reconciliations that wrote the maps.",
+        shared.sync_total.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "dragonflow_map_write_errors_total",
+        "Failed map updates (retried on the next reconciliation).",
+        shared.map_write_errors.load(Ordering::Relaxed),
+    );
+    o.push_str("# HELP dragonflow_garp_events_total GARP events received from the datapath, by ARP/ND op.\n");
+    o.push_str("# TYPE dragonflow_garp_events_total counter\n");
+    {
+        let g = shared.garp.lock().expect("lock");
+        for op in garp::OPS {
+            let _ = writeln!(
+                o,
+                "dragonflow_garp_events_total{{op=\"{op}\"}} {}",
+                g.by_op.get(op).copied().unwrap_or(0)
+            );
+        }
+    }
+    o
+}
+
+#[derive(Serialize)]
+struct StateDoc<'a> {
+    chassis: &'a str,
+    hook: &'static str,
+    synced: bool,
+    etcd_connected: bool,
+    etcd_revision: i64,
+    #[serde(flatten)]
+    view: &'a View,
+}
+
+pub fn state_json(shared: &Shared) -> String {
+    let view = shared.view.lock().expect("lock").clone();
+    let doc = StateDoc {
+        chassis: &shared.chassis,
+        hook: shared.hook.as_str(),
+        synced: shared.synced.load(Ordering::Relaxed),
+        etcd_connected: shared.etcd_connected.load(Ordering::Relaxed),
+        etcd_revision: shared.etcd_revision.load(Ordering::Relaxed),
+        view: &view,
+    };
+    serde_json::to_string_pretty(&doc).expect("serialisable")
+}
+
+/// Serves until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        time::timeout(Duration::from_secs(10), handle(stream, &shared)).await
+                    {
+                        debug!(%peer, "http: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                debug!("http accept: {e}");
+                time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    // Read the request head (bounded); the body, if any, is ignored.
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 16 * 1024 {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, ctype, body) = route(method, path, shared);
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    if method != "HEAD" {
+        let _ = stream.write_all(body.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+pub fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const PROM: &str = "text/plain; version=0.0.4; charset=utf-8";
+    const JSON: &str = "application/json";
+    if method != "GET" && method != "HEAD" {
+        return (405, TEXT, "only GET\n".into());
+    }
+    match path {
+        "/metrics" => (200, PROM, render(shared)),
+        "/healthz" => {
+            if shared.synced.load(Ordering::Relaxed) {
+                (200, TEXT, "ok\n".into())
+            } else {
+                (503, TEXT, "not synced yet\n".into())
+            }
+        }
+        "/garp" => {
+            let rows = shared.garp.lock().expect("lock").rows();
+            (
+                200,
+                JSON,
+                serde_json::to_string(&rows).expect("serialisable"),
+            )
+        }
+        "/state" => (200, JSON, state_json(shared)),
+        _ => (
+            404,
+            TEXT,
+            "try /metrics, /healthz, /garp or /state\n".into(),
+        ),
+    }
+}
+
+/// Binds the HTTP listener (before anything else, so a port clash fails fast).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_have_every_reason_and_healthz_waits_for_sync() {
+        let s = Shared::for_tests();
+        let text = render(&s);
+        for r in DropReason::ALL {
+            let line = format!(
+                "dragonflow_datapath_packets_total{{direction=\"from_vm\",verdict=\"drop\",reason=\"{}\"}} 0",
+                r.name()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        assert!(text.contains("dragonflow_datapath_packets_total{direction=\"from_vm\",verdict=\"pass\",path=\"ipv4\"} 0"));
+        assert!(text.contains("dragonflow_datapath_events_total{event=\"garp_sent\"} 0"));
+        assert!(text.contains("dragonflow_etcd_connected 0"));
+        assert!(text.contains("dragonflow_nb_invalid_records_total{kind=\"lport\"} 0"));
+        assert!(text.contains("dragonflow_taps{state=\"fail_closed\"} 0"));
+        assert!(text.contains("dragonflow_map_capacity{map=\"df_addrs_v1\"} 262144"));
+        assert_eq!(route("GET", "/healthz", &s).0, 503);
+        s.synced.store(true, Ordering::Relaxed);
+        assert_eq!(route("GET", "/healthz", &s).0, 200);
+        assert_eq!(route("GET", "/garp", &s).2, "[]");
+        assert_eq!(route("GET", "/nope", &s).0, 404);
+        let state: serde_json::Value = serde_json::from_str(&route("GET", "/state", &s).2).unwrap();
+        assert_eq!(state["chassis"], "test");
+        assert!(state["taps"].is_array() && state["ports"].is_array());
+    }
+}

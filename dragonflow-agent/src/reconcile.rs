@@ -1,0 +1,622 @@
+//! The pure heart of the agent: northbound snapshot + local taps → the map entries the
+//! datapath should hold, and the difference from what it holds now.
+//!
+//! No I/O here: the controller feeds it what etcd and netlink said, and writes the diff
+//! with the typed map writers in `datapath::maps`. Everything is keyed by ifindex, and the
+//! ifindex comes from the *current* name → ifindex table, so a new tap that reuses an old
+//! ifindex gets exactly its own port's entries: whatever the old tap left is in the
+//! "actual" side only and is removed by the diff.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use dragonflow_common::{
+    addr::{
+        ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, ADDR_F_WATCH, AddrKey, AddrValue,
+        LPM_FIXED_BITS, MacKey, link_local_from_mac,
+    },
+    port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
+};
+
+use crate::nb::{IpPrefix, LPort, LSwitch, MacAddr};
+
+/// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
+pub const MAC_F_PORT: u32 = ADDR_F_FIXED;
+pub const MAC_F_AAP: u32 = ADDR_F_AAP;
+
+/// The northbound objects the datapath depends on (last good version of each).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NbSnapshot {
+    pub lswitches: BTreeMap<String, LSwitch>,
+    pub lports: BTreeMap<String, LPort>,
+}
+
+/// Key of the CIDR LPM trie: prefix length (including [`LPM_FIXED_BITS`]) and the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CidrKey {
+    pub prefix_len: u32,
+    pub key: AddrKey,
+}
+
+/// Every entry of the maps the agent owns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MapEntries {
+    pub ports: BTreeMap<u32, PortConfig>,
+    pub addrs: BTreeMap<AddrKey, AddrValue>,
+    pub cidrs: BTreeMap<CidrKey, AddrValue>,
+    pub macs: BTreeMap<MacKey, u32>,
+}
+
+impl MapEntries {
+    /// Keeps only entries whose ifindex satisfies `keep`.
+    pub fn retain_ifindex(&mut self, keep: impl Fn(u32) -> bool) {
+        self.ports.retain(|i, _| keep(*i));
+        self.addrs.retain(|k, _| keep(k.ifindex));
+        self.cidrs.retain(|k, _| keep(k.key.ifindex));
+        self.macs.retain(|k, _| keep(k.ifindex));
+    }
+
+    /// Every ifindex that has an entry in any map.
+    pub fn ifindexes(&self) -> BTreeSet<u32> {
+        self.ports
+            .keys()
+            .copied()
+            .chain(self.addrs.keys().map(|k| k.ifindex))
+            .chain(self.cidrs.keys().map(|k| k.key.ifindex))
+            .chain(self.macs.keys().map(|k| k.ifindex))
+            .collect()
+    }
+
+    pub fn diff(&self, actual: &MapEntries) -> EntriesDiff {
+        EntriesDiff {
+            ports: diff(&self.ports, &actual.ports),
+            addrs: diff(&self.addrs, &actual.addrs),
+            cidrs: diff(&self.cidrs, &actual.cidrs),
+            macs: diff(&self.macs, &actual.macs),
+        }
+    }
+}
+
+/// What to write to one map: insert or overwrite `upsert`, delete `remove`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diff<K, V> {
+    pub upsert: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> Diff<K, V> {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// `desired` vs `actual`: entries missing or different in `actual` are upserted, entries
+/// only in `actual` are removed.
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
+    desired: &BTreeMap<K, V>,
+    actual: &BTreeMap<K, V>,
+) -> Diff<K, V> {
+    let upsert = desired
+        .iter()
+        .filter(|(k, v)| actual.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let remove = actual
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    Diff { upsert, remove }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntriesDiff {
+    pub ports: Diff<u32, PortConfig>,
+    pub addrs: Diff<AddrKey, AddrValue>,
+    pub cidrs: Diff<CidrKey, AddrValue>,
+    pub macs: Diff<MacKey, u32>,
+}
+
+impl EntriesDiff {
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+            && self.addrs.is_empty()
+            && self.cidrs.is_empty()
+            && self.macs.is_empty()
+    }
+    /// (upserts, removals) over all maps.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.ports.upsert.len()
+                + self.addrs.upsert.len()
+                + self.cidrs.upsert.len()
+                + self.macs.upsert.len(),
+            self.ports.remove.len()
+                + self.addrs.remove.len()
+                + self.cidrs.remove.len()
+                + self.macs.remove.len(),
+        )
+    }
+}
+
+/// Why a local port has no entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortState {
+    /// Entries desired for its tap.
+    Programmed { ifindex: u32 },
+    /// Its tap does not exist (yet).
+    NoTap,
+    /// Its lswitch is unknown: skipped (its tap, if any, stays fail closed).
+    UnknownLSwitch,
+    /// Another local port with a lower id claims the same tap name.
+    TapConflict { with: String },
+}
+
+impl PortState {
+    pub const fn name(&self) -> &'static str {
+        match self {
+            PortState::Programmed { .. } => "programmed",
+            PortState::NoTap => "no_tap",
+            PortState::UnknownLSwitch => "unknown_lswitch",
+            PortState::TapConflict { .. } => "tap_conflict",
+        }
+    }
+}
+
+/// A port bound to this chassis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPort {
+    pub id: String,
+    pub lswitch: String,
+    pub tap: String,
+    pub state: PortState,
+}
+
+/// The result of [`desired`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub entries: MapEntries,
+    /// Every port bound here, sorted by id.
+    pub local_ports: Vec<LocalPort>,
+    /// tap name → port id, for the taps that are programmed.
+    pub tap_ports: BTreeMap<String, String>,
+}
+
+impl Desired {
+    pub fn count(&self, state: &str) -> usize {
+        self.local_ports
+            .iter()
+            .filter(|p| p.state.name() == state)
+            .count()
+    }
+}
+
+/// Computes the entries for every port bound to `chassis` whose tap is in `taps`
+/// (name → ifindex).
+pub fn desired(chassis: &str, nb: &NbSnapshot, taps: &BTreeMap<String, u32>) -> Desired {
+    let mut out = Desired::default();
+    for port in nb.lports.values() {
+        if port.chassis.as_deref() != Some(chassis) {
+            continue;
+        }
+        let tap = port.tap_name();
+        let state = if !nb.lswitches.contains_key(&port.lswitch) {
+            PortState::UnknownLSwitch
+        } else if let Some(other) = out.tap_ports.get(&tap) {
+            PortState::TapConflict {
+                with: other.clone(),
+            }
+        } else if let Some(&ifindex) = taps.get(&tap) {
+            let ls = &nb.lswitches[&port.lswitch];
+            port_entries(&mut out.entries, ifindex, port, ls);
+            out.tap_ports.insert(tap.clone(), port.id.clone());
+            PortState::Programmed { ifindex }
+        } else {
+            PortState::NoTap
+        };
+        out.local_ports.push(LocalPort {
+            id: port.id.clone(),
+            lswitch: port.lswitch.clone(),
+            tap,
+            state,
+        });
+    }
+    out
+}
+
+/// The entries of one port on tap `ifindex`.
+///
+/// With port security disabled only the port entry is written: the datapath then lets
+/// every frame through without looking at the address maps (Neutron also refuses AAPs on
+/// such ports).
+pub fn port_entries(out: &mut MapEntries, ifindex: u32, port: &LPort, ls: &LSwitch) {
+    let mut flags = 0;
+    if port.port_security_enabled {
+        flags |= PORT_F_PORT_SECURITY;
+        if port
+            .allowed_address_pairs
+            .iter()
+            .any(|a| !a.ip_address.is_host())
+        {
+            flags |= PORT_F_CIDR_AAP;
+        }
+    }
+    out.ports.insert(
+        ifindex,
+        PortConfig {
+            net_id: ls.segmentation_id,
+            flags,
+            mac: port.mac.0,
+            mtu: ls.mtu,
+        },
+    );
+    if !port.port_security_enabled {
+        return;
+    }
+
+    let mut add_addr = |mac: MacAddr, ip: IpAddr, f: u32| {
+        out.addrs
+            .entry(addr_key(ifindex, mac, ip))
+            .or_default()
+            .flags |= f;
+    };
+    for ip in &port.fixed_ips {
+        add_addr(port.mac, *ip, ADDR_F_FIXED);
+    }
+    let mut macs = BTreeMap::from([(port.mac, MAC_F_PORT)]);
+    for aap in &port.allowed_address_pairs {
+        let mac = port.aap_mac(aap);
+        *macs.entry(mac).or_default() |= MAC_F_AAP;
+        if aap.ip_address.is_host() {
+            add_addr(mac, aap.ip_address.addr, ADDR_F_AAP | ADDR_F_WATCH);
+        } else {
+            let key = cidr_key(ifindex, mac, &aap.ip_address);
+            out.cidrs.entry(key).or_default().flags |= ADDR_F_AAP;
+        }
+    }
+    for (&mac, &f) in &macs {
+        add_addr(
+            mac,
+            IpAddr::from(link_local_from_mac(mac.0)),
+            ADDR_F_LINK_LOCAL,
+        );
+        out.macs.insert(MacKey::new(ifindex, mac.0), f);
+    }
+}
+
+pub fn addr_key(ifindex: u32, mac: MacAddr, ip: IpAddr) -> AddrKey {
+    match ip {
+        IpAddr::V4(a) => AddrKey::v4(ifindex, mac.0, a.octets()),
+        IpAddr::V6(a) => AddrKey::v6(ifindex, mac.0, a.octets()),
+    }
+}
+
+/// The LPM key of a CIDR AAP, host bits cleared (the trie would keep them, and a later
+/// read-back must compare equal).
+pub fn cidr_key(ifindex: u32, mac: MacAddr, prefix: &IpPrefix) -> CidrKey {
+    CidrKey {
+        prefix_len: LPM_FIXED_BITS + u32::from(prefix.len),
+        key: addr_key(ifindex, mac, prefix.network()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dragonflow_common::addr::FAMILY_V6;
+
+    use super::*;
+    use crate::nb::AllowedAddressPair;
+
+    const MAC: &str = "fa:16:3e:00:00:01";
+
+    fn ls(id: &str, vni: u32) -> LSwitch {
+        LSwitch {
+            id: id.into(),
+            name: id.into(),
+            segmentation_id: vni,
+            mtu: 1450,
+            aap_mode: None,
+        }
+    }
+
+    fn port(id: &str, chassis: &str) -> LPort {
+        LPort {
+            id: id.into(),
+            lswitch: "net1".into(),
+            mac: MAC.parse().unwrap(),
+            fixed_ips: vec!["192.0.2.10".parse().unwrap()],
+            allowed_address_pairs: vec![],
+            port_security_enabled: true,
+            security_groups: vec![],
+            chassis: Some(chassis.into()),
+            ifname: None,
+            device_owner: String::new(),
+        }
+    }
+
+    fn aap(ip: &str, mac: Option<&str>) -> AllowedAddressPair {
+        AllowedAddressPair {
+            ip_address: ip.parse().unwrap(),
+            mac_address: mac.map(|m| m.parse().unwrap()),
+        }
+    }
+
+    fn snapshot(ports: Vec<LPort>) -> NbSnapshot {
+        NbSnapshot {
+            lswitches: BTreeMap::from([("net1".into(), ls("net1", 100))]),
+            lports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+        }
+    }
+
+    fn taps(list: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        list.iter().map(|(n, i)| (n.to_string(), *i)).collect()
+    }
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn v4(i: u32, m: &str, ip: &str) -> AddrKey {
+        addr_key(i, mac(m), ip.parse().unwrap())
+    }
+
+    fn ll(i: u32, m: &str) -> AddrKey {
+        AddrKey::v6(i, mac(m).0, link_local_from_mac(mac(m).0))
+    }
+
+    #[test]
+    fn fixed_ip_port() {
+        let d = desired(
+            "hv1",
+            &snapshot(vec![port("p1", "hv1")]),
+            &taps(&[("tapp1", 7)]),
+        );
+        let e = &d.entries;
+        assert_eq!(
+            e.ports[&7],
+            PortConfig {
+                net_id: 100,
+                flags: PORT_F_PORT_SECURITY,
+                mac: mac(MAC).0,
+                mtu: 1450
+            }
+        );
+        assert_eq!(e.addrs.len(), 2);
+        assert_eq!(e.addrs[&v4(7, MAC, "192.0.2.10")].flags, ADDR_F_FIXED);
+        assert_eq!(e.addrs[&ll(7, MAC)].flags, ADDR_F_LINK_LOCAL);
+        assert_eq!(ll(7, MAC).family, FAMILY_V6);
+        assert_eq!(ll(7, MAC).ip[..2], [0xfe, 0x80]);
+        assert!(e.cidrs.is_empty());
+        assert_eq!(
+            e.macs,
+            BTreeMap::from([(MacKey::new(7, mac(MAC).0), MAC_F_PORT)])
+        );
+        assert_eq!(d.local_ports[0].state, PortState::Programmed { ifindex: 7 });
+        assert_eq!(d.tap_ports["tapp1"], "p1");
+    }
+
+    #[test]
+    fn host_aaps_with_own_and_default_mac() {
+        let mut p = port("p1", "hv1");
+        p.fixed_ips.push("2001:db8::10".parse().unwrap());
+        p.allowed_address_pairs = vec![
+            aap("192.0.2.100", None),
+            aap("192.0.2.101", Some("00:00:5e:00:01:01")),
+            aap("2001:db8::100", Some("00:00:5e:00:01:01")),
+        ];
+        let d = desired("hv1", &snapshot(vec![p]), &taps(&[("tapp1", 3)]));
+        let e = &d.entries;
+        assert_eq!(
+            e.ports[&3].flags, PORT_F_PORT_SECURITY,
+            "host AAPs only: no CIDR flag"
+        );
+        assert_eq!(
+            e.addrs[&v4(3, MAC, "192.0.2.100")].flags,
+            ADDR_F_AAP | ADDR_F_WATCH
+        );
+        let vrrp = "00:00:5e:00:01:01";
+        assert_eq!(
+            e.addrs[&v4(3, vrrp, "192.0.2.101")].flags,
+            ADDR_F_AAP | ADDR_F_WATCH
+        );
+        assert_eq!(
+            e.addrs[&addr_key(3, mac(vrrp), "2001:db8::100".parse().unwrap())].flags,
+            ADDR_F_AAP | ADDR_F_WATCH
+        );
+        assert_eq!(
+            e.addrs[&addr_key(3, mac(MAC), "2001:db8::10".parse().unwrap())].flags,
+            ADDR_F_FIXED
+        );
+        // One link-local per distinct MAC.
+        assert_eq!(e.addrs[&ll(3, MAC)].flags, ADDR_F_LINK_LOCAL);
+        assert_eq!(e.addrs[&ll(3, vrrp)].flags, ADDR_F_LINK_LOCAL);
+        assert_eq!(e.addrs.len(), 7);
+        assert_eq!(e.macs.len(), 2);
+        assert_eq!(e.macs[&MacKey::new(3, mac(MAC).0)], MAC_F_PORT | MAC_F_AAP);
+        assert_eq!(e.macs[&MacKey::new(3, mac(vrrp).0)], MAC_F_AAP);
+    }
+
+    #[test]
+    fn aap_equal_to_fixed_ip_merges_flags() {
+        let mut p = port("p1", "hv1");
+        p.allowed_address_pairs = vec![aap("192.0.2.10", None)];
+        let d = desired("hv1", &snapshot(vec![p]), &taps(&[("tapp1", 3)]));
+        assert_eq!(
+            d.entries.addrs[&v4(3, MAC, "192.0.2.10")].flags,
+            ADDR_F_FIXED | ADDR_F_AAP | ADDR_F_WATCH
+        );
+    }
+
+    #[test]
+    fn cidr_aap() {
+        let mut p = port("p1", "hv1");
+        p.allowed_address_pairs = vec![
+            aap("198.51.100.77/24", None),
+            aap("2001:db8:1::/64", Some("fa:16:3e:00:00:99")),
+        ];
+        let d = desired("hv1", &snapshot(vec![p]), &taps(&[("tapp1", 9)]));
+        let e = &d.entries;
+        assert_eq!(e.ports[&9].flags, PORT_F_PORT_SECURITY | PORT_F_CIDR_AAP);
+        let k4 = CidrKey {
+            prefix_len: LPM_FIXED_BITS + 24,
+            key: v4(9, MAC, "198.51.100.0"),
+        };
+        assert_eq!(e.cidrs[&k4].flags, ADDR_F_AAP, "host bits cleared");
+        let k6 = CidrKey {
+            prefix_len: LPM_FIXED_BITS + 64,
+            key: addr_key(9, mac("fa:16:3e:00:00:99"), "2001:db8:1::".parse().unwrap()),
+        };
+        assert_eq!(e.cidrs[&k6].flags, ADDR_F_AAP);
+        assert_eq!(e.cidrs.len(), 2);
+        // CIDR AAPs are never watched and never in the exact map (apart from link-locals).
+        assert!(e.addrs.values().all(|v| v.flags & ADDR_F_WATCH == 0));
+        assert!(e.addrs.contains_key(&ll(9, "fa:16:3e:00:00:99")));
+        assert_eq!(e.macs.len(), 2);
+    }
+
+    #[test]
+    fn port_security_off() {
+        let mut p = port("p1", "hv1");
+        p.port_security_enabled = false;
+        let d = desired("hv1", &snapshot(vec![p]), &taps(&[("tapp1", 4)]));
+        assert_eq!(d.entries.ports[&4].flags, 0);
+        assert_eq!(d.entries.ports[&4].net_id, 100);
+        assert!(
+            d.entries.addrs.is_empty() && d.entries.cidrs.is_empty() && d.entries.macs.is_empty()
+        );
+    }
+
+    #[test]
+    fn unknown_lswitch_skipped() {
+        let mut p = port("p1", "hv1");
+        p.lswitch = "nope".into();
+        let d = desired(
+            "hv1",
+            &snapshot(vec![p, port("p2", "hv1")]),
+            &taps(&[("tapp1", 4), ("tapp2", 5)]),
+        );
+        assert_eq!(d.local_ports[0].state, PortState::UnknownLSwitch);
+        assert_eq!(d.count("unknown_lswitch"), 1);
+        assert!(!d.entries.ports.contains_key(&4));
+        assert!(
+            d.entries.ifindexes().iter().all(|&i| i == 5),
+            "the other port still works"
+        );
+    }
+
+    #[test]
+    fn remote_and_unbound_ports_ignored() {
+        let mut unbound = port("p3", "hv1");
+        unbound.chassis = None;
+        let d = desired(
+            "hv1",
+            &snapshot(vec![port("p2", "hv2"), unbound]),
+            &taps(&[("tapp2", 4), ("tapp3", 5)]),
+        );
+        assert_eq!(d.entries, MapEntries::default());
+        assert!(d.local_ports.is_empty());
+    }
+
+    #[test]
+    fn missing_tap_and_explicit_ifname() {
+        let mut p = port("p1", "hv1");
+        p.ifname = Some("vm-eth".into());
+        let d = desired(
+            "hv1",
+            &snapshot(vec![p, port("p2", "hv1")]),
+            &taps(&[("vm-eth", 11)]),
+        );
+        assert_eq!(
+            d.local_ports[0].state,
+            PortState::Programmed { ifindex: 11 }
+        );
+        assert_eq!(d.local_ports[1].state, PortState::NoTap);
+        assert_eq!(d.entries.ifindexes(), BTreeSet::from([11]));
+    }
+
+    #[test]
+    fn tap_conflict_first_id_wins() {
+        let mut a = port("a", "hv1");
+        a.ifname = Some("tapx".into());
+        let mut b = port("b", "hv1");
+        b.ifname = Some("tapx".into());
+        let d = desired("hv1", &snapshot(vec![b, a]), &taps(&[("tapx", 2)]));
+        assert_eq!(d.tap_ports["tapx"], "a");
+        assert_eq!(
+            d.local_ports[1].state,
+            PortState::TapConflict { with: "a".into() }
+        );
+    }
+
+    #[test]
+    fn diff_add_remove_change() {
+        let desired = BTreeMap::from([(1u32, 10u32), (2, 20), (3, 30)]);
+        let actual = BTreeMap::from([(2u32, 20u32), (3, 31), (4, 40)]);
+        let d = diff(&desired, &actual);
+        assert_eq!(d.upsert, vec![(1, 10), (3, 30)]);
+        assert_eq!(d.remove, vec![4]);
+        assert!(diff(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn diff_of_entries_after_aap_change_and_ifindex_reuse() {
+        let nb = |aaps: Vec<AllowedAddressPair>| {
+            let mut p = port("p1", "hv1");
+            p.allowed_address_pairs = aaps;
+            snapshot(vec![p])
+        };
+        let before = desired(
+            "hv1",
+            &nb(vec![aap("192.0.2.100", None)]),
+            &taps(&[("tapp1", 3)]),
+        );
+        let after = desired(
+            "hv1",
+            &nb(vec![aap("192.0.2.101", None)]),
+            &taps(&[("tapp1", 3)]),
+        );
+        let d = after.entries.diff(&before.entries);
+        assert_eq!(
+            d.addrs.upsert,
+            vec![(
+                v4(3, MAC, "192.0.2.101"),
+                AddrValue {
+                    flags: ADDR_F_AAP | ADDR_F_WATCH
+                }
+            )]
+        );
+        assert_eq!(d.addrs.remove, vec![v4(3, MAC, "192.0.2.100")]);
+        assert!(d.ports.is_empty() && d.macs.is_empty() && d.cidrs.is_empty());
+        assert_eq!(d.counts(), (1, 1));
+
+        // tapp1 is gone and another port's tap got ifindex 3: nothing of p1 survives.
+        let mut other = port("p9", "hv1");
+        other.mac = mac("fa:16:3e:00:00:09");
+        other.fixed_ips = vec!["192.0.2.99".parse().unwrap()];
+        let reused = desired("hv1", &snapshot(vec![other]), &taps(&[("tapp9", 3)]));
+        let d = reused.entries.diff(&before.entries);
+        let mut after_apply = before.entries.clone();
+        for (k, v) in d.addrs.upsert {
+            after_apply.addrs.insert(k, v);
+        }
+        for k in d.addrs.remove {
+            after_apply.addrs.remove(&k);
+        }
+        assert_eq!(after_apply.addrs, reused.entries.addrs);
+        assert_eq!(d.ports.upsert[0].1.mac, mac("fa:16:3e:00:00:09").0);
+    }
+
+    #[test]
+    fn retain_ifindex() {
+        let d = desired(
+            "hv1",
+            &snapshot(vec![port("p1", "hv1"), port("p2", "hv1")]),
+            &taps(&[("tapp1", 3), ("tapp2", 4)]),
+        );
+        let mut e = d.entries.clone();
+        e.retain_ifindex(|i| i != 3);
+        assert_eq!(e.ifindexes(), BTreeSet::from([4]));
+    }
+}

@@ -1,0 +1,465 @@
+//! The northbound side: etcd session (chassis registration under a lease, range get at
+//! revision R, watch from R+1, resync on compaction, reconnect with backoff), and the
+//! cache of last good NB objects the reconciler works from.
+//!
+//! The datapath is never touched from here: losing etcd only stops updates, the
+//! controller keeps enforcing the last good state.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::{sync::mpsc, time};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    metrics::Shared,
+    nb::{Chassis, Kind, LPort, LSwitch, NbObject, ValidationOptions, decode_with, parse_key},
+    reconcile::NbSnapshot,
+};
+
+/// Lease TTL of the chassis record; keepalives go every third of it.
+const LEASE_TTL_S: i64 = 10;
+const KEEPALIVE: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What etcd told us, for the controller.
+#[derive(Debug)]
+pub enum NbEvent {
+    /// A full range get of the prefix at `revision` (first sync, reconnect, compaction).
+    Snapshot {
+        revision: i64,
+        kvs: Vec<(String, Vec<u8>)>,
+    },
+    /// One watch response.
+    Changes { revision: i64, changes: Vec<Change> },
+    /// The session is gone (the datapath stays as it is).
+    Disconnected,
+}
+
+#[derive(Debug)]
+pub enum Change {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("etcd {what}")]
+    Etcd {
+        what: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {0}: timed out")]
+    Timeout(&'static str),
+    #[error("etcd watch ended")]
+    WatchEnded,
+    #[error("the chassis lease expired")]
+    LeaseLost,
+    #[error("controller gone")]
+    Closed,
+}
+
+async fn call<T>(
+    what: &'static str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, SyncError> {
+    match time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|source| SyncError::Etcd { what, source }),
+        Err(_) => Err(SyncError::Timeout(what)),
+    }
+}
+
+/// Runs forever: one session after another, with backoff in between.
+pub async fn run(cfg: Arc<Config>, shared: Arc<Shared>, tx: mpsc::Sender<NbEvent>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut established = false;
+        let res = session(&cfg, &shared, &tx, &mut established).await;
+        let was_connected = shared.etcd_connected.swap(false, Ordering::Relaxed);
+        if matches!(res, Err(SyncError::Closed)) {
+            return;
+        }
+        if tx.send(NbEvent::Disconnected).await.is_err() {
+            return;
+        }
+        if established {
+            backoff = BACKOFF_MIN;
+        }
+        match res {
+            Err(e) if was_connected => {
+                warn!("etcd connection lost: {e:#}; keeping the datapath as it is, reconnecting")
+            }
+            Err(e) => warn!("etcd unavailable ({e:#}); retrying in {backoff:?}"),
+            Ok(()) => {}
+        }
+        time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn session(
+    cfg: &Config,
+    shared: &Shared,
+    tx: &mpsc::Sender<NbEvent>,
+    established: &mut bool,
+) -> Result<(), SyncError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let mut client = call("connect", Client::connect(&cfg.etcd_endpoints, Some(opts))).await?;
+
+    // Register under a lease: the record disappears when this agent stops renewing it.
+    let lease = call("lease grant", client.lease_grant(LEASE_TTL_S, None))
+        .await?
+        .id();
+    let record = Chassis {
+        name: cfg.chassis.clone(),
+        tunnel_ip: cfg.tunnel_ip,
+        aap_mode: cfg.aap_mode,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let key = crate::nb::key(&cfg.prefix, Kind::Chassis, &cfg.chassis);
+    let value = serde_json::to_vec(&record).expect("chassis record serialises");
+    call(
+        "put chassis",
+        client.put(
+            key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await?;
+    let (mut keeper, mut keepalive_stream) =
+        call("lease keepalive", client.lease_keep_alive(lease)).await?;
+    info!(chassis = %cfg.chassis, lease = format_args!("{lease:x}"), "registered {key}");
+    shared.etcd_connected.store(true, Ordering::Relaxed);
+    *established = true;
+
+    let mut keepalive = time::interval(KEEPALIVE);
+    keepalive.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+    loop {
+        // Full read at revision R, then everything after R.
+        let resp = call(
+            "range get",
+            client.get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect::<Vec<_>>();
+        debug!(revision, keys = kvs.len(), "range get");
+        shared.etcd_revision.store(revision, Ordering::Relaxed);
+        tx.send(NbEvent::Snapshot { revision, kvs })
+            .await
+            .map_err(|_| SyncError::Closed)?;
+
+        let wopts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_progress_notify();
+        let mut watch = call("watch", client.watch(cfg.prefix.as_str(), Some(wopts))).await?;
+        'watch: loop {
+            tokio::select! {
+                _ = keepalive.tick() => {
+                    call("lease keepalive", keeper.keep_alive()).await?;
+                }
+                msg = keepalive_stream.message() => {
+                    match msg.map_err(|source| SyncError::Etcd { what: "lease keepalive", source })? {
+                        Some(r) if r.ttl() <= 0 => return Err(SyncError::LeaseLost),
+                        Some(_) => {}
+                        None => return Err(SyncError::LeaseLost),
+                    }
+                }
+                msg = watch.message() => {
+                    let Some(resp) = msg.map_err(|source| SyncError::Etcd { what: "watch", source })? else {
+                        return Err(SyncError::WatchEnded);
+                    };
+                    if resp.compact_revision() != 0 || resp.canceled() {
+                        // Events were lost: read everything again and let the diff sort it out.
+                        warn!(
+                            compact_revision = resp.compact_revision(),
+                            reason = resp.cancel_reason(),
+                            "watch cancelled (compaction); resyncing"
+                        );
+                        break 'watch;
+                    }
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    if rev > 0 {
+                        shared.etcd_revision.store(rev, Ordering::Relaxed);
+                    }
+                    let changes: Vec<Change> = resp
+                        .events()
+                        .iter()
+                        .filter_map(|ev| {
+                            let kv = ev.kv()?;
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            Some(match ev.event_type() {
+                                EventType::Put => Change::Put(key, kv.value().to_vec()),
+                                EventType::Delete => Change::Delete(key),
+                            })
+                        })
+                        .collect();
+                    if !changes.is_empty() {
+                        tx.send(NbEvent::Changes { revision: rev, changes })
+                            .await
+                            .map_err(|_| SyncError::Closed)?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Limits applied when decoding NB records (Neutron's, see `nb::validate`).
+pub type DecodeOptions = ValidationOptions;
+
+/// One decoded record the datapath cares about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    LSwitch(LSwitch),
+    LPort(LPort),
+}
+
+/// Decodes and validates one NB value with `nb::validate` (Neutron's rules). Chassis and
+/// subnet records are validated too, so that bad ones are counted, but the datapath does
+/// not use them yet.
+pub fn decode_record(
+    kind: Kind,
+    id: &str,
+    bytes: &[u8],
+    opts: &DecodeOptions,
+) -> Result<Option<Record>, String> {
+    match decode_with(kind, id, bytes, opts).map_err(|e| format!("{e:#}"))? {
+        NbObject::LSwitch(ls) => Ok(Some(Record::LSwitch(ls))),
+        NbObject::LPort(p) => Ok(Some(Record::LPort(p))),
+        NbObject::Chassis(_) | NbObject::Subnet(_) => Ok(None),
+    }
+}
+
+/// The last good version of every record. An invalid record is logged, counted and
+/// skipped; if an earlier version of it was valid, that version stays in force (an
+/// operator's typo must not open or cut a port), until the key is deleted or fixed.
+#[derive(Debug, Default)]
+pub struct NbCache {
+    pub snapshot: NbSnapshot,
+    /// Keys whose current value is invalid (for /state).
+    pub invalid: BTreeMap<String, String>,
+}
+
+impl NbCache {
+    /// Replaces everything with a full range get. Returns whether the snapshot changed.
+    pub fn load(
+        &mut self,
+        prefix: &str,
+        kvs: &[(String, Vec<u8>)],
+        opts: &DecodeOptions,
+        shared: &Shared,
+    ) -> bool {
+        let old = std::mem::take(&mut self.snapshot);
+        let old_invalid = std::mem::take(&mut self.invalid);
+        for (key, value) in kvs {
+            // Count a record that was already known bad only once.
+            let recount = !old_invalid.contains_key(key);
+            self.put(prefix, key, value, opts, shared, Some(&old), recount);
+        }
+        self.snapshot != old
+    }
+
+    /// Applies watch changes. Returns whether the snapshot changed.
+    pub fn apply(
+        &mut self,
+        prefix: &str,
+        changes: &[Change],
+        opts: &DecodeOptions,
+        shared: &Shared,
+    ) -> bool {
+        let before = self.snapshot.clone();
+        for c in changes {
+            match c {
+                Change::Put(key, value) => {
+                    self.put(prefix, key, value, opts, shared, None, true);
+                }
+                Change::Delete(key) => {
+                    self.invalid.remove(key);
+                    match parse_key(prefix, key) {
+                        Some((Kind::LSwitch, id)) => {
+                            self.snapshot.lswitches.remove(id);
+                        }
+                        Some((Kind::LPort, id)) => {
+                            self.snapshot.lports.remove(id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.snapshot != before
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &mut self,
+        prefix: &str,
+        key: &str,
+        value: &[u8],
+        opts: &DecodeOptions,
+        shared: &Shared,
+        previous: Option<&NbSnapshot>,
+        count: bool,
+    ) {
+        let Some((kind, id)) = parse_key(prefix, key) else {
+            return;
+        };
+        match decode_record(kind, id, value, opts) {
+            Ok(Some(Record::LSwitch(ls))) => {
+                self.invalid.remove(key);
+                self.snapshot.lswitches.insert(id.to_string(), ls);
+            }
+            Ok(Some(Record::LPort(p))) => {
+                self.invalid.remove(key);
+                self.snapshot.lports.insert(id.to_string(), p);
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                if count {
+                    warn!(
+                        key,
+                        "invalid {} record, keeping its last good version if any: {reason}",
+                        kind.segment()
+                    );
+                    shared.count_invalid(kind);
+                }
+                self.invalid.insert(key.to_string(), reason);
+                // Keep the last good version: from the running state (watch) or from the
+                // state before this range get (resync).
+                let prev = previous.unwrap_or(&self.snapshot);
+                match kind {
+                    Kind::LSwitch => {
+                        if let Some(ls) = prev.lswitches.get(id).cloned() {
+                            self.snapshot.lswitches.insert(id.to_string(), ls);
+                        }
+                    }
+                    Kind::LPort => {
+                        if let Some(p) = prev.lports.get(id).cloned() {
+                            self.snapshot.lports.insert(id.to_string(), p);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: DecodeOptions = DecodeOptions {
+        max_allowed_address_pairs: 2,
+        allow_any_aap: false,
+    };
+
+    const P: &str = "/dragonflow/";
+
+    fn port_json(id: &str, aaps: &str) -> Vec<u8> {
+        format!(
+            r#"{{"id":"{id}","lswitch":"n1","mac":"fa:16:3e:00:00:01","fixed_ips":["192.0.2.5"],"allowed_address_pairs":[{aaps}],"chassis":"hv1"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn decode_checks() {
+        assert!(decode_record(Kind::LPort, "p1", &port_json("p1", ""), &OPTS).is_ok());
+        assert!(
+            decode_record(Kind::LPort, "p2", &port_json("p1", ""), &OPTS).is_err(),
+            "id mismatch"
+        );
+        let three =
+            r#"{"ip_address":"192.0.2.6"},{"ip_address":"192.0.2.7"},{"ip_address":"192.0.2.8"}"#;
+        assert!(decode_record(Kind::LPort, "p1", &port_json("p1", three), &OPTS).is_err());
+        let any = r#"{"ip_address":"0.0.0.0/0"}"#;
+        assert!(decode_record(Kind::LPort, "p1", &port_json("p1", any), &OPTS).is_err());
+        let allow = DecodeOptions {
+            allow_any_aap: true,
+            ..OPTS
+        };
+        assert!(decode_record(Kind::LPort, "p1", &port_json("p1", any), &allow).is_ok());
+        assert!(decode_record(Kind::LPort, "p1", b"{", &OPTS).is_err());
+        assert!(
+            decode_record(
+                Kind::LSwitch,
+                "n1",
+                br#"{"id":"n1","segmentation_id":0}"#,
+                &OPTS
+            )
+            .is_err()
+        );
+        assert!(decode_record(Kind::Subnet, "s", b"garbage", &OPTS).is_err());
+        assert!(
+            decode_record(
+                Kind::Chassis,
+                "hv1",
+                br#"{"name":"hv1","tunnel_ip":"198.18.0.1"}"#,
+                &OPTS
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn invalid_update_keeps_last_good() {
+        let shared = Shared::for_tests();
+        let mut c = NbCache::default();
+        let key = format!("{P}lport/p1");
+        assert!(c.load(
+            P,
+            &[(
+                key.clone(),
+                port_json("p1", r#"{"ip_address":"192.0.2.9"}"#)
+            )],
+            &OPTS,
+            &shared
+        ));
+        assert_eq!(c.snapshot.lports["p1"].allowed_address_pairs.len(), 1);
+        // A bad update: the previous version stays.
+        assert!(!c.apply(
+            P,
+            &[Change::Put(key.clone(), b"{oops".to_vec())],
+            &OPTS,
+            &shared
+        ));
+        assert_eq!(c.snapshot.lports["p1"].allowed_address_pairs.len(), 1);
+        assert!(c.invalid.contains_key(&key));
+        assert_eq!(shared.invalid_count(Kind::LPort), 1);
+        // A resync still holding the bad value keeps the good one and does not recount.
+        assert!(!c.load(P, &[(key.clone(), b"{oops".to_vec())], &OPTS, &shared));
+        assert!(c.snapshot.lports.contains_key("p1"));
+        assert_eq!(shared.invalid_count(Kind::LPort), 1);
+        // Delete removes it.
+        assert!(c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared));
+        assert!(c.snapshot.lports.is_empty() && c.invalid.is_empty());
+        // A new invalid record has nothing to fall back on.
+        c.apply(P, &[Change::Put(key, b"{".to_vec())], &OPTS, &shared);
+        assert!(c.snapshot.lports.is_empty());
+    }
+}
