@@ -1,1 +1,317 @@
-fn main() {}
+//! `cargo xtask …`: the project's commands. See README.md.
+//!
+//! - `setup`  bootstrap a fresh Debian 12 machine (root), idempotently
+//! - `build`  release build of the agent with the embedded eBPF object
+//! - `clippy` fmt check, host clippy and bpfel clippy, all with `-D warnings`
+//! - `test`   setup, then every test of the workspace (unit, BPF_PROG_TEST_RUN, netns)
+//! - `demo`   setup, then the live demo (one hypervisor, three VMs)
+//! - `bench`  setup, then the benchmarks; output also saved to target/bench-<date>.md
+//! - `sweep`  remove what killed test runs left behind (namespaces, bpffs mounts)
+
+mod run;
+mod setup;
+mod sweep;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, ExitCode, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Dragonflow eBPF project commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (apt packages, bpf-linker); idempotent.
+    Setup,
+    /// Check the setup, then `cargo build --release` of the agent (embeds the eBPF object).
+    Build,
+    /// `cargo fmt --check`, clippy for the host crates and for the bpfel eBPF crate.
+    Clippy,
+    /// Setup, then `cargo test` over the workspace (needs root: namespaces, BPF).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. `-p tests -- aap`). With `-p`, only
+        /// that package is tested.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then the live demo; Ctrl-C (or --duration) cleans everything up.
+    Demo {
+        /// Stop by itself after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Hook the from-VM program attaches to.
+        #[arg(long, value_enum)]
+        hook: Option<Hook>,
+    },
+    /// Setup, then the benchmarks; the output is also written to target/bench-<date>.md.
+    Bench,
+    /// Remove namespaces (`dft…`) and bpffs mounts (/run/dragonflow-test*) left by killed
+    /// test or demo runs whose process is gone (`test` does this before and after).
+    Sweep,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let start = Instant::now();
+    let res = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build(),
+        Cmd::Clippy => clippy(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { duration, hook } => demo(duration, hook),
+        Cmd::Bench => bench(),
+        Cmd::Sweep => {
+            require_root("removing namespaces and mounts").and_then(|()| sweep::sweep("sweep"))
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    match res {
+        Ok(()) => {
+            eprintln!("xtask: ok ({secs:.1} s)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\x1b[31merror:\x1b[0m {e:#}");
+            eprintln!("xtask: failed after {secs:.1} s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    setup::check()?;
+    run::step("build: agent and dfctl (release), eBPF object via build.rs");
+    run::run(run::cargo().args(["build", "--release", "-p", "dragonflow-agent"]))
+}
+
+fn clippy() -> Result<()> {
+    // `--workspace` minus the eBPF crate: it is a no_std binary for bpfel-unknown-none and
+    // built for the host fails ("duplicate lang item panic_impl"); it gets its own run.
+    let mut steps: Vec<(&str, Command)> = Vec::new();
+    let mut fmt = run::cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    steps.push(("rustfmt", fmt));
+    let mut host = run::cargo();
+    host.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "dragonflow-ebpf",
+        "--all-targets",
+    ])
+    .args(["--", "-D", "warnings"]);
+    steps.push(("clippy (host crates)", host));
+    let mut bpf = run::cargo();
+    // Debian's rustc-web (`+/usr`) has the library source `-Z build-std=core` needs.
+    bpf.env("RUSTC_BOOTSTRAP", "1")
+        .args([
+            "+/usr",
+            "clippy",
+            "-p",
+            "dragonflow-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
+    steps.push(("clippy (eBPF crate, bpfel-unknown-none)", bpf));
+
+    let mut failed = Vec::new();
+    for (name, mut c) in steps {
+        run::step(&format!("clippy: {name}"));
+        if !run::status(&mut c)?.success() {
+            eprintln!("\x1b[31m{name}: failed\x1b[0m");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::setup()?;
+    require_root("the tests create network namespaces and load BPF programs")?;
+    sweep::sweep("before")?;
+    run::step("test: cargo test");
+    let mut c = run::cargo();
+    c.arg("test");
+    let picks_package = extra
+        .iter()
+        .any(|a| a == "-p" || a.starts_with("--package"));
+    if !picks_package {
+        // See clippy(): the eBPF crate only builds for bpfel, through the agent's build.rs.
+        c.args(["--workspace", "--exclude", "dragonflow-ebpf"]);
+    }
+    c.arg("--no-fail-fast")
+        .args(extra)
+        .env("RUST_BACKTRACE", "1");
+    let _sigint = ForwardSigint::install();
+    let st = run::status(&mut c)?;
+    sweep::sweep("after")?;
+    if !st.success() {
+        bail!("tests failed ({st}); see the `test result:` lines and failures above");
+    }
+    Ok(())
+}
+
+fn demo(duration: Option<u64>, hook: Option<Hook>) -> Result<()> {
+    setup::setup()?;
+    require_root("the demo creates network namespaces and loads BPF programs")?;
+    run::step("demo");
+    let mut c = run::cargo();
+    c.args(["run", "--release", "-p", "tests", "--bin", "df-demo", "--"]);
+    if let Some(d) = duration {
+        c.arg("--duration").arg(d.to_string());
+    }
+    match hook {
+        Some(Hook::Xdp) => c.args(["--hook", "xdp"]),
+        Some(Hook::Tc) => c.args(["--hook", "tc"]),
+        None => &mut c,
+    };
+    // Ctrl-C reaches the demo too (same process group); it cleans up, we wait for it.
+    let _sigint = ForwardSigint::install();
+    run::run(&mut c)
+}
+
+/// Benchmarks (binaries of the `tests` crate) run in this order; each prints markdown on
+/// stdout. See docs/BENCHMARKS.md for the method.
+const BENCHES: &[(&str, &str)] = &[
+    (
+        "df-bench-progs",
+        "per-packet cost of each verdict path under BPF_PROG_TEST_RUN",
+    ),
+    (
+        "df-bench-e2e",
+        "two VMs end to end: 64-byte UDP pps and TCP throughput",
+    ),
+];
+
+fn bench() -> Result<()> {
+    setup::setup()?;
+    require_root("the benchmarks load BPF programs")?;
+    let date = capture(Command::new("date").args(["-u", "+%Y-%m-%d-%H%M%S"]))?;
+    let path = run::root()
+        .join("target")
+        .join(format!("bench-{}.md", date.trim()));
+    fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let mut out =
+        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    writeln!(out, "# Benchmark run {}\n", date.trim())?;
+    let kernel = capture(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let rustc = capture(Command::new("rustc").arg("--version")).unwrap_or_default();
+    let git = capture(Command::new("git").args(["-C"]).arg(run::root()).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]))
+    .unwrap_or_default();
+    writeln!(
+        out,
+        "kernel {} · {cpus} CPUs · {} · commit {}\n",
+        kernel.trim(),
+        rustc.trim(),
+        git.trim()
+    )?;
+
+    for (bin, what) in BENCHES {
+        run::step(&format!("bench: {bin} ({what})"));
+        let src = run::root().join("tests/src/bin").join(format!("{bin}.rs"));
+        if !src.exists() {
+            eprintln!(
+                "warning: {} does not exist yet; skipping {bin}",
+                src.display()
+            );
+            writeln!(out, "## {what}\n\n(skipped: `{bin}` not written yet)\n")?;
+            continue;
+        }
+        let mut c = run::cargo();
+        c.args(["run", "--release", "-p", "tests", "--bin", bin])
+            .stdout(Stdio::piped());
+        writeln!(out, "## {what}\n\n`{}`\n", run::display(&c))?;
+        eprintln!("\x1b[36m$ {}\x1b[0m", run::display(&c));
+        let _sigint = ForwardSigint::install();
+        let mut child = c
+            .spawn()
+            .with_context(|| format!("could not run `{}`", run::display(&c)))?;
+        // tee: to the terminal and to the file.
+        let stdout = child.stdout.take().expect("piped");
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            writeln!(out, "{line}")?;
+        }
+        let st = child.wait()?;
+        if !st.success() {
+            bail!(
+                "benchmark {bin} failed ({st}); partial output in {}",
+                path.display()
+            );
+        }
+        writeln!(out)?;
+    }
+    eprintln!("bench: results written to {}", path.display());
+    Ok(())
+}
+
+fn capture(c: &mut Command) -> Result<String> {
+    let (ok, out) = run::probe(c)?;
+    if !ok {
+        bail!("`{}` failed", run::display(c));
+    }
+    Ok(out)
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root: {why}");
+    }
+    Ok(())
+}
+
+/// While a long child runs (tests, demo), Ctrl-C must not kill xtask before the child has
+/// cleaned up: the child gets SIGINT from the terminal (same process group) and we wait
+/// for it, then run our own cleanup. A handler (not SIG_IGN) so children, whose handlers
+/// reset to the default at exec, still react to Ctrl-C.
+struct ForwardSigint;
+
+extern "C" fn on_sigint(_: libc::c_int) {}
+
+impl ForwardSigint {
+    fn install() -> Self {
+        // SAFETY: installs an async-signal-safe handler that does nothing.
+        unsafe {
+            libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        }
+        ForwardSigint
+    }
+}
+
+impl Drop for ForwardSigint {
+    fn drop(&mut self) {
+        // SAFETY: restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+    }
+}

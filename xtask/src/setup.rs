@@ -1,0 +1,439 @@
+//! `cargo xtask setup`: bootstrap a fresh Debian 12 machine (as root), idempotently.
+//!
+//! Everything is checked first and only what is missing is installed, so a second run
+//! takes a second or two. The recipe is the verified one from TOOLCHAIN.md: Debian's
+//! `rustc-web` + `rust-web-src` (the only compiler here with the library source that
+//! `-Z build-std=core` needs for bpfel-unknown-none) and bpf-linker 0.13.0 built against
+//! the same LLVM 22.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run::{self, have, probe};
+
+struct Pkg {
+    name: &'static str,
+    why: &'static str,
+}
+
+/// The Rust/LLVM toolchain, installed as TOOLCHAIN.md verified it (with Recommends).
+const TOOLCHAIN: &[Pkg] = &[
+    Pkg {
+        name: "rustc-web",
+        why: "rustc 1.96 that builds the eBPF crate (`cargo +/usr`)",
+    },
+    Pkg {
+        name: "cargo-web",
+        why: "its cargo",
+    },
+    Pkg {
+        name: "rust-web-src",
+        why: "library source for `-Z build-std=core` on bpfel",
+    },
+    Pkg {
+        name: "rust-web-clippy",
+        why: "clippy for the bpfel target",
+    },
+    Pkg {
+        name: "llvm-22-dev",
+        why: "LLVM 22 for bpf-linker (the LLVM of rustc-web)",
+    },
+];
+
+/// Tools the build, tests, demo and benches use (installed without Recommends: those pull
+/// in services such as ntpsec and ipvsadm that nothing here needs).
+const TOOLS: &[Pkg] = &[
+    Pkg {
+        name: "protobuf-compiler",
+        why: "protoc, for etcd-client's build script",
+    },
+    Pkg {
+        name: "etcd-server",
+        why: "the northbound DB the tests and demo start",
+    },
+    Pkg {
+        name: "etcd-client",
+        why: "etcdctl, to look at the NB by hand",
+    },
+    Pkg {
+        name: "iproute2",
+        why: "ip netns/link/tc",
+    },
+    Pkg {
+        name: "iputils-ping",
+        why: "ping between VM namespaces",
+    },
+    Pkg {
+        name: "iputils-arping",
+        why: "arping, gratuitous ARP",
+    },
+    Pkg {
+        name: "python3-scapy",
+        why: "crafted attack frames",
+    },
+    Pkg {
+        name: "bpftool",
+        why: "inspect loaded programs and maps",
+    },
+    Pkg {
+        name: "tcpdump",
+        why: "packet captures while debugging",
+    },
+    Pkg {
+        name: "iperf3",
+        why: "throughput benches",
+    },
+    Pkg {
+        name: "nftables",
+        why: "the bridge + nftables baseline",
+    },
+    Pkg {
+        name: "keepalived",
+        why: "VRRP over allowed address pairs",
+    },
+    Pkg {
+        name: "netsniff-ng",
+        why: "trafgen, packet-rate benches",
+    },
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// What a check found missing.
+#[derive(Default)]
+pub struct Missing {
+    packages: Vec<&'static str>,
+    bpf_linker: Option<String>,
+    rustup: Option<String>,
+}
+
+impl Missing {
+    fn is_empty(&self) -> bool {
+        self.packages.is_empty() && self.bpf_linker.is_none() && self.rustup.is_none()
+    }
+}
+
+/// Read-only check, used by `cargo xtask build`: errors naming what is missing.
+pub fn check() -> Result<()> {
+    let m = find_missing()?;
+    if m.is_empty() {
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    if !m.packages.is_empty() {
+        lines.push(format!(
+            "apt packages not installed: {}",
+            m.packages.join(" ")
+        ));
+    }
+    lines.extend(m.bpf_linker.clone());
+    lines.extend(m.rustup.clone());
+    bail!(
+        "the machine is not set up:\n  - {}\nfix: run `cargo xtask setup` as root",
+        lines.join("\n  - ")
+    )
+}
+
+fn find_missing() -> Result<Missing> {
+    let mut m = Missing::default();
+    let installed = installed_packages()?;
+    for p in TOOLCHAIN.iter().chain(TOOLS) {
+        if !installed.contains_key(p.name) {
+            m.packages.push(p.name);
+        }
+    }
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => {}
+        Some(v) => m.bpf_linker = Some(format!("bpf-linker is {v}, need {BPF_LINKER_VERSION}")),
+        None => m.bpf_linker = Some("bpf-linker is not on PATH".into()),
+    }
+    m.rustup = rustup_problem();
+    Ok(m)
+}
+
+pub fn setup() -> Result<()> {
+    run::step("setup: checking the machine");
+    if !Path::new("/etc/debian_version").exists() {
+        bail!("`cargo xtask setup` supports Debian 12 only (no /etc/debian_version here)");
+    }
+    let installed = installed_packages()?;
+    let missing: Vec<&Pkg> = TOOLCHAIN
+        .iter()
+        .chain(TOOLS)
+        .filter(|p| !installed.contains_key(p.name))
+        .collect();
+    let present: Vec<&str> = TOOLCHAIN
+        .iter()
+        .chain(TOOLS)
+        .map(|p| p.name)
+        .filter(|n| installed.contains_key(*n))
+        .collect();
+    eprintln!(
+        "apt packages present: {}/{}{}",
+        present.len(),
+        TOOLCHAIN.len() + TOOLS.len(),
+        if present.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", present.join(" "))
+        }
+    );
+    if !missing.is_empty() {
+        install_packages(&missing)?;
+    }
+
+    // rustup: needed for `cargo +/usr` (aya-build and the bpfel clippy) — we cannot
+    // install it (no network to static.rust-lang.org on these machines), only say so.
+    if let Some(problem) = rustup_problem() {
+        bail!("{problem}");
+    }
+
+    ensure_bpf_linker()?;
+    keep_etcd_service_off()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+/// `dpkg-query` over all our packages at once: name → version of those installed.
+fn installed_packages() -> Result<BTreeMap<String, String>> {
+    let mut c = Command::new("dpkg-query");
+    c.args(["-W", "-f=${Package} ${db:Status-Abbrev} ${Version}\\n"]);
+    c.args(TOOLCHAIN.iter().chain(TOOLS).map(|p| p.name));
+    if !have("dpkg-query") {
+        bail!("dpkg-query not found: `cargo xtask setup` supports Debian 12 only");
+    }
+    // Exit status 1 only means some package is unknown to dpkg: that is what we look for.
+    let (_, out) = probe(&mut c)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (name, status, version) = (it.next()?, it.next()?, it.next()?);
+            (status == "ii").then(|| (name.to_string(), version.to_string()))
+        })
+        .collect())
+}
+
+fn install_packages(missing: &[&Pkg]) -> Result<()> {
+    for p in missing {
+        eprintln!("missing: {:<18} {}", p.name, p.why);
+    }
+    require_root("install apt packages")?;
+    run::step("setup: installing apt packages");
+    run::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdin(Stdio::null()),
+    )
+    .context("apt-get update failed (network or /etc/apt/sources.list?)")?;
+
+    // Drop (with a warning) any name this mirror does not have, rather than fail the lot.
+    let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+    let candidates = apt_candidates(&names)?;
+    let (available, unavailable): (Vec<&str>, Vec<&str>) =
+        names.iter().partition(|n| candidates.contains_key(**n));
+    for n in &unavailable {
+        eprintln!("warning: apt has no candidate for {n}; skipping it");
+    }
+    let toolchain: Vec<&str> = available
+        .iter()
+        .copied()
+        .filter(|n| TOOLCHAIN.iter().any(|p| p.name == *n))
+        .collect();
+    let tools: Vec<&str> = available
+        .iter()
+        .copied()
+        .filter(|n| TOOLS.iter().any(|p| p.name == *n))
+        .collect();
+
+    // Services (etcd, keepalived, iperf3) must not start from their postinst scripts: the
+    // tests run their own etcd on their own addresses.
+    let _guard = NoServiceStart::install()?;
+    for (group, recommends) in [(toolchain, true), (tools, false)] {
+        if group.is_empty() {
+            continue;
+        }
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-q"]);
+        if !recommends {
+            c.arg("--no-install-recommends");
+        }
+        c.args(&group)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        run::run(&mut c).context("apt-get install failed")?;
+    }
+    Ok(())
+}
+
+/// `apt-cache policy`: name → candidate version, for names that have one.
+fn apt_candidates(names: &[&str]) -> Result<BTreeMap<String, String>> {
+    let (_, out) = probe(Command::new("apt-cache").arg("policy").args(names))?;
+    let mut map = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            current = Some(line.trim_end_matches(':').to_string());
+        } else if let (Some(name), Some(v)) = (&current, line.trim().strip_prefix("Candidate: "))
+            && v != "(none)"
+        {
+            map.insert(name.clone(), v.to_string());
+        }
+    }
+    Ok(map)
+}
+
+/// A temporary `/usr/sbin/policy-rc.d` that forbids starting services during apt-get
+/// install (the Debian/Docker convention). Left alone if one already exists.
+struct NoServiceStart(Option<PathBuf>);
+
+impl NoServiceStart {
+    fn install() -> Result<Self> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(NoServiceStart(None));
+        }
+        eprintln!(
+            "writing a temporary {} so no service starts during install",
+            path.display()
+        );
+        fs::write(
+            &path,
+            "#!/bin/sh\n# temporary, from cargo xtask setup\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(NoServiceStart(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn rustup_problem() -> Option<String> {
+    if !have("rustup") {
+        return Some(
+            "rustup is not on PATH: the eBPF crate is built with `rustup run /usr cargo` \
+             (Debian's rustc-web as a custom toolchain). Install rustup with a stable \
+             toolchain and put ~/.cargo/bin on PATH (`. ~/.cargo/env`)"
+                .into(),
+        );
+    }
+    None
+}
+
+fn bpf_linker_version() -> Option<String> {
+    let (ok, out) = probe(Command::new("bpf-linker").arg("--version")).ok()?;
+    // "bpf-linker 0.13.0"
+    ok.then(|| {
+        out.split_whitespace()
+            .nth(1)
+            .unwrap_or("unknown")
+            .to_string()
+    })
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => {
+            eprintln!("bpf-linker {v} is installed");
+            return Ok(());
+        }
+        Some(v) => eprintln!("bpf-linker {v} found, need {BPF_LINKER_VERSION}: installing"),
+        None => eprintln!("bpf-linker not on PATH: installing {BPF_LINKER_VERSION} (~30 s)"),
+    }
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        bail!("{LLVM_PREFIX}/bin/llvm-config is missing: install llvm-22-dev (cargo xtask setup)");
+    }
+    run::step("setup: building bpf-linker against LLVM 22");
+    let mut c = Command::new("cargo");
+    // LLVM_PREFIX, not llvm-sys variables: bpf-linker's build script reads it, and without
+    // it an older llvm-config on PATH wins (TOOLCHAIN.md, "unable to find library -lLLVM").
+    c.env("LLVM_PREFIX", LLVM_PREFIX)
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        // Outside the workspace, so its .cargo/config.toml does not apply.
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    run::run(&mut c).context("building bpf-linker failed")?;
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => Ok(()),
+        _ => bail!(
+            "bpf-linker was installed but `bpf-linker --version` does not report \
+             {BPF_LINKER_VERSION}: is $CARGO_HOME/bin (~/.cargo/bin) first on PATH?"
+        ),
+    }
+}
+
+/// Debian's etcd-server enables and starts a system etcd on 127.0.0.1:2379. The tests
+/// and the demo start their own etcd; a system one only holds ports and memory.
+fn keep_etcd_service_off() -> Result<()> {
+    if Path::new("/run/systemd/system").exists() {
+        let active = probe(Command::new("systemctl").args(["is-active", "etcd.service"]))?.0;
+        let enabled = probe(Command::new("systemctl").args(["is-enabled", "etcd.service"]))?.0;
+        if active || enabled {
+            require_root("stop the etcd system service")?;
+            eprintln!("stopping and disabling the etcd system service (tests run their own)");
+            run::run(Command::new("systemctl").args(["disable", "--now", "etcd.service"]))?;
+        }
+    } else if Path::new("/etc/init.d/etcd").exists() {
+        // No systemd (containers): the SysV script may have started it.
+        if probe(Command::new("/etc/init.d/etcd").arg("status"))?.0 {
+            require_root("stop the etcd system service")?;
+            eprintln!("stopping the etcd system service (tests run their own)");
+            run::run(Command::new("/etc/init.d/etcd").arg("stop"))?;
+        }
+        let start_links = fs::read_dir("/etc/rc2.d")
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.starts_with('S') && n.ends_with("etcd")
+                })
+            })
+            .unwrap_or(false);
+        if start_links && have("update-rc.d") {
+            require_root("disable the etcd system service")?;
+            run::run(Command::new("update-rc.d").args(["etcd", "disable"]))?;
+        }
+    }
+    let addr: SocketAddr = ([127, 0, 0, 1], 2379).into();
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        eprintln!(
+            "warning: something listens on 127.0.0.1:2379 (a system etcd?). The tests start \
+             their own etcd inside namespaces, but consider stopping it."
+        );
+    } else {
+        eprintln!("no system etcd is running");
+    }
+    Ok(())
+}
+
+fn require_root(to: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("setup needs root to {to}: run `sudo -E cargo xtask setup` (or as root)");
+    }
+    Ok(())
+}
