@@ -610,3 +610,46 @@ pub fn lines(v: &[String]) -> String {
     }
     s
 }
+
+// ---- Additions for the port-security integration tests (tests/tests/). ----
+
+impl Cloud {
+    /// `etcdctl` (v3 API, Debian's etcd-client) against this cloud's etcd, run in the
+    /// underlay namespace; the output whatever the exit status. Used to write records the
+    /// CLI would refuse (malformed NB input) and to read what agents registered.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.ul
+            .command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.etcd.endpoint(), "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .expect("spawn etcdctl (is etcd-client installed? run `cargo xtask setup`)")
+    }
+}
+
+/// Sum of every sample of `name` whose labels include all of `labels` (0 when none).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, r)) => (n, r.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let have: Vec<(&str, &str)> = rest
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+                .collect();
+            labels
+                .iter()
+                .all(|want| have.contains(want))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
