@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("\x1b[31merror:\x1b[0m {e:#}");
+            eprintln!("{} {e:#}", run::paint(run::RED, "error:"));
             eprintln!("xtask: failed after {secs:.1} s");
             ExitCode::FAILURE
         }
@@ -135,7 +135,7 @@ fn clippy() -> Result<()> {
     for (name, mut c) in steps {
         run::step(&format!("clippy: {name}"));
         if !run::status(&mut c)?.success() {
-            eprintln!("\x1b[31m{name}: failed\x1b[0m");
+            eprintln!("{}", run::paint(run::RED, &format!("{name}: failed")));
             failed.push(name);
         }
     }
@@ -248,7 +248,7 @@ fn bench() -> Result<()> {
         c.args(["run", "--release", "-p", "tests", "--bin", bin])
             .stdout(Stdio::piped());
         writeln!(out, "## {what}\n\n`{}`\n", run::display(&c))?;
-        eprintln!("\x1b[36m$ {}\x1b[0m", run::display(&c));
+        run::show(&c);
         let _sigint = ForwardSigint::install();
         let mut child = c
             .spawn()
@@ -313,5 +313,22 @@ impl Drop for ForwardSigint {
         unsafe {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Cmd};
+
+    #[test]
+    fn test_args_pass_through_to_cargo_test() {
+        let cli = Cli::try_parse_from(["xtask", "test", "-p", "tests", "--", "aap", "--nocapture"])
+            .expect("parses");
+        let Cmd::Test { args } = cli.cmd else {
+            panic!("not test")
+        };
+        assert_eq!(args, ["-p", "tests", "--", "aap", "--nocapture"]);
     }
 }

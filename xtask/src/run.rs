@@ -64,14 +64,37 @@ fn quote(s: &OsStr) -> String {
     }
 }
 
+pub const BOLD: &str = "1";
+pub const RED: &str = "31";
+pub const CYAN: &str = "36";
+
+/// `text` in an ANSI style when stderr is a terminal (and NO_COLOR is unset).
+pub fn paint(style: &str, text: &str) -> String {
+    static COLOR: OnceLock<bool> = OnceLock::new();
+    let color = *COLOR.get_or_init(|| {
+        // SAFETY: isatty only inspects the descriptor.
+        std::env::var_os("NO_COLOR").is_none() && unsafe { libc::isatty(2) } == 1
+    });
+    if color {
+        format!("\x1b[{style}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
 /// Prints a step heading.
 pub fn step(what: &str) {
-    eprintln!("\x1b[1m==> {what}\x1b[0m");
+    eprintln!("{}", paint(BOLD, &format!("==> {what}")));
+}
+
+/// Prints the command about to run.
+pub fn show(c: &Command) {
+    eprintln!("{}", paint(CYAN, &format!("$ {}", display(c))));
 }
 
 /// Shows the command, runs it with inherited stdio and returns its status.
 pub fn status(c: &mut Command) -> Result<ExitStatus> {
-    eprintln!("\x1b[36m$ {}\x1b[0m", display(c));
+    show(c);
     let start = Instant::now();
     let st = c.status().map_err(|e| spawn_error(c, e))?;
     let secs = start.elapsed().as_secs_f64();

@@ -279,6 +279,11 @@ fn install_packages(missing: &[&Pkg]) -> Result<()> {
 /// `apt-cache policy`: name → candidate version, for names that have one.
 fn apt_candidates(names: &[&str]) -> Result<BTreeMap<String, String>> {
     let (_, out) = probe(Command::new("apt-cache").arg("policy").args(names))?;
+    Ok(parse_policy(&out))
+}
+
+/// Unknown names print nothing; known ones a block `name:` … `  Candidate: V` (or `(none)`).
+fn parse_policy(out: &str) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in out.lines() {
@@ -290,7 +295,7 @@ fn apt_candidates(names: &[&str]) -> Result<BTreeMap<String, String>> {
             map.insert(name.clone(), v.to_string());
         }
     }
-    Ok(map)
+    map
 }
 
 /// A temporary `/usr/sbin/policy-rc.d` that forbids starting services during apt-get
@@ -436,4 +441,20 @@ fn require_root(to: &str) -> Result<()> {
         bail!("setup needs root to {to}: run `sudo -E cargo xtask setup` (or as root)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_policy;
+
+    #[test]
+    fn apt_policy_candidates() {
+        let out = "iproute2:\n  Installed: 6.1.0-3\n  Candidate: 6.1.0-3\n  Version table:\n \
+                   *** 6.1.0-3 500\n        500 http://deb.debian.org/debian bookworm/main \
+                   amd64 Packages\ngone:\n  Installed: (none)\n  Candidate: (none)\n";
+        let m = parse_policy(out);
+        assert_eq!(m.get("iproute2").map(String::as_str), Some("6.1.0-3"));
+        assert!(!m.contains_key("gone"));
+        assert_eq!(m.len(), 1);
+    }
 }
