@@ -1,1 +1,984 @@
-fn main() {}
+//! `dfctl`: the operator CLI for the Dragonflow northbound database in etcd.
+//!
+//! Objects are validated with Neutron's rules (`nb::validate`) before they are written, and
+//! checked against their neighbours (lswitch exists, fixed IPs inside its subnets, unique
+//! MAC/fixed IPs per lswitch, no overlapping subnets, …). Referential checks read, then
+//! write: two operators racing can still slip past them (as with Neutron's API without DB
+//! constraints); the create itself is atomic and requires the lswitch to exist.
+//!
+//! Exit codes: 0 success; 2 usage, validation or state error (not found, already exists,
+//! still in use); 1 etcd or the agent unreachable or failing. Errors are one line on stderr:
+//! `error: lport p1: allowed address pair 192.0.2.300 is not an IP address or CIDR`.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpStream, ToSocketAddrs},
+    process::ExitCode,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dragonflow_agent::nb::{
+    AapMode, AllowedAddressPair, Chassis, DEFAULT_PREFIX, Kind, LPort, LSwitch, NbRecord, NbStore,
+    StoreError, Subnet, ValidationError, ValidationOptions, Versioned,
+    store::{DEFAULT_CONNECT_TIMEOUT, Listing},
+    validate::{
+        self, parse_aap, parse_cidr, parse_fixed_ip, parse_gateway, parse_mac, validate_lport_refs,
+        validate_subnet_refs,
+    },
+};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dfctl",
+    version,
+    about = "Manage the Dragonflow northbound database in etcd"
+)]
+struct Cli {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "DRAGONFLOW_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of the NB objects.
+    #[arg(long, global = true, env = "DRAGONFLOW_PREFIX", default_value = DEFAULT_PREFIX)]
+    prefix: String,
+    /// Seconds to wait for etcd (or the agent) before giving up.
+    #[arg(long, global = true, env = "DRAGONFLOW_TIMEOUT", default_value_t = 5.0)]
+    timeout: f64,
+    /// Most allowed address pairs per port (Neutron's max_allowed_address_pairs).
+    #[arg(
+        long,
+        global = true,
+        env = "DRAGONFLOW_MAX_ALLOWED_ADDRESS_PAIRS",
+        default_value_t = validate::DEFAULT_MAX_ALLOWED_ADDRESS_PAIRS
+    )]
+    max_allowed_address_pairs: usize,
+    /// Accept 0.0.0.0/0 or ::/0 as an allowed address pair. Such a pair lets the port use,
+    /// and claim, every address on its network: anti-spoofing is off for it.
+    #[arg(long, global = true, env = "DRAGONFLOW_ALLOW_ANY_AAP")]
+    allow_any_aap: bool,
+    /// Output format of list commands.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Logical switches (Neutron networks).
+    #[command(subcommand)]
+    Lswitch(LswitchCmd),
+    /// Subnets of a logical switch.
+    #[command(subcommand)]
+    Subnet(SubnetCmd),
+    /// Logical ports (Neutron ports) with their allowed address pairs.
+    #[command(subcommand)]
+    Lport(LportCmd),
+    /// Hypervisors registered by their agents.
+    #[command(subcommand)]
+    Chassis(ChassisCmd),
+    /// Gratuitous ARPs / ARP replies for AAP IPs seen by an agent's datapath.
+    #[command(subcommand)]
+    Garp(GarpCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum LswitchCmd {
+    Create {
+        id: String,
+        /// VXLAN VNI (segmentation_id), 1..=16777215.
+        #[arg(long)]
+        vni: u32,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value_t = dragonflow_agent::nb::default_mtu())]
+        mtu: u16,
+        /// Override the agents' aap_mode for this network.
+        #[arg(long, value_enum)]
+        aap_mode: Option<AapModeArg>,
+    },
+    Delete {
+        id: String,
+    },
+    List,
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AapModeArg {
+    Broadcast,
+    Detection,
+}
+
+impl From<AapModeArg> for AapMode {
+    fn from(m: AapModeArg) -> Self {
+        match m {
+            AapModeArg::Broadcast => AapMode::Broadcast,
+            AapModeArg::Detection => AapMode::Detection,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum SubnetCmd {
+    Create {
+        id: String,
+        #[arg(long)]
+        lswitch: String,
+        /// e.g. 192.0.2.0/24 or 2001:db8::/64; ip_version is derived from it.
+        #[arg(long)]
+        cidr: String,
+        /// Gateway address inside the cidr (none when omitted).
+        #[arg(long)]
+        gateway: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    List,
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LportCmd {
+    Create(LportCreate),
+    Update(LportUpdate),
+    Delete { id: String },
+    List,
+    Show { id: String },
+}
+
+#[derive(Args, Debug)]
+struct LportCreate {
+    id: String,
+    #[arg(long)]
+    lswitch: String,
+    #[arg(long)]
+    mac: String,
+    /// A fixed IP (repeatable).
+    #[arg(long = "fixed-ip", value_name = "IP")]
+    fixed_ips: Vec<String>,
+    /// An allowed address pair IP[/LEN][,MAC] (repeatable); MAC defaults to the port's.
+    #[arg(long = "aap", value_name = "IP[/LEN][,MAC]")]
+    aaps: Vec<String>,
+    /// Disable port security (no anti-spoofing, no security groups, no AAPs).
+    #[arg(long)]
+    no_port_security: bool,
+    /// A security group id (repeatable).
+    #[arg(long = "security-group", value_name = "SG")]
+    security_groups: Vec<String>,
+    /// Bind the port to this chassis.
+    #[arg(long)]
+    chassis: Option<String>,
+    /// Tap device name on the chassis (default: tap + first 11 chars of the id).
+    #[arg(long)]
+    ifname: Option<String>,
+    #[arg(long, default_value = "")]
+    device_owner: String,
+}
+
+#[derive(Args, Debug)]
+struct LportUpdate {
+    id: String,
+    /// Add an allowed address pair IP[/LEN][,MAC] (repeatable).
+    #[arg(long = "add-aap", value_name = "IP[/LEN][,MAC]")]
+    add_aaps: Vec<String>,
+    /// Remove an allowed address pair (repeatable); without MAC every pair of that IP goes.
+    #[arg(long = "remove-aap", value_name = "IP[/LEN][,MAC]")]
+    remove_aaps: Vec<String>,
+    /// Replace the fixed IPs with these (repeatable).
+    #[arg(long = "fixed-ip", value_name = "IP")]
+    fixed_ips: Vec<String>,
+    /// Enable or disable port security.
+    #[arg(long, value_name = "true|false")]
+    port_security: Option<bool>,
+    /// Replace the security groups with these (repeatable).
+    #[arg(
+        long = "security-group",
+        value_name = "SG",
+        conflicts_with = "no_security_groups"
+    )]
+    security_groups: Vec<String>,
+    /// Remove every security group.
+    #[arg(long)]
+    no_security_groups: bool,
+    /// Bind the port to this chassis.
+    #[arg(long, conflicts_with = "unbind")]
+    chassis: Option<String>,
+    /// Unbind the port (clear chassis).
+    #[arg(long)]
+    unbind: bool,
+    /// Tap device name on the chassis.
+    #[arg(long)]
+    ifname: Option<String>,
+    #[arg(long)]
+    device_owner: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ChassisCmd {
+    List,
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum GarpCmd {
+    /// The last GARP seen per IP (HTTP GET <agent>/garp).
+    List {
+        /// The agent's HTTP address (its metrics listener).
+        #[arg(
+            long,
+            env = "DRAGONFLOW_AGENT_URL",
+            default_value = "http://127.0.0.1:9465"
+        )]
+        agent: String,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+enum CliError {
+    /// Bad input or a refused request: exit 2.
+    Refused(String),
+    /// etcd / the agent unreachable or failing: exit 1.
+    Unavailable(String),
+}
+
+impl CliError {
+    fn invalid(kind: Kind, id: &str, e: ValidationError) -> Self {
+        CliError::Refused(format!("{} {id}: {e}", kind.segment()))
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        let msg = error_chain(&e);
+        match e {
+            StoreError::Connect { .. }
+            | StoreError::Timeout { .. }
+            | StoreError::Unreachable { .. }
+            | StoreError::Etcd { .. }
+            | StoreError::Decode(_) => CliError::Unavailable(msg),
+            _ => CliError::Refused(msg),
+        }
+    }
+}
+
+/// `e: cause: cause`, on one line, without repeating a cause already in the message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg.replace('\n', " ")
+}
+
+type Result<T, E = CliError> = std::result::Result<T, E>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Refused(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Unavailable(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let timeout = Duration::from_secs_f64(cli.timeout.clamp(0.1, 3600.0));
+    if let Cmd::Garp(GarpCmd::List { agent }) = &cli.cmd {
+        return garp_list(agent, timeout, cli.output);
+    }
+    let mut prefix = cli.prefix.clone();
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let endpoints: Vec<String> = cli
+        .etcd_endpoints
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(CliError::Refused("--etcd-endpoints is empty".into()));
+    }
+    let opts = ValidationOptions {
+        max_allowed_address_pairs: cli.max_allowed_address_pairs,
+        allow_any_aap: cli.allow_any_aap,
+    };
+    let store = NbStore::connect_with_timeouts(
+        &endpoints,
+        &prefix,
+        DEFAULT_CONNECT_TIMEOUT.min(timeout),
+        timeout,
+    )
+    .await?
+    .with_validation(opts.clone())
+    // Records written under other options (e.g. --allow-any-aap) stay listable; an update
+    // re-checks them under this invocation's options.
+    .with_read_validation(ValidationOptions::permissive());
+    let ctx = Ctx {
+        store,
+        opts,
+        output: cli.output,
+    };
+    match cli.cmd {
+        Cmd::Lswitch(c) => ctx.lswitch(c).await,
+        Cmd::Subnet(c) => ctx.subnet(c).await,
+        Cmd::Lport(c) => ctx.lport(c).await,
+        Cmd::Chassis(ChassisCmd::List) => ctx.list::<Chassis>(chassis_row).await,
+        Cmd::Chassis(ChassisCmd::Show { name }) => ctx.show::<Chassis>(&name).await,
+        Cmd::Garp(_) => unreachable!("handled above"),
+    }
+}
+
+struct Ctx {
+    store: NbStore,
+    opts: ValidationOptions,
+    output: Output,
+}
+
+impl Ctx {
+    async fn lswitch(&self, c: LswitchCmd) -> Result<()> {
+        match c {
+            LswitchCmd::Create {
+                id,
+                vni,
+                name,
+                mtu,
+                aap_mode,
+            } => {
+                let ls = LSwitch {
+                    id,
+                    name,
+                    segmentation_id: vni,
+                    mtu,
+                    aap_mode: aap_mode.map(Into::into),
+                };
+                self.check(&ls)?;
+                self.store.create(&ls).await?;
+                println!("created lswitch {}", ls.id);
+                Ok(())
+            }
+            LswitchCmd::Delete { id } => {
+                self.store.get_existing::<LSwitch>(&id).await?;
+                let ports = self.items::<LPort>().await?;
+                let users: Vec<&str> = ports
+                    .iter()
+                    .filter(|p| p.lswitch == id)
+                    .map(|p| p.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(CliError::Refused(format!(
+                        "lswitch {id} still has ports ({}); delete them first",
+                        users.join(", ")
+                    )));
+                }
+                // Subnets go with their network, as in Neutron.
+                let subnets = self.items::<Subnet>().await?;
+                let mut objs = vec![(Kind::LSwitch, id.as_str())];
+                objs.extend(
+                    subnets
+                        .iter()
+                        .filter(|s| s.lswitch == id)
+                        .map(|s| (Kind::Subnet, s.id.as_str())),
+                );
+                self.store.delete_all(&objs).await?;
+                println!("deleted lswitch {id}");
+                Ok(())
+            }
+            LswitchCmd::List => self.list::<LSwitch>(lswitch_row).await,
+            LswitchCmd::Show { id } => self.show::<LSwitch>(&id).await,
+        }
+    }
+
+    async fn subnet(&self, c: SubnetCmd) -> Result<()> {
+        match c {
+            SubnetCmd::Create {
+                id,
+                lswitch,
+                cidr,
+                gateway,
+            } => {
+                let inv = |e| CliError::invalid(Kind::Subnet, &id, e);
+                let cidr = parse_cidr(&cidr).map_err(inv)?;
+                let gateway_ip = gateway
+                    .as_deref()
+                    .map(parse_gateway)
+                    .transpose()
+                    .map_err(inv)?;
+                let subnet = Subnet {
+                    id: id.clone(),
+                    lswitch,
+                    ip_version: if cidr.addr.is_ipv4() { 4 } else { 6 },
+                    cidr,
+                    gateway_ip,
+                };
+                self.check(&subnet)?;
+                let ls = self
+                    .store
+                    .get::<LSwitch>(&subnet.lswitch)
+                    .await?
+                    .map(|v| v.value);
+                let others = self.items::<Subnet>().await?;
+                validate_subnet_refs(&subnet, ls.as_ref(), &others).map_err(inv)?;
+                self.store
+                    .create_requiring(&subnet, &[(Kind::LSwitch, &subnet.lswitch)])
+                    .await?;
+                println!("created subnet {id}");
+                Ok(())
+            }
+            SubnetCmd::Delete { id } => {
+                let subnet = self.store.get_existing::<Subnet>(&id).await?.value;
+                // Neutron refuses to delete a subnet whose addresses are still in use.
+                let ports = self.items::<LPort>().await?;
+                let users: Vec<&str> = ports
+                    .iter()
+                    .filter(|p| {
+                        p.lswitch == subnet.lswitch
+                            && p.fixed_ips.iter().any(|ip| subnet.cidr.contains(ip))
+                    })
+                    .map(|p| p.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(CliError::Refused(format!(
+                        "subnet {id} still has ports with addresses in {} ({}); \
+                         delete them or change their fixed IPs first",
+                        subnet.cidr,
+                        users.join(", ")
+                    )));
+                }
+                self.store.delete::<Subnet>(&id).await?;
+                println!("deleted subnet {id}");
+                Ok(())
+            }
+            SubnetCmd::List => self.list::<Subnet>(subnet_row).await,
+            SubnetCmd::Show { id } => self.show::<Subnet>(&id).await,
+        }
+    }
+
+    async fn lport(&self, c: LportCmd) -> Result<()> {
+        match c {
+            LportCmd::Create(a) => self.lport_create(a).await,
+            LportCmd::Update(a) => self.lport_update(a).await,
+            LportCmd::Delete { id } => {
+                if !self.store.delete::<LPort>(&id).await? {
+                    return Err(StoreError::NotFound { kind: "lport", id }.into());
+                }
+                println!("deleted lport {id}");
+                Ok(())
+            }
+            LportCmd::List => self.list::<LPort>(lport_row).await,
+            LportCmd::Show { id } => self.show::<LPort>(&id).await,
+        }
+    }
+
+    async fn lport_create(&self, a: LportCreate) -> Result<()> {
+        let id = a.id;
+        let inv = |e| CliError::invalid(Kind::LPort, &id, e);
+        let port = LPort {
+            id: id.clone(),
+            lswitch: a.lswitch,
+            mac: parse_mac(&a.mac).map_err(inv)?,
+            fixed_ips: a
+                .fixed_ips
+                .iter()
+                .map(|s| parse_fixed_ip(s))
+                .collect::<Result<_, _>>()
+                .map_err(inv)?,
+            allowed_address_pairs: a
+                .aaps
+                .iter()
+                .map(|s| parse_aap(s))
+                .collect::<Result<_, _>>()
+                .map_err(inv)?,
+            port_security_enabled: !a.no_port_security,
+            security_groups: a.security_groups,
+            chassis: a.chassis,
+            ifname: a.ifname,
+            device_owner: a.device_owner,
+        };
+        self.check(&port)?;
+        let ls = self
+            .store
+            .get::<LSwitch>(&port.lswitch)
+            .await?
+            .map(|v| v.value);
+        let subnets = self.items::<Subnet>().await?;
+        let ports = self.items::<LPort>().await?;
+        validate_lport_refs(&port, ls.as_ref(), &subnets, &ports).map_err(inv)?;
+        self.store
+            .create_requiring(&port, &[(Kind::LSwitch, &port.lswitch)])
+            .await?;
+        println!("created lport {id}");
+        Ok(())
+    }
+
+    async fn lport_update(&self, a: LportUpdate) -> Result<()> {
+        let id = a.id.clone();
+        let inv = |e| CliError::invalid(Kind::LPort, &id, e);
+        let add: Vec<AllowedAddressPair> = a
+            .add_aaps
+            .iter()
+            .map(|s| parse_aap(s))
+            .collect::<Result<_, _>>()
+            .map_err(inv)?;
+        let remove: Vec<AllowedAddressPair> = a
+            .remove_aaps
+            .iter()
+            .map(|s| parse_aap(s))
+            .collect::<Result<_, _>>()
+            .map_err(inv)?;
+        let fixed: Vec<_> = a
+            .fixed_ips
+            .iter()
+            .map(|s| parse_fixed_ip(s))
+            .collect::<Result<_, _>>()
+            .map_err(inv)?;
+
+        let cur = self.store.get_existing::<LPort>(&id).await?.value;
+        let ls = self
+            .store
+            .get::<LSwitch>(&cur.lswitch)
+            .await?
+            .map(|v| v.value);
+        let subnets = self.items::<Subnet>().await?;
+        let ports = self.items::<LPort>().await?;
+
+        let refused = |source| StoreError::Invalid {
+            kind: "lport",
+            id: id.clone(),
+            source,
+        };
+        self.store
+            .update::<LPort, _>(&id, |p| {
+                for r in &remove {
+                    let before = p.allowed_address_pairs.len();
+                    let port_mac = p.mac;
+                    p.allowed_address_pairs.retain(|x| {
+                        x.ip_address != r.ip_address
+                            || r.mac_address
+                                .is_some_and(|m| m != x.mac_address.unwrap_or(port_mac))
+                    });
+                    if p.allowed_address_pairs.len() == before {
+                        return Err(StoreError::Refused {
+                            kind: "lport",
+                            id: id.clone(),
+                            reason: format!(
+                                "allowed address pair {} is not on the port",
+                                aap_text(r)
+                            ),
+                        });
+                    }
+                }
+                p.allowed_address_pairs.extend(add.iter().cloned());
+                if !a.fixed_ips.is_empty() {
+                    p.fixed_ips = fixed.clone();
+                }
+                if let Some(ps) = a.port_security {
+                    p.port_security_enabled = ps;
+                }
+                if a.no_security_groups {
+                    p.security_groups.clear();
+                } else if !a.security_groups.is_empty() {
+                    p.security_groups = a.security_groups.clone();
+                }
+                if a.unbind {
+                    p.chassis = None;
+                } else if let Some(c) = &a.chassis {
+                    p.chassis = Some(c.clone());
+                }
+                if let Some(n) = &a.ifname {
+                    p.ifname = Some(n.clone());
+                }
+                if let Some(d) = &a.device_owner {
+                    p.device_owner = d.clone();
+                }
+                p.validate(&self.opts).map_err(|e| refused(Box::new(e)))?;
+                validate_lport_refs(p, ls.as_ref(), &subnets, &ports)
+                    .map_err(|e| refused(Box::new(e)))?;
+                Ok(())
+            })
+            .await?;
+        println!("updated lport {id}");
+        Ok(())
+    }
+
+    fn check<T: NbRecord>(&self, obj: &T) -> Result<()> {
+        obj.validate(&self.opts)
+            .map_err(|e| CliError::invalid(T::KIND, obj.id(), e))
+    }
+
+    /// Valid objects of a kind; malformed records are reported on stderr and skipped.
+    async fn items<T: NbRecord>(&self) -> Result<Vec<T>> {
+        Ok(self
+            .listing::<T>()
+            .await?
+            .items
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+
+    async fn listing<T: NbRecord>(&self) -> Result<Listing<T>> {
+        let l = self.store.list::<T>().await?;
+        for e in &l.malformed {
+            eprintln!("warning: skipping malformed record: {}", error_chain(e));
+        }
+        Ok(l)
+    }
+
+    async fn list<T: NbRecord>(&self, row: fn(&T) -> Vec<String>) -> Result<()> {
+        let l = self.listing::<T>().await?;
+        let items: Vec<&T> = l.items.iter().map(|v: &Versioned<T>| &v.value).collect();
+        match self.output {
+            Output::Json => print_json(&items),
+            Output::Table => {
+                print!(
+                    "{}",
+                    table(headers(T::KIND), items.into_iter().map(row).collect())
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn show<T: NbRecord>(&self, id: &str) -> Result<()> {
+        let v = self.store.get_existing::<T>(id).await?;
+        print_json(&v.value)
+    }
+}
+
+fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::Unavailable(format!("cannot format JSON: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn headers(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::LSwitch => &["ID", "NAME", "VNI", "MTU", "AAP_MODE"],
+        Kind::Subnet => &["ID", "LSWITCH", "CIDR", "GATEWAY", "IP_VERSION"],
+        Kind::LPort => &[
+            "ID",
+            "LSWITCH",
+            "MAC",
+            "FIXED_IPS",
+            "ALLOWED_ADDRESS_PAIRS",
+            "PORT_SECURITY",
+            "SECURITY_GROUPS",
+            "CHASSIS",
+            "IFNAME",
+        ],
+        Kind::Chassis => &["NAME", "TUNNEL_IP", "AAP_MODE", "VERSION"],
+    }
+}
+
+fn dash(s: impl Into<String>) -> String {
+    let s = s.into();
+    if s.is_empty() { "-".into() } else { s }
+}
+
+fn mode(m: AapMode) -> String {
+    match m {
+        AapMode::Broadcast => "broadcast".into(),
+        AapMode::Detection => "detection".into(),
+    }
+}
+
+fn lswitch_row(s: &LSwitch) -> Vec<String> {
+    vec![
+        s.id.clone(),
+        dash(s.name.clone()),
+        s.segmentation_id.to_string(),
+        s.mtu.to_string(),
+        s.aap_mode.map_or_else(|| "-".into(), mode),
+    ]
+}
+
+fn subnet_row(s: &Subnet) -> Vec<String> {
+    vec![
+        s.id.clone(),
+        s.lswitch.clone(),
+        format!("{}/{}", s.cidr.addr, s.cidr.len),
+        s.gateway_ip.map_or_else(|| "-".into(), |g| g.to_string()),
+        s.ip_version.to_string(),
+    ]
+}
+
+/// `IP[/LEN]` or `IP[/LEN],MAC` (the --aap syntax).
+fn aap_text(a: &AllowedAddressPair) -> String {
+    match a.mac_address {
+        Some(m) => format!("{},{m}", a.ip_address),
+        None => a.ip_address.to_string(),
+    }
+}
+
+fn lport_row(p: &LPort) -> Vec<String> {
+    // Lists are joined with ';' because an AAP itself may contain a ','.
+    vec![
+        p.id.clone(),
+        p.lswitch.clone(),
+        p.mac.to_string(),
+        dash(
+            p.fixed_ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(";"),
+        ),
+        dash(
+            p.allowed_address_pairs
+                .iter()
+                .map(aap_text)
+                .collect::<Vec<_>>()
+                .join(";"),
+        ),
+        p.port_security_enabled.to_string(),
+        dash(p.security_groups.join(";")),
+        dash(p.chassis.clone().unwrap_or_default()),
+        p.tap_name(),
+    ]
+}
+
+fn chassis_row(c: &Chassis) -> Vec<String> {
+    vec![
+        c.name.clone(),
+        c.tunnel_ip.to_string(),
+        mode(c.aap_mode),
+        dash(c.version.clone()),
+    ]
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(&header_row).chain(&rows) {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.push_str(&" ".repeat(w - c.chars().count()));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// garp list: a tiny HTTP/1.0 GET over std::net (no HTTP client dependency for one request).
+
+fn garp_list(agent: &str, timeout: Duration, output: Output) -> Result<()> {
+    let body = http_get(agent, "/garp", timeout)?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| CliError::Unavailable(format!("agent at {agent}: /garp is not JSON: {e}")))?;
+    let Some(entries) = v.as_array() else {
+        return Err(CliError::Unavailable(format!(
+            "agent at {agent}: /garp is not a JSON array"
+        )));
+    };
+    if output == Output::Json {
+        return print_json(entries);
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let field = |e: &serde_json::Value, k: &str| match e.get(k) {
+        None | Some(serde_json::Value::Null) => "-".to_string(),
+        Some(serde_json::Value::String(s)) => dash(s.clone()),
+        Some(other) => other.to_string(),
+    };
+    let mut rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let seen = match e.get("last_seen_unix_ms").and_then(|x| x.as_u64()) {
+                Some(ms) => format!("{:.1}s ago", now_ms.saturating_sub(ms) as f64 / 1000.0),
+                None => field(e, "last_seen_unix_ms"),
+            };
+            vec![
+                field(e, "ip"),
+                field(e, "mac"),
+                field(e, "ifname"),
+                field(e, "lport"),
+                field(e, "net_id"),
+                field(e, "op"),
+                seen,
+                field(e, "count"),
+            ]
+        })
+        .collect();
+    rows.sort();
+    print!(
+        "{}",
+        table(
+            &[
+                "IP",
+                "MAC",
+                "IFNAME",
+                "LPORT",
+                "NET_ID",
+                "OP",
+                "LAST_SEEN",
+                "COUNT"
+            ],
+            rows
+        )
+    );
+    Ok(())
+}
+
+/// GET `<base><path>`; `base` is `http://host[:port][/prefix]`. Returns the body of a 200.
+fn http_get(base: &str, path: &str, timeout: Duration) -> Result<String> {
+    let unavailable = |why: String| CliError::Unavailable(format!("agent at {base}: {why}"));
+    let rest = base.strip_prefix("http://").ok_or_else(|| {
+        CliError::Refused(format!(
+            "--agent {base:?}: only http://host:port URLs are supported"
+        ))
+    })?;
+    let (hostport, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if hostport.is_empty() {
+        return Err(CliError::Refused(format!("--agent {base:?} has no host")));
+    }
+    let target = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !hostport.ends_with(']')
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addrs: Vec<_> = target
+        .to_socket_addrs()
+        .map_err(|e| unavailable(format!("cannot resolve {target}: {e}")))?
+        .collect();
+    let mut last_err = None;
+    let mut stream = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some(mut stream) = stream else {
+        return Err(unavailable(format!(
+            "cannot connect: {}",
+            last_err.map_or_else(|| "no address".into(), |e| e.to_string())
+        )));
+    };
+    let io = |e: std::io::Error| unavailable(e.to_string());
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    // One write: a request split over several segments confuses minimal servers.
+    let request = format!(
+        "GET {prefix}{path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| unavailable("malformed HTTP response (no header end)".into()))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default();
+    let code = status.split_whitespace().nth(1).unwrap_or_default();
+    if code != "200" {
+        return Err(unavailable(format!(
+            "GET {prefix}{path} answered {status:?}"
+        )));
+    }
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| unavailable("malformed chunked body".into()))?;
+    }
+    String::from_utf8(body).map_err(|_| unavailable("body is not UTF-8".into()))
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..eol]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}

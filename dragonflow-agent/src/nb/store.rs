@@ -43,6 +43,12 @@ pub enum StoreError {
         op: String,
         after: Duration,
     },
+    #[error("cannot reach etcd at {endpoints} ({op}): {detail}")]
+    Unreachable {
+        endpoints: String,
+        op: String,
+        detail: String,
+    },
     #[error("etcd at {endpoints}: {op} failed: {source}")]
     Etcd {
         endpoints: String,
@@ -58,6 +64,14 @@ pub enum StoreError {
         id: String,
         #[source]
         source: Box<ValidationError>,
+    },
+    /// A request refused for a reason outside the per-object rules (e.g. by an
+    /// [`NbStore::update`] closure).
+    #[error("{kind} {id}: {reason}")]
+    Refused {
+        kind: &'static str,
+        id: String,
+        reason: String,
     },
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
@@ -116,7 +130,10 @@ pub struct NbStore {
     prefix: String,
     endpoints: String,
     op_timeout: Duration,
+    /// Rules for writes.
     opts: ValidationOptions,
+    /// Rules for reads (by default the same as for writes).
+    read_opts: ValidationOptions,
 }
 
 impl NbStore {
@@ -169,12 +186,23 @@ impl NbStore {
             endpoints: joined,
             op_timeout,
             opts: ValidationOptions::default(),
+            read_opts: ValidationOptions::default(),
         })
     }
 
-    /// Validation options used for reads and writes.
+    /// Validation options used for writes and (unless overridden) reads.
     pub fn with_validation(mut self, opts: ValidationOptions) -> Self {
+        self.read_opts = opts.clone();
         self.opts = opts;
+        self
+    }
+
+    /// Validation options for reads only (set after [`with_validation`](Self::with_validation)).
+    /// A CLI showing what is stored may relax the policy knobs
+    /// ([`ValidationOptions::permissive`]) so that a record written under other options stays
+    /// readable; an agent deciding what to enforce should not.
+    pub fn with_read_validation(mut self, opts: ValidationOptions) -> Self {
+        self.read_opts = opts;
         self
     }
 
@@ -208,6 +236,32 @@ impl NbStore {
     ) -> Result<R, StoreError> {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(r)) => Ok(r),
+            // gRPC UNAVAILABLE (14): no connection; name the root cause (e.g. "Connection
+            // refused") instead of tonic's nested debug output.
+            Ok(Err(etcd_client::Error::GRpcStatus(st))) if st.code() as i32 == 14 => {
+                let mut detail = st.message().to_string();
+                let mut src = std::error::Error::source(&st);
+                while let Some(e) = src {
+                    if e.source().is_none() {
+                        detail = format!("{detail}: {e}");
+                    }
+                    src = e.source();
+                }
+                Err(StoreError::Unreachable {
+                    endpoints: self.endpoints.clone(),
+                    op: op.into(),
+                    detail,
+                })
+            }
+            // CANCELLED (1) with tonic's "Timeout expired", DEADLINE_EXCEEDED (4): the
+            // per-request timeout set at connect fired before ours.
+            Ok(Err(etcd_client::Error::GRpcStatus(st))) if matches!(st.code() as i32, 1 | 4) => {
+                Err(StoreError::Timeout {
+                    endpoints: self.endpoints.clone(),
+                    op: op.into(),
+                    after: self.op_timeout,
+                })
+            }
             Ok(Err(source)) => Err(StoreError::Etcd {
                 endpoints: self.endpoints.clone(),
                 op: op.into(),
@@ -245,7 +299,7 @@ impl NbStore {
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
         };
-        let value = decode_as::<T>(id, kv.value(), &self.opts)?;
+        let value = decode_as::<T>(id, kv.value(), &self.read_opts)?;
         Ok(Some(Versioned {
             value,
             mod_revision: kv.mod_revision(),
@@ -279,7 +333,7 @@ impl NbStore {
         };
         for kv in resp.kvs() {
             let id = String::from_utf8_lossy(&kv.key()[p.len()..]).into_owned();
-            match decode_as::<T>(&id, kv.value(), &self.opts) {
+            match decode_as::<T>(&id, kv.value(), &self.read_opts) {
                 Ok(value) => listing.items.push(Versioned {
                     value,
                     mod_revision: kv.mod_revision(),

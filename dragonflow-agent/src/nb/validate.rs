@@ -55,6 +55,17 @@ pub struct ValidationOptions {
     pub allow_any_aap: bool,
 }
 
+impl ValidationOptions {
+    /// The policy knobs off (no pair limit, `0.0.0.0/0` accepted); every structural rule
+    /// still applies. For displaying what is stored, not for deciding what to enforce.
+    pub fn permissive() -> Self {
+        Self {
+            max_allowed_address_pairs: usize::MAX,
+            allow_any_aap: true,
+        }
+    }
+}
+
 impl Default for ValidationOptions {
     fn default() -> Self {
         Self {

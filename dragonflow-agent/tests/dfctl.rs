@@ -1,0 +1,769 @@
+//! The real `dfctl` binary against a real etcd (started per test on free loopback ports,
+//! killed by a Drop guard): CRUD, every validation error reaching the user with exit code 2,
+//! referential checks, malformed records, etcd unreachable (exit 1, within the timeout) and
+//! `garp list` against a stub agent.
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+const DFCTL: &str = env!("CARGO_BIN_EXE_dfctl");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private etcd on loopback; killed and its data dir removed on Drop.
+struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    endpoint: String,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dfctl-test-etcd-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd (is /usr/bin/etcd installed?)");
+        let etcd = Etcd {
+            child,
+            dir,
+            endpoint,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if etcd.dfctl(&["lswitch", "list"]).status.success() {
+                return etcd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {} did not become ready",
+                etcd.endpoint
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn dfctl(&self, args: &[&str]) -> Output {
+        dfctl_at(&self.endpoint, args)
+    }
+
+    /// Runs dfctl and panics unless it succeeds; returns stdout.
+    #[track_caller]
+    fn ok(&self, args: &str) -> String {
+        let out = self.dfctl(&split(args));
+        assert!(
+            out.status.success(),
+            "dfctl {args} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs dfctl, expects exit `code` and a one-line stderr containing `msg`.
+    #[track_caller]
+    fn fails(&self, args: &str, code: i32, msg: &str) {
+        let out = self.dfctl(&split(args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "dfctl {args}: stderr {err}");
+        assert!(err.starts_with("error: "), "dfctl {args}: stderr {err:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "dfctl {args}: stderr {err:?}"
+        );
+        assert!(
+            err.contains(msg),
+            "dfctl {args}: expected {msg:?} in {err:?}"
+        );
+    }
+
+    fn etcdctl_put(&self, key: &str, value: &str) {
+        let st = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "put", key, value])
+            .stdout(Stdio::null())
+            .status()
+            .expect("spawn etcdctl");
+        assert!(st.success());
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn split(args: &str) -> Vec<&str> {
+    args.split_whitespace().collect()
+}
+
+fn dfctl_at(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(DFCTL)
+        .args(["--etcd-endpoints", endpoint])
+        .args(args)
+        .env_remove("DRAGONFLOW_PREFIX")
+        .output()
+        .expect("spawn dfctl")
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn crud_round_trip() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --name demo-net --vni 100 --mtu 1450 --aap-mode detection");
+    etcd.ok("subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1");
+    etcd.ok("subnet create sub6 --lswitch net1 --cidr 2001:db8::/64");
+    etcd.ok(
+        "lport create web1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11 \
+         --aap 192.0.2.100 --chassis hv1 --ifname tapweb1",
+    );
+    etcd.ok(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
+         --fixed-ip 2001:db8::12 --aap 192.0.2.100 --aap 198.51.100.0/24,00:00:5e:00:01:01 \
+         --security-group sg1 --device-owner compute:nova",
+    );
+
+    let ls = json(&etcd.ok("lswitch show net1"));
+    assert_eq!(ls["segmentation_id"], 100);
+    assert_eq!(ls["name"], "demo-net");
+    assert_eq!(ls["aap_mode"], "detection");
+    let list = etcd.ok("lswitch list");
+    assert!(list.starts_with("ID"), "{list}");
+    assert!(list.contains("net1") && list.contains("demo-net") && list.contains("detection"));
+
+    let sn = json(&etcd.ok("subnet show sub6"));
+    assert_eq!(sn["ip_version"], 6);
+    assert_eq!(sn["cidr"], "2001:db8::/64");
+    assert!(etcd.ok("subnet list").contains("192.0.2.0/24"));
+
+    let p = json(&etcd.ok("lport show web2"));
+    assert_eq!(
+        p["fixed_ips"],
+        serde_json::json!(["192.0.2.12", "2001:db8::12"])
+    );
+    assert_eq!(
+        p["allowed_address_pairs"],
+        serde_json::json!([
+            {"ip_address": "192.0.2.100"},
+            {"ip_address": "198.51.100.0/24", "mac_address": "00:00:5e:00:01:01"}
+        ])
+    );
+    assert_eq!(p["port_security_enabled"], true);
+    assert_eq!(p["security_groups"], serde_json::json!(["sg1"]));
+    let list = etcd.ok("lport list");
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(list.contains("tapweb1") && list.contains("198.51.100.0/24,00:00:5e:00:01:01"));
+    let arr = json(&etcd.ok("lport list --output json"));
+    assert_eq!(arr.as_array().unwrap().len(), 2);
+    assert_eq!(arr[0]["id"], "web1");
+
+    // Updates: add then remove an AAP, replace fixed IPs, toggle port security.
+    etcd.ok("lport update web1 --add-aap 192.0.2.66 --add-aap 203.0.113.0/28,fa:16:3e:00:00:77");
+    let p = json(&etcd.ok("lport show web1"));
+    assert_eq!(p["allowed_address_pairs"].as_array().unwrap().len(), 3);
+    etcd.ok("lport update web1 --remove-aap 192.0.2.66 --remove-aap 203.0.113.0/28");
+    let p = json(&etcd.ok("lport show web1"));
+    assert_eq!(
+        p["allowed_address_pairs"],
+        serde_json::json!([{"ip_address": "192.0.2.100"}])
+    );
+    etcd.fails(
+        "lport update web1 --remove-aap 192.0.2.66",
+        2,
+        "192.0.2.66 is not on the port",
+    );
+    etcd.ok("lport update web1 --fixed-ip 192.0.2.21 --chassis hv2 --ifname tapw1");
+    let p = json(&etcd.ok("lport show web1"));
+    assert_eq!(p["fixed_ips"], serde_json::json!(["192.0.2.21"]));
+    assert_eq!(p["chassis"], "hv2");
+    assert_eq!(p["ifname"], "tapw1");
+    etcd.ok("lport update web1 --remove-aap 192.0.2.100 --port-security false");
+    assert_eq!(
+        json(&etcd.ok("lport show web1"))["port_security_enabled"],
+        false
+    );
+    etcd.ok("lport update web1 --port-security true --add-aap 192.0.2.100 --unbind");
+    let p = json(&etcd.ok("lport show web1"));
+    assert_eq!(p["port_security_enabled"], true);
+    assert!(p.get("chassis").is_none());
+
+    // Deletes: an lswitch with ports and a subnet in use are refused.
+    etcd.fails(
+        "lswitch delete net1",
+        2,
+        "lswitch net1 still has ports (web1, web2)",
+    );
+    etcd.fails("subnet delete sub1", 2, "subnet sub1 still has ports");
+    etcd.ok("lport delete web1");
+    etcd.ok("lport delete web2");
+    etcd.fails("lport delete web2", 2, "lport web2 not found");
+    etcd.fails("lport show web2", 2, "lport web2 not found");
+    etcd.ok("subnet delete sub1");
+    etcd.ok("lswitch delete net1");
+    etcd.fails("lswitch show net1", 2, "lswitch net1 not found");
+    // The remaining subnet went with its lswitch.
+    assert_eq!(etcd.ok("subnet list").lines().count(), 1);
+    assert_eq!(json(&etcd.ok("lport list -o json")), serde_json::json!([]));
+    etcd.fails("lswitch delete net1", 2, "lswitch net1 not found");
+}
+
+#[test]
+fn validation_errors_reach_the_user() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    let port = "lport create p1 --lswitch net1 --mac fa:16:3e:00:00:01";
+    let cases: &[(String, &str)] = &[
+        // lswitch
+        (
+            "lswitch create ls0 --vni 0".into(),
+            "lswitch ls0: segmentation_id 0 is out of range",
+        ),
+        (
+            "lswitch create ls0 --vni 16777216".into(),
+            "segmentation_id 16777216 is out of range",
+        ),
+        (
+            "lswitch create ls0 --vni 5 --mtu 67".into(),
+            "mtu 67 is out of range 68..=9000",
+        ),
+        (
+            "lswitch create ls0 --vni 5 --mtu 9001".into(),
+            "mtu 9001 is out of range",
+        ),
+        (
+            "lswitch create a/b --vni 5".into(),
+            "it must not contain '/'",
+        ),
+        (
+            "lswitch create net1 --vni 5".into(),
+            "lswitch net1 already exists",
+        ),
+        // subnet
+        (
+            "subnet create s1 --lswitch net1 --cidr 192.0.2.1/24".into(),
+            "subnet s1: cidr 192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?",
+        ),
+        (
+            "subnet create s1 --lswitch net1 --cidr 192.0.2.0".into(),
+            "is not a CIDR",
+        ),
+        (
+            "subnet create s1 --lswitch net1 --cidr 0.0.0.0/0".into(),
+            "prefix length 0",
+        ),
+        (
+            "subnet create s1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 198.51.100.1".into(),
+            "gateway 198.51.100.1 is not inside cidr 192.0.2.0/24",
+        ),
+        (
+            "subnet create s1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.255".into(),
+            "is the broadcast address",
+        ),
+        (
+            "subnet create s1 --lswitch net1 --cidr 192.0.2.0/24 --gateway x".into(),
+            "gateway \"x\"",
+        ),
+        (
+            "subnet create s1 --lswitch nope --cidr 192.0.2.0/24".into(),
+            "lswitch nope does not exist",
+        ),
+        // lport: MACs
+        (
+            "lport create p1 --lswitch net1 --mac fa:16:3e:00:00".into(),
+            "lport p1: \"fa:16:3e:00:00\" is not a MAC address",
+        ),
+        (
+            "lport create p1 --lswitch net1 --mac 01:00:5e:00:00:01".into(),
+            "must be unicast",
+        ),
+        (
+            "lport create p1 --lswitch net1 --mac 00:00:00:00:00:00".into(),
+            "not a valid port MAC",
+        ),
+        // lport: fixed IPs
+        (
+            format!("{port} --fixed-ip 192.0.2.300"),
+            "fixed IP \"192.0.2.300\" is not an IP address",
+        ),
+        (
+            format!("{port} --fixed-ip 224.0.0.1"),
+            "is a multicast address",
+        ),
+        (
+            format!("{port} --fixed-ip 192.0.2.5 --fixed-ip 192.0.2.5"),
+            "listed twice",
+        ),
+        // lport: allowed address pairs
+        (
+            format!("{port} --aap 192.0.2.300"),
+            "lport p1: allowed address pair 192.0.2.300 is not an IP address or CIDR",
+        ),
+        (
+            format!("{port} --aap 192.0.2.0/33"),
+            "is not an IP address or CIDR",
+        ),
+        (
+            format!("{port} --aap 192.0.2.5/24"),
+            "has host bits set; did you mean 192.0.2.0/24?",
+        ),
+        (
+            format!("{port} --aap 192.0.2.5,zz"),
+            "\"zz\" is not a MAC address",
+        ),
+        (
+            format!("{port} --aap 192.0.2.5,01:00:5e:00:00:01"),
+            "is a multicast address",
+        ),
+        (
+            format!("{port} --aap 192.0.2.5,00:00:00:00:00:00"),
+            "MAC 00:00:00:00:00:00 is not valid",
+        ),
+        (
+            format!("{port} --aap 224.0.0.18"),
+            "cannot be a packet source",
+        ),
+        (
+            format!("{port} --aap 192.0.2.5 --aap 192.0.2.5,fa:16:3e:00:00:01"),
+            "allowed address pair 192.0.2.5,fa:16:3e:00:00:01 is listed twice",
+        ),
+        (
+            format!("{port} --aap 0.0.0.0/0"),
+            "would let the port claim every address",
+        ),
+        (format!("{port} --aap ::/0"), "unless allow_any_aap is set"),
+        (
+            format!("{port} --aap 192.0.2.5 --no-port-security"),
+            "allowed address pairs require port security to be enabled",
+        ),
+        (
+            format!("{port} --security-group sg1 --no-port-security"),
+            "security groups (sg1) need port security",
+        ),
+        (
+            format!(
+                "{port}{}",
+                (0..11)
+                    .map(|i| format!(" --aap 192.0.2.{}", 100 + i))
+                    .collect::<String>()
+            ),
+            "11 allowed address pairs exceed the maximum of 10",
+        ),
+        // lport: binding and ids
+        (
+            format!("{port} --ifname tap1234567890123"),
+            "at most 15 bytes",
+        ),
+        (
+            format!("{port} --ifname tap:1"),
+            "must not contain '/' or ':'",
+        ),
+        (
+            format!("{port} --chassis a/b"),
+            "chassis name \"a/b\" is invalid",
+        ),
+        (
+            "lport create p/1 --lswitch net1 --mac fa:16:3e:00:00:01".into(),
+            "lport id \"p/1\"",
+        ),
+        (
+            "lport create p1 --lswitch nope --mac fa:16:3e:00:00:01".into(),
+            "lswitch nope does not exist",
+        ),
+        (
+            "lport update nope --add-aap 192.0.2.5".into(),
+            "lport nope not found",
+        ),
+    ];
+    for (args, msg) in cases {
+        etcd.fails(args, 2, msg);
+    }
+    // Nothing invalid was written.
+    assert_eq!(etcd.ok("lport list").lines().count(), 1);
+    assert_eq!(etcd.ok("subnet list").lines().count(), 1);
+    assert_eq!(etcd.ok("lswitch list").lines().count(), 2);
+
+    // clap usage errors are exit 2 as well.
+    let out = etcd.dfctl(&["lswitch", "create", "x", "--vni", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = etcd.dfctl(&["lport", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = etcd.dfctl(&["lport", "update", "p1", "--port-security", "maybe"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // The options relax the rules.
+    etcd.ok(&format!("{port} --aap 0.0.0.0/0 --allow-any-aap"));
+    etcd.ok(&format!(
+        "lport create p2 --lswitch net1 --mac fa:16:3e:00:00:02 --max-allowed-address-pairs 11{}",
+        (0..11)
+            .map(|i| format!(" --aap 192.0.2.{}", 100 + i))
+            .collect::<String>()
+    ));
+    // ...but a later update under the default limit is refused.
+    etcd.fails(
+        "lport update p2 --add-aap 192.0.2.200",
+        2,
+        "12 allowed address pairs exceed the maximum of 10",
+    );
+    // A record written under relaxed options stays listable, but an update re-checks it
+    // under the options of that invocation.
+    assert!(etcd.ok("lport list").contains("0.0.0.0/0"));
+    etcd.fails(
+        "lport update p1 --chassis hv1",
+        2,
+        "unless allow_any_aap is set",
+    );
+    etcd.ok("lport update p1 --chassis hv1 --allow-any-aap");
+    // Update-time rules.
+    etcd.ok("lport create p3 --lswitch net1 --mac fa:16:3e:00:00:03 --aap 192.0.2.5");
+    etcd.fails(
+        "lport update p3 --port-security false",
+        2,
+        "require port security",
+    );
+    etcd.fails(
+        "lport update p3 --add-aap 192.0.2.300",
+        2,
+        "is not an IP address or CIDR",
+    );
+    etcd.fails(
+        "lport update p3 --add-aap 192.0.2.5",
+        2,
+        "192.0.2.5,fa:16:3e:00:00:03 is listed twice",
+    );
+    etcd.fails(
+        "lport update p3 --fixed-ip nope",
+        2,
+        "fixed IP \"nope\" is not an IP address",
+    );
+    etcd.fails(
+        "lport update p3 --ifname a:b",
+        2,
+        "interface name \"a:b\" is invalid",
+    );
+    etcd.fails(
+        "lport update p3 --security-group sg1 --port-security false --remove-aap 192.0.2.5",
+        2,
+        "need port security",
+    );
+    etcd.ok("lport update p3 --port-security false --remove-aap 192.0.2.5");
+}
+
+#[test]
+fn referential_checks() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("lswitch create net2 --vni 200 --mtu 1000");
+    // Without subnets any fixed IP is accepted.
+    etcd.ok("lport create a --lswitch net1 --mac fa:16:3e:00:00:0a --fixed-ip 198.51.100.5");
+    etcd.ok("lport delete a");
+    etcd.ok("subnet create s1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1");
+    etcd.fails(
+        "subnet create s2 --lswitch net1 --cidr 192.0.2.128/25",
+        2,
+        "cidr 192.0.2.128/25 overlaps subnet s1 (192.0.2.0/24) on lswitch net1",
+    );
+    // The same CIDR on another lswitch is fine.
+    etcd.ok("subnet create s3 --lswitch net2 --cidr 192.0.2.0/24");
+    etcd.fails(
+        "subnet create s6 --lswitch net2 --cidr 2001:db8::/64",
+        2,
+        "needs an MTU of at least 1280; lswitch net2 has 1000",
+    );
+    etcd.fails(
+        "lport create p1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 198.51.100.5",
+        2,
+        "fixed IP 198.51.100.5 is not in any subnet of lswitch net1 (192.0.2.0/24)",
+    );
+    etcd.fails(
+        "lport create p1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.1",
+        2,
+        "fixed IP 192.0.2.1 is the gateway of subnet s1",
+    );
+    etcd.ok(
+        "lport create r1 --lswitch net1 --mac fa:16:3e:00:00:99 --fixed-ip 192.0.2.1 \
+         --device-owner network:router_interface",
+    );
+    etcd.ok("lport create p1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11");
+    etcd.fails(
+        "lport create p2 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.12",
+        2,
+        "MAC address fa:16:3e:00:00:01 is already used by lport p1 on lswitch net1",
+    );
+    etcd.fails(
+        "lport create p2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.11",
+        2,
+        "fixed IP 192.0.2.11 is already used by lport p1 on lswitch net1",
+    );
+    etcd.fails(
+        "lport create p1 --lswitch net1 --mac fa:16:3e:00:00:03",
+        2,
+        "lport p1 already exists",
+    );
+    // Two ports may share an AAP (that is the point of AAPs) and a port on another lswitch may
+    // reuse a MAC and IP.
+    etcd.ok(
+        "lport create p2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
+         --aap 192.0.2.100",
+    );
+    etcd.ok("lport update p1 --add-aap 192.0.2.100");
+    etcd.ok("lport create q1 --lswitch net2 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11");
+    etcd.fails(
+        "lport update p2 --fixed-ip 192.0.2.11",
+        2,
+        "fixed IP 192.0.2.11 is already used by lport p1",
+    );
+    etcd.fails(
+        "lport update p2 --fixed-ip 203.0.113.5",
+        2,
+        "is not in any subnet",
+    );
+}
+
+#[test]
+fn malformed_records_are_skipped_with_a_warning() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("lport create good --lswitch net1 --mac fa:16:3e:00:00:01");
+    etcd.etcdctl_put("/dragonflow/lport/junk", "{not json");
+    etcd.etcdctl_put(
+        "/dragonflow/lport/bad",
+        r#"{"id":"bad","lswitch":"net1","mac":"fa:16:3e:00:00:02","port_security_enabled":false,
+            "allowed_address_pairs":[{"ip_address":"192.0.2.5"}]}"#,
+    );
+    let out = etcd.dfctl(&["lport", "list"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("good") && !stdout.contains("junk") && !stdout.contains("bad"));
+    assert!(stderr.contains("warning: skipping malformed record: lport junk: malformed JSON"));
+    assert!(stderr.contains(
+        "warning: skipping malformed record: lport bad: allowed address pairs require port security"
+    ));
+    // Showing a malformed record is an error of the database, not of the input.
+    let out = etcd.dfctl(&["lport", "show", "junk"]);
+    assert_eq!(out.status.code(), Some(1));
+    // A prefix of our own keeps objects apart.
+    let out = etcd.dfctl(&["--prefix", "/other", "lport", "list", "-o", "json"]);
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout)),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn etcd_unreachable_fails_fast_with_exit_1() {
+    // Nothing listens: connection refused.
+    let port = free_port();
+    let t = Instant::now();
+    let out = dfctl_at(&format!("http://127.0.0.1:{port}"), &["lswitch", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: cannot reach etcd at http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // Something accepts TCP but never speaks gRPC: the timeout ends it.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let t = Instant::now();
+    let out = dfctl_at(
+        &format!("http://{addr}"),
+        &["--timeout", "2", "lswitch", "create", "x", "--vni", "5"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not answer") || err.contains("cannot reach etcd"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(silent);
+
+    // Validation happens before etcd is needed? No: the store is connected first, but a
+    // usage error from clap never touches etcd.
+    let out = dfctl_at(
+        &format!("http://127.0.0.1:{port}"),
+        &["lswitch", "create", "x"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Serves `body` once per connection, as the agent's /garp endpoint would.
+fn stub_agent(chunked: bool, body: &'static str) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req);
+            let resp = if !req.starts_with("GET /garp ") {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+            } else if chunked {
+                let (a, b) = body.split_at(body.len() / 2);
+                format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                    a.len(),
+                    b.len()
+                )
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = c.write_all(resp.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn garp_list() {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let body: &'static str = format!(
+        r#"[{{"ip":"192.0.2.100","mac":"fa:16:3e:00:00:01","ifname":"tapweb1","lport":"web1",
+             "net_id":100,"op":"request","last_seen_unix_ms":{now_ms},"count":3}},
+            {{"ip":"192.0.2.101","mac":"fa:16:3e:00:00:02","ifname":"tapweb2","lport":null,
+             "net_id":100,"op":"reply","last_seen_unix_ms":{now_ms},"count":1}}]"#
+    )
+    .leak();
+    for chunked in [false, true] {
+        let agent = stub_agent(chunked, body);
+        let out = Command::new(DFCTL)
+            .args(["garp", "list", "--agent", &agent])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "{stdout}");
+        assert!(
+            lines[0].starts_with("IP") && lines[0].contains("LAST_SEEN"),
+            "{stdout}"
+        );
+        assert!(
+            lines[1].contains("192.0.2.100") && lines[1].contains("tapweb1"),
+            "{stdout}"
+        );
+        assert!(
+            lines[1].contains("web1") && lines[1].contains("request"),
+            "{stdout}"
+        );
+        assert!(
+            lines[1].contains("s ago") && lines[1].trim_end().ends_with('3'),
+            "{stdout}"
+        );
+        assert!(
+            lines[2].contains("192.0.2.101") && lines[2].contains(" - "),
+            "{stdout}"
+        );
+        let out = Command::new(DFCTL)
+            .args(["garp", "list", "--agent", &agent, "-o", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            json(&String::from_utf8_lossy(&out.stdout))
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+    // A wrong path prefix gets the 404 through.
+    let agent = stub_agent(false, "[]");
+    let out = Command::new(DFCTL)
+        .args(["garp", "list", "--agent", &format!("{agent}/x")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // Agent down: exit 1 with the reason.
+    let out = Command::new(DFCTL)
+        .args([
+            "garp",
+            "list",
+            "--agent",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: agent at http://127.0.0.1:"));
+    // Not http: usage error.
+    let out = Command::new(DFCTL)
+        .args(["garp", "list", "--agent", "ftp://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
