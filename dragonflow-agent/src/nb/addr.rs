@@ -14,15 +14,20 @@ impl MacAddr {
         self.0[0] & 1 != 0
     }
     pub const fn is_zero(&self) -> bool {
-        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]])
-            == 0
+        u64::from_be_bytes([
+            0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5],
+        ]) == 0
     }
 }
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -32,7 +37,9 @@ impl FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for byte in out.iter_mut() {
-            let p = parts.next().ok_or_else(|| format!("invalid MAC address {s:?}"))?;
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("invalid MAC address {s:?}"))?;
             if p.len() != 2 {
                 return Err(format!("invalid MAC address {s:?}"));
             }
@@ -73,7 +80,10 @@ impl IpPrefix {
         }
     }
     pub fn host(addr: IpAddr) -> Self {
-        Self { len: Self::max_len(&addr), addr }
+        Self {
+            len: Self::max_len(&addr),
+            addr,
+        }
     }
     /// A single address (/32 or /128).
     pub fn is_host(&self) -> bool {
@@ -83,11 +93,19 @@ impl IpPrefix {
     pub fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len)
+                };
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len)
+                };
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         }
@@ -95,7 +113,12 @@ impl IpPrefix {
     pub fn contains(&self, ip: &IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                IpPrefix { addr: *ip, len: self.len }.network() == self.network()
+                IpPrefix {
+                    addr: *ip,
+                    len: self.len,
+                }
+                .network()
+                    == self.network()
             }
             _ => false,
         }
@@ -104,7 +127,11 @@ impl IpPrefix {
 
 impl fmt::Display for IpPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_host() { write!(f, "{}", self.addr) } else { write!(f, "{}/{}", self.addr, self.len) }
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
     }
 }
 
@@ -115,12 +142,16 @@ impl FromStr for IpPrefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("invalid IP address {a:?} in {s:?}"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("invalid IP address {a:?} in {s:?}"))?;
         let max = Self::max_len(&addr);
         let len = match l {
             None => max,
             Some(l) => {
-                let len: u8 = l.parse().map_err(|_| format!("invalid prefix length in {s:?}"))?;
+                let len: u8 = l
+                    .parse()
+                    .map_err(|_| format!("invalid prefix length in {s:?}"))?;
                 if len > max {
                     return Err(format!("prefix length {len} exceeds {max} in {s:?}"));
                 }
