@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    A, AGENT_URL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, counters, diff, fence, link_local, probe,
-    wait_counted,
+    A, AGENT_URL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, diff, fence,
+    link_local, probe, wait_counted,
 };
 use serde_json::{Value, json};
 use tests::harness::{Hook, dfctl_bin, ping, wait_for, wait_until};
@@ -303,15 +303,21 @@ const CASES: &[Case] = &[
     ),
     case("[9] 0x9100 QinQ", "vlan_9100", "{}", Drop(&["vlan_tagged"])),
     case(
-        "[9] 802.1Q through a VLAN subinterface (tag in skb metadata)",
-        "vlan_subif",
-        r#"{"iface":"eth0.100"}"#,
+        "[9] 802.1Q tag in skb metadata (pushed on the VM's egress)",
+        "udp4",
+        r#"{"vlan_meta":[33024,100]}"#,
         Drop(&["vlan_tagged"]),
     ),
     case(
-        "[9] 802.1ad through a VLAN subinterface (tag in skb metadata)",
-        "vlan_subif",
-        r#"{"iface":"eth0.200"}"#,
+        "[9] 802.1ad tag in skb metadata (pushed on the VM's egress)",
+        "udp4",
+        r#"{"vlan_meta":[34984,200]}"#,
+        Drop(&["vlan_tagged"]),
+    ),
+    case(
+        "[9] priority tag (VID 0) in skb metadata",
+        "udp4",
+        r#"{"vlan_meta":[33024,0]}"#,
         Drop(&["vlan_tagged"]),
     ),
     // [11]
@@ -526,26 +532,19 @@ fn legit_and_attacks(hook: Hook) {
         }
     }
 
-    // VLAN subinterfaces: the kernel inserts the tag as skb metadata (veth offers tx-vlan
-    // offload), so the datapath must look at the metadata, not only the bytes.
-    for (dev, proto, id) in [("eth0.100", "802.1Q", 100), ("eth0.200", "802.1ad", 200)] {
-        vm_a.exec(&format!(
-            "ip link add link eth0 name {dev} type vlan protocol {proto} id {id}"
-        ));
-        vm_a.exec(&format!(
-            "sysctl -qw net.ipv6.conf.{}.disable_ipv6=1",
-            dev.replace('.', "/")
-        ));
-        vm_a.exec(&format!("ip link set {dev} up"));
-    }
-
     let mut to_check: Vec<(&Case, common::Sent)> = Vec::new();
     for c in CASES {
         let args: Value = serde_json::from_str(c.args).expect("case args");
+        // A tag in skb metadata, as a VLAN subinterface with tx-vlan offload makes it:
+        // pushed by a tcx program on the VM's eth0 for this one case.
+        let vlan = args["vlan_meta"].as_array().map(|pv| {
+            let n = |i: usize| pv[i].as_u64().expect("vlan_meta") as u16;
+            VlanPush::attach(vm_a, "eth0", n(0), n(1))
+        });
         let before = counters(hv);
         let sent = a.try_send(c.case, args);
         match (c.expect, sent) {
-            (Refused, Err(e)) if e.contains("\"errno\": 22") => {}
+            (Refused, Err(e)) if e.contains("\"errno\":22") => {}
             (Refused, other) => failures.push(format!(
                 "{}: expected the kernel to refuse it (EINVAL), got {other:?}",
                 c.what
@@ -583,6 +582,7 @@ fn legit_and_attacks(hook: Hook) {
                 to_check.push((c, s));
             }
         }
+        drop(vlan);
     }
 
     // Delivery: after a fence, every passed frame has arrived at b and no dropped one has.
