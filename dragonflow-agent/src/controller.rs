@@ -15,7 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::Ebpf;
@@ -28,11 +28,15 @@ use crate::{
     metrics::{PortView, Shared, TapState, TapView},
     netlink,
     reconcile::{self, Desired, MapEntries, PortState},
+    report::Chain,
     sync::{DecodeOptions, NbCache, NbEvent},
 };
 
 /// Safety-net rescan of interfaces, in case a netlink message was missed.
 const RESCAN: Duration = Duration::from_secs(10);
+/// A tap whose attachment failed is retried no more often than this (each attempt itself
+/// causes netlink link events, which must not turn into a busy loop).
+const ATTACH_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Controller {
     cfg: Arc<Config>,
@@ -47,7 +51,8 @@ pub struct Controller {
     /// The first full NB snapshot has been received.
     have_snapshot: bool,
     ifaces: BTreeMap<String, u32>,
-    attach_errors: BTreeMap<String, String>,
+    /// ifname → (ifindex, when it failed, why): taps whose pipeline is not attached.
+    attach_errors: BTreeMap<String, (u32, Instant, String)>,
     warned: BTreeSet<String>,
     last_ports: BTreeMap<String, PortState>,
 }
@@ -152,8 +157,12 @@ impl Controller {
             }
             NbEvent::Changes { revision, changes } => {
                 debug!(revision, n = changes.len(), "watch events");
-                self.nb
-                    .apply(&self.cfg.prefix, &changes, &self.decode, &self.shared)
+                let changed = self
+                    .nb
+                    .apply(&self.cfg.prefix, &changes, &self.decode, &self.shared);
+                debug!(changed, "watch events applied");
+                // Reconcile even when no valid object changed: /state shows invalid records.
+                true
             }
             NbEvent::Disconnected => false,
         }
@@ -186,11 +195,11 @@ impl Controller {
         if rescan {
             match netlink::scan() {
                 Ok(ifaces) => self.ifaces = ifaces,
-                Err(e) => warn!("{e:#}"),
+                Err(e) => warn!("{}", Chain(&e)),
             }
         }
         let pins = self.links.pins().unwrap_or_else(|e| {
-            warn!("{e:#}");
+            warn!("{}", Chain(&e));
             Vec::new()
         });
         let pinned: BTreeSet<String> = pins.iter().map(|p| p.ifname.clone()).collect();
@@ -223,8 +232,14 @@ impl Controller {
     }
 
     fn ensure_tap(&mut self, ifname: &str, ifindex: u32) {
+        if let Some((i, at, _)) = self.attach_errors.get(ifname)
+            && *i == ifindex
+            && at.elapsed() < ATTACH_RETRY
+        {
+            return;
+        }
         let hook = self.cfg.hook;
-        let mut ok = true;
+        let mut errors = Vec::new();
         for &kind in LinkKind::for_hook(hook) {
             match self.links.ensure(&mut self.ebpf, ifname, ifindex, kind) {
                 Ok(Outcome::Unchanged) => {}
@@ -244,17 +259,17 @@ impl Controller {
                         );
                     }
                 }
-                Err(e) => {
-                    ok = false;
-                    let msg = format!("{e:#}");
-                    if self.attach_errors.get(ifname) != Some(&msg) {
-                        error!(ifname, ifindex, "tap NOT protected: {msg}");
-                    }
-                    self.attach_errors.insert(ifname.to_string(), msg);
-                }
+                Err(e) => errors.push(Chain(&e).to_string()),
             }
         }
-        if ok {
+        if !errors.is_empty() {
+            let msg = errors.join("; ");
+            if self.attach_errors.get(ifname).map(|(_, _, m)| m) != Some(&msg) {
+                error!(ifname, ifindex, "tap NOT fully protected: {msg}");
+            }
+            self.attach_errors
+                .insert(ifname.to_string(), (ifindex, Instant::now(), msg));
+        } else {
             self.attach_errors.remove(ifname);
             // Switching hooks across restarts: the old hook goes only once the new one runs.
             let n = self.links.remove(ifname, &datapath::other_kinds(hook));
@@ -317,7 +332,7 @@ impl Controller {
         let taps = managed
             .iter()
             .map(|(ifname, &ifindex)| {
-                let error = self.attach_errors.get(ifname).cloned();
+                let error = self.attach_errors.get(ifname).map(|(_, _, m)| m.clone());
                 let state = if error.is_some() {
                     TapState::AttachFailed
                 } else if self.actual.ports.contains_key(&ifindex) {

@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod nb;
 pub mod netlink;
 pub mod reconcile;
+pub mod report;
 pub mod sync;

@@ -9,7 +9,9 @@ use dragonflow_agent::{
     config::{Cli, Config},
     controller::Controller,
     datapath::{self, sys},
-    garp, metrics, netlink, sync,
+    garp, metrics, netlink,
+    report::Chain,
+    sync,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
     let cfg = match Cli::parse().resolve() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dragonflow-agent: {e:#}");
+            eprintln!("dragonflow-agent: {}", Chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -101,7 +103,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
-                warn!("datapath logging unavailable: {e:#}");
+                warn!("datapath logging unavailable: {}", Chain(&e));
                 None
             }
         }

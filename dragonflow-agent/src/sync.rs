@@ -20,6 +20,7 @@ use crate::{
     metrics::Shared,
     nb::{Chassis, Kind, LPort, LSwitch, NbObject, ValidationOptions, decode_with, parse_key},
     reconcile::NbSnapshot,
+    report::Chain,
 };
 
 /// Lease TTL of the chassis record; keepalives go every third of it.
@@ -27,7 +28,7 @@ const LEASE_TTL_S: i64 = 10;
 const KEEPALIVE: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What etcd told us, for the controller.
 #[derive(Debug)]
@@ -95,9 +96,12 @@ pub async fn run(cfg: Arc<Config>, shared: Arc<Shared>, tx: mpsc::Sender<NbEvent
         }
         match res {
             Err(e) if was_connected => {
-                warn!("etcd connection lost: {e:#}; keeping the datapath as it is, reconnecting")
+                warn!(
+                    "etcd connection lost: {}; keeping the datapath as it is, reconnecting",
+                    Chain(&e)
+                )
             }
-            Err(e) => warn!("etcd unavailable ({e:#}); retrying in {backoff:?}"),
+            Err(e) => warn!("etcd unavailable ({}); retrying in {backoff:?}", Chain(&e)),
             Ok(()) => {}
         }
         time::sleep(backoff).await;
@@ -246,7 +250,7 @@ pub fn decode_record(
     bytes: &[u8],
     opts: &DecodeOptions,
 ) -> Result<Option<Record>, String> {
-    match decode_with(kind, id, bytes, opts).map_err(|e| format!("{e:#}"))? {
+    match decode_with(kind, id, bytes, opts).map_err(|e| e.to_string())? {
         NbObject::LSwitch(ls) => Ok(Some(Record::LSwitch(ls))),
         NbObject::LPort(p) => Ok(Some(Record::LPort(p))),
         NbObject::Chassis(_) | NbObject::Subnet(_) => Ok(None),

@@ -1,4 +1,4 @@
-//! Program attachments on taps, pinned as `<pins>/links/<ifname>.<kind>` so that they
+//! Program attachments on taps, pinned as `<pins>/links/<ifname>@<kind>` so that they
 //! outlive the agent: a killed or upgraded agent leaves the datapath running, and its
 //! successor adopts each pinned link by atomically replacing the program in it
 //! (`bpf_link_update`), never by detach-then-attach.
@@ -154,7 +154,7 @@ impl Links {
     }
 
     pub fn path(&self, ifname: &str, kind: LinkKind) -> PathBuf {
-        self.dir.join(format!("{ifname}.{}", kind.suffix()))
+        self.dir.join(pin_name(ifname, kind))
     }
 
     /// Every pin file (unknown files are ignored).
@@ -333,6 +333,22 @@ impl Links {
     }
 }
 
+/// The pin file name of `kind` on `ifname`: `<ifname>@<kind>`, with `.` written `%2e`.
+///
+/// bpffs refuses names containing a dot (EPERM: "reserved for future extensions",
+/// `bpf_lookup()` in kernel/bpf/inode.c), and interface names may contain dots (VLAN
+/// devices such as `eth0.100`). `%` never appears in an interface name (the kernel treats
+/// it as a `%d` template), so the escape is unambiguous.
+pub fn pin_name(ifname: &str, kind: LinkKind) -> String {
+    format!("{}@{}", ifname.replace('.', "%2e"), kind.suffix())
+}
+
+/// The inverse of [`pin_name`].
+pub fn parse_pin_name(file: &str) -> Option<(String, LinkKind)> {
+    let (ifname, suffix) = file.rsplit_once('@')?;
+    Some((ifname.replace("%2e", "."), LinkKind::from_suffix(suffix)?))
+}
+
 pub fn list_pins(dir: &Path) -> Result<Vec<Pin>, LinkError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -348,14 +364,11 @@ pub fn list_pins(dir: &Path) -> Result<Vec<Pin>, LinkError> {
     for entry in rd.flatten() {
         let file = entry.file_name();
         let Some(file) = file.to_str() else { continue };
-        let Some((ifname, suffix)) = file.rsplit_once('.') else {
-            continue;
-        };
-        let Some(kind) = LinkKind::from_suffix(suffix) else {
+        let Some((ifname, kind)) = parse_pin_name(file) else {
             continue;
         };
         out.push(Pin {
-            ifname: ifname.to_string(),
+            ifname,
             kind,
             path: entry.path(),
         });
@@ -370,5 +383,39 @@ pub fn remove_pin(path: &Path) {
         Ok(()) => debug!(pin = %path.display(), "removed pin"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => warn!(pin = %path.display(), "cannot remove pin: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_have_no_dots_and_round_trip() {
+        for (ifname, kind) in [
+            ("tapvm1", LinkKind::Tc),
+            ("eth0.100", LinkKind::Xdp),
+            ("a@b", LinkKind::VlanGuard),
+        ] {
+            let n = pin_name(ifname, kind);
+            assert!(!n.contains('.'), "{n}");
+            assert_eq!(parse_pin_name(&n), Some((ifname.to_string(), kind)));
+        }
+        assert_eq!(pin_name("tapvm1", LinkKind::Tc), "tapvm1@tc");
+        assert_eq!(parse_pin_name("junk"), None);
+        assert_eq!(parse_pin_name("x@nope"), None);
+    }
+
+    #[test]
+    fn list_pins_parses_names() {
+        let dir = std::env::temp_dir().join(format!("df-pins-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for f in ["tap1@tc", "eth0%2e5@xdp", "junk", "x@y"] {
+            fs::write(dir.join(f), b"").unwrap();
+        }
+        let pins = list_pins(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let got: Vec<(&str, LinkKind)> = pins.iter().map(|p| (p.ifname.as_str(), p.kind)).collect();
+        assert_eq!(got, vec![("eth0.5", LinkKind::Xdp), ("tap1", LinkKind::Tc)]);
     }
 }

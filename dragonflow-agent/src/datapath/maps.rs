@@ -12,7 +12,10 @@ use dragonflow_common::{
 };
 use tracing::{debug, warn};
 
-use crate::reconcile::{CidrKey, EntriesDiff, MapEntries};
+use crate::{
+    reconcile::{CidrKey, EntriesDiff, MapEntries},
+    report::Chain,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -136,7 +139,7 @@ impl Maps {
             match r {
                 Ok(()) => true,
                 Err(e) => {
-                    warn!("map write failed ({what}): {e:#}");
+                    warn!("map write failed ({what}): {}", Chain(&e));
                     errors += 1;
                     false
                 }
@@ -246,7 +249,7 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 
 fn log_err<T>(name: &'static str) -> impl Fn(Result<T, MapError>) -> Option<T> {
     move |r| {
-        r.map_err(|e| warn!(map = name, "cannot read entry: {e:#}"))
+        r.map_err(|e| warn!(map = name, "cannot read entry: {}", Chain(&e)))
             .ok()
     }
 }
@@ -276,7 +279,7 @@ impl StatsMaps {
             for (i, slot) in out.iter_mut().enumerate().take(n as usize) {
                 match m.get(&(i as u32), 0) {
                     Ok(v) => *slot = v.iter().sum(),
-                    Err(e) => debug!("stats[{i}]: {e:#}"),
+                    Err(e) => debug!("stats[{i}]: {}", Chain(&e)),
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! typed map access.
 //!
 //! Pins live under `<bpffs>/dragonflow/<chassis>/`: `maps/<map name>` and
-//! `links/<ifname>.<xdp|tc|vlan>`.
+//! `links/<ifname>@<xdp|tc|vlan>` (bpffs forbids dots in names).
 
 pub mod links;
 pub mod maps;
@@ -26,7 +26,10 @@ pub use self::{
     links::{LinkKind, Links, Outcome},
     maps::{Maps, StatsMaps},
 };
-use crate::config::{Config, Hook};
+use crate::{
+    config::{Config, Hook},
+    report::Chain,
+};
 
 /// The eBPF object built by build.rs (aya-build) from `dragonflow-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
@@ -134,8 +137,9 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
             Ok(rb) => Some(rb),
             Err(e) => {
                 warn!(
-                    "{} is not a ring buffer: {e:#}; GARP events disabled",
-                    names::GARP_EVENTS
+                    "{} is not a ring buffer: {}; GARP events disabled",
+                    names::GARP_EVENTS,
+                    Chain(&e)
                 );
                 None
             }
