@@ -61,6 +61,10 @@ pub mod progs {
     /// tcx ingress companion of the XDP hook on veth taps: drops frames whose 802.1Q tag
     /// was offloaded into skb metadata, which an XDP program cannot see.
     pub const VLAN_GUARD_TC: &str = "df_vlan_guard";
+    /// Micro-benchmark floor: an XDP program that only returns XDP_PASS.
+    pub const STUB_XDP_PASS: &str = "df_stub_xdp_pass";
+    /// Micro-benchmark floor: a TC program that only returns TC_ACT_OK.
+    pub const STUB_TC_OK: &str = "df_stub_tc_ok";
 }
 
 /// Load-time globals (`EbpfLoader::set_global`), read-only in the datapath.

@@ -1,5 +1,6 @@
 //! Test harness: network namespaces, etcd and agent processes, packet tools, and
 //! BPF_PROG_TEST_RUN. Shared by the integration tests, the demo and the benchmarks.
 
+pub mod frames;
 pub mod harness;
 pub mod testrun;

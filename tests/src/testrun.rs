@@ -1,1 +1,477 @@
 //! BPF_PROG_TEST_RUN wrapper (verdict tables and micro-benchmarks).
+//!
+//! aya 0.14 has no `test_run` helper, so [`test_run`] issues the `bpf(2)` command itself.
+//! [`Datapath`] loads the agent's embedded object ([`EBPF_OBJECT`]) the way the agent does
+//! but without leaving pins behind, loads every program, and seeds/reads the maps by their
+//! `dragonflow_common::maps` names.
+//!
+//! Kernel rules worth knowing (net/bpf/test_run.c):
+//! - the frame must be at least 14 bytes (ETH_HLEN) for both hooks; XDP can still present
+//!   a shorter packet by declaring the first bytes as metadata ([`xdp_ctx`]'s `meta_len`);
+//! - XDP `ingress_ifindex` must name a real device with a registered rx queue (1 = lo);
+//! - TC `ifindex` > 1 must be a real device; the skb's device (and so `skb->ifindex`)
+//!   defaults to lo (1);
+//! - nothing drains ring buffers, and `duration` is the mean ns per repetition.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key},
+    programs::{SchedClassifier, Xdp},
+    util::nr_cpus,
+};
+use dragonflow_agent::datapath::EBPF_OBJECT;
+use dragonflow_common::{
+    addr::{AddrKey, AddrValue, FAMILY_V4, LPM_FIXED_BITS, MacKey},
+    event::{GarpEvent, GarpRateKey},
+    maps::{self as names, globals, progs},
+    port::PortConfig,
+    verdict::{Direction, STATS_LEN, Stat, stat_index},
+};
+
+use crate::harness::Hook;
+
+/// Programs in the object that [`Datapath`] loads.
+pub const XDP_PROGS: &[&str] = &[progs::FROM_VM_XDP, progs::STUB_XDP_PASS];
+pub const TC_PROGS: &[&str] = &[progs::FROM_VM_TC, progs::VLAN_GUARD_TC, progs::STUB_TC_OK];
+
+/// ifindex of lo: the device test runs happen on (see the module docs).
+pub const LO_IFINDEX: u32 = 1;
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// `bpf_attr.test` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// What one BPF_PROG_TEST_RUN returned.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// The program's return value (XDP action / TC action).
+    pub retval: u32,
+    /// The frame after the program (as much as fit `data_out`).
+    pub data_out: Vec<u8>,
+    /// Mean ns per repetition, as measured by the kernel.
+    pub duration_ns: u32,
+}
+
+/// Runs `prog` `repeat` times (0 = once) on `data_in` with the optional context, and
+/// returns the verdict, up to `data_out_size` output bytes (0 = do not copy) and the mean
+/// duration.
+pub fn test_run(
+    prog: BorrowedFd<'_>,
+    data_in: &[u8],
+    data_out_size: usize,
+    ctx_in: Option<&[u8]>,
+    repeat: u32,
+) -> io::Result<RunResult> {
+    let mut out = vec![0u8; data_out_size];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data_in.len() as u32,
+        data_in: data_in.as_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    if data_out_size > 0 {
+        attr.data_size_out = data_out_size as u32;
+        attr.data_out = out.as_mut_ptr() as u64;
+    }
+    if let Some(ctx) = ctx_in {
+        attr.ctx_size_in = ctx.len() as u32;
+        attr.ctx_in = ctx.as_ptr() as u64;
+    }
+    // SAFETY: attr points at a valid bpf_attr.test whose buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    out.truncate((attr.data_size_out as usize).min(data_out_size));
+    Ok(RunResult {
+        retval: attr.retval,
+        data_out: out,
+        duration_ns: attr.duration,
+    })
+}
+
+/// `struct xdp_md` for test runs: the frame arrives on `ifindex`; the first `meta_len`
+/// bytes of the input (a multiple of 4, at most 32) are metadata, not packet.
+pub fn xdp_ctx(ifindex: u32, meta_len: u32) -> Vec<u8> {
+    // data, data_end (= input size, filled by the caller), data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex
+    let mut c = vec![0u8; 24];
+    c[0..4].copy_from_slice(&meta_len.to_ne_bytes());
+    c[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+/// `struct __sk_buff` for test runs, with only `ifindex` set.
+pub fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    // len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
+    // priority, ingress_ifindex, ifindex (offset 40). The kernel accepts a shorter context
+    // than its struct and rejects non-zero fields it does not let us set.
+    let mut c = vec![0u8; 48];
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+/// Load options for [`Datapath`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Overrides the `GARP_MIN_INTERVAL_NS` global (default: the object's default).
+    pub garp_min_interval_ns: Option<u64>,
+}
+
+/// The eBPF object loaded for test runs: every program loaded, maps reachable by name.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    garp_events: RingBuf<MapData>,
+    ncpus: usize,
+}
+
+/// A bpffs mounted just for one load: the object's maps are declared pinned, so aya needs
+/// a pin directory; unmounting it right after the load leaves no pin behind (the maps live
+/// on through our fds).
+struct ScratchBpffs(PathBuf);
+
+impl ScratchBpffs {
+    fn new() -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("df-testrun-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir scratch bpffs");
+        let c = CString::new(dir.to_str().expect("utf-8 tmp path")).unwrap();
+        // SAFETY: valid NUL-terminated strings; plain mount(2).
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount bpffs at {}: {} (are we root?)",
+            dir.display(),
+            io::Error::last_os_error()
+        );
+        ScratchBpffs(dir)
+    }
+}
+
+impl Drop for ScratchBpffs {
+    fn drop(&mut self) {
+        let c = CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: plain umount2(2) of the directory we mounted.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+impl Datapath {
+    pub fn load() -> Self {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Loads [`EBPF_OBJECT`], or the object named by `DF_EBPF_OBJECT` (to iterate on the
+    /// eBPF crate without rebuilding the agent).
+    pub fn load_with(opts: LoadOptions) -> Self {
+        let custom = std::env::var_os("DF_EBPF_OBJECT").map(|p| {
+            fs::read(&p)
+                .unwrap_or_else(|e| panic!("read DF_EBPF_OBJECT {}: {e}", p.to_string_lossy()))
+        });
+        let object: &[u8] = custom.as_deref().unwrap_or(EBPF_OBJECT);
+        let pins = ScratchBpffs::new();
+        let interval = opts.garp_min_interval_ns.unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&pins.0)
+            .override_global(aya_log_level(), &0u8, false);
+        if opts.garp_min_interval_ns.is_some() {
+            loader.override_global(globals::GARP_MIN_INTERVAL_NS, &interval, true);
+        }
+        let mut ebpf = loader
+            .load(object)
+            .unwrap_or_else(|e| panic!("load eBPF object: {e:#}"));
+        drop(pins);
+        for name in XDP_PROGS {
+            let p: &mut Xdp = prog_mut(&mut ebpf, name).try_into().expect("xdp program");
+            p.load()
+                .unwrap_or_else(|e| panic!("load {name}: {}", verifier_error(&e)));
+        }
+        for name in TC_PROGS {
+            let p: &mut SchedClassifier = prog_mut(&mut ebpf, name)
+                .try_into()
+                .expect("classifier program");
+            p.load()
+                .unwrap_or_else(|e| panic!("load {name}: {}", verifier_error(&e)));
+        }
+        let rb = ebpf
+            .take_map(names::GARP_EVENTS)
+            .expect("GARP ring buffer map");
+        let garp_events = RingBuf::try_from(rb).expect("ring buffer");
+        let ncpus = nr_cpus().expect("nr_cpus");
+        Datapath {
+            ebpf,
+            garp_events,
+            ncpus,
+        }
+    }
+
+    /// fd of a loaded program.
+    pub fn prog_fd(&self, name: &str) -> BorrowedFd<'_> {
+        let p = self
+            .ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("no program {name}"));
+        p.fd()
+            .unwrap_or_else(|e| panic!("{name} not loaded: {e}"))
+            .as_fd()
+    }
+
+    /// Runs `prog` (of `hook`'s type) once on `frame` arriving on `ifindex`.
+    pub fn run_prog(&self, prog: &str, hook: Hook, frame: &[u8], ifindex: u32) -> RunResult {
+        self.run_prog_repeat(prog, hook, frame, ifindex, 1, frame.len() + 256)
+    }
+
+    /// As [`Datapath::run_prog`], `repeat` times, copying up to `out` bytes back.
+    pub fn run_prog_repeat(
+        &self,
+        prog: &str,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+        out: usize,
+    ) -> RunResult {
+        let ctx = match hook {
+            Hook::Xdp => xdp_ctx(ifindex, 0),
+            Hook::Tc => skb_ctx(ifindex),
+        };
+        let mut ctx = ctx;
+        if hook == Hook::Xdp {
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        }
+        test_run(self.prog_fd(prog), frame, out, Some(&ctx), repeat)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN {prog}: {e}"))
+    }
+
+    /// Runs the from-VM pipeline of `hook` once on `frame` from lo.
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> RunResult {
+        self.run_prog(from_vm_prog(hook), hook, frame, LO_IFINDEX)
+    }
+
+    /// As [`Datapath::run`], returning the kernel's refusal instead of panicking (TC
+    /// test runs refuse some malformed frames, e.g. an IPv4 ethertype with a truncated
+    /// IPv4 header, that a tap can still deliver to a real tc hook).
+    pub fn try_run(&self, hook: Hook, frame: &[u8]) -> io::Result<RunResult> {
+        let mut ctx = match hook {
+            Hook::Xdp => xdp_ctx(LO_IFINDEX, 0),
+            Hook::Tc => skb_ctx(LO_IFINDEX),
+        };
+        if hook == Hook::Xdp {
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        }
+        test_run(
+            self.prog_fd(from_vm_prog(hook)),
+            frame,
+            frame.len() + 256,
+            Some(&ctx),
+            1,
+        )
+    }
+
+    /// Runs the XDP pipeline on lo with the first `meta_len` bytes of `input` declared
+    /// metadata: the only way to present a frame shorter than 14 bytes.
+    pub fn run_xdp_meta(&self, input: &[u8], meta_len: u32) -> RunResult {
+        let mut ctx = xdp_ctx(LO_IFINDEX, meta_len);
+        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+        test_run(
+            self.prog_fd(progs::FROM_VM_XDP),
+            input,
+            input.len() + 256,
+            Some(&ctx),
+            1,
+        )
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN with metadata: {e}"))
+    }
+
+    /// Empties every map (ports, addresses, CIDRs, MACs, rate limit), zeroes the counters
+    /// and drains the event ring.
+    pub fn clear(&mut self) {
+        fn clear_hash<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+            let mut m: HashMap<_, K, V> =
+                HashMap::try_from(ebpf.map_mut(name).expect(name)).expect(name);
+            let keys: Vec<K> = m.keys().map(|k| k.expect("key")).collect();
+            for k in keys {
+                m.remove(&k).expect("remove");
+            }
+        }
+        clear_hash::<u32, PortConfig>(&mut self.ebpf, names::PORTS);
+        clear_hash::<AddrKey, AddrValue>(&mut self.ebpf, names::ADDRS);
+        clear_hash::<MacKey, u32>(&mut self.ebpf, names::MACS);
+        clear_hash::<GarpRateKey, u64>(&mut self.ebpf, names::GARP_RATE);
+        {
+            let mut m: LpmTrie<_, AddrKey, AddrValue> =
+                LpmTrie::try_from(self.ebpf.map_mut(names::CIDRS).expect("cidrs")).expect("lpm");
+            let keys: Vec<Key<AddrKey>> = m.keys().map(|k| k.expect("key")).collect();
+            for k in keys {
+                m.remove(&k).expect("remove");
+            }
+        }
+        let mut stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut(names::STATS).expect("stats")).expect("stats");
+        for i in 0..STATS_LEN {
+            let zero = PerCpuValues::try_from(vec![0u64; self.ncpus]).expect("per-cpu values");
+            stats.set(i, zero, 0).expect("zero stats");
+        }
+        self.events();
+    }
+
+    pub fn add_port(&mut self, ifindex: u32, port: PortConfig) {
+        let mut m: HashMap<_, u32, PortConfig> =
+            HashMap::try_from(self.ebpf.map_mut(names::PORTS).expect("ports")).expect("ports");
+        m.insert(ifindex, port, 0).expect("insert port");
+    }
+
+    pub fn add_addr(&mut self, key: AddrKey, flags: u32) {
+        let mut m: HashMap<_, AddrKey, AddrValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::ADDRS).expect("addrs")).expect("addrs");
+        m.insert(key, AddrValue { flags }, 0).expect("insert addr");
+    }
+
+    /// A CIDR pair: `key.ip` is the prefix, `prefix_len` its length in bits.
+    pub fn add_cidr(&mut self, key: AddrKey, prefix_len: u32, flags: u32) {
+        let max = if key.family == FAMILY_V4 { 32 } else { 128 };
+        assert!(prefix_len <= max);
+        let mut m: LpmTrie<_, AddrKey, AddrValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::CIDRS).expect("cidrs")).expect("cidrs");
+        m.insert(
+            &Key::new(LPM_FIXED_BITS + prefix_len, key),
+            AddrValue { flags },
+            0,
+        )
+        .expect("insert cidr");
+    }
+
+    pub fn add_mac(&mut self, key: MacKey) {
+        let mut m: HashMap<_, MacKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(names::MACS).expect("macs")).expect("macs");
+        m.insert(key, 0, 0).expect("insert mac");
+    }
+
+    /// Every counter of the table, summed over CPUs.
+    pub fn stats(&self) -> Vec<u64> {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(names::STATS).expect("stats")).expect("stats");
+        (0..STATS_LEN)
+            .map(|i| stats.get(&i, 0).expect("stat").iter().sum())
+            .collect()
+    }
+
+    /// One from-VM counter.
+    pub fn stat(&self, stat: Stat) -> u64 {
+        self.stats()[stat_index(Direction::FromVm, stat) as usize]
+    }
+
+    /// Drains the GARP ring buffer.
+    pub fn events(&mut self) -> Vec<GarpEvent> {
+        let mut v = Vec::new();
+        while let Some(item) = self.garp_events.next() {
+            assert_eq!(item.len(), size_of::<GarpEvent>(), "GARP event size");
+            // SAFETY: GarpEvent is plain old data of exactly this size.
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GarpEvent>()) });
+        }
+        v
+    }
+}
+
+/// The from-VM program of a hook.
+pub fn from_vm_prog(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Xdp => progs::FROM_VM_XDP,
+        Hook::Tc => progs::FROM_VM_TC,
+    }
+}
+
+/// The stub program of a hook (XDP_PASS / TC_ACT_OK).
+pub fn stub_prog(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Xdp => progs::STUB_XDP_PASS,
+        Hook::Tc => progs::STUB_TC_OK,
+    }
+}
+
+/// XDP_PASS / TC_ACT_OK.
+pub fn pass_action(hook: Hook) -> u32 {
+    match hook {
+        Hook::Xdp => 2,
+        Hook::Tc => 0,
+    }
+}
+
+/// XDP_DROP / TC_ACT_SHOT.
+pub fn drop_action(hook: Hook) -> u32 {
+    match hook {
+        Hook::Xdp => 1,
+        Hook::Tc => 2,
+    }
+}
+
+fn prog_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut aya::programs::Program {
+    ebpf.program_mut(name)
+        .unwrap_or_else(|| panic!("no program {name} in the object"))
+}
+
+/// The verifier log, when that is what failed.
+fn verifier_error(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            format!("{io_error}\n{verifier_log}")
+        }
+        e => format!("{e:#}"),
+    }
+}
+
+/// aya-log's level global (off in test runs).
+fn aya_log_level() -> &'static str {
+    "AYA_LOG_LEVEL"
+}

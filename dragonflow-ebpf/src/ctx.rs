@@ -1,0 +1,119 @@
+//! The packet context: what the pipeline needs from its hook, written once for XDP and TC
+//! (Cilium's `ctx_*` idea). Stages see only [`PacketCtx`] and the bounds-checked [`Pkt`]
+//! view, never `XdpContext`/`TcContext` directly.
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+/// Bytes the TC hook makes directly accessible (linear) before parsing: enough for
+/// Ethernet + IPv6 + a few extension headers + an ND message with options, or an IPv4
+/// header with options + a DHCP header up to `chaddr`.
+const TC_PULL_LEN: u32 = 256;
+
+/// What every stage needs from the hook.
+pub trait PacketCtx {
+    /// ifindex of the tap the frame arrived on (the port key).
+    fn ifindex(&self) -> u32;
+    /// An 802.1Q/802.1ad tag was offloaded into skb metadata (TC only; XDP cannot see
+    /// it, which is why the XDP hook on veth needs the `df_vlan_guard` companion).
+    fn vlan_tag_in_meta(&self) -> bool;
+    /// The packet view. TC first pulls the headers into the linear area (a no-op for the
+    /// usual linear skb); that invalidates earlier packet pointers, so call it once.
+    fn pkt(&self) -> Pkt;
+}
+
+impl PacketCtx for XdpContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: ctx points at the kernel's xdp_md for this run.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn vlan_tag_in_meta(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn pkt(&self) -> Pkt {
+        let (data, end) = (self.data(), self.data_end());
+        Pkt {
+            data,
+            end,
+            len: end - data,
+        }
+    }
+}
+
+impl PacketCtx for TcContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: skb points at the kernel's __sk_buff for this run.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn vlan_tag_in_meta(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).vlan_present != 0 }
+    }
+
+    #[inline(always)]
+    fn pkt(&self) -> Pkt {
+        let len = self.len();
+        let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
+        if ((self.data_end() - self.data()) as u32) < want {
+            // Non-linear skb (e.g. a GSO super-frame): pull the headers. On failure the
+            // bounds checks below simply see fewer bytes and drop as truncated.
+            let _ = self.pull_data(want);
+        }
+        Pkt {
+            data: self.data(),
+            end: self.data_end(),
+            len: len as usize,
+        }
+    }
+}
+
+/// Bounds-checked view of the frame: `data..end` is directly readable, `len` is the whole
+/// frame's length (TC: `skb->len`, which may exceed the linear part).
+#[derive(Clone, Copy)]
+pub struct Pkt {
+    pub data: usize,
+    pub end: usize,
+    pub len: usize,
+}
+
+impl Pkt {
+    /// Pointer to `N` bytes at `off`, if they are all inside the readable part.
+    /// The `p + N > end` comparison on packet pointers is what the verifier needs.
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
+        let p = self.data + off;
+        if p + N > self.end {
+            None
+        } else {
+            Some(p as *const [u8; N])
+        }
+    }
+}
+
+/// Byte `i` of a bounds-checked header.
+#[inline(always)]
+pub fn u8_at<const N: usize>(h: *const [u8; N], i: usize) -> u8 {
+    // SAFETY: callers only pass pointers returned by `Pkt::bytes`, `i < N`.
+    unsafe { *(h as *const u8).add(i) }
+}
+
+/// Big-endian u16 at byte `i` of a bounds-checked header.
+#[inline(always)]
+pub fn be16_at<const N: usize>(h: *const [u8; N], i: usize) -> u16 {
+    // SAFETY: as above, `i + 2 <= N`; packets need not be aligned.
+    u16::from_be(unsafe { ((h as *const u8).add(i) as *const u16).read_unaligned() })
+}
+
+/// `M` bytes at byte `i` of a bounds-checked header.
+#[inline(always)]
+pub fn arr_at<const N: usize, const M: usize>(h: *const [u8; N], i: usize) -> [u8; M] {
+    // SAFETY: as above, `i + M <= N`.
+    unsafe { ((h as *const u8).add(i) as *const [u8; M]).read_unaligned() }
+}

@@ -1,0 +1,67 @@
+//! GARP events: a gratuitous ARP, an ARP reply or an unsolicited NA for a watched address
+//! goes to the agent over a ring buffer, at most once per `GARP_MIN_INTERVAL_NS` per
+//! (port, IP). The frame itself is forwarded whatever happens to the event.
+
+use aya_ebpf::{Global, helpers::bpf_ktime_get_ns};
+use dragonflow_common::{
+    event::{GarpEvent, GarpRateKey},
+    maps::globals::GARP_MIN_INTERVAL_NS_DEFAULT,
+    port::PortConfig,
+    verdict::EventStat,
+};
+
+use crate::{
+    maps::{GARP_EVENTS, GARP_RATE},
+    stats,
+};
+
+/// Load-time global (`dragonflow_common::maps::globals::GARP_MIN_INTERVAL_NS`).
+#[unsafe(no_mangle)]
+static GARP_MIN_INTERVAL_NS: Global<u64> = Global::new(GARP_MIN_INTERVAL_NS_DEFAULT);
+
+/// Emits one event unless rate-limited; counts what happened.
+#[inline(always)]
+pub fn garp(port: &PortConfig, ifindex: u32, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let rk = GarpRateKey {
+        ifindex,
+        family,
+        _pad: [0; 3],
+        ip,
+    };
+    let last = GARP_RATE.get_ptr_mut(&rk);
+    if let Some(last) = last {
+        // SAFETY: map value pointer, valid for this run. The first event for a key always
+        // passes (no entry yet); races between CPUs at worst let two events through.
+        if now.wrapping_sub(unsafe { *last }) < GARP_MIN_INTERVAL_NS.load() {
+            stats::event(EventStat::GarpRateLimited);
+            return;
+        }
+    }
+    let Some(mut entry) = GARP_EVENTS.reserve::<GarpEvent>(0) else {
+        // Not rate-limiting on a lost event: the next announcement may get through.
+        stats::event(EventStat::GarpRingFull);
+        return;
+    };
+    entry.write(GarpEvent {
+        ts_ns: now,
+        ifindex,
+        net_id: port.net_id,
+        ip,
+        mac,
+        op,
+        family,
+        _pad: [0; 7],
+    });
+    entry.submit(0);
+    match last {
+        // SAFETY: as above.
+        Some(last) => unsafe { *last = now },
+        None => {
+            // Full LRU evicts the oldest; a failed insert only loses rate limiting.
+            let _ = GARP_RATE.insert(&rk, now, 0);
+        }
+    }
+    stats::event(EventStat::GarpSent);
+}

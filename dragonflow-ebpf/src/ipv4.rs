@@ -1,0 +1,93 @@
+//! IPv4 from a VM: header sanity (ATTACKS 11, 13), DHCP server replies (7), DHCPDISCOVER
+//! from 0.0.0.0 (2), then the source pair check (1, 2).
+
+use dragonflow_common::{
+    addr::AddrKey,
+    port::PortConfig,
+    verdict::{DropReason, PassPath},
+};
+
+use crate::{
+    ctx::{Pkt, arr_at, be16_at, u8_at},
+    parse::{
+        ETH_HLEN, Eth, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, icmp_ok,
+        mac_eq, tcp_ok, udp_ports,
+    },
+    portsec::check_src,
+};
+
+const BOOTPS: u16 = 67;
+const BOOTPC: u16 = 68;
+/// Offset of `chaddr` in a BOOTP/DHCP message (after op, htype, hlen, hops, xid, secs,
+/// flags, ciaddr, yiaddr, siaddr, giaddr).
+const BOOTP_CHADDR: usize = 28;
+
+#[inline(always)]
+pub fn check(
+    pkt: &Pkt,
+    port: &PortConfig,
+    ifindex: u32,
+    eth: &Eth,
+) -> Result<PassPath, DropReason> {
+    let h = pkt
+        .bytes::<IPV4_HLEN>(ETH_HLEN)
+        .ok_or(DropReason::Ipv4Malformed)?;
+    let vihl = u8_at(h, 0);
+    let hlen = (vihl & 0x0f) as usize * 4;
+    let tot = be16_at(h, 2) as usize;
+    if vihl >> 4 != 4 || hlen < IPV4_HLEN || tot < hlen || ETH_HLEN + tot > pkt.len {
+        return Err(DropReason::Ipv4Malformed);
+    }
+    let src: [u8; 4] = arr_at(h, 12);
+    let unspecified = u32::from_ne_bytes(src) == 0;
+    // L4 exists only in the first fragment (offset 0); later fragments are judged on
+    // their L3 source alone.
+    if be16_at(h, 6) & 0x1fff == 0 {
+        // hlen <= 60, so l4 is a bounded offset the verifier can follow.
+        let l4 = ETH_HLEN + hlen;
+        let l3_end = ETH_HLEN + tot;
+        let err = DropReason::L4Malformed;
+        match u8_at(h, 9) {
+            IPPROTO_TCP => tcp_ok(pkt, l4, l3_end, err)?,
+            IPPROTO_UDP => {
+                let (sport, dport) = udp_ports(pkt, l4, l3_end, err)?;
+                if sport == BOOTPS && dport == BOOTPC {
+                    return Err(DropReason::DhcpServer);
+                }
+                if unspecified && sport == BOOTPC && dport == BOOTPS {
+                    return dhcp_client(pkt, port, eth, l4 + UDP_HLEN, l3_end);
+                }
+            }
+            IPPROTO_ICMP => icmp_ok(pkt, l4, l3_end, err)?,
+            _ => {}
+        }
+    }
+    if unspecified {
+        return Err(DropReason::DhcpClientSpoof);
+    }
+    check_src(port, &AddrKey::v4(ifindex, eth.src, src))?;
+    Ok(PassPath::Ipv4)
+}
+
+/// DHCPDISCOVER/REQUEST from 0.0.0.0: only the port's own MAC, as Ethernet source and
+/// as BOOTP `chaddr`.
+#[inline(always)]
+fn dhcp_client(
+    pkt: &Pkt,
+    port: &PortConfig,
+    eth: &Eth,
+    bootp: usize,
+    l3_end: usize,
+) -> Result<PassPath, DropReason> {
+    let c = pkt
+        .bytes::<6>(bootp + BOOTP_CHADDR)
+        .ok_or(DropReason::DhcpClientSpoof)?;
+    let chaddr: [u8; 6] = arr_at(c, 0);
+    if bootp + BOOTP_CHADDR + 6 > l3_end
+        || !mac_eq(&chaddr, &port.mac)
+        || !mac_eq(&eth.src, &port.mac)
+    {
+        return Err(DropReason::DhcpClientSpoof);
+    }
+    Ok(PassPath::DhcpDiscover)
+}

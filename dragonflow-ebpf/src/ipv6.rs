@@ -1,0 +1,140 @@
+//! IPv6 from a VM: header and extension-header chain sanity (ATTACKS 6, 10, 13), DHCPv6
+//! server replies (7), ICMPv6 handed to `nd`, then the source pair check (1, 2).
+
+use dragonflow_common::{
+    addr::AddrKey,
+    port::PortConfig,
+    verdict::{DropReason, PassPath},
+};
+
+use crate::{
+    ctx::{Pkt, arr_at, be16_at, u8_at},
+    nd,
+    parse::{
+        ETH_HLEN, Eth, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, tcp_ok, udp_ports,
+    },
+    portsec::check_src,
+};
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+/// Extension headers we walk; a longer chain is dropped (fail closed).
+const MAX_EXT_HDRS: usize = 6;
+/// Upper bound of any header offset we read. Legitimate chains are far shorter; the bound
+/// keeps packet offsets provably small for the verifier (it gives up on ranges beyond
+/// 64 KiB) and matches what the TC hook pulls into the linear area.
+pub const MAX_HDR_OFF: usize = 512;
+
+const DHCPV6_CLIENT: u16 = 546;
+const DHCPV6_SERVER: u16 = 547;
+
+/// Where the upper-layer header is.
+#[derive(Clone, Copy)]
+pub struct Chain {
+    /// Upper-layer protocol.
+    pub nh: u8,
+    /// Offset of its header.
+    pub off: usize,
+    /// A fragment header was seen.
+    pub fragmented: bool,
+    /// A non-first fragment: there is no upper-layer header to look at.
+    pub later_fragment: bool,
+}
+
+#[inline(always)]
+pub fn check(
+    pkt: &Pkt,
+    port: &PortConfig,
+    ifindex: u32,
+    eth: &Eth,
+) -> Result<PassPath, DropReason> {
+    let h = pkt
+        .bytes::<IPV6_HLEN>(ETH_HLEN)
+        .ok_or(DropReason::Ipv6Malformed)?;
+    let l3_end = ETH_HLEN + IPV6_HLEN + be16_at(h, 4) as usize;
+    if u8_at(h, 0) >> 4 != 6 || l3_end > pkt.len {
+        return Err(DropReason::Ipv6Malformed);
+    }
+    let key = AddrKey::v6(ifindex, eth.src, arr_at(h, 8));
+    let chain = walk(pkt, u8_at(h, 6), l3_end)?;
+    if !chain.later_fragment {
+        // RFC 7112: a first fragment must carry the whole upper-layer header.
+        let err = if chain.fragmented {
+            DropReason::Ipv6HeaderChain
+        } else {
+            DropReason::L4Malformed
+        };
+        match chain.nh {
+            IPPROTO_ICMPV6 => return nd::icmpv6(pkt, port, eth, &key, u8_at(h, 7), &chain, l3_end),
+            IPPROTO_UDP => {
+                let (sport, dport) = udp_ports(pkt, chain.off, l3_end, err)?;
+                if sport == DHCPV6_SERVER && dport == DHCPV6_CLIENT {
+                    return Err(DropReason::Dhcpv6Server);
+                }
+            }
+            IPPROTO_TCP => tcp_ok(pkt, chain.off, l3_end, err)?,
+            _ => {}
+        }
+    }
+    check_src(port, &key)?;
+    Ok(PassPath::Ipv6)
+}
+
+/// Walks at most `MAX_EXT_HDRS` extension headers to the upper-layer header.
+#[inline(always)]
+fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
+    let err = DropReason::Ipv6HeaderChain;
+    let mut nh = first;
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut fragmented = false;
+    // One more round than headers allowed: that round only finds the upper layer.
+    for i in 0..=MAX_EXT_HDRS {
+        let len = match nh {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST if i < MAX_EXT_HDRS => {
+                let e = pkt.bytes::<2>(off).ok_or(err)?;
+                nh = u8_at(e, 0);
+                (u8_at(e, 1) as usize + 1) * 8
+            }
+            NEXTHDR_AUTH if i < MAX_EXT_HDRS => {
+                let e = pkt.bytes::<2>(off).ok_or(err)?;
+                nh = u8_at(e, 0);
+                (u8_at(e, 1) as usize + 2) * 4
+            }
+            NEXTHDR_FRAGMENT if i < MAX_EXT_HDRS => {
+                let e = pkt.bytes::<8>(off).ok_or(err)?;
+                nh = u8_at(e, 0);
+                fragmented = true;
+                if be16_at(e, 2) & 0xfff8 != 0 {
+                    return Ok(Chain {
+                        nh,
+                        off: off + 8,
+                        fragmented,
+                        later_fragment: true,
+                    });
+                }
+                8
+            }
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+                return Err(err);
+            }
+            _ => {
+                return Ok(Chain {
+                    nh,
+                    off,
+                    fragmented,
+                    later_fragment: false,
+                });
+            }
+        };
+        off += len;
+        // Verifier: keeps `off` bounded; semantics: the chain must fit the payload.
+        if off > MAX_HDR_OFF || off > l3_end {
+            return Err(err);
+        }
+    }
+    Err(err)
+}

@@ -1,0 +1,43 @@
+//! The maps, exactly as named and sized in `dragonflow_common::maps` (the `#[map]` macro
+//! needs a literal name; the verdict tests open every map by the common constant, so a
+//! mismatch fails them). All pinned by name: the agent adopts them from its pin dir.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use dragonflow_common::{
+    addr::{AddrKey, AddrValue, MacKey},
+    event::GarpRateKey,
+    maps::{ADDRS_MAX, CIDRS_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, MACS_MAX, PORTS_MAX},
+    port::PortConfig,
+    verdict::STATS_LEN,
+};
+
+/// ifindex → port configuration.
+#[map(name = "df_ports_v1")]
+pub static PORTS: HashMap<u32, PortConfig> = HashMap::pinned(PORTS_MAX, 0);
+
+/// Exact (ifindex, MAC, IP) pairs a port may send from.
+#[map(name = "df_addrs_v1")]
+pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::pinned(ADDRS_MAX, 0);
+
+/// CIDR allowed address pairs (LPM; `BPF_F_NO_PREALLOC` is added by aya-ebpf).
+#[map(name = "df_cidrs_v1")]
+pub static CIDRS: LpmTrie<AddrKey, AddrValue> = LpmTrie::pinned(CIDRS_MAX, 0);
+
+/// Every MAC a port may send from (slow path: picks the drop reason).
+#[map(name = "df_macs_v1")]
+pub static MACS: HashMap<MacKey, u32> = HashMap::pinned(MACS_MAX, 0);
+
+/// Per-CPU packet counters, `dragonflow_common::verdict::stat_index`.
+#[map(name = "df_stats_v1")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);
+
+/// GARP events for the agent.
+#[map(name = "df_garp_ev_v1")]
+pub static GARP_EVENTS: RingBuf = RingBuf::pinned(GARP_EVENTS_BYTES, 0);
+
+/// Last GARP event time per (port, IP).
+#[map(name = "df_garp_rl_v1")]
+pub static GARP_RATE: LruHashMap<GarpRateKey, u64> = LruHashMap::pinned(GARP_RATE_MAX, 0);

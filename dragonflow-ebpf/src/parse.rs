@@ -1,0 +1,104 @@
+//! Ethernet parsing and the protocol constants of every stage.
+
+use dragonflow_common::verdict::DropReason;
+
+use crate::ctx::{Pkt, arr_at, be16_at};
+
+pub const ETH_HLEN: usize = 14;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q (also priority-tagged frames, VID 0).
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad service tag (QinQ outer).
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag.
+pub const ETH_P_QINQ_9100: u16 = 0x9100;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const TCP_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
+
+/// The Ethernet header fields the pipeline uses.
+#[derive(Clone, Copy)]
+pub struct Eth {
+    pub src: [u8; 6],
+    /// Host order.
+    pub proto: u16,
+}
+
+/// Parses the Ethernet header: untagged IPv4, IPv6 and ARP only (ATTACKS rows 9, 12, 13).
+#[inline(always)]
+pub fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
+    let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
+    let proto = be16_at(h, 12);
+    match proto {
+        ETH_P_IP | ETH_P_IPV6 | ETH_P_ARP => Ok(Eth {
+            src: arr_at(h, 6),
+            proto,
+        }),
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_9100 => Err(DropReason::VlanTagged),
+        _ => Err(DropReason::BadEthertype),
+    }
+}
+
+/// MAC equality without a `bcmp` call (BPF has no libc).
+#[inline(always)]
+pub fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])
+        == 0
+}
+
+#[inline(always)]
+pub fn ip6_is_unspecified(a: &[u8; 16]) -> bool {
+    let mut d = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        d |= a[i];
+        i += 1;
+    }
+    d == 0
+}
+
+/// The TCP header at `l4` is complete (doff >= 5, all of it before `l3_end`).
+#[inline(always)]
+pub fn tcp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(), DropReason> {
+    let t = pkt.bytes::<TCP_HLEN>(l4).ok_or(err)?;
+    let doff = (crate::ctx::u8_at(t, 12) >> 4) as usize * 4;
+    if doff < TCP_HLEN || l4 + doff > l3_end {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// The UDP header at `l4`, complete before `l3_end`: (source port, destination port).
+#[inline(always)]
+pub fn udp_ports(
+    pkt: &Pkt,
+    l4: usize,
+    l3_end: usize,
+    err: DropReason,
+) -> Result<(u16, u16), DropReason> {
+    let u = pkt.bytes::<UDP_HLEN>(l4).ok_or(err)?;
+    if l4 + UDP_HLEN > l3_end {
+        return Err(err);
+    }
+    Ok((be16_at(u, 0), be16_at(u, 2)))
+}
+
+/// An ICMP/ICMPv6 header of `ICMP_HLEN`/4 bytes at `l4`, complete before `l3_end`.
+#[inline(always)]
+pub fn icmp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(), DropReason> {
+    if pkt.bytes::<ICMP_HLEN>(l4).is_none() || l4 + ICMP_HLEN > l3_end {
+        return Err(err);
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Counters: one per-CPU `u64` slot per outcome (Katran style), so every packet's fate is
+//! visible to the agent's metrics.
+
+use dragonflow_common::verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index};
+
+use crate::maps::STATS;
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; BPF programs do not migrate mid-run.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn drop(reason: DropReason) {
+    bump(stat_index(Direction::FromVm, Stat::Drop(reason)));
+}
+
+#[inline(always)]
+pub fn pass(path: PassPath) {
+    bump(stat_index(Direction::FromVm, Stat::Pass(path)));
+}
+
+#[inline(always)]
+pub fn event(e: EventStat) {
+    bump(stat_index(Direction::FromVm, Stat::Event(e)));
+}
