@@ -24,7 +24,7 @@ use super::{
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of an [`NbStore::update`] before giving up on a key that keeps changing.
-pub const UPDATE_ATTEMPTS: usize = 8;
+pub const UPDATE_ATTEMPTS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,7 +99,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Connect { .. } | StoreError::Timeout { .. } | StoreError::Etcd { .. }
+            StoreError::Connect { .. }
+                | StoreError::Timeout { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::Etcd { .. }
         )
     }
 }

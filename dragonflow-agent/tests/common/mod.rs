@@ -1,0 +1,148 @@
+//! Shared by the integration tests: a private etcd per test (free loopback ports, temp data
+//! dir, killed on Drop) and helpers to run the real `dfctl` against it.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const DFCTL: &str = env!("CARGO_BIN_EXE_dfctl");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private etcd on loopback; killed and its data dir removed on Drop.
+pub struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    pub endpoint: String,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dfctl-test-etcd-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd (is /usr/bin/etcd installed?)");
+        let etcd = Etcd {
+            child,
+            dir,
+            endpoint,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if etcd.dfctl(&["lswitch", "list"]).status.success() {
+                return etcd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {} did not become ready",
+                etcd.endpoint
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn dfctl(&self, args: &[&str]) -> Output {
+        dfctl_at(&self.endpoint, args)
+    }
+
+    /// Runs dfctl and panics unless it succeeds; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &str) -> String {
+        let out = self.dfctl(&split(args));
+        assert!(
+            out.status.success(),
+            "dfctl {args} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs dfctl, expects exit `code` and a one-line stderr containing `msg`.
+    #[track_caller]
+    pub fn fails(&self, args: &str, code: i32, msg: &str) {
+        let out = self.dfctl(&split(args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "dfctl {args}: stderr {err}");
+        assert!(err.starts_with("error: "), "dfctl {args}: stderr {err:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "dfctl {args}: stderr {err:?}"
+        );
+        assert!(
+            err.contains(msg),
+            "dfctl {args}: expected {msg:?} in {err:?}"
+        );
+    }
+
+    pub fn etcdctl_put(&self, key: &str, value: &str) {
+        let st = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "put", key, value])
+            .stdout(Stdio::null())
+            .status()
+            .expect("spawn etcdctl");
+        assert!(st.success());
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn split(args: &str) -> Vec<&str> {
+    args.split_whitespace().collect()
+}
+
+pub fn dfctl_at(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(DFCTL)
+        .args(["--etcd-endpoints", endpoint])
+        .args(args)
+        .env_remove("DRAGONFLOW_PREFIX")
+        .output()
+        .expect("spawn dfctl")
+}
