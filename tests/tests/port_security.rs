@@ -861,6 +861,37 @@ fn aap_live_and_garp(hook: Hook) {
         probe(c, &t.ctl[1], "ra", json!({})),
         "port security off: c's RA should pass"
     );
+    // Turned on and off again live through dfctl.
+    let c_spoof = json!({"src_ip": "192.0.2.66", "src_mac": FOREIGN_MAC});
+    t.cloud.dfctl("lport update pc --port-security true");
+    wait_probe("--port-security true reaches the datapath", false, || {
+        probe(c, &t.ctl[1], "udp4", c_spoof.clone())
+    });
+    check(
+        &t,
+        "port security turned on",
+        c,
+        c_spoof.clone(),
+        Drop(&["src_mac_spoof"]),
+    );
+    check(
+        &t,
+        "port security turned on: own addresses",
+        c,
+        json!({}),
+        Pass(&["ipv4"]),
+    );
+    t.cloud.dfctl("lport update pc --port-security false");
+    wait_probe("--port-security false reaches the datapath", true, || {
+        probe(c, &t.ctl[1], "udp4", c_spoof.clone())
+    });
+    check(
+        &t,
+        "port security turned off again",
+        c,
+        c_spoof,
+        Pass(&["no_port_security"]),
+    );
 
     // GARP plumbing. A real tool first: arping -U for the AAP VIP the VM now holds.
     vm_a.exec("ip addr add 192.0.2.100/32 dev eth0");
