@@ -211,6 +211,19 @@ impl Controller {
 
         let desired = if self.have_snapshot {
             let mut d = reconcile::desired(&self.cfg.chassis, &self.nb.snapshot, &self.ifaces);
+            // Invalid port records with no last good version: keep their taps as they are.
+            for (key, (chassis, tap)) in &self.nb.held_taps {
+                if chassis == &self.cfg.chassis
+                    && !d.tap_ports.contains_key(tap)
+                    && let Some(&ifindex) = self.ifaces.get(tap)
+                {
+                    debug!(
+                        key,
+                        tap, "invalid port record: keeping the tap's entries as they are"
+                    );
+                    d.entries.hold(&self.actual, ifindex);
+                }
+            }
             self.maps.mask(&mut d.entries);
             self.write(&d, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).

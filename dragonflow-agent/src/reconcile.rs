@@ -58,6 +58,17 @@ impl MapEntries {
         self.macs.retain(|k, _| keep(k.ifindex));
     }
 
+    /// Copies every entry of `ifindex` from `from` (used to keep a tap's entries as they
+    /// are while its port record is invalid).
+    pub fn hold(&mut self, from: &MapEntries, ifindex: u32) {
+        let mut kept = from.clone();
+        kept.retain_ifindex(|i| i == ifindex);
+        self.ports.extend(kept.ports);
+        self.addrs.extend(kept.addrs);
+        self.cidrs.extend(kept.cidrs);
+        self.macs.extend(kept.macs);
+    }
+
     /// Every ifindex that has an entry in any map.
     pub fn ifindexes(&self) -> BTreeSet<u32> {
         self.ports
@@ -606,6 +617,24 @@ mod tests {
         }
         assert_eq!(after_apply.addrs, reused.entries.addrs);
         assert_eq!(d.ports.upsert[0].1.mac, mac("fa:16:3e:00:00:09").0);
+    }
+
+    #[test]
+    fn hold_keeps_one_taps_entries() {
+        let actual = desired(
+            "hv1",
+            &snapshot(vec![port("p1", "hv1"), port("p2", "hv1")]),
+            &taps(&[("tapp1", 3), ("tapp2", 4)]),
+        )
+        .entries;
+        // p1's record went bad: only p2 is desired, p1's entries are held.
+        let mut d = desired(
+            "hv1",
+            &snapshot(vec![port("p2", "hv1")]),
+            &taps(&[("tapp1", 3), ("tapp2", 4)]),
+        );
+        d.entries.hold(&actual, 3);
+        assert!(d.entries.diff(&actual).is_empty());
     }
 
     #[test]

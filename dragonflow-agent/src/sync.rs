@@ -241,15 +241,19 @@ pub enum Record {
     LPort(LPort),
 }
 
-/// Decodes and validates one NB value with `nb::validate` (Neutron's rules). Chassis and
-/// subnet records are validated too, so that bad ones are counted, but the datapath does
-/// not use them yet.
+/// Decodes and validates one NB value with `nb::validate` (Neutron's rules). Subnet
+/// records are validated too, so that bad ones are counted, although the datapath does not
+/// use them yet. Chassis records are written by the agents themselves and not read yet
+/// (the default `--tunnel-ip 127.0.0.1` of a single-host setup would be counted invalid).
 pub fn decode_record(
     kind: Kind,
     id: &str,
     bytes: &[u8],
     opts: &DecodeOptions,
 ) -> Result<Option<Record>, String> {
+    if kind == Kind::Chassis {
+        return Ok(None);
+    }
     match decode_with(kind, id, bytes, opts).map_err(|e| e.to_string())? {
         NbObject::LSwitch(ls) => Ok(Some(Record::LSwitch(ls))),
         NbObject::LPort(p) => Ok(Some(Record::LPort(p))),
@@ -265,6 +269,25 @@ pub struct NbCache {
     pub snapshot: NbSnapshot,
     /// Keys whose current value is invalid (for /state).
     pub invalid: BTreeMap<String, String>,
+    /// Invalid lport records with no last good version in this process (typically: the
+    /// agent restarted while the record was bad): key → (chassis, tap name) read leniently
+    /// from the JSON. The controller keeps whatever entries the pinned maps hold for such a
+    /// tap, so that a restart does not turn a bad record into a changed datapath.
+    pub held_taps: BTreeMap<String, (String, String)>,
+}
+
+/// (chassis, tap name) of an lport record that does not validate, if the JSON says.
+fn lenient_binding(value: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let chassis = v.get("chassis")?.as_str()?.to_string();
+    let tap = match v.get("ifname").and_then(|n| n.as_str()) {
+        Some(n) => n.to_string(),
+        None => format!(
+            "tap{}",
+            v.get("id")?.as_str()?.chars().take(11).collect::<String>()
+        ),
+    };
+    Some((chassis, tap))
 }
 
 impl NbCache {
@@ -278,6 +301,8 @@ impl NbCache {
     ) -> bool {
         let old = std::mem::take(&mut self.snapshot);
         let old_invalid = std::mem::take(&mut self.invalid);
+        // Re-derived below from the records that are still bad.
+        self.held_taps.clear();
         for (key, value) in kvs {
             // Count a record that was already known bad only once.
             let recount = !old_invalid.contains_key(key);
@@ -302,6 +327,7 @@ impl NbCache {
                 }
                 Change::Delete(key) => {
                     self.invalid.remove(key);
+                    self.held_taps.remove(key);
                     match parse_key(prefix, key) {
                         Some((Kind::LSwitch, id)) => {
                             self.snapshot.lswitches.remove(id);
@@ -338,6 +364,7 @@ impl NbCache {
             }
             Ok(Some(Record::LPort(p))) => {
                 self.invalid.remove(key);
+                self.held_taps.remove(key);
                 self.snapshot.lports.insert(id.to_string(), p);
             }
             Ok(None) => {}
@@ -363,6 +390,8 @@ impl NbCache {
                     Kind::LPort => {
                         if let Some(p) = prev.lports.get(id).cloned() {
                             self.snapshot.lports.insert(id.to_string(), p);
+                        } else if let Some(b) = lenient_binding(value) {
+                            self.held_taps.insert(key.to_string(), b);
                         }
                     }
                     _ => {}
@@ -462,6 +491,13 @@ mod tests {
         // Delete removes it.
         assert!(c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared));
         assert!(c.snapshot.lports.is_empty() && c.invalid.is_empty());
+        // A bad record seen first (e.g. after a restart): its tap is held as it is.
+        let bad = br#"{"id":"p1","lswitch":"n1","mac":"01:00:00:00:00:01","chassis":"hv1"}"#;
+        c.load(P, &[(key.clone(), bad.to_vec())], &OPTS, &shared);
+        assert!(c.snapshot.lports.is_empty());
+        assert_eq!(c.held_taps[&key], ("hv1".to_string(), "tapp1".to_string()));
+        c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared);
+        assert!(c.held_taps.is_empty());
         // A new invalid record has nothing to fall back on.
         c.apply(P, &[Change::Put(key, b"{".to_vec())], &OPTS, &shared);
         assert!(c.snapshot.lports.is_empty());
