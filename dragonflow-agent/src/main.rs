@@ -29,17 +29,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // --log / DRAGONFLOW_LOG, else RUST_LOG, else the file's `log`, else info.
-    let filter = std::env::var("DRAGONFLOW_LOG")
-        .ok()
-        .filter(|_| cfg.log.is_none())
-        .or(cfg
-            .log
-            .clone()
-            .filter(|_| std::env::var("RUST_LOG").is_err() || cli_has_log()))
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .or(cfg.log.clone())
-        .unwrap_or_else(|| "info".into());
+    // --log or DRAGONFLOW_LOG, else RUST_LOG, else the file's `log`, else info.
+    let explicit = cli_has_log() || std::env::var_os("DRAGONFLOW_LOG").is_some();
+    let filter = match (explicit, std::env::var("RUST_LOG")) {
+        (false, Ok(rust_log)) => rust_log,
+        _ => cfg.log.clone().unwrap_or_else(|| "info".into()),
+    };
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("dragonflow-agent: invalid log filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
