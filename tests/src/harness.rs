@@ -105,9 +105,13 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // current_exe = target/<profile>/deps/<test>-<hash>
+        // Tests run as target/<profile>/deps/<test>-<hash>, binaries (demo, benches) as
+        // target/<profile>/<bin>.
         let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
         let release = dir.file_name().is_some_and(|n| n == "release");
         // `cargo test -p tests` does not build the agent's binaries; make sure they are
         // current (a no-op when they are).
