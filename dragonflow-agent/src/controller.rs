@@ -55,6 +55,8 @@ pub struct Controller {
     attach_errors: BTreeMap<String, (u32, Instant, String)>,
     warned: BTreeSet<String>,
     last_ports: BTreeMap<String, PortState>,
+    /// Highest etcd revision received; published once the maps reflect it.
+    revision: i64,
 }
 
 impl Controller {
@@ -86,6 +88,7 @@ impl Controller {
             attach_errors: BTreeMap::new(),
             warned: BTreeSet::new(),
             last_ports: BTreeMap::new(),
+            revision: 0,
         }
     }
 
@@ -133,6 +136,7 @@ impl Controller {
     fn on_nb(&mut self, ev: NbEvent) -> bool {
         match ev {
             NbEvent::Snapshot { revision, kvs } => {
+                self.revision = revision;
                 let changed = self
                     .nb
                     .load(&self.cfg.prefix, &kvs, &self.decode, &self.shared);
@@ -156,6 +160,7 @@ impl Controller {
                 true
             }
             NbEvent::Changes { revision, changes } => {
+                self.revision = self.revision.max(revision);
                 debug!(revision, n = changes.len(), "watch events");
                 let changed = self
                     .nb
@@ -234,6 +239,11 @@ impl Controller {
                     self.links.forget(&pin.ifname);
                 }
             }
+            // `dragonflow_etcd_revision` >= R means the maps reflect etcd revision R: tests
+            // and operators can wait on it after a write.
+            self.shared
+                .etcd_revision
+                .store(self.revision, Ordering::Relaxed);
             if !self.shared.synced.swap(true, Ordering::Relaxed) {
                 info!("first full sync applied to the datapath; healthy");
             }

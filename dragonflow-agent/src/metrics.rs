@@ -256,7 +256,7 @@ pub fn render(shared: &Shared) -> String {
     gauge(
         &mut o,
         "dragonflow_etcd_revision",
-        "Last etcd revision applied.",
+        "etcd revision the datapath maps reflect (applied after the write).",
         shared.etcd_revision.load(Ordering::Relaxed).max(0) as u64,
     );
     gauge(

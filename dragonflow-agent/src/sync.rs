@@ -169,7 +169,6 @@ async fn session(
             })
             .collect::<Vec<_>>();
         debug!(revision, keys = kvs.len(), "range get");
-        shared.etcd_revision.store(revision, Ordering::Relaxed);
         tx.send(NbEvent::Snapshot { revision, kvs })
             .await
             .map_err(|_| SyncError::Closed)?;
@@ -205,9 +204,6 @@ async fn session(
                         break 'watch;
                     }
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    if rev > 0 {
-                        shared.etcd_revision.store(rev, Ordering::Relaxed);
-                    }
                     let changes: Vec<Change> = resp
                         .events()
                         .iter()
