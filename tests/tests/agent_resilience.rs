@@ -237,6 +237,14 @@ const W: VmSpec = VmSpec {
     extra: "",
 };
 
+fn fail_closed(t: &Topo) -> f64 {
+    metric_sum(
+        &t.hv().metrics(),
+        "dragonflow_taps",
+        &[("state", "fail_closed")],
+    )
+}
+
 fn unknown_tap(hook: Hook) {
     // tapw exists before the agent starts; its port never does.
     let mut t = Topo::with(hook, &[A, B], |cloud| {
@@ -269,6 +277,11 @@ fn unknown_tap(hook: Hook) {
         !probe_via(&w, &t.ctl[0], &t.ctl[1], "arp_request", json!({})),
         "ARP of a tap with no port passed"
     );
+    assert!(
+        fail_closed(&t) >= 1.0,
+        "dragonflow_taps{{state=\"fail_closed\"}} = {}",
+        fail_closed(&t)
+    );
 
     // tapu appears while the agent runs (netlink): dropped as soon as the agent has seen
     // it (a frame racing the attach is the kernel's window, not a verdict).
@@ -300,6 +313,11 @@ fn unknown_tap(hook: Hook) {
                 && !t.ctl[1].seen(&s.sigs)[0]
         },
     );
+    let fc = fail_closed(&t);
+    assert!(
+        fc >= 2.0,
+        "two taps without a port, dragonflow_taps{{state=\"fail_closed\"}} = {fc}"
+    );
     // Once the port exists, its traffic passes, and port security applies to it.
     t.cloud.dfctl(&format!(
         "lport create pu --lswitch net1 --mac {} --fixed-ip {} --fixed-ip {} --chassis hv1 --ifname tapu",
@@ -313,6 +331,11 @@ fn unknown_tap(hook: Hook) {
     assert!(
         !probe(&u, &t.ctl[1], "udp4", json!({"src_ip": "192.0.2.66"})),
         "port pu: spoof passes"
+    );
+    wait_until(
+        "one fail-closed tap fewer once pu exists",
+        Duration::from_secs(5),
+        || fail_closed(&t) == fc - 1.0,
     );
     // tapw still has no port and is still dropped.
     assert!(

@@ -15,7 +15,7 @@ use common::{
     link_local, probe, wait_counted,
 };
 use serde_json::{Value, json};
-use tests::harness::{Hook, dfctl_bin, ping, wait_for, wait_until};
+use tests::harness::{Hook, dfctl_bin, metric_sum, ping, wait_for, wait_until};
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -981,6 +981,18 @@ fn aap_live_and_garp(hook: Hook) {
         "an event for an ARP reply for 192.0.2.102",
         Duration::from_secs(10),
         || garp_entry(&t, "192.0.2.102"),
+    );
+    // The event counters saw them: datapath side (ring buffer) and agent side (consumed).
+    let m = t.hv().metrics();
+    let sent = metric_sum(
+        &m,
+        "dragonflow_datapath_events_total",
+        &[("event", "garp_sent")],
+    );
+    let consumed = metric_sum(&m, "dragonflow_garp_events_total", &[]);
+    assert!(
+        sent >= 3.0 && consumed >= 3.0,
+        "GARP event counters: garp_sent={sent}, dragonflow_garp_events_total={consumed} (want >= 3 each)"
     );
 }
 
