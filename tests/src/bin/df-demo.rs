@@ -57,7 +57,12 @@ fn usage(err: &str) -> ! {
 }
 
 fn step(s: &str) {
-    println!("\n\x1b[1m==> {s}\x1b[0m");
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        println!("\n\x1b[1m==> {s}\x1b[0m");
+    } else {
+        println!("\n==> {s}");
+    }
 }
 
 fn counter(hv: &Hypervisor, verdict: &str, label: (&str, &str)) -> f64 {
@@ -146,7 +151,7 @@ fn main() {
     let garp = wait_until_some_garp(&cloud);
     print!("{garp}");
 
-    step("Drop counters (non-zero)");
+    step("Datapath verdict counters (non-zero), from GET /metrics");
     for l in hv1.metrics().lines() {
         if l.starts_with("dragonflow_datapath_packets_total") && !l.ends_with(" 0") {
             println!("    {l}");
