@@ -4,7 +4,6 @@
 
 use dragonflow_common::{
     addr::{ADDR_F_WATCH, AddrKey, FAMILY_V4},
-    port::PortConfig,
     verdict::{DropReason, PassPath},
 };
 
@@ -12,7 +11,7 @@ use crate::{
     ctx::{Pkt, arr_at, be16_at, u8_at},
     events,
     parse::{ETH_HLEN, ETH_P_IP, Eth, mac_eq},
-    portsec::lookup_pair,
+    portsec::{PortCache, lookup_pair},
 };
 
 /// Ethernet/IPv4 ARP: 8-byte header + sha(6) spa(4) tha(6) tpa(4).
@@ -22,12 +21,7 @@ const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
 
 #[inline(always)]
-pub fn check(
-    pkt: &Pkt,
-    port: &PortConfig,
-    ifindex: u32,
-    eth: &Eth,
-) -> Result<PassPath, DropReason> {
+pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
     let a = pkt
         .bytes::<ARP_LEN>(ETH_HLEN)
         .ok_or(DropReason::ArpMalformed)?;
@@ -49,16 +43,16 @@ pub fn check(
     let spa_u32 = u32::from_ne_bytes(spa);
     if spa_u32 == 0 {
         // RFC 5227 probe: only the port itself probes.
-        return if mac_eq(&eth.src, &port.mac) {
+        return if mac_eq(&eth.src, &port.secured()?.mac) {
             Ok(PassPath::Arp)
         } else {
             Err(DropReason::ArpProbeSpoof)
         };
     }
-    let key = AddrKey::v4(ifindex, sha, spa);
+    let key = AddrKey::v4(port.ifindex(), sha, spa);
     let flags = lookup_pair(port, &key).ok_or(DropReason::ArpSpoof)?;
     if flags & ADDR_F_WATCH != 0 && (op == ARPOP_REPLY || spa_u32 == u32::from_ne_bytes(tpa)) {
-        events::garp(port, ifindex, FAMILY_V4, key.ip, sha, op);
+        events::garp(port, FAMILY_V4, key.ip, sha, op);
     }
     Ok(PassPath::Arp)
 }

@@ -6,12 +6,12 @@ use aya_ebpf::{Global, helpers::bpf_ktime_get_ns};
 use dragonflow_common::{
     event::{GarpEvent, GarpRateKey},
     maps::globals::GARP_MIN_INTERVAL_NS_DEFAULT,
-    port::PortConfig,
     verdict::EventStat,
 };
 
 use crate::{
     maps::{GARP_EVENTS, GARP_RATE},
+    portsec::PortCache,
     stats,
 };
 
@@ -21,7 +21,10 @@ static GARP_MIN_INTERVAL_NS: Global<u64> = Global::new(GARP_MIN_INTERVAL_NS_DEFA
 
 /// Emits one event unless rate-limited; counts what happened.
 #[inline(always)]
-pub fn garp(port: &PortConfig, ifindex: u32, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+pub fn garp(port: &mut PortCache, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+    // The event names the port's network; a port gone meanwhile raises none.
+    let Ok(cfg) = port.secured() else { return };
+    let ifindex = port.ifindex();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let rk = GarpRateKey {
@@ -47,7 +50,7 @@ pub fn garp(port: &PortConfig, ifindex: u32, family: u8, ip: [u8; 16], mac: [u8;
     entry.write(GarpEvent {
         ts_ns: now,
         ifindex,
-        net_id: port.net_id,
+        net_id: cfg.net_id,
         ip,
         mac,
         op,

@@ -2,18 +2,17 @@
 //! from 0.0.0.0 (2), then the source pair check (1, 2).
 
 use dragonflow_common::{
-    addr::AddrKey,
-    port::PortConfig,
+    addr::FAMILY_V4,
     verdict::{DropReason, PassPath},
 };
 
 use crate::{
-    ctx::{Pkt, arr_at, be16_at, u8_at},
+    ctx::{Pkt, arr_at, be16_at, load, u8_at},
     parse::{
         ETH_HLEN, Eth, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, icmp_ok,
         mac_eq, tcp_ok, udp_ports,
     },
-    portsec::check_src,
+    portsec::{PortCache, check_src, src_key},
 };
 
 const BOOTPS: u16 = 67;
@@ -23,12 +22,7 @@ const BOOTPC: u16 = 68;
 const BOOTP_CHADDR: usize = 28;
 
 #[inline(always)]
-pub fn check(
-    pkt: &Pkt,
-    port: &PortConfig,
-    ifindex: u32,
-    eth: &Eth,
-) -> Result<PassPath, DropReason> {
+pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
     let h = pkt
         .bytes::<IPV4_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv4Malformed)?;
@@ -38,8 +32,8 @@ pub fn check(
     if vihl >> 4 != 4 || hlen < IPV4_HLEN || tot < hlen || ETH_HLEN + tot > pkt.len {
         return Err(DropReason::Ipv4Malformed);
     }
-    let src: [u8; 4] = arr_at(h, 12);
-    let unspecified = u32::from_ne_bytes(src) == 0;
+    let src = load::<u32, IPV4_HLEN>(h, 12);
+    let unspecified = src == 0;
     // L4 exists only in the first fragment (offset 0); later fragments are judged on
     // their L3 source alone.
     if be16_at(h, 6) & 0x1fff == 0 {
@@ -65,7 +59,10 @@ pub fn check(
     if unspecified {
         return Err(DropReason::DhcpClientSpoof);
     }
-    check_src(port, &AddrKey::v4(ifindex, eth.src, src))?;
+    check_src(
+        port,
+        &src_key(port.ifindex(), eth, FAMILY_V4, [src, 0, 0, 0]),
+    )?;
     Ok(PassPath::Ipv4)
 }
 
@@ -74,11 +71,12 @@ pub fn check(
 #[inline(always)]
 fn dhcp_client(
     pkt: &Pkt,
-    port: &PortConfig,
+    port: &mut PortCache,
     eth: &Eth,
     bootp: usize,
     l3_end: usize,
 ) -> Result<PassPath, DropReason> {
+    let port = port.secured()?;
     let c = pkt
         .bytes::<6>(bootp + BOOTP_CHADDR)
         .ok_or(DropReason::DhcpClientSpoof)?;

@@ -2,18 +2,17 @@
 //! server replies (7), ICMPv6 handed to `nd`, then the source pair check (1, 2).
 
 use dragonflow_common::{
-    addr::AddrKey,
-    port::PortConfig,
+    addr::FAMILY_V6,
     verdict::{DropReason, PassPath},
 };
 
 use crate::{
-    ctx::{Pkt, arr_at, be16_at, u8_at},
+    ctx::{Pkt, be16_at, load, u8_at},
     nd,
     parse::{
         ETH_HLEN, Eth, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, tcp_ok, udp_ports,
     },
-    portsec::check_src,
+    portsec::{PortCache, check_src, src_key},
 };
 
 const NEXTHDR_HOP: u8 = 0;
@@ -46,12 +45,7 @@ pub struct Chain {
 }
 
 #[inline(always)]
-pub fn check(
-    pkt: &Pkt,
-    port: &PortConfig,
-    ifindex: u32,
-    eth: &Eth,
-) -> Result<PassPath, DropReason> {
+pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv6Malformed)?;
@@ -59,7 +53,13 @@ pub fn check(
     if u8_at(h, 0) >> 4 != 6 || l3_end > pkt.len {
         return Err(DropReason::Ipv6Malformed);
     }
-    let key = AddrKey::v6(ifindex, eth.src, arr_at(h, 8));
+    let src = [
+        load::<u32, IPV6_HLEN>(h, 8),
+        load::<u32, IPV6_HLEN>(h, 12),
+        load::<u32, IPV6_HLEN>(h, 16),
+        load::<u32, IPV6_HLEN>(h, 20),
+    ];
+    let key = src_key(port.ifindex(), eth, FAMILY_V6, src);
     let chain = walk(pkt, u8_at(h, 6), l3_end)?;
     if !chain.later_fragment {
         // RFC 7112: a first fragment must carry the whole upper-layer header.

@@ -35,6 +35,7 @@ use dragonflow_common::{
 use crate::{
     ctx::PacketCtx,
     parse::{ETH_P_IP, ETH_P_IPV6},
+    portsec::PortCache,
     verdict::{Fwd, Pass},
 };
 
@@ -82,7 +83,7 @@ pub fn df_vlan_guard(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     }
     // Same rule as the TC pipeline: ports without port security may send anything.
-    if let Ok(port) = portsec::port(ctx.ifindex())
+    if let Some(port) = portsec::port(ctx.ifindex())
         && !port.has(PORT_F_PORT_SECURITY)
     {
         return TC_ACT_OK as i32;
@@ -103,34 +104,43 @@ pub fn df_stub_tc_ok(_ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
-/// Port lookup, then port security by ethertype. The fast path of an allowed IPv4 frame:
-/// one `df_ports_v1` lookup, one `df_addrs_v1` lookup, one counter.
+/// The verdict of the from-VM pipeline, with the port's say on drops: a drop on a tap
+/// without a port is `UnknownPort` (fail closed), and a port without port security lets
+/// everything through. Allowed frames were already proven to belong to a secured port
+/// (see `portsec`), so the fast path never looks the port up.
 #[inline(always)]
 fn try_from_vm<C: PacketCtx + EbpfContext>(ctx: &C) -> Result<Pass, DropReason> {
-    let ifindex = ctx.ifindex();
-    let port = match portsec::port(ifindex) {
-        Ok(port) => port,
-        Err(reason) => {
-            // Rare (a tap the agent has not configured yet); off unless AYA_LOG_LEVEL says.
-            debug!(ctx, "no port for ifindex {}", ifindex);
-            return Err(reason);
-        }
-    };
-    if !port.has(PORT_F_PORT_SECURITY) {
-        return Ok(Pass::kernel(PassPath::NoPortSecurity));
+    let mut port = PortCache::new(ctx.ifindex());
+    match port_security(ctx, &mut port) {
+        Ok(path) => Ok(Pass::kernel(path)),
+        Err(reason) => match port.get() {
+            None => {
+                // Rare (a tap the agent has not configured yet); off unless
+                // AYA_LOG_LEVEL says otherwise.
+                debug!(ctx, "no port for ifindex {}", port.ifindex());
+                Err(DropReason::UnknownPort)
+            }
+            Some(p) if !p.has(PORT_F_PORT_SECURITY) => Ok(Pass::kernel(PassPath::NoPortSecurity)),
+            Some(_) => Err(reason),
+        },
     }
+}
+
+/// Port security by ethertype. The fast path of an allowed IPv4 frame: Ethernet and IPv4
+/// sanity, one `df_addrs_v1` lookup, then one counter in the entry point.
+#[inline(always)]
+fn port_security<C: PacketCtx>(ctx: &C, port: &mut PortCache) -> Result<PassPath, DropReason> {
     if ctx.vlan_tag_in_meta() {
         return Err(DropReason::VlanTagged);
     }
     let pkt = ctx.pkt();
     let eth = parse::eth(&pkt)?;
-    let path = match eth.proto {
-        ETH_P_IP => ipv4::check(&pkt, port, ifindex, &eth)?,
-        ETH_P_IPV6 => ipv6::check(&pkt, port, ifindex, &eth)?,
+    match eth.proto {
+        ETH_P_IP => ipv4::check(&pkt, port, &eth),
+        ETH_P_IPV6 => ipv6::check(&pkt, port, &eth),
         // parse::eth lets nothing else through.
-        _ => arp::check(&pkt, port, ifindex, &eth)?,
-    };
-    Ok(Pass::kernel(path))
+        _ => arp::check(&pkt, port, &eth),
+    }
 }
 
 #[cfg(not(test))]

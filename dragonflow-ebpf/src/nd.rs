@@ -6,7 +6,6 @@
 use dragonflow_common::{
     addr::{ADDR_F_WATCH, AddrKey, FAMILY_V6},
     event::GARP_OP_ND_NA,
-    port::PortConfig,
     verdict::{DropReason, PassPath},
 };
 
@@ -15,7 +14,7 @@ use crate::{
     events,
     ipv6::{Chain, MAX_HDR_OFF},
     parse::{Eth, ip6_is_unspecified, mac_eq},
-    portsec::{check_src, lookup_pair},
+    portsec::{PortCache, check_src, lookup_pair},
 };
 
 const MLD_REPORT: u8 = 131;
@@ -41,7 +40,7 @@ const ND_HOP_LIMIT: u8 = 255;
 #[inline(always)]
 pub fn icmpv6(
     pkt: &Pkt,
-    port: &PortConfig,
+    port: &mut PortCache,
     eth: &Eth,
     key: &AddrKey,
     hop_limit: u8,
@@ -69,7 +68,7 @@ pub fn icmpv6(
         // RFC 3590/4862: MLD reports (and RS, RFC 4861 §6.3.7) may come from `::` before
         // the VM has an address; only from the port's own MAC.
         MLD_REPORT | MLD2_REPORT | ND_ROUTER_SOLICIT
-            if ip6_is_unspecified(&key.ip) && mac_eq(&eth.src, &port.mac) =>
+            if ip6_is_unspecified(&key.ip) && mac_eq(&eth.src, &port.secured()?.mac) =>
         {
             Ok(PassPath::Ipv6Unspecified)
         }
@@ -86,7 +85,7 @@ pub fn icmpv6(
 #[inline(always)]
 fn ns(
     pkt: &Pkt,
-    port: &PortConfig,
+    port: &mut PortCache,
     eth: &Eth,
     key: &AddrKey,
     hop_limit: u8,
@@ -120,7 +119,7 @@ fn ns(
 #[inline(always)]
 fn na(
     pkt: &Pkt,
-    port: &PortConfig,
+    port: &mut PortCache,
     eth: &Eth,
     key: &AddrKey,
     hop_limit: u8,
@@ -139,14 +138,7 @@ fn na(
     let flags = lookup_pair(port, &target).ok_or(DropReason::NdSpoof)?;
     lla_options(pkt, l4 + ND_MSG_LEN, l3_end, ND_OPT_TARGET_LL, &eth.src)?;
     if u8_at(m, 4) & NA_F_SOLICITED == 0 && flags & ADDR_F_WATCH != 0 {
-        events::garp(
-            port,
-            key.ifindex,
-            FAMILY_V6,
-            target.ip,
-            eth.src,
-            GARP_OP_ND_NA,
-        );
+        events::garp(port, FAMILY_V6, target.ip, eth.src, GARP_OP_ND_NA);
     }
     Ok(PassPath::Nd)
 }

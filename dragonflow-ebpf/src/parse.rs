@@ -2,7 +2,7 @@
 
 use dragonflow_common::verdict::DropReason;
 
-use crate::ctx::{Pkt, arr_at, be16_at};
+use crate::ctx::{Pkt, be16_at, load};
 
 pub const ETH_HLEN: usize = 14;
 
@@ -31,6 +31,9 @@ pub const ICMP_HLEN: usize = 8;
 #[derive(Clone, Copy)]
 pub struct Eth {
     pub src: [u8; 6],
+    /// The source MAC as loaded: bytes 0..4 and 4..6 in memory order (for building map
+    /// keys with word stores on the fast path).
+    pub src_w: (u32, u16),
     /// Host order.
     pub proto: u16,
 }
@@ -41,10 +44,16 @@ pub fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
     let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
     let proto = be16_at(h, 12);
     match proto {
-        ETH_P_IP | ETH_P_IPV6 | ETH_P_ARP => Ok(Eth {
-            src: arr_at(h, 6),
-            proto,
-        }),
+        ETH_P_IP | ETH_P_IPV6 | ETH_P_ARP => {
+            let src_w = (load::<u32, ETH_HLEN>(h, 6), load::<u16, ETH_HLEN>(h, 10));
+            let [a, b, c, d] = src_w.0.to_ne_bytes();
+            let [e, f] = src_w.1.to_ne_bytes();
+            Ok(Eth {
+                src: [a, b, c, d, e, f],
+                src_w,
+                proto,
+            })
+        }
         ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_9100 => Err(DropReason::VlanTagged),
         _ => Err(DropReason::BadEthertype),
     }
