@@ -33,7 +33,7 @@ pub fn garp(port: &mut PortCache, family: u8, ip: [u8; 16], mac: [u8; 6], op: u1
         _pad: [0; 3],
         ip,
     };
-    let last = GARP_RATE.get_ptr_mut(&rk);
+    let last = GARP_RATE.get_ptr_mut(rk);
     if let Some(last) = last {
         // SAFETY: map value pointer, valid for this run. The first event for a key always
         // passes (no entry yet); races between CPUs at worst let two events through.
@@ -63,7 +63,7 @@ pub fn garp(port: &mut PortCache, family: u8, ip: [u8; 16], mac: [u8; 6], op: u1
         Some(last) => unsafe { *last = now },
         None => {
             // Full LRU evicts the oldest; a failed insert only loses rate limiting.
-            let _ = GARP_RATE.insert(&rk, now, 0);
+            let _ = GARP_RATE.insert(rk, now, 0);
         }
     }
     stats::event(EventStat::GarpSent);

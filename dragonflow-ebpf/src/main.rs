@@ -63,12 +63,12 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
         Ok(pass) => {
             stats::pass(pass.path);
             match pass.fwd {
-                Fwd::Kernel => TC_ACT_OK as i32,
+                Fwd::Kernel => TC_ACT_OK,
             }
         }
         Err(reason) => {
             stats::drop(reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -80,16 +80,16 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn df_vlan_guard(ctx: TcContext) -> i32 {
     if !ctx.vlan_tag_in_meta() {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // Same rule as the TC pipeline: ports without port security may send anything.
     if let Some(port) = portsec::port(ctx.ifindex())
         && !port.has(PORT_F_PORT_SECURITY)
     {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     stats::drop(DropReason::VlanTagged);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// Stub for the micro-benchmark: the cost floor of the XDP hook.
@@ -101,7 +101,7 @@ pub fn df_stub_xdp_pass(_ctx: XdpContext) -> u32 {
 /// Stub for the micro-benchmark: the cost floor of the TC hook.
 #[classifier]
 pub fn df_stub_tc_ok(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// The verdict of the from-VM pipeline, with the port's say on drops: a drop on a tap
