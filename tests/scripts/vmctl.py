@@ -496,6 +496,11 @@ class Stream:
         return {"sent": self.tx_sent, "errors": self.tx_errors}
 
 
+def drain(sock):
+    while True:
+        sock.recv(65535)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--iface", default="eth0")
@@ -515,6 +520,17 @@ def main():
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
+    # Probes go to UDP port 40000: bind it so the kernel answers them with nothing
+    # (no ICMP port unreachable), keeping the datapath counters about the sender only.
+    for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            u = socket.socket(fam, socket.SOCK_DGRAM)
+            if fam == socket.AF_INET6:
+                u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            u.bind((addr, 40000))
+            threading.Thread(target=drain, args=(u,), daemon=True).start()
+        except OSError:
+            pass
     out({"ok": True, "ready": True})
     for line in sys.stdin:
         line = line.strip()
