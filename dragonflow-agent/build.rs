@@ -8,6 +8,10 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dragonflow-ebpf");
     let root = root.canonicalize()?;
+    // aya-build watches the eBPF crate's directory; the object also embeds the shared
+    // layouts, so a change there must rebuild it too.
+    let common = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dragonflow-common");
+    println!("cargo:rerun-if-changed={}", common.canonicalize()?.display());
     aya_build::build_ebpf(
         [Package {
             name: "dragonflow-ebpf",

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
     event::GarpRateKey,
@@ -29,17 +29,11 @@ pub enum MapsError {
     },
 }
 
-/// `PORTS` may be a hash or an array keyed by ifindex; both are handled.
-pub enum PortsMap {
-    Hash(HashMap<MapData, u32, PortConfig>),
-    Array(Array<MapData, PortConfig>),
-}
-
 /// The maps the agent writes. Each is optional so that an incomplete object (during
 /// development) degrades to warnings instead of a crash.
 #[derive(Default)]
 pub struct Maps {
-    pub ports: Option<PortsMap>,
+    pub ports: Option<HashMap<MapData, u32, PortConfig>>,
     pub addrs: Option<HashMap<MapData, AddrKey, AddrValue>>,
     pub cidrs: Option<LpmTrie<MapData, AddrKey, AddrValue>>,
     pub macs: Option<HashMap<MapData, MacKey, u32>>,
@@ -74,12 +68,8 @@ fn typed<T>(
 impl Maps {
     /// Takes the agent's maps out of the loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let ports = typed(maps::PORTS, ebpf.take_map(maps::PORTS), |m| match m {
-            Map::Array(_) => Array::try_from(m).map(PortsMap::Array),
-            m => HashMap::try_from(m).map(PortsMap::Hash),
-        })?;
         Ok(Maps {
-            ports,
+            ports: typed(maps::PORTS, ebpf.take_map(maps::PORTS), HashMap::try_from)?,
             addrs: typed(maps::ADDRS, ebpf.take_map(maps::ADDRS), HashMap::try_from)?,
             cidrs: typed(maps::CIDRS, ebpf.take_map(maps::CIDRS), LpmTrie::try_from)?,
             macs: typed(maps::MACS, ebpf.take_map(maps::MACS), HashMap::try_from)?,
@@ -90,21 +80,8 @@ impl Maps {
     /// Entries that cannot be read are skipped with a warning.
     pub fn read_all(&self) -> MapEntries {
         let mut out = MapEntries::default();
-        match &self.ports {
-            Some(PortsMap::Hash(m)) => {
-                out.ports = m.iter().filter_map(log_err(maps::PORTS)).collect();
-            }
-            Some(PortsMap::Array(m)) => {
-                // An all-zero slot is "no port" in an array.
-                for i in 0..m.len() {
-                    if let Ok(v) = m.get(&i, 0)
-                        && v != PortConfig::default()
-                    {
-                        out.ports.insert(i, v);
-                    }
-                }
-            }
-            None => {}
+        if let Some(m) = &self.ports {
+            out.ports = m.iter().filter_map(log_err(maps::PORTS)).collect();
         }
         if let Some(m) = &self.addrs {
             out.addrs = m.iter().filter_map(log_err(maps::ADDRS)).collect();
@@ -130,9 +107,13 @@ impl Maps {
         out
     }
 
-    /// Writes `diff`, updating `actual` to what the maps hold afterwards. Order: addresses
-    /// before the port entry that makes the datapath consult them, and the port entry
-    /// removed before its addresses. Returns the number of failed operations (each logged).
+    /// Writes `diff`, updating `actual` to what the maps hold afterwards. Returns the
+    /// number of failed operations (each logged).
+    ///
+    /// Order matters because the datapath passes a frame on an exact `ADDRS` hit without
+    /// reading `PORTS` (the fast path): an address entry must never outlive its port's
+    /// entry, nor exist while the port has port security off. So the port entry is
+    /// written first and removed last, and addresses are removed before it.
     pub fn apply(&mut self, diff: &EntriesDiff, actual: &mut MapEntries) -> usize {
         let mut errors = 0;
         let mut check = |r: Result<(), MapError>, what: &str| -> bool {
@@ -146,6 +127,13 @@ impl Maps {
             }
         };
 
+        if let Some(m) = &mut self.ports {
+            for (k, v) in &diff.ports.upsert {
+                if check(m.insert(k, v, 0), maps::PORTS) {
+                    actual.ports.insert(*k, *v);
+                }
+            }
+        }
         if let Some(m) = &mut self.addrs {
             for (k, v) in &diff.addrs.upsert {
                 if check(m.insert(k, v, 0), maps::ADDRS) {
@@ -166,33 +154,6 @@ impl Maps {
                     actual.macs.insert(*k, *v);
                 }
             }
-        }
-        match &mut self.ports {
-            Some(PortsMap::Hash(m)) => {
-                for (k, v) in &diff.ports.upsert {
-                    if check(m.insert(k, v, 0), maps::PORTS) {
-                        actual.ports.insert(*k, *v);
-                    }
-                }
-                for k in &diff.ports.remove {
-                    if check(ignore_missing(m.remove(k)), maps::PORTS) {
-                        actual.ports.remove(k);
-                    }
-                }
-            }
-            Some(PortsMap::Array(m)) => {
-                for (k, v) in &diff.ports.upsert {
-                    if check(m.set(*k, v, 0), maps::PORTS) {
-                        actual.ports.insert(*k, *v);
-                    }
-                }
-                for k in &diff.ports.remove {
-                    if check(m.set(*k, PortConfig::default(), 0), maps::PORTS) {
-                        actual.ports.remove(k);
-                    }
-                }
-            }
-            None => {}
         }
         if let Some(m) = &mut self.addrs {
             for k in &diff.addrs.remove {
@@ -215,6 +176,13 @@ impl Maps {
             for k in &diff.macs.remove {
                 if check(ignore_missing(m.remove(k)), maps::MACS) {
                     actual.macs.remove(k);
+                }
+            }
+        }
+        if let Some(m) = &mut self.ports {
+            for k in &diff.ports.remove {
+                if check(ignore_missing(m.remove(k)), maps::PORTS) {
+                    actual.ports.remove(k);
                 }
             }
         }
