@@ -210,6 +210,35 @@ fn etcd_outage(hook: Hook) {
         !probe(&t.ctl[0], &t.ctl[1], "mac_spoof", json!({})),
         "MAC spoof passes after the resync"
     );
+
+    // A partition instead of an outage: etcd keeps running but the agent cannot reach it
+    // (its underlay link is down) while the AAP is removed. The agent keeps the last good
+    // state (legit passes, no flush), and catches up once the link is back.
+    let hvns = &t.cloud.hvs[0].ns;
+    hvns.exec("ip link set eth-ul down");
+    t.cloud.dfctl("lport update pa --remove-aap 192.0.2.66");
+    for _ in 0..3 {
+        assert!(
+            probe(&t.ctl[0], &t.ctl[1], "udp4", spoof.clone()),
+            "partitioned from etcd, the datapath changed anyway: 192.0.2.66 no longer passes (flushed on etcd loss?)"
+        );
+        assert!(
+            !probe(&t.ctl[0], &t.ctl[1], "mac_spoof", json!({})),
+            "MAC spoof passes while the agent is partitioned from etcd"
+        );
+    }
+    hvns.exec("ip link set eth-ul up");
+    let t0 = Instant::now();
+    wait_until(
+        "an AAP removed during a partition is removed from the datapath after it",
+        Duration::from_secs(30),
+        || !probe(&t.ctl[0], &t.ctl[1], "udp4", spoof.clone()),
+    );
+    eprintln!(
+        "[{}] catch-up after the partition took {:?}",
+        hook.as_str(),
+        t0.elapsed()
+    );
 }
 
 #[test]
