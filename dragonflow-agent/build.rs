@@ -11,7 +11,10 @@ fn main() -> anyhow::Result<()> {
     // aya-build watches the eBPF crate's directory; the object also embeds the shared
     // layouts, so a change there must rebuild it too.
     let common = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dragonflow-common");
-    println!("cargo:rerun-if-changed={}", common.canonicalize()?.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        common.canonicalize()?.display()
+    );
     aya_build::build_ebpf(
         [Package {
             name: "dragonflow-ebpf",

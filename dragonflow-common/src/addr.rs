@@ -43,12 +43,24 @@ impl AddrKey {
         a[1] = ip[1];
         a[2] = ip[2];
         a[3] = ip[3];
-        Self { ifindex, mac, family: FAMILY_V4, _pad: 0, ip: a }
+        Self {
+            ifindex,
+            mac,
+            family: FAMILY_V4,
+            _pad: 0,
+            ip: a,
+        }
     }
 
     #[inline(always)]
     pub const fn v6(ifindex: u32, mac: [u8; 6], ip: [u8; 16]) -> Self {
-        Self { ifindex, mac, family: FAMILY_V6, _pad: 0, ip }
+        Self {
+            ifindex,
+            mac,
+            family: FAMILY_V6,
+            _pad: 0,
+            ip,
+        }
     }
 }
 
@@ -74,14 +86,32 @@ const _: () = assert!(core::mem::size_of::<MacKey>() == 12);
 impl MacKey {
     #[inline(always)]
     pub const fn new(ifindex: u32, mac: [u8; 6]) -> Self {
-        Self { ifindex, mac, _pad: [0; 2] }
+        Self {
+            ifindex,
+            mac,
+            _pad: [0; 2],
+        }
     }
 }
 
 /// The IPv6 link-local address a VM derives from `mac` (modified EUI-64, RFC 4291 App. A).
 pub const fn link_local_from_mac(mac: [u8; 6]) -> [u8; 16] {
     [
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4],
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
         mac[5],
     ]
 }

@@ -49,7 +49,9 @@ pub fn unique_prefix() -> String {
 /// Runs a command, panicking with its output when it fails.
 #[track_caller]
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -136,7 +138,9 @@ pub fn dfctl_bin() -> PathBuf {
 
 /// Path of a helper script in `tests/scripts/`.
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 /// A network namespace, deleted (with every process still in it) on drop.
@@ -147,7 +151,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Self {
         cmd(&format!("ip netns add {name}"));
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.exec("ip link set lo up");
         ns
     }
@@ -173,13 +179,17 @@ impl Netns {
         let mut it = line.split_whitespace();
         let mut c = self.command(it.next().expect("empty command"));
         c.args(it);
-        c.output().unwrap_or_else(|e| panic!("spawn {line} in {}: {e}", self.name))
+        c.output()
+            .unwrap_or_else(|e| panic!("spawn {line} in {}: {e}", self.name))
     }
 
     /// ifindex of a link in this namespace.
     pub fn ifindex(&self, ifname: &str) -> u32 {
         let out = self.exec(&format!("cat /sys/class/net/{ifname}/ifindex"));
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("ifindex")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("ifindex")
     }
 
     /// Runs `f` on a thread that has entered this namespace (setns only moves the calling
@@ -208,12 +218,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Kill whatever still runs inside (agents, etcd, pings) before deleting it.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -221,7 +236,11 @@ impl Drop for Netns {
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -246,7 +265,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .filter(|kv| !kv.is_empty())
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
             .collect();
-        labels.iter().all(|want| have.contains(want)).then(|| value.parse().ok())?
+        labels
+            .iter()
+            .all(|want| have.contains(want))
+            .then(|| value.parse().ok())?
     })
 }
 
@@ -285,7 +307,11 @@ impl Etcd {
         let dir = std::env::temp_dir().join(format!("{}-etcd", ns.name));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("etcd dir");
-        let mut e = Etcd { ns: ns.name.clone(), dir, child: None };
+        let mut e = Etcd {
+            ns: ns.name.clone(),
+            dir,
+            child: None,
+        };
         e.start();
         e
     }
@@ -303,19 +329,32 @@ impl Etcd {
             .args(["netns", "exec", &self.ns, "etcd", "--name", "default"])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("default={peer}")])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn etcd (is etcd-server installed? run `cargo xtask setup`)");
         self.child = Some(child);
-        let ns = Netns { name: self.ns.clone() };
+        let ns = Netns {
+            name: self.ns.clone(),
+        };
         let addr = format!("{ETCD_IP}:{ETCD_PORT}");
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_until("etcd /health", Duration::from_secs(20), || {
-                ns.http_get(&addr, "/health").is_some_and(|(s, b)| s == 200 && b.contains("true"))
+                ns.http_get(&addr, "/health")
+                    .is_some_and(|(s, b)| s == 200 && b.contains("true"))
             })
         }));
         std::mem::forget(ns); // not ours to delete
@@ -390,7 +429,11 @@ impl Hypervisor {
         metric(
             &self.metrics(),
             "dragonflow_datapath_packets_total",
-            &[("direction", "from_vm"), ("verdict", "drop"), ("reason", reason)],
+            &[
+                ("direction", "from_vm"),
+                ("verdict", "drop"),
+                ("reason", reason),
+            ],
         )
         .unwrap_or_else(|| panic!("no drop counter for reason {reason}"))
     }
@@ -399,14 +442,22 @@ impl Hypervisor {
         metric(
             &self.metrics(),
             "dragonflow_datapath_packets_total",
-            &[("direction", "from_vm"), ("verdict", "pass"), ("path", path)],
+            &[
+                ("direction", "from_vm"),
+                ("verdict", "pass"),
+                ("path", path),
+            ],
         )
         .unwrap_or_else(|| panic!("no pass counter for path {path}"))
     }
 
     /// Starts (or restarts) the agent process and waits for /healthz.
     pub fn start_agent(&mut self, etcd_endpoint: &str) {
-        assert!(self.agent.is_none(), "agent already running on {}", self.name);
+        assert!(
+            self.agent.is_none(),
+            "agent already running on {}",
+            self.name
+        );
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -436,13 +487,25 @@ impl Hypervisor {
             if let Some(c) = self.agent.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                panic!("agent on {} exited ({status}); log:\n{}", self.name, self.agent_log());
+                panic!(
+                    "agent on {} exited ({status}); log:\n{}",
+                    self.name,
+                    self.agent_log()
+                );
             }
-            if self.ns.http_get(&self.metrics_addr, "/healthz").is_some_and(|(s, _)| s == 200) {
+            if self
+                .ns
+                .http_get(&self.metrics_addr, "/healthz")
+                .is_some_and(|(s, _)| s == 200)
+            {
                 return;
             }
             if start.elapsed() > Duration::from_secs(30) {
-                panic!("agent on {} not healthy after 30 s; log:\n{}", self.name, self.agent_log());
+                panic!(
+                    "agent on {} not healthy after 30 s; log:\n{}",
+                    self.name,
+                    self.agent_log()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -498,7 +561,13 @@ impl Cloud {
         ul.exec(&format!("ip addr add {ETCD_IP}/24 dev br-ul"));
         ul.exec("ip link set br-ul up");
         let etcd = Etcd::start_in(&ul);
-        Cloud { prefix, vms: Vec::new(), hvs: Vec::new(), etcd, ul }
+        Cloud {
+            prefix,
+            vms: Vec::new(),
+            hvs: Vec::new(),
+            etcd,
+            ul,
+        }
     }
 
     /// Adds a hypervisor `name` (namespace `<prefix>-<name>`) with underlay address
@@ -509,7 +578,10 @@ impl Cloud {
         let tunnel_ip = format!("198.18.0.{}", 10 + i);
         let ul_if = format!("ul{}{i}", &self.prefix[3..]);
         let ul_if: String = ul_if.chars().take(15).collect();
-        cmd(&format!("ip link add {ul_if} type veth peer name eth-ul netns {}", ns.name));
+        cmd(&format!(
+            "ip link add {ul_if} type veth peer name eth-ul netns {}",
+            ns.name
+        ));
         cmd(&format!("ip link set {ul_if} netns {}", self.ul.name));
         self.ul.exec(&format!("ip link set {ul_if} master br-ul"));
         self.ul.exec(&format!("ip link set {ul_if} up"));
@@ -548,7 +620,10 @@ impl Cloud {
         let ns = Netns::new(&format!("{}-{name}", self.prefix));
         ns.exec("sysctl -qw net.ipv6.conf.all.accept_dad=0");
         ns.exec("sysctl -qw net.ipv6.conf.default.accept_dad=0");
-        hvns.exec(&format!("ip link add {tap} type veth peer name eth0 netns {}", ns.name));
+        hvns.exec(&format!(
+            "ip link add {tap} type veth peer name eth0 netns {}",
+            ns.name
+        ));
         ns.exec(&format!("ip link set eth0 address {mac}"));
         for a in addrs {
             ns.exec(&format!("ip addr add {a} dev eth0 nodad"));
@@ -556,7 +631,11 @@ impl Cloud {
         ns.exec("ip link set eth0 up");
         hvns.exec(&format!("ip link set {tap} master br-int"));
         hvns.exec(&format!("ip link set {tap} up"));
-        self.vms.push(Vm { ns, tap: tap.to_string(), mac: mac.to_string() });
+        self.vms.push(Vm {
+            ns,
+            tap: tap.to_string(),
+            mac: mac.to_string(),
+        });
         self.vms.len() - 1
     }
 
@@ -603,7 +682,9 @@ pub fn python(ns: &Netns, script_name: &str, args: &[&str]) -> String {
 /// `ping -c N -W 1 -i 0.05 ip` from a namespace; true when every reply came back.
 pub fn ping(ns: &Netns, ip: &str, count: u32) -> bool {
     let six = if ip.contains(':') { "-6" } else { "-4" };
-    ns.try_exec(&format!("ping {six} -q -n -c {count} -i 0.05 -W 1 {ip}")).status.success()
+    ns.try_exec(&format!("ping {six} -q -n -c {count} -i 0.05 -W 1 {ip}"))
+        .status
+        .success()
 }
 
 /// Formats a list of lines for assertion messages.

@@ -107,7 +107,9 @@ fn measure(setup: Setup, secs: u64) -> (f64, f64) {
         Setup::Bridge => {}
     }
     let (vm1, vm2) = (&cloud.vms[0].ns, &cloud.vms[1].ns);
-    wait_until("vm1 reaches vm2", Duration::from_secs(15), || ping(vm1, IP2, 1));
+    wait_until("vm1 reaches vm2", Duration::from_secs(15), || {
+        ping(vm1, IP2, 1)
+    });
     let pps = udp_pps(vm1, vm2, secs);
     let gbps = tcp_gbps(vm1, vm2, secs);
     (pps, gbps)
@@ -144,7 +146,10 @@ fn nftables_port_security(hv: &Netns) {
 
 fn rx_packets(ns: &Netns) -> u64 {
     let out = ns.exec("cat /sys/class/net/eth0/statistics/rx_packets");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("rx_packets")
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("rx_packets")
 }
 
 /// 64-byte frames (60 + FCS) from vm1 to vm2 with trafgen; the rate is what vm2's eth0

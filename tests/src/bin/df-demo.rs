@@ -23,7 +23,10 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { hook: Hook::Tc, duration: None };
+    let mut args = Args {
+        hook: Hook::Tc,
+        duration: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -84,9 +87,16 @@ fn main() {
 
     step("Starting etcd (temporary data dir) in an underlay namespace");
     let mut cloud = Cloud::new();
-    println!("    etcd at {} (namespace {})", cloud.etcd.endpoint(), cloud.ul.name);
+    println!(
+        "    etcd at {} (namespace {})",
+        cloud.etcd.endpoint(),
+        cloud.ul.name
+    );
 
-    step(&format!("Creating hypervisor hv1 with its agent (hook = {})", args.hook.as_str()));
+    step(&format!(
+        "Creating hypervisor hv1 with its agent (hook = {})",
+        args.hook.as_str()
+    ));
     let hv = cloud.add_hypervisor("hv1", args.hook);
 
     step("Creating the network and ports through dfctl");
@@ -100,28 +110,74 @@ fn main() {
         "lport create client --lswitch net1 --mac fa:16:3e:00:00:03 --fixed-ip 192.0.2.13 \
          --chassis hv1 --ifname tapclient",
     ] {
-        println!("    $ dfctl {}", c.split_whitespace().collect::<Vec<_>>().join(" "));
+        println!(
+            "    $ dfctl {}",
+            c.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
         cloud.dfctl(c);
     }
     print!("{}", cloud.dfctl("lport list"));
 
-    step("Booting VMs web1, web2 (sharing the VIP 192.0.2.100 as an allowed address pair) and client");
+    step(
+        "Booting VMs web1, web2 (sharing the VIP 192.0.2.100 as an allowed address pair) and client",
+    );
     // web1 holds the VIP; it also configures an address it was never given (192.0.2.66).
-    cloud.add_vm(hv, "web1", "tapweb1", "fa:16:3e:00:00:01", &["192.0.2.11/24", "192.0.2.100/32"]);
-    cloud.add_vm(hv, "web2", "tapweb2", "fa:16:3e:00:00:02", &["192.0.2.12/24"]);
-    cloud.add_vm(hv, "client", "tapclient", "fa:16:3e:00:00:03", &["192.0.2.13/24"]);
+    cloud.add_vm(
+        hv,
+        "web1",
+        "tapweb1",
+        "fa:16:3e:00:00:01",
+        &["192.0.2.11/24", "192.0.2.100/32"],
+    );
+    cloud.add_vm(
+        hv,
+        "web2",
+        "tapweb2",
+        "fa:16:3e:00:00:02",
+        &["192.0.2.12/24"],
+    );
+    cloud.add_vm(
+        hv,
+        "client",
+        "tapclient",
+        "fa:16:3e:00:00:03",
+        &["192.0.2.13/24"],
+    );
     cloud.vms[0].ns.exec("ip addr add 192.0.2.66/32 dev eth0");
     cloud.start_agent(hv);
-    println!("    agent healthy; metrics on {} inside {}", Hypervisor::METRICS, cloud.hvs[hv].ns.name);
+    println!(
+        "    agent healthy; metrics on {} inside {}",
+        Hypervisor::METRICS,
+        cloud.hvs[hv].ns.name
+    );
 
     let (web1, client) = (&cloud.vms[0].ns, &cloud.vms[2].ns);
     let hv1 = &cloud.hvs[hv];
 
     step("Legitimate traffic: client -> web1 fixed IP, client -> VIP held by web1");
-    wait_until("client reaches web1", Duration::from_secs(10), || ping(client, "192.0.2.11", 1));
-    println!("    ping 192.0.2.11: {}", if ping(client, "192.0.2.11", 3) { "ok" } else { "FAILED" });
-    println!("    ping 192.0.2.100 (VIP): {}", if ping(client, "192.0.2.100", 3) { "ok" } else { "FAILED" });
-    println!("    passed ipv4 so far: {}", counter(hv1, "pass", ("path", "ipv4")));
+    wait_until("client reaches web1", Duration::from_secs(10), || {
+        ping(client, "192.0.2.11", 1)
+    });
+    println!(
+        "    ping 192.0.2.11: {}",
+        if ping(client, "192.0.2.11", 3) {
+            "ok"
+        } else {
+            "FAILED"
+        }
+    );
+    println!(
+        "    ping 192.0.2.100 (VIP): {}",
+        if ping(client, "192.0.2.100", 3) {
+            "ok"
+        } else {
+            "FAILED"
+        }
+    );
+    println!(
+        "    passed ipv4 so far: {}",
+        counter(hv1, "pass", ("path", "ipv4"))
+    );
 
     step("Spoof: web1 sends from 192.0.2.66, an address that is neither fixed nor an AAP");
     let before = counter(hv1, "drop", ("reason", "src_ip_spoof"));
@@ -130,19 +186,36 @@ fn main() {
         .status
         .success();
     let after = counter(hv1, "drop", ("reason", "src_ip_spoof"));
-    println!("    ping -I 192.0.2.66: {}", if ok { "answered (UNEXPECTED)" } else { "no answer" });
-    println!("    dragonflow_datapath_packets_total{{verdict=\"drop\",reason=\"src_ip_spoof\"}}: {before} -> {after}");
+    println!(
+        "    ping -I 192.0.2.66: {}",
+        if ok {
+            "answered (UNEXPECTED)"
+        } else {
+            "no answer"
+        }
+    );
+    println!(
+        "    dragonflow_datapath_packets_total{{verdict=\"drop\",reason=\"src_ip_spoof\"}}: {before} -> {after}"
+    );
 
     step("Allowed address pairs are live: add 192.0.2.66 to web1, then remove it");
     cloud.dfctl("lport update web1 --add-aap 192.0.2.66");
     let t = Instant::now();
     wait_until("AAP takes effect", Duration::from_secs(10), || {
-        web1.try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13").status.success()
+        web1.try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13")
+            .status
+            .success()
     });
-    println!("    after --add-aap: ping -I 192.0.2.66 answered ({} ms to take effect)", t.elapsed().as_millis());
+    println!(
+        "    after --add-aap: ping -I 192.0.2.66 answered ({} ms to take effect)",
+        t.elapsed().as_millis()
+    );
     cloud.dfctl("lport update web1 --remove-aap 192.0.2.66");
     wait_until("AAP removal takes effect", Duration::from_secs(10), || {
-        !web1.try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13").status.success()
+        !web1
+            .try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13")
+            .status
+            .success()
     });
     println!("    after --remove-aap: dropped again");
 
@@ -160,7 +233,10 @@ fn main() {
 
     match args.duration {
         Some(d) => {
-            step(&format!("Running for {} s more (Ctrl-C to stop early)", d.as_secs()));
+            step(&format!(
+                "Running for {} s more (Ctrl-C to stop early)",
+                d.as_secs()
+            ));
             let end = Instant::now() + d;
             while Instant::now() < end && !STOP.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(100));
@@ -168,7 +244,11 @@ fn main() {
         }
         None => {
             step("Demo running: explore with the commands below, Ctrl-C to clean up");
-            println!("    ip netns exec {} curl -s {}/metrics", hv1.ns.name, Hypervisor::METRICS);
+            println!(
+                "    ip netns exec {} curl -s {}/metrics",
+                hv1.ns.name,
+                Hypervisor::METRICS
+            );
             println!("    ip netns exec {} ping 192.0.2.100", client.name);
             while !STOP.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(100));
@@ -185,7 +265,11 @@ fn wait_until_some_garp(cloud: &Cloud) -> String {
     let hv = &cloud.hvs[0];
     let mut out = String::new();
     let found = (0..100).any(|_| {
-        let o = hv.ns.command(tests::harness::dfctl_bin()).args(["garp", "list", "--agent", &agent]).output();
+        let o = hv
+            .ns
+            .command(tests::harness::dfctl_bin())
+            .args(["garp", "list", "--agent", &agent])
+            .output();
         if let Ok(o) = o
             && o.status.success()
         {
