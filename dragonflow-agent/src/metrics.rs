@@ -471,7 +471,7 @@ mod tests {
         assert!(text.contains("dragonflow_etcd_connected 0"));
         assert!(text.contains("dragonflow_nb_invalid_records_total{kind=\"lport\"} 0"));
         assert!(text.contains("dragonflow_taps{state=\"fail_closed\"} 0"));
-        assert!(text.contains("dragonflow_map_capacity{map=\"df_addrs_v1\"} 262144"));
+        assert!(text.contains("dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144"));
         assert_eq!(route("GET", "/healthz", &s).0, 503);
         s.synced.store(true, Ordering::Relaxed);
         assert_eq!(route("GET", "/healthz", &s).0, 200);

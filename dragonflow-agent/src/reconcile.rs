@@ -267,11 +267,11 @@ pub fn port_entries(out: &mut MapEntries, ifindex: u32, port: &LPort, ls: &LSwit
         return;
     }
 
+    let net_id = ls.segmentation_id;
     let mut add_addr = |mac: MacAddr, ip: IpAddr, f: u32| {
-        out.addrs
-            .entry(addr_key(ifindex, mac, ip))
-            .or_default()
-            .flags |= f;
+        let v = out.addrs.entry(addr_key(ifindex, mac, ip)).or_default();
+        v.flags |= f;
+        v.net_id = net_id;
     };
     for ip in &port.fixed_ips {
         add_addr(port.mac, *ip, ADDR_F_FIXED);
@@ -284,7 +284,9 @@ pub fn port_entries(out: &mut MapEntries, ifindex: u32, port: &LPort, ls: &LSwit
             add_addr(mac, aap.ip_address.addr, ADDR_F_AAP | ADDR_F_WATCH);
         } else {
             let key = cidr_key(ifindex, mac, &aap.ip_address);
-            out.cidrs.entry(key).or_default().flags |= ADDR_F_AAP;
+            let v = out.cidrs.entry(key).or_default();
+            v.flags |= ADDR_F_AAP;
+            v.net_id = net_id;
         }
     }
     for (&mac, &f) in &macs {
@@ -594,7 +596,8 @@ mod tests {
             vec![(
                 v4(3, MAC, "192.0.2.101"),
                 AddrValue {
-                    flags: ADDR_F_AAP | ADDR_F_WATCH
+                    flags: ADDR_F_AAP | ADDR_F_WATCH,
+                    net_id: 100,
                 }
             )]
         );

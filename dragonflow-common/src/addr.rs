@@ -70,8 +70,11 @@ impl AddrKey {
 pub struct AddrValue {
     /// `ADDR_F_*` bits.
     pub flags: u32,
+    /// The port's network key (VNI): an exact hit gives the forwarding stage its network
+    /// without a `df_ports` lookup (the fast path).
+    pub net_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<AddrValue>() == 4);
+const _: () = assert!(core::mem::size_of::<AddrValue>() == 8);
 
 /// Key of [`crate::maps::MACS`].
 #[repr(C)]

@@ -9,6 +9,7 @@
 
 pub mod addr;
 pub mod event;
+pub mod fwd;
 pub mod maps;
 pub mod port;
 pub mod verdict;
@@ -18,11 +19,19 @@ mod pod {
     //! `aya::Pod` lets the agent read and write these types in maps.
     //! SAFETY: every type here is `#[repr(C)]`, `Copy`, made of integers and byte arrays,
     //! with explicit padding, so any bit pattern is valid.
-    use crate::{addr, event, port};
+    use crate::{addr, event, fwd, port};
     unsafe impl aya::Pod for addr::AddrKey {}
     unsafe impl aya::Pod for addr::AddrValue {}
     unsafe impl aya::Pod for addr::MacKey {}
     unsafe impl aya::Pod for port::PortConfig {}
     unsafe impl aya::Pod for event::GarpEvent {}
     unsafe impl aya::Pod for event::GarpRateKey {}
+    unsafe impl aya::Pod for fwd::L2Key {}
+    unsafe impl aya::Pod for fwd::L2Dest {}
+    unsafe impl aya::Pod for fwd::NeighKey {}
+    unsafe impl aya::Pod for fwd::NeighValue {}
+    unsafe impl aya::Pod for fwd::FloodList {}
+    unsafe impl aya::Pod for fwd::RouteKey {}
+    unsafe impl aya::Pod for fwd::RouteDest {}
+    unsafe impl aya::Pod for fwd::ChassisConfig {}
 }

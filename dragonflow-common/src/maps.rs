@@ -9,14 +9,14 @@ pub const PORTS_MAX: u32 = 65_536;
 /// [`crate::addr::AddrKey`] → [`crate::addr::AddrValue`]: exact (ifindex, MAC, IP) pairs a
 /// port may send from: the fixed pairs, the single-IP AAPs and the IPv6 link-local
 /// addresses derived from the allowed MACs.
-pub const ADDRS: &str = "df_addrs_v1";
+pub const ADDRS: &str = "df_addrs_v2";
 pub const ADDRS_MAX: u32 = 262_144;
 
 /// LPM trie over [`crate::addr::AddrKey`] for CIDR allowed address pairs. The key's fixed
 /// part (ifindex, MAC, family) is matched exactly by adding [`crate::addr::LPM_FIXED_BITS`]
 /// to the prefix length. Consulted only for ports flagged
 /// [`crate::port::PORT_F_CIDR_AAP`].
-pub const CIDRS: &str = "df_cidrs_v1";
+pub const CIDRS: &str = "df_cidrs_v2";
 pub const CIDRS_MAX: u32 = 65_536;
 
 /// [`crate::addr::MacKey`] → u32 flags: every MAC a port may send from. Consulted on the
@@ -26,7 +26,7 @@ pub const MACS: &str = "df_macs_v1";
 pub const MACS_MAX: u32 = 131_072;
 
 /// Per-CPU u64 counters indexed by [`crate::verdict::stat_index`].
-pub const STATS: &str = "df_stats_v1";
+pub const STATS: &str = "df_stats_v2";
 
 /// Ring buffer of [`crate::event::GarpEvent`].
 pub const GARP_EVENTS: &str = "df_garp_ev_v1";
@@ -37,8 +37,49 @@ pub const GARP_EVENTS_BYTES: u32 = 256 * 1024;
 pub const GARP_RATE: &str = "df_garp_rl_v1";
 pub const GARP_RATE_MAX: u32 = 65_536;
 
-/// Every map the agent pins and adopts, in one list (for cleanup and metrics).
-pub const ALL: &[&str] = &[PORTS, ADDRS, CIDRS, MACS, STATS, GARP_EVENTS, GARP_RATE];
+/// [`crate::fwd::L2Key`] → [`crate::fwd::L2Dest`]: every port MAC (and router interface
+/// MAC) of every network with a port on this chassis, local or remote.
+pub const L2: &str = "df_l2_v1";
+pub const L2_MAX: u32 = 262_144;
+
+/// [`crate::fwd::NeighKey`] → [`crate::fwd::NeighValue`]: IP → MAC per network, for the
+/// ARP/ND responder and the L3 stage.
+pub const NEIGH: &str = "df_neigh_v1";
+pub const NEIGH_MAX: u32 = 262_144;
+
+/// net_id (u32) → [`crate::fwd::FloodList`].
+pub const FLOOD: &str = "df_flood_v1";
+pub const FLOOD_NETS_MAX: u32 = 16_384;
+
+/// LPM [`crate::fwd::RouteKey`] → [`crate::fwd::RouteDest`]: each router's connected
+/// subnets.
+pub const ROUTES: &str = "df_routes_v1";
+pub const ROUTES_MAX: u32 = 65_536;
+
+/// Array[1] of [`crate::fwd::ChassisConfig`].
+pub const CONFIG: &str = "df_config_v1";
+
+/// DEVMAP_HASH ifindex → ifindex of local taps, for XDP redirects.
+pub const DEVMAP: &str = "df_devmap_v1";
+pub const DEVMAP_MAX: u32 = 65_536;
+
+/// Every map the agent pins and adopts, in one list (for cleanup and metrics). A pinned
+/// map whose name is not here is a leftover of an older layout: the agent removes it.
+pub const ALL: &[&str] = &[
+    PORTS,
+    ADDRS,
+    CIDRS,
+    MACS,
+    STATS,
+    GARP_EVENTS,
+    GARP_RATE,
+    L2,
+    NEIGH,
+    FLOOD,
+    ROUTES,
+    CONFIG,
+    DEVMAP,
+];
 
 /// Capacity of a map by name, for fill-level metrics (`None` for arrays/ring buffers).
 pub fn capacity(name: &str) -> Option<u32> {
@@ -48,6 +89,11 @@ pub fn capacity(name: &str) -> Option<u32> {
         CIDRS => Some(CIDRS_MAX),
         MACS => Some(MACS_MAX),
         GARP_RATE => Some(GARP_RATE_MAX),
+        L2 => Some(L2_MAX),
+        NEIGH => Some(NEIGH_MAX),
+        FLOOD => Some(FLOOD_NETS_MAX),
+        ROUTES => Some(ROUTES_MAX),
+        DEVMAP => Some(DEVMAP_MAX),
         _ => None,
     }
 }
@@ -61,6 +107,8 @@ pub mod progs {
     /// tcx ingress companion of the XDP hook on veth taps: drops frames whose 802.1Q tag
     /// was offloaded into skb metadata, which an XDP program cannot see.
     pub const VLAN_GUARD_TC: &str = "df_vlan_guard";
+    /// tcx ingress on `df-vxlan`: frames from other chassis, delivered by (VNI, dst MAC).
+    pub const FROM_TUNNEL_TC: &str = "df_from_tunnel";
     /// Micro-benchmark floor: an XDP program that only returns XDP_PASS.
     pub const STUB_XDP_PASS: &str = "df_stub_xdp_pass";
     /// Micro-benchmark floor: a TC program that only returns TC_ACT_OK.

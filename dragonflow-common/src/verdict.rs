@@ -13,14 +13,17 @@ pub enum Direction {
     FromVm = 0,
     /// Delivered to a local VM (destination-side policy).
     ToVm = 1,
+    /// Arrived from another chassis on the VXLAN device.
+    FromTunnel = 2,
 }
-pub const DIRECTIONS: [Direction; 2] = [Direction::FromVm, Direction::ToVm];
+pub const DIRECTIONS: [Direction; 3] = [Direction::FromVm, Direction::ToVm, Direction::FromTunnel];
 
 impl Direction {
     pub const fn name(self) -> &'static str {
         match self {
             Direction::FromVm => "from_vm",
             Direction::ToVm => "to_vm",
+            Direction::FromTunnel => "from_tunnel",
         }
     }
 }
@@ -82,6 +85,27 @@ named_enum! {
         Ipv6HeaderChain = 18 => "ipv6_header_chain",
         /// Source 0.0.0.0 that is not a DHCPDISCOVER/REQUEST with chaddr = port MAC [2].
         DhcpClientSpoof = 19 => "dhcp_client_spoof",
+        /// Unicast to a MAC no port or router of the network has (no learning, no
+        /// flooding of unknown unicast) [8].
+        UnknownUnicast = 20 => "unknown_unicast",
+        /// Larger than the destination network's MTU (never silently truncated).
+        MtuExceeded = 21 => "mtu_exceeded",
+        /// Routed packet with TTL / hop limit ≤ 1 [15].
+        TtlExceeded = 22 => "ttl_exceeded",
+        /// Sent to a router MAC for a destination no interface of the router covers.
+        NoRoute = 23 => "no_route",
+        /// Routed to an address no port of the destination network has.
+        NoNeighbor = 24 => "no_neighbor",
+        /// Destination-side policy: the frame is not for the port's MAC (or broadcast).
+        DstMacMismatch = 25 => "dst_mac_mismatch",
+        /// From the tunnel with a VNI no local network has.
+        UnknownVni = 26 => "unknown_vni",
+        /// A remote destination but no tunnel device is configured on this chassis.
+        NoTunnel = 27 => "no_tunnel",
+        /// bpf_redirect / clone failed (destination gone between lookup and send).
+        RedirectFailed = 28 => "redirect_failed",
+        /// From the tunnel to a destination that is not a local port.
+        TunnelNotLocal = 29 => "tunnel_not_local",
     }
 }
 
@@ -99,6 +123,20 @@ named_enum! {
         Nd = 5 => "nd",
         /// DAD NS or MLD report from :: (RFC 4862).
         Ipv6Unspecified = 6 => "ipv6_unspecified",
+        /// Delivered into a tap on this chassis.
+        L2Local = 7 => "l2_local",
+        /// Sent through the VXLAN tunnel to another chassis.
+        L2Tunnel = 8 => "l2_tunnel",
+        /// Broadcast/multicast copied to the network's other ports and chassis.
+        Flood = 9 => "flood",
+        /// Routed by the distributed router (then delivered locally or tunnelled).
+        Routed = 10 => "routed",
+        /// ARP request answered by the datapath.
+        ArpResponder = 11 => "arp_responder",
+        /// IPv6 neighbour solicitation answered by the datapath.
+        NdResponder = 12 => "nd_responder",
+        /// ICMP/ICMPv6 echo to a router interface answered by the datapath.
+        RouterEcho = 13 => "router_echo",
     }
 }
 
@@ -115,7 +153,7 @@ named_enum! {
 }
 
 pub const STATS_PER_DIR: u32 = 128;
-pub const STATS_LEN: u32 = STATS_PER_DIR * 2;
+pub const STATS_LEN: u32 = STATS_PER_DIR * DIRECTIONS.len() as u32;
 const DROP_BASE: u32 = 0;
 const PASS_BASE: u32 = 64;
 const EVENT_BASE: u32 = 96;

@@ -127,7 +127,7 @@ fn try_from_vm<C: PacketCtx + EbpfContext>(ctx: &C) -> Result<Pass, DropReason> 
 }
 
 /// Port security by ethertype. The fast path of an allowed IPv4 frame: Ethernet and IPv4
-/// sanity, one `df_addrs_v1` lookup, then one counter in the entry point.
+/// sanity, one `df_addrs_v2` lookup, then one counter in the entry point.
 #[inline(always)]
 fn port_security<C: PacketCtx>(ctx: &C, port: &mut PortCache) -> Result<PassPath, DropReason> {
     if ctx.vlan_tag_in_meta() {

@@ -19,11 +19,11 @@ use dragonflow_common::{
 pub static PORTS: HashMap<u32, PortConfig> = HashMap::pinned(PORTS_MAX, 0);
 
 /// Exact (ifindex, MAC, IP) pairs a port may send from.
-#[map(name = "df_addrs_v1")]
+#[map(name = "df_addrs_v2")]
 pub static ADDRS: HashMap<AddrKey, AddrValue> = HashMap::pinned(ADDRS_MAX, 0);
 
 /// CIDR allowed address pairs (LPM; `BPF_F_NO_PREALLOC` is added by aya-ebpf).
-#[map(name = "df_cidrs_v1")]
+#[map(name = "df_cidrs_v2")]
 pub static CIDRS: LpmTrie<AddrKey, AddrValue> = LpmTrie::pinned(CIDRS_MAX, 0);
 
 /// Every MAC a port may send from (slow path: picks the drop reason).
@@ -31,7 +31,7 @@ pub static CIDRS: LpmTrie<AddrKey, AddrValue> = LpmTrie::pinned(CIDRS_MAX, 0);
 pub static MACS: HashMap<MacKey, u32> = HashMap::pinned(MACS_MAX, 0);
 
 /// Per-CPU packet counters, `dragonflow_common::verdict::stat_index`.
-#[map(name = "df_stats_v1")]
+#[map(name = "df_stats_v2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);
 
 /// GARP events for the agent.

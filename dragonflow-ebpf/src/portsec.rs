@@ -2,9 +2,9 @@
 //! IPv4, IPv6, ARP and ND stages.
 //!
 //! Lookup precedence, cheapest first:
-//! 1. exact `AddrKey{ifindex, MAC, family, IP}` in `df_addrs_v1` — the fast path, one hash
+//! 1. exact `AddrKey{ifindex, MAC, family, IP}` in `df_addrs_v2` — the fast path, one hash
 //!    lookup (fixed IPs, single-IP AAPs, link-local addresses);
-//! 2. only for ports flagged `PORT_F_CIDR_AAP`: the LPM trie `df_cidrs_v1`, with the fixed
+//! 2. only for ports flagged `PORT_F_CIDR_AAP`: the LPM trie `df_cidrs_v2`, with the fixed
 //!    part (ifindex, MAC, family) matched exactly by `LPM_FIXED_BITS`;
 //! 3. on a miss, `df_macs_v1` only to name the reason (spoofed MAC vs spoofed IP).
 //!

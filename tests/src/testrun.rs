@@ -372,7 +372,8 @@ impl Datapath {
     pub fn add_addr(&mut self, key: AddrKey, flags: u32) {
         let mut m: HashMap<_, AddrKey, AddrValue> =
             HashMap::try_from(self.ebpf.map_mut(names::ADDRS).expect("addrs")).expect("addrs");
-        m.insert(key, AddrValue { flags }, 0).expect("insert addr");
+        m.insert(key, AddrValue { flags, net_id: 0 }, 0)
+            .expect("insert addr");
     }
 
     /// A CIDR pair: `key.ip` is the prefix, `prefix_len` its length in bits.
@@ -383,7 +384,7 @@ impl Datapath {
             LpmTrie::try_from(self.ebpf.map_mut(names::CIDRS).expect("cidrs")).expect("cidrs");
         m.insert(
             &Key::new(LPM_FIXED_BITS + prefix_len, key),
-            AddrValue { flags },
+            AddrValue { flags, net_id: 0 },
             0,
         )
         .expect("insert cidr");

@@ -1,0 +1,170 @@
+//! Forwarding state: L2 (network, MAC) → where, IP → MAC (responder and L3), flood lists,
+//! distributed-router routes, and the chassis-wide tunnel configuration.
+//!
+//! A network is keyed by its VNI (`net_id` = the logical switch's segmentation_id), so
+//! the same key names it on every chassis and in the VXLAN header.
+
+/// [`L2Dest::kind`]: a port on this chassis, reached through its tap.
+pub const DEST_LOCAL: u8 = 1;
+/// A port on another chassis, reached through the VXLAN device toward `remote_ip`.
+pub const DEST_REMOTE: u8 = 2;
+/// A distributed router's interface MAC on this network: route on this chassis.
+pub const DEST_ROUTER: u8 = 3;
+
+/// Key of [`crate::maps::L2`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct L2Key {
+    pub net_id: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<L2Key>() == 12);
+
+impl L2Key {
+    #[inline(always)]
+    pub const fn new(net_id: u32, mac: [u8; 6]) -> Self {
+        Self {
+            net_id,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of [`crate::maps::L2`]: where frames to (network, MAC) go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Dest {
+    /// `DEST_*`.
+    pub kind: u8,
+    pub _pad: u8,
+    /// MTU of the destination network (payload bytes after the Ethernet header);
+    /// larger frames are dropped and counted, never truncated.
+    pub mtu: u16,
+    /// DEST_LOCAL: the destination tap's ifindex.
+    pub ifindex: u32,
+    /// DEST_REMOTE: the destination chassis' tunnel IPv4, network byte order as in the
+    /// packet (the program converts for bpf_skb_set_tunnel_key, which takes host order).
+    pub remote_ip: [u8; 4],
+    /// DEST_ROUTER: the router's id (key of [`crate::maps::ROUTES`]).
+    pub router_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<L2Dest>() == 16);
+
+/// [`NeighValue::flags`]: the address is a router interface's (answer ping to it).
+pub const NEIGH_F_ROUTER: u16 = 1 << 0;
+/// The address is a port's fixed IP.
+pub const NEIGH_F_FIXED: u16 = 1 << 1;
+/// The address is a single-IP allowed address pair of exactly one port in the network
+/// (shared AAP IPs are left to a later stage and not answered).
+pub const NEIGH_F_AAP: u16 = 1 << 2;
+
+/// Key of [`crate::maps::NEIGH`]: an IP in a network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    pub net_id: u32,
+    /// [`crate::addr::FAMILY_V4`] or [`crate::addr::FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// IPv4 in the first 4 bytes (network order), rest zero; or the IPv6 address.
+    pub ip: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<NeighKey>() == 24);
+
+/// Value of [`crate::maps::NEIGH`]: the MAC that owns the IP (the ARP/ND responder's
+/// answer; the L3 stage's destination MAC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighValue {
+    pub mac: [u8; 6],
+    /// `NEIGH_F_*`.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<NeighValue>() == 8);
+
+/// Destinations a broadcast/multicast frame of one network is copied to, at most.
+/// A bounded loop in the datapath: the verifier needs a constant bound. Networks with
+/// more local ports + remote chassis than this are refused by the agent (logged, counted).
+pub const FLOOD_MAX: usize = 64;
+
+/// One flood destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodDest {
+    /// [`DEST_LOCAL`] or [`DEST_REMOTE`].
+    pub kind: u32,
+    /// DEST_LOCAL: the tap (skipped when it is the frame's own ingress tap).
+    pub ifindex: u32,
+    /// DEST_REMOTE: the chassis' tunnel IPv4 (network order); one entry per chassis
+    /// hosting ports of the network, never one per remote port.
+    pub remote_ip: [u8; 4],
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FloodDest>() == 16);
+
+/// Value of [`crate::maps::FLOOD`], keyed by net_id (u32). Replaced whole by the agent,
+/// so the datapath always sees a consistent list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloodList {
+    /// Valid entries in `dests`.
+    pub len: u32,
+    /// MTU of the network (same meaning as [`L2Dest::mtu`]).
+    pub mtu: u16,
+    pub _pad: u16,
+    pub dests: [FloodDest; FLOOD_MAX],
+}
+const _: () = assert!(core::mem::size_of::<FloodList>() == 8 + 16 * FLOOD_MAX);
+
+impl Default for FloodList {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            mtu: 0,
+            _pad: 0,
+            dests: [FloodDest::default(); FLOOD_MAX],
+        }
+    }
+}
+
+/// Key of [`crate::maps::ROUTES`] (LPM): prefix length = [`ROUTE_FIXED_BITS`] + IP prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    pub router_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub ip: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<RouteKey>() == 24);
+pub const ROUTE_FIXED_BITS: u32 = 64;
+const _: () = assert!(core::mem::offset_of!(RouteKey, ip) * 8 == ROUTE_FIXED_BITS as usize);
+
+/// Value of [`crate::maps::ROUTES`]: a router interface's connected subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteDest {
+    /// The network the subnet is on.
+    pub net_id: u32,
+    /// The router interface's MAC on that network (the routed frame's new source MAC).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<RouteDest>() == 12);
+
+/// Value of [`crate::maps::CONFIG`] at index 0: chassis-wide settings the agent writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChassisConfig {
+    /// ifindex of `df-vxlan` (external/collect-metadata mode) in the agent's namespace;
+    /// 0 = no tunnel (remote destinations are dropped as `no_tunnel`).
+    pub vxlan_ifindex: u32,
+    /// This chassis' tunnel IPv4 (network order); frames from the tunnel claiming it as
+    /// source are dropped.
+    pub local_ip: [u8; 4],
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ChassisConfig>() == 16);
