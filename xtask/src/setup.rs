@@ -104,6 +104,10 @@ const TOOLS: &[Pkg] = &[
         name: "netsniff-ng",
         why: "trafgen, packet-rate benches",
     },
+    Pkg {
+        name: "ethtool",
+        why: "veth GRO/offload settings for XDP redirects in tests",
+    },
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
