@@ -13,10 +13,15 @@ mod ctx;
 mod events;
 mod ipv4;
 mod ipv6;
+// Called by the forwarding stage (being wired in; see fwd.rs).
+#[allow(dead_code)]
+mod l3;
 mod maps;
 mod nd;
 mod parse;
 mod portsec;
+#[allow(dead_code)]
+mod responder;
 mod stats;
 mod verdict;
 
