@@ -248,10 +248,13 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
-/// Value of one Prometheus sample, `labels` given as `a="x",b="y"` in the exposition order;
-/// `None` if absent.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+/// Values of the Prometheus samples of `name` whose labels include all of `labels`.
+pub fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
+    text.lines().filter(|l| !l.starts_with('#')).filter_map(move |l| {
         let (series, value) = l.rsplit_once(' ')?;
         let (n, rest) = match series.split_once('{') {
             Some((n, r)) => (n, r.trim_end_matches('}')),
@@ -270,6 +273,12 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .all(|want| have.contains(want))
             .then(|| value.parse().ok())?
     })
+}
+
+/// Value of the first sample of `name` whose labels include all of `labels`; `None` if
+/// absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text, name, labels).next()
 }
 
 /// A bpffs instance mounted where `ip netns exec`'d agents can see it (netns exec remounts
@@ -715,26 +724,5 @@ impl Cloud {
 
 /// Sum of every sample of `name` whose labels include all of `labels` (0 when none).
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = match series.split_once('{') {
-                Some((n, r)) => (n, r.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name {
-                return None;
-            }
-            let have: Vec<(&str, &str)> = rest
-                .split(',')
-                .filter(|kv| !kv.is_empty())
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
-                .collect();
-            labels
-                .iter()
-                .all(|want| have.contains(want))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    samples(text, name, labels).sum()
 }
