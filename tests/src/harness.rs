@@ -726,3 +726,334 @@ impl Cloud {
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples(text, name, labels).sum()
 }
+
+// ---- Additions for the forwarding integration tests (issue 3). ----
+
+/// Options of a hypervisor.
+#[derive(Clone, Copy, Debug)]
+pub struct HvOpts {
+    /// Keep br-int (issue 2: the bridge delivered allowed frames). Without it our programs
+    /// are the only way frames get from one tap to another (issue 3).
+    pub bridge: bool,
+}
+
+impl Default for HvOpts {
+    fn default() -> Self {
+        HvOpts { bridge: true }
+    }
+}
+
+/// Options of a VM.
+#[derive(Clone, Debug, Default)]
+pub struct VmOpts {
+    /// eth0's MTU (the tap keeps 1500, so an oversized frame reaches the datapath, which
+    /// must drop and count it rather than leave it to the kernel).
+    pub mtu: Option<u32>,
+    /// Default gateways (`192.0.2.1`, `2001:db8:1::1`), routes added on eth0.
+    pub gateways: Vec<String>,
+    /// `ethtool -K eth0 gro on`: native XDP redirect into a veth only delivers when the
+    /// receiving side has NAPI (GRO or an XDP program).
+    pub gro: bool,
+    /// `ethtool -K eth0 tx off`: the VM computes full L4 checksums. An XDP redirect drops
+    /// the skb's CHECKSUM_PARTIAL state, so a partial checksum would arrive as a bad one
+    /// (DESIGN.md §4, measured).
+    pub tx_csum_off: bool,
+}
+
+impl VmOpts {
+    /// What a VM needs on a hypervisor whose taps carry `hook`, MTU 1450 (VXLAN
+    /// overhead) and the given gateways.
+    pub fn for_hook(hook: Hook, gateways: &[&str]) -> Self {
+        VmOpts {
+            mtu: Some(1450),
+            gateways: gateways.iter().map(|g| g.to_string()).collect(),
+            gro: hook == Hook::Xdp,
+            tx_csum_off: hook == Hook::Xdp,
+        }
+    }
+}
+
+impl Hypervisor {
+    /// Whether this hypervisor has br-int.
+    pub fn has_bridge(&self) -> bool {
+        self.ns
+            .try_exec("test -e /sys/class/net/br-int")
+            .status
+            .success()
+    }
+
+    /// One datapath counter (0 when the series is absent): `direction` is `from_vm`,
+    /// `to_vm` or `from_tunnel`, `verdict` `drop` (then `name` is a reason) or `pass`
+    /// (then a path).
+    pub fn counter(&self, direction: &str, verdict: &str, name: &str) -> f64 {
+        let key = if verdict == "drop" { "reason" } else { "path" };
+        metric_sum(
+            &self.metrics(),
+            "dragonflow_datapath_packets_total",
+            &[("direction", direction), ("verdict", verdict), (key, name)],
+        )
+    }
+
+    /// `GET /state` as JSON (`Value::Null` when the agent does not answer).
+    pub fn state(&self) -> serde_json::Value {
+        self.ns
+            .http_get(&self.metrics_addr, "/state")
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// True while the agent process this guard started is alive.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Whether the agent binary knows a command-line flag (features land one by one).
+pub fn agent_has_flag(flag: &str) -> bool {
+    let out = Command::new(agent_bin())
+        .arg("--help")
+        .output()
+        .expect("agent --help");
+    String::from_utf8_lossy(&out.stdout).contains(flag)
+}
+
+impl Cloud {
+    /// [`Cloud::add_hypervisor`] with options: `bridge: false` removes br-int.
+    pub fn add_hypervisor_opts(&mut self, name: &str, hook: Hook, opts: HvOpts) -> usize {
+        let i = self.add_hypervisor(name, hook);
+        if !opts.bridge {
+            self.hvs[i].ns.exec("ip link del br-int");
+        }
+        i
+    }
+
+    /// [`Cloud::add_vm`] with options; the tap joins br-int only if the hypervisor has one.
+    pub fn add_vm_opts(
+        &mut self,
+        hv: usize,
+        name: &str,
+        tap: &str,
+        mac: &str,
+        addrs: &[&str],
+        opts: &VmOpts,
+    ) -> usize {
+        let bridge = self.hvs[hv].has_bridge();
+        let hvns = &self.hvs[hv].ns;
+        let ns = Netns::new(&format!("{}-{name}", self.prefix));
+        ns.exec("sysctl -qw net.ipv6.conf.all.accept_dad=0");
+        ns.exec("sysctl -qw net.ipv6.conf.default.accept_dad=0");
+        hvns.exec(&format!(
+            "ip link add {tap} type veth peer name eth0 netns {}",
+            ns.name
+        ));
+        ns.exec(&format!("ip link set eth0 address {mac}"));
+        if let Some(mtu) = opts.mtu {
+            ns.exec(&format!("ip link set eth0 mtu {mtu}"));
+        }
+        if opts.gro {
+            ns.exec("ethtool -K eth0 gro on");
+        }
+        if opts.tx_csum_off {
+            ns.exec("ethtool -K eth0 tx off");
+        }
+        for a in addrs {
+            ns.exec(&format!("ip addr add {a} dev eth0 nodad"));
+        }
+        ns.exec("ip link set eth0 up");
+        for g in &opts.gateways {
+            let six = if g.contains(':') { "-6" } else { "-4" };
+            ns.exec(&format!("ip {six} route add default via {g} dev eth0"));
+        }
+        if bridge {
+            hvns.exec(&format!("ip link set {tap} master br-int"));
+        }
+        hvns.exec(&format!("ip link set {tap} up"));
+        self.vms.push(Vm {
+            ns,
+            tap: tap.to_string(),
+            mac: mac.to_string(),
+        });
+        self.vms.len() - 1
+    }
+}
+
+/// One frame seen by a [`Capture`]: tcpdump's summary line and the frame's bytes from the
+/// Ethernet header on.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub line: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Frame {
+    /// Whether `needle` occurs anywhere in the frame (a test's unique payload).
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        !needle.is_empty() && self.bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// The outer IPv4 destination, when the frame is untagged IPv4.
+    pub fn ipv4_dst(&self) -> Option<[u8; 4]> {
+        (self.bytes.get(12..14)? == [0x08, 0x00]).then(|| {
+            let d = self.bytes.get(30..34)?;
+            Some([d[0], d[1], d[2], d[3]])
+        })?
+    }
+}
+
+/// A tcpdump running in a namespace until dropped, its output (summary lines and hex of
+/// each whole frame) kept in a file that [`Capture::frames`] parses at any time.
+pub struct Capture {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    pub what: String,
+}
+
+static CAPTURE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Capture {
+    /// `tcpdump -i <iface> [-Q <dir>] <filter>` in `ns`; returns once tcpdump listens.
+    /// `dir` is `in`, `out` or `inout`.
+    pub fn start(ns: &Netns, iface: &str, dir: &str, filter: &str) -> Capture {
+        let n = CAPTURE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("{}-{iface}-cap{n}", ns.name));
+        let out = base.with_extension("txt");
+        let err = base.with_extension("err");
+        let child = ns
+            .command("tcpdump")
+            .args(["-i", iface, "-Q", dir, "-l", "-U", "-nn", "-e", "-xx"])
+            .args(["-s", "0"])
+            .args(filter.split_whitespace())
+            .stdout(fs::File::create(&out).expect("capture file"))
+            .stderr(fs::File::create(&err).expect("capture err file"))
+            .spawn()
+            .expect("spawn tcpdump");
+        let mut cap = Capture {
+            child,
+            out,
+            err,
+            what: format!("{iface}@{} ({dir}) {filter}", ns.name),
+        };
+        let start = Instant::now();
+        loop {
+            let e = fs::read_to_string(&cap.err).unwrap_or_default();
+            if e.contains("listening on") {
+                break;
+            }
+            if let Ok(Some(st)) = cap.child.try_wait() {
+                panic!("tcpdump {} exited ({st}): {e}", cap.what);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!("tcpdump {} not listening after 10 s: {e}", cap.what);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        cap
+    }
+
+    /// Every frame captured so far.
+    pub fn frames(&self) -> Vec<Frame> {
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        let mut frames: Vec<Frame> = Vec::new();
+        for l in text.lines() {
+            let t = l.trim_start();
+            if l.starts_with(char::is_whitespace) && t.starts_with("0x") {
+                if let (Some(f), Some((_, hex))) = (frames.last_mut(), t.split_once(':')) {
+                    for word in hex.split_whitespace() {
+                        let mut i = 0;
+                        while i + 2 <= word.len() {
+                            if let Ok(b) = u8::from_str_radix(&word[i..i + 2], 16) {
+                                f.bytes.push(b);
+                            }
+                            i += 2;
+                        }
+                    }
+                }
+            } else if !t.is_empty() {
+                frames.push(Frame {
+                    line: l.to_string(),
+                    bytes: Vec::new(),
+                });
+            }
+        }
+        frames
+    }
+
+    /// How many captured frames carry `payload`.
+    pub fn count(&self, payload: &[u8]) -> usize {
+        self.frames().iter().filter(|f| f.contains(payload)).count()
+    }
+
+    /// Polls until at least `n` frames carry `payload`; false at the deadline.
+    pub fn wait_count(&self, payload: &[u8], n: usize, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.count(payload) >= n {
+                return true;
+            }
+            if start.elapsed() > timeout {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The summary lines, for assertion messages.
+    pub fn summary(&self) -> String {
+        let f = self.frames();
+        let mut s = format!("{} frame(s) on {}:\n", f.len(), self.what);
+        for x in f.iter().take(40) {
+            let _ = writeln!(s, "  {}", x.line);
+        }
+        s
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.out);
+        let _ = fs::remove_file(&self.err);
+    }
+}
+
+/// iperf3 for `secs` seconds from `client` to `server_ip` (a server started in `server`
+/// for one test); bits per second received, or `Err` with iperf3's complaint.
+pub fn iperf3(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> Result<f64, String> {
+    let mut srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", server_ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 server");
+    let start = Instant::now();
+    let mut last = String::new();
+    let res = loop {
+        let o = client.try_exec(&format!(
+            "iperf3 -c {server_ip} -t {secs} -J --connect-timeout 2000"
+        ));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        // iperf3 -J may exit 0 with an "error" in its JSON.
+        if o.status.success() && v["error"].is_null() {
+            break v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .ok_or_else(|| format!("no bits_per_second: {v}"));
+        }
+        last = v["error"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| String::from_utf8_lossy(&o.stderr).into_owned());
+        // "connection refused" until the server listens: poll; anything else is the answer.
+        if !last.contains("refused") || start.elapsed() > Duration::from_secs(10) {
+            break Err(last.clone());
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let _ = srv.kill();
+    let _ = srv.wait();
+    res.map_err(|e| if e.is_empty() { last } else { e })
+}
