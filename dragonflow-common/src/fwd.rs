@@ -168,3 +168,8 @@ pub struct ChassisConfig {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<ChassisConfig>() == 16);
+
+/// [`ChassisConfig::flags`]: the forwarding stage is active. Without it the from-VM
+/// pipeline hands allowed frames to the hypervisor's stack (XDP_PASS / TC_ACT_OK) as before
+/// issue 3; the agent sets it once it has filled the forwarding maps.
+pub const CFG_F_FORWARDING: u32 = 1;

@@ -104,8 +104,10 @@ pub mod progs {
     pub const FROM_VM_XDP: &str = "df_from_vm_xdp";
     /// The same pipeline attached as TC (tcx ingress) on a tap.
     pub const FROM_VM_TC: &str = "df_from_vm_tc";
-    /// tcx ingress companion of the XDP hook on veth taps: drops frames whose 802.1Q tag
-    /// was offloaded into skb metadata, which an XDP program cannot see.
+    /// Former tcx ingress companion of the XDP hook on veth taps: drops frames whose 802.1Q
+    /// tag was offloaded into skb metadata, which an XDP program cannot see. Kept in the
+    /// object for compatibility; with forwarding the companion is [`FROM_VM_TC`] (it
+    /// drops such frames too, and finishes what XDP hands off).
     pub const VLAN_GUARD_TC: &str = "df_vlan_guard";
     /// tcx ingress on `df-vxlan`: frames from other chassis, delivered by (VNI, dst MAC).
     pub const FROM_TUNNEL_TC: &str = "df_from_tunnel";
@@ -113,6 +115,12 @@ pub mod progs {
     pub const STUB_XDP_PASS: &str = "df_stub_xdp_pass";
     /// Micro-benchmark floor: a TC program that only returns TC_ACT_OK.
     pub const STUB_TC_OK: &str = "df_stub_tc_ok";
+    /// Micro-benchmark floor of a local delivery from XDP: devmap redirect to the ingress
+    /// ifindex (which must be in `df_devmap_v1`).
+    pub const STUB_XDP_REDIRECT: &str = "df_stub_xdp_redirect";
+    /// Micro-benchmark floor of a local delivery from TC: bpf_redirect to the ingress
+    /// ifindex.
+    pub const STUB_TC_REDIRECT: &str = "df_stub_tc_redirect";
 }
 
 /// Load-time globals (`EbpfLoader::set_global`), read-only in the datapath.

@@ -4,6 +4,27 @@
 //! Counters live in one per-CPU array ([`crate::maps::STATS`]) of `u64` packet counts,
 //! indexed by [`stat_index`]: `direction * STATS_PER_DIR + slot`, where drop reasons take
 //! slots `0..64`, allowed paths `64..96` and event outcomes `96..128`.
+//!
+//! ## Counting convention (per program that decides a frame)
+//! Every frame a program *decides* ends in exactly one **outcome** slot:
+//! - a [`DropReason`];
+//! - a forwarding path ([`PassPath::is_forwarding`]: `L2Local`, `L2Tunnel`, `Flood`,
+//!   `Routed`, `ArpResponder`, `NdResponder`, `RouterEcho`) — where it went;
+//! - with forwarding off (`fwd::CFG_F_FORWARDING` unset), its port-security path
+//!   (`NoPortSecurity` … `Ipv6Unspecified`): it went to the hypervisor's stack.
+//!
+//! With forwarding on, a from-VM frame that passed port security ALSO counts its
+//! port-security path (why it was allowed), whatever forwarding then decided (a forwarding
+//! path or a drop such as `UnknownUnicast`). So with forwarding on, per direction:
+//! frames decided = Σ drops + Σ forwarding paths, and Σ security paths = frames that
+//! passed port security. Metrics: security paths under `verdict="pass"`, forwarding paths
+//! under `verdict="fwd"` (split by [`PassPath::is_forwarding`]).
+//!
+//! A frame that XDP hands to its TC companion (tunnel, flood, routed: XDP cannot finish
+//! them) is not decided by XDP and counts nothing there; the TC companion counts it.
+//! Flood copies are not frames: one `Flood` per original. Destination-side policy
+//! outcomes are counted in the direction of the program that delivers (from_vm for local
+//! senders, from_tunnel for remote ones); `ToVm` is reserved for the security-group stage.
 
 /// Where the packet was going.
 #[repr(u32)]
@@ -137,6 +158,14 @@ named_enum! {
         NdResponder = 12 => "nd_responder",
         /// ICMP/ICMPv6 echo to a router interface answered by the datapath.
         RouterEcho = 13 => "router_echo",
+    }
+}
+
+impl PassPath {
+    /// A forwarding outcome (where the frame went) rather than the port-security check
+    /// that allowed it; see the module docs.
+    pub const fn is_forwarding(self) -> bool {
+        self as u32 >= PassPath::L2Local as u32
     }
 }
 

@@ -11,6 +11,12 @@ const TC_PULL_LEN: u32 = 256;
 
 /// What every stage needs from the hook.
 pub trait PacketCtx {
+    /// The XDP hook: it can redirect to a local tap (devmap) and bounce a frame back
+    /// (XDP_TX), but cannot set tunnel metadata nor clone a frame, so it hands tunnel,
+    /// flood and routed frames to its TC companion (see `fwd.rs`).
+    const IS_XDP: bool;
+    /// TC: `skb->gso_size` of a GSO super-frame (0 otherwise); XDP: always 0.
+    fn gso_size(&self) -> u32;
     /// ifindex of the tap the frame arrived on (the port key).
     fn ifindex(&self) -> u32;
     /// An 802.1Q/802.1ad tag was offloaded into skb metadata (TC only; XDP cannot see
@@ -22,6 +28,13 @@ pub trait PacketCtx {
 }
 
 impl PacketCtx for XdpContext {
+    const IS_XDP: bool = true;
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        0
+    }
+
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         // SAFETY: ctx points at the kernel's xdp_md for this run.
@@ -45,6 +58,14 @@ impl PacketCtx for XdpContext {
 }
 
 impl PacketCtx for TcContext {
+    const IS_XDP: bool = false;
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        // SAFETY: skb points at the kernel's __sk_buff for this run.
+        unsafe { (*self.skb.skb).gso_size }
+    }
+
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         // SAFETY: skb points at the kernel's __sk_buff for this run.

@@ -11,7 +11,7 @@ use dragonflow_common::{
 
 use crate::{
     maps::{GARP_EVENTS, GARP_RATE},
-    portsec::PortCache,
+    portsec::{PendingGarp, PortCache},
     stats,
 };
 
@@ -19,9 +19,32 @@ use crate::{
 #[unsafe(no_mangle)]
 static GARP_MIN_INTERVAL_NS: Global<u64> = Global::new(GARP_MIN_INTERVAL_NS_DEFAULT);
 
-/// Emits one event unless rate-limited; counts what happened.
+/// Raises an event for the frame being judged: emitted by [`flush`] once the frame is
+/// decided by this program.
 #[inline(always)]
 pub fn garp(port: &mut PortCache, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+    port.garp = PendingGarp {
+        family,
+        ip,
+        mac,
+        op,
+    };
+    port.has_garp = true;
+}
+
+/// Emits the frame's pending event, if any (see [`PortCache::garp`]).
+#[inline(always)]
+pub fn flush(port: &mut PortCache) {
+    if port.has_garp {
+        port.has_garp = false;
+        let g = port.garp;
+        emit(port, g.family, g.ip, g.mac, g.op);
+    }
+}
+
+/// Emits one event unless rate-limited; counts what happened.
+#[inline(always)]
+fn emit(port: &mut PortCache, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
     // The event names the port's network; a port gone meanwhile raises none.
     let Ok(cfg) = port.secured() else { return };
     let ifindex = port.ifindex();

@@ -11,18 +11,21 @@
 mod arp;
 mod ctx;
 mod events;
+mod fwd;
 mod ipv4;
 mod ipv6;
-// Called by the forwarding stage (being wired in; see fwd.rs).
+mod l2;
+// While l3.rs is the stub, nothing constructs `L3Out`; drop this allow with the real body.
 #[allow(dead_code)]
 mod l3;
 mod maps;
 mod nd;
 mod parse;
+mod policy;
 mod portsec;
-#[allow(dead_code)]
 mod responder;
 mod stats;
+mod tunnel;
 mod verdict;
 
 use aya_ebpf::{
@@ -34,25 +37,56 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use dragonflow_common::{
     port::PORT_F_PORT_SECURITY,
-    verdict::{DropReason, PassPath},
+    verdict::{Direction, DropReason, PassPath},
 };
 
 use crate::{
-    ctx::PacketCtx,
-    parse::{ETH_P_IP, ETH_P_IPV6},
+    ctx::{PacketCtx, Pkt},
+    maps::DEVMAP,
+    parse::{ETH_P_IP, ETH_P_IPV6, Eth},
     portsec::PortCache,
     verdict::{Fwd, Pass},
 };
 
-/// The from-VM pipeline as XDP on the tap.
+/// The from-VM pipeline as XDP on the tap. Local deliveries (devmap) and replies (XDP_TX)
+/// are finished here; tunnel, flood and routed frames are handed off (XDP_PASS, uncounted)
+/// to `df_from_vm_tc`, attached as this hook's tcx companion when forwarding is on.
 #[xdp]
 pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
-    match try_from_vm(&ctx) {
-        Ok(pass) => {
+    let mut port = PortCache::new(ctx.ifindex());
+    let pass = match try_from_vm(&ctx, &mut port) {
+        Ok(pass) => pass,
+        Err((allowed, reason)) => {
+            decided(&mut port, allowed);
+            stats::drop(reason);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    let (path, action) = match pass.fwd {
+        Fwd::Handoff | Fwd::Tunnel { .. } | Fwd::Flood { .. } => {
+            // Not a decision: the TC companion decides, counts and raises events.
+            return xdp_action::XDP_PASS;
+        }
+        Fwd::Kernel => {
+            decided(&mut port, None);
             stats::pass(pass.path);
-            match pass.fwd {
-                Fwd::Kernel => xdp_action::XDP_PASS,
-            }
+            return xdp_action::XDP_PASS;
+        }
+        Fwd::Local { ifindex, path } => (
+            path,
+            // The devmap is keyed by the tap's ifindex; a tap missing there (agent
+            // behind) cannot be reached from XDP.
+            DEVMAP
+                .redirect(ifindex, 0)
+                .map_err(|_| DropReason::RedirectFailed),
+        ),
+        Fwd::Back(path) => (path, Ok(xdp_action::XDP_TX)),
+    };
+    decided(&mut port, Some(pass.path));
+    match action {
+        Ok(a) => {
+            stats::pass(path);
+            a
         }
         Err(reason) => {
             stats::drop(reason);
@@ -61,21 +95,87 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The from-VM pipeline as TC (tcx ingress) on the tap.
+/// The from-VM pipeline as TC (tcx ingress) on the tap; also XDP's companion (see
+/// `df_from_vm_xdp`).
 #[classifier]
 pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
-    match try_from_vm(&ctx) {
-        Ok(pass) => {
-            stats::pass(pass.path);
-            match pass.fwd {
-                Fwd::Kernel => TC_ACT_OK,
+    let mut port = PortCache::new(ctx.ifindex());
+    let pass = match try_from_vm(&ctx, &mut port) {
+        Ok(pass) => pass,
+        Err((allowed, reason)) => {
+            decided(&mut port, allowed);
+            stats::drop(reason);
+            return TC_ACT_SHOT;
+        }
+    };
+    decided(&mut port, Some(pass.path));
+    let out = match pass.fwd {
+        Fwd::Kernel => return TC_ACT_OK,
+        Fwd::Local { ifindex, path } => fwd::redirect(ifindex).map(|a| (path, a)),
+        Fwd::Back(path) => fwd::redirect(port.ifindex()).map(|a| (path, a)),
+        Fwd::Tunnel {
+            vni,
+            remote_ip,
+            vxlan,
+            path,
+        } => fwd::to_tunnel(&ctx, vni, remote_ip, vxlan).map(|a| (path, a)),
+        Fwd::Flood { net_id, vxlan } => {
+            // Re-read: the forwarding stage may not keep packet pointers across helpers.
+            let pkt = ctx.pkt();
+            match parse::eth(&pkt) {
+                Ok(eth) => fwd::flood(
+                    &ctx,
+                    &pkt,
+                    eth.proto,
+                    &eth.dst,
+                    net_id,
+                    port.ifindex(),
+                    vxlan,
+                )
+                .map(|p| (p, TC_ACT_SHOT)),
+                Err(r) => Err(r),
             }
+        }
+        // Only XDP hands off.
+        Fwd::Handoff => Err(DropReason::RedirectFailed),
+    };
+    match out {
+        Ok((path, action)) => {
+            stats::pass(path);
+            action
         }
         Err(reason) => {
             stats::drop(reason);
             TC_ACT_SHOT
         }
     }
+}
+
+/// tcx ingress on `df-vxlan`: frames from other chassis, by (VNI, destination MAC) into
+/// local taps only. Everything is counted under `Direction::FromTunnel`.
+#[classifier]
+pub fn df_from_tunnel(ctx: TcContext) -> i32 {
+    match fwd::from_tunnel(&ctx) {
+        Ok((path, action)) => {
+            stats::pass_in(Direction::FromTunnel, path);
+            action
+        }
+        Err(reason) => {
+            stats::drop_in(Direction::FromTunnel, reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// This program decides the frame: count the port-security path that allowed it (if it
+/// passed port security) and emit its pending GARP event. The outcome is counted by the
+/// caller. See `dragonflow_common::verdict` for the counting convention.
+#[inline(always)]
+fn decided(port: &mut PortCache, allowed: Option<PassPath>) {
+    if let Some(p) = allowed {
+        stats::pass(p);
+    }
+    events::flush(port);
 }
 
 /// tcx-ingress companion of `df_from_vm_xdp` on veth taps: drops frames whose VLAN tag
@@ -109,42 +209,99 @@ pub fn df_stub_tc_ok(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
-/// The verdict of the from-VM pipeline, with the port's say on drops: a drop on a tap
-/// without a port is `UnknownPort` (fail closed), and a port without port security lets
-/// everything through. Allowed frames were already proven to belong to a secured port
-/// (see `portsec`), so the fast path never looks the port up.
+/// Stub for the micro-benchmark: the floor of an XDP local delivery, a devmap redirect to
+/// the ingress ifindex (the benchmark puts it in `df_devmap_v1`).
+#[xdp]
+pub fn df_stub_xdp_redirect(ctx: XdpContext) -> u32 {
+    DEVMAP
+        .redirect(ctx.ifindex(), 0)
+        .unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Stub for the micro-benchmark: the floor of a TC local delivery, bpf_redirect to the
+/// ingress ifindex.
+#[classifier]
+pub fn df_stub_tc_redirect(ctx: TcContext) -> i32 {
+    // SAFETY: plain helper call.
+    unsafe { aya_ebpf::helpers::bpf_redirect(ctx.ifindex(), 0) as i32 }
+}
+
+/// The from-VM pipeline: port security, then (when on) forwarding. A drop carries the
+/// port-security path when the frame had passed it (a forwarding drop). The port has its
+/// say on port-security drops: a drop on a tap without a port is `UnknownPort` (fail
+/// closed), and a port without port security lets everything through. Allowed frames
+/// were already proven to belong to a secured port (see `portsec`), so the fast path
+/// never looks the port up: the address hit also gives the network.
 #[inline(always)]
-fn try_from_vm<C: PacketCtx + EbpfContext>(ctx: &C) -> Result<Pass, DropReason> {
-    let mut port = PortCache::new(ctx.ifindex());
-    match port_security(ctx, &mut port) {
-        Ok(path) => Ok(Pass::kernel(path)),
-        Err(reason) => match port.get() {
-            None => {
-                // Rare (a tap the agent has not configured yet); off unless
-                // AYA_LOG_LEVEL says otherwise.
-                debug!(ctx, "no port for ifindex {}", port.ifindex());
-                Err(DropReason::UnknownPort)
-            }
-            Some(p) if !p.has(PORT_F_PORT_SECURITY) => Ok(Pass::kernel(PassPath::NoPortSecurity)),
-            Some(_) => Err(reason),
+fn try_from_vm<C: PacketCtx + EbpfContext>(
+    ctx: &C,
+    port: &mut PortCache,
+) -> Result<Pass, (Option<PassPath>, DropReason)> {
+    let pkt = ctx.pkt();
+    // Eth fully defined on every path (a zeroed header when truncated): LLVM would
+    // otherwise spill the undefined fields of an `Err`, which the verifier rejects
+    // ("!read_ok") where the paths merge.
+    let (eth, eth_err) = match parse::eth_any(&pkt) {
+        Ok(eth) => (eth, None),
+        Err(reason) => (Eth::default(), Some(reason)),
+    };
+    let checked = match eth_err {
+        Some(reason) => Err(reason),
+        None if ctx.vlan_tag_in_meta() => Err(DropReason::VlanTagged),
+        None => parse::check_proto(eth.proto).and_then(|()| port_security(&pkt, &eth, port)),
+    };
+    let path = match checked {
+        Ok(path) => path,
+        Err(reason) => match security_drop(ctx, port, reason) {
+            Ok(reason) => return Err((None, reason)),
+            Err(pass) => pass,
         },
+    };
+    let Some(cfg) = fwd::enabled() else {
+        return Ok(Pass {
+            path,
+            fwd: Fwd::Kernel,
+        });
+    };
+    let fwd = match eth_err {
+        Some(reason) => Err(reason),
+        None => port
+            .net_id()
+            .and_then(|net_id| fwd::from_vm(ctx, &pkt, &eth, net_id, cfg)),
+    }
+    .map_err(|r| (Some(path), r))?;
+    Ok(Pass { path, fwd })
+}
+
+/// The port's say on a port-security drop: `Ok(reason)` to drop, `Err(NoPortSecurity)`
+/// when the port lets everything through.
+#[inline(always)]
+fn security_drop<C: PacketCtx + EbpfContext>(
+    ctx: &C,
+    port: &mut PortCache,
+    reason: DropReason,
+) -> Result<DropReason, PassPath> {
+    match port.get() {
+        None => {
+            // Rare (a tap the agent has not configured yet); off unless
+            // AYA_LOG_LEVEL says otherwise.
+            debug!(ctx, "no port for ifindex {}", port.ifindex());
+            Ok(DropReason::UnknownPort)
+        }
+        Some(p) if !p.has(PORT_F_PORT_SECURITY) => Err(PassPath::NoPortSecurity),
+        Some(_) => Ok(reason),
     }
 }
 
 /// Port security by ethertype. The fast path of an allowed IPv4 frame: Ethernet and IPv4
-/// sanity, one `df_addrs_v2` lookup, then one counter in the entry point.
+/// sanity, one `df_addrs_v2` lookup.
 #[inline(always)]
-fn port_security<C: PacketCtx>(ctx: &C, port: &mut PortCache) -> Result<PassPath, DropReason> {
-    if ctx.vlan_tag_in_meta() {
-        return Err(DropReason::VlanTagged);
-    }
-    let pkt = ctx.pkt();
-    let eth = parse::eth(&pkt)?;
+fn port_security(pkt: &Pkt, eth: &Eth, port: &mut PortCache) -> Result<PassPath, DropReason> {
     match eth.proto {
-        ETH_P_IP => ipv4::check(&pkt, port, &eth),
-        ETH_P_IPV6 => ipv6::check(&pkt, port, &eth),
+        ETH_P_IP => ipv4::check(pkt, port, eth),
+        ETH_P_IPV6 => ipv6::check(pkt, port, eth),
         // parse::eth lets nothing else through.
-        _ => arp::check(&pkt, port, &eth),
+        _ => arp::check(pkt, port, eth),
     }
 }
 

@@ -4,12 +4,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
     event::GarpRateKey,
-    maps::{ADDRS_MAX, CIDRS_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, MACS_MAX, PORTS_MAX},
+    fwd::{ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest, RouteKey},
+    maps::{
+        ADDRS_MAX, CIDRS_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, L2_MAX,
+        MACS_MAX, NEIGH_MAX, PORTS_MAX, ROUTES_MAX,
+    },
     port::PortConfig,
     verdict::STATS_LEN,
 };
@@ -41,3 +45,30 @@ pub static GARP_EVENTS: RingBuf = RingBuf::pinned(GARP_EVENTS_BYTES, 0);
 /// Last GARP event time per (port, IP).
 #[map(name = "df_garp_rl_v1")]
 pub static GARP_RATE: LruHashMap<GarpRateKey, u64> = LruHashMap::pinned(GARP_RATE_MAX, 0);
+
+/// (network, MAC) → local tap, remote chassis or router.
+#[map(name = "df_l2_v1")]
+pub static L2: HashMap<L2Key, L2Dest> = HashMap::pinned(L2_MAX, 0);
+
+/// (network, IP) → MAC: the ARP/ND responder's answers and the L3 stage's next hop.
+#[map(name = "df_neigh_v1")]
+#[allow(dead_code)] // read by responder.rs and l3.rs (being written)
+pub static NEIGH: HashMap<NeighKey, NeighValue> = HashMap::pinned(NEIGH_MAX, 0);
+
+/// net_id → the network's flood list (replaced whole by the agent). An entry exists for
+/// every network with a port on this chassis: its absence means "unknown network".
+#[map(name = "df_flood_v1")]
+pub static FLOOD: HashMap<u32, FloodList> = HashMap::pinned(FLOOD_NETS_MAX, 0);
+
+/// Each router's connected subnets (LPM).
+#[map(name = "df_routes_v1")]
+#[allow(dead_code)] // read by l3.rs (being written)
+pub static ROUTES: LpmTrie<RouteKey, RouteDest> = LpmTrie::pinned(ROUTES_MAX, 0);
+
+/// Chassis-wide configuration, index 0.
+#[map(name = "df_config_v1")]
+pub static CONFIG: Array<ChassisConfig> = Array::pinned(1, 0);
+
+/// Local taps for XDP redirects (key = value = the tap's ifindex).
+#[map(name = "df_devmap_v1")]
+pub static DEVMAP: DevMapHash = DevMapHash::pinned(DEVMAP_MAX, 0);

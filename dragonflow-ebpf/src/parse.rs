@@ -28,8 +28,12 @@ pub const UDP_HLEN: usize = 8;
 pub const ICMP_HLEN: usize = 8;
 
 /// The Ethernet header fields the pipeline uses.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Eth {
+    /// Destination MAC (the forwarding stage's key).
+    pub dst: [u8; 6],
+    /// The destination MAC as loaded (bytes 0..4 and 4..6, memory order), for L2 keys.
+    pub dst_w: (u32, u16),
     pub src: [u8; 6],
     /// The source MAC as loaded: bytes 0..4 and 4..6 in memory order (for building map
     /// keys with word stores on the fast path).
@@ -41,22 +45,44 @@ pub struct Eth {
 /// Parses the Ethernet header: untagged IPv4, IPv6 and ARP only (ATTACKS rows 9, 12, 13).
 #[inline(always)]
 pub fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
+    let eth = eth_any(pkt)?;
+    check_proto(eth.proto)?;
+    Ok(eth)
+}
+
+/// The Ethernet header, whatever its ethertype (frames of ports without port security).
+#[inline(always)]
+pub fn eth_any(pkt: &Pkt) -> Result<Eth, DropReason> {
     let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
-    let proto = be16_at(h, 12);
+    let src_w = (load::<u32, ETH_HLEN>(h, 6), load::<u16, ETH_HLEN>(h, 10));
+    let [a, b, c, d] = src_w.0.to_ne_bytes();
+    let [e, f] = src_w.1.to_ne_bytes();
+    let dst_w = (load::<u32, ETH_HLEN>(h, 0), load::<u16, ETH_HLEN>(h, 4));
+    let [g, i, j, k] = dst_w.0.to_ne_bytes();
+    let [l, m] = dst_w.1.to_ne_bytes();
+    Ok(Eth {
+        dst: [g, i, j, k, l, m],
+        dst_w,
+        src: [a, b, c, d, e, f],
+        src_w,
+        proto: be16_at(h, 12),
+    })
+}
+
+/// Untagged IPv4, IPv6 and ARP only (ATTACKS rows 9, 12, 13).
+#[inline(always)]
+pub fn check_proto(proto: u16) -> Result<(), DropReason> {
     match proto {
-        ETH_P_IP | ETH_P_IPV6 | ETH_P_ARP => {
-            let src_w = (load::<u32, ETH_HLEN>(h, 6), load::<u16, ETH_HLEN>(h, 10));
-            let [a, b, c, d] = src_w.0.to_ne_bytes();
-            let [e, f] = src_w.1.to_ne_bytes();
-            Ok(Eth {
-                src: [a, b, c, d, e, f],
-                src_w,
-                proto,
-            })
-        }
+        ETH_P_IP | ETH_P_IPV6 | ETH_P_ARP => Ok(()),
         ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_9100 => Err(DropReason::VlanTagged),
         _ => Err(DropReason::BadEthertype),
     }
+}
+
+/// Broadcast or multicast (the group bit of the first octet).
+#[inline(always)]
+pub const fn is_group(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 != 0
 }
 
 /// MAC equality without a `bcmp` call (BPF has no libc).

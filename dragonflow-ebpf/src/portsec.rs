@@ -34,11 +34,33 @@ pub fn port(ifindex: u32) -> Option<&'static PortConfig> {
     PORTS.get_ptr(ifindex).map(|p| unsafe { &*p })
 }
 
-/// The port of the frame being judged, looked up at most once and only when needed.
+/// The port of the frame being judged, looked up at most once and only when needed; and
+/// what port security learnt on the way that later stages use: the network (from the
+/// address hit, so the fast path needs no port lookup) and a GARP event to emit once the
+/// frame is decided (see `events`).
 pub struct PortCache {
     ifindex: u32,
     looked_up: bool,
     port: Option<&'static PortConfig>,
+    /// `net_id` of the allowed address pair that matched, if `has_net`.
+    net_id: u32,
+    has_net: bool,
+    /// A GARP event raised by the ARP/ND checks (if `has_garp`), emitted by the entry
+    /// point only when this program decides the frame (not when XDP hands it to its TC
+    /// companion, which raises it again itself).
+    pub garp: PendingGarp,
+    pub has_garp: bool,
+    // Plain fields, not `Option`s: LLVM spills the undefined payload of a `None` where
+    // paths merge, and the verifier rejects reading it ("!read_ok").
+}
+
+/// Arguments of `events::emit`.
+#[derive(Clone, Copy, Default)]
+pub struct PendingGarp {
+    pub family: u8,
+    pub ip: [u8; 16],
+    pub mac: [u8; 6],
+    pub op: u16,
 }
 
 impl PortCache {
@@ -48,7 +70,26 @@ impl PortCache {
             ifindex,
             looked_up: false,
             port: None,
+            net_id: 0,
+            has_net: false,
+            garp: PendingGarp {
+                family: 0,
+                ip: [0; 16],
+                mac: [0; 6],
+                op: 0,
+            },
+            has_garp: false,
         }
+    }
+
+    /// The frame's network: from the address pair that allowed it, else from the port
+    /// (paths that allowed it without an address hit looked the port up anyway).
+    #[inline(always)]
+    pub fn net_id(&mut self) -> Result<u32, DropReason> {
+        if self.has_net {
+            return Ok(self.net_id);
+        }
+        self.get().map(|p| p.net_id).ok_or(DropReason::UnknownPort)
     }
 
     #[inline(always)]
@@ -102,13 +143,18 @@ pub fn src_key(ifindex: u32, eth: &Eth, family: u8, ip: [u32; 4]) -> AddrKey {
 pub fn lookup_pair(port: &mut PortCache, key: &AddrKey) -> Option<u32> {
     if let Some(v) = ADDRS.get_ptr(key) {
         // SAFETY: map value pointer, valid for this run.
-        return Some(unsafe { (*v).flags });
+        let v = unsafe { &*v };
+        port.net_id = v.net_id;
+        port.has_net = true;
+        return Some(v.flags);
     }
-    if let Ok(port) = port.secured()
-        && port.has(PORT_F_CIDR_AAP)
+    if let Ok(cfg) = port.secured()
+        && cfg.has(PORT_F_CIDR_AAP)
     {
         let bits = if key.family == FAMILY_V4 { 32 } else { 128 };
         if let Some(v) = CIDRS.get(Key::new(LPM_FIXED_BITS + bits, *key)) {
+            port.net_id = v.net_id;
+            port.has_net = true;
             return Some(v.flags);
         }
     }

@@ -27,3 +27,14 @@ pub fn pass(path: PassPath) {
 pub fn event(e: EventStat) {
     bump(stat_index(Direction::FromVm, Stat::Event(e)));
 }
+
+/// A drop decided by a program of another direction (the tunnel program).
+#[inline(always)]
+pub fn drop_in(dir: Direction, reason: DropReason) {
+    bump(stat_index(dir, Stat::Drop(reason)));
+}
+
+#[inline(always)]
+pub fn pass_in(dir: Direction, path: PassPath) {
+    bump(stat_index(dir, Stat::Pass(path)));
+}

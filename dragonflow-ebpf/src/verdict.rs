@@ -1,29 +1,43 @@
-//! What the pipeline decided for an allowed frame: the path that allowed it (counted) and
-//! where it goes. Only [`Fwd::Kernel`] exists in this issue; the forwarding stage adds
-//! redirects (to a local tap, to the tunnel) as new variants, mapped per hook in `main.rs`.
+//! What the pipeline decided for an allowed frame: the port-security path that allowed it
+//! and where it goes ([`Fwd`], mapped to each hook's actions in `main.rs`).
 
 use dragonflow_common::verdict::PassPath;
 
 /// Where an allowed frame goes.
 #[derive(Clone, Copy)]
 pub enum Fwd {
-    /// Up the stack of the hypervisor (XDP_PASS / TC_ACT_OK): a Linux bridge delivers it.
+    /// Forwarding is off (`CFG_F_FORWARDING` unset): up the hypervisor's stack
+    /// (XDP_PASS / TC_ACT_OK), as before the forwarding stage existed.
     Kernel,
+    /// Into the local tap `ifindex` (the destination-side policy already passed):
+    /// XDP: devmap redirect; TC: bpf_redirect to the tap's egress. `path`: L2Local/Routed.
+    Local { ifindex: u32, path: PassPath },
+    /// Through `df-vxlan` (`vxlan` = its ifindex) to the chassis `remote_ip` with VNI
+    /// `vni`. TC only; XDP hands the frame off (see [`Fwd::Handoff`]). `path`:
+    /// L2Tunnel/Routed.
+    Tunnel {
+        vni: u32,
+        remote_ip: [u8; 4],
+        vxlan: u32,
+        path: PassPath,
+    },
+    /// Back out of the ingress tap to the VM that sent it (the frame was rewritten into a
+    /// reply: ARP/ND responder, router echo). XDP: XDP_TX; TC: bpf_redirect to the tap.
+    Back(PassPath),
+    /// Broadcast/multicast to the network's flood list. TC only; XDP hands it off.
+    Flood { net_id: u32, vxlan: u32 },
+    /// XDP only: a frame XDP cannot finish (tunnel metadata, clones) or must not rewrite
+    /// (routed: a rewritten frame would fail port security in TC). XDP_PASS, UNCOUNTED
+    /// and without events: with forwarding on, the agent attaches `df_from_vm_tc` on the
+    /// same tap's tcx ingress as XDP's companion, which re-runs the pipeline on the
+    /// untouched frame and decides (and counts) it.
+    Handoff,
 }
 
 /// An allowed frame.
 #[derive(Clone, Copy)]
 pub struct Pass {
+    /// The port-security path that allowed it.
     pub path: PassPath,
     pub fwd: Fwd,
-}
-
-impl Pass {
-    #[inline(always)]
-    pub const fn kernel(path: PassPath) -> Self {
-        Pass {
-            path,
-            fwd: Fwd::Kernel,
-        }
-    }
 }

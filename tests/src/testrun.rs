@@ -23,7 +23,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
@@ -31,6 +34,10 @@ use dragonflow_agent::datapath::EBPF_OBJECT;
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, FAMILY_V4, LPM_FIXED_BITS, MacKey},
     event::{GarpEvent, GarpRateKey},
+    fwd::{
+        ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, ROUTE_FIXED_BITS, RouteDest,
+        RouteKey,
+    },
     maps::{self as names, globals, progs},
     port::PortConfig,
     verdict::{Direction, STATS_LEN, Stat, stat_index},
@@ -39,8 +46,18 @@ use dragonflow_common::{
 use crate::harness::Hook;
 
 /// Programs in the object that [`Datapath`] loads.
-pub const XDP_PROGS: &[&str] = &[progs::FROM_VM_XDP, progs::STUB_XDP_PASS];
-pub const TC_PROGS: &[&str] = &[progs::FROM_VM_TC, progs::VLAN_GUARD_TC, progs::STUB_TC_OK];
+pub const XDP_PROGS: &[&str] = &[
+    progs::FROM_VM_XDP,
+    progs::STUB_XDP_PASS,
+    progs::STUB_XDP_REDIRECT,
+];
+pub const TC_PROGS: &[&str] = &[
+    progs::FROM_VM_TC,
+    progs::VLAN_GUARD_TC,
+    progs::STUB_TC_OK,
+    progs::FROM_TUNNEL_TC,
+    progs::STUB_TC_REDIRECT,
+];
 
 /// ifindex of lo: the device test runs happen on (see the module docs).
 pub const LO_IFINDEX: u32 = 1;
@@ -346,6 +363,7 @@ impl Datapath {
         clear_hash::<AddrKey, AddrValue>(&mut self.ebpf, names::ADDRS);
         clear_hash::<MacKey, u32>(&mut self.ebpf, names::MACS);
         clear_hash::<GarpRateKey, u64>(&mut self.ebpf, names::GARP_RATE);
+        self.clear_fwd();
         {
             let mut m: LpmTrie<_, AddrKey, AddrValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(names::CIDRS).expect("cidrs")).expect("lpm");
@@ -475,4 +493,114 @@ fn verifier_error(e: &aya::programs::ProgramError) -> String {
 /// aya-log's level global (off in test runs).
 fn aya_log_level() -> &'static str {
     "AYA_LOG_LEVEL"
+}
+
+// ---- Forwarding (issue 3) -------------------------------------------------------------
+
+impl Datapath {
+    /// Empties the forwarding maps (L2, neighbours, flood lists, routes, devmap) and the
+    /// chassis configuration (forwarding off). Part of [`Datapath::clear`].
+    pub fn clear_fwd(&mut self) {
+        fn clear_hash<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+            let mut m: HashMap<_, K, V> =
+                HashMap::try_from(ebpf.map_mut(name).expect(name)).expect(name);
+            let keys: Vec<K> = m.keys().map(|k| k.expect("key")).collect();
+            for k in keys {
+                m.remove(&k).expect("remove");
+            }
+        }
+        clear_hash::<L2Key, L2Dest>(&mut self.ebpf, names::L2);
+        clear_hash::<NeighKey, NeighValue>(&mut self.ebpf, names::NEIGH);
+        clear_hash::<u32, FloodList>(&mut self.ebpf, names::FLOOD);
+        {
+            let mut m: LpmTrie<_, RouteKey, RouteDest> =
+                LpmTrie::try_from(self.ebpf.map_mut(names::ROUTES).expect("routes")).expect("lpm");
+            let keys: Vec<Key<RouteKey>> = m.keys().map(|k| k.expect("key")).collect();
+            for k in keys {
+                m.remove(&k).expect("remove");
+            }
+        }
+        {
+            let mut m = DevMapHash::try_from(self.ebpf.map_mut(names::DEVMAP).expect("devmap"))
+                .expect("devmap");
+            let keys: Vec<u32> = m.keys().map(|k| k.expect("key")).collect();
+            for k in keys {
+                m.remove(k).expect("remove");
+            }
+        }
+        self.set_config(ChassisConfig::default());
+    }
+
+    /// `df_config_v1[0]`.
+    pub fn set_config(&mut self, cfg: ChassisConfig) {
+        let mut m: Array<_, ChassisConfig> =
+            Array::try_from(self.ebpf.map_mut(names::CONFIG).expect("config")).expect("config");
+        m.set(0, cfg, 0).expect("set config");
+    }
+
+    /// An exact address pair with its network (what the agent writes).
+    pub fn add_addr_net(&mut self, key: AddrKey, flags: u32, net_id: u32) {
+        let mut m: HashMap<_, AddrKey, AddrValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::ADDRS).expect("addrs")).expect("addrs");
+        m.insert(key, AddrValue { flags, net_id }, 0)
+            .expect("insert addr");
+    }
+
+    pub fn add_l2(&mut self, key: L2Key, dest: L2Dest) {
+        let mut m: HashMap<_, L2Key, L2Dest> =
+            HashMap::try_from(self.ebpf.map_mut(names::L2).expect("l2")).expect("l2");
+        m.insert(key, dest, 0).expect("insert l2");
+    }
+
+    pub fn add_neigh(&mut self, key: NeighKey, v: NeighValue) {
+        let mut m: HashMap<_, NeighKey, NeighValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::NEIGH).expect("neigh")).expect("neigh");
+        m.insert(key, v, 0).expect("insert neigh");
+    }
+
+    /// A route: `key.ip` is the prefix, `prefix_len` its length in bits.
+    pub fn add_route(&mut self, key: RouteKey, prefix_len: u32, dest: RouteDest) {
+        let mut m: LpmTrie<_, RouteKey, RouteDest> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::ROUTES).expect("routes")).expect("routes");
+        m.insert(&Key::new(ROUTE_FIXED_BITS + prefix_len, key), dest, 0)
+            .expect("insert route");
+    }
+
+    pub fn set_flood(&mut self, net_id: u32, list: FloodList) {
+        let mut m: HashMap<_, u32, FloodList> =
+            HashMap::try_from(self.ebpf.map_mut(names::FLOOD).expect("flood")).expect("flood");
+        m.insert(net_id, list, 0).expect("insert flood list");
+    }
+
+    /// A local tap in the XDP devmap (key = value = ifindex; the device must exist).
+    pub fn add_devmap(&mut self, ifindex: u32) {
+        let mut m = DevMapHash::try_from(self.ebpf.map_mut(names::DEVMAP).expect("devmap"))
+            .expect("devmap");
+        m.insert(ifindex, ifindex, None, 0)
+            .unwrap_or_else(|e| panic!("devmap insert {ifindex}: {e}"));
+    }
+
+    /// One counter of `dir`.
+    pub fn stat_in(&self, dir: Direction, stat: Stat) -> u64 {
+        self.stats()[stat_index(dir, stat) as usize]
+    }
+}
+
+/// The redirect-only stub of a hook (devmap redirect / bpf_redirect to the ingress).
+pub fn stub_redirect_prog(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Xdp => progs::STUB_XDP_REDIRECT,
+        Hook::Tc => progs::STUB_TC_REDIRECT,
+    }
+}
+
+/// XDP_TX / TC_ACT_REDIRECT etc. for the forwarding tables.
+pub mod actions {
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+    pub const TC_ACT_REDIRECT: u32 = 7;
 }

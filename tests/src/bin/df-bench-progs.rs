@@ -271,7 +271,88 @@ fn main() {
             "NOT met (see the allowed IPv4 rows)"
         }
     );
+    forwarding(&mut dp, &mut out, repeat, rounds);
     print!("{out}");
+}
+
+/// The allowed-IPv4 frame delivered to a local port (port security + L2 lookup +
+/// redirect) next to a redirect-only stub on the same hook, and the XDP_PASS/TC_ACT_OK
+/// stub for scale. Both redirect to lo (ifindex 1, in the devmap for XDP): a test run
+/// returns the action without transmitting.
+fn forwarding(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
+    use dragonflow_common::fwd::{CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, L2Dest, L2Key};
+    use tests::testrun::{actions, stub_redirect_prog};
+    const NET: u32 = 42;
+    let peer = mac(1);
+    dp.clear();
+    let m = mac(0);
+    dp.add_port(
+        LO_IFINDEX,
+        PortConfig {
+            net_id: NET,
+            flags: PORT_F_PORT_SECURITY,
+            mac: m,
+            mtu: 1500,
+        },
+    );
+    dp.add_addr_net(AddrKey::v4(LO_IFINDEX, m, ip4(0, 1)), ADDR_F_FIXED, NET);
+    dp.add_l2(
+        L2Key::new(NET, peer),
+        L2Dest {
+            kind: DEST_LOCAL,
+            mtu: 1500,
+            ifindex: LO_IFINDEX,
+            ..Default::default()
+        },
+    );
+    dp.add_devmap(LO_IFINDEX);
+    dp.set_config(ChassisConfig {
+        flags: CFG_F_FORWARDING,
+        ..Default::default()
+    });
+    let frame = eth(
+        peer,
+        m,
+        ETH_P_IP,
+        &ipv4(ip4(0, 1), ip4(1, 1), IPPROTO_UDP, &udp(4000, 53, &[0; 18])),
+    );
+    let _ = writeln!(
+        out,
+        "\n### Forwarding: allowed IPv4 to a local port vs a redirect-only stub\n"
+    );
+    let _ = writeln!(
+        out,
+        "Same method; the path is port security (1 hash lookup) + L2 lookup + redirect \
+         (XDP: devmap; TC: bpf_redirect), counted in two slots (ipv4 + l2_local).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| hook | path | ns/pkt | redirect stub ns/pkt | ratio | pass stub ns/pkt |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    for hook in Hook::BOTH {
+        let r = dp.run(hook, &frame);
+        let want = match hook {
+            Hook::Xdp => actions::XDP_REDIRECT,
+            Hook::Tc => actions::TC_ACT_REDIRECT,
+        };
+        assert_eq!(r.retval, want, "[{}] L2 local verdict", hook.as_str());
+        let r = dp.run_prog(stub_redirect_prog(hook), hook, &frame, LO_IFINDEX);
+        assert_eq!(r.retval, want, "[{}] redirect stub verdict", hook.as_str());
+        let (mut path, mut stub, mut pass) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            stub.push(time(dp, stub_redirect_prog(hook), hook, &frame, repeat));
+            path.push(time(dp, from_vm_prog(hook), hook, &frame, repeat));
+            pass.push(time(dp, stub_prog(hook), hook, &frame, repeat));
+        }
+        let (path, stub, pass) = (median(path), median(stub), median(pass));
+        let _ = writeln!(
+            out,
+            "| {} | L2 local (pass ipv4 + l2_local) | {path:.0} | {stub:.0} | {:.2}x | {pass:.0} |",
+            hook.as_str(),
+            path / stub
+        );
+    }
 }
 
 fn time(dp: &Datapath, prog: &str, hook: Hook, frame: &[u8], repeat: u32) -> u32 {

@@ -1,0 +1,268 @@
+//! The forwarding stage (DESIGN.md §4 step 6): after port security, where a frame goes.
+//!
+//! From a VM, by destination MAC in the frame's network (`df_l2_v1`):
+//! - group (broadcast/multicast): the ARP/ND responder first (`responder::respond`); if it
+//!   does not answer, flood (`df_flood_v1`). Unicast ARP/NS are never answered, they are
+//!   forwarded to the MAC they are addressed to like any unicast frame;
+//! - `DEST_LOCAL`: MTU, destination-side policy (`policy::to_port`), into the tap;
+//! - `DEST_REMOTE`: MTU, then through `df-vxlan` with VNI = net_id;
+//! - `DEST_ROUTER`: `l3::route`, then a second L2 lookup of the rewritten destination
+//!   (local or remote), or a reply back to the sender;
+//! - no entry: `UnknownUnicast` (no learning, no flooding of unknown unicast).
+//!
+//! XDP finishes local deliveries and replies itself and hands everything else to its TC
+//! companion (`Fwd::Handoff`). From the tunnel ([`from_tunnel`]) only local deliveries
+//! exist: a frame from another chassis is never sent back into the tunnel.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::bpf_redirect,
+    programs::TcContext,
+};
+use dragonflow_common::{
+    fwd::{
+        CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, L2Dest,
+    },
+    verdict::{DropReason, PassPath},
+};
+
+use crate::{
+    ctx::{PacketCtx, Pkt, arr_at, be16_at},
+    l2,
+    l3::{self, L3Out},
+    maps::{CONFIG, FLOOD},
+    parse::{ETH_HLEN, Eth, is_group},
+    policy, responder, tunnel,
+    verdict::Fwd,
+};
+
+/// The chassis configuration, when forwarding is on.
+#[inline(always)]
+pub fn enabled() -> Option<&'static ChassisConfig> {
+    match CONFIG.get(0) {
+        Some(c) if c.flags & CFG_F_FORWARDING != 0 => Some(c),
+        _ => None,
+    }
+}
+
+/// Where a frame from a VM that passed port security goes.
+#[inline(always)]
+pub fn from_vm<C: PacketCtx>(
+    ctx: &C,
+    pkt: &Pkt,
+    eth: &Eth,
+    net_id: u32,
+    cfg: &ChassisConfig,
+) -> Result<Fwd, DropReason> {
+    if is_group(&eth.dst) {
+        if let Some(path) = responder::respond(pkt, eth, net_id)? {
+            return Ok(Fwd::Back(path));
+        }
+        if C::IS_XDP {
+            return Ok(Fwd::Handoff);
+        }
+        return Ok(Fwd::Flood {
+            net_id,
+            vxlan: cfg.vxlan_ifindex,
+        });
+    }
+    let dest = l2::lookup_w(net_id, eth.dst_w).ok_or(DropReason::UnknownUnicast)?;
+    if dest.kind != DEST_ROUTER {
+        let path = if dest.kind == DEST_LOCAL {
+            PassPath::L2Local
+        } else {
+            PassPath::L2Tunnel
+        };
+        return unicast(
+            ctx, pkt, eth.proto, dest, net_id, &eth.dst, &eth.dst, cfg, path,
+        );
+    }
+    if C::IS_XDP {
+        // Routing rewrites the frame in place; if the result had to go to the tunnel, the
+        // TC companion would see a frame from the router's MAC and drop it as spoofed. So
+        // routed frames are TC's, whole.
+        return Ok(Fwd::Handoff);
+    }
+    match l3::route(pkt, eth, dest.router_id)? {
+        L3Out::Reply(path) => Ok(Fwd::Back(path)),
+        L3Out::Deliver { net_id, dst_mac } => {
+            let dest = l2::lookup(net_id, &dst_mac).ok_or(DropReason::UnknownUnicast)?;
+            // What the rewritten frame really carries (in place: the packet view is
+            // still valid), checked against the entry by the destination policy.
+            let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
+            let frame_dst: [u8; 6] = arr_at(h, 0);
+            let proto = be16_at(h, 12);
+            unicast(
+                ctx,
+                pkt,
+                proto,
+                dest,
+                net_id,
+                &frame_dst,
+                &dst_mac,
+                cfg,
+                PassPath::Routed,
+            )
+        }
+    }
+}
+
+/// A unicast delivery to a local tap or a remote chassis.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn unicast<C: PacketCtx>(
+    ctx: &C,
+    pkt: &Pkt,
+    proto: u16,
+    dest: &L2Dest,
+    net_id: u32,
+    frame_dst: &[u8; 6],
+    entry_mac: &[u8; 6],
+    cfg: &ChassisConfig,
+    path: PassPath,
+) -> Result<Fwd, DropReason> {
+    match dest.kind {
+        DEST_LOCAL => {
+            if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
+                return Err(DropReason::MtuExceeded);
+            }
+            policy::to_port(dest.ifindex, frame_dst, entry_mac)?;
+            Ok(Fwd::Local {
+                ifindex: dest.ifindex,
+                path,
+            })
+        }
+        DEST_REMOTE => {
+            if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
+                return Err(DropReason::MtuExceeded);
+            }
+            if cfg.vxlan_ifindex == 0 {
+                return Err(DropReason::NoTunnel);
+            }
+            Ok(Fwd::Tunnel {
+                vni: net_id,
+                remote_ip: dest.remote_ip,
+                vxlan: cfg.vxlan_ifindex,
+                path,
+            })
+        }
+        // A router MAC as the destination of a routed frame: no router chains.
+        _ => Err(DropReason::UnknownUnicast),
+    }
+}
+
+/// TC: into the local tap `ifindex` (its egress = toward the VM).
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> Result<i32, DropReason> {
+    // SAFETY: plain helper call. With flags 0 it only records the target and returns
+    // TC_ACT_REDIRECT; a target gone by then is dropped by the kernel after we return.
+    let rc = unsafe { bpf_redirect(ifindex, 0) } as i32;
+    if rc == TC_ACT_REDIRECT {
+        Ok(rc)
+    } else {
+        Err(DropReason::RedirectFailed)
+    }
+}
+
+/// TC: through the tunnel.
+#[inline(always)]
+pub fn to_tunnel(
+    ctx: &TcContext,
+    vni: u32,
+    remote_ip: [u8; 4],
+    vxlan: u32,
+) -> Result<i32, DropReason> {
+    tunnel::set_key(ctx, vni, remote_ip)?;
+    redirect(vxlan)
+}
+
+/// TC: one copy of a group frame to every flood destination of `net_id` except the
+/// ingress tap (`ingress`, 0 from the tunnel); remote chassis only when `vxlan` ≠ 0 (from
+/// the tunnel it is 0: split horizon, a frame from another chassis never goes back into
+/// the tunnel). The caller drops the original. No flood list: no copies.
+/// `RedirectFailed` when any copy could not be sent (the others were).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn flood(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    proto: u16,
+    dst: &[u8; 6],
+    net_id: u32,
+    ingress: u32,
+    vxlan: u32,
+) -> Result<PassPath, DropReason> {
+    // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
+    let Some(list) = FLOOD.get_ptr(net_id).map(|p| unsafe { &*p }) else {
+        return Ok(PassPath::Flood);
+    };
+    if !l2::mtu_ok(ctx, pkt, proto, list.mtu) {
+        return Err(DropReason::MtuExceeded);
+    }
+    // Packet pointers are invalid after the first clone: nothing below reads the frame.
+    let n = list.len as usize;
+    let mut failed = false;
+    let mut i = 0;
+    // A constant bound for the verifier; `n` ends it early.
+    while i < FLOOD_MAX {
+        if i >= n {
+            break;
+        }
+        let d = &list.dests[i];
+        i += 1;
+        let sent = if d.kind == DEST_LOCAL as u32 {
+            if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst).is_err() {
+                continue;
+            }
+            ctx.clone_redirect(d.ifindex, 0).is_ok()
+        } else if d.kind == DEST_REMOTE as u32 && vxlan != 0 {
+            // The tunnel key is per-CPU state copied into each clone, which is transmitted
+            // synchronously: setting it again for the next chassis is safe.
+            tunnel::set_key(ctx, net_id, d.remote_ip).is_ok()
+                && ctx.clone_redirect(vxlan, 0).is_ok()
+        } else {
+            continue;
+        };
+        failed |= !sent;
+    }
+    if failed {
+        Err(DropReason::RedirectFailed)
+    } else {
+        Ok(PassPath::Flood)
+    }
+}
+
+/// The tunnel program: a frame from another chassis, delivered by (VNI, destination MAC)
+/// to local taps only. Returns the path and the TC action.
+#[inline(always)]
+pub fn from_tunnel(ctx: &TcContext) -> Result<(PassPath, i32), DropReason> {
+    let net_id = tunnel::vni(ctx).ok_or(DropReason::UnknownVni)?;
+    let pkt = ctx.pkt();
+    // Any ethertype: the sending chassis applied the sender's port security already.
+    let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
+    let dst: [u8; 6] = arr_at(h, 0);
+    let proto = be16_at(h, 12);
+    if is_group(&dst) {
+        if FLOOD.get_ptr(net_id).is_none() {
+            return Err(DropReason::UnknownVni);
+        }
+        let path = flood(ctx, &pkt, proto, &dst, net_id, 0, 0)?;
+        return Ok((path, TC_ACT_SHOT));
+    }
+    let Some(dest) = l2::lookup(net_id, &dst) else {
+        // Slow path only: name the reason.
+        return Err(if FLOOD.get_ptr(net_id).is_none() {
+            DropReason::UnknownVni
+        } else {
+            DropReason::UnknownUnicast
+        });
+    };
+    if dest.kind != DEST_LOCAL {
+        return Err(DropReason::TunnelNotLocal);
+    }
+    if !l2::mtu_ok(ctx, &pkt, proto, dest.mtu) {
+        return Err(DropReason::MtuExceeded);
+    }
+    policy::to_port(dest.ifindex, &dst, &dst)?;
+    Ok((PassPath::L2Local, redirect(dest.ifindex)?))
+}
