@@ -132,6 +132,25 @@ pub struct Cli {
     /// Detach every program and remove this chassis's pins, then exit (uninstall).
     #[arg(long, env = "DRAGONFLOW_CLEANUP", num_args = 0..=1, default_missing_value = "true")]
     pub cleanup: Option<bool>,
+    /// The VXLAN device (external/collect-metadata mode, UDP 4789) carrying traffic to and
+    /// from other chassis; created if missing [default: df-vxlan].
+    #[arg(long, env = "DRAGONFLOW_TUNNEL_DEV", value_name = "NAME")]
+    pub tunnel_dev: Option<String>,
+    /// Run without a VXLAN device (a single-chassis setup): frames to ports on other
+    /// chassis are dropped and counted as `no_tunnel` [default: false].
+    #[arg(long, env = "DRAGONFLOW_NO_TUNNEL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_tunnel: Option<bool>,
+    /// TTL in seconds of the etcd lease holding this chassis' record: how long other
+    /// chassis keep sending to this one after it dies [default: 6].
+    #[arg(long, env = "DRAGONFLOW_LEASE_TTL", value_name = "SECONDS")]
+    pub lease_ttl: Option<i64>,
+    /// Switch and route in the datapath (sets CFG_F_FORWARDING once the forwarding maps
+    /// are filled). Without it the maps are still maintained, but allowed frames go to the
+    /// kernel (e.g. a Linux bridge) as in issue 2. Off by default until the issue-2 test
+    /// suite (Linux-bridge topology, exact pass counters) is moved to forwarding
+    /// [default: false].
+    #[arg(long, env = "DRAGONFLOW_FORWARDING", num_args = 0..=1, default_missing_value = "true")]
+    pub forwarding: Option<bool>,
 }
 
 /// The same settings as read from the TOML file.
@@ -153,6 +172,10 @@ pub struct FileConfig {
     pub allow_any_aap: Option<bool>,
     pub datapath_log: Option<bool>,
     pub log: Option<String>,
+    pub tunnel_dev: Option<String>,
+    pub no_tunnel: Option<bool>,
+    pub lease_ttl: Option<i64>,
+    pub forwarding: Option<bool>,
 }
 
 /// `etcd_endpoints` in the file: a list, or one comma-separated string like the flag.
@@ -192,6 +215,12 @@ pub struct Config {
     /// The log filter; `None` = RUST_LOG or "info".
     pub log: Option<String>,
     pub cleanup: bool,
+    /// The VXLAN device's name; `None` with `--no-tunnel`.
+    pub tunnel_dev: Option<String>,
+    /// Lease TTL of the chassis record, in seconds.
+    pub lease_ttl_s: i64,
+    /// Set `CFG_F_FORWARDING` once the forwarding maps are complete.
+    pub forwarding: bool,
 }
 
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
@@ -200,6 +229,10 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9465";
 pub const DEFAULT_GARP_MIN_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_MAX_AAP: usize = 10;
 pub const DEFAULT_TAP_PREFIX: &str = "tap";
+pub const DEFAULT_TUNNEL_DEV: &str = "df-vxlan";
+/// Short enough that a dead chassis leaves every flood list within seconds, long enough
+/// to ride out a keepalive lost to a busy etcd (keepalives go every TTL/3).
+pub const DEFAULT_LEASE_TTL_S: i64 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -225,6 +258,10 @@ pub enum ConfigError {
     BadPrefix(String),
     #[error("--etcd-endpoints is empty")]
     NoEndpoints,
+    #[error("--tunnel-dev {0:?} is not a valid interface name")]
+    BadTunnelDev(String),
+    #[error("--lease-ttl must be between 2 and 3600 seconds (got {0})")]
+    BadLeaseTtl(i64),
 }
 
 impl Cli {
@@ -268,7 +305,25 @@ impl Cli {
         if etcd_endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints);
         }
+        let no_tunnel = self.no_tunnel.or(file.no_tunnel).unwrap_or(false);
+        let tunnel_dev = self
+            .tunnel_dev
+            .or(file.tunnel_dev)
+            .unwrap_or_else(|| DEFAULT_TUNNEL_DEV.to_string());
+        if crate::nb::validate::check_ifname(&tunnel_dev).is_err() {
+            return Err(ConfigError::BadTunnelDev(tunnel_dev));
+        }
+        let lease_ttl_s = self
+            .lease_ttl
+            .or(file.lease_ttl)
+            .unwrap_or(DEFAULT_LEASE_TTL_S);
+        if !(2..=3600).contains(&lease_ttl_s) {
+            return Err(ConfigError::BadLeaseTtl(lease_ttl_s));
+        }
         Ok(Config {
+            tunnel_dev: (!no_tunnel).then_some(tunnel_dev),
+            forwarding: self.forwarding.or(file.forwarding).unwrap_or(false),
+            lease_ttl_s,
             chassis,
             etcd_endpoints,
             prefix,
@@ -356,6 +411,9 @@ mod tests {
         assert_eq!(c.garp_min_interval_ms, 200);
         assert_eq!(c.max_allowed_address_pairs, 10);
         assert!(!c.allow_any_aap && !c.datapath_log && !c.cleanup);
+        assert_eq!(c.tunnel_dev.as_deref(), Some("df-vxlan"));
+        assert_eq!(c.lease_ttl_s, 6);
+        assert!(!c.forwarding);
         assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/dragonflow/hv1"));
     }
 
@@ -401,5 +459,34 @@ mod tests {
             Err(ConfigError::BadChassis(_))
         ));
         assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+        assert!(matches!(
+            parse(&["--chassis", "x", "--lease-ttl", "1"]).merge(FileConfig::default()),
+            Err(ConfigError::BadLeaseTtl(1))
+        ));
+        assert!(matches!(
+            parse(&["--chassis", "x", "--tunnel-dev", "a/b"]).merge(FileConfig::default()),
+            Err(ConfigError::BadTunnelDev(_))
+        ));
+    }
+
+    #[test]
+    fn tunnel_flags() {
+        let c = parse(&[
+            "--chassis",
+            "x",
+            "--no-tunnel",
+            "--lease-ttl",
+            "3",
+            "--forwarding",
+        ])
+        .merge(FileConfig::default())
+        .unwrap();
+        assert_eq!(c.tunnel_dev, None);
+        assert_eq!(c.lease_ttl_s, 3);
+        assert!(c.forwarding);
+        let c = parse(&["--chassis", "x", "--tunnel-dev", "vx0"])
+            .merge(FileConfig::default())
+            .unwrap();
+        assert_eq!(c.tunnel_dev.as_deref(), Some("vx0"));
     }
 }

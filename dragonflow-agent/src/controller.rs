@@ -19,13 +19,14 @@ use std::{
 };
 
 use aya::Ebpf;
+use dragonflow_common::fwd::{CFG_F_FORWARDING, ChassisConfig};
 use tokio::{sync::mpsc, time};
 use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
-    datapath::{self, LinkKind, Links, Maps, Outcome, links::LinkError},
-    metrics::{PortView, Shared, TapState, TapView},
+    datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
+    metrics::{PortView, Shared, TapState, TapView, TunnelView},
     netlink,
     reconcile::{self, Desired, MapEntries, PortState},
     report::Chain,
@@ -53,10 +54,21 @@ pub struct Controller {
     ifaces: BTreeMap<String, u32>,
     /// ifname → (ifindex, when it failed, why): taps whose pipeline is not attached.
     attach_errors: BTreeMap<String, (u32, Instant, String)>,
-    warned: BTreeSet<String>,
     last_ports: BTreeMap<String, PortState>,
     /// Highest etcd revision received; published once the maps reflect it.
     revision: i64,
+    /// ifindex of the VXLAN device (0: none, or not usable).
+    tunnel_ifindex: u32,
+    /// The device ifindex whose kind and state were checked.
+    tunnel_checked: Option<u32>,
+    /// Why the tunnel is not (fully) working, and when that was last tried.
+    tunnel_error: Option<(Instant, String)>,
+    /// `CFG_F_FORWARDING` is set in the datapath: the forwarding maps are complete.
+    forwarding_on: bool,
+    /// NB problems already logged (logged again only after they went away).
+    nb_warnings: BTreeSet<String>,
+    /// Networks whose flood list is cut to FLOOD_MAX (net_id → destinations wanted).
+    flood_overflow: BTreeMap<u32, usize>,
 }
 
 impl Controller {
@@ -69,6 +81,19 @@ impl Controller {
             macs = actual.macs.len(),
             "adopted pinned maps"
         );
+        // A restarted agent keeps forwarding on if its predecessor had turned it on: the
+        // adopted maps are complete, and the first write is a diff against them.
+        let forwarding_on = cfg.forwarding
+            && actual
+                .config
+                .get(&0)
+                .is_some_and(|c| c.flags & CFG_F_FORWARDING != 0);
+        if !cfg.tunnel_ip.is_ipv4() && cfg.tunnel_dev.is_some() {
+            warn!(
+                tunnel_ip = %cfg.tunnel_ip,
+                "the VXLAN underlay is IPv4 only for now: other chassis cannot reach this one"
+            );
+        }
         let links = Links::new(cfg.links_dir(), cfg.xdp_mode);
         let decode = DecodeOptions {
             max_allowed_address_pairs: cfg.max_allowed_address_pairs,
@@ -86,9 +111,14 @@ impl Controller {
             have_snapshot: false,
             ifaces: BTreeMap::new(),
             attach_errors: BTreeMap::new(),
-            warned: BTreeSet::new(),
             last_ports: BTreeMap::new(),
             revision: 0,
+            tunnel_ifindex: 0,
+            tunnel_checked: None,
+            tunnel_error: None,
+            forwarding_on,
+            nb_warnings: BTreeSet::new(),
+            flood_overflow: BTreeMap::new(),
         }
     }
 
@@ -185,8 +215,10 @@ impl Controller {
             .map(|p| p.tap_name())
             .collect();
         let prefix = self.cfg.tap_prefix.as_str();
+        let tunnel = self.cfg.tunnel_dev.as_deref();
         self.ifaces
             .iter()
+            .filter(|(name, _)| Some(name.as_str()) != tunnel)
             .filter(|(name, _)| {
                 (!prefix.is_empty() && name.starts_with(prefix))
                     || local_taps.contains(*name)
@@ -207,7 +239,13 @@ impl Controller {
             warn!("{}", Chain(&e));
             Vec::new()
         });
-        let pinned: BTreeSet<String> = pins.iter().map(|p| p.ifname.clone()).collect();
+        self.ensure_tunnel(&pins);
+        // Taps are what carries from-VM links; the tunnel device's pin is not one.
+        let pinned: BTreeSet<String> = pins
+            .iter()
+            .filter(|p| p.kind != LinkKind::Tunnel)
+            .map(|p| p.ifname.clone())
+            .collect();
         let managed = self.managed(&pinned);
         for (ifname, &ifindex) in &managed {
             self.ensure_tap(ifname, ifindex);
@@ -229,6 +267,7 @@ impl Controller {
                     d.entries.hold(&self.actual, ifindex);
                 }
             }
+            d.entries.config.insert(0, self.chassis_config());
             self.maps.mask(&mut d.entries);
             self.write(&d, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).
@@ -254,6 +293,105 @@ impl Controller {
         self.publish(&managed, desired.as_ref());
     }
 
+    /// `df_config_v1[0]`: the tunnel device, this chassis' underlay address, and whether
+    /// the datapath forwards (set only once the forwarding maps have been written).
+    fn chassis_config(&self) -> ChassisConfig {
+        ChassisConfig {
+            vxlan_ifindex: self.tunnel_ifindex,
+            local_ip: match self.cfg.tunnel_ip {
+                std::net::IpAddr::V4(a) => a.octets(),
+                std::net::IpAddr::V6(_) => [0; 4],
+            },
+            flags: if self.forwarding_on {
+                CFG_F_FORWARDING
+            } else {
+                0
+            },
+            _pad: 0,
+        }
+    }
+
+    /// Makes sure the VXLAN device exists (created if missing, e.g. deleted by hand) in
+    /// external mode and carries `df_from_tunnel`, adopting a pinned link from a previous
+    /// agent. Failures are retried every ATTACH_RETRY and shown in /state.
+    fn ensure_tunnel(&mut self, pins: &[datapath::links::Pin]) {
+        let Some(name) = self.cfg.tunnel_dev.clone() else {
+            // --no-tunnel after a run with a tunnel: detach what the old run attached.
+            for pin in pins.iter().filter(|p| p.kind == LinkKind::Tunnel) {
+                info!(ifname = %pin.ifname, "--no-tunnel: detaching df_from_tunnel");
+                datapath::links::remove_pin(&pin.path);
+            }
+            return;
+        };
+        if let Some((at, _)) = &self.tunnel_error
+            && at.elapsed() < ATTACH_RETRY
+        {
+            return;
+        }
+        match self.try_tunnel(&name) {
+            Ok(()) => {
+                if self.tunnel_error.take().is_some() {
+                    info!(dev = %name, ifindex = self.tunnel_ifindex, "tunnel device ready");
+                }
+            }
+            Err(msg) => {
+                if self.tunnel_error.as_ref().map(|(_, m)| m) != Some(&msg) {
+                    error!(dev = %name, "tunnel NOT working (ports on other chassis unreachable): {msg}");
+                }
+                self.tunnel_error = Some((Instant::now(), msg));
+            }
+        }
+    }
+
+    fn try_tunnel(&mut self, name: &str) -> Result<(), String> {
+        let ifindex = match self.ifaces.get(name) {
+            Some(&i) => i,
+            None => {
+                self.tunnel_ifindex = 0;
+                tunnel::create(name).map_err(|e| Chain(&e).to_string())?;
+                self.ifaces = netlink::scan().map_err(|e| Chain(&e).to_string())?;
+                let i = *self
+                    .ifaces
+                    .get(name)
+                    .ok_or_else(|| format!("{name} vanished right after it was created"))?;
+                info!(
+                    dev = name,
+                    ifindex = i,
+                    "created the VXLAN device (external mode, port 4789)"
+                );
+                self.tunnel_checked = Some(i);
+                i
+            }
+        };
+        if self.tunnel_checked != Some(ifindex) {
+            tunnel::adopt(name).map_err(|e| Chain(&e).to_string())?;
+            self.tunnel_checked = Some(ifindex);
+        }
+        // The device works for sending even if the receive program cannot be attached.
+        self.tunnel_ifindex = ifindex;
+        match self
+            .links
+            .ensure(&mut self.ebpf, name, ifindex, LinkKind::Tunnel)
+        {
+            Ok(Outcome::Unchanged) => Ok(()),
+            Ok(Outcome::Adopted) => {
+                info!(
+                    dev = name,
+                    ifindex, "adopted pinned df_from_tunnel link (program replaced atomically)"
+                );
+                Ok(())
+            }
+            Ok(Outcome::Attached) => {
+                info!(dev = name, ifindex, "attached df_from_tunnel");
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "frames from other chassis are not delivered: {}",
+                Chain(&e)
+            )),
+        }
+    }
+
     fn ensure_tap(&mut self, ifname: &str, ifindex: u32) {
         if let Some((i, at, _)) = self.attach_errors.get(ifname)
             && *i == ifindex
@@ -274,13 +412,6 @@ impl Controller {
                 ),
                 Ok(Outcome::Attached) => {
                     info!(ifname, ifindex, "attached {} pipeline", kind.suffix())
-                }
-                Err(LinkError::ProgramMissing(p)) if kind == LinkKind::VlanGuard => {
-                    if self.warned.insert(p.to_string()) {
-                        warn!(
-                            "{p} is not in the eBPF object: VLAN tags in skb metadata are not checked on XDP taps"
-                        );
-                    }
                 }
                 Err(e) => errors.push(Chain(&e).to_string()),
             }
@@ -304,14 +435,57 @@ impl Controller {
 
     fn write(&mut self, d: &Desired, nb_changed: bool) {
         let diff = d.entries.diff(&self.actual);
+        let mut errors = 0;
         if !diff.is_empty() {
             let (up, rm) = diff.counts();
-            let errors = self.maps.apply(&diff, &mut self.actual);
+            errors = self.maps.apply(&diff, &mut self.actual);
             self.shared
                 .map_write_errors
                 .fetch_add(errors as u64, Ordering::Relaxed);
             info!(upserts = up, removals = rm, errors, "datapath maps updated");
         }
+        // Forwarding goes on once, after a complete write of the forwarding maps (until
+        // then allowed frames go to the kernel as in issue 2); it then stays on.
+        if !self.forwarding_on && self.cfg.forwarding && errors == 0 && self.maps.has_forwarding() {
+            self.forwarding_on = true;
+            let only = |config| reconcile::MapEntries {
+                config,
+                ..Default::default()
+            };
+            let want = only(BTreeMap::from([(0, self.chassis_config())]));
+            let diff = want.diff(&only(self.actual.config.clone()));
+            let errors = self.maps.apply(&diff, &mut self.actual);
+            if errors == 0 {
+                info!("forwarding maps complete: forwarding in the datapath enabled");
+            } else {
+                self.forwarding_on = false;
+                self.shared
+                    .map_write_errors
+                    .fetch_add(errors as u64, Ordering::Relaxed);
+            }
+        }
+        self.shared
+            .forwarding_enabled
+            .store(self.forwarding_on, Ordering::Relaxed);
+        for w in d.warnings.difference(&self.nb_warnings) {
+            warn!("{w}");
+        }
+        self.nb_warnings = d.warnings.clone();
+        for (net_id, wanted) in &d.flood_overflow {
+            if self.flood_overflow.get(net_id) != Some(wanted) {
+                error!(
+                    net_id,
+                    wanted,
+                    max = dragonflow_common::fwd::FLOOD_MAX,
+                    "flood list too long: only the first {} destinations (local taps first) get broadcasts",
+                    dragonflow_common::fwd::FLOOD_MAX
+                );
+                self.shared
+                    .flood_overflow_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.flood_overflow = d.flood_overflow.clone();
         if nb_changed || !diff.is_empty() {
             self.shared.sync_total.fetch_add(1, Ordering::Relaxed);
         }
@@ -380,7 +554,14 @@ impl Controller {
         view.taps = taps;
         if let Some(d) = desired {
             view.ports = d.local_ports.iter().map(PortView::from).collect();
+            view.networks = d.networks.clone();
+            view.remote_chassis = d.remote_chassis.clone();
         }
+        view.tunnel = self.cfg.tunnel_dev.as_ref().map(|name| TunnelView {
+            name: name.clone(),
+            ifindex: self.tunnel_ifindex,
+            error: self.tunnel_error.as_ref().map(|(_, m)| m.clone()),
+        });
         view.invalid_records = self.nb.invalid.clone();
         view.entries = datapath::maps::entry_counts(&self.actual);
     }

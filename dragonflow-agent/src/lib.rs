@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller;
 pub mod datapath;
+pub mod forwarding;
 pub mod garp;
 pub mod metrics;
 pub mod nb;

@@ -34,7 +34,7 @@ use crate::{
     datapath::StatsMaps,
     garp::{self, GarpTable},
     nb::Kind,
-    reconcile::LocalPort,
+    reconcile::{LocalPort, NetworkView},
 };
 
 /// How a tap is doing.
@@ -100,11 +100,27 @@ impl From<&LocalPort> for PortView {
     }
 }
 
+/// The VXLAN device.
+#[derive(Clone, Debug, Serialize)]
+pub struct TunnelView {
+    pub name: String,
+    /// 0 while the device is missing or unusable.
+    pub ifindex: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What the controller last computed, for /state and the gauges.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct View {
     pub ports: Vec<PortView>,
     pub taps: Vec<TapView>,
+    /// Per network: local ports, remote chassis hosting its ports, flood list length.
+    pub networks: Vec<NetworkView>,
+    /// Live chassis other than this one that VXLAN can reach.
+    pub remote_chassis: Vec<String>,
+    /// `None` with `--no-tunnel`.
+    pub tunnel: Option<TunnelView>,
     /// NB keys whose value is invalid (key → reason).
     pub invalid_records: BTreeMap<String, String>,
     #[serde(skip)]
@@ -121,6 +137,10 @@ pub struct Shared {
     pub etcd_revision: AtomicI64,
     pub sync_total: AtomicU64,
     pub map_write_errors: AtomicU64,
+    /// `CFG_F_FORWARDING` is set in the datapath.
+    pub forwarding_enabled: AtomicBool,
+    /// Times a network's flood list had to be cut to FLOOD_MAX.
+    pub flood_overflow_total: AtomicU64,
     invalid: Mutex<BTreeMap<&'static str, u64>>,
     pub view: Mutex<View>,
     pub stats: Mutex<StatsMaps>,
@@ -137,6 +157,8 @@ impl Shared {
             etcd_revision: AtomicI64::new(0),
             sync_total: AtomicU64::new(0),
             map_write_errors: AtomicU64::new(0),
+            forwarding_enabled: AtomicBool::new(false),
+            flood_overflow_total: AtomicU64::new(0),
             invalid: Mutex::new(BTreeMap::new()),
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
@@ -267,6 +289,26 @@ pub fn render(shared: &Shared) -> String {
     );
     gauge(
         &mut o,
+        "dragonflow_forwarding_enabled",
+        "1 once the datapath switches and routes itself (forwarding maps complete).",
+        shared.forwarding_enabled.load(Ordering::Relaxed) as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_remote_chassis",
+        "Live chassis (records in etcd) other than this one that VXLAN can reach.",
+        view.remote_chassis.len() as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_tunnel_up",
+        "1 while the VXLAN device exists and is usable (0 also with --no-tunnel).",
+        view.tunnel
+            .as_ref()
+            .is_some_and(|t| t.ifindex != 0 && t.error.is_none()) as u64,
+    );
+    gauge(
+        &mut o,
         "dragonflow_local_ports",
         "Ports bound to this chassis.",
         view.ports.len() as u64,
@@ -309,6 +351,12 @@ pub fn render(shared: &Shared) -> String {
         "dragonflow_sync_total",
         "Reconciliations that wrote the maps.",
         shared.sync_total.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "dragonflow_flood_overflow_total",
+        "Times a network's flood list exceeded FLOOD_MAX destinations and was cut.",
+        shared.flood_overflow_total.load(Ordering::Relaxed),
     );
     counter(
         &mut o,
@@ -472,6 +520,10 @@ mod tests {
         assert!(text.contains("dragonflow_nb_invalid_records_total{kind=\"lport\"} 0"));
         assert!(text.contains("dragonflow_taps{state=\"fail_closed\"} 0"));
         assert!(text.contains("dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144"));
+        assert!(text.contains("dragonflow_map_capacity{map=\"df_l2_v1\"} 262144"));
+        assert!(text.contains("dragonflow_forwarding_enabled 0"));
+        assert!(text.contains("dragonflow_remote_chassis 0"));
+        assert!(text.contains("dragonflow_flood_overflow_total 0"));
         assert_eq!(route("GET", "/healthz", &s).0, 503);
         s.synced.store(true, Ordering::Relaxed);
         assert_eq!(route("GET", "/healthz", &s).0, 200);
@@ -480,5 +532,6 @@ mod tests {
         let state: serde_json::Value = serde_json::from_str(&route("GET", "/state", &s).2).unwrap();
         assert_eq!(state["chassis"], "test");
         assert!(state["taps"].is_array() && state["ports"].is_array());
+        assert!(state["networks"].is_array() && state["remote_chassis"].is_array());
     }
 }

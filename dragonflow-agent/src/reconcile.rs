@@ -17,10 +17,18 @@ use dragonflow_common::{
         ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, ADDR_F_WATCH, AddrKey, AddrValue,
         LPM_FIXED_BITS, MacKey, link_local_from_mac,
     },
+    fwd::{
+        ChassisConfig, DEST_LOCAL, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
+        RouteKey,
+    },
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
 };
 
-use crate::nb::{IpPrefix, LPort, LSwitch, MacAddr};
+pub use crate::forwarding::{NetworkView, router_id};
+use crate::{
+    forwarding,
+    nb::{Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr},
+};
 
 /// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
 pub const MAC_F_PORT: u32 = ADDR_F_FIXED;
@@ -31,6 +39,9 @@ pub const MAC_F_AAP: u32 = ADDR_F_AAP;
 pub struct NbSnapshot {
     pub lswitches: BTreeMap<String, LSwitch>,
     pub lports: BTreeMap<String, LPort>,
+    pub lrouters: BTreeMap<String, LRouter>,
+    /// Live chassis (their records vanish with their agent's lease).
+    pub chassis: BTreeMap<String, Chassis>,
 }
 
 /// Key of the CIDR LPM trie: prefix length (including [`LPM_FIXED_BITS`]) and the data.
@@ -40,6 +51,13 @@ pub struct CidrKey {
     pub key: AddrKey,
 }
 
+/// Key of the routes LPM trie: prefix length (including `ROUTE_FIXED_BITS`) and the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteLpmKey {
+    pub prefix_len: u32,
+    pub key: RouteKey,
+}
+
 /// Every entry of the maps the agent owns.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MapEntries {
@@ -47,6 +65,15 @@ pub struct MapEntries {
     pub addrs: BTreeMap<AddrKey, AddrValue>,
     pub cidrs: BTreeMap<CidrKey, AddrValue>,
     pub macs: BTreeMap<MacKey, u32>,
+    /// XDP redirect targets: tap ifindex → itself.
+    pub devmap: BTreeMap<u32, u32>,
+    pub neigh: BTreeMap<NeighKey, NeighValue>,
+    pub routes: BTreeMap<RouteLpmKey, RouteDest>,
+    pub l2: BTreeMap<L2Key, L2Dest>,
+    pub flood: BTreeMap<u32, FloodList>,
+    /// `df_config_v1` (an array: index 0 only; never removed, only overwritten). Set by
+    /// the controller, not by [`desired`], because it needs the tunnel device's ifindex.
+    pub config: BTreeMap<u32, ChassisConfig>,
 }
 
 impl MapEntries {
@@ -56,17 +83,40 @@ impl MapEntries {
         self.addrs.retain(|k, _| keep(k.ifindex));
         self.cidrs.retain(|k, _| keep(k.key.ifindex));
         self.macs.retain(|k, _| keep(k.ifindex));
+        self.devmap.retain(|i, _| keep(*i));
+        self.l2
+            .retain(|_, d| d.kind != DEST_LOCAL || keep(d.ifindex));
     }
 
     /// Copies every entry of `ifindex` from `from` (used to keep a tap's entries as they
-    /// are while its port record is invalid).
+    /// are while its port record is invalid): its port-security entries, its devmap entry,
+    /// the L2 entries pointing at it and the neighbour entries of those MACs. (Flood lists
+    /// are recomputed without it: a held port keeps its unicast, not broadcast.)
     pub fn hold(&mut self, from: &MapEntries, ifindex: u32) {
-        let mut kept = from.clone();
+        let mut kept = MapEntries {
+            ports: from.ports.clone(),
+            addrs: from.addrs.clone(),
+            cidrs: from.cidrs.clone(),
+            macs: from.macs.clone(),
+            devmap: from.devmap.clone(),
+            l2: from.l2.clone(),
+            ..Default::default()
+        };
         kept.retain_ifindex(|i| i == ifindex);
+        kept.l2.retain(|_, d| d.kind == DEST_LOCAL);
         self.ports.extend(kept.ports);
         self.addrs.extend(kept.addrs);
         self.cidrs.extend(kept.cidrs);
         self.macs.extend(kept.macs);
+        self.devmap.extend(kept.devmap);
+        for (k, v) in &from.neigh {
+            if kept.l2.contains_key(&L2Key::new(k.net_id, v.mac)) {
+                self.neigh.entry(*k).or_insert(*v);
+            }
+        }
+        for (k, v) in kept.l2 {
+            self.l2.entry(k).or_insert(v);
+        }
     }
 
     /// Every ifindex that has an entry in any map.
@@ -77,15 +127,26 @@ impl MapEntries {
             .chain(self.addrs.keys().map(|k| k.ifindex))
             .chain(self.cidrs.keys().map(|k| k.key.ifindex))
             .chain(self.macs.keys().map(|k| k.ifindex))
+            .chain(self.devmap.keys().copied())
             .collect()
     }
 
     pub fn diff(&self, actual: &MapEntries) -> EntriesDiff {
+        let mut config = diff(&self.config, &actual.config);
+        // An array slot cannot be deleted; an unwanted config is simply left alone (the
+        // controller always desires index 0 once synced).
+        config.remove.clear();
         EntriesDiff {
             ports: diff(&self.ports, &actual.ports),
             addrs: diff(&self.addrs, &actual.addrs),
             cidrs: diff(&self.cidrs, &actual.cidrs),
             macs: diff(&self.macs, &actual.macs),
+            devmap: diff(&self.devmap, &actual.devmap),
+            neigh: diff(&self.neigh, &actual.neigh),
+            routes: diff(&self.routes, &actual.routes),
+            l2: diff(&self.l2, &actual.l2),
+            flood: diff(&self.flood, &actual.flood),
+            config,
         }
     }
 }
@@ -128,27 +189,41 @@ pub struct EntriesDiff {
     pub addrs: Diff<AddrKey, AddrValue>,
     pub cidrs: Diff<CidrKey, AddrValue>,
     pub macs: Diff<MacKey, u32>,
+    pub devmap: Diff<u32, u32>,
+    pub neigh: Diff<NeighKey, NeighValue>,
+    pub routes: Diff<RouteLpmKey, RouteDest>,
+    pub l2: Diff<L2Key, L2Dest>,
+    pub flood: Diff<u32, FloodList>,
+    pub config: Diff<u32, ChassisConfig>,
 }
 
 impl EntriesDiff {
+    /// (upserts, removals) per map, in write order.
+    fn sizes(&self) -> [(usize, usize); 10] {
+        fn s<K, V>(d: &Diff<K, V>) -> (usize, usize) {
+            (d.upsert.len(), d.remove.len())
+        }
+        [
+            s(&self.ports),
+            s(&self.addrs),
+            s(&self.cidrs),
+            s(&self.macs),
+            s(&self.devmap),
+            s(&self.neigh),
+            s(&self.routes),
+            s(&self.l2),
+            s(&self.flood),
+            s(&self.config),
+        ]
+    }
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
-            && self.addrs.is_empty()
-            && self.cidrs.is_empty()
-            && self.macs.is_empty()
+        self.counts() == (0, 0)
     }
     /// (upserts, removals) over all maps.
     pub fn counts(&self) -> (usize, usize) {
-        (
-            self.ports.upsert.len()
-                + self.addrs.upsert.len()
-                + self.cidrs.upsert.len()
-                + self.macs.upsert.len(),
-            self.ports.remove.len()
-                + self.addrs.remove.len()
-                + self.cidrs.remove.len()
-                + self.macs.remove.len(),
-        )
+        self.sizes()
+            .iter()
+            .fold((0, 0), |(u, r), (du, dr)| (u + du, r + dr))
     }
 }
 
@@ -193,6 +268,14 @@ pub struct Desired {
     pub local_ports: Vec<LocalPort>,
     /// tap name → port id, for the taps that are programmed.
     pub tap_ports: BTreeMap<String, String>,
+    /// Forwarding state per network (for /state).
+    pub networks: Vec<NetworkView>,
+    /// Live chassis other than this one that can be tunnelled to.
+    pub remote_chassis: Vec<String>,
+    /// net_id → destinations wanted, for flood lists cut to `FLOOD_MAX`.
+    pub flood_overflow: BTreeMap<u32, usize>,
+    /// Problems in the NB state worth a log line (the controller logs each once).
+    pub warnings: BTreeSet<String>,
 }
 
 impl Desired {
@@ -234,6 +317,7 @@ pub fn desired(chassis: &str, nb: &NbSnapshot, taps: &BTreeMap<String, u32>) -> 
             state,
         });
     }
+    forwarding::compute(chassis, nb, &mut out);
     out
 }
 
@@ -360,6 +444,7 @@ mod tests {
         NbSnapshot {
             lswitches: BTreeMap::from([("net1".into(), ls("net1", 100))]),
             lports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            ..Default::default()
         }
     }
 
@@ -603,7 +688,14 @@ mod tests {
         );
         assert_eq!(d.addrs.remove, vec![v4(3, MAC, "192.0.2.100")]);
         assert!(d.ports.is_empty() && d.macs.is_empty() && d.cidrs.is_empty());
-        assert_eq!(d.counts(), (1, 1));
+        // The responder follows the AAP (it is the port's only one).
+        assert_eq!(d.neigh.upsert.len(), 1);
+        assert_eq!(
+            d.neigh.remove,
+            vec![forwarding::neigh_key(100, "192.0.2.100".parse().unwrap())]
+        );
+        assert!(d.l2.is_empty() && d.flood.is_empty() && d.devmap.is_empty());
+        assert_eq!(d.counts(), (2, 2));
 
         // tapp1 is gone and another port's tap got ifindex 3: nothing of p1 survives.
         let mut other = port("p9", "hv1");
@@ -624,20 +716,26 @@ mod tests {
 
     #[test]
     fn hold_keeps_one_taps_entries() {
+        let mut p2 = port("p2", "hv1");
+        p2.mac = mac("fa:16:3e:00:00:02");
+        p2.fixed_ips = vec!["192.0.2.20".parse().unwrap()];
         let actual = desired(
             "hv1",
-            &snapshot(vec![port("p1", "hv1"), port("p2", "hv1")]),
+            &snapshot(vec![port("p1", "hv1"), p2.clone()]),
             &taps(&[("tapp1", 3), ("tapp2", 4)]),
         )
         .entries;
         // p1's record went bad: only p2 is desired, p1's entries are held.
         let mut d = desired(
             "hv1",
-            &snapshot(vec![port("p2", "hv1")]),
+            &snapshot(vec![p2]),
             &taps(&[("tapp1", 3), ("tapp2", 4)]),
         );
         d.entries.hold(&actual, 3);
-        assert!(d.entries.diff(&actual).is_empty());
+        let diff = d.entries.diff(&actual);
+        // Everything but the flood list (which drops the held tap).
+        assert_eq!(diff.counts(), (1, 0), "{diff:?}");
+        assert_eq!(diff.flood.upsert[0].1.len, 1);
     }
 
     #[test]

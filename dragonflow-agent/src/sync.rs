@@ -18,14 +18,13 @@ use tracing::{debug, info, warn};
 use crate::{
     config::Config,
     metrics::Shared,
-    nb::{Chassis, Kind, LPort, LSwitch, NbObject, ValidationOptions, decode_with, parse_key},
+    nb::{
+        Chassis, Kind, LPort, LRouter, LSwitch, NbObject, ValidationOptions, decode_with, parse_key,
+    },
     reconcile::NbSnapshot,
     report::Chain,
 };
 
-/// Lease TTL of the chassis record; keepalives go every third of it.
-const LEASE_TTL_S: i64 = 10;
-const KEEPALIVE: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -122,7 +121,11 @@ async fn session(
     let mut client = call("connect", Client::connect(&cfg.etcd_endpoints, Some(opts))).await?;
 
     // Register under a lease: the record disappears when this agent stops renewing it.
-    let lease = call("lease grant", client.lease_grant(LEASE_TTL_S, None))
+    // The chassis record lives as long as this lease (`--lease-ttl`): when the agent dies,
+    // etcd deletes it after the TTL and every other agent drops this chassis from its L2
+    // and flood entries. Keepalives go every third of the TTL.
+    let ttl = cfg.lease_ttl_s.max(1);
+    let lease = call("lease grant", client.lease_grant(ttl, None))
         .await?
         .id();
     let record = Chassis {
@@ -148,7 +151,7 @@ async fn session(
     shared.etcd_connected.store(true, Ordering::Relaxed);
     *established = true;
 
-    let mut keepalive = time::interval(KEEPALIVE);
+    let mut keepalive = time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
     keepalive.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
     loop {
         // Full read at revision R, then everything after R.
@@ -235,12 +238,15 @@ pub type DecodeOptions = ValidationOptions;
 pub enum Record {
     LSwitch(LSwitch),
     LPort(LPort),
+    LRouter(LRouter),
+    Chassis(Chassis),
 }
 
 /// Decodes and validates one NB value with `nb::validate` (Neutron's rules). Subnet
 /// records are validated too, so that bad ones are counted, although the datapath does not
-/// use them yet. Chassis records are written by the agents themselves and not read yet
-/// (the default `--tunnel-ip 127.0.0.1` of a single-host setup would be counted invalid).
+/// use them yet. Chassis records are written by the agents themselves and only parsed, not
+/// validated (the default `--tunnel-ip 127.0.0.1` of a single-host setup is legitimate
+/// there): the reconciler judges whether a chassis' tunnel_ip can be a VXLAN destination.
 pub fn decode_record(
     kind: Kind,
     id: &str,
@@ -248,11 +254,20 @@ pub fn decode_record(
     opts: &DecodeOptions,
 ) -> Result<Option<Record>, String> {
     if kind == Kind::Chassis {
-        return Ok(None);
+        let c: Chassis = serde_json::from_slice(bytes)
+            .map_err(|e| format!("chassis {id}: malformed JSON: {e}"))?;
+        if c.name != id {
+            return Err(format!(
+                "chassis {id}: the record names itself {:?}, not the id in its key",
+                c.name
+            ));
+        }
+        return Ok(Some(Record::Chassis(c)));
     }
     match decode_with(kind, id, bytes, opts).map_err(|e| e.to_string())? {
         NbObject::LSwitch(ls) => Ok(Some(Record::LSwitch(ls))),
         NbObject::LPort(p) => Ok(Some(Record::LPort(p))),
+        NbObject::LRouter(r) => Ok(Some(Record::LRouter(r))),
         NbObject::Chassis(_) | NbObject::Subnet(_) => Ok(None),
     }
 }
@@ -331,6 +346,12 @@ impl NbCache {
                         Some((Kind::LPort, id)) => {
                             self.snapshot.lports.remove(id);
                         }
+                        Some((Kind::LRouter, id)) => {
+                            self.snapshot.lrouters.remove(id);
+                        }
+                        Some((Kind::Chassis, id)) => {
+                            self.snapshot.chassis.remove(id);
+                        }
                         _ => {}
                     }
                 }
@@ -363,6 +384,14 @@ impl NbCache {
                 self.held_taps.remove(key);
                 self.snapshot.lports.insert(id.to_string(), p);
             }
+            Ok(Some(Record::LRouter(r))) => {
+                self.invalid.remove(key);
+                self.snapshot.lrouters.insert(id.to_string(), r);
+            }
+            Ok(Some(Record::Chassis(c))) => {
+                self.invalid.remove(key);
+                self.snapshot.chassis.insert(id.to_string(), c);
+            }
             Ok(None) => {}
             Err(reason) => {
                 if count {
@@ -381,6 +410,16 @@ impl NbCache {
                     Kind::LSwitch => {
                         if let Some(ls) = prev.lswitches.get(id).cloned() {
                             self.snapshot.lswitches.insert(id.to_string(), ls);
+                        }
+                    }
+                    Kind::LRouter => {
+                        if let Some(r) = prev.lrouters.get(id).cloned() {
+                            self.snapshot.lrouters.insert(id.to_string(), r);
+                        }
+                    }
+                    Kind::Chassis => {
+                        if let Some(c) = prev.chassis.get(id).cloned() {
+                            self.snapshot.chassis.insert(id.to_string(), c);
                         }
                     }
                     Kind::LPort => {
@@ -443,16 +482,63 @@ mod tests {
             .is_err()
         );
         assert!(decode_record(Kind::Subnet, "s", b"garbage", &OPTS).is_err());
-        assert!(
+        // Chassis records are parsed, not validated: loopback is fine for one host.
+        assert!(matches!(
             decode_record(
                 Kind::Chassis,
                 "hv1",
+                br#"{"name":"hv1","tunnel_ip":"127.0.0.1"}"#,
+                &OPTS
+            ),
+            Ok(Some(Record::Chassis(_)))
+        ));
+        assert!(
+            decode_record(
+                Kind::Chassis,
+                "hv2",
                 br#"{"name":"hv1","tunnel_ip":"198.18.0.1"}"#,
                 &OPTS
             )
-            .unwrap()
-            .is_none()
+            .is_err()
         );
+    }
+
+    #[test]
+    fn chassis_and_routers_come_and_go() {
+        let shared = Shared::for_tests();
+        let mut c = NbCache::default();
+        let hv2 = format!("{P}chassis/hv2");
+        let r1 = format!("{P}lrouter/r1");
+        let router = br#"{"id":"r1","ports":[{"id":"i1","lswitch":"n1","mac":"fa:16:3e:00:01:01","ip":"192.0.2.1/24"}]}"#;
+        assert!(c.load(
+            P,
+            &[
+                (
+                    hv2.clone(),
+                    br#"{"name":"hv2","tunnel_ip":"198.18.0.2"}"#.to_vec()
+                ),
+                (r1.clone(), router.to_vec()),
+            ],
+            &OPTS,
+            &shared
+        ));
+        assert_eq!(
+            c.snapshot.chassis["hv2"].tunnel_ip.to_string(),
+            "198.18.0.2"
+        );
+        assert_eq!(c.snapshot.lrouters["r1"].ports.len(), 1);
+        // A bad router update keeps the last good version.
+        assert!(!c.apply(P, &[Change::Put(r1.clone(), b"{".to_vec())], &OPTS, &shared));
+        assert_eq!(shared.invalid_count(Kind::LRouter), 1);
+        assert!(c.snapshot.lrouters.contains_key("r1"));
+        // Lease expiry deletes the chassis record.
+        assert!(c.apply(
+            P,
+            &[Change::Delete(hv2), Change::Delete(r1)],
+            &OPTS,
+            &shared
+        ));
+        assert!(c.snapshot.chassis.is_empty() && c.snapshot.lrouters.is_empty());
     }
 
     #[test]

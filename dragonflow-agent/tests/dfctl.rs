@@ -633,3 +633,151 @@ fn garp_list() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn lrouter_lifecycle() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("lswitch create net2 --vni 200 --mtu 1450");
+    etcd.ok("lswitch create net3 --vni 300");
+    etcd.ok("subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1");
+    etcd.ok("subnet create sub2 --lswitch net2 --cidr 2001:db8:1::/64");
+    etcd.ok(
+        "lport create vm1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11 \
+         --chassis hv1",
+    );
+
+    etcd.ok("lrouter create r1 --name edge");
+    etcd.fails("lrouter create r1", 2, "lrouter r1 already exists");
+    etcd.ok("lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 --ip 192.0.2.1/24");
+    etcd.ok(
+        "lrouter add-interface r1 --lswitch net2 --mac fa:16:3e:00:01:02 \
+         --ip 2001:db8:1::1/64 --id r1-v6",
+    );
+    let r = json(&etcd.ok("lrouter show r1"));
+    assert_eq!(r["name"], "edge");
+    assert_eq!(
+        r["ports"],
+        serde_json::json!([
+            {"id": "r1-net1", "lswitch": "net1", "mac": "fa:16:3e:00:01:01", "ip": "192.0.2.1/24"},
+            {"id": "r1-v6", "lswitch": "net2", "mac": "fa:16:3e:00:01:02", "ip": "2001:db8:1::1/64"}
+        ])
+    );
+    let list = etcd.ok("lrouter list");
+    assert!(list.starts_with("ID"), "{list}");
+    assert!(
+        list.contains("r1-net1 net1 192.0.2.1/24 fa:16:3e:00:01:01"),
+        "{list}"
+    );
+    assert_eq!(
+        json(&etcd.ok("lrouter list -o json"))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Refusals (exit 2, one line).
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:09 --ip 192.0.2.2/24",
+        2,
+        "router already has interface r1-net1 on lswitch net1",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net3 --mac fa:16:3e:00:01:01 --ip 203.0.113.1/24",
+        2,
+        "have the same MAC",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net3 --mac 01:00:5e:00:00:01 --ip 203.0.113.1/24",
+        2,
+        "is not a unicast MAC",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net3 --mac fa:16:3e:00:01:03 --ip 203.0.113.1",
+        2,
+        "needs the subnet's prefix length",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net3 --mac fa:16:3e:00:01:03 --ip nope/24",
+        2,
+        "is not IP/LEN",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch nope --mac fa:16:3e:00:01:03 --ip 203.0.113.1/24",
+        2,
+        "lswitch nope does not exist",
+    );
+    etcd.fails(
+        "lrouter add-interface r9 --lswitch net3 --mac fa:16:3e:00:01:03 --ip 203.0.113.1/24",
+        2,
+        "lrouter r9 not found",
+    );
+    etcd.ok("lrouter create r2");
+    etcd.fails(
+        "lrouter add-interface r2 --lswitch net1 --mac fa:16:3e:00:00:01 --ip 192.0.2.0/25",
+        2,
+        "network address",
+    );
+    etcd.fails(
+        "lrouter add-interface r2 --lswitch net1 --mac fa:16:3e:00:02:01 --ip 198.51.100.1/24",
+        2,
+        "is not a subnet of lswitch net1 (192.0.2.0/24)",
+    );
+    etcd.fails(
+        "lrouter add-interface r2 --lswitch net1 --mac fa:16:3e:00:00:01 --ip 192.0.2.2/24",
+        2,
+        "MAC fa:16:3e:00:00:01 is already used by lport vm1 on lswitch net1",
+    );
+    etcd.fails(
+        "lrouter add-interface r2 --lswitch net1 --mac fa:16:3e:00:02:01 --ip 192.0.2.11/24",
+        2,
+        "IP 192.0.2.11 is already used by lport vm1",
+    );
+    etcd.fails(
+        "lrouter add-interface r2 --lswitch net1 --mac fa:16:3e:00:02:01 --ip 192.0.2.1/24",
+        2,
+        "IP 192.0.2.1 is already used by router r1 interface r1-net1",
+    );
+    // Ports cannot take a router interface's MAC or address.
+    etcd.fails(
+        "lport create vm2 --lswitch net1 --mac fa:16:3e:00:01:01 --fixed-ip 192.0.2.12",
+        2,
+        "already used by lrouter r1 interface r1-net1",
+    );
+    etcd.fails(
+        "lport update vm1 --fixed-ip 192.0.2.1",
+        2,
+        "fixed IP 192.0.2.1 is",
+    );
+    // An lswitch or subnet with router interfaces cannot go.
+    etcd.fails(
+        "lswitch delete net2",
+        2,
+        "lswitch net2 still has router interfaces (lrouter r1)",
+    );
+    etcd.fails("subnet delete sub2", 2, "still has router interfaces");
+
+    etcd.ok("lrouter remove-interface r1 --lswitch net2");
+    etcd.fails(
+        "lrouter remove-interface r1 --lswitch net2",
+        2,
+        "it has no interface on lswitch net2",
+    );
+    assert_eq!(
+        json(&etcd.ok("lrouter show r1"))["ports"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    etcd.ok("lswitch delete net2");
+    etcd.ok("lrouter delete r1");
+    etcd.ok("lrouter delete r2");
+    etcd.fails("lrouter delete r1", 2, "lrouter r1 not found");
+    etcd.fails("lrouter show r1", 2, "lrouter r1 not found");
+    assert_eq!(
+        json(&etcd.ok("lrouter list -o json")),
+        serde_json::json!([])
+    );
+}

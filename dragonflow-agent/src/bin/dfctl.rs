@@ -19,12 +19,13 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dragonflow_agent::nb::{
-    AapMode, AllowedAddressPair, Chassis, DEFAULT_PREFIX, Kind, LPort, LSwitch, NbRecord, NbStore,
-    StoreError, Subnet, ValidationError, ValidationOptions, Versioned,
+    AapMode, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort, LRouter,
+    LRouterPort, LSwitch, NbRecord, NbStore, StoreError, Subnet, ValidationError,
+    ValidationOptions, Versioned,
     store::{DEFAULT_CONNECT_TIMEOUT, Listing},
     validate::{
         self, parse_aap, parse_cidr, parse_fixed_ip, parse_gateway, parse_mac, validate_lport_refs,
-        validate_subnet_refs,
+        validate_lrouter_port_refs, validate_subnet_refs,
     },
 };
 use serde::Serialize;
@@ -87,6 +88,9 @@ enum Cmd {
     /// Logical ports (Neutron ports) with their allowed address pairs.
     #[command(subcommand)]
     Lport(LportCmd),
+    /// Distributed logical routers (one interface per lswitch).
+    #[command(subcommand)]
+    Lrouter(LrouterCmd),
     /// Hypervisors registered by their agents.
     #[command(subcommand)]
     Chassis(ChassisCmd),
@@ -233,6 +237,43 @@ struct LportUpdate {
 }
 
 #[derive(Subcommand, Debug)]
+enum LrouterCmd {
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Connect the router to an lswitch (its address there is usually the subnet's gateway).
+    AddInterface {
+        router: String,
+        #[arg(long)]
+        lswitch: String,
+        #[arg(long)]
+        mac: String,
+        /// The interface address with its subnet's prefix length, e.g. 192.0.2.1/24 or
+        /// 2001:db8:1::1/64.
+        #[arg(long, value_name = "IP/LEN")]
+        ip: String,
+        /// Interface id [default: <router>-<lswitch>].
+        #[arg(long = "id", value_name = "IFACE_ID")]
+        iface_id: Option<String>,
+    },
+    /// Disconnect the router from an lswitch.
+    RemoveInterface {
+        router: String,
+        #[arg(long)]
+        lswitch: String,
+    },
+    Delete {
+        id: String,
+    },
+    List,
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ChassisCmd {
     List,
     Show { name: String },
@@ -372,6 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Lswitch(c) => ctx.lswitch(c).await,
         Cmd::Subnet(c) => ctx.subnet(c).await,
         Cmd::Lport(c) => ctx.lport(c).await,
+        Cmd::Lrouter(c) => ctx.lrouter(c).await,
         Cmd::Chassis(ChassisCmd::List) => ctx.list::<Chassis>(chassis_row).await,
         Cmd::Chassis(ChassisCmd::Show { name }) => ctx.show::<Chassis>(&name).await,
         Cmd::Garp(_) => unreachable!("handled above"),
@@ -417,6 +459,19 @@ impl Ctx {
                 if !users.is_empty() {
                     return Err(CliError::Refused(format!(
                         "lswitch {id} still has ports ({}); delete them first",
+                        users.join(", ")
+                    )));
+                }
+                let routers = self.items::<LRouter>().await?;
+                let users: Vec<&str> = routers
+                    .iter()
+                    .filter(|r| r.ports.iter().any(|p| p.lswitch == id))
+                    .map(|r| r.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(CliError::Refused(format!(
+                        "lswitch {id} still has router interfaces (lrouter {}); \
+                         remove them first (dfctl lrouter remove-interface ROUTER --lswitch {id})",
                         users.join(", ")
                     )));
                 }
@@ -494,6 +549,24 @@ impl Ctx {
                         users.join(", ")
                     )));
                 }
+                let routers = self.items::<LRouter>().await?;
+                let users: Vec<&str> = routers
+                    .iter()
+                    .filter(|r| {
+                        r.ports.iter().any(|p| {
+                            p.lswitch == subnet.lswitch && subnet.cidr.contains(&p.ip.addr)
+                        })
+                    })
+                    .map(|r| r.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(CliError::Refused(format!(
+                        "subnet {id} still has router interfaces in {} (lrouter {}); \
+                         remove them first",
+                        subnet.cidr,
+                        users.join(", ")
+                    )));
+                }
                 self.store.delete::<Subnet>(&id).await?;
                 println!("deleted subnet {id}");
                 Ok(())
@@ -553,6 +626,10 @@ impl Ctx {
         let subnets = self.items::<Subnet>().await?;
         let ports = self.items::<LPort>().await?;
         validate_lport_refs(&port, ls.as_ref(), &subnets, &ports).map_err(inv)?;
+        let routers = self.items::<LRouter>().await?;
+        if let Some(why) = router_conflict(&port, &routers) {
+            return Err(CliError::Refused(format!("lport {id}: {why}")));
+        }
         self.store
             .create_requiring(&port, &[(Kind::LSwitch, &port.lswitch)])
             .await?;
@@ -590,6 +667,7 @@ impl Ctx {
             .map(|v| v.value);
         let subnets = self.items::<Subnet>().await?;
         let ports = self.items::<LPort>().await?;
+        let routers = self.items::<LRouter>().await?;
 
         let refused = |source| StoreError::Invalid {
             kind: "lport",
@@ -643,11 +721,114 @@ impl Ctx {
                 p.validate(&self.opts).map_err(|e| refused(Box::new(e)))?;
                 validate_lport_refs(p, ls.as_ref(), &subnets, &ports)
                     .map_err(|e| refused(Box::new(e)))?;
+                if let Some(reason) = router_conflict(p, &routers) {
+                    return Err(StoreError::Refused {
+                        kind: "lport",
+                        id: id.clone(),
+                        reason,
+                    });
+                }
                 Ok(())
             })
             .await?;
         println!("updated lport {id}");
         Ok(())
+    }
+
+    async fn lrouter(&self, c: LrouterCmd) -> Result<()> {
+        match c {
+            LrouterCmd::Create { id, name } => {
+                let r = LRouter {
+                    id,
+                    name,
+                    ports: Vec::new(),
+                };
+                self.check(&r)?;
+                self.store.create(&r).await?;
+                println!("created lrouter {}", r.id);
+                Ok(())
+            }
+            LrouterCmd::AddInterface {
+                router,
+                lswitch,
+                mac,
+                ip,
+                iface_id,
+            } => {
+                let inv = |e| CliError::invalid(Kind::LRouter, &router, e);
+                let ip: IpPrefix = ip.trim().parse().map_err(|_| {
+                    CliError::Refused(format!(
+                        "lrouter {router}: --ip {ip:?} is not IP/LEN (e.g. 192.0.2.1/24 or \
+                         2001:db8:1::1/64)"
+                    ))
+                })?;
+                let port = LRouterPort {
+                    id: iface_id.unwrap_or_else(|| format!("{router}-{lswitch}")),
+                    lswitch,
+                    mac: parse_mac(&mac).map_err(inv)?,
+                    ip,
+                };
+                validate::validate_lrouter_port(&port).map_err(inv)?;
+                self.store.get_existing::<LRouter>(&router).await?;
+                let ls = self
+                    .store
+                    .get::<LSwitch>(&port.lswitch)
+                    .await?
+                    .map(|v| v.value);
+                let subnets = self.items::<Subnet>().await?;
+                let ports = self.items::<LPort>().await?;
+                let routers = self.items::<LRouter>().await?;
+                validate_lrouter_port_refs(&router, &port, ls.as_ref(), &subnets, &ports, &routers)
+                    .map_err(inv)?;
+                let refused = |source| StoreError::Invalid {
+                    kind: "lrouter",
+                    id: router.clone(),
+                    source,
+                };
+                self.store
+                    .update::<LRouter, _>(&router, |r| {
+                        r.ports.push(port.clone());
+                        r.validate(&self.opts).map_err(|e| refused(Box::new(e)))
+                    })
+                    .await?;
+                println!(
+                    "added interface {} ({} {}) on lswitch {} to lrouter {router}",
+                    port.id, port.ip, port.mac, port.lswitch
+                );
+                Ok(())
+            }
+            LrouterCmd::RemoveInterface { router, lswitch } => {
+                self.store
+                    .update::<LRouter, _>(&router, |r| {
+                        let before = r.ports.len();
+                        r.ports.retain(|p| p.lswitch != lswitch);
+                        if r.ports.len() == before {
+                            return Err(StoreError::Refused {
+                                kind: "lrouter",
+                                id: router.clone(),
+                                reason: format!("it has no interface on lswitch {lswitch}"),
+                            });
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                println!("removed the interface on lswitch {lswitch} from lrouter {router}");
+                Ok(())
+            }
+            LrouterCmd::Delete { id } => {
+                if !self.store.delete::<LRouter>(&id).await? {
+                    return Err(StoreError::NotFound {
+                        kind: "lrouter",
+                        id,
+                    }
+                    .into());
+                }
+                println!("deleted lrouter {id}");
+                Ok(())
+            }
+            LrouterCmd::List => self.list::<LRouter>(lrouter_row).await,
+            LrouterCmd::Show { id } => self.show::<LRouter>(&id).await,
+        }
     }
 
     fn check<T: NbRecord>(&self, obj: &T) -> Result<()> {
@@ -718,7 +899,53 @@ fn headers(kind: Kind) -> &'static [&'static str] {
             "IFNAME",
         ],
         Kind::Chassis => &["NAME", "TUNNEL_IP", "AAP_MODE", "VERSION"],
+        Kind::LRouter => &["ID", "NAME", "INTERFACES"],
     }
+}
+
+/// Why `port` clashes with a router interface on its lswitch (same MAC or a fixed IP equal
+/// to the interface address), if it does.
+fn router_conflict(port: &LPort, routers: &[LRouter]) -> Option<String> {
+    routers.iter().find_map(|r| {
+        r.ports
+            .iter()
+            .filter(|i| i.lswitch == port.lswitch)
+            .find_map(|i| {
+                if i.mac == port.mac {
+                    Some(format!(
+                        "MAC address {} is already used by lrouter {} interface {} on lswitch {}",
+                        port.mac, r.id, i.id, port.lswitch
+                    ))
+                } else if port.fixed_ips.contains(&i.ip.addr) {
+                    Some(format!(
+                        "fixed IP {} is already used by lrouter {} interface {} on lswitch {}",
+                        i.ip.addr, r.id, i.id, port.lswitch
+                    ))
+                } else {
+                    None
+                }
+            })
+    })
+}
+
+/// Interfaces as `ID LSWITCH IP/LEN MAC`, joined with `; `.
+fn lrouter_row(r: &LRouter) -> Vec<String> {
+    vec![
+        r.id.clone(),
+        dash(r.name.clone()),
+        dash(
+            r.ports
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} {}/{} {}",
+                        p.id, p.lswitch, p.ip.addr, p.ip.len, p.mac
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    ]
 }
 
 fn dash(s: impl Into<String>) -> String {

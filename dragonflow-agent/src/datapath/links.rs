@@ -31,12 +31,22 @@ pub enum LinkKind {
     Xdp,
     /// The from-VM pipeline on tcx ingress.
     Tc,
-    /// The tcx companion of the XDP hook that drops VLAN tags hidden in skb metadata.
+    /// The tcx companion of the XDP hook of issue 2 that dropped VLAN tags hidden in skb
+    /// metadata. No longer attached (the XDP hook's companion is now the full TC
+    /// pipeline); kept so that its pins, left by an older agent, are recognised and
+    /// removed once the TC pipeline runs on the tap.
     VlanGuard,
+    /// `df_from_tunnel` on the VXLAN device's tcx ingress.
+    Tunnel,
 }
 
 impl LinkKind {
-    pub const ALL: [LinkKind; 3] = [LinkKind::Xdp, LinkKind::Tc, LinkKind::VlanGuard];
+    pub const ALL: [LinkKind; 4] = [
+        LinkKind::Xdp,
+        LinkKind::Tc,
+        LinkKind::VlanGuard,
+        LinkKind::Tunnel,
+    ];
 
     /// Suffix of the pin file name.
     pub const fn suffix(self) -> &'static str {
@@ -44,6 +54,7 @@ impl LinkKind {
             LinkKind::Xdp => "xdp",
             LinkKind::Tc => "tc",
             LinkKind::VlanGuard => "vlan",
+            LinkKind::Tunnel => "tunnel",
         }
     }
 
@@ -52,13 +63,14 @@ impl LinkKind {
             LinkKind::Xdp => progs::FROM_VM_XDP,
             LinkKind::Tc => progs::FROM_VM_TC,
             LinkKind::VlanGuard => progs::VLAN_GUARD_TC,
+            LinkKind::Tunnel => progs::FROM_TUNNEL_TC,
         }
     }
 
     const fn link_type(self) -> u32 {
         match self {
             LinkKind::Xdp => sys::LINK_TYPE_XDP,
-            LinkKind::Tc | LinkKind::VlanGuard => sys::LINK_TYPE_TCX,
+            LinkKind::Tc | LinkKind::VlanGuard | LinkKind::Tunnel => sys::LINK_TYPE_TCX,
         }
     }
 
@@ -66,12 +78,18 @@ impl LinkKind {
         Self::ALL.into_iter().find(|k| k.suffix() == s)
     }
 
-    /// What a tap carries with `hook`. With XDP the VLAN guard goes on every tap, not only
-    /// veth: it costs one metadata test per packet on the skb path, and a tap driver that
-    /// moves tags into metadata would otherwise slip tagged frames past the XDP program.
+    /// What a tap carries with `hook`. With XDP the full TC pipeline also runs on tcx
+    /// ingress: the XDP program hands it what XDP cannot finish (frames for other chassis,
+    /// which need the tunnel key set from TC, and flooded frames, which need clones), and
+    /// it drops VLAN tags hidden in skb metadata, which XDP cannot see (the job of issue
+    /// 2's `df_vlan_guard`). It goes on every tap, not only veth.
+    ///
+    /// Order matters on a hook switch or an upgrade: the kinds listed here are attached
+    /// first, and only then are the others (an older agent's `@vlan` pin, the previous
+    /// hook) removed, so a tap is never without a program.
     pub const fn for_hook(hook: Hook) -> &'static [LinkKind] {
         match hook {
-            Hook::Xdp => &[LinkKind::Xdp, LinkKind::VlanGuard],
+            Hook::Xdp => &[LinkKind::Xdp, LinkKind::Tc],
             Hook::Tc => &[LinkKind::Tc],
         }
     }
@@ -238,7 +256,7 @@ impl Links {
                 let id = prog.attach_to_link(link).map_err(prog_err)?;
                 drop(prog.take_link(id).map_err(prog_err)?);
             }
-            LinkKind::Tc | LinkKind::VlanGuard => {
+            LinkKind::Tc | LinkKind::VlanGuard | LinkKind::Tunnel => {
                 let prog: &mut SchedClassifier = prog.try_into().map_err(prog_err)?;
                 let link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
                 let id = prog.attach_to_link(link).map_err(prog_err)?;
@@ -284,7 +302,7 @@ impl Links {
                     .try_into()
                     .map_err(link_err)?
             }
-            LinkKind::Tc | LinkKind::VlanGuard => {
+            LinkKind::Tc | LinkKind::VlanGuard | LinkKind::Tunnel => {
                 let prog: &mut SchedClassifier = prog.try_into().map_err(prog_err)?;
                 let id = prog
                     .attach_with_options(

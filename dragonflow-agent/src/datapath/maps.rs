@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
+};
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
     event::GarpRateKey,
+    fwd::{ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest, RouteKey},
     maps,
     port::PortConfig,
     verdict::STATS_LEN,
@@ -13,7 +16,7 @@ use dragonflow_common::{
 use tracing::{debug, warn};
 
 use crate::{
-    reconcile::{CidrKey, EntriesDiff, MapEntries},
+    reconcile::{CidrKey, Diff, EntriesDiff, MapEntries, RouteLpmKey},
     report::Chain,
 };
 
@@ -37,6 +40,12 @@ pub struct Maps {
     pub addrs: Option<HashMap<MapData, AddrKey, AddrValue>>,
     pub cidrs: Option<LpmTrie<MapData, AddrKey, AddrValue>>,
     pub macs: Option<HashMap<MapData, MacKey, u32>>,
+    pub devmap: Option<DevMapHash<MapData>>,
+    pub neigh: Option<HashMap<MapData, NeighKey, NeighValue>>,
+    pub routes: Option<LpmTrie<MapData, RouteKey, RouteDest>>,
+    pub l2: Option<HashMap<MapData, L2Key, L2Dest>>,
+    pub flood: Option<HashMap<MapData, u32, FloodList>>,
+    pub config: Option<Array<MapData, ChassisConfig>>,
 }
 
 /// The maps the metrics endpoint reads.
@@ -73,6 +82,16 @@ impl Maps {
             addrs: typed(maps::ADDRS, ebpf.take_map(maps::ADDRS), HashMap::try_from)?,
             cidrs: typed(maps::CIDRS, ebpf.take_map(maps::CIDRS), LpmTrie::try_from)?,
             macs: typed(maps::MACS, ebpf.take_map(maps::MACS), HashMap::try_from)?,
+            devmap: typed(
+                maps::DEVMAP,
+                ebpf.take_map(maps::DEVMAP),
+                DevMapHash::try_from,
+            )?,
+            neigh: typed(maps::NEIGH, ebpf.take_map(maps::NEIGH), HashMap::try_from)?,
+            routes: typed(maps::ROUTES, ebpf.take_map(maps::ROUTES), LpmTrie::try_from)?,
+            l2: typed(maps::L2, ebpf.take_map(maps::L2), HashMap::try_from)?,
+            flood: typed(maps::FLOOD, ebpf.take_map(maps::FLOOD), HashMap::try_from)?,
+            config: typed(maps::CONFIG, ebpf.take_map(maps::CONFIG), Array::try_from)?,
         })
     }
 
@@ -104,87 +123,224 @@ impl Maps {
         if let Some(m) = &self.macs {
             out.macs = m.iter().filter_map(log_err(maps::MACS)).collect();
         }
+        if let Some(m) = &self.devmap {
+            out.devmap = m
+                .iter()
+                .filter_map(log_err(maps::DEVMAP))
+                .map(|(k, v)| (k, v.if_index))
+                .collect();
+        }
+        if let Some(m) = &self.neigh {
+            out.neigh = m.iter().filter_map(log_err(maps::NEIGH)).collect();
+        }
+        if let Some(m) = &self.routes {
+            out.routes = m
+                .iter()
+                .filter_map(log_err(maps::ROUTES))
+                .map(|(k, v)| {
+                    (
+                        RouteLpmKey {
+                            prefix_len: k.prefix_len(),
+                            key: k.data(),
+                        },
+                        v,
+                    )
+                })
+                .collect();
+        }
+        if let Some(m) = &self.l2 {
+            out.l2 = m.iter().filter_map(log_err(maps::L2)).collect();
+        }
+        if let Some(m) = &self.flood {
+            out.flood = m.iter().filter_map(log_err(maps::FLOOD)).collect();
+        }
+        if let Some(m) = &self.config {
+            // An all-zero slot is what a fresh array holds: nothing written yet.
+            match m.get(&0, 0) {
+                Ok(c) if c != ChassisConfig::default() => {
+                    out.config.insert(0, c);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(map = maps::CONFIG, "cannot read entry: {}", Chain(&e)),
+            }
+        }
         out
     }
 
     /// Writes `diff`, updating `actual` to what the maps hold afterwards. Returns the
     /// number of failed operations (each logged).
     ///
-    /// Order matters because the datapath passes a frame on an exact `ADDRS` hit without
-    /// reading `PORTS` (the fast path): an address entry must never outlive its port's
-    /// entry, nor exist while the port has port security off. So the port entry is
-    /// written first and removed last, and addresses are removed before it.
+    /// Order matters because the datapath follows references between maps:
+    /// - it passes a frame on an exact `ADDRS` hit without reading `PORTS` (the fast path):
+    ///   an address entry must never outlive its port's entry, nor exist while the port
+    ///   has port security off. So the port entry is written first and removed last;
+    /// - forwarding follows L2 → devmap/port (a local tap), L2 → routes → neighbours → L2
+    ///   (a router), flood list → taps, and the config's flag turns forwarding on: so
+    ///   upserts go ports, addresses, devmap, neighbours, routes, L2, flood lists, config
+    ///   (a destination exists before anything points at it), and removals go the other
+    ///   way (nothing points at an entry when it disappears).
     pub fn apply(&mut self, diff: &EntriesDiff, actual: &mut MapEntries) -> usize {
         let mut errors = 0;
-        let mut check = |r: Result<(), MapError>, what: &str| -> bool {
-            match r {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!("map write failed ({what}): {}", Chain(&e));
-                    errors += 1;
-                    false
-                }
-            }
-        };
 
         if let Some(m) = &mut self.ports {
-            for (k, v) in &diff.ports.upsert {
-                if check(m.insert(k, v, 0), maps::PORTS) {
-                    actual.ports.insert(*k, *v);
-                }
-            }
+            upsert(
+                &mut errors,
+                maps::PORTS,
+                &diff.ports,
+                &mut actual.ports,
+                |k, v| m.insert(k, v, 0),
+            );
         }
         if let Some(m) = &mut self.addrs {
-            for (k, v) in &diff.addrs.upsert {
-                if check(m.insert(k, v, 0), maps::ADDRS) {
-                    actual.addrs.insert(*k, *v);
-                }
-            }
+            upsert(
+                &mut errors,
+                maps::ADDRS,
+                &diff.addrs,
+                &mut actual.addrs,
+                |k, v| m.insert(k, v, 0),
+            );
         }
         if let Some(m) = &mut self.cidrs {
-            for (k, v) in &diff.cidrs.upsert {
-                if check(m.insert(&Key::new(k.prefix_len, k.key), v, 0), maps::CIDRS) {
-                    actual.cidrs.insert(*k, *v);
-                }
-            }
+            upsert(
+                &mut errors,
+                maps::CIDRS,
+                &diff.cidrs,
+                &mut actual.cidrs,
+                |k, v| m.insert(&Key::new(k.prefix_len, k.key), v, 0),
+            );
         }
         if let Some(m) = &mut self.macs {
-            for (k, v) in &diff.macs.upsert {
-                if check(m.insert(k, v, 0), maps::MACS) {
-                    actual.macs.insert(*k, *v);
-                }
-            }
+            upsert(
+                &mut errors,
+                maps::MACS,
+                &diff.macs,
+                &mut actual.macs,
+                |k, v| m.insert(k, v, 0),
+            );
+        }
+        if let Some(m) = &mut self.devmap {
+            upsert(
+                &mut errors,
+                maps::DEVMAP,
+                &diff.devmap,
+                &mut actual.devmap,
+                |k, v| m.insert(*k, *v, None, 0),
+            );
+        }
+        if let Some(m) = &mut self.neigh {
+            upsert(
+                &mut errors,
+                maps::NEIGH,
+                &diff.neigh,
+                &mut actual.neigh,
+                |k, v| m.insert(k, v, 0),
+            );
+        }
+        if let Some(m) = &mut self.routes {
+            upsert(
+                &mut errors,
+                maps::ROUTES,
+                &diff.routes,
+                &mut actual.routes,
+                |k, v| m.insert(&Key::new(k.prefix_len, k.key), v, 0),
+            );
+        }
+        if let Some(m) = &mut self.l2 {
+            upsert(&mut errors, maps::L2, &diff.l2, &mut actual.l2, |k, v| {
+                m.insert(k, v, 0)
+            });
+        }
+        if let Some(m) = &mut self.flood {
+            upsert(
+                &mut errors,
+                maps::FLOOD,
+                &diff.flood,
+                &mut actual.flood,
+                |k, v| m.insert(k, v, 0),
+            );
+        }
+        if let Some(m) = &mut self.config {
+            upsert(
+                &mut errors,
+                maps::CONFIG,
+                &diff.config,
+                &mut actual.config,
+                |k, v| m.set(*k, v, 0),
+            );
+        }
+
+        if let Some(m) = &mut self.flood {
+            remove(
+                &mut errors,
+                maps::FLOOD,
+                &diff.flood,
+                &mut actual.flood,
+                |k| m.remove(k),
+            );
+        }
+        if let Some(m) = &mut self.l2 {
+            remove(&mut errors, maps::L2, &diff.l2, &mut actual.l2, |k| {
+                m.remove(k)
+            });
+        }
+        if let Some(m) = &mut self.routes {
+            remove(
+                &mut errors,
+                maps::ROUTES,
+                &diff.routes,
+                &mut actual.routes,
+                |k| m.remove(&Key::new(k.prefix_len, k.key)),
+            );
+        }
+        if let Some(m) = &mut self.neigh {
+            remove(
+                &mut errors,
+                maps::NEIGH,
+                &diff.neigh,
+                &mut actual.neigh,
+                |k| m.remove(k),
+            );
+        }
+        if let Some(m) = &mut self.devmap {
+            remove(
+                &mut errors,
+                maps::DEVMAP,
+                &diff.devmap,
+                &mut actual.devmap,
+                |k| m.remove(*k),
+            );
         }
         if let Some(m) = &mut self.addrs {
-            for k in &diff.addrs.remove {
-                if check(ignore_missing(m.remove(k)), maps::ADDRS) {
-                    actual.addrs.remove(k);
-                }
-            }
+            remove(
+                &mut errors,
+                maps::ADDRS,
+                &diff.addrs,
+                &mut actual.addrs,
+                |k| m.remove(k),
+            );
         }
         if let Some(m) = &mut self.cidrs {
-            for k in &diff.cidrs.remove {
-                if check(
-                    ignore_missing(m.remove(&Key::new(k.prefix_len, k.key))),
-                    maps::CIDRS,
-                ) {
-                    actual.cidrs.remove(k);
-                }
-            }
+            remove(
+                &mut errors,
+                maps::CIDRS,
+                &diff.cidrs,
+                &mut actual.cidrs,
+                |k| m.remove(&Key::new(k.prefix_len, k.key)),
+            );
         }
         if let Some(m) = &mut self.macs {
-            for k in &diff.macs.remove {
-                if check(ignore_missing(m.remove(k)), maps::MACS) {
-                    actual.macs.remove(k);
-                }
-            }
+            remove(&mut errors, maps::MACS, &diff.macs, &mut actual.macs, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.ports {
-            for k in &diff.ports.remove {
-                if check(ignore_missing(m.remove(k)), maps::PORTS) {
-                    actual.ports.remove(k);
-                }
-            }
+            remove(
+                &mut errors,
+                maps::PORTS,
+                &diff.ports,
+                &mut actual.ports,
+                |k| m.remove(k),
+            );
         }
         errors
     }
@@ -203,6 +359,76 @@ impl Maps {
         }
         if self.macs.is_none() {
             desired.macs.clear();
+        }
+        if self.devmap.is_none() {
+            desired.devmap.clear();
+        }
+        if self.neigh.is_none() {
+            desired.neigh.clear();
+        }
+        if self.routes.is_none() {
+            desired.routes.clear();
+        }
+        if self.l2.is_none() {
+            desired.l2.clear();
+        }
+        if self.flood.is_none() {
+            desired.flood.clear();
+        }
+        if self.config.is_none() {
+            desired.config.clear();
+        }
+    }
+
+    /// Whether the object has every forwarding map (otherwise forwarding stays off).
+    pub fn has_forwarding(&self) -> bool {
+        self.devmap.is_some()
+            && self.neigh.is_some()
+            && self.routes.is_some()
+            && self.l2.is_some()
+            && self.flood.is_some()
+            && self.config.is_some()
+    }
+}
+
+/// Writes the upserts of one map, mirroring each success into `actual`.
+fn upsert<K: Ord + Clone, V: Clone, E: std::error::Error + 'static>(
+    errors: &mut usize,
+    name: &str,
+    diff: &Diff<K, V>,
+    actual: &mut BTreeMap<K, V>,
+    mut write: impl FnMut(&K, &V) -> Result<(), E>,
+) {
+    for (k, v) in &diff.upsert {
+        match write(k, v) {
+            Ok(()) => {
+                actual.insert(k.clone(), v.clone());
+            }
+            Err(e) => {
+                warn!("map write failed ({name}): {}", Chain(&e));
+                *errors += 1;
+            }
+        }
+    }
+}
+
+/// Deletes the removals of one map (an entry already gone counts as deleted).
+fn remove<K: Ord, V>(
+    errors: &mut usize,
+    name: &str,
+    diff: &Diff<K, V>,
+    actual: &mut BTreeMap<K, V>,
+    mut delete: impl FnMut(&K) -> Result<(), MapError>,
+) {
+    for k in &diff.remove {
+        match ignore_missing(delete(k)) {
+            Ok(()) => {
+                actual.remove(k);
+            }
+            Err(e) => {
+                warn!("map write failed ({name}): {}", Chain(&e));
+                *errors += 1;
+            }
         }
     }
 }
@@ -269,5 +495,10 @@ pub fn entry_counts(actual: &MapEntries) -> BTreeMap<&'static str, u64> {
         (maps::ADDRS, actual.addrs.len() as u64),
         (maps::CIDRS, actual.cidrs.len() as u64),
         (maps::MACS, actual.macs.len() as u64),
+        (maps::DEVMAP, actual.devmap.len() as u64),
+        (maps::NEIGH, actual.neigh.len() as u64),
+        (maps::ROUTES, actual.routes.len() as u64),
+        (maps::L2, actual.l2.len() as u64),
+        (maps::FLOOD, actual.flood.len() as u64),
     ])
 }

@@ -3,11 +3,12 @@
 //! typed map access.
 //!
 //! Pins live under `<bpffs>/dragonflow/<chassis>/`: `maps/<map name>` and
-//! `links/<ifname>@<xdp|tc|vlan>` (bpffs forbids dots in names).
+//! `links/<ifname>@<xdp|tc|vlan|tunnel>` (bpffs forbids dots in names).
 
 pub mod links;
 pub mod maps;
 pub mod sys;
+pub mod tunnel;
 
 use std::{
     fs, io,
@@ -130,6 +131,10 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
     for &kind in LinkKind::for_hook(cfg.hook) {
         load_program(&mut ebpf, kind)?;
     }
+    if cfg.tunnel_dev.is_some() {
+        load_program(&mut ebpf, LinkKind::Tunnel)?;
+    }
+    remove_stale_maps(&maps_dir);
     let maps = Maps::take(&mut ebpf)?;
     let stats = StatsMaps::take(&mut ebpf)?;
     let garp_events = match ebpf.take_map(names::GARP_EVENTS) {
@@ -177,12 +182,39 @@ fn load_program(ebpf: &mut Ebpf, kind: LinkKind) -> Result<(), DatapathError> {
             let p: &mut Xdp = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
         }
-        LinkKind::Tc | LinkKind::VlanGuard => {
+        LinkKind::Tc | LinkKind::VlanGuard | LinkKind::Tunnel => {
             let p: &mut SchedClassifier = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
         }
     }
     Ok(())
+}
+
+/// Removes pinned maps of older layouts (`df_*` names not in [`names::ALL`], e.g.
+/// `df_addrs_v1`): the loaded object uses the current names, so nothing reads them any
+/// more. Called after loading, when the current maps are pinned and in use.
+pub fn remove_stale_maps(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_stale_map(name) {
+            continue;
+        }
+        match fs::remove_file(e.path()) {
+            Ok(()) => {
+                info!(map = name, "removed pinned map of an older layout");
+                n += 1;
+            }
+            Err(err) => warn!(map = name, "cannot remove stale pinned map: {err}"),
+        }
+    }
+    n
+}
+
+fn is_stale_map(name: &str) -> bool {
+    name.starts_with("df_") && !names::ALL.contains(&name)
 }
 
 /// What `--cleanup` removed.
@@ -229,4 +261,18 @@ pub fn other_kinds(hook: Hook) -> Vec<LinkKind> {
         .into_iter()
         .filter(|k| !LinkKind::for_hook(hook).contains(k))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_maps() {
+        assert!(is_stale_map("df_addrs_v1"));
+        assert!(is_stale_map("df_stats_v1"));
+        assert!(!is_stale_map(names::ADDRS));
+        assert!(!is_stale_map(names::L2));
+        assert!(!is_stale_map("AYA_LOGS"), "only our own names are touched");
+    }
 }

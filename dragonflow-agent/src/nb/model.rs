@@ -117,6 +117,30 @@ impl LPort {
     }
 }
 
+/// `lrouter/<id>`: a distributed logical router (Neutron router). Every chassis routes
+/// between its interfaces' networks locally (DESIGN.md §4, issue 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LRouter {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Interfaces, at most one per lswitch.
+    #[serde(default)]
+    pub ports: Vec<LRouterPort>,
+}
+
+/// One router interface: the router's address and MAC on one lswitch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LRouterPort {
+    pub id: String,
+    pub lswitch: String,
+    pub mac: MacAddr,
+    /// The interface address with the prefix length of its subnet (`192.0.2.1/24`,
+    /// `2001:db8:1::1/64`): the connected route is the prefix, the address answers ARP/ND
+    /// and ping.
+    pub ip: IpPrefix,
+}
+
 /// Object kinds and their etcd key segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -124,10 +148,17 @@ pub enum Kind {
     LSwitch,
     Subnet,
     LPort,
+    LRouter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Chassis, Kind::LSwitch, Kind::Subnet, Kind::LPort];
+    pub const ALL: [Kind; 5] = [
+        Kind::Chassis,
+        Kind::LSwitch,
+        Kind::Subnet,
+        Kind::LPort,
+        Kind::LRouter,
+    ];
 
     pub const fn segment(self) -> &'static str {
         match self {
@@ -135,6 +166,7 @@ impl Kind {
             Kind::LSwitch => "lswitch",
             Kind::Subnet => "subnet",
             Kind::LPort => "lport",
+            Kind::LRouter => "lrouter",
         }
     }
 

@@ -20,7 +20,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{AllowedAddressPair, Chassis, IpPrefix, Kind, LPort, LSwitch, MacAddr, Subnet};
+use super::{
+    AllowedAddressPair, Chassis, IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch, MacAddr,
+    Subnet,
+};
 
 /// Neutron's default for `max_allowed_address_pairs`.
 pub const DEFAULT_MAX_ALLOWED_ADDRESS_PAIRS: usize = 10;
@@ -214,6 +217,58 @@ pub enum ValidationError {
         "lswitch mtu {mtu} is below {IPV6_MIN_MTU}, the IPv6 minimum, and it has IPv6 subnet {subnet}"
     )]
     MtuTooSmallForIpv6 { mtu: u16, subnet: String },
+    // Routers.
+    #[error("router interface {iface}: MAC {mac} is not a unicast MAC")]
+    RouterMacNotUnicast { iface: String, mac: MacAddr },
+    #[error(
+        "router interface {iface}: ip {ip} needs the subnet's prefix length \
+         (e.g. 192.0.2.1/24 or 2001:db8:1::1/64)"
+    )]
+    RouterIpNoPrefix { iface: String, ip: IpPrefix },
+    #[error("router interface {iface}: ip {ip} is {reason}")]
+    RouterIpNotUsable {
+        iface: String,
+        ip: IpPrefix,
+        reason: &'static str,
+    },
+    #[error("router interface id {iface} is listed twice")]
+    DuplicateRouterInterface { iface: String },
+    #[error(
+        "router already has interface {other} on lswitch {lswitch} (one interface per lswitch)"
+    )]
+    RouterLSwitchTwice { lswitch: String, other: String },
+    #[error("router interfaces {iface} and {other} have the same MAC {mac}")]
+    RouterMacTwice {
+        iface: String,
+        other: String,
+        mac: MacAddr,
+    },
+    #[error("router interfaces {iface} and {other} have the same IP {ip}")]
+    RouterIpTwice {
+        iface: String,
+        other: String,
+        ip: IpAddr,
+    },
+    #[error(
+        "router interface {iface}: ip {ip} is not a subnet of lswitch {lswitch} ({subnets}); \
+         use an address inside one of them with its prefix length"
+    )]
+    RouterIpOutsideSubnets {
+        iface: String,
+        ip: IpPrefix,
+        lswitch: String,
+        subnets: String,
+    },
+    #[error(
+        "router interface {iface}: {what} {value} is already used by {other} on lswitch {lswitch}"
+    )]
+    RouterAddressInUse {
+        iface: String,
+        what: &'static str,
+        value: String,
+        other: String,
+        lswitch: String,
+    },
 }
 
 /// Why a record read from etcd was refused.
@@ -258,6 +313,7 @@ pub enum NbObject {
     LSwitch(LSwitch),
     Subnet(Subnet),
     LPort(LPort),
+    LRouter(LRouter),
 }
 
 impl NbObject {
@@ -267,6 +323,7 @@ impl NbObject {
             NbObject::LSwitch(_) => Kind::LSwitch,
             NbObject::Subnet(_) => Kind::Subnet,
             NbObject::LPort(_) => Kind::LPort,
+            NbObject::LRouter(_) => Kind::LRouter,
         }
     }
     pub fn id(&self) -> &str {
@@ -275,6 +332,7 @@ impl NbObject {
             NbObject::LSwitch(o) => &o.id,
             NbObject::Subnet(o) => &o.id,
             NbObject::LPort(o) => &o.id,
+            NbObject::LRouter(o) => &o.id,
         }
     }
 }
@@ -339,6 +397,19 @@ impl NbRecord for LPort {
     }
 }
 
+impl NbRecord for LRouter {
+    const KIND: Kind = Kind::LRouter;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn validate(&self, _: &ValidationOptions) -> Result<(), ValidationError> {
+        validate_lrouter(self)
+    }
+    fn into_object(self) -> NbObject {
+        NbObject::LRouter(self)
+    }
+}
+
 /// Parses and validates one record read from etcd with default [`ValidationOptions`].
 /// `id` is the id segment of its key (see [`super::parse_key`]); the record must name
 /// itself the same.
@@ -358,6 +429,7 @@ pub fn decode_with(
         Kind::LSwitch => decode_as::<LSwitch>(id, bytes, opts)?.into_object(),
         Kind::Subnet => decode_as::<Subnet>(id, bytes, opts)?.into_object(),
         Kind::LPort => decode_as::<LPort>(id, bytes, opts)?.into_object(),
+        Kind::LRouter => decode_as::<LRouter>(id, bytes, opts)?.into_object(),
     })
 }
 
@@ -749,8 +821,157 @@ pub fn validate_chassis(c: &Chassis) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A router on its own: ids, and per interface a unicast MAC and a usable address with a
+/// real prefix (the connected route); the interface ids, lswitches (one interface per
+/// lswitch, as Neutron allows one router port per subnet and our interfaces carry one
+/// address), MACs and IPs are unique within the router.
+pub fn validate_lrouter(r: &LRouter) -> Result<(), ValidationError> {
+    check_id("lrouter id", &r.id)?;
+    if r.name.len() > MAX_ID_LEN {
+        return Err(ValidationError::NameTooLong { len: r.name.len() });
+    }
+    for (i, p) in r.ports.iter().enumerate() {
+        validate_lrouter_port(p)?;
+        for o in &r.ports[..i] {
+            if o.lswitch == p.lswitch {
+                return Err(ValidationError::RouterLSwitchTwice {
+                    lswitch: p.lswitch.clone(),
+                    other: o.id.clone(),
+                });
+            }
+            if o.id == p.id {
+                return Err(ValidationError::DuplicateRouterInterface {
+                    iface: p.id.clone(),
+                });
+            }
+            if o.mac == p.mac {
+                return Err(ValidationError::RouterMacTwice {
+                    iface: p.id.clone(),
+                    other: o.id.clone(),
+                    mac: p.mac,
+                });
+            }
+            if o.ip.addr == p.ip.addr {
+                return Err(ValidationError::RouterIpTwice {
+                    iface: p.id.clone(),
+                    other: o.id.clone(),
+                    ip: p.ip.addr,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_lrouter_port(p: &LRouterPort) -> Result<(), ValidationError> {
+    check_id("router interface id", &p.id)?;
+    check_id("lswitch id", &p.lswitch)?;
+    if p.mac.is_zero() || p.mac.is_multicast() {
+        return Err(ValidationError::RouterMacNotUnicast {
+            iface: p.id.clone(),
+            mac: p.mac,
+        });
+    }
+    if p.ip.is_host() || p.ip.len == 0 {
+        return Err(ValidationError::RouterIpNoPrefix {
+            iface: p.id.clone(),
+            ip: p.ip,
+        });
+    }
+    let unusable = unusable_source(&p.ip.addr).or_else(|| match p.ip.addr {
+        // IPv4 prefixes of /30 and larger reserve their first and last address.
+        IpAddr::V4(a) if p.ip.len <= 30 => {
+            let host = u32::from(a) & (u32::MAX >> p.ip.len);
+            if host == 0 {
+                Some("the network address of its prefix")
+            } else if host == u32::MAX >> p.ip.len {
+                Some("the broadcast address of its prefix")
+            } else {
+                None
+            }
+        }
+        _ => None,
+    });
+    if let Some(reason) = unusable {
+        return Err(ValidationError::RouterIpNotUsable {
+            iface: p.id.clone(),
+            ip: p.ip,
+            reason,
+        });
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Referential rules (create/update through the CLI / NB API)
+
+/// A new router interface against its neighbours: its lswitch exists; when the lswitch
+/// has subnets, the interface's prefix is one of them (the connected route must be the
+/// subnet the VMs use); its MAC and IP are not used by a port or another router's
+/// interface on that lswitch.
+pub fn validate_lrouter_port_refs(
+    router: &str,
+    port: &LRouterPort,
+    lswitch: Option<&LSwitch>,
+    subnets: &[Subnet],
+    ports: &[LPort],
+    routers: &[LRouter],
+) -> Result<(), ValidationError> {
+    let Some(ls) = lswitch else {
+        return Err(ValidationError::LSwitchNotFound {
+            lswitch: port.lswitch.clone(),
+        });
+    };
+    let subnets: Vec<&Subnet> = subnets.iter().filter(|s| s.lswitch == ls.id).collect();
+    if !subnets.is_empty()
+        && !subnets
+            .iter()
+            .any(|s| s.cidr.len == port.ip.len && s.cidr.contains(&port.ip.addr))
+    {
+        return Err(ValidationError::RouterIpOutsideSubnets {
+            iface: port.id.clone(),
+            ip: port.ip,
+            lswitch: ls.id.clone(),
+            subnets: subnets
+                .iter()
+                .map(|s| s.cidr.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let in_use = |what: &'static str, value: String, other: String| {
+        Err(ValidationError::RouterAddressInUse {
+            iface: port.id.clone(),
+            what,
+            value,
+            other,
+            lswitch: ls.id.clone(),
+        })
+    };
+    for p in ports.iter().filter(|p| p.lswitch == ls.id) {
+        if p.mac == port.mac {
+            return in_use("MAC", port.mac.to_string(), format!("lport {}", p.id));
+        }
+        if p.fixed_ips.contains(&port.ip.addr) {
+            return in_use("IP", port.ip.addr.to_string(), format!("lport {}", p.id));
+        }
+    }
+    for r in routers {
+        for o in r.ports.iter().filter(|o| o.lswitch == ls.id) {
+            if r.id == router && o.id == port.id {
+                continue;
+            }
+            let other = format!("router {} interface {}", r.id, o.id);
+            if o.mac == port.mac {
+                return in_use("MAC", port.mac.to_string(), other);
+            }
+            if o.ip.addr == port.ip.addr {
+                return in_use("IP", port.ip.addr.to_string(), other);
+            }
+        }
+    }
+    Ok(())
+}
 
 /// A port against its neighbours, as Neutron's API server checks it:
 /// - its lswitch must exist;
@@ -1575,6 +1796,135 @@ mod tests {
         assert_eq!(
             super::super::parse_key("/dragonflow/", "/other/lport/p1"),
             None
+        );
+    }
+
+    fn rport(id: &str, ls: &str, mac: &str, ip: &str) -> LRouterPort {
+        LRouterPort {
+            id: id.into(),
+            lswitch: ls.into(),
+            mac: mac.parse().unwrap(),
+            ip: ip.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn lrouter_rules() {
+        let mut r = LRouter {
+            id: "r1".into(),
+            name: "edge".into(),
+            ports: vec![
+                rport("r1-a", "ls1", "fa:16:3e:00:01:01", "192.0.2.1/24"),
+                rport("r1-b", "ls2", "fa:16:3e:00:01:02", "2001:db8:1::1/64"),
+            ],
+        };
+        validate_lrouter(&r).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["ports"][0]["ip"], "192.0.2.1/24");
+        assert_eq!(serde_json::from_value::<LRouter>(v).unwrap(), r);
+
+        let msg = |r: &LRouter| validate_lrouter(r).unwrap_err().to_string();
+        let mut bad = r.clone();
+        bad.ports[1].mac = "01:00:5e:00:00:01".parse().unwrap();
+        assert_eq!(
+            msg(&bad),
+            "router interface r1-b: MAC 01:00:5e:00:00:01 is not a unicast MAC"
+        );
+        let mut bad = r.clone();
+        bad.ports[0].ip = "192.0.2.1".parse().unwrap();
+        assert!(msg(&bad).contains("needs the subnet's prefix length"));
+        let mut bad = r.clone();
+        bad.ports[0].ip = "192.0.2.0/24".parse().unwrap();
+        assert!(msg(&bad).contains("network address"), "{}", msg(&bad));
+        let mut bad = r.clone();
+        bad.ports[0].ip = "127.0.0.1/8".parse().unwrap();
+        assert!(msg(&bad).contains("loopback"));
+        let mut bad = r.clone();
+        bad.ports[1].lswitch = "ls1".into();
+        assert_eq!(
+            msg(&bad),
+            "router already has interface r1-a on lswitch ls1 (one interface per lswitch)"
+        );
+        let mut bad = r.clone();
+        bad.ports[1].mac = bad.ports[0].mac;
+        assert!(msg(&bad).contains("have the same MAC"));
+        let mut bad = r.clone();
+        bad.ports[1].ip = "192.0.2.1/25".parse().unwrap();
+        assert!(msg(&bad).contains("have the same IP 192.0.2.1"));
+        let mut bad = r.clone();
+        bad.ports[1].id = "r1-a".into();
+        assert!(msg(&bad).contains("listed twice"));
+        r.id = "a/b".into();
+        assert!(validate_lrouter(&r).is_err());
+    }
+
+    #[test]
+    fn lrouter_refs() {
+        let p = rport("r1-a", "ls1", "fa:16:3e:00:01:01", "192.0.2.1/24");
+        let refs = |subs: &[Subnet], ports: &[LPort], routers: &[LRouter]| {
+            validate_lrouter_port_refs("r1", &p, Some(&ls()), subs, ports, routers)
+        };
+        assert_eq!(
+            validate_lrouter_port_refs("r1", &p, None, &[], &[], &[])
+                .unwrap_err()
+                .to_string(),
+            "lswitch ls1 does not exist"
+        );
+        refs(&[], &[], &[]).unwrap();
+        refs(&[subnet("s1", "192.0.2.0/24", Some("192.0.2.1"))], &[], &[]).unwrap();
+        assert!(
+            refs(&[subnet("s1", "198.51.100.0/24", None)], &[], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("is not a subnet of lswitch ls1 (198.51.100.0/24)")
+        );
+        // Same network, other prefix length: refused too.
+        assert!(refs(&[subnet("s1", "192.0.2.0/25", None)], &[], &[]).is_err());
+        let mut vm = port();
+        vm.fixed_ips = vec!["192.0.2.1".parse().unwrap()];
+        assert_eq!(
+            refs(&[], &[vm.clone()], &[]).unwrap_err().to_string(),
+            "router interface r1-a: IP 192.0.2.1 is already used by lport p1 on lswitch ls1"
+        );
+        vm.fixed_ips.clear();
+        vm.mac = p.mac;
+        assert!(
+            refs(&[], &[vm], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("MAC")
+        );
+        let other = LRouter {
+            id: "r2".into(),
+            name: String::new(),
+            ports: vec![rport("r2-a", "ls1", "fa:16:3e:00:02:01", "192.0.2.1/24")],
+        };
+        assert!(
+            refs(&[], &[], &[other])
+                .unwrap_err()
+                .to_string()
+                .contains("router r2 interface r2-a")
+        );
+        // The router's own interface (an update) does not conflict with itself.
+        let me = LRouter {
+            id: "r1".into(),
+            name: String::new(),
+            ports: vec![p.clone()],
+        };
+        refs(&[], &[], &[me]).unwrap();
+    }
+
+    #[test]
+    fn lrouter_decodes() {
+        let json = br#"{"id":"r1","ports":[{"id":"i1","lswitch":"ls1","mac":"fa:16:3e:00:01:01","ip":"192.0.2.1/24"}]}"#;
+        let NbObject::LRouter(r) = decode(Kind::LRouter, "r1", json).unwrap() else {
+            panic!("not a router")
+        };
+        assert_eq!(r.ports[0].ip.len, 24);
+        assert!(decode(Kind::LRouter, "r2", json).is_err());
+        assert_eq!(
+            super::super::parse_key("/dragonflow/", "/dragonflow/lrouter/r1"),
+            Some((Kind::LRouter, "r1"))
         );
     }
 }
