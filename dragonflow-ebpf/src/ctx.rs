@@ -154,3 +154,51 @@ pub fn arr_at<const N: usize, const M: usize>(h: *const [u8; N], i: usize) -> [u
     // SAFETY: as above, `i + M <= N`.
     unsafe { ((h as *const u8).add(i) as *const [u8; M]).read_unaligned() }
 }
+
+/// Stores `v` at byte `i` of a bounds-checked header, in memory (network) order, with one
+/// store instruction (the write twin of [`load`]; same alignment argument). Stages that
+/// rewrite a frame (the ARP/ND responder, L3) write only through pointers from
+/// `Pkt::bytes`; TC programs that write packet data get the verifier's unclone prologue.
+#[inline(always)]
+pub fn store<T: Copy, const N: usize>(h: *const [u8; N], i: usize, v: T) {
+    // SAFETY: `h` comes from `Pkt::bytes` (the packet is writable in XDP and TC),
+    // `i + size_of::<T>() <= N` at every call site.
+    unsafe { core::ptr::write((h as *mut u8).add(i) as *mut T, v) }
+}
+
+/// Stores a MAC at an even byte `i` of a bounds-checked header, as three 16-bit stores
+/// (every MAC field we write sits at an even offset from the frame start).
+#[inline(always)]
+pub fn store_mac<const N: usize>(h: *const [u8; N], i: usize, m: &[u8; 6]) {
+    store(h, i, u16::from_ne_bytes([m[0], m[1]]));
+    store(h, i + 2, u16::from_ne_bytes([m[2], m[3]]));
+    store(h, i + 4, u16::from_ne_bytes([m[4], m[5]]));
+}
+
+/// An IPv6 address at byte `i` of a bounds-checked header, as four 32-bit words in memory
+/// order (four loads instead of sixteen; alignment: see [`load`], as `ipv6` already does).
+#[inline(always)]
+pub fn load_ip6<const N: usize>(h: *const [u8; N], i: usize) -> [u32; 4] {
+    [load(h, i), load(h, i + 4), load(h, i + 8), load(h, i + 12)]
+}
+
+/// The write twin of [`load_ip6`].
+#[inline(always)]
+pub fn store_ip6<const N: usize>(h: *const [u8; N], i: usize, a: [u32; 4]) {
+    store(h, i, a[0]);
+    store(h, i + 4, a[1]);
+    store(h, i + 8, a[2]);
+    store(h, i + 12, a[3]);
+}
+
+/// The bytes of an address held as memory-order words.
+#[inline(always)]
+pub fn ip6_bytes(a: [u32; 4]) -> [u8; 16] {
+    let [b0, b1, b2, b3] = a[0].to_ne_bytes();
+    let [b4, b5, b6, b7] = a[1].to_ne_bytes();
+    let [b8, b9, b10, b11] = a[2].to_ne_bytes();
+    let [b12, b13, b14, b15] = a[3].to_ne_bytes();
+    [
+        b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
+    ]
+}

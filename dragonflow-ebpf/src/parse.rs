@@ -137,3 +137,22 @@ pub fn icmp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(
     }
     Ok(())
 }
+
+/// Folds a 64-bit one's complement sum to 16 bits (not complemented).
+#[inline(always)]
+pub fn csum_fold(sum: u64) -> u16 {
+    let mut s = (sum & 0xffff_ffff) + (sum >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// RFC 1624 eqn. 3 incremental update of an Internet checksum when one 16-bit word of the
+/// covered data changes from `old` to `new`: `HC' = ~(~HC + ~m + m')`. Byte-order neutral:
+/// pass the checksum and both words as loaded from the packet (memory order) and store the
+/// result the same way.
+#[inline(always)]
+pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
+    !csum_fold(u64::from(!csum) + u64::from(!old) + u64::from(new))
+}

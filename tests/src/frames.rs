@@ -236,3 +236,57 @@ pub fn solicited_node(ip: [u8; 16]) -> [u8; 16] {
 pub fn ipv6_mcast_mac(ip: [u8; 16]) -> [u8; 6] {
     [0x33, 0x33, ip[12], ip[13], ip[14], ip[15]]
 }
+
+// ---- ARP/ND responder and L3 (issue 3: verdicts_l3) -----------------------------------
+
+/// As [`ipv4`] with TTL `ttl` (header checksum recomputed).
+pub fn ipv4_ttl(ttl: u8, src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = ipv4(src, dst, proto, payload);
+    p[8] = ttl;
+    p[10..12].copy_from_slice(&[0, 0]);
+    let csum = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// ICMP (v4) echo message of `ty` (8 request, 0 reply) with its checksum.
+pub fn icmp_echo_msg(ty: u8, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(data);
+    let csum = checksum(&m);
+    m[2..4].copy_from_slice(&csum.to_be_bytes());
+    m
+}
+
+/// The ICMPv6 checksum of `msg` (its checksum field taken as zero) between `src` and
+/// `dst`: RFC 8200 §8.1 pseudo-header (addresses, upper-layer length, next header 58).
+pub fn icmpv6_checksum(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> u16 {
+    let mut b = Vec::with_capacity(40 + msg.len());
+    b.extend_from_slice(&src);
+    b.extend_from_slice(&dst);
+    b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    b.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+    b.extend_from_slice(msg);
+    b[40 + 2] = 0;
+    b[40 + 3] = 0;
+    checksum(&b)
+}
+
+/// `msg` with its ICMPv6 checksum filled in.
+pub fn with_icmpv6_checksum(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    let c = icmpv6_checksum(src, dst, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// ICMPv6 echo message of `ty` (128 request, 129 reply), checksum left zero.
+pub fn icmpv6_echo_msg(ty: u8, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(data);
+    icmpv6(ty, 0, &b)
+}
