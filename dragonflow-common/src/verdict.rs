@@ -17,8 +17,8 @@
 //! port-security path (why it was allowed), whatever forwarding then decided (a forwarding
 //! path or a drop such as `UnknownUnicast`). So with forwarding on, per direction:
 //! frames decided = Σ drops + Σ forwarding paths, and Σ security paths = frames that
-//! passed port security. Metrics: security paths under `verdict="pass"`, forwarding paths
-//! under `verdict="fwd"` (split by [`PassPath::is_forwarding`]).
+//! passed port security. Metrics: both kinds are `verdict="pass"` samples, told apart by
+//! their `path` label ([`PassPath::is_forwarding`] says which kind a path is).
 //!
 //! A frame that XDP hands to its TC companion (tunnel, flood, routed: XDP cannot finish
 //! them) is not decided by XDP and counts nothing there; the TC companion counts it.
