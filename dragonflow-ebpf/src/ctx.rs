@@ -202,3 +202,14 @@ pub fn ip6_bytes(a: [u32; 4]) -> [u8; 16] {
         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15,
     ]
 }
+
+/// The words of an address held as bytes (the inverse of [`ip6_bytes`]).
+#[inline(always)]
+pub fn ip6_words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

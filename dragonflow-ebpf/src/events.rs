@@ -10,6 +10,7 @@ use dragonflow_common::{
 };
 
 use crate::{
+    ctx::{ip6_bytes, ip6_words},
     maps::{GARP_EVENTS, GARP_RATE},
     portsec::{PendingGarp, PortCache},
     stats,
@@ -25,7 +26,7 @@ static GARP_MIN_INTERVAL_NS: Global<u64> = Global::new(GARP_MIN_INTERVAL_NS_DEFA
 pub fn garp(port: &mut PortCache, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
     port.garp = PendingGarp {
         family,
-        ip,
+        ip: ip6_words(ip),
         mac,
         op,
     };
@@ -38,7 +39,7 @@ pub fn flush(port: &mut PortCache) {
     if port.has_garp {
         port.has_garp = false;
         let g = port.garp;
-        emit(port, g.family, g.ip, g.mac, g.op);
+        emit(port, g.family, ip6_bytes(g.ip), g.mac, g.op);
     }
 }
 

@@ -54,11 +54,17 @@ pub struct PortCache {
     // paths merge, and the verifier rejects reading it ("!read_ok").
 }
 
-/// Arguments of `events::emit`.
+/// Arguments of `events::emit`. Every frame starts with this record zeroed (the verifier
+/// rejects reading stack LLVM may copy while it is undefined), so it must cost nothing to
+/// zero: the address is held as words, not `[u8; 16]`. bpf-linker passes
+/// `--bpf-expand-memcpy-in-order`, under which LLVM turns the zeroing of a byte array into
+/// a call to a byte-at-a-time `memset` subprogram; with `[u8; 16]` that call ran on every
+/// packet (measured: most of the TC allowed-IPv4 regression, 3.7x -> 3.0x the stub).
 #[derive(Clone, Copy, Default)]
 pub struct PendingGarp {
     pub family: u8,
-    pub ip: [u8; 16],
+    /// Memory order, see `ctx::ip6_words`.
+    pub ip: [u32; 4],
     pub mac: [u8; 6],
     pub op: u16,
 }
@@ -74,7 +80,7 @@ impl PortCache {
             has_net: false,
             garp: PendingGarp {
                 family: 0,
-                ip: [0; 16],
+                ip: [0; 4],
                 mac: [0; 6],
                 op: 0,
             },
