@@ -145,10 +145,9 @@ pub struct Cli {
     #[arg(long, env = "DRAGONFLOW_LEASE_TTL", value_name = "SECONDS")]
     pub lease_ttl: Option<i64>,
     /// Switch and route in the datapath (sets CFG_F_FORWARDING once the forwarding maps
-    /// are filled). Without it the maps are still maintained, but allowed frames go to the
-    /// kernel (e.g. a Linux bridge) as in issue 2. Off by default until the issue-2 test
-    /// suite (Linux-bridge topology, exact pass counters) is moved to forwarding
-    /// [default: false].
+    /// are filled). `--forwarding=false` is the escape hatch: hand allowed frames to the
+    /// kernel, as before (e.g. to a Linux bridge); the forwarding maps are still
+    /// maintained [default: true].
     #[arg(long, env = "DRAGONFLOW_FORWARDING", num_args = 0..=1, default_missing_value = "true")]
     pub forwarding: Option<bool>,
 }
@@ -322,7 +321,7 @@ impl Cli {
         }
         Ok(Config {
             tunnel_dev: (!no_tunnel).then_some(tunnel_dev),
-            forwarding: self.forwarding.or(file.forwarding).unwrap_or(false),
+            forwarding: self.forwarding.or(file.forwarding).unwrap_or(true),
             lease_ttl_s,
             chassis,
             etcd_endpoints,
@@ -413,7 +412,7 @@ mod tests {
         assert!(!c.allow_any_aap && !c.datapath_log && !c.cleanup);
         assert_eq!(c.tunnel_dev.as_deref(), Some("df-vxlan"));
         assert_eq!(c.lease_ttl_s, 6);
-        assert!(!c.forwarding);
+        assert!(c.forwarding);
         assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/dragonflow/hv1"));
     }
 
@@ -488,5 +487,10 @@ mod tests {
             .merge(FileConfig::default())
             .unwrap();
         assert_eq!(c.tunnel_dev.as_deref(), Some("vx0"));
+        // The escape hatch: allowed frames to the kernel, as in issue 2.
+        let c = parse(&["--chassis", "x", "--forwarding=false"])
+            .merge(FileConfig::default())
+            .unwrap();
+        assert!(!c.forwarding);
     }
 }
