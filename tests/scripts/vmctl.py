@@ -9,6 +9,10 @@ Protocol: one JSON request per stdin line, one JSON response per stdout line.
       the frame from its L3 header on (it carries a random nonce), used to ask the peer
       whether the frame arrived. A kernel refusal answers {"ok": false, "errno": N, ...}.
   {"op": "seen", "sigs": [hex...]}     -> {"ok": true, "seen": [bool...]}
+  {"op": "seen_tagged", "sigs": [...]} -> the same, counting only frames that carried a VLAN
+                                          tag (in their bytes or in skb metadata)
+  {"op": "neigh_seen"}                 -> {"ok": true, "arp_requests": [tpa...],
+                                          "arp_replies": [[spa, sha]...], "na": [[tgt, tlla]...]}
   {"op": "stream_listen", "port": P}   -> starts counting UDP sequence numbers on port P
   {"op": "stream_stats"}               -> {"ok": true, "received": n, "max": m, "missing": k}
   {"op": "stream_start", "dst": IP, "port": P, "pps": R}   -> sends seq-numbered UDP
@@ -72,6 +76,9 @@ from scapy.contrib.mpls import MPLS  # noqa: E402
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 1 << 4
 FOREIGN_MAC = "fa:16:3e:66:66:66"
 BCAST = "ff:ff:ff:ff:ff:ff"
 NOSIG = {"arp_trunc"}
@@ -415,23 +422,49 @@ class Sniffer(threading.Thread):
             self.s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
         except OSError:
             pass
+        # A tag the kernel keeps in skb metadata is not in the bytes we read: ask for it.
+        self.s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         self.s.bind((iface, ETH_P_ALL))
-        self.frames = collections.deque(maxlen=100000)
+        self.frames = collections.deque(maxlen=100000)  # (bytes, tagged)
         self.lock = threading.Lock()
 
     def run(self):
         while True:
-            data, addr = self.s.recvfrom(65535)
+            data, anc, _flags, addr = self.s.recvmsg(65535, socket.CMSG_SPACE(32))
             if addr[2] == PACKET_OUTGOING:
                 continue
+            tagged = l3_offset(data) not in (None, 14)
+            for level, kind, cdata in anc:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= 4:
+                    (status,) = struct.unpack_from("=I", cdata)
+                    tagged = tagged or bool(status & TP_STATUS_VLAN_VALID)
             with self.lock:
-                self.frames.append(data)
+                self.frames.append((data, tagged))
 
-    def seen(self, sigs):
+    def seen(self, sigs, tagged_only=False):
         want = [bytes.fromhex(s) if s else None for s in sigs]
         with self.lock:
-            frames = list(self.frames)
+            frames = [f for f, t in self.frames if t or not tagged_only]
         return [bool(w) and any(w in f for f in frames) for w in want]
+
+    def neigh(self):
+        """ARP requests (their tpa), ARP replies (spa, sha) and NAs (target, TLLA) received."""
+        with self.lock:
+            frames = [f for f, _ in self.frames]
+        out = {"arp_requests": [], "arp_replies": [], "na": []}
+        for f in frames:
+            if len(f) >= 42 and f[12:14] == b"\x08\x06":
+                op = struct.unpack_from("!H", f, 20)[0]
+                if op == 1:
+                    out["arp_requests"].append(socket.inet_ntoa(f[38:42]))
+                elif op == 2:
+                    sha = ":".join("%02x" % x for x in f[22:28])
+                    out["arp_replies"].append([socket.inet_ntoa(f[28:32]), sha])
+            elif len(f) >= 86 and f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == 136:
+                tgt = socket.inet_ntop(socket.AF_INET6, f[62:78])
+                tlla = ":".join("%02x" % x for x in f[80:86]) if f[78] == 2 else None
+                out["na"].append([tgt, tlla])
+        return out
 
 
 class Stream:
@@ -559,6 +592,10 @@ def main():
                 out({"ok": True, "n": len(frames), "sigs": sigs, "src_macs": macs})
             elif op == "seen":
                 out({"ok": True, "seen": sniffer.seen(req["sigs"])})
+            elif op == "seen_tagged":
+                out({"ok": True, "seen": sniffer.seen(req["sigs"], tagged_only=True)})
+            elif op == "neigh_seen":
+                out(dict(ok=True, **sniffer.neigh()))
             elif op == "stream_listen":
                 stream.listen(req["port"], req.get("ip", o.ip4))
                 out({"ok": True})

@@ -1,7 +1,8 @@
 //! The agent's failure modes (issue 2, item 9): kill -9 and restart under continuous
 //! traffic loses nothing and never opens the datapath; an etcd outage leaves enforcement
 //! as it was and the agent resyncs afterwards; a tap with no known port is fail-closed;
-//! malformed northbound records are logged, counted and skipped.
+//! malformed northbound records are logged, counted and skipped. The hypervisor has no
+//! bridge: the traffic that must survive is switched by the datapath itself.
 
 mod common;
 
@@ -78,6 +79,11 @@ fn kill9_restart(hook: Hook) {
     }
     let at_kill = received(&t.ctl[1]);
     t.cloud.start_agent(0);
+    assert_eq!(
+        common::forwarding_enabled(t.hv()),
+        1.0,
+        "the restarted agent adopted the pinned config but does not report forwarding on"
+    );
     let after_restart = received(&t.ctl[1]);
     assert!(
         after_restart > at_kill,
@@ -277,8 +283,9 @@ fn fail_closed(t: &Topo) -> f64 {
 fn unknown_tap(hook: Hook) {
     // tapw exists before the agent starts; its port never does.
     let mut t = Topo::with(hook, &[A, B], |cloud| {
-        cloud.add_vm(
-            0,
+        common::add_vm(
+            cloud,
+            hook,
             W.name,
             &W.tap(),
             W.mac,
@@ -314,9 +321,9 @@ fn unknown_tap(hook: Hook) {
 
     // tapu appears while the agent runs (netlink): dropped as soon as the agent has seen
     // it (a frame racing the attach is the kernel's window, not a verdict).
-    let hv = 0;
-    t.cloud.add_vm(
-        hv,
+    common::add_vm(
+        &mut t.cloud,
+        hook,
         U.name,
         &U.tap(),
         U.mac,
