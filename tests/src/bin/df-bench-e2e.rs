@@ -1,25 +1,42 @@
 //! End-to-end benchmark between two VMs on one hypervisor, measured side by side in one
 //! run: 64-byte UDP packets per second (trafgen) and TCP throughput (iperf3, one stream)
 //! through
-//!   - `bridge`: a Linux bridge, no filtering (the machine's ceiling for this topology);
+//!   - `bridge`: a Linux bridge, no filtering;
 //!   - `bridge+nftables`: the bridge with Neutron-style anti-spoofing and conntrack rules
 //!     (br_netfilter + an inet table, as Neutron's hybrid iptables firewall does);
-//!   - `dragonflow tc` / `dragonflow xdp`: our agent with the pipeline on each hook
-//!     (allowed frames handed to the same bridge in this first stage).
+//!   - `tc stub` / `xdp stub`: no bridge, a redirect-only program on each tap sending its
+//!     frames straight into the other tap (the limit of this machine for that hook);
+//!   - `dragonflow tc` / `dragonflow xdp`: our agent, no bridge: the program switches
+//!     tap → tap after port security.
 //!
+//! Each dragonflow row is compared with bridge+nftables and with its own hook's stub.
 //! Prints a markdown table; `cargo xtask bench` runs it.
+//!
+//! VMs behind the XDP hook get GRO on and an XDP_PASS program on eth0 (native XDP redirect
+//! or XDP_TX into a veth only delivers when the receiver has NAPI, and XDP_TX only when it
+//! has an XDP program) and checksum offload off (an XDP redirect drops the skb's
+//! partial-checksum state; DESIGN.md §4), for the stub and for our program alike.
 
 use std::{
+    os::fd::{FromRawFd as _, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
 
-use tests::harness::{Cloud, Hook, Netns, ping, wait_until};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::xdp::DevMapHash,
+    programs::{Xdp, XdpMode},
+};
+use dragonflow_agent::datapath::EBPF_OBJECT;
+use dragonflow_common::maps::{self as names, progs};
+use tests::harness::{Cloud, Hook, HvOpts, Netns, VmOpts, iperf3, metric, ping, wait_until};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Setup {
     Bridge,
     BridgeNft,
+    Stub(Hook),
     Dragonflow(Hook),
 }
 
@@ -28,7 +45,9 @@ impl Setup {
         match self {
             Setup::Bridge => "bridge (no filter)",
             Setup::BridgeNft => "bridge + nftables (Neutron-like)",
+            Setup::Stub(Hook::Tc) => "tc redirect stub",
             Setup::Dragonflow(Hook::Tc) => "dragonflow, tc hook",
+            Setup::Stub(Hook::Xdp) => "xdp redirect stub",
             Setup::Dragonflow(Hook::Xdp) => "dragonflow, xdp hook",
         }
     }
@@ -38,16 +57,20 @@ const MAC1: &str = "fa:16:3e:00:01:01";
 const MAC2: &str = "fa:16:3e:00:01:02";
 const IP1: &str = "192.0.2.11";
 const IP2: &str = "192.0.2.12";
+const TAP1: &str = "tapb1";
+const TAP2: &str = "tapb2";
 
 fn main() {
-    // df-bench-e2e [SECS] [bridge|nft|tc|xdp ...]
+    // df-bench-e2e [SECS] [bridge|nft|tc-stub|tc|xdp-stub|xdp ...]
     let args: Vec<String> = std::env::args().skip(1).collect();
     let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let only: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let setups: Vec<Setup> = [
         ("bridge", Setup::Bridge),
         ("nft", Setup::BridgeNft),
+        ("tc-stub", Setup::Stub(Hook::Tc)),
         ("tc", Setup::Dragonflow(Hook::Tc)),
+        ("xdp-stub", Setup::Stub(Hook::Xdp)),
         ("xdp", Setup::Dragonflow(Hook::Xdp)),
     ]
     .into_iter()
@@ -61,49 +84,70 @@ fn main() {
         eprintln!("   {:.3} Mpps, {:.2} Gbit/s", pps / 1e6, gbps);
         rows.push((s, pps, gbps));
     }
-    let (base_pps, base_gbps) = rows
-        .iter()
-        .find(|r| r.0 == Setup::BridgeNft)
-        .or(rows.first())
-        .map(|r| (r.1, r.2))
-        .expect("at least one setup measured");
+    let find = |want: Setup| rows.iter().find(|r| r.0 == want).map(|r| (r.1, r.2));
+    let base = find(Setup::BridgeNft);
+    let ratio =
+        |x: f64, of: Option<f64>| of.map_or("–".to_string(), |b| format!("{:.2}×", x / b));
     println!("\n### End to end, VM → VM on one hypervisor ({secs} s per figure)\n");
-    println!("| path | 64-byte UDP | vs bridge+nft | TCP, 1 stream | vs bridge+nft |");
-    println!("|---|---|---|---|---|");
-    for (s, pps, gbps) in rows {
+    println!(
+        "| path | 64-byte UDP | vs bridge+nft | vs own stub | TCP, 1 stream | vs bridge+nft | vs own stub |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &(s, pps, gbps) in &rows {
+        let stub = match s {
+            Setup::Dragonflow(h) => find(Setup::Stub(h)),
+            _ => None,
+        };
         println!(
-            "| {} | {:.3} Mpps | {:.2}× | {:.2} Gbit/s | {:.2}× |",
+            "| {} | {:.3} Mpps | {} | {} | {:.2} Gbit/s | {} | {} |",
             s.name(),
             pps / 1e6,
-            pps / base_pps,
+            ratio(pps, base.map(|b| b.0)),
+            ratio(pps, stub.map(|b| b.0)),
             gbps,
-            gbps / base_gbps
+            ratio(gbps, base.map(|b| b.1)),
+            ratio(gbps, stub.map(|b| b.1)),
         );
     }
 }
 
 fn measure(setup: Setup, secs: u64) -> (f64, f64) {
     let mut cloud = Cloud::new();
-    let hook = match setup {
-        Setup::Dragonflow(h) => h,
-        _ => Hook::Tc,
+    let (hook, bridge) = match setup {
+        Setup::Bridge | Setup::BridgeNft => (Hook::Tc, true),
+        Setup::Stub(h) | Setup::Dragonflow(h) => (h, false),
     };
-    let hv = cloud.add_hypervisor("hv1", hook);
+    let hv = cloud.add_hypervisor_opts("hv1", hook, HvOpts { bridge });
     if let Setup::Dragonflow(_) = setup {
         cloud.dfctl("lswitch create net1 --vni 100 --mtu 1500");
         cloud.dfctl("subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24");
         cloud.dfctl(&format!(
-            "lport create p1 --lswitch net1 --mac {MAC1} --fixed-ip {IP1} --chassis hv1 --ifname tapb1"
+            "lport create p1 --lswitch net1 --mac {MAC1} --fixed-ip {IP1} --chassis hv1 --ifname {TAP1}"
         ));
         cloud.dfctl(&format!(
-            "lport create p2 --lswitch net1 --mac {MAC2} --fixed-ip {IP2} --chassis hv1 --ifname tapb2"
+            "lport create p2 --lswitch net1 --mac {MAC2} --fixed-ip {IP2} --chassis hv1 --ifname {TAP2}"
         ));
     }
-    cloud.add_vm(hv, "vm1", "tapb1", MAC1, &[&format!("{IP1}/24")]);
-    cloud.add_vm(hv, "vm2", "tapb2", MAC2, &[&format!("{IP2}/24")]);
+    let opts = VmOpts {
+        gro: hook == Hook::Xdp && !bridge,
+        tx_csum_off: hook == Hook::Xdp && !bridge,
+        xdp_pass: hook == Hook::Xdp && !bridge,
+        ..VmOpts::default()
+    };
+    cloud.add_vm_opts(hv, "vm1", TAP1, MAC1, &[&format!("{IP1}/24")], &opts);
+    cloud.add_vm_opts(hv, "vm2", TAP2, MAC2, &[&format!("{IP2}/24")], &opts);
+    let mut _stub = None;
     match setup {
-        Setup::Dragonflow(_) => cloud.start_agent(hv),
+        Setup::Dragonflow(_) => {
+            cloud.hvs[hv].extra_agent_args = vec!["--forwarding".into()];
+            cloud.start_agent(hv);
+            let h = &cloud.hvs[hv];
+            wait_until("forwarding enabled", Duration::from_secs(30), || {
+                metric(&h.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0)
+            });
+        }
         Setup::BridgeNft => nftables_port_security(&cloud.hvs[hv].ns),
+        Setup::Stub(h) => _stub = Some(Stub::attach(&cloud, hv, h)),
         Setup::Bridge => {}
     }
     let (vm1, vm2) = (&cloud.vms[0].ns, &cloud.vms[1].ns);
@@ -113,6 +157,127 @@ fn measure(setup: Setup, secs: u64) -> (f64, f64) {
     let pps = udp_pps(vm1, vm2, secs);
     let gbps = tcp_gbps(vm1, vm2, secs);
     (pps, gbps)
+}
+
+/// A redirect-only program on both taps, crossing them over: what tap1's VM sends goes
+/// out of tap2 to the other VM, and back. Detached on drop.
+enum Stub {
+    /// `df_stub_xdp_redirect` from our object: a devmap redirect keyed by the ingress
+    /// ifindex, the same helper our XDP hook delivers with; the devmap maps each tap to
+    /// the other.
+    Xdp(#[allow(dead_code)] Ebpf),
+    /// `bpf_redirect(<other tap>, 0)` as a three-instruction tcx ingress program per tap.
+    /// Our object's `df_stub_tc_redirect` redirects to the ingress ifindex itself (a
+    /// hairpin, right for BPF_PROG_TEST_RUN), which cannot cross two taps over, so the
+    /// target is an immediate here.
+    Tc(#[allow(dead_code)] Vec<OwnedFd>),
+}
+
+impl Stub {
+    fn attach(cloud: &Cloud, hv: usize, hook: Hook) -> Stub {
+        let h = &cloud.hvs[hv];
+        let (if1, if2) = (h.ns.ifindex(TAP1), h.ns.ifindex(TAP2));
+        let pins = h.bpffs.path.clone();
+        match hook {
+            Hook::Xdp => Stub::Xdp(h.ns.within(move || {
+                let mut ebpf = EbpfLoader::new()
+                    .default_map_pin_directory(&pins)
+                    .override_global("AYA_LOG_LEVEL", &0u8, false)
+                    .load(EBPF_OBJECT)
+                    .unwrap_or_else(|e| panic!("load eBPF object: {e:#}"));
+                {
+                    let p: &mut Xdp = ebpf
+                        .program_mut(progs::STUB_XDP_REDIRECT)
+                        .unwrap_or_else(|| panic!("no {} in the object", progs::STUB_XDP_REDIRECT))
+                        .try_into()
+                        .expect("xdp program");
+                    p.load()
+                        .unwrap_or_else(|e| panic!("load {}: {e:#}", progs::STUB_XDP_REDIRECT));
+                    for tap in [TAP1, TAP2] {
+                        p.attach(tap, XdpMode::Driver)
+                            .unwrap_or_else(|e| panic!("attach xdp stub to {tap}: {e:#}"));
+                    }
+                }
+                let mut dm = DevMapHash::try_from(ebpf.map_mut(names::DEVMAP).expect("devmap"))
+                    .expect("devmap hash");
+                dm.insert(if1, if2, None, 0).expect("devmap tap1 → tap2");
+                dm.insert(if2, if1, None, 0).expect("devmap tap2 → tap1");
+                ebpf
+            })),
+            Hook::Tc => Stub::Tc(h.ns.within(move || {
+                vec![tc_redirect_stub(if1, if2), tc_redirect_stub(if2, if1)]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            })),
+        }
+    }
+}
+
+/// Loads `r1 = target; r2 = 0; call bpf_redirect; exit` and links it at tcx ingress of
+/// `ifindex` (in the calling thread's namespace); the program and link fds.
+fn tc_redirect_stub(ifindex: u32, target: u32) -> [OwnedFd; 2] {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_FUNC_REDIRECT: i32 = 23;
+    fn insn(code: u8, dst: u8, imm: i32) -> u64 {
+        u64::from(code) | (u64::from(dst & 0xf) << 8) | (u64::from(imm as u32) << 32)
+    }
+    let prog = [
+        insn(0xb7, 1, target as i32), // mov64 r1, target
+        insn(0xb7, 2, 0),             // mov64 r2, 0
+        insn(0x85, 0, BPF_FUNC_REDIRECT),
+        insn(0x95, 0, 0), // exit (r0 = TC_ACT_REDIRECT from the helper)
+    ];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(prog.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..56].copy_from_slice(b"dfb_tc_stub\0\0\0\0\0"[..8].as_ref());
+    attr[68..72].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer we own; the pointers outlive the call.
+    let prog_fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    assert!(
+        prog_fd >= 0,
+        "BPF_PROG_LOAD tc stub: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
+    // SAFETY: as above.
+    let link_fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    assert!(
+        link_fd >= 0,
+        "BPF_LINK_CREATE tcx ingress: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: both fds were just returned by the kernel and belong to nobody else.
+    unsafe {
+        [
+            OwnedFd::from_raw_fd(prog_fd as i32),
+            OwnedFd::from_raw_fd(link_fd as i32),
+        ]
+    }
 }
 
 /// Anti-spoofing per port in a bridge table and a stateful forward filter in an inet
@@ -185,28 +350,5 @@ fn udp_pps(vm1: &Netns, vm2: &Netns, secs: u64) -> f64 {
 }
 
 fn tcp_gbps(vm1: &Netns, vm2: &Netns, secs: u64) -> f64 {
-    let mut server = vm2
-        .command("iperf3")
-        .args(["-s", "-1", "-B", IP2])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn iperf3");
-    let mut out = None;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        let o = vm1.try_exec(&format!("iperf3 -c {IP2} -t {secs} -J"));
-        if o.status.success() {
-            out = Some(o);
-            break;
-        }
-        thread::sleep(Duration::from_millis(100)); // server not listening yet
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out.expect("iperf3 client never connected");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no bits_per_second in iperf3 output: {v}"))
-        / 1e9
+    iperf3(vm1, vm2, IP2, secs as u32).unwrap_or_else(|e| panic!("iperf3: {e}")) / 1e9
 }
