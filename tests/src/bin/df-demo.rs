@@ -1,7 +1,17 @@
-//! `cargo xtask demo`: one simulated hypervisor with three VMs in network namespaces, a
-//! real etcd and a real agent. Shows legitimate traffic passing, allowed address pairs
-//! being honoured live, and spoofs being dropped with their counters. Ctrl-C (or
-//! `--duration`) removes every namespace, link, pin and process it made.
+//! `cargo xtask demo`: two simulated hypervisors joined over VXLAN, a real etcd and a
+//! real agent on each (forwarding in eBPF, no Linux bridge anywhere), two networks joined
+//! by a distributed router, VMs in network namespaces. Shows same-chassis, cross-chassis
+//! and routed pings, ARP answered by the datapath, a spoof dropped with its counter,
+//! allowed address pairs honoured live and a GARP event. Ctrl-C (or `--duration`)
+//! removes every namespace, link, pin and process it made.
+//!
+//! ```text
+//!   hv1 (198.18.0.10)  web1 192.0.2.11, web2 192.0.2.12 (both list the VIP .100),
+//!                      client 192.0.2.13            on net1 (VNI 100)
+//!                      app 198.51.100.10            on net2 (VNI 200)
+//!   hv2 (198.18.0.11)  web3 192.0.2.14              on net1
+//!   router r1: 192.0.2.1 on net1, 198.51.100.1 on net2 (every VM's default gateway)
+//! ```
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -9,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::harness::{Cloud, Hook, Hypervisor, metric, ping, wait_until};
+use tests::harness::{Cloud, Hook, HvOpts, Hypervisor, VmOpts, metric, ping, wait_until};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -68,14 +78,88 @@ fn step(s: &str) {
     }
 }
 
-fn counter(hv: &Hypervisor, verdict: &str, label: (&str, &str)) -> f64 {
+fn counter(hv: &Hypervisor, direction: &str, verdict: &str, label: (&str, &str)) -> f64 {
     metric(
         &hv.metrics(),
         "dragonflow_datapath_packets_total",
-        &[("direction", "from_vm"), ("verdict", verdict), label],
+        &[("direction", direction), ("verdict", verdict), label],
     )
     .unwrap_or(0.0)
 }
+
+/// A from-VM pass/forwarding path counter.
+fn path(hv: &Hypervisor, name: &str) -> f64 {
+    counter(hv, "from_vm", "pass", ("path", name))
+}
+
+fn ok(b: bool) -> &'static str {
+    if b { "ok" } else { "FAILED" }
+}
+
+/// One VM of the demo.
+struct VmDef {
+    name: &'static str,
+    hv: usize,
+    net: &'static str,
+    mac: &'static str,
+    ip: &'static str,
+    prefix: u8,
+    gateway: &'static str,
+    extra: &'static str,
+}
+
+const VMS: &[VmDef] = &[
+    VmDef {
+        name: "web1",
+        hv: 0,
+        net: "net1",
+        mac: "fa:16:3e:00:00:01",
+        ip: "192.0.2.11",
+        prefix: 24,
+        gateway: "192.0.2.1",
+        extra: "--aap 192.0.2.100",
+    },
+    VmDef {
+        name: "web2",
+        hv: 0,
+        net: "net1",
+        mac: "fa:16:3e:00:00:02",
+        ip: "192.0.2.12",
+        prefix: 24,
+        gateway: "192.0.2.1",
+        extra: "--aap 192.0.2.100",
+    },
+    VmDef {
+        name: "client",
+        hv: 0,
+        net: "net1",
+        mac: "fa:16:3e:00:00:03",
+        ip: "192.0.2.13",
+        prefix: 24,
+        gateway: "192.0.2.1",
+        extra: "",
+    },
+    VmDef {
+        name: "app",
+        hv: 0,
+        net: "net2",
+        mac: "fa:16:3e:00:00:04",
+        ip: "198.51.100.10",
+        prefix: 24,
+        gateway: "198.51.100.1",
+        extra: "",
+    },
+    VmDef {
+        name: "web3",
+        hv: 1,
+        net: "net1",
+        mac: "fa:16:3e:00:00:05",
+        ip: "192.0.2.14",
+        prefix: 24,
+        gateway: "192.0.2.1",
+        extra: "",
+    },
+];
 
 fn main() {
     let args = parse_args();
@@ -84,6 +168,7 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    let mut failed = Vec::new();
 
     step("Starting etcd (temporary data dir) in an underlay namespace");
     let mut cloud = Cloud::new();
@@ -94,22 +179,37 @@ fn main() {
     );
 
     step(&format!(
-        "Creating hypervisor hv1 with its agent (hook = {})",
+        "Creating hypervisors hv1 and hv2 on the underlay 198.18.0.0/24, no Linux bridge (hook = {})",
         args.hook.as_str()
     ));
-    let hv = cloud.add_hypervisor("hv1", args.hook);
+    for name in ["hv1", "hv2"] {
+        cloud.add_hypervisor_opts(name, args.hook, HvOpts { bridge: false });
+    }
 
-    step("Creating the network and ports through dfctl");
-    for c in [
-        "lswitch create net1 --name demo-net --vni 100 --mtu 1450",
-        "subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1",
-        "lport create web1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11 \
-         --aap 192.0.2.100 --chassis hv1 --ifname tapweb1",
-        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
-         --aap 192.0.2.100 --chassis hv1 --ifname tapweb2",
-        "lport create client --lswitch net1 --mac fa:16:3e:00:00:03 --fixed-ip 192.0.2.13 \
-         --chassis hv1 --ifname tapclient",
-    ] {
+    step("Creating two networks, a router between them and the ports, through dfctl");
+    let mut cmds = vec![
+        "lswitch create net1 --name front --vni 100 --mtu 1450".to_string(),
+        "subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1".into(),
+        "lswitch create net2 --name back --vni 200 --mtu 1450".into(),
+        "subnet create sub2 --lswitch net2 --cidr 198.51.100.0/24 --gateway 198.51.100.1".into(),
+        "lrouter create r1 --name demo-router".into(),
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 --ip 192.0.2.1/24".into(),
+        "lrouter add-interface r1 --lswitch net2 --mac fa:16:3e:00:02:01 --ip 198.51.100.1/24"
+            .into(),
+    ];
+    for v in VMS {
+        cmds.push(format!(
+            "lport create {} --lswitch {} --mac {} --fixed-ip {} {} --chassis hv{} --ifname tap{}",
+            v.name,
+            v.net,
+            v.mac,
+            v.ip,
+            v.extra,
+            v.hv + 1,
+            v.name
+        ));
+    }
+    for c in &cmds {
         println!(
             "    $ dfctl {}",
             c.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -118,116 +218,170 @@ fn main() {
     }
     print!("{}", cloud.dfctl("lport list"));
 
+    step("Booting the VMs (default route via the router) and starting both agents");
+    for v in VMS {
+        let opts = VmOpts::for_hook(args.hook, &[v.gateway]);
+        let addr = format!("{}/{}", v.ip, v.prefix);
+        let mut addrs = vec![addr.as_str()];
+        // web1 holds the VIP; it also configures an address it was never given (.66).
+        if v.name == "web1" {
+            addrs.extend(["192.0.2.100/32", "192.0.2.66/32"]);
+        }
+        cloud.add_vm_opts(
+            v.hv,
+            v.name,
+            &format!("tap{}", v.name),
+            v.mac,
+            &addrs,
+            &opts,
+        );
+    }
+    for hv in 0..cloud.hvs.len() {
+        cloud.start_agent(hv);
+    }
+    for hv in &cloud.hvs {
+        wait_until(
+            &format!("forwarding on in {}'s datapath", hv.name),
+            Duration::from_secs(30),
+            || metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0),
+        );
+        println!(
+            "    {}: agent healthy, forwarding in eBPF on; metrics on {} inside {}",
+            hv.name,
+            Hypervisor::METRICS,
+            hv.ns.name
+        );
+    }
+
+    let vm = |name: &str| {
+        let i = VMS.iter().position(|v| v.name == name).expect("vm");
+        &cloud.vms[i].ns
+    };
+    let (web1, client, app) = (vm("web1"), vm("client"), vm("app"));
+    let (hv1, hv2) = (&cloud.hvs[0], &cloud.hvs[1]);
+    let mut show = |what: &str, ok_: bool| {
+        println!("    {what}: {}", ok(ok_));
+        if !ok_ {
+            failed.push(what.to_string());
+        }
+    };
+    // The first ping of each path also waits for the other chassis to be known.
+    let reach = |ns: &tests::harness::Netns, ip: &str| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if ping(ns, ip, 1) {
+                return ping(ns, ip, 3);
+            }
+        }
+        false
+    };
+
+    step("Same chassis: client -> web1 (hv1 -> hv1), redirected tap to tap");
+    let before = path(hv1, "l2_local");
+    show("ping 192.0.2.11", reach(client, "192.0.2.11"));
+    show(
+        "ping 192.0.2.100 (the VIP, held by web1)",
+        reach(client, "192.0.2.100"),
+    );
+    println!(
+        "    hv1 from_vm l2_local: {before} -> {}",
+        path(hv1, "l2_local")
+    );
+
+    step("Cross chassis: client (hv1) -> web3 (hv2), through df-vxlan with VNI 100");
+    let (before, before2) = (
+        path(hv1, "l2_tunnel"),
+        counter(hv2, "from_tunnel", "pass", ("path", "l2_local")),
+    );
+    show("ping 192.0.2.14", reach(client, "192.0.2.14"));
+    println!(
+        "    hv1 from_vm l2_tunnel: {before} -> {}; hv2 from_tunnel l2_local: {before2} -> {}",
+        path(hv1, "l2_tunnel"),
+        counter(hv2, "from_tunnel", "pass", ("path", "l2_local"))
+    );
+
     step(
-        "Booting VMs web1, web2 (sharing the VIP 192.0.2.100 as an allowed address pair) and client",
+        "Routed: client (net1) -> app (net2) through r1, and app -> web3 (routed, then tunnelled)",
     );
-    // web1 holds the VIP; it also configures an address it was never given (192.0.2.66).
-    cloud.add_vm(
-        hv,
-        "web1",
-        "tapweb1",
-        "fa:16:3e:00:00:01",
-        &["192.0.2.11/24", "192.0.2.100/32"],
+    let before = path(hv1, "routed");
+    show(
+        "ping 198.51.100.10 from client",
+        reach(client, "198.51.100.10"),
     );
-    cloud.add_vm(
-        hv,
-        "web2",
-        "tapweb2",
-        "fa:16:3e:00:00:02",
-        &["192.0.2.12/24"],
+    show("ping 192.0.2.14 from app", reach(app, "192.0.2.14"));
+    show(
+        "ping the router's interface 192.0.2.1",
+        reach(client, "192.0.2.1"),
     );
-    cloud.add_vm(
-        hv,
-        "client",
-        "tapclient",
-        "fa:16:3e:00:00:03",
-        &["192.0.2.13/24"],
-    );
-    cloud.vms[0].ns.exec("ip addr add 192.0.2.66/32 dev eth0");
-    cloud.start_agent(hv);
     println!(
-        "    agent healthy; metrics on {} inside {}",
-        Hypervisor::METRICS,
-        cloud.hvs[hv].ns.name
+        "    hv1 from_vm routed: {before} -> {}",
+        path(hv1, "routed")
     );
 
-    let (web1, client) = (&cloud.vms[0].ns, &cloud.vms[2].ns);
-    let hv1 = &cloud.hvs[hv];
-
-    step("Legitimate traffic: client -> web1 fixed IP, client -> VIP held by web1");
-    wait_until("client reaches web1", Duration::from_secs(10), || {
-        ping(client, "192.0.2.11", 1)
-    });
-    println!(
-        "    ping 192.0.2.11: {}",
-        if ping(client, "192.0.2.11", 3) {
-            "ok"
-        } else {
-            "FAILED"
-        }
+    step("ARP answered by the datapath: client asks for web1's MAC (arping -b: broadcasts only)");
+    let before = path(hv1, "arp_responder");
+    let ok_ = client
+        .try_exec("arping -q -b -c 3 -w 5 -I eth0 192.0.2.11")
+        .status
+        .success();
+    let after = path(hv1, "arp_responder");
+    show("arping -b 192.0.2.11 answered", ok_);
+    show(
+        "answered by the responder (counter moved by 3)",
+        after - before >= 3.0,
     );
     println!(
-        "    ping 192.0.2.100 (VIP): {}",
-        if ping(client, "192.0.2.100", 3) {
-            "ok"
-        } else {
-            "FAILED"
-        }
-    );
-    println!(
-        "    passed ipv4 so far: {}",
-        counter(hv1, "pass", ("path", "ipv4"))
+        "    dragonflow_datapath_packets_total{{verdict=\"pass\",path=\"arp_responder\"}}: {before} -> {after}"
     );
 
     step("Spoof: web1 sends from 192.0.2.66, an address that is neither fixed nor an AAP");
-    let before = counter(hv1, "drop", ("reason", "src_ip_spoof"));
-    let ok = web1
+    let before = counter(hv1, "from_vm", "drop", ("reason", "src_ip_spoof"));
+    let answered = web1
         .try_exec("ping -q -c 3 -i 0.2 -W 1 -I 192.0.2.66 192.0.2.13")
         .status
         .success();
-    let after = counter(hv1, "drop", ("reason", "src_ip_spoof"));
-    println!(
-        "    ping -I 192.0.2.66: {}",
-        if ok {
-            "answered (UNEXPECTED)"
-        } else {
-            "no answer"
-        }
-    );
+    let after = counter(hv1, "from_vm", "drop", ("reason", "src_ip_spoof"));
+    show("ping -I 192.0.2.66 not answered", !answered);
+    show("counted as src_ip_spoof", after > before);
     println!(
         "    dragonflow_datapath_packets_total{{verdict=\"drop\",reason=\"src_ip_spoof\"}}: {before} -> {after}"
     );
 
     step("Allowed address pairs are live: add 192.0.2.66 to web1, then remove it");
-    cloud.dfctl("lport update web1 --add-aap 192.0.2.66");
-    let t = Instant::now();
-    wait_until("AAP takes effect", Duration::from_secs(10), || {
+    let spoof_ping = || {
         web1.try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13")
             .status
             .success()
-    });
-    println!(
-        "    after --add-aap: ping -I 192.0.2.66 answered ({} ms to take effect)",
-        t.elapsed().as_millis()
+    };
+    cloud.dfctl("lport update web1 --add-aap 192.0.2.66");
+    let t = Instant::now();
+    let added = (0..100).any(|_| spoof_ping());
+    show(
+        &format!(
+            "after --add-aap: ping -I 192.0.2.66 answered ({} ms to take effect)",
+            t.elapsed().as_millis()
+        ),
+        added,
     );
     cloud.dfctl("lport update web1 --remove-aap 192.0.2.66");
-    wait_until("AAP removal takes effect", Duration::from_secs(10), || {
-        !web1
-            .try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13")
-            .status
-            .success()
-    });
-    println!("    after --remove-aap: dropped again");
+    let removed = (0..100).any(|_| !spoof_ping());
+    show("after --remove-aap: dropped again", removed);
 
     step("Gratuitous ARP for the VIP from web1 (what keepalived sends on failover)");
     web1.try_exec("arping -q -U -c 2 -I eth0 192.0.2.100");
     let garp = wait_until_some_garp(&cloud);
+    show(
+        "GARP event for 192.0.2.100 listed",
+        garp.contains("192.0.2.100"),
+    );
     print!("{garp}");
 
-    step("Datapath verdict counters (non-zero), from GET /metrics");
-    for l in hv1.metrics().lines() {
-        if l.starts_with("dragonflow_datapath_packets_total") && !l.ends_with(" 0") {
-            println!("    {l}");
+    step("Datapath verdict counters (non-zero), from GET /metrics of each agent");
+    for hv in &cloud.hvs {
+        for l in hv.metrics().lines() {
+            if l.starts_with("dragonflow_datapath_packets_total") && !l.ends_with(" 0") {
+                println!("    {}: {l}", hv.name);
+            }
         }
     }
 
@@ -249,15 +403,20 @@ fn main() {
                 hv1.ns.name,
                 Hypervisor::METRICS
             );
-            println!("    ip netns exec {} ping 192.0.2.100", client.name);
+            println!("    ip netns exec {} ping 198.51.100.10", client.name);
+            println!("    ip netns exec {} ping 192.0.2.14", client.name);
             while !STOP.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(100));
             }
         }
     }
-    step("Cleaning up: agent, VMs, hypervisor, bpffs pins, etcd and its data dir");
+    step("Cleaning up: agents, VMs, hypervisors, bpffs pins, etcd and its data dir");
     drop(cloud);
     println!("    done");
+    if !failed.is_empty() {
+        eprintln!("demo: {} step(s) failed: {failed:?}", failed.len());
+        std::process::exit(1);
+    }
 }
 
 fn wait_until_some_garp(cloud: &Cloud) -> String {
