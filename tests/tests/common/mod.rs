@@ -6,7 +6,8 @@
 //! datapath, so our programs are the only way a frame gets from one tap to another (issue
 //! 3). Counting follows `dragonflow_common::verdict`: a frame that passed port security
 //! counts its security path (`ipv4`, `arp`, …) AND its forwarding outcome (`l2_local`,
-//! `flood`, `arp_responder`, …) or a forwarding drop (`unknown_unicast`, …).
+//! `flood`, `arp_responder`, …) or a forwarding drop (`unknown_unicast`, …); both kinds
+//! are `verdict="pass"` samples, told apart by the path name.
 //!
 //! Verdicts are proven two ways: the datapath counter of the expected reason increments,
 //! and the frame does (or does not) reach the peer VM. "Does not" is decided without
@@ -342,10 +343,6 @@ pub fn parse_counters(text: &str) -> Counters {
         ) else {
             continue;
         };
-        // The agent may export forwarding outcomes under `verdict="fwd"` (as
-        // dragonflow_common::verdict documents) or under `pass`: the path name alone says
-        // which kind it is (PassPath::is_forwarding), so both are kept under "pass".
-        let verdict = if *verdict == "fwd" { "pass" } else { verdict };
         *out.entry((verdict.to_string(), what.to_string()))
             .or_default() += value.parse::<f64>().unwrap_or(0.0);
     }
