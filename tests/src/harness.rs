@@ -254,25 +254,27 @@ pub fn samples<'a>(
     name: &'a str,
     labels: &'a [(&'a str, &'a str)],
 ) -> impl Iterator<Item = f64> + 'a {
-    text.lines().filter(|l| !l.starts_with('#')).filter_map(move |l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = match series.split_once('{') {
-            Some((n, r)) => (n, r.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            return None;
-        }
-        let have: Vec<(&str, &str)> = rest
-            .split(',')
-            .filter(|kv| !kv.is_empty())
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
-            .collect();
-        labels
-            .iter()
-            .all(|want| have.contains(want))
-            .then(|| value.parse().ok())?
-    })
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, r)) => (n, r.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let have: Vec<(&str, &str)> = rest
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+                .collect();
+            labels
+                .iter()
+                .all(|want| have.contains(want))
+                .then(|| value.parse().ok())?
+        })
 }
 
 /// Value of the first sample of `name` whose labels include all of `labels`; `None` if

@@ -4,7 +4,7 @@
 //! - `build`  release build of the agent with the embedded eBPF object
 //! - `clippy` fmt check, host clippy and bpfel clippy, all with `-D warnings`
 //! - `test`   setup, then every test of the workspace (unit, BPF_PROG_TEST_RUN, netns)
-//! - `demo`   setup, then the live demo (one hypervisor, three VMs)
+//! - `demo`   setup, then the live demo (two hypervisors over VXLAN, a router, AAPs)
 //! - `bench`  setup, then the benchmarks; output also saved to target/bench-<date>.md
 //! - `sweep`  remove what killed test runs left behind (namespaces, bpffs mounts)
 
