@@ -1078,59 +1078,8 @@ pub fn iperf3(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> Res
 /// and pins the link at `pin` (a bpffs path), so it lives until that bpffs is unmounted or
 /// the device goes away.
 fn xdp_pass_pinned(ifindex: u32, pin: &Path) {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_XDP: u32 = 37;
-    // mov64 r0, 2 (XDP_PASS); exit
-    let prog: [u64; 2] = [0xb7 | (2u64 << 32), 0x95];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(prog.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..56].copy_from_slice(b"dft_xdp_");
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer we own; the pointers outlive the call.
-    let prog_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    assert!(
-        prog_fd >= 0,
-        "BPF_PROG_LOAD xdp pass: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut attr = [0u8; 64];
-    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
-    // SAFETY: as above.
-    let link_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing the fd the kernel just returned (the link holds the program).
-    unsafe { libc::close(prog_fd as i32) };
-    assert!(link_fd >= 0, "BPF_LINK_CREATE xdp ifindex {ifindex}: {err}");
-    let path = std::ffi::CString::new(pin.to_str().expect("utf-8 pin path")).expect("pin path");
-    let mut attr = [0u8; 16];
-    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(link_fd as u32).to_ne_bytes());
-    // SAFETY: as above.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len() as u32) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: the pin keeps the link.
-    unsafe { libc::close(link_fd as i32) };
-    assert_eq!(rc, 0, "pin xdp link at {}: {err}", pin.display());
+    use crate::rawbpf;
+    let prog = rawbpf::load(rawbpf::PROG_TYPE_XDP, 0, &rawbpf::ret(2), "dft_xdp_pass");
+    let link = rawbpf::link(&prog, ifindex, rawbpf::ATTACH_XDP);
+    rawbpf::pin(&link, pin);
 }

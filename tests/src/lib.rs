@@ -3,4 +3,5 @@
 
 pub mod frames;
 pub mod harness;
+pub mod rawbpf;
 pub mod testrun;

@@ -541,19 +541,8 @@ pub struct VlanPush {
 
 impl VlanPush {
     pub fn attach(ns: &Netns, ifname: &str, proto: u16, vid: u16) -> VlanPush {
-        use std::os::fd::{FromRawFd as _, OwnedFd};
-        const BPF_PROG_LOAD: libc::c_long = 5;
-        const BPF_LINK_CREATE: libc::c_long = 28;
-        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-        const BPF_TCX_EGRESS: u32 = 47;
+        use tests::rawbpf::{self, insn};
         const BPF_FUNC_SKB_VLAN_PUSH: i32 = 18;
-        fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-            u64::from(code)
-                | (u64::from(dst & 0xf) << 8)
-                | (u64::from(src & 0xf) << 12)
-                | (u64::from(off as u16) << 16)
-                | (u64::from(imm as u32) << 32)
-        }
         // r1 = skb (entry); r2 = htons(proto); r3 = vid; call skb_vlan_push; r0 = 0; exit
         let prog = [
             insn(0xb7, 2, 0, 0, i32::from(proto.to_be())),
@@ -563,60 +552,15 @@ impl VlanPush {
             insn(0x95, 0, 0, 0, 0),
         ];
         let ifindex = ns.ifindex(ifname);
-        let (prog_fd, link_fd) = ns.within(move || {
-            let license = c"GPL";
-            let mut log = vec![0u8; 4096];
-            let mut attr = [0u8; 128];
-            attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-            attr[4..8].copy_from_slice(&(prog.len() as u32).to_ne_bytes());
-            attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_ne_bytes());
-            attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-            attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
-            attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
-            attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
-            attr[48..56].copy_from_slice(b"dft_vlan_push\0\0\0"[..8].as_ref());
-            attr[68..72].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
-            // SAFETY: attr points to a zeroed bpf_attr-sized buffer we own.
-            let prog_fd = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_LOAD,
-                    attr.as_ptr(),
-                    attr.len() as u32,
-                )
-            };
-            assert!(
-                prog_fd >= 0,
-                "BPF_PROG_LOAD vlan push: {}; log: {}",
-                std::io::Error::last_os_error(),
-                String::from_utf8_lossy(&log).trim_end_matches('\0')
+        ns.within(move || {
+            let p = rawbpf::load(
+                rawbpf::PROG_TYPE_SCHED_CLS,
+                rawbpf::ATTACH_TCX_EGRESS,
+                &prog,
+                "dft_vlan_push",
             );
-            let mut attr = [0u8; 64];
-            attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-            attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-            attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
-            // SAFETY: as above.
-            let link_fd = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_LINK_CREATE,
-                    attr.as_ptr(),
-                    attr.len() as u32,
-                )
-            };
-            assert!(
-                link_fd >= 0,
-                "BPF_LINK_CREATE tcx egress: {}",
-                std::io::Error::last_os_error()
-            );
-            (prog_fd as i32, link_fd as i32)
-        });
-        // SAFETY: both fds were just returned by the kernel and are owned by nobody else.
-        unsafe {
-            VlanPush {
-                _prog: OwnedFd::from_raw_fd(prog_fd),
-                _link: OwnedFd::from_raw_fd(link_fd),
-            }
-        }
+            let l = rawbpf::link(&p, ifindex, rawbpf::ATTACH_TCX_EGRESS);
+            VlanPush { _prog: p, _link: l }
+        })
     }
 }
