@@ -228,23 +228,27 @@ pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
             if claim(&mut l2_owner, rp.mac, &who, &mut warn, "MAC") {
                 e.l2.insert(L2Key::new(net_id, rp.mac.0), dest);
             }
-            if claim(&mut neigh_owner, rp.ip.addr, &who, &mut warn, "IP") {
-                e.neigh.insert(
-                    neigh_key(net_id, rp.ip.addr),
-                    NeighValue {
+            // Every address of the interface (IPv4 and IPv6 on a dual-stack network):
+            // answered for (ARP/ND, ping) and its prefix routed to this network.
+            for ip in rp.addrs() {
+                if claim(&mut neigh_owner, ip.addr, &who, &mut warn, "IP") {
+                    e.neigh.insert(
+                        neigh_key(net_id, ip.addr),
+                        NeighValue {
+                            mac: rp.mac.0,
+                            flags: NEIGH_F_ROUTER,
+                        },
+                    );
+                }
+                e.routes.insert(
+                    route_key(rid, ip),
+                    RouteDest {
+                        net_id,
                         mac: rp.mac.0,
-                        flags: NEIGH_F_ROUTER,
+                        _pad: [0; 2],
                     },
                 );
             }
-            e.routes.insert(
-                route_key(rid, &rp.ip),
-                RouteDest {
-                    net_id,
-                    mac: rp.mac.0,
-                    _pad: [0; 2],
-                },
-            );
             view.routers.push(r.id.clone());
         }
 
@@ -690,6 +694,7 @@ mod tests {
                     lswitch: net.to_string(),
                     mac: mac.parse().unwrap(),
                     ip: ip.parse().unwrap(),
+                    extra_ips: vec![],
                 })
                 .collect(),
         }
@@ -747,6 +752,62 @@ mod tests {
                 .any(|w| w.contains("unknown lswitch gone"))
         );
         assert_eq!(d.networks[0].routers, vec!["r1"]);
+    }
+
+    /// A dual-stack interface (one IPv4 and one IPv6 address on one lswitch): one L2
+    /// entry for its MAC, a neighbour and a route entry for each address.
+    #[test]
+    fn dual_stack_interface() {
+        let mut r = router(
+            "r1",
+            &[
+                ("n1", "fa:16:3e:00:01:01", "192.0.2.1/24"),
+                ("n2", "fa:16:3e:00:01:02", "198.51.100.1/24"),
+            ],
+        );
+        r.ports[0].extra_ips = vec!["2001:db8:1::1/64".parse().unwrap()];
+        r.ports[1].extra_ips = vec!["2001:db8:2::1/64".parse().unwrap()];
+        let d = run(&nb(vec![], vec![r]), &[]);
+        let rid = router_id("r1");
+        let mac1 = [0xfa, 0x16, 0x3e, 0, 1, 1];
+        let mac2 = [0xfa, 0x16, 0x3e, 0, 1, 2];
+        assert_eq!(d.entries.l2.len(), 2, "one L2 entry per interface MAC");
+        assert_eq!(d.entries.l2[&L2Key::new(100, mac1)].kind, DEST_ROUTER);
+        for (net, ip, mac) in [
+            (100, "192.0.2.1", mac1),
+            (100, "2001:db8:1::1", mac1),
+            (200, "198.51.100.1", mac2),
+            (200, "2001:db8:2::1", mac2),
+        ] {
+            assert_eq!(
+                neigh(&d, net, ip),
+                Some(NeighValue {
+                    mac,
+                    flags: NEIGH_F_ROUTER
+                }),
+                "{ip}"
+            );
+        }
+        assert_eq!(d.entries.neigh.len(), 4);
+        for (prefix, net, mac) in [
+            ("192.0.2.1/24", 100, mac1),
+            ("2001:db8:1::1/64", 100, mac1),
+            ("198.51.100.1/24", 200, mac2),
+            ("2001:db8:2::1/64", 200, mac2),
+        ] {
+            assert_eq!(
+                d.entries.routes[&route_key(rid, &prefix.parse().unwrap())],
+                RouteDest {
+                    net_id: net,
+                    mac,
+                    _pad: [0; 2]
+                },
+                "{prefix}"
+            );
+        }
+        assert_eq!(d.entries.routes.len(), 4);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(d.networks.len(), 2);
     }
 
     #[test]

@@ -781,3 +781,101 @@ fn lrouter_lifecycle() {
         serde_json::json!([])
     );
 }
+
+/// A router interface on a dual-stack network: `--ip` twice (one IPv4, one IPv6), each
+/// inside a subnet of the lswitch; one address per family.
+#[test]
+fn lrouter_dual_stack_interface() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("subnet create sub4 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1");
+    etcd.ok("subnet create sub6 --lswitch net1 --cidr 2001:db8:1::/64 --gateway 2001:db8:1::1");
+    etcd.ok("lswitch create net2 --vni 200");
+    etcd.ok("subnet create sub2 --lswitch net2 --cidr 198.51.100.0/24");
+    etcd.ok("lrouter create r1");
+
+    // --ip is required (clap's usage error, exit 2).
+    let out = etcd.dfctl(&[
+        "lrouter",
+        "add-interface",
+        "r1",
+        "--lswitch",
+        "net1",
+        "--mac",
+        "fa:16:3e:00:01:01",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ip <IP/LEN>"));
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 \
+         --ip 192.0.2.1/24 --ip 192.0.2.2/24",
+        2,
+        "192.0.2.2/24 and 192.0.2.1/24 are both IPv4; an interface has at most one address \
+         per family",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 \
+         --ip 192.0.2.1/24 --ip 2001:db8:9::1/64",
+        2,
+        "ip 2001:db8:9::1/64 is not a subnet of lswitch net1",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 \
+         --ip 192.0.2.1/24 --ip 2001:db8:1::1",
+        2,
+        "needs the subnet's prefix length",
+    );
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 \
+         --ip 192.0.2.1/24 --ip nope",
+        2,
+        "--ip \"nope\" is not IP/LEN",
+    );
+    // The order given is kept: the first address is `ip`, the other `extra_ips`.
+    etcd.ok(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:01 \
+         --ip 192.0.2.1/24 --ip 2001:db8:1::1/64",
+    );
+    etcd.ok("lrouter add-interface r1 --lswitch net2 --mac fa:16:3e:00:02:01 --ip 198.51.100.1/24");
+    let r = json(&etcd.ok("lrouter show r1"));
+    assert_eq!(
+        r["ports"],
+        serde_json::json!([
+            {"id": "r1-net1", "lswitch": "net1", "mac": "fa:16:3e:00:01:01",
+             "ip": "192.0.2.1/24", "extra_ips": ["2001:db8:1::1/64"]},
+            {"id": "r1-net2", "lswitch": "net2", "mac": "fa:16:3e:00:02:01",
+             "ip": "198.51.100.1/24"}
+        ])
+    );
+    let list = etcd.ok("lrouter list");
+    assert!(
+        list.contains("r1-net1 net1 192.0.2.1/24,2001:db8:1::1/64 fa:16:3e:00:01:01"),
+        "{list}"
+    );
+
+    // The IPv6 address is taken like the IPv4 one.
+    etcd.ok("lrouter create r2");
+    etcd.fails(
+        "lrouter add-interface r2 --lswitch net1 --mac fa:16:3e:00:03:01 \
+         --ip 192.0.2.3/24 --ip 2001:db8:1::1/64",
+        2,
+        "IP 2001:db8:1::1 is already used by router r1 interface r1-net1",
+    );
+    etcd.fails(
+        "lport create vm1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 2001:db8:1::1 \
+         --device-owner network:router_interface",
+        2,
+        "fixed IP 2001:db8:1::1 is already used by lrouter r1 interface r1-net1",
+    );
+    etcd.fails("subnet delete sub6", 2, "still has router interfaces");
+    etcd.fails(
+        "lrouter add-interface r1 --lswitch net1 --mac fa:16:3e:00:01:09 --ip 2001:db8:1::9/64",
+        2,
+        "router already has interface r1-net1 on lswitch net1",
+    );
+
+    etcd.ok("lrouter remove-interface r1 --lswitch net1");
+    etcd.ok("subnet delete sub6");
+    etcd.ok("lrouter delete r1");
+    etcd.ok("lrouter delete r2");
+}

@@ -1,15 +1,15 @@
 //! Forwarding in eBPF end to end (issue 3, item 6): hypervisor namespaces joined by an
 //! underlay, each with its agent, its `df-vxlan` device and NO bridge (our programs are
 //! the only way a frame gets from one tap to another), VMs on every hypervisor, two
-//! networks joined by distributed routers (r1 for IPv4, r6 for IPv6: dfctl gives a router
-//! one interface, with one address, per network). Every test builds its own cloud and runs for
-//! both hooks (`xdp::<case>`, `tc::<case>`).
+//! dual-stack networks joined by one distributed router r1 (one interface per network with
+//! an IPv4 and an IPv6 address, as Neutron's router port on a network with two subnets).
+//! Every test builds its own cloud and runs for both hooks (`xdp::<case>`, `tc::<case>`).
 //!
 //! ```text
-//!   net1 VNI 100  192.0.2.0/24     r1 192.0.2.1 (fa:16:3e:00:01:01)
-//!                 2001:db8:1::/64  r6 2001:db8:1::1 (fa:16:3e:00:01:06)
-//!   net2 VNI 200  198.51.100.0/24  r1 198.51.100.1 (fa:16:3e:00:02:01)
-//!                 2001:db8:2::/64  r6 2001:db8:2::1 (fa:16:3e:00:02:06)
+//!   net1 VNI 100  192.0.2.0/24     r1 192.0.2.1     (fa:16:3e:00:01:01)
+//!                 2001:db8:1::/64  r1 2001:db8:1::1  (same interface)
+//!   net2 VNI 200  198.51.100.0/24  r1 198.51.100.1  (fa:16:3e:00:02:01)
+//!                 2001:db8:2::/64  r1 2001:db8:2::1  (same interface)
 //!   hv1 (198.18.0.10): a1 (net1 .10), b1 (net1 .11), c1 (net2 .10)
 //!   hv2 (198.18.0.11): a2 (net1 .20), c2 (net2 .20)
 //!   hv3 (198.18.0.12): a3 (net1 .30)                 (only the chassis-loss test)
@@ -40,11 +40,8 @@ struct Net {
     cidr6: &'static str,
     gw4: &'static str,
     gw6: &'static str,
-    /// Router r1's (IPv4) interface MAC on this network.
+    /// Router r1's interface MAC on this network (the gateway MAC for both families).
     rmac: &'static str,
-    /// Router r6's (IPv6) interface MAC on this network: dfctl takes one interface per
-    /// router and network, one address each, so the IPv6 subnets get their own router.
-    rmac6: &'static str,
     bcast4: &'static str,
 }
 
@@ -56,7 +53,6 @@ const NET1: Net = Net {
     gw4: "192.0.2.1",
     gw6: "2001:db8:1::1",
     rmac: "fa:16:3e:00:01:01",
-    rmac6: "fa:16:3e:00:01:06",
     bcast4: "192.0.2.255",
 };
 const NET2: Net = Net {
@@ -67,7 +63,6 @@ const NET2: Net = Net {
     gw4: "198.51.100.1",
     gw6: "2001:db8:2::1",
     rmac: "fa:16:3e:00:02:01",
-    rmac6: "fa:16:3e:00:02:06",
     bcast4: "198.51.100.255",
 };
 
@@ -160,7 +155,6 @@ impl Fwd {
                 .collect();
         }
         cloud.dfctl("lrouter create r1 --name r1");
-        cloud.dfctl("lrouter create r6 --name r6");
         for n in [&NET1, &NET2] {
             cloud.dfctl(&format!(
                 "lswitch create {} --vni {} --mtu 1450",
@@ -177,12 +171,8 @@ impl Fwd {
             let len6 = n.cidr6.split('/').nth(1).expect("prefix");
             let len4 = n.cidr4.split('/').nth(1).expect("prefix");
             cloud.dfctl(&format!(
-                "lrouter add-interface r1 --lswitch {} --mac {} --ip {}/{len4}",
-                n.id, n.rmac, n.gw4
-            ));
-            cloud.dfctl(&format!(
-                "lrouter add-interface r6 --lswitch {} --mac {} --ip {}/{len6}",
-                n.id, n.rmac6, n.gw6
+                "lrouter add-interface r1 --lswitch {} --mac {} --ip {}/{len4} --ip {}/{len6}",
+                n.id, n.rmac, n.gw4, n.gw6
             ));
         }
         for d in defs {
@@ -634,7 +624,7 @@ fn ttl(hook: Hook) {
     let cap = t.capture(&C2);
     for (dst, ttl_off, gw_mac, out_mac) in [
         (C2.ip4, 14 + 8, NET1.rmac, NET2.rmac),
-        (C2.ip6, 14 + 7, NET1.rmac6, NET2.rmac6),
+        (C2.ip6, 14 + 7, NET1.rmac, NET2.rmac),
     ] {
         let before = hv1.counter("from_vm", "drop", "ttl_exceeded");
         let (p1, p5) = (unique("ttl1"), unique("ttl5"));

@@ -243,7 +243,8 @@ enum LrouterCmd {
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// Connect the router to an lswitch (its address there is usually the subnet's gateway).
+    /// Connect the router to an lswitch (its address there is usually the subnet's gateway;
+    /// on a dual-stack network give --ip twice, one IPv4 and one IPv6 address).
     AddInterface {
         router: String,
         #[arg(long)]
@@ -251,9 +252,10 @@ enum LrouterCmd {
         #[arg(long)]
         mac: String,
         /// The interface address with its subnet's prefix length, e.g. 192.0.2.1/24 or
-        /// 2001:db8:1::1/64.
-        #[arg(long, value_name = "IP/LEN")]
-        ip: String,
+        /// 2001:db8:1::1/64; repeatable, at most one per family (IPv4 and IPv6 on one
+        /// interface).
+        #[arg(long, value_name = "IP/LEN", required = true)]
+        ip: Vec<String>,
         /// Interface id [default: <router>-<lswitch>].
         #[arg(long = "id", value_name = "IFACE_ID")]
         iface_id: Option<String>,
@@ -554,7 +556,8 @@ impl Ctx {
                     .iter()
                     .filter(|r| {
                         r.ports.iter().any(|p| {
-                            p.lswitch == subnet.lswitch && subnet.cidr.contains(&p.ip.addr)
+                            p.lswitch == subnet.lswitch
+                                && p.addrs().any(|ip| subnet.cidr.contains(&ip.addr))
                         })
                     })
                     .map(|r| r.id.as_str())
@@ -756,17 +759,24 @@ impl Ctx {
                 iface_id,
             } => {
                 let inv = |e| CliError::invalid(Kind::LRouter, &router, e);
-                let ip: IpPrefix = ip.trim().parse().map_err(|_| {
-                    CliError::Refused(format!(
-                        "lrouter {router}: --ip {ip:?} is not IP/LEN (e.g. 192.0.2.1/24 or \
-                         2001:db8:1::1/64)"
-                    ))
-                })?;
+                let mut ips = ip
+                    .iter()
+                    .map(|ip| {
+                        ip.trim().parse::<IpPrefix>().map_err(|_| {
+                            CliError::Refused(format!(
+                                "lrouter {router}: --ip {ip:?} is not IP/LEN (e.g. \
+                                 192.0.2.1/24 or 2001:db8:1::1/64)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter();
                 let port = LRouterPort {
                     id: iface_id.unwrap_or_else(|| format!("{router}-{lswitch}")),
                     lswitch,
                     mac: parse_mac(&mac).map_err(inv)?,
-                    ip,
+                    ip: ips.next().expect("clap requires --ip"),
+                    extra_ips: ips.collect(),
                 };
                 validate::validate_lrouter_port(&port).map_err(inv)?;
                 self.store.get_existing::<LRouter>(&router).await?;
@@ -793,7 +803,10 @@ impl Ctx {
                     .await?;
                 println!(
                     "added interface {} ({} {}) on lswitch {} to lrouter {router}",
-                    port.id, port.ip, port.mac, port.lswitch
+                    port.id,
+                    addrs_text(&port),
+                    port.mac,
+                    port.lswitch
                 );
                 Ok(())
             }
@@ -904,7 +917,7 @@ fn headers(kind: Kind) -> &'static [&'static str] {
 }
 
 /// Why `port` clashes with a router interface on its lswitch (same MAC or a fixed IP equal
-/// to the interface address), if it does.
+/// to one of the interface's addresses), if it does.
 fn router_conflict(port: &LPort, routers: &[LRouter]) -> Option<String> {
     routers.iter().find_map(|r| {
         r.ports
@@ -912,23 +925,24 @@ fn router_conflict(port: &LPort, routers: &[LRouter]) -> Option<String> {
             .filter(|i| i.lswitch == port.lswitch)
             .find_map(|i| {
                 if i.mac == port.mac {
-                    Some(format!(
+                    return Some(format!(
                         "MAC address {} is already used by lrouter {} interface {} on lswitch {}",
                         port.mac, r.id, i.id, port.lswitch
-                    ))
-                } else if port.fixed_ips.contains(&i.ip.addr) {
-                    Some(format!(
-                        "fixed IP {} is already used by lrouter {} interface {} on lswitch {}",
-                        i.ip.addr, r.id, i.id, port.lswitch
-                    ))
-                } else {
-                    None
+                    ));
                 }
+                i.addrs()
+                    .find(|ip| port.fixed_ips.contains(&ip.addr))
+                    .map(|ip| {
+                        format!(
+                            "fixed IP {} is already used by lrouter {} interface {} on lswitch {}",
+                            ip.addr, r.id, i.id, port.lswitch
+                        )
+                    })
             })
     })
 }
 
-/// Interfaces as `ID LSWITCH IP/LEN MAC`, joined with `; `.
+/// Interfaces as `ID LSWITCH IP/LEN[,IP/LEN] MAC`, joined with `; `.
 fn lrouter_row(r: &LRouter) -> Vec<String> {
     vec![
         r.id.clone(),
@@ -936,16 +950,19 @@ fn lrouter_row(r: &LRouter) -> Vec<String> {
         dash(
             r.ports
                 .iter()
-                .map(|p| {
-                    format!(
-                        "{} {} {}/{} {}",
-                        p.id, p.lswitch, p.ip.addr, p.ip.len, p.mac
-                    )
-                })
+                .map(|p| format!("{} {} {} {}", p.id, p.lswitch, addrs_text(p), p.mac))
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
     ]
+}
+
+/// An interface's addresses as `IP/LEN[,IP/LEN]`.
+fn addrs_text(p: &LRouterPort) -> String {
+    p.addrs()
+        .map(|a| format!("{}/{}", a.addr, a.len))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn dash(s: impl Into<String>) -> String {

@@ -129,16 +129,33 @@ pub struct LRouter {
     pub ports: Vec<LRouterPort>,
 }
 
-/// One router interface: the router's address and MAC on one lswitch.
+/// One router interface: the router's MAC and addresses on one lswitch.
+///
+/// An interface carries one address per family at most: an IPv4 and an IPv6 address on a
+/// dual-stack network (Neutron's two subnets on one network). The first address is `ip`,
+/// the other `extra_ips`; records written before dual stack (only `ip`) read unchanged,
+/// and a single-address interface is written exactly as before (no `extra_ips` key), so
+/// older readers still see its first address. Use [`LRouterPort::addrs`] to visit all.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LRouterPort {
     pub id: String,
     pub lswitch: String,
     pub mac: MacAddr,
-    /// The interface address with the prefix length of its subnet (`192.0.2.1/24`,
-    /// `2001:db8:1::1/64`): the connected route is the prefix, the address answers ARP/ND
-    /// and ping.
+    /// The (first) interface address with the prefix length of its subnet
+    /// (`192.0.2.1/24`, `2001:db8:1::1/64`): the connected route is the prefix, the
+    /// address answers ARP/ND and ping.
     pub ip: IpPrefix,
+    /// Further addresses of the interface, same form as `ip`; with the validation's
+    /// one-per-family rule, at most one (the other family's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ips: Vec<IpPrefix>,
+}
+
+impl LRouterPort {
+    /// Every address of the interface: `ip`, then `extra_ips`.
+    pub fn addrs(&self) -> impl Iterator<Item = &IpPrefix> {
+        std::iter::once(&self.ip).chain(&self.extra_ips)
+    }
 }
 
 /// Object kinds and their etcd key segment.

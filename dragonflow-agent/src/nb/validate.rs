@@ -231,6 +231,16 @@ pub enum ValidationError {
         ip: IpPrefix,
         reason: &'static str,
     },
+    #[error(
+        "router interface {iface}: {ip} and {other} are both IPv{version}; an interface has at \
+         most one address per family (one IPv4, one IPv6)"
+    )]
+    RouterIpFamilyTwice {
+        iface: String,
+        ip: IpPrefix,
+        other: IpPrefix,
+        version: u8,
+    },
     #[error("router interface id {iface} is listed twice")]
     DuplicateRouterInterface { iface: String },
     #[error(
@@ -821,10 +831,10 @@ pub fn validate_chassis(c: &Chassis) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// A router on its own: ids, and per interface a unicast MAC and a usable address with a
-/// real prefix (the connected route); the interface ids, lswitches (one interface per
-/// lswitch, as Neutron allows one router port per subnet and our interfaces carry one
-/// address), MACs and IPs are unique within the router.
+/// A router on its own: ids, and per interface a unicast MAC and usable addresses with a
+/// real prefix (the connected routes), at most one per family; the interface ids,
+/// lswitches (one interface per lswitch: a dual-stack network gets one interface with an
+/// IPv4 and an IPv6 address), MACs and IPs are unique within the router.
 pub fn validate_lrouter(r: &LRouter) -> Result<(), ValidationError> {
     check_id("lrouter id", &r.id)?;
     if r.name.len() > MAX_ID_LEN {
@@ -851,11 +861,11 @@ pub fn validate_lrouter(r: &LRouter) -> Result<(), ValidationError> {
                     mac: p.mac,
                 });
             }
-            if o.ip.addr == p.ip.addr {
+            if let Some(a) = p.addrs().find(|a| o.addrs().any(|b| b.addr == a.addr)) {
                 return Err(ValidationError::RouterIpTwice {
                     iface: p.id.clone(),
                     other: o.id.clone(),
-                    ip: p.ip.addr,
+                    ip: a.addr,
                 });
             }
         }
@@ -872,19 +882,39 @@ pub fn validate_lrouter_port(p: &LRouterPort) -> Result<(), ValidationError> {
             mac: p.mac,
         });
     }
-    if p.ip.is_host() || p.ip.len == 0 {
+    let addrs: Vec<&IpPrefix> = p.addrs().collect();
+    for (i, ip) in addrs.iter().enumerate() {
+        validate_router_addr(&p.id, ip)?;
+        if let Some(other) = addrs[..i]
+            .iter()
+            .find(|o| o.addr.is_ipv4() == ip.addr.is_ipv4())
+        {
+            return Err(ValidationError::RouterIpFamilyTwice {
+                iface: p.id.clone(),
+                ip: **ip,
+                other: **other,
+                version: if ip.addr.is_ipv4() { 4 } else { 6 },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One interface address: a real prefix and a usable unicast address in it.
+fn validate_router_addr(iface: &str, ip: &IpPrefix) -> Result<(), ValidationError> {
+    if ip.is_host() || ip.len == 0 {
         return Err(ValidationError::RouterIpNoPrefix {
-            iface: p.id.clone(),
-            ip: p.ip,
+            iface: iface.to_string(),
+            ip: *ip,
         });
     }
-    let unusable = unusable_source(&p.ip.addr).or_else(|| match p.ip.addr {
+    let unusable = unusable_source(&ip.addr).or_else(|| match ip.addr {
         // IPv4 prefixes of /30 and larger reserve their first and last address.
-        IpAddr::V4(a) if p.ip.len <= 30 => {
-            let host = u32::from(a) & (u32::MAX >> p.ip.len);
+        IpAddr::V4(a) if ip.len <= 30 => {
+            let host = u32::from(a) & (u32::MAX >> ip.len);
             if host == 0 {
                 Some("the network address of its prefix")
-            } else if host == u32::MAX >> p.ip.len {
+            } else if host == u32::MAX >> ip.len {
                 Some("the broadcast address of its prefix")
             } else {
                 None
@@ -894,8 +924,8 @@ pub fn validate_lrouter_port(p: &LRouterPort) -> Result<(), ValidationError> {
     });
     if let Some(reason) = unusable {
         return Err(ValidationError::RouterIpNotUsable {
-            iface: p.id.clone(),
-            ip: p.ip,
+            iface: iface.to_string(),
+            ip: *ip,
             reason,
         });
     }
@@ -906,8 +936,8 @@ pub fn validate_lrouter_port(p: &LRouterPort) -> Result<(), ValidationError> {
 // Referential rules (create/update through the CLI / NB API)
 
 /// A new router interface against its neighbours: its lswitch exists; when the lswitch
-/// has subnets, the interface's prefix is one of them (the connected route must be the
-/// subnet the VMs use); its MAC and IP are not used by a port or another router's
+/// has subnets, each of the interface's prefixes is one of them (the connected route must
+/// be the subnet the VMs use); its MAC and IPs are not used by a port or another router's
 /// interface on that lswitch.
 pub fn validate_lrouter_port_refs(
     router: &str,
@@ -924,13 +954,15 @@ pub fn validate_lrouter_port_refs(
     };
     let subnets: Vec<&Subnet> = subnets.iter().filter(|s| s.lswitch == ls.id).collect();
     if !subnets.is_empty()
-        && !subnets
-            .iter()
-            .any(|s| s.cidr.len == port.ip.len && s.cidr.contains(&port.ip.addr))
+        && let Some(ip) = port.addrs().find(|ip| {
+            !subnets
+                .iter()
+                .any(|s| s.cidr.len == ip.len && s.cidr.contains(&ip.addr))
+        })
     {
         return Err(ValidationError::RouterIpOutsideSubnets {
             iface: port.id.clone(),
-            ip: port.ip,
+            ip: *ip,
             lswitch: ls.id.clone(),
             subnets: subnets
                 .iter()
@@ -952,8 +984,8 @@ pub fn validate_lrouter_port_refs(
         if p.mac == port.mac {
             return in_use("MAC", port.mac.to_string(), format!("lport {}", p.id));
         }
-        if p.fixed_ips.contains(&port.ip.addr) {
-            return in_use("IP", port.ip.addr.to_string(), format!("lport {}", p.id));
+        if let Some(ip) = port.addrs().find(|ip| p.fixed_ips.contains(&ip.addr)) {
+            return in_use("IP", ip.addr.to_string(), format!("lport {}", p.id));
         }
     }
     for r in routers {
@@ -965,8 +997,8 @@ pub fn validate_lrouter_port_refs(
             if o.mac == port.mac {
                 return in_use("MAC", port.mac.to_string(), other);
             }
-            if o.ip.addr == port.ip.addr {
-                return in_use("IP", port.ip.addr.to_string(), other);
+            if let Some(ip) = port.addrs().find(|a| o.addrs().any(|b| b.addr == a.addr)) {
+                return in_use("IP", ip.addr.to_string(), other);
             }
         }
     }
@@ -1805,6 +1837,7 @@ mod tests {
             lswitch: ls.into(),
             mac: mac.parse().unwrap(),
             ip: ip.parse().unwrap(),
+            extra_ips: vec![],
         }
     }
 
@@ -1856,6 +1889,118 @@ mod tests {
         assert!(msg(&bad).contains("listed twice"));
         r.id = "a/b".into();
         assert!(validate_lrouter(&r).is_err());
+    }
+
+    /// One interface with an IPv4 and an IPv6 address (dual stack); one per family.
+    #[test]
+    fn lrouter_dual_stack() {
+        let mut r = LRouter {
+            id: "r1".into(),
+            name: String::new(),
+            ports: vec![
+                rport("r1-a", "ls1", "fa:16:3e:00:01:01", "192.0.2.1/24"),
+                rport("r1-b", "ls2", "fa:16:3e:00:01:02", "2001:db8:2::1/64"),
+            ],
+        };
+        r.ports[0].extra_ips = vec!["2001:db8:1::1/64".parse().unwrap()];
+        r.ports[1].extra_ips = vec!["198.51.100.1/24".parse().unwrap()];
+        validate_lrouter(&r).unwrap();
+        assert_eq!(
+            r.ports[0]
+                .addrs()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+            ["192.0.2.1/24", "2001:db8:1::1/64"]
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["ports"][0]["ip"], "192.0.2.1/24");
+        assert_eq!(
+            v["ports"][0]["extra_ips"],
+            serde_json::json!(["2001:db8:1::1/64"])
+        );
+        assert_eq!(serde_json::from_value::<LRouter>(v).unwrap(), r);
+        // A single-address interface is written as before dual stack (no extra_ips key).
+        let single = rport("r1-a", "ls1", "fa:16:3e:00:01:01", "192.0.2.1/24");
+        let v = serde_json::to_value(&single).unwrap();
+        assert!(v.get("extra_ips").is_none(), "{v}");
+
+        let msg = |r: &LRouter| validate_lrouter(r).unwrap_err().to_string();
+        let mut bad = r.clone();
+        bad.ports[0].extra_ips = vec!["192.0.2.2/24".parse().unwrap()];
+        assert_eq!(
+            msg(&bad),
+            "router interface r1-a: 192.0.2.2/24 and 192.0.2.1/24 are both IPv4; an interface \
+             has at most one address per family (one IPv4, one IPv6)"
+        );
+        let mut bad = r.clone();
+        bad.ports[0]
+            .extra_ips
+            .push("2001:db8:1::2/64".parse().unwrap());
+        assert!(msg(&bad).contains("are both IPv6"), "{}", msg(&bad));
+        let mut bad = r.clone();
+        bad.ports[0].extra_ips = vec!["192.0.2.1/24".parse().unwrap()];
+        assert!(msg(&bad).contains("are both IPv4"), "{}", msg(&bad));
+        // Every address obeys the per-address rules.
+        let mut bad = r.clone();
+        bad.ports[0].extra_ips = vec!["2001:db8:1::1".parse().unwrap()];
+        assert!(msg(&bad).contains("needs the subnet's prefix length"));
+        let mut bad = r.clone();
+        bad.ports[0].extra_ips = vec!["ff02::1/64".parse().unwrap()];
+        assert!(msg(&bad).starts_with("router interface r1-a: ip ff02::1/64 is"));
+        // Extra addresses are unique across the router's interfaces too.
+        let mut bad = r.clone();
+        bad.ports[1].ip = "2001:db8:1::1/64".parse().unwrap();
+        assert!(
+            msg(&bad).contains("have the same IP 2001:db8:1::1"),
+            "{}",
+            msg(&bad)
+        );
+    }
+
+    #[test]
+    fn lrouter_refs_dual_stack() {
+        let mut p = rport("r1-a", "ls1", "fa:16:3e:00:01:01", "192.0.2.1/24");
+        p.extra_ips = vec!["2001:db8:1::1/64".parse().unwrap()];
+        let refs = |subs: &[Subnet], ports: &[LPort], routers: &[LRouter]| {
+            validate_lrouter_port_refs("r1", &p, Some(&ls()), subs, ports, routers)
+        };
+        let v4 = subnet("s4", "192.0.2.0/24", Some("192.0.2.1"));
+        let v6 = subnet("s6", "2001:db8:1::/64", None);
+        refs(&[], &[], &[]).unwrap();
+        refs(&[v4.clone(), v6.clone()], &[], &[]).unwrap();
+        // Each address must be inside a subnet of the lswitch when it has subnets.
+        assert_eq!(
+            refs(std::slice::from_ref(&v4), &[], &[])
+                .unwrap_err()
+                .to_string(),
+            "router interface r1-a: ip 2001:db8:1::1/64 is not a subnet of lswitch ls1 \
+             (192.0.2.0/24); use an address inside one of them with its prefix length"
+        );
+        assert!(
+            refs(&[v6], &[], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("192.0.2.1/24")
+        );
+        let mut vm = port();
+        vm.fixed_ips = vec!["2001:db8:1::1".parse().unwrap()];
+        assert_eq!(
+            refs(&[], &[vm], &[]).unwrap_err().to_string(),
+            "router interface r1-a: IP 2001:db8:1::1 is already used by lport p1 on lswitch ls1"
+        );
+        // Another router's interface holding the IPv6 address (as its first or extra one).
+        let mut o = rport("r2-a", "ls1", "fa:16:3e:00:02:01", "192.0.2.2/24");
+        o.extra_ips = vec!["2001:db8:1::1/64".parse().unwrap()];
+        let other = LRouter {
+            id: "r2".into(),
+            name: String::new(),
+            ports: vec![o],
+        };
+        assert_eq!(
+            refs(&[], &[], &[other]).unwrap_err().to_string(),
+            "router interface r1-a: IP 2001:db8:1::1 is already used by router r2 interface \
+             r2-a on lswitch ls1"
+        );
     }
 
     #[test]
@@ -1921,7 +2066,23 @@ mod tests {
             panic!("not a router")
         };
         assert_eq!(r.ports[0].ip.len, 24);
+        assert!(
+            r.ports[0].extra_ips.is_empty(),
+            "records without extra_ips still read"
+        );
         assert!(decode(Kind::LRouter, "r2", json).is_err());
+        let json = br#"{"id":"r1","ports":[{"id":"i1","lswitch":"ls1","mac":"fa:16:3e:00:01:01","ip":"192.0.2.1/24","extra_ips":["2001:db8:1::1/64"]}]}"#;
+        let NbObject::LRouter(r) = decode(Kind::LRouter, "r1", json).unwrap() else {
+            panic!("not a router")
+        };
+        assert_eq!(r.ports[0].addrs().count(), 2);
+        let json = br#"{"id":"r1","ports":[{"id":"i1","lswitch":"ls1","mac":"fa:16:3e:00:01:01","ip":"192.0.2.1/24","extra_ips":["192.0.2.2/24"]}]}"#;
+        assert!(
+            decode(Kind::LRouter, "r1", json)
+                .unwrap_err()
+                .to_string()
+                .contains("at most one address per family")
+        );
         assert_eq!(
             super::super::parse_key("/dragonflow/", "/dragonflow/lrouter/r1"),
             Some((Kind::LRouter, "r1"))
