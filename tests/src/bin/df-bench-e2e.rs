@@ -18,7 +18,7 @@
 //! partial-checksum state; DESIGN.md §4), for the stub and for our program alike.
 
 use std::{
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     thread,
     time::{Duration, Instant},
 };
@@ -217,67 +217,22 @@ impl Stub {
 /// Loads `r1 = target; r2 = 0; call bpf_redirect; exit` and links it at tcx ingress of
 /// `ifindex` (in the calling thread's namespace); the program and link fds.
 fn tc_redirect_stub(ifindex: u32, target: u32) -> [OwnedFd; 2] {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    const BPF_TCX_INGRESS: u32 = 46;
+    use tests::rawbpf::{self, insn};
     const BPF_FUNC_REDIRECT: i32 = 23;
-    fn insn(code: u8, dst: u8, imm: i32) -> u64 {
-        u64::from(code) | (u64::from(dst & 0xf) << 8) | (u64::from(imm as u32) << 32)
-    }
     let prog = [
-        insn(0xb7, 1, target as i32), // mov64 r1, target
-        insn(0xb7, 2, 0),             // mov64 r2, 0
-        insn(0x85, 0, BPF_FUNC_REDIRECT),
-        insn(0x95, 0, 0), // exit (r0 = TC_ACT_REDIRECT from the helper)
+        insn(0xb7, 1, 0, 0, target as i32), // mov64 r1, target
+        insn(0xb7, 2, 0, 0, 0),             // mov64 r2, 0
+        insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
+        insn(0x95, 0, 0, 0, 0), // exit (r0 = TC_ACT_REDIRECT from the helper)
     ];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(prog.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..56].copy_from_slice(b"dfb_tc_stub\0\0\0\0\0"[..8].as_ref());
-    attr[68..72].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer we own; the pointers outlive the call.
-    let prog_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    assert!(
-        prog_fd >= 0,
-        "BPF_PROG_LOAD tc stub: {}",
-        std::io::Error::last_os_error()
+    let p = rawbpf::load(
+        rawbpf::PROG_TYPE_SCHED_CLS,
+        rawbpf::ATTACH_TCX_INGRESS,
+        &prog,
+        "dfb_tc_stub",
     );
-    let mut attr = [0u8; 64];
-    attr[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-    // SAFETY: as above.
-    let link_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    assert!(
-        link_fd >= 0,
-        "BPF_LINK_CREATE tcx ingress: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: both fds were just returned by the kernel and belong to nobody else.
-    unsafe {
-        [
-            OwnedFd::from_raw_fd(prog_fd as i32),
-            OwnedFd::from_raw_fd(link_fd as i32),
-        ]
-    }
+    let l = rawbpf::link(&p, ifindex, rawbpf::ATTACH_TCX_INGRESS);
+    [p, l]
 }
 
 /// Anti-spoofing per port in a bridge table and a stateful forward filter in an inet
@@ -319,7 +274,52 @@ fn rx_packets(ns: &Netns) -> u64 {
 
 /// 64-byte frames (60 + FCS) from vm1 to vm2 with trafgen; the rate is what vm2's eth0
 /// receives during the middle of the run (warm-up and tail excluded).
+/// Raises the host's default socket send buffer while it lives (restored on drop, also
+/// on panic). trafgen cannot raise its own from inside a namespace, and with the default
+/// (~208 KiB) its TX ring flush fails with EAGAIN — fatal to trafgen — as soon as frames
+/// queue in a veth's XDP ring: the XDP setups then lost their senders mid-run.
+struct WmemDefault {
+    old: String,
+}
+
+impl WmemDefault {
+    const PATH: &'static str = "/proc/sys/net/core/wmem_default";
+
+    fn raise(bytes: u32) -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("read wmem_default");
+        std::fs::write(Self::PATH, bytes.to_string()).expect("write wmem_default");
+        WmemDefault { old }
+    }
+}
+
+impl Drop for WmemDefault {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.old.trim());
+    }
+}
+
+fn sender_pids(pgid: u32) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-g", &pgid.to_string()])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn eth0_stat(ns: &Netns, stat: &str) -> u64 {
+    let out = ns.exec(&format!("cat /sys/class/net/eth0/statistics/{stat}"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect(stat)
+}
+
+/// 64-byte frames (60 + FCS) from vm1 to vm2 with trafgen, one sender process per CPU
+/// (the same for every setup); the rate is what vm2's eth0 receives during the middle of
+/// the run (warm-up excluded). Panics if a sender died during the window: a figure from
+/// fewer senders would not compare with the others.
 fn udp_pps(vm1: &Netns, vm2: &Netns, secs: u64) -> f64 {
+    use std::os::unix::process::CommandExt as _;
     let mac2 = MAC2;
     let conf = format!(
         "{{ eth(da={mac2}, sa={MAC1}), ipv4(saddr={IP1}, daddr={IP2}, ttl=64), \
@@ -330,23 +330,48 @@ fn udp_pps(vm1: &Netns, vm2: &Netns, secs: u64) -> f64 {
     // vm2 answers nothing (no ICMP unreachable storm back through the datapath).
     vm2.exec("sysctl -qw net.ipv4.icmp_ratelimit=0");
     vm2.exec("sysctl -qw net.ipv4.icmp_msgs_per_sec=0");
+    let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+    let _wmem = WmemDefault::raise(4 << 20);
     let mut trafgen = vm1
         .command("trafgen")
         .args(["--dev", "eth0", "--conf"])
         .arg(&path)
-        .args(["--cpu", "0", "-q"])
+        .args(["--cpus", &cpus.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("spawn trafgen (apt-get install netsniff-ng)");
+    let pgid = trafgen.id();
     thread::sleep(Duration::from_secs(1)); // warm-up, not readiness: excluded from the figure
-    let (t0, r0) = (Instant::now(), rx_packets(vm2));
+    let alive0 = sender_pids(pgid);
+    let (t0, r0, d0) = (
+        Instant::now(),
+        rx_packets(vm2),
+        eth0_stat(vm1, "tx_dropped"),
+    );
     thread::sleep(Duration::from_secs(secs));
-    let (t1, r1) = (Instant::now(), rx_packets(vm2));
-    let _ = trafgen.kill();
+    let (t1, r1, d1) = (
+        Instant::now(),
+        rx_packets(vm2),
+        eth0_stat(vm1, "tx_dropped"),
+    );
+    let alive1 = sender_pids(pgid);
+    // trafgen forks its senders: kill the whole group, not only the parent.
+    // SAFETY: signalling a process group we created.
+    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
     let _ = trafgen.wait();
     let _ = std::fs::remove_file(path);
-    (r1 - r0) as f64 / (t1 - t0).as_secs_f64()
+    assert!(
+        alive1 >= alive0 && alive0 > 0,
+        "trafgen senders died during the measurement ({alive0} -> {alive1} processes)"
+    );
+    let secs = (t1 - t0).as_secs_f64();
+    eprintln!(
+        "   offered but dropped at the sender's veth: {:.3} Mpps",
+        (d1 - d0) as f64 / secs / 1e6
+    );
+    (r1 - r0) as f64 / secs
 }
 
 fn tcp_gbps(vm1: &Netns, vm2: &Netns, secs: u64) -> f64 {
