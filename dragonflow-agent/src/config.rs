@@ -47,24 +47,6 @@ pub enum XdpMode {
     Skb,
 }
 
-/// The two ways traffic for a shared AAP is delivered (mirrors [`AapMode`] for clap).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AapModeArg {
-    #[default]
-    Broadcast,
-    Detection,
-}
-
-impl From<AapModeArg> for AapMode {
-    fn from(m: AapModeArg) -> Self {
-        match m {
-            AapModeArg::Broadcast => AapMode::Broadcast,
-            AapModeArg::Detection => AapMode::Detection,
-        }
-    }
-}
-
 /// Command line. Defaults are documented in the help texts and applied in
 /// [`Cli::resolve`] so that a config file can sit between environment and default.
 #[derive(Debug, Default, Parser)]
@@ -113,7 +95,7 @@ pub struct Cli {
     /// How traffic for shared AAP IPs is delivered, published in the chassis record
     /// [default: broadcast].
     #[arg(long, env = "DRAGONFLOW_AAP_MODE", value_enum)]
-    pub aap_mode: Option<AapModeArg>,
+    pub aap_mode: Option<AapMode>,
     /// Minimum interval between two GARP events for one (port, IP), in ms [default: 200].
     #[arg(long, env = "DRAGONFLOW_GARP_MIN_INTERVAL_MS", value_name = "MS")]
     pub garp_min_interval_ms: Option<u64>,
@@ -165,7 +147,7 @@ pub struct FileConfig {
     pub tap_prefix: Option<String>,
     pub bpffs: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
-    pub aap_mode: Option<AapModeArg>,
+    pub aap_mode: Option<AapMode>,
     pub garp_min_interval_ms: Option<u64>,
     pub max_allowed_address_pairs: Option<usize>,
     pub allow_any_aap: Option<bool>,
@@ -344,7 +326,7 @@ impl Cli {
                 .metrics_addr
                 .or(file.metrics_addr)
                 .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid default")),
-            aap_mode: self.aap_mode.or(file.aap_mode).unwrap_or_default().into(),
+            aap_mode: self.aap_mode.or(file.aap_mode).unwrap_or_default(),
             garp_min_interval_ms: self
                 .garp_min_interval_ms
                 .or(file.garp_min_interval_ms)

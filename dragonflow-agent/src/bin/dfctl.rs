@@ -112,7 +112,7 @@ enum LswitchCmd {
         mtu: u16,
         /// Override the agents' aap_mode for this network.
         #[arg(long, value_enum)]
-        aap_mode: Option<AapModeArg>,
+        aap_mode: Option<AapMode>,
     },
     Delete {
         id: String,
@@ -121,21 +121,6 @@ enum LswitchCmd {
     Show {
         id: String,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum AapModeArg {
-    Broadcast,
-    Detection,
-}
-
-impl From<AapModeArg> for AapMode {
-    fn from(m: AapModeArg) -> Self {
-        match m {
-            AapModeArg::Broadcast => AapMode::Broadcast,
-            AapModeArg::Detection => AapMode::Detection,
-        }
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -443,7 +428,7 @@ impl Ctx {
                     name,
                     segmentation_id: vni,
                     mtu,
-                    aap_mode: aap_mode.map(Into::into),
+                    aap_mode,
                 };
                 self.check(&ls)?;
                 self.store.create(&ls).await?;

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::{IpPrefix, MacAddr};
 
 /// How traffic for a shared allowed-address-pair IP is forwarded (the blueprint's two ways).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The same spelling in etcd (serde), on the command line and in the TOML file (clap).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AapMode {
     /// To every port that lists the IP.
