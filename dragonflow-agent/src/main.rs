@@ -92,6 +92,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
 
+    if cfg.tunnel_dev.is_some() && (cfg.tunnel_ip.is_loopback() || cfg.tunnel_ip.is_unspecified()) {
+        // Other chassis ignore a loopback/unspecified tunnel_ip: VMs here would be
+        // unreachable from VMs elsewhere. Fine for a single-hypervisor demo only.
+        warn!(
+            tunnel_ip = %cfg.tunnel_ip,
+            "--tunnel-ip is not an underlay address: other chassis cannot reach this one \
+             over VXLAN; set --tunnel-ip (DRAGONFLOW_TUNNEL_IP) to this host's underlay IPv4"
+        );
+    }
     datapath::prepare_pin_dirs(&cfg)?;
     let mut loaded = datapath::load(&cfg)?;
     let logger = if cfg.datapath_log {
