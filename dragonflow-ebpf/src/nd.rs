@@ -79,6 +79,25 @@ pub fn icmpv6(
     }
 }
 
+/// The fixed part of an NS/NA (type .. target), in bounds and inside the IPv6 payload,
+/// sent with hop limit 255 as RFC 4861 requires (anything less was forwarded: spoofed).
+#[inline(always)]
+fn nd_msg(
+    pkt: &Pkt,
+    hop_limit: u8,
+    l4: usize,
+    l3_end: usize,
+) -> Result<*const [u8; ND_MSG_LEN], DropReason> {
+    let m = pkt.bytes::<ND_MSG_LEN>(l4).ok_or(DropReason::L4Malformed)?;
+    if l4 + ND_MSG_LEN > l3_end {
+        return Err(DropReason::L4Malformed);
+    }
+    if hop_limit != ND_HOP_LIMIT {
+        return Err(DropReason::NdSpoof);
+    }
+    Ok(m)
+}
+
 /// Neighbour solicitation: DAD from `::` only for a target the (port, Ethernet source)
 /// owns, without SLLA (RFC 4861 §7.1.1); otherwise the source check and SLLA = Ethernet
 /// source.
@@ -92,13 +111,7 @@ fn ns(
     l4: usize,
     l3_end: usize,
 ) -> Result<PassPath, DropReason> {
-    let m = pkt.bytes::<ND_MSG_LEN>(l4).ok_or(DropReason::L4Malformed)?;
-    if l4 + ND_MSG_LEN > l3_end {
-        return Err(DropReason::L4Malformed);
-    }
-    if hop_limit != ND_HOP_LIMIT {
-        return Err(DropReason::NdSpoof);
-    }
+    let m = nd_msg(pkt, hop_limit, l4, l3_end)?;
     if ip6_is_unspecified(&key.ip) {
         let target = AddrKey::v6(key.ifindex, eth.src, arr_at(m, 8));
         if lookup_pair(port, &target).is_none()
@@ -126,13 +139,7 @@ fn na(
     l4: usize,
     l3_end: usize,
 ) -> Result<PassPath, DropReason> {
-    let m = pkt.bytes::<ND_MSG_LEN>(l4).ok_or(DropReason::L4Malformed)?;
-    if l4 + ND_MSG_LEN > l3_end {
-        return Err(DropReason::L4Malformed);
-    }
-    if hop_limit != ND_HOP_LIMIT {
-        return Err(DropReason::NdSpoof);
-    }
+    let m = nd_msg(pkt, hop_limit, l4, l3_end)?;
     check_src(port, key)?;
     let target = AddrKey::v6(key.ifindex, eth.src, arr_at(m, 8));
     let flags = lookup_pair(port, &target).ok_or(DropReason::NdSpoof)?;
