@@ -351,14 +351,6 @@ impl Datapath {
     /// Empties every map (ports, addresses, CIDRs, MACs, rate limit), zeroes the counters
     /// and drains the event ring.
     pub fn clear(&mut self) {
-        fn clear_hash<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
-            let mut m: HashMap<_, K, V> =
-                HashMap::try_from(ebpf.map_mut(name).expect(name)).expect(name);
-            let keys: Vec<K> = m.keys().map(|k| k.expect("key")).collect();
-            for k in keys {
-                m.remove(&k).expect("remove");
-            }
-        }
         clear_hash::<u32, PortConfig>(&mut self.ebpf, names::PORTS);
         clear_hash::<AddrKey, AddrValue>(&mut self.ebpf, names::ADDRS);
         clear_hash::<MacKey, u32>(&mut self.ebpf, names::MACS);
@@ -495,20 +487,21 @@ fn aya_log_level() -> &'static str {
     "AYA_LOG_LEVEL"
 }
 
+/// Removes every entry of the hash map `name`.
+fn clear_hash<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+    let mut m: HashMap<_, K, V> = HashMap::try_from(ebpf.map_mut(name).expect(name)).expect(name);
+    let keys: Vec<K> = m.keys().map(|k| k.expect("key")).collect();
+    for k in keys {
+        m.remove(&k).expect("remove");
+    }
+}
+
 // ---- Forwarding (issue 3) -------------------------------------------------------------
 
 impl Datapath {
     /// Empties the forwarding maps (L2, neighbours, flood lists, routes, devmap) and the
     /// chassis configuration (forwarding off). Part of [`Datapath::clear`].
     pub fn clear_fwd(&mut self) {
-        fn clear_hash<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
-            let mut m: HashMap<_, K, V> =
-                HashMap::try_from(ebpf.map_mut(name).expect(name)).expect(name);
-            let keys: Vec<K> = m.keys().map(|k| k.expect("key")).collect();
-            for k in keys {
-                m.remove(&k).expect("remove");
-            }
-        }
         clear_hash::<L2Key, L2Dest>(&mut self.ebpf, names::L2);
         clear_hash::<NeighKey, NeighValue>(&mut self.ebpf, names::NEIGH);
         clear_hash::<u32, FloodList>(&mut self.ebpf, names::FLOOD);
