@@ -624,30 +624,10 @@ impl Cloud {
     }
 
     /// Adds a VM behind a veth "tap" `tap` on hypervisor `hv`, with `mac` and addresses
-    /// (`192.0.2.10/24`, `2001:db8::10/64`). The tap joins br-int. IPv6 DAD is disabled
-    /// so addresses are usable at once.
+    /// (`192.0.2.10/24`, `2001:db8::10/64`) and default [`VmOpts`]. The tap joins br-int
+    /// when the hypervisor has one. IPv6 DAD is disabled so addresses are usable at once.
     pub fn add_vm(&mut self, hv: usize, name: &str, tap: &str, mac: &str, addrs: &[&str]) -> usize {
-        let hvns = &self.hvs[hv].ns;
-        let ns = Netns::new(&format!("{}-{name}", self.prefix));
-        ns.exec("sysctl -qw net.ipv6.conf.all.accept_dad=0");
-        ns.exec("sysctl -qw net.ipv6.conf.default.accept_dad=0");
-        hvns.exec(&format!(
-            "ip link add {tap} type veth peer name eth0 netns {}",
-            ns.name
-        ));
-        ns.exec(&format!("ip link set eth0 address {mac}"));
-        for a in addrs {
-            ns.exec(&format!("ip addr add {a} dev eth0 nodad"));
-        }
-        ns.exec("ip link set eth0 up");
-        hvns.exec(&format!("ip link set {tap} master br-int"));
-        hvns.exec(&format!("ip link set {tap} up"));
-        self.vms.push(Vm {
-            ns,
-            tap: tap.to_string(),
-            mac: mac.to_string(),
-        });
-        self.vms.len() - 1
+        self.add_vm_opts(hv, name, tap, mac, addrs, &VmOpts::default())
     }
 
     /// Runs `dfctl` against this cloud's etcd (from the underlay namespace); panics on
