@@ -307,7 +307,7 @@ impl Controller {
             } else {
                 0
             },
-            _pad: 0,
+            policy_gen: 0,
         }
     }
 

@@ -165,7 +165,10 @@ pub struct ChassisConfig {
     /// source are dropped.
     pub local_ip: [u8; 4],
     pub flags: u32,
-    pub _pad: u32,
+    /// Security-group policy generation: bumped by the agent after every change of rules,
+    /// memberships or identities. A conntrack entry from another generation is re-judged
+    /// against the rules at its next packet (see `sg`).
+    pub policy_gen: u32,
 }
 const _: () = assert!(core::mem::size_of::<ChassisConfig>() == 16);
 
@@ -173,3 +176,8 @@ const _: () = assert!(core::mem::size_of::<ChassisConfig>() == 16);
 /// pipeline hands allowed frames to the hypervisor's stack (XDP_PASS / TC_ACT_OK) as before
 /// issue 3; the agent sets it once it has filled the forwarding maps.
 pub const CFG_F_FORWARDING: u32 = 1;
+
+/// [`ChassisConfig::flags`]: security groups are enforced (egress at the sender, ingress
+/// at the receiver, with conntrack). Without it only port security applies (Neutron's
+/// `firewall_driver = noop`).
+pub const CFG_F_SECURITY_GROUPS: u32 = 2;

@@ -12,6 +12,7 @@ pub mod event;
 pub mod fwd;
 pub mod maps;
 pub mod port;
+pub mod sg;
 pub mod verdict;
 
 #[cfg(feature = "user")]
@@ -19,7 +20,7 @@ mod pod {
     //! `aya::Pod` lets the agent read and write these types in maps.
     //! SAFETY: every type here is `#[repr(C)]`, `Copy`, made of integers and byte arrays,
     //! with explicit padding, so any bit pattern is valid.
-    use crate::{addr, event, fwd, port};
+    use crate::{addr, event, fwd, port, sg};
     unsafe impl aya::Pod for addr::AddrKey {}
     unsafe impl aya::Pod for addr::AddrValue {}
     unsafe impl aya::Pod for addr::MacKey {}
@@ -34,4 +35,11 @@ mod pod {
     unsafe impl aya::Pod for fwd::RouteKey {}
     unsafe impl aya::Pod for fwd::RouteDest {}
     unsafe impl aya::Pod for fwd::ChassisConfig {}
+    unsafe impl aya::Pod for sg::IdentKey {}
+    unsafe impl aya::Pod for sg::PolicyKey {}
+    unsafe impl aya::Pod for sg::PolicyValue {}
+    unsafe impl aya::Pod for sg::CtKey {}
+    unsafe impl aya::Pod for sg::CtValue {}
+    unsafe impl aya::Pod for sg::FragKey {}
+    unsafe impl aya::Pod for sg::FragValue {}
 }

@@ -63,6 +63,34 @@ pub const CONFIG: &str = "df_config_v1";
 pub const DEVMAP: &str = "df_devmap_v1";
 pub const DEVMAP_MAX: u32 = 65_536;
 
+/// [`crate::sg::CtKey`] → [`crate::sg::CtValue`]: connection tracking of the security
+/// groups. A plain hash, not an LRU: a full table drops new flows (`ct_full`) instead of
+/// letting one VM's flood evict other VMs' established flows. The agent collects expired
+/// entries.
+pub const CT: &str = "df_ct_v1";
+pub const CT_MAX: u32 = 262_144;
+
+/// LRU [`crate::sg::FragKey`] → [`crate::sg::FragValue`]: first fragments seen, so later
+/// fragments can be judged by the first one's ports. An evicted entry only drops later
+/// fragments (fail closed).
+pub const FRAG: &str = "df_frag_v1";
+pub const FRAG_MAX: u32 = 16_384;
+
+/// [`crate::sg::IdentKey`] → u32 identity: exact host addresses (fixed IPs, single-IP
+/// AAPs) of remote-group members.
+pub const IDENT: &str = "df_ident_v1";
+pub const IDENT_MAX: u32 = 262_144;
+
+/// LPM over [`crate::sg::IdentKey`] → u32 identity: CIDR members (AAP CIDRs) and rule
+/// prefixes (`remote_ip_prefix`).
+pub const IDENT_LPM: &str = "df_ident_lpm_v1";
+pub const IDENT_LPM_MAX: u32 = 65_536;
+
+/// LPM over [`crate::sg::PolicyKey`] → [`crate::sg::PolicyValue`]: the allow rules of the
+/// local ports, per identity.
+pub const POLICY: &str = "df_policy_v1";
+pub const POLICY_MAX: u32 = 262_144;
+
 /// Every map the agent pins and adopts, in one list (for cleanup and metrics). A pinned
 /// map whose name is not here is a leftover of an older layout: the agent removes it.
 pub const ALL: &[&str] = &[
@@ -79,6 +107,11 @@ pub const ALL: &[&str] = &[
     ROUTES,
     CONFIG,
     DEVMAP,
+    CT,
+    FRAG,
+    IDENT,
+    IDENT_LPM,
+    POLICY,
 ];
 
 /// Capacity of a map by name, for fill-level metrics (`None` for arrays/ring buffers).
@@ -94,6 +127,11 @@ pub fn capacity(name: &str) -> Option<u32> {
         FLOOD => Some(FLOOD_NETS_MAX),
         ROUTES => Some(ROUTES_MAX),
         DEVMAP => Some(DEVMAP_MAX),
+        CT => Some(CT_MAX),
+        FRAG => Some(FRAG_MAX),
+        IDENT => Some(IDENT_MAX),
+        IDENT_LPM => Some(IDENT_LPM_MAX),
+        POLICY => Some(POLICY_MAX),
         _ => None,
     }
 }

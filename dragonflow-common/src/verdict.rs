@@ -127,6 +127,20 @@ named_enum! {
         RedirectFailed = 28 => "redirect_failed",
         /// From the tunnel to a destination that is not a local port.
         TunnelNotLocal = 29 => "tunnel_not_local",
+        /// No security-group rule of the port allows the new flow (direction `from_vm`:
+        /// egress rules of the sender; `to_vm`: ingress rules of the receiver) [14].
+        SgDenied = 30 => "sg_denied",
+        /// The conntrack table is full: a new flow that the rules allow is dropped
+        /// (fail closed, like Linux's nf_conntrack; established flows are unaffected).
+        CtFull = 31 => "ct_full",
+        /// A non-first fragment with no tracked first fragment (or a first fragment we
+        /// could not track) [10].
+        FragNoFirst = 32 => "frag_no_first",
+        /// A first fragment too short to hold the whole L4 header (RFC 1858) [10].
+        FragTiny = 33 => "frag_tiny",
+        /// A fragment overlapping the L4 data of the first fragment (RFC 1858) [10].
+        FragOverlap = 34 => "frag_overlap",
+        // 35..=39 reserved for the shared-AAP stage (issue 5).
     }
 }
 
@@ -170,7 +184,8 @@ impl PassPath {
 }
 
 named_enum! {
-    /// What happened to GARP events.
+    /// Side counters that are not outcomes: GARP events and security-group/conntrack
+/// activity (counted in the direction that judged: `from_vm` egress, `to_vm` ingress).
     EventStat {
         /// Pushed to the ring buffer.
         GarpSent = 0 => "garp_sent",
@@ -178,6 +193,20 @@ named_enum! {
         GarpRateLimited = 1 => "garp_rate_limited",
         /// The ring buffer was full: the event is lost (the frame is still forwarded).
         GarpRingFull = 2 => "garp_ring_full",
+        /// Security groups: a new flow was allowed by a rule (and tracked).
+        CtNew = 3 => "ct_new",
+        /// Security groups: a packet of a tracked flow (either way) passed.
+        CtEstablished = 4 => "ct_established",
+        /// Security groups: an ICMP error about a tracked flow passed.
+        CtRelated = 5 => "ct_related",
+        /// Security groups: an entry from an older policy generation was re-judged
+        /// against the current rules (and kept or deleted).
+        CtRevalidated = 6 => "ct_revalidated",
+        /// Security groups: a new flow allowed by a rule but not tracked (TCP without SYN,
+        /// group destination) — judged again at its next packet.
+        CtUntracked = 7 => "ct_untracked",
+        /// Security groups: exempt traffic (ARP, ND, DHCP client/server) passed.
+        SgExempt = 8 => "sg_exempt",
     }
 }
 

@@ -11,10 +11,12 @@ use dragonflow_common::{
     event::GarpRateKey,
     fwd::{ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest, RouteKey},
     maps::{
-        ADDRS_MAX, CIDRS_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, L2_MAX,
-        MACS_MAX, NEIGH_MAX, PORTS_MAX, ROUTES_MAX,
+        ADDRS_MAX, CIDRS_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FRAG_MAX, GARP_EVENTS_BYTES,
+        GARP_RATE_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX, POLICY_MAX,
+        PORTS_MAX, ROUTES_MAX,
     },
     port::PortConfig,
+    sg::{CtKey, CtValue, FragKey, FragValue, IdentKey, PolicyKey, PolicyValue},
     verdict::STATS_LEN,
 };
 
@@ -72,3 +74,28 @@ pub static CONFIG: Array<ChassisConfig> = Array::pinned(1, 0);
 /// Local taps for XDP redirects (key = value = the tap's ifindex).
 #[map(name = "df_devmap_v1")]
 pub static DEVMAP: DevMapHash = DevMapHash::pinned(DEVMAP_MAX, 0);
+
+/// Connection tracking of the security groups (see `dragonflow_common::sg`).
+#[map(name = "df_ct_v1")]
+#[allow(dead_code)] // read by the security-group stage (being written)
+pub static CT: HashMap<CtKey, CtValue> = HashMap::pinned(CT_MAX, 0);
+
+/// First fragments seen, for judging the later fragments of a datagram.
+#[map(name = "df_frag_v1")]
+#[allow(dead_code)] // read by the security-group stage (being written)
+pub static FRAG: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_MAX, 0);
+
+/// Exact host address → identity (remote-group members).
+#[map(name = "df_ident_v1")]
+#[allow(dead_code)] // read by the security-group stage (being written)
+pub static IDENT: HashMap<IdentKey, u32> = HashMap::pinned(IDENT_MAX, 0);
+
+/// Prefix → identity (CIDR members, rule prefixes).
+#[map(name = "df_ident_lpm_v1")]
+#[allow(dead_code)] // read by the security-group stage (being written)
+pub static IDENT_LPM: LpmTrie<IdentKey, u32> = LpmTrie::pinned(IDENT_LPM_MAX, 0);
+
+/// (port, identity, direction, protocol, port block) → allow.
+#[map(name = "df_policy_v1")]
+#[allow(dead_code)] // read by the security-group stage (being written)
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);

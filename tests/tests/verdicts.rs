@@ -1717,6 +1717,12 @@ const OTHER_FILE: &[&str] = &[
     "arp_responder",
     "nd_responder",
     "router_echo",
+    // tests/verdicts_sg.rs (security groups, conntrack, fragments)
+    "sg_denied",
+    "ct_full",
+    "frag_no_first",
+    "frag_tiny",
+    "frag_overlap",
 ];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion
@@ -1807,7 +1813,7 @@ fn seed_fwd(dp: &mut Datapath, n: &FwdNet, s: FwdSeed) {
         vxlan_ifindex: if s == FwdSeed::NoTunnel { 0 } else { n.vx },
         local_ip: LOCAL_CHASSIS,
         flags: CFG_F_FORWARDING,
-        _pad: 0,
+        policy_gen: 0,
     });
     dp.add_port(
         IF,
