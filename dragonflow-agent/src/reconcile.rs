@@ -27,7 +27,7 @@ use dragonflow_common::{
 pub use crate::forwarding::{NetworkView, router_id};
 use crate::{
     forwarding,
-    nb::{Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr},
+    nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr},
 };
 
 /// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
@@ -42,6 +42,9 @@ pub struct NbSnapshot {
     pub lrouters: BTreeMap<String, LRouter>,
     /// Live chassis (their records vanish with their agent's lease).
     pub chassis: BTreeMap<String, Chassis>,
+    /// Detection way: the active holder of each shared AAP IP, by (lswitch id, IP), as
+    /// claimed in `activeport/` (entries vanish with the claiming agent's lease).
+    pub active_ports: BTreeMap<(String, std::net::IpAddr), ActivePort>,
 }
 
 /// Key of the CIDR LPM trie: prefix length (including [`LPM_FIXED_BITS`]) and the data.

@@ -161,6 +161,29 @@ impl LRouterPort {
     }
 }
 
+/// `activeport/<lswitch>/<ip>`: the port detected as holding a shared allowed-address-pair
+/// IP (detection way, DESIGN.md §5). Written by the agent of the chassis hosting that
+/// port, under its lease (a dead chassis loses its claims), with an etcd transaction that
+/// compares the key's mod_revision; read by every agent, which points L2, L3 and the
+/// ARP/ND responder at `port`/`mac`. Not an NB object operators write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivePort {
+    pub lswitch: String,
+    pub ip: IpAddr,
+    /// The lport now holding the IP.
+    pub port: String,
+    /// The MAC the holder uses for the IP (its AAP MAC, e.g. a VRRP virtual MAC).
+    pub mac: MacAddr,
+    /// Chassis whose agent made the claim.
+    pub chassis: String,
+    /// When the claim was made (Unix time, ms).
+    pub since_ms: u64,
+    /// Why: `garp`, `arp_reply`, `unsolicited_na`, …
+    pub reason: String,
+}
+
+pub const ACTIVE_PORT_SEGMENT: &str = "activeport";
+
 /// Object kinds and their etcd key segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
