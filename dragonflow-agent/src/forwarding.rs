@@ -477,6 +477,7 @@ mod tests {
                 chassis("hv2", "198.18.0.2"),
                 chassis("hv3", "198.18.0.3"),
             ]),
+            ..Default::default()
         }
     }
 

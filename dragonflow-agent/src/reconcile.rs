@@ -27,7 +27,7 @@ use dragonflow_common::{
 pub use crate::forwarding::{NetworkView, router_id};
 use crate::{
     forwarding,
-    nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr},
+    nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr, SecGroup},
 };
 
 /// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
@@ -45,6 +45,8 @@ pub struct NbSnapshot {
     /// Detection way: the active holder of each shared AAP IP, by (lswitch id, IP), as
     /// claimed in `activeport/` (entries vanish with the claiming agent's lease).
     pub active_ports: BTreeMap<(String, std::net::IpAddr), ActivePort>,
+    /// Security groups by id.
+    pub secgroups: BTreeMap<String, SecGroup>,
 }
 
 /// Key of the CIDR LPM trie: prefix length (including [`LPM_FIXED_BITS`]) and the data.

@@ -19,7 +19,8 @@ use crate::{
     config::Config,
     metrics::Shared,
     nb::{
-        Chassis, Kind, LPort, LRouter, LSwitch, NbObject, ValidationOptions, decode_with, parse_key,
+        Chassis, Kind, LPort, LRouter, LSwitch, NbObject, SecGroup, ValidationOptions, decode_with,
+        parse_key,
     },
     reconcile::NbSnapshot,
     report::Chain,
@@ -240,6 +241,7 @@ pub enum Record {
     LPort(LPort),
     LRouter(LRouter),
     Chassis(Chassis),
+    SecGroup(SecGroup),
 }
 
 /// Decodes and validates one NB value with `nb::validate` (Neutron's rules). Subnet
@@ -268,6 +270,7 @@ pub fn decode_record(
         NbObject::LSwitch(ls) => Ok(Some(Record::LSwitch(ls))),
         NbObject::LPort(p) => Ok(Some(Record::LPort(p))),
         NbObject::LRouter(r) => Ok(Some(Record::LRouter(r))),
+        NbObject::SecGroup(g) => Ok(Some(Record::SecGroup(g))),
         NbObject::Chassis(_) | NbObject::Subnet(_) => Ok(None),
     }
 }
@@ -352,6 +355,9 @@ impl NbCache {
                         Some((Kind::Chassis, id)) => {
                             self.snapshot.chassis.remove(id);
                         }
+                        Some((Kind::SecGroup, id)) => {
+                            self.snapshot.secgroups.remove(id);
+                        }
                         _ => {}
                     }
                 }
@@ -392,6 +398,10 @@ impl NbCache {
                 self.invalid.remove(key);
                 self.snapshot.chassis.insert(id.to_string(), c);
             }
+            Ok(Some(Record::SecGroup(g))) => {
+                self.invalid.remove(key);
+                self.snapshot.secgroups.insert(id.to_string(), g);
+            }
             Ok(None) => {}
             Err(reason) => {
                 if count {
@@ -420,6 +430,11 @@ impl NbCache {
                     Kind::Chassis => {
                         if let Some(c) = prev.chassis.get(id).cloned() {
                             self.snapshot.chassis.insert(id.to_string(), c);
+                        }
+                    }
+                    Kind::SecGroup => {
+                        if let Some(g) = prev.secgroups.get(id).cloned() {
+                            self.snapshot.secgroups.insert(id.to_string(), g);
                         }
                     }
                     Kind::LPort => {

@@ -14,7 +14,8 @@
 //!    identity stands for the *set* of selectors (remote groups, rule prefixes) that
 //!    contain the address; the agent computes these sets, so one lookup is enough.
 //! 3. **Policy** `df_policy_v1` (LPM): ([`PolicyKey`]: port, identity, direction, protocol,
-//!    destination port) — then the same with [`IDENT_ANY`] (rules without a remote). Every
+//!    destination port) — then the same with [`ident_any`]`(family)` (rules without a
+//!    remote, per family: an IPv6 packet never matches an IPv4 rule). Every
 //!    rule is an allow (Neutron has no deny), so there is no precedence to resolve: any
 //!    match allows. Port ranges are split by the agent into prefix-aligned blocks; a rule
 //!    for any protocol stops the prefix before `proto`.
@@ -26,8 +27,28 @@
 
 /// No selector contains the address.
 pub const IDENT_WORLD: u32 = 0;
-/// In a [`PolicyKey`]: the rule has no remote (any address).
-pub const IDENT_ANY: u32 = u32::MAX;
+/// In a [`PolicyKey`]: an IPv4 rule without a remote (any IPv4 address).
+///
+/// The "any" identity carries the family because the policy key has no ethertype: a
+/// single `IDENT_ANY` would let an IPv6 packet match an IPv4-only rule (Neutron's
+/// default group allows egress per ethertype). Identities the agent allocates for
+/// addresses are per family already (an identity is a (family, selector set)), so only
+/// "any" needs this. The datapath looks up [`ident_any`]`(family)` after the identity.
+pub const IDENT_ANY_V4: u32 = u32::MAX;
+/// In a [`PolicyKey`]: an IPv6 rule without a remote (any IPv6 address).
+pub const IDENT_ANY_V6: u32 = u32::MAX - 1;
+/// Identities the agent allocates for selector sets are below this.
+pub const IDENT_MAX_ALLOCATED: u32 = u32::MAX - 2;
+
+/// The "any" identity of a family ([`crate::addr::FAMILY_V4`] / [`crate::addr::FAMILY_V6`]).
+#[inline(always)]
+pub const fn ident_any(family: u8) -> u32 {
+    if family == crate::addr::FAMILY_V6 {
+        IDENT_ANY_V6
+    } else {
+        IDENT_ANY_V4
+    }
+}
 
 /// Key of `df_ident_v1` (exact host address) and data part of the `df_ident_lpm_v1` key
 /// (prefix length = [`IDENT_FIXED_BITS`] + IP prefix length).
@@ -59,7 +80,7 @@ pub const DIR_INGRESS: u8 = 2;
 pub struct PolicyKey {
     /// The judged port's tap ifindex.
     pub ifindex: u32,
-    /// Identity of the remote address, or [`IDENT_ANY`].
+    /// Identity of the remote address, or [`ident_any`] of its family.
     pub ident: u32,
     /// [`DIR_EGRESS`] or [`DIR_INGRESS`].
     pub dir: u8,

@@ -898,6 +898,7 @@ fn headers(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Chassis => &["NAME", "TUNNEL_IP", "AAP_MODE", "VERSION"],
         Kind::LRouter => &["ID", "NAME", "INTERFACES"],
+        Kind::SecGroup => &["ID", "NAME", "RULES", "USED_BY"],
     }
 }
 

@@ -184,6 +184,120 @@ pub struct ActivePort {
 
 pub const ACTIVE_PORT_SEGMENT: &str = "activeport";
 
+/// `secgroup/<id>`: a security group (Neutron `security_group`): allow rules only; a
+/// port's groups together say what it may send and receive (see `crate::secgroups`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecGroup {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub rules: Vec<SecGroupRule>,
+}
+
+/// One rule of a [`SecGroup`] (Neutron `security_group_rule`), in Neutron's field names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SecGroupRule {
+    pub id: String,
+    pub direction: RuleDirection,
+    pub ethertype: EtherType,
+    /// `None` = any protocol; else a name (`tcp`, `udp`, `icmp`, `icmpv6`, …) or a number
+    /// `"0"`..`"255"` (see `validate::parse_protocol`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// TCP/UDP: first port of the range; ICMP: the type.
+    #[serde(default)]
+    pub port_range_min: Option<u32>,
+    /// TCP/UDP: last port of the range; ICMP: the code.
+    #[serde(default)]
+    pub port_range_max: Option<u32>,
+    /// The remote side's addresses; at most one of this and `remote_group_id`; neither
+    /// means any address of the rule's ethertype.
+    #[serde(default)]
+    pub remote_ip_prefix: Option<IpPrefix>,
+    /// The remote side is any member of this group (fixed IPs and allowed address pairs
+    /// of every port listing it).
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+}
+
+/// Direction of a security-group rule, seen from the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RuleDirection {
+    /// Traffic to the VM.
+    Ingress,
+    /// Traffic from the VM.
+    Egress,
+}
+
+impl RuleDirection {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RuleDirection::Ingress => "ingress",
+            RuleDirection::Egress => "egress",
+        }
+    }
+}
+
+impl TryFrom<String> for RuleDirection {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "ingress" => Ok(RuleDirection::Ingress),
+            "egress" => Ok(RuleDirection::Egress),
+            _ => Err(format!("direction {s:?} is invalid: use ingress or egress")),
+        }
+    }
+}
+
+impl From<RuleDirection> for String {
+    fn from(d: RuleDirection) -> String {
+        d.as_str().to_string()
+    }
+}
+
+/// Address family of a security-group rule (Neutron spells it `IPv4` / `IPv6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum EtherType {
+    IPv4,
+    IPv6,
+}
+
+impl EtherType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EtherType::IPv4 => "IPv4",
+            EtherType::IPv6 => "IPv6",
+        }
+    }
+    /// The family of an address.
+    pub const fn of(ip: &IpAddr) -> EtherType {
+        match ip {
+            IpAddr::V4(_) => EtherType::IPv4,
+            IpAddr::V6(_) => EtherType::IPv6,
+        }
+    }
+}
+
+impl TryFrom<String> for EtherType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipv4" => Ok(EtherType::IPv4),
+            "ipv6" => Ok(EtherType::IPv6),
+            _ => Err(format!("ethertype {s:?} is invalid: use IPv4 or IPv6")),
+        }
+    }
+}
+
+impl From<EtherType> for String {
+    fn from(e: EtherType) -> String {
+        e.as_str().to_string()
+    }
+}
+
 /// Object kinds and their etcd key segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -192,15 +306,17 @@ pub enum Kind {
     Subnet,
     LPort,
     LRouter,
+    SecGroup,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Chassis,
         Kind::LSwitch,
         Kind::Subnet,
         Kind::LPort,
         Kind::LRouter,
+        Kind::SecGroup,
     ];
 
     pub const fn segment(self) -> &'static str {
@@ -210,6 +326,7 @@ impl Kind {
             Kind::Subnet => "subnet",
             Kind::LPort => "lport",
             Kind::LRouter => "lrouter",
+            Kind::SecGroup => "secgroup",
         }
     }
 

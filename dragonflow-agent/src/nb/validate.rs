@@ -21,8 +21,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AllowedAddressPair, Chassis, IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch, MacAddr,
-    Subnet,
+    AllowedAddressPair, Chassis, EtherType, IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch,
+    MacAddr, SecGroup, SecGroupRule, Subnet,
 };
 
 /// Neutron's default for `max_allowed_address_pairs`.
@@ -279,6 +279,56 @@ pub enum ValidationError {
         other: String,
         lswitch: String,
     },
+    // Security groups.
+    /// Wraps a rule's problem with the rule's id.
+    #[error("rule {rule}: {source}")]
+    SgRule {
+        rule: String,
+        #[source]
+        source: Box<ValidationError>,
+    },
+    #[error("rule id {id} is listed twice")]
+    SgRuleIdTwice { id: String },
+    #[error("protocol {value:?} is invalid: {reason}")]
+    SgProtocol { value: String, reason: &'static str },
+    #[error("protocol {protocol} is IPv6 only; the rule's ethertype is IPv4")]
+    SgProtocolNotIpv4 { protocol: String },
+    #[error(
+        "port_range_min/port_range_max need a protocol (tcp or udp for ports, icmp or icmpv6 \
+         for type and code)"
+    )]
+    SgPortsWithoutProtocol,
+    #[error(
+        "protocol {protocol} has no ports we match: port_range_min/port_range_max apply to tcp \
+         and udp (ports) and icmp/icmpv6 (type and code)"
+    )]
+    SgPortsNotMatched { protocol: String },
+    #[error("{field} {value} is out of range 1..=65535")]
+    SgPortOutOfRange { field: &'static str, value: u32 },
+    #[error(
+        "port_range_min and port_range_max go together for tcp/udp (the same value for one port)"
+    )]
+    SgPortRangeIncomplete,
+    #[error("port_range_min {min} is greater than port_range_max {max}")]
+    SgPortRangeInverted { min: u32, max: u32 },
+    #[error("{field} {value} is out of range 0..=255 (ICMP {what})")]
+    SgIcmpOutOfRange {
+        field: &'static str,
+        value: u32,
+        what: &'static str,
+    },
+    #[error("port_range_max (ICMP code) needs port_range_min (ICMP type)")]
+    SgIcmpCodeWithoutType,
+    #[error("remote_ip_prefix and remote_group_id are mutually exclusive; give one or neither")]
+    SgRemoteBoth,
+    #[error("remote_ip_prefix {prefix} is not an {ethertype} prefix (the rule's ethertype)")]
+    SgRemoteFamily { prefix: IpPrefix, ethertype: String },
+    #[error("remote_ip_prefix {given} has host bits set; did you mean {network}?")]
+    SgRemoteHostBits { given: String, network: String },
+    #[error("security group {id} does not exist")]
+    SecurityGroupNotFound { id: String },
+    #[error("remote_group_id {id} does not exist")]
+    RemoteGroupNotFound { id: String },
 }
 
 /// Why a record read from etcd was refused.
@@ -324,6 +374,7 @@ pub enum NbObject {
     Subnet(Subnet),
     LPort(LPort),
     LRouter(LRouter),
+    SecGroup(SecGroup),
 }
 
 impl NbObject {
@@ -334,6 +385,7 @@ impl NbObject {
             NbObject::Subnet(_) => Kind::Subnet,
             NbObject::LPort(_) => Kind::LPort,
             NbObject::LRouter(_) => Kind::LRouter,
+            NbObject::SecGroup(_) => Kind::SecGroup,
         }
     }
     pub fn id(&self) -> &str {
@@ -343,6 +395,7 @@ impl NbObject {
             NbObject::Subnet(o) => &o.id,
             NbObject::LPort(o) => &o.id,
             NbObject::LRouter(o) => &o.id,
+            NbObject::SecGroup(o) => &o.id,
         }
     }
 }
@@ -420,6 +473,19 @@ impl NbRecord for LRouter {
     }
 }
 
+impl NbRecord for SecGroup {
+    const KIND: Kind = Kind::SecGroup;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn validate(&self, _: &ValidationOptions) -> Result<(), ValidationError> {
+        validate_secgroup(self)
+    }
+    fn into_object(self) -> NbObject {
+        NbObject::SecGroup(self)
+    }
+}
+
 /// Parses and validates one record read from etcd with default [`ValidationOptions`].
 /// `id` is the id segment of its key (see [`super::parse_key`]); the record must name
 /// itself the same.
@@ -440,6 +506,7 @@ pub fn decode_with(
         Kind::Subnet => decode_as::<Subnet>(id, bytes, opts)?.into_object(),
         Kind::LPort => decode_as::<LPort>(id, bytes, opts)?.into_object(),
         Kind::LRouter => decode_as::<LRouter>(id, bytes, opts)?.into_object(),
+        Kind::SecGroup => decode_as::<SecGroup>(id, bytes, opts)?.into_object(),
     })
 }
 
@@ -932,6 +999,169 @@ fn validate_router_addr(iface: &str, ip: &IpPrefix) -> Result<(), ValidationErro
     Ok(())
 }
 
+/// IP protocol numbers of the names a rule may use (Neutron's names; `icmp` in an IPv6
+/// rule means ICMPv6, as in Neutron).
+const PROTOCOL_NAMES: &[(&str, u8)] = &[
+    ("icmp", 1),
+    ("tcp", 6),
+    ("udp", 17),
+    ("dccp", 33),
+    ("gre", 47),
+    ("esp", 50),
+    ("ah", 51),
+    ("icmpv6", 58),
+    ("ipv6-icmp", 58),
+    ("ospf", 89),
+    ("pim", 103),
+    ("vrrp", 112),
+    ("sctp", 132),
+    ("udplite", 136),
+];
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// A rule's `protocol` as an IP protocol number for `ethertype`; `None` = any protocol
+/// (absent, or `any`). `icmp` in an IPv6 rule is ICMPv6. Refuses unknown names, numbers
+/// above 255 and 0 (not a transport protocol: "any" is spelt by omitting it).
+pub fn parse_protocol(value: &str, ethertype: EtherType) -> Result<Option<u8>, ValidationError> {
+    let bad = |reason| ValidationError::SgProtocol {
+        value: value.to_string(),
+        reason,
+    };
+    let v = value.trim().to_ascii_lowercase();
+    if v == "any" {
+        return Ok(None);
+    }
+    let n = if let Some(&(_, n)) = PROTOCOL_NAMES.iter().find(|(name, _)| *name == v) {
+        if n == PROTO_ICMP && ethertype == EtherType::IPv6 {
+            PROTO_ICMPV6
+        } else {
+            n
+        }
+    } else if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        match v.parse::<u8>() {
+            Ok(0) => {
+                return Err(bad(
+                    "0 is not a transport protocol; omit it (or use any) for every protocol",
+                ));
+            }
+            Ok(n) => n,
+            Err(_) => return Err(bad("a protocol number is 1..=255")),
+        }
+    } else {
+        return Err(bad(
+            "use tcp, udp, icmp, icmpv6, sctp, any or a protocol number 1..=255",
+        ));
+    };
+    if n == PROTO_ICMPV6 && ethertype == EtherType::IPv4 {
+        return Err(ValidationError::SgProtocolNotIpv4 {
+            protocol: value.to_string(),
+        });
+    }
+    Ok(Some(n))
+}
+
+/// The rule's protocol number (`None` = any). The rule must have passed
+/// [`validate_secgroup`]; an unparsable protocol reads as any.
+pub fn rule_protocol(rule: &SecGroupRule) -> Option<u8> {
+    rule.protocol
+        .as_deref()
+        .and_then(|p| parse_protocol(p, rule.ethertype).ok().flatten())
+}
+
+/// A group on its own: ids, name, and every rule as Neutron's API checks it (protocol
+/// names/numbers and ethertype, port ranges only where we match them and inside
+/// 1..=65535, ICMP type/code inside 0..=255 with no code without a type, one remote at
+/// most, of the rule's family, without host bits), rule ids unique.
+pub fn validate_secgroup(g: &SecGroup) -> Result<(), ValidationError> {
+    check_id("secgroup id", &g.id)?;
+    if g.name.len() > MAX_ID_LEN {
+        return Err(ValidationError::NameTooLong { len: g.name.len() });
+    }
+    let mut seen = HashSet::new();
+    for r in &g.rules {
+        check_id("rule id", &r.id)?;
+        if !seen.insert(r.id.as_str()) {
+            return Err(ValidationError::SgRuleIdTwice { id: r.id.clone() });
+        }
+        validate_secgroup_rule(r).map_err(|e| ValidationError::SgRule {
+            rule: r.id.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// One rule (the id aside).
+pub fn validate_secgroup_rule(r: &SecGroupRule) -> Result<(), ValidationError> {
+    let proto = match &r.protocol {
+        Some(p) => parse_protocol(p, r.ethertype)?,
+        None => None,
+    };
+    let (min, max) = (r.port_range_min, r.port_range_max);
+    if min.is_some() || max.is_some() {
+        match proto {
+            None => return Err(ValidationError::SgPortsWithoutProtocol),
+            Some(PROTO_TCP | PROTO_UDP) => {
+                let (Some(min), Some(max)) = (min, max) else {
+                    return Err(ValidationError::SgPortRangeIncomplete);
+                };
+                for (field, value) in [("port_range_min", min), ("port_range_max", max)] {
+                    if !(1..=65535).contains(&value) {
+                        return Err(ValidationError::SgPortOutOfRange { field, value });
+                    }
+                }
+                if min > max {
+                    return Err(ValidationError::SgPortRangeInverted { min, max });
+                }
+            }
+            Some(PROTO_ICMP | PROTO_ICMPV6) => {
+                if min.is_none() {
+                    return Err(ValidationError::SgIcmpCodeWithoutType);
+                }
+                for (field, value, what) in [
+                    ("port_range_min", min, "type"),
+                    ("port_range_max", max, "code"),
+                ] {
+                    if let Some(value) = value
+                        && value > 255
+                    {
+                        return Err(ValidationError::SgIcmpOutOfRange { field, value, what });
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(ValidationError::SgPortsNotMatched {
+                    protocol: r.protocol.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    if r.remote_ip_prefix.is_some() && r.remote_group_id.is_some() {
+        return Err(ValidationError::SgRemoteBoth);
+    }
+    if let Some(p) = &r.remote_ip_prefix {
+        if EtherType::of(&p.addr) != r.ethertype {
+            return Err(ValidationError::SgRemoteFamily {
+                prefix: *p,
+                ethertype: r.ethertype.as_str().to_string(),
+            });
+        }
+        if p.network() != p.addr {
+            return Err(ValidationError::SgRemoteHostBits {
+                given: format!("{}/{}", p.addr, p.len),
+                network: format!("{}/{}", p.network(), p.len),
+            });
+        }
+    }
+    if let Some(g) = &r.remote_group_id {
+        check_id("remote_group_id", g)?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Referential rules (create/update through the CLI / NB API)
 
@@ -1123,6 +1353,37 @@ pub fn validate_lswitch_refs(ls: &LSwitch, subnets: &[Subnet]) -> Result<(), Val
             mtu: ls.mtu,
             subnet: s.id.clone(),
         });
+    }
+    Ok(())
+}
+
+/// A port's groups exist (Neutron refuses a port naming an unknown group).
+pub fn validate_lport_secgroups(port: &LPort, groups: &[SecGroup]) -> Result<(), ValidationError> {
+    match port
+        .security_groups
+        .iter()
+        .find(|id| !groups.iter().any(|g| &g.id == *id))
+    {
+        Some(id) => Err(ValidationError::SecurityGroupNotFound { id: id.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// A group's remote groups exist (itself counts: `default` refers to itself).
+pub fn validate_secgroup_refs(
+    group: &SecGroup,
+    groups: &[SecGroup],
+) -> Result<(), ValidationError> {
+    for r in &group.rules {
+        if let Some(id) = &r.remote_group_id
+            && *id != group.id
+            && !groups.iter().any(|g| &g.id == id)
+        {
+            return Err(ValidationError::SgRule {
+                rule: r.id.clone(),
+                source: Box::new(ValidationError::RemoteGroupNotFound { id: id.clone() }),
+            });
+        }
     }
     Ok(())
 }
@@ -1451,6 +1712,186 @@ mod tests {
             validate_lport(&p, &opts()),
             Err(ValidationError::InvalidId { .. })
         ));
+    }
+
+    fn rule(json: &str) -> SecGroupRule {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn group(rules: Vec<SecGroupRule>) -> SecGroup {
+        SecGroup {
+            id: "sg1".into(),
+            name: "web".into(),
+            rules,
+        }
+    }
+
+    #[track_caller]
+    fn rule_msg(json: &str) -> String {
+        msg(validate_secgroup(&group(vec![rule(json)])))
+    }
+
+    #[test]
+    fn secgroup_rules() {
+        let ok = [
+            r#"{"id":"r1","direction":"egress","ethertype":"IPv4"}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv6","protocol":"tcp",
+                "port_range_min":22,"port_range_max":22,"remote_ip_prefix":"2001:db8::/32"}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"17",
+                "port_range_min":1,"port_range_max":65535,"remote_group_id":"sg1"}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"icmp",
+                "port_range_min":8}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv6","protocol":"icmp",
+                "port_range_min":128,"port_range_max":0}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv6","protocol":"ipv6-icmp"}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"ipv4","protocol":"any"}"#,
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"sctp",
+                "remote_ip_prefix":"192.0.2.7"}"#,
+        ];
+        for j in ok {
+            validate_secgroup(&group(vec![rule(j)])).unwrap_or_else(|e| panic!("{j}: {e}"));
+        }
+        let cases = [
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"tcpp"}"#,
+                "rule r1: protocol \"tcpp\" is invalid: use tcp, udp, icmp, icmpv6, sctp, any or a protocol number 1..=255",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"256"}"#,
+                "rule r1: protocol \"256\" is invalid: a protocol number is 1..=255",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"0"}"#,
+                "rule r1: protocol \"0\" is invalid: 0 is not a transport protocol; omit it (or use any) for every protocol",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"icmpv6"}"#,
+                "rule r1: protocol icmpv6 is IPv6 only; the rule's ethertype is IPv4",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","port_range_min":1,"port_range_max":2}"#,
+                "rule r1: port_range_min/port_range_max need a protocol (tcp or udp for ports, icmp or icmpv6 for type and code)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"gre","port_range_min":1,"port_range_max":2}"#,
+                "rule r1: protocol gre has no ports we match: port_range_min/port_range_max apply to tcp and udp (ports) and icmp/icmpv6 (type and code)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"tcp","port_range_min":0,"port_range_max":2}"#,
+                "rule r1: port_range_min 0 is out of range 1..=65535",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"tcp","port_range_min":1,"port_range_max":65536}"#,
+                "rule r1: port_range_max 65536 is out of range 1..=65535",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"udp","port_range_min":80}"#,
+                "rule r1: port_range_min and port_range_max go together for tcp/udp (the same value for one port)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"udp","port_range_min":81,"port_range_max":80}"#,
+                "rule r1: port_range_min 81 is greater than port_range_max 80",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"icmp","port_range_min":256}"#,
+                "rule r1: port_range_min 256 is out of range 0..=255 (ICMP type)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"icmp","port_range_min":3,"port_range_max":256}"#,
+                "rule r1: port_range_max 256 is out of range 0..=255 (ICMP code)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","protocol":"icmp","port_range_max":0}"#,
+                "rule r1: port_range_max (ICMP code) needs port_range_min (ICMP type)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","remote_ip_prefix":"192.0.2.0/24","remote_group_id":"sg1"}"#,
+                "rule r1: remote_ip_prefix and remote_group_id are mutually exclusive; give one or neither",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv6","remote_ip_prefix":"192.0.2.0/24"}"#,
+                "rule r1: remote_ip_prefix 192.0.2.0/24 is not an IPv6 prefix (the rule's ethertype)",
+            ),
+            (
+                r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","remote_ip_prefix":"192.0.2.9/24"}"#,
+                "rule r1: remote_ip_prefix 192.0.2.9/24 has host bits set; did you mean 192.0.2.0/24?",
+            ),
+            (
+                r#"{"id":"r 1","direction":"ingress","ethertype":"IPv4"}"#,
+                "rule id \"r 1\" is invalid: it must not contain whitespace or control characters",
+            ),
+        ];
+        for (j, want) in cases {
+            assert_eq!(rule_msg(j), want, "{j}");
+        }
+        let r = rule(r#"{"id":"r1","direction":"egress","ethertype":"IPv4"}"#);
+        assert_eq!(
+            msg(validate_secgroup(&group(vec![r.clone(), r]))),
+            "rule id r1 is listed twice"
+        );
+        let mut g = group(vec![]);
+        g.id = "a/b".into();
+        assert!(msg(validate_secgroup(&g)).starts_with("secgroup id \"a/b\" is invalid"));
+    }
+
+    #[test]
+    fn secgroup_decoding() {
+        let json =
+            br#"{"id":"sg1","rules":[{"id":"r1","direction":"sideways","ethertype":"IPv4"}]}"#;
+        let e = decode(Kind::SecGroup, "sg1", json).unwrap_err().to_string();
+        assert!(
+            e.starts_with("secgroup sg1: malformed JSON: direction \"sideways\" is invalid: use ingress or egress"),
+            "{e}"
+        );
+        let json =
+            br#"{"id":"sg1","rules":[{"id":"r1","direction":"ingress","ethertype":"IPv5"}]}"#;
+        let e = decode(Kind::SecGroup, "sg1", json).unwrap_err().to_string();
+        assert!(
+            e.contains("ethertype \"IPv5\" is invalid: use IPv4 or IPv6"),
+            "{e}"
+        );
+        let json = br#"{"id":"sg1","rules":[{"id":"r1","direction":"ingress","ethertype":"IPv4",
+            "protocol":"tcp","port_range_min":22,"port_range_max":22}]}"#;
+        let NbObject::SecGroup(g) = decode(Kind::SecGroup, "sg1", json).unwrap() else {
+            panic!()
+        };
+        assert_eq!(rule_protocol(&g.rules[0]), Some(PROTO_TCP));
+        // The record shape of the brief, nulls included.
+        let v = serde_json::to_value(&g).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":"sg1","name":"","rules":[{"id":"r1","direction":"ingress",
+                "ethertype":"IPv4","protocol":"tcp","port_range_min":22,"port_range_max":22,
+                "remote_ip_prefix":null,"remote_group_id":null}]})
+        );
+        assert_eq!(serde_json::from_value::<SecGroup>(v).unwrap(), g);
+    }
+
+    #[test]
+    fn secgroup_refs() {
+        let g = group(vec![rule(
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","remote_group_id":"other"}"#,
+        )]);
+        assert_eq!(
+            msg(validate_secgroup_refs(&g, &[])),
+            "rule r1: remote_group_id other does not exist"
+        );
+        let other = SecGroup {
+            id: "other".into(),
+            name: String::new(),
+            rules: vec![],
+        };
+        validate_secgroup_refs(&g, &[other.clone()]).unwrap();
+        let own = group(vec![rule(
+            r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","remote_group_id":"sg1"}"#,
+        )]);
+        validate_secgroup_refs(&own, &[]).unwrap();
+        let mut p = port();
+        p.security_groups = vec!["other".into(), "sg9".into()];
+        assert_eq!(
+            msg(validate_lport_secgroups(&p, &[other])),
+            "security group sg9 does not exist"
+        );
     }
 
     #[test]
