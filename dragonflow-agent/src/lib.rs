@@ -11,4 +11,5 @@ pub mod nb;
 pub mod netlink;
 pub mod reconcile;
 pub mod report;
+pub mod secgroups;
 pub mod sync;
