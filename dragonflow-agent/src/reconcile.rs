@@ -22,12 +22,14 @@ use dragonflow_common::{
         RouteKey,
     },
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
+    sg::{IdentKey, PolicyValue},
 };
 
 pub use crate::forwarding::{NetworkView, router_id};
 use crate::{
     forwarding,
     nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr, SecGroup},
+    secgroups::{self, IdentLpmKey, Identities, PolicyLpmKey, SgPortView},
 };
 
 /// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
@@ -79,6 +81,12 @@ pub struct MapEntries {
     /// `df_config_v1` (an array: index 0 only; never removed, only overwritten). Set by
     /// the controller, not by [`desired`], because it needs the tunnel device's ifindex.
     pub config: BTreeMap<u32, ChassisConfig>,
+    /// Security groups (`secgroups.rs`): exact remote addresses → identity.
+    pub ident: BTreeMap<IdentKey, u32>,
+    /// Remote prefixes → identity.
+    pub ident_lpm: BTreeMap<IdentLpmKey, u32>,
+    /// Allow rules of the local ports, per identity.
+    pub policy: BTreeMap<PolicyLpmKey, PolicyValue>,
 }
 
 impl MapEntries {
@@ -91,6 +99,7 @@ impl MapEntries {
         self.devmap.retain(|i, _| keep(*i));
         self.l2
             .retain(|_, d| d.kind != DEST_LOCAL || keep(d.ifindex));
+        self.policy.retain(|k, _| keep(k.key.ifindex));
     }
 
     /// Copies every entry of `ifindex` from `from` (used to keep a tap's entries as they
@@ -105,6 +114,7 @@ impl MapEntries {
             macs: from.macs.clone(),
             devmap: from.devmap.clone(),
             l2: from.l2.clone(),
+            policy: from.policy.clone(),
             ..Default::default()
         };
         kept.retain_ifindex(|i| i == ifindex);
@@ -114,6 +124,9 @@ impl MapEntries {
         self.cidrs.extend(kept.cidrs);
         self.macs.extend(kept.macs);
         self.devmap.extend(kept.devmap);
+        // Its rules as they were; identities they name that are no longer computed match
+        // nothing (stricter, never looser).
+        self.policy.extend(kept.policy);
         for (k, v) in &from.neigh {
             if kept.l2.contains_key(&L2Key::new(k.net_id, v.mac)) {
                 self.neigh.entry(*k).or_insert(*v);
@@ -152,6 +165,9 @@ impl MapEntries {
             l2: diff(&self.l2, &actual.l2),
             flood: diff(&self.flood, &actual.flood),
             config,
+            ident: diff(&self.ident, &actual.ident),
+            ident_lpm: diff(&self.ident_lpm, &actual.ident_lpm),
+            policy: diff(&self.policy, &actual.policy),
         }
     }
 }
@@ -200,11 +216,14 @@ pub struct EntriesDiff {
     pub l2: Diff<L2Key, L2Dest>,
     pub flood: Diff<u32, FloodList>,
     pub config: Diff<u32, ChassisConfig>,
+    pub ident: Diff<IdentKey, u32>,
+    pub ident_lpm: Diff<IdentLpmKey, u32>,
+    pub policy: Diff<PolicyLpmKey, PolicyValue>,
 }
 
 impl EntriesDiff {
     /// (upserts, removals) per map, in write order.
-    fn sizes(&self) -> [(usize, usize); 10] {
+    fn sizes(&self) -> [(usize, usize); 13] {
         fn s<K, V>(d: &Diff<K, V>) -> (usize, usize) {
             (d.upsert.len(), d.remove.len())
         }
@@ -219,7 +238,16 @@ impl EntriesDiff {
             s(&self.l2),
             s(&self.flood),
             s(&self.config),
+            s(&self.ident),
+            s(&self.ident_lpm),
+            s(&self.policy),
         ]
+    }
+
+    /// Whether any identity or policy entry changes (the policy generation must then be
+    /// bumped once they are written).
+    pub fn changes_policy(&self) -> bool {
+        !(self.ident.is_empty() && self.ident_lpm.is_empty() && self.policy.is_empty())
     }
     pub fn is_empty(&self) -> bool {
         self.counts() == (0, 0)
@@ -281,6 +309,10 @@ pub struct Desired {
     pub flood_overflow: BTreeMap<u32, usize>,
     /// Problems in the NB state worth a log line (the controller logs each once).
     pub warnings: BTreeSet<String>,
+    /// Security groups of the local ports with port security (for /state).
+    pub sg_ports: Vec<SgPortView>,
+    /// Distinct security-group identities.
+    pub sg_identities: usize,
 }
 
 impl Desired {
@@ -293,8 +325,19 @@ impl Desired {
 }
 
 /// Computes the entries for every port bound to `chassis` whose tap is in `taps`
-/// (name → ifindex).
+/// (name → ifindex), numbering security-group identities afresh (see [`desired_with`]).
 pub fn desired(chassis: &str, nb: &NbSnapshot, taps: &BTreeMap<String, u32>) -> Desired {
+    desired_with(chassis, nb, taps, &mut Identities::default())
+}
+
+/// [`desired`] with the agent's identity numbers, kept across calls so that a change only
+/// rewrites the identities it concerns.
+pub fn desired_with(
+    chassis: &str,
+    nb: &NbSnapshot,
+    taps: &BTreeMap<String, u32>,
+    identities: &mut Identities,
+) -> Desired {
     let mut out = Desired::default();
     for port in nb.lports.values() {
         if port.chassis.as_deref() != Some(chassis) {
@@ -323,6 +366,21 @@ pub fn desired(chassis: &str, nb: &NbSnapshot, taps: &BTreeMap<String, u32>) -> 
         });
     }
     forwarding::compute(chassis, nb, &mut out);
+    let programmed: Vec<(u32, &LPort)> = out
+        .local_ports
+        .iter()
+        .filter_map(|p| match p.state {
+            PortState::Programmed { ifindex } => Some((ifindex, &nb.lports[&p.id])),
+            _ => None,
+        })
+        .collect();
+    let sg = secgroups::compute(nb, &programmed, identities);
+    out.entries.ident = sg.entries.ident;
+    out.entries.ident_lpm = sg.entries.ident_lpm;
+    out.entries.policy = sg.entries.policy;
+    out.warnings.extend(sg.warnings);
+    out.sg_ports = sg.ports;
+    out.sg_identities = sg.identities;
     out
 }
 

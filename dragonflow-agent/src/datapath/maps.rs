@@ -11,6 +11,7 @@ use dragonflow_common::{
     fwd::{ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest, RouteKey},
     maps,
     port::PortConfig,
+    sg::{CtKey, CtValue, IdentKey, PolicyKey, PolicyValue},
     verdict::STATS_LEN,
 };
 use tracing::{debug, warn};
@@ -18,6 +19,7 @@ use tracing::{debug, warn};
 use crate::{
     reconcile::{CidrKey, Diff, EntriesDiff, MapEntries, RouteLpmKey},
     report::Chain,
+    secgroups::{IdentLpmKey, PolicyLpmKey},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,12 @@ pub struct Maps {
     pub l2: Option<HashMap<MapData, L2Key, L2Dest>>,
     pub flood: Option<HashMap<MapData, u32, FloodList>>,
     pub config: Option<Array<MapData, ChassisConfig>>,
+    pub ident: Option<HashMap<MapData, IdentKey, u32>>,
+    pub ident_lpm: Option<LpmTrie<MapData, IdentKey, u32>>,
+    pub policy: Option<LpmTrie<MapData, PolicyKey, PolicyValue>>,
+    /// The conntrack table: not part of the desired state (the datapath fills it); the
+    /// controller hands it to the garbage collector (`conntrack.rs`).
+    pub ct: Option<HashMap<MapData, CtKey, CtValue>>,
 }
 
 /// The maps the metrics endpoint reads.
@@ -92,6 +100,14 @@ impl Maps {
             l2: typed(maps::L2, ebpf.take_map(maps::L2), HashMap::try_from)?,
             flood: typed(maps::FLOOD, ebpf.take_map(maps::FLOOD), HashMap::try_from)?,
             config: typed(maps::CONFIG, ebpf.take_map(maps::CONFIG), Array::try_from)?,
+            ident: typed(maps::IDENT, ebpf.take_map(maps::IDENT), HashMap::try_from)?,
+            ident_lpm: typed(
+                maps::IDENT_LPM,
+                ebpf.take_map(maps::IDENT_LPM),
+                LpmTrie::try_from,
+            )?,
+            policy: typed(maps::POLICY, ebpf.take_map(maps::POLICY), LpmTrie::try_from)?,
+            ct: typed(maps::CT, ebpf.take_map(maps::CT), HashMap::try_from)?,
         })
     }
 
@@ -154,6 +170,39 @@ impl Maps {
         if let Some(m) = &self.flood {
             out.flood = m.iter().filter_map(log_err(maps::FLOOD)).collect();
         }
+        if let Some(m) = &self.ident {
+            out.ident = m.iter().filter_map(log_err(maps::IDENT)).collect();
+        }
+        if let Some(m) = &self.ident_lpm {
+            out.ident_lpm = m
+                .iter()
+                .filter_map(log_err(maps::IDENT_LPM))
+                .map(|(k, v)| {
+                    (
+                        IdentLpmKey {
+                            prefix_len: k.prefix_len(),
+                            key: k.data(),
+                        },
+                        v,
+                    )
+                })
+                .collect();
+        }
+        if let Some(m) = &self.policy {
+            out.policy = m
+                .iter()
+                .filter_map(log_err(maps::POLICY))
+                .map(|(k, v)| {
+                    (
+                        PolicyLpmKey {
+                            prefix_len: k.prefix_len(),
+                            key: k.data(),
+                        },
+                        v,
+                    )
+                })
+                .collect();
+        }
         if let Some(m) = &self.config {
             // An all-zero slot is what a fresh array holds: nothing written yet.
             match m.get(&0, 0) {
@@ -178,9 +227,42 @@ impl Maps {
     ///   (a router), flood list → taps, and the config's flag turns forwarding on: so
     ///   upserts go ports, addresses, devmap, neighbours, routes, L2, flood lists, config
     ///   (a destination exists before anything points at it), and removals go the other
-    ///   way (nothing points at an entry when it disappears).
+    ///   way (nothing points at an entry when it disappears);
+    /// - security groups: an address's identity is looked up, then the policy of that
+    ///   identity, so policy upserts go before identity upserts, and identity removals
+    ///   before policy removals. They go first of all: a new port has its rules before its
+    ///   port entry makes the datapath judge it. (The controller bumps the policy
+    ///   generation after this returns, once every change is in.)
     pub fn apply(&mut self, diff: &EntriesDiff, actual: &mut MapEntries) -> usize {
         let mut errors = 0;
+
+        if let Some(m) = &mut self.policy {
+            upsert(
+                &mut errors,
+                maps::POLICY,
+                &diff.policy,
+                &mut actual.policy,
+                |k, v| m.insert(&Key::new(k.prefix_len, k.key), v, 0),
+            );
+        }
+        if let Some(m) = &mut self.ident_lpm {
+            upsert(
+                &mut errors,
+                maps::IDENT_LPM,
+                &diff.ident_lpm,
+                &mut actual.ident_lpm,
+                |k, v| m.insert(&Key::new(k.prefix_len, k.key), v, 0),
+            );
+        }
+        if let Some(m) = &mut self.ident {
+            upsert(
+                &mut errors,
+                maps::IDENT,
+                &diff.ident,
+                &mut actual.ident,
+                |k, v| m.insert(k, v, 0),
+            );
+        }
 
         if let Some(m) = &mut self.ports {
             upsert(
@@ -266,6 +348,34 @@ impl Maps {
                 &diff.config,
                 &mut actual.config,
                 |k, v| m.set(*k, v, 0),
+            );
+        }
+
+        if let Some(m) = &mut self.ident {
+            remove(
+                &mut errors,
+                maps::IDENT,
+                &diff.ident,
+                &mut actual.ident,
+                |k| m.remove(k),
+            );
+        }
+        if let Some(m) = &mut self.ident_lpm {
+            remove(
+                &mut errors,
+                maps::IDENT_LPM,
+                &diff.ident_lpm,
+                &mut actual.ident_lpm,
+                |k| m.remove(&Key::new(k.prefix_len, k.key)),
+            );
+        }
+        if let Some(m) = &mut self.policy {
+            remove(
+                &mut errors,
+                maps::POLICY,
+                &diff.policy,
+                &mut actual.policy,
+                |k| m.remove(&Key::new(k.prefix_len, k.key)),
             );
         }
 
@@ -378,6 +488,21 @@ impl Maps {
         if self.config.is_none() {
             desired.config.clear();
         }
+        if self.ident.is_none() {
+            desired.ident.clear();
+        }
+        if self.ident_lpm.is_none() {
+            desired.ident_lpm.clear();
+        }
+        if self.policy.is_none() {
+            desired.policy.clear();
+        }
+    }
+
+    /// Whether the object has every security-group map (otherwise enforcement stays off:
+    /// the datapath would deny everything without them).
+    pub fn has_security_groups(&self) -> bool {
+        self.ident.is_some() && self.ident_lpm.is_some() && self.policy.is_some()
     }
 
     /// Whether the object has every forwarding map (otherwise forwarding stays off).
@@ -500,5 +625,8 @@ pub fn entry_counts(actual: &MapEntries) -> BTreeMap<&'static str, u64> {
         (maps::ROUTES, actual.routes.len() as u64),
         (maps::L2, actual.l2.len() as u64),
         (maps::FLOOD, actual.flood.len() as u64),
+        (maps::IDENT, actual.ident.len() as u64),
+        (maps::IDENT_LPM, actual.ident_lpm.len() as u64),
+        (maps::POLICY, actual.policy.len() as u64),
     ])
 }
