@@ -99,6 +99,14 @@ pub struct Cli {
     /// Minimum interval between two GARP events for one (port, IP), in ms [default: 200].
     #[arg(long, env = "DRAGONFLOW_GARP_MIN_INTERVAL_MS", value_name = "MS")]
     pub garp_min_interval_ms: Option<u64>,
+    /// Detection way: interval between two ARP/ND liveness probes of each local active
+    /// holder of a shared AAP IP, in ms; 0 turns probing off [default: 1000].
+    #[arg(long, env = "DRAGONFLOW_PROBE_INTERVAL_MS", value_name = "MS")]
+    pub probe_interval_ms: Option<u64>,
+    /// Detection way: unanswered probes in a row after which the active entry is removed
+    /// (forwarding falls back to the broadcast way) [default: 3].
+    #[arg(long, env = "DRAGONFLOW_PROBE_MISSES", value_name = "N")]
+    pub probe_misses: Option<u32>,
     /// Ports with more allowed address pairs are rejected as invalid [default: 10].
     #[arg(long, env = "DRAGONFLOW_MAX_ALLOWED_ADDRESS_PAIRS", value_name = "N")]
     pub max_allowed_address_pairs: Option<usize>,
@@ -149,6 +157,8 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub aap_mode: Option<AapMode>,
     pub garp_min_interval_ms: Option<u64>,
+    pub probe_interval_ms: Option<u64>,
+    pub probe_misses: Option<u32>,
     pub max_allowed_address_pairs: Option<usize>,
     pub allow_any_aap: Option<bool>,
     pub datapath_log: Option<bool>,
@@ -190,6 +200,10 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub aap_mode: AapMode,
     pub garp_min_interval_ms: u64,
+    /// Liveness probe interval of the detection way (0: off).
+    pub probe_interval_ms: u64,
+    /// Unanswered probes after which an active entry is removed.
+    pub probe_misses: u32,
     pub max_allowed_address_pairs: usize,
     pub allow_any_aap: bool,
     pub datapath_log: bool,
@@ -209,6 +223,10 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9465";
 pub const DEFAULT_GARP_MIN_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_MAX_AAP: usize = 10;
+/// One probe a second and three misses: a frozen holder loses its entry in about 3 s,
+/// well under a VRRP master-down interval plus a client's patience.
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_PROBE_MISSES: u32 = 3;
 pub const DEFAULT_TAP_PREFIX: &str = "tap";
 pub const DEFAULT_TUNNEL_DEV: &str = "df-vxlan";
 /// Short enough that a dead chassis leaves every flood list within seconds, long enough
@@ -243,6 +261,10 @@ pub enum ConfigError {
     BadTunnelDev(String),
     #[error("--lease-ttl must be between 2 and 3600 seconds (got {0})")]
     BadLeaseTtl(i64),
+    #[error("--probe-interval-ms must be 0 (off) or between 100 and 600000 (got {0})")]
+    BadProbeInterval(u64),
+    #[error("--probe-misses must be between 1 and 100 (got {0})")]
+    BadProbeMisses(u32),
 }
 
 impl Cli {
@@ -301,7 +323,23 @@ impl Cli {
         if !(2..=3600).contains(&lease_ttl_s) {
             return Err(ConfigError::BadLeaseTtl(lease_ttl_s));
         }
+        let probe_interval_ms = self
+            .probe_interval_ms
+            .or(file.probe_interval_ms)
+            .unwrap_or(DEFAULT_PROBE_INTERVAL_MS);
+        if probe_interval_ms != 0 && !(100..=600_000).contains(&probe_interval_ms) {
+            return Err(ConfigError::BadProbeInterval(probe_interval_ms));
+        }
+        let probe_misses = self
+            .probe_misses
+            .or(file.probe_misses)
+            .unwrap_or(DEFAULT_PROBE_MISSES);
+        if !(1..=100).contains(&probe_misses) {
+            return Err(ConfigError::BadProbeMisses(probe_misses));
+        }
         Ok(Config {
+            probe_interval_ms,
+            probe_misses,
             tunnel_dev: (!no_tunnel).then_some(tunnel_dev),
             forwarding: self.forwarding.or(file.forwarding).unwrap_or(true),
             lease_ttl_s,
@@ -390,6 +428,7 @@ mod tests {
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9465");
         assert_eq!(c.aap_mode, AapMode::Broadcast);
         assert_eq!(c.garp_min_interval_ms, 200);
+        assert_eq!((c.probe_interval_ms, c.probe_misses), (1000, 3));
         assert_eq!(c.max_allowed_address_pairs, 10);
         assert!(!c.allow_any_aap && !c.datapath_log && !c.cleanup);
         assert_eq!(c.tunnel_dev.as_deref(), Some("df-vxlan"));
@@ -408,6 +447,18 @@ mod tests {
         let c = parse(&["--chassis", "hv2", "--allow-any-aap=false"])
             .merge(file)
             .unwrap();
+        let probes: FileConfig =
+            toml::from_str("probe_interval_ms = 0\nprobe_misses = 5\naap_mode = \"detection\"\n")
+                .unwrap();
+        let p = parse(&["--chassis", "x", "--probe-misses", "2"])
+            .merge(probes)
+            .unwrap();
+        assert_eq!(
+            (p.probe_interval_ms, p.probe_misses),
+            (0, 2),
+            "0 = off; flag wins"
+        );
+        assert_eq!(p.aap_mode, AapMode::Detection);
         assert_eq!(c.chassis, "hv2");
         assert_eq!(c.hook, Hook::Xdp);
         assert_eq!(c.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
@@ -447,6 +498,14 @@ mod tests {
         assert!(matches!(
             parse(&["--chassis", "x", "--tunnel-dev", "a/b"]).merge(FileConfig::default()),
             Err(ConfigError::BadTunnelDev(_))
+        ));
+        assert!(matches!(
+            parse(&["--chassis", "x", "--probe-interval-ms", "50"]).merge(FileConfig::default()),
+            Err(ConfigError::BadProbeInterval(50))
+        ));
+        assert!(matches!(
+            parse(&["--chassis", "x", "--probe-misses", "0"]).merge(FileConfig::default()),
+            Err(ConfigError::BadProbeMisses(0))
         ));
     }
 

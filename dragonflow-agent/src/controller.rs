@@ -20,7 +20,10 @@ use std::{
 
 use aya::Ebpf;
 use dragonflow_common::fwd::{CFG_F_FORWARDING, ChassisConfig};
-use tokio::{sync::mpsc, time};
+use tokio::{
+    sync::{mpsc, watch},
+    time,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -28,7 +31,7 @@ use crate::{
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
     metrics::{PortView, Shared, TapState, TapView, TunnelView},
     netlink,
-    reconcile::{self, Desired, MapEntries, PortState},
+    reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
     sync::{DecodeOptions, NbCache, NbEvent},
 };
@@ -69,6 +72,8 @@ pub struct Controller {
     nb_warnings: BTreeSet<String>,
     /// Networks whose flood list is cut to FLOOD_MAX (net_id → destinations wanted).
     flood_overflow: BTreeMap<u32, usize>,
+    /// Where each new NB snapshot goes once it is reconciled (the detection way).
+    snapshots: Option<watch::Sender<Option<Arc<NbSnapshot>>>>,
 }
 
 impl Controller {
@@ -119,7 +124,14 @@ impl Controller {
             forwarding_on,
             nb_warnings: BTreeSet::new(),
             flood_overflow: BTreeMap::new(),
+            snapshots: None,
         }
+    }
+
+    /// Publishes every NB snapshot on `tx` after it has been written to the maps (and the
+    /// taps in `Shared::view` are current).
+    pub fn publish_snapshots(&mut self, tx: watch::Sender<Option<Arc<NbSnapshot>>>) {
+        self.snapshots = Some(tx);
     }
 
     /// Runs until `shutdown` resolves.
@@ -291,6 +303,12 @@ impl Controller {
             None
         };
         self.publish(&managed, desired.as_ref());
+        if nb_changed
+            && desired.is_some()
+            && let Some(tx) = &self.snapshots
+        {
+            tx.send_replace(Some(Arc::new(self.nb.snapshot.clone())));
+        }
     }
 
     /// `df_config_v1[0]`: the tunnel device, this chassis' underlay address, and whether

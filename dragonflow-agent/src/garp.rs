@@ -1,7 +1,6 @@
 //! GARP events from the datapath (ring buffer `df_garp_ev_v1`): a log line, a counter and
-//! the last one seen per (network, IP), served as JSON at `GET /garp`.
-//!
-//! Only the plumbing: the detection way (claiming `activeport/` in etcd) builds on it.
+//! the last one seen per (network, IP), served as JSON at `GET /garp`; each event is then
+//! handed to the detection way (`activeport.rs`: claims in etcd, probe answers).
 
 use std::{
     collections::BTreeMap,
@@ -16,10 +15,10 @@ use dragonflow_common::{
     event::{GARP_OP_ARP_REPLY, GARP_OP_ARP_REQUEST, GARP_OP_ND_NA, GarpEvent},
 };
 use serde::Serialize;
-use tokio::io::unix::AsyncFd;
-use tracing::{info, warn};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tracing::{debug, info, warn};
 
-use crate::{datapath::sys, metrics::Shared, nb::MacAddr};
+use crate::{activeport::Sighting, datapath::sys, metrics::Shared, nb::MacAddr};
 
 /// Bound on the table (oldest entries are evicted first).
 const TABLE_MAX: usize = 65_536;
@@ -119,8 +118,14 @@ impl GarpTable {
     }
 }
 
-/// Consumes the ring buffer until the process ends.
-pub async fn run(ring: RingBuf<MapData>, chassis: String, shared: Arc<Shared>) {
+/// Consumes the ring buffer until the process ends; every event also goes to `detect`
+/// (never blocking: when the detection task is behind, the event is counted as dropped).
+pub async fn run(
+    ring: RingBuf<MapData>,
+    chassis: String,
+    shared: Arc<Shared>,
+    detect: Option<mpsc::Sender<Sighting>>,
+) {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long
     // as the AsyncFd owns the ring buffer.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -148,27 +153,59 @@ pub async fn run(ring: RingBuf<MapData>, chassis: String, shared: Arc<Shared>) {
             // gives no alignment guarantee beyond 8 bytes, so read unaligned anyway.
             let ev: GarpEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
-            handle(&ev, &chassis, &shared);
+            let s = handle(&ev, &chassis, &shared);
+            if let Some(tx) = &detect
+                && tx.try_send(s).is_err()
+            {
+                shared
+                    .detect
+                    .sightings_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         guard.clear_ready();
     }
 }
 
-fn handle(ev: &GarpEvent, chassis: &str, shared: &Shared) {
+fn handle(ev: &GarpEvent, chassis: &str, shared: &Shared) -> Sighting {
     let (ifname, lport) = shared.port_of(ev.ifindex);
     let seen = wall_ms(ev.ts_ns, sys::monotonic_ns(), SystemTime::now());
+    let sighting = Sighting {
+        ts_ns: ev.ts_ns,
+        ifindex: ev.ifindex,
+        lport: lport.clone(),
+        net_id: ev.net_id,
+        ip: event_ip(ev),
+        mac: MacAddr(ev.mac),
+        op: ev.op,
+    };
     let mut table = shared.garp.lock().expect("garp lock");
     let e = table.record(ev, ifname, lport, seen);
-    info!(
-        chassis,
-        ifname = %e.ifname,
-        lport = %e.lport,
-        ip = %e.ip,
-        mac = %e.mac,
-        op = e.op,
-        net_id = e.net_id,
-        "GARP seen"
-    );
+    // ARP replies are mostly answers to the detection way's liveness probes (one per
+    // second per active holder): debug level; announcements stay at info.
+    if ev.op == GARP_OP_ARP_REPLY {
+        debug!(
+            chassis,
+            ifname = %e.ifname,
+            lport = %e.lport,
+            ip = %e.ip,
+            mac = %e.mac,
+            net_id = e.net_id,
+            "ARP reply for an AAP IP seen"
+        );
+    } else {
+        info!(
+            chassis,
+            ifname = %e.ifname,
+            lport = %e.lport,
+            ip = %e.ip,
+            mac = %e.mac,
+            op = e.op,
+            net_id = e.net_id,
+            "GARP seen"
+        );
+    }
+    sighting
 }
 
 #[cfg(test)]

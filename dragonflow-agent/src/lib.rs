@@ -1,7 +1,9 @@
 //! The Dragonflow eBPF agent as a library: the binaries (`dragonflow-agent`, `dfctl`) and
 //! the integration tests share it.
 
+pub mod activeport;
 pub mod config;
+pub mod conntrack;
 pub mod controller;
 pub mod datapath;
 pub mod forwarding;

@@ -6,6 +6,7 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use clap::Parser as _;
 use dragonflow_agent::{
+    activeport,
     config::{Cli, Config},
     controller::Controller,
     datapath::{self, sys},
@@ -16,7 +17,7 @@ use dragonflow_agent::{
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -129,8 +130,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.metrics_addr
     );
 
+    // Datapath events feed the detection way (claims, probe answers).
+    let (sighting_tx, sighting_rx) = mpsc::channel(activeport::SIGHTINGS_QUEUE);
     if let Some(ring) = loaded.garp_events {
-        tokio::spawn(garp::run(ring, cfg.chassis.clone(), shared.clone()));
+        tokio::spawn(garp::run(
+            ring,
+            cfg.chassis.clone(),
+            shared.clone(),
+            Some(sighting_tx),
+        ));
     }
     if let Some(logger) = logger {
         tokio::spawn(async move {
@@ -152,8 +160,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (link_tx, link_rx) = mpsc::channel(1);
     netlink::spawn(link_tx).context("tap watcher")?;
     let (nb_tx, nb_rx) = mpsc::channel(64);
-    let controller = Controller::new(cfg.clone(), shared.clone(), loaded.ebpf, loaded.maps);
-    let etcd = tokio::spawn(sync::run(cfg.clone(), shared.clone(), nb_tx));
+    let mut controller = Controller::new(cfg.clone(), shared.clone(), loaded.ebpf, loaded.maps);
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    controller.publish_snapshots(snapshot_tx);
+    let (session_tx, session_rx) = watch::channel(None);
+    let etcd = tokio::spawn(sync::run(cfg.clone(), shared.clone(), nb_tx, session_tx));
+    tokio::spawn(activeport::run(
+        cfg.clone(),
+        shared.clone(),
+        activeport::Inputs {
+            sightings: sighting_rx,
+            snapshots: snapshot_rx,
+            sessions: session_rx,
+        },
+    ));
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

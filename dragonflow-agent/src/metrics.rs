@@ -145,6 +145,8 @@ pub struct Shared {
     pub view: Mutex<View>,
     pub stats: Mutex<StatsMaps>,
     pub garp: Mutex<GarpTable>,
+    /// Detection way (claims, dampening, probes).
+    pub detect: crate::activeport::Stats,
 }
 
 impl Shared {
@@ -163,6 +165,7 @@ impl Shared {
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
             garp: Mutex::new(GarpTable::default()),
+            detect: crate::activeport::Stats::default(),
         }
     }
 
@@ -177,6 +180,16 @@ impl Shared {
             .lock()
             .expect("lock")
             .entry(kind.segment())
+            .or_default() += 1;
+    }
+
+    /// [`Shared::count_invalid`] for records that are not an NB [`Kind`] (`activeport`).
+    pub fn count_invalid_named(&self, segment: &'static str) {
+        *self
+            .invalid
+            .lock()
+            .expect("lock")
+            .entry(segment)
             .or_default() += 1;
     }
 
@@ -331,12 +344,15 @@ pub fn render(shared: &Shared) -> String {
     o.push_str("# TYPE dragonflow_nb_invalid_records_total counter\n");
     {
         let invalid = shared.invalid.lock().expect("lock");
-        for kind in Kind::ALL {
-            let v = invalid.get(kind.segment()).copied().unwrap_or(0);
+        let named = Kind::ALL
+            .iter()
+            .map(|k| k.segment())
+            .chain([crate::nb::ACTIVE_PORT_SEGMENT]);
+        for kind in named {
+            let v = invalid.get(kind).copied().unwrap_or(0);
             let _ = writeln!(
                 o,
-                "dragonflow_nb_invalid_records_total{{kind=\"{}\"}} {v}",
-                kind.segment()
+                "dragonflow_nb_invalid_records_total{{kind=\"{kind}\"}} {v}"
             );
         }
     }
@@ -364,6 +380,7 @@ pub fn render(shared: &Shared) -> String {
         "Failed map updates (retried on the next reconciliation).",
         shared.map_write_errors.load(Ordering::Relaxed),
     );
+    shared.detect.render(&mut o);
     o.push_str("# HELP dragonflow_garp_events_total GARP events received from the datapath, by ARP/ND op.\n");
     o.push_str("# TYPE dragonflow_garp_events_total counter\n");
     {

@@ -12,10 +12,14 @@ use std::{
 };
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
-use tokio::{sync::mpsc, time};
+use tokio::{
+    sync::{mpsc, watch},
+    time,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
+    activeport::{self, Session},
     config::Config,
     metrics::Shared,
     nb::{
@@ -78,12 +82,20 @@ async fn call<T>(
     }
 }
 
-/// Runs forever: one session after another, with backoff in between.
-pub async fn run(cfg: Arc<Config>, shared: Arc<Shared>, tx: mpsc::Sender<NbEvent>) {
+/// Runs forever: one session after another, with backoff in between. While a session is
+/// up, its client and chassis lease are published on `sessions` (the detection way claims
+/// under that lease).
+pub async fn run(
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<NbEvent>,
+    sessions: watch::Sender<Option<Session>>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut established = false;
-        let res = session(&cfg, &shared, &tx, &mut established).await;
+        let res = session(&cfg, &shared, &tx, &sessions, &mut established).await;
+        sessions.send_replace(None);
         let was_connected = shared.etcd_connected.swap(false, Ordering::Relaxed);
         if matches!(res, Err(SyncError::Closed)) {
             return;
@@ -113,6 +125,7 @@ async fn session(
     cfg: &Config,
     shared: &Shared,
     tx: &mpsc::Sender<NbEvent>,
+    sessions: &watch::Sender<Option<Session>>,
     established: &mut bool,
 ) -> Result<(), SyncError> {
     let opts = ConnectOptions::new()
@@ -151,6 +164,10 @@ async fn session(
     info!(chassis = %cfg.chassis, lease = format_args!("{lease:x}"), "registered {key}");
     shared.etcd_connected.store(true, Ordering::Relaxed);
     *established = true;
+    sessions.send_replace(Some(Session {
+        client: client.clone(),
+        lease,
+    }));
 
     let mut keepalive = time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
     keepalive.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
@@ -342,6 +359,9 @@ impl NbCache {
                 Change::Delete(key) => {
                     self.invalid.remove(key);
                     self.held_taps.remove(key);
+                    if let Some(Ok(k)) = activeport::parse_active_key(prefix, key) {
+                        self.snapshot.active_ports.remove(&k);
+                    }
                     match parse_key(prefix, key) {
                         Some((Kind::LSwitch, id)) => {
                             self.snapshot.lswitches.remove(id);
@@ -377,6 +397,9 @@ impl NbCache {
         previous: Option<&NbSnapshot>,
         count: bool,
     ) {
+        if let Some(parsed) = activeport::parse_active_key(prefix, key) {
+            return self.put_active(key, parsed, value, shared, count);
+        }
         let Some((kind, id)) = parse_key(prefix, key) else {
             return;
         };
@@ -446,6 +469,40 @@ impl NbCache {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+}
+
+impl NbCache {
+    /// An `activeport/<lswitch>/<ip>` record (detection way). An invalid one is logged,
+    /// counted and skipped: unlike NB objects, no earlier version stays in force (a claim
+    /// is only valid as written, and its writer re-claims).
+    fn put_active(
+        &mut self,
+        key: &str,
+        parsed: Result<(String, std::net::IpAddr), String>,
+        value: &[u8],
+        shared: &Shared,
+        count: bool,
+    ) {
+        let decoded = parsed
+            .clone()
+            .and_then(|(ls, ip)| activeport::decode_active(&ls, ip, value).map(|a| ((ls, ip), a)));
+        match decoded {
+            Ok((k, a)) => {
+                self.invalid.remove(key);
+                self.snapshot.active_ports.insert(k, a);
+            }
+            Err(reason) => {
+                if count {
+                    warn!(key, "invalid activeport record, ignored: {reason}");
+                    shared.count_invalid_named(crate::nb::ACTIVE_PORT_SEGMENT);
+                }
+                if let Ok(k) = parsed {
+                    self.snapshot.active_ports.remove(&k);
+                }
+                self.invalid.insert(key.to_string(), reason);
             }
         }
     }
@@ -554,6 +611,54 @@ mod tests {
             &shared
         ));
         assert!(c.snapshot.chassis.is_empty() && c.snapshot.lrouters.is_empty());
+    }
+
+    #[test]
+    fn active_ports_come_and_go_and_bad_ones_are_skipped() {
+        let shared = Shared::for_tests();
+        let mut c = NbCache::default();
+        let key = format!("{P}activeport/n1/192.0.2.100");
+        let good = br#"{"lswitch":"n1","ip":"192.0.2.100","port":"p1","mac":"fa:16:3e:00:00:01","chassis":"hv1","since_ms":5,"reason":"garp"}"#;
+        let k = ("n1".to_string(), "192.0.2.100".parse().unwrap());
+        assert!(c.load(P, &[(key.clone(), good.to_vec())], &OPTS, &shared));
+        assert_eq!(c.snapshot.active_ports[&k].port, "p1");
+        // A record naming another IP than its key: skipped, counted, no last good kept.
+        let wrong = String::from_utf8_lossy(good).replace("192.0.2.100", "192.0.2.7");
+        assert!(c.apply(
+            P,
+            &[Change::Put(key.clone(), wrong.into_bytes())],
+            &OPTS,
+            &shared
+        ));
+        assert!(c.snapshot.active_ports.is_empty());
+        assert!(c.invalid.contains_key(&key));
+        let bad_key = format!("{P}activeport/n1/not-an-ip");
+        c.apply(P, &[Change::Put(bad_key, good.to_vec())], &OPTS, &shared);
+        let text = crate::metrics::render(&shared);
+        assert!(
+            text.contains("dragonflow_nb_invalid_records_total{kind=\"activeport\"} 2"),
+            "{text}"
+        );
+        // Fixed, then gone with its lease; the history key is not a claim.
+        c.apply(
+            P,
+            &[Change::Put(key.clone(), good.to_vec())],
+            &OPTS,
+            &shared,
+        );
+        assert!(c.snapshot.active_ports.contains_key(&k) && !c.invalid.contains_key(&key));
+        c.apply(
+            P,
+            &[Change::Put(
+                format!("{P}activeport-log/n1/192.0.2.100"),
+                b"[]".to_vec(),
+            )],
+            &OPTS,
+            &shared,
+        );
+        assert_eq!(c.snapshot.active_ports.len(), 1);
+        assert!(c.apply(P, &[Change::Delete(key)], &OPTS, &shared));
+        assert!(c.snapshot.active_ports.is_empty());
     }
 
     #[test]
