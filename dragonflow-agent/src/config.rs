@@ -140,6 +140,15 @@ pub struct Cli {
     /// maintained [default: true].
     #[arg(long, env = "DRAGONFLOW_FORWARDING", num_args = 0..=1, default_missing_value = "true")]
     pub forwarding: Option<bool>,
+    /// Enforce security groups (sets CFG_F_SECURITY_GROUPS, with the rules written first).
+    /// `--security-groups=false` is Neutron's `firewall_driver = noop`: port security
+    /// only, every port open to everything; the maps are still maintained [default: true].
+    #[arg(long, env = "DRAGONFLOW_SECURITY_GROUPS", num_args = 0..=1, default_missing_value = "true")]
+    pub security_groups: Option<bool>,
+    /// Seconds between two conntrack garbage collections (expired entries and entries of
+    /// taps without a port) [default: 10].
+    #[arg(long, env = "DRAGONFLOW_CT_GC_INTERVAL", value_name = "SECONDS")]
+    pub ct_gc_interval: Option<u64>,
 }
 
 /// The same settings as read from the TOML file.
@@ -167,6 +176,8 @@ pub struct FileConfig {
     pub no_tunnel: Option<bool>,
     pub lease_ttl: Option<i64>,
     pub forwarding: Option<bool>,
+    pub security_groups: Option<bool>,
+    pub ct_gc_interval: Option<u64>,
 }
 
 /// `etcd_endpoints` in the file: a list, or one comma-separated string like the flag.
@@ -216,6 +227,10 @@ pub struct Config {
     pub lease_ttl_s: i64,
     /// Set `CFG_F_FORWARDING` once the forwarding maps are complete.
     pub forwarding: bool,
+    /// Set `CFG_F_SECURITY_GROUPS` (after the rules are written).
+    pub security_groups: bool,
+    /// Conntrack garbage collection period, in seconds.
+    pub ct_gc_interval_s: u64,
 }
 
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
@@ -232,6 +247,9 @@ pub const DEFAULT_TUNNEL_DEV: &str = "df-vxlan";
 /// Short enough that a dead chassis leaves every flood list within seconds, long enough
 /// to ride out a keepalive lost to a busy etcd (keepalives go every TTL/3).
 pub const DEFAULT_LEASE_TTL_S: i64 = 6;
+/// The shortest conntrack timeout is 10 s (a closed TCP flow): collecting as often keeps
+/// dead entries within a timeout of their end without rescanning a busy table constantly.
+pub const DEFAULT_CT_GC_INTERVAL_S: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -261,6 +279,8 @@ pub enum ConfigError {
     BadTunnelDev(String),
     #[error("--lease-ttl must be between 2 and 3600 seconds (got {0})")]
     BadLeaseTtl(i64),
+    #[error("--ct-gc-interval must be between 1 and 3600 seconds (got {0})")]
+    BadCtGcInterval(u64),
     #[error("--probe-interval-ms must be 0 (off) or between 100 and 600000 (got {0})")]
     BadProbeInterval(u64),
     #[error("--probe-misses must be between 1 and 100 (got {0})")]
@@ -337,7 +357,19 @@ impl Cli {
         if !(1..=100).contains(&probe_misses) {
             return Err(ConfigError::BadProbeMisses(probe_misses));
         }
+        let ct_gc_interval_s = self
+            .ct_gc_interval
+            .or(file.ct_gc_interval)
+            .unwrap_or(DEFAULT_CT_GC_INTERVAL_S);
+        if !(1..=3600).contains(&ct_gc_interval_s) {
+            return Err(ConfigError::BadCtGcInterval(ct_gc_interval_s));
+        }
         Ok(Config {
+            security_groups: self
+                .security_groups
+                .or(file.security_groups)
+                .unwrap_or(true),
+            ct_gc_interval_s,
             probe_interval_ms,
             probe_misses,
             tunnel_dev: (!no_tunnel).then_some(tunnel_dev),
@@ -434,7 +466,26 @@ mod tests {
         assert_eq!(c.tunnel_dev.as_deref(), Some("df-vxlan"));
         assert_eq!(c.lease_ttl_s, 6);
         assert!(c.forwarding);
+        assert!(c.security_groups);
+        assert_eq!(c.ct_gc_interval_s, 10);
         assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/dragonflow/hv1"));
+    }
+
+    #[test]
+    fn security_group_flags() {
+        let file: FileConfig =
+            toml::from_str("security_groups = false\nct_gc_interval = 30\n").unwrap();
+        let c = parse(&["--chassis", "x"]).merge(file).unwrap();
+        assert!(!c.security_groups);
+        assert_eq!(c.ct_gc_interval_s, 30);
+        let c = parse(&["--chassis", "x", "--security-groups=false"])
+            .merge(FileConfig::default())
+            .unwrap();
+        assert!(!c.security_groups);
+        assert!(matches!(
+            parse(&["--chassis", "x", "--ct-gc-interval", "0"]).merge(FileConfig::default()),
+            Err(ConfigError::BadCtGcInterval(0))
+        ));
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! Conntrack garbage collection. `df_ct_v1` is a plain hash (a full table drops new flows
+//! as `ct_full` rather than evicting established ones), so the agent removes what is dead:
+//! - entries idle for longer than their state's timeout (`sg::ct_timeout_secs`, compared
+//!   with `last_seen_ns` on CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`);
+//! - entries of taps that no longer have a port (the VM left; a new tap reusing the
+//!   ifindex must not inherit them). The controller wakes the collector at once when a
+//!   port leaves its tap; otherwise it runs every `--ct-gc-interval` seconds.
+//!
+//! A scan reads the whole table first and deletes afterwards (deleting while iterating a
+//! BPF hash restarts the iteration). An idle entry is read again right before its
+//! deletion and kept if the datapath refreshed it meanwhile; the window left (a packet
+//! between that read and the delete, at the very end of the timeout) costs the flow its
+//! entry, which the next packet re-creates or re-judges.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, MapData, MapError};
+use dragonflow_common::{
+    maps,
+    sg::{CtKey, CtValue, ct_timeout_secs},
+};
+use tokio::{sync::Notify, time};
+use tracing::{debug, info, warn};
+
+use crate::report::Chain;
+
+/// What the controller tells the collector, and the collector's counters.
+#[derive(Debug, Default)]
+pub struct CtShared {
+    /// Taps with a port entry (`None` until the controller has written once: until then
+    /// no entry is removed for lack of a port).
+    ports: Mutex<Option<BTreeSet<u32>>>,
+    /// Taps whose entries must go at the next scan, whatever the port set says.
+    purge: Mutex<BTreeSet<u32>>,
+    wake: Notify,
+    /// Entries counted by the last scan.
+    pub entries: AtomicU64,
+    /// Entries deleted because they expired.
+    pub deleted_expired: AtomicU64,
+    /// Entries deleted because their tap has no port any more.
+    pub deleted_port_gone: AtomicU64,
+    /// Completed scans.
+    pub scans: AtomicU64,
+}
+
+impl CtShared {
+    /// The taps that may hold entries. The controller publishes the union of what the
+    /// maps hold and what it is about to write before writing, and what they hold after,
+    /// so a tap that has a port entry at any moment of a scan is in the set read when the
+    /// scan ends.
+    pub fn set_ports(&self, ports: BTreeSet<u32>) {
+        *self.ports.lock().expect("lock") = Some(ports);
+    }
+
+    /// Removes every entry of these taps now (their port left them).
+    pub fn purge(&self, ifindexes: impl IntoIterator<Item = u32>) {
+        let mut p = self.purge.lock().expect("lock");
+        let before = p.len();
+        p.extend(ifindexes);
+        if p.len() != before {
+            self.wake.notify_one();
+        }
+    }
+
+    fn ports(&self) -> Option<BTreeSet<u32>> {
+        self.ports.lock().expect("lock").clone()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether an entry idle since `last_seen_ns` is past its state's timeout at `now_ns`.
+pub fn expired(v: &CtValue, now_ns: u64) -> bool {
+    let timeout_ns = ct_timeout_secs(v.state).saturating_mul(1_000_000_000);
+    v.last_seen_ns.saturating_add(timeout_ns) < now_ns
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    Expired,
+    PortGone,
+}
+
+/// The entries of one scan to delete, decided from what the scan read: `ports_before` is
+/// the port set read before the scan, `ports_after` after it (a tap missing from both has
+/// no port); `purge` taps go whatever the sets say.
+fn doomed(
+    entries: impl IntoIterator<Item = (CtKey, CtValue)>,
+    now_ns: u64,
+    ports_before: Option<&BTreeSet<u32>>,
+    purge: &BTreeSet<u32>,
+) -> (u64, Vec<(CtKey, CtValue, Why)>) {
+    let mut n = 0;
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        n += 1;
+        let gone = purge.contains(&k.ifindex)
+            || ports_before.is_some_and(|p| !p.contains(&k.ifindex));
+        if gone {
+            out.push((k, v, Why::PortGone));
+        } else if expired(&v, now_ns) {
+            out.push((k, v, Why::Expired));
+        }
+    }
+    (n, out)
+}
+
+/// One scan; returns the map for the next one.
+fn scan(
+    mut map: HashMap<MapData, CtKey, CtValue>,
+    shared: &CtShared,
+) -> HashMap<MapData, CtKey, CtValue> {
+    let started = Instant::now();
+    let purge = std::mem::take(&mut *shared.purge.lock().expect("lock"));
+    let before = shared.ports();
+    let now = monotonic_ns();
+    let (n, mut doomed) = doomed(
+        map.iter().filter_map(|r| {
+            r.map_err(|e| debug!(map = maps::CT, "cannot read entry: {}", Chain(&e)))
+                .ok()
+        }),
+        now,
+        before.as_ref(),
+        &purge,
+    );
+    // A tap that got a port during the scan is in the set published since.
+    let after = shared.ports();
+    doomed.retain(|(k, _, why)| {
+        *why != Why::PortGone
+            || purge.contains(&k.ifindex)
+            || after.as_ref().is_some_and(|p| !p.contains(&k.ifindex))
+    });
+    let (mut expired_n, mut gone_n, mut errors) = (0u64, 0u64, 0u64);
+    for (k, v, why) in doomed {
+        if why == Why::Expired {
+            // Refreshed since it was read: alive.
+            match map.get(&k, 0) {
+                Ok(now_v) if now_v.last_seen_ns != v.last_seen_ns => continue,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+        }
+        match map.remove(&k) {
+            Ok(()) => match why {
+                Why::Expired => expired_n += 1,
+                Why::PortGone => gone_n += 1,
+            },
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                errors += 1;
+                debug!(map = maps::CT, "cannot delete entry: {}", Chain(&e));
+            }
+        }
+    }
+    if errors > 0 {
+        warn!(
+            map = maps::CT,
+            errors, "conntrack collector could not delete some entries"
+        );
+    }
+    let left = n - expired_n - gone_n;
+    shared.entries.store(left, Ordering::Relaxed);
+    shared
+        .deleted_expired
+        .fetch_add(expired_n, Ordering::Relaxed);
+    shared
+        .deleted_port_gone
+        .fetch_add(gone_n, Ordering::Relaxed);
+    shared.scans.fetch_add(1, Ordering::Relaxed);
+    if expired_n + gone_n > 0 {
+        debug!(
+            entries = left,
+            expired = expired_n,
+            port_gone = gone_n,
+            took_ms = started.elapsed().as_millis() as u64,
+            "conntrack collected"
+        );
+    }
+    map
+}
+
+/// Runs forever: a scan every `interval`, or at once when woken by [`CtShared::purge`].
+pub async fn run(map: HashMap<MapData, CtKey, CtValue>, interval: Duration, shared: Arc<CtShared>) {
+    info!(
+        interval_s = interval.as_secs_f32(),
+        "conntrack collector running"
+    );
+    let mut map = Some(map);
+    loop {
+        tokio::select! {
+            _ = time::sleep(interval) => {}
+            _ = shared.wake.notified() => {}
+        }
+        let m = map.take().expect("the map is back after every scan");
+        let s = shared.clone();
+        // A full table is 262144 entries, two syscalls each: off the async workers.
+        match tokio::task::spawn_blocking(move || scan(m, &s)).await {
+            Ok(m) => map = Some(m),
+            Err(e) => {
+                warn!("conntrack collector stopped: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dragonflow_common::sg::{CT_REPLIED, CT_TCP_CLOSED, CT_TCP_ESTABLISHED, CT_UNREPLIED};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn entry(ifindex: u32, lport: u16, state: u8, last_seen_s: u64) -> (CtKey, CtValue) {
+        (
+            CtKey {
+                ifindex,
+                lport,
+                ..Default::default()
+            },
+            CtValue {
+                last_seen_ns: last_seen_s * S,
+                state,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn timeouts_by_state() {
+        let now = 100_000 * S;
+        let (_, v) = entry(1, 1, CT_TCP_CLOSED, 100_000 - 11);
+        assert!(expired(&v, now));
+        let (_, v) = entry(1, 1, CT_TCP_CLOSED, 100_000 - 9);
+        assert!(!expired(&v, now));
+        let (_, v) = entry(1, 1, CT_TCP_ESTABLISHED, 100_000 - 3600);
+        assert!(!expired(&v, now));
+        let (_, v) = entry(1, 1, CT_UNREPLIED, 100_000 - 31);
+        assert!(expired(&v, now));
+        let (_, v) = entry(1, 1, CT_REPLIED, 100_000 - 31);
+        assert!(!expired(&v, now));
+        // An unknown state has no lifetime.
+        let (_, v) = entry(1, 1, 0, 100_000);
+        assert!(!expired(&v, now), "not before the next nanosecond");
+        assert!(expired(&v, now + 1));
+    }
+
+    #[test]
+    fn doomed_entries() {
+        let now = 1000 * S;
+        let entries = vec![
+            entry(1, 1, CT_TCP_ESTABLISHED, 999),
+            entry(1, 2, CT_UNREPLIED, 900),
+            entry(2, 3, CT_TCP_ESTABLISHED, 999),
+            entry(3, 4, CT_TCP_ESTABLISHED, 999),
+        ];
+        let ports = BTreeSet::from([1, 3]);
+        let (n, d) = doomed(entries.clone(), now, Some(&ports), &BTreeSet::new());
+        assert_eq!(n, 4);
+        let got: Vec<(u16, Why)> = d.iter().map(|(k, _, w)| (k.lport, *w)).collect();
+        assert_eq!(got, vec![(2, Why::Expired), (3, Why::PortGone)]);
+        // No port set yet: only expiry.
+        let (_, d) = doomed(entries.clone(), now, None, &BTreeSet::new());
+        assert_eq!(d.len(), 1);
+        // A purged tap goes even though it still has a port (reused by another port).
+        let (_, d) = doomed(entries, now, Some(&ports), &BTreeSet::from([3]));
+        let got: Vec<u16> = d.iter().map(|(k, _, _)| k.lport).collect();
+        assert_eq!(got, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn monotonic_clock_moves() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(a > 0 && b >= a);
+    }
+}
