@@ -19,7 +19,11 @@ use std::{
 };
 
 use aya::Ebpf;
-use dragonflow_common::fwd::{CFG_F_FORWARDING, ChassisConfig};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use dragonflow_common::{
+    fwd::{CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig},
+    sg::{CtKey, CtValue},
+};
 use tokio::{
     sync::{mpsc, watch},
     time,
@@ -28,11 +32,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
+    conntrack,
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
     metrics::{PortView, Shared, TapState, TapView, TunnelView},
     netlink,
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
+    secgroups::Identities,
     sync::{DecodeOptions, NbCache, NbEvent},
 };
 
@@ -74,11 +80,33 @@ pub struct Controller {
     flood_overflow: BTreeMap<u32, usize>,
     /// Where each new NB snapshot goes once it is reconciled (the detection way).
     snapshots: Option<watch::Sender<Option<Arc<NbSnapshot>>>>,
+    /// Security-group identity numbers, kept across reconciliations (and adopted from the
+    /// pinned maps at start) so that a change rewrites only what it concerns.
+    identities: Identities,
+    /// `ChassisConfig::policy_gen`, bumped after every write that changed identity or
+    /// policy entries (adopted at start: it must never go back to a value live conntrack
+    /// entries carry for an older policy).
+    policy_gen: u32,
+    /// `CFG_F_SECURITY_GROUPS` is wanted: `--security-groups` and the object has the maps.
+    sg_on: bool,
+    /// The conntrack table until `run` hands it to the collector.
+    ct_map: Option<BpfHashMap<MapData, CtKey, CtValue>>,
+    /// The port of each programmed tap: a tap that loses or changes its port has its
+    /// conntrack entries purged.
+    ct_owners: BTreeMap<u32, String>,
 }
 
 impl Controller {
-    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>, ebpf: Ebpf, maps: Maps) -> Self {
+    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>, ebpf: Ebpf, mut maps: Maps) -> Self {
         let actual = maps.read_all();
+        let mut identities = Identities::default();
+        identities.adopt(&actual.ident, &actual.ident_lpm);
+        let policy_gen = actual.config.get(&0).map_or(0, |c| c.policy_gen);
+        let sg_on = cfg.security_groups && maps.has_security_groups();
+        if cfg.security_groups && !sg_on {
+            error!("the eBPF object lacks the security-group maps: security groups NOT enforced");
+        }
+        let ct_map = maps.ct.take();
         info!(
             ports = actual.ports.len(),
             addrs = actual.addrs.len(),
@@ -125,6 +153,11 @@ impl Controller {
             nb_warnings: BTreeSet::new(),
             flood_overflow: BTreeMap::new(),
             snapshots: None,
+            identities,
+            policy_gen,
+            sg_on,
+            ct_map,
+            ct_owners: BTreeMap::new(),
         }
     }
 
@@ -141,6 +174,13 @@ impl Controller {
         mut link_rx: mpsc::Receiver<()>,
         shutdown: impl Future<Output = ()>,
     ) {
+        if let Some(map) = self.ct_map.take() {
+            tokio::spawn(conntrack::run(
+                map,
+                Duration::from_secs(self.cfg.ct_gc_interval_s),
+                self.shared.ct.clone(),
+            ));
+        }
         self.reconcile(true, false);
         let mut tick = time::interval(RESCAN);
         tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
@@ -265,7 +305,12 @@ impl Controller {
         self.attach_errors.retain(|n, _| managed.contains_key(n));
 
         let desired = if self.have_snapshot {
-            let mut d = reconcile::desired(&self.cfg.chassis, &self.nb.snapshot, &self.ifaces);
+            let mut d = reconcile::desired_with(
+                &self.cfg.chassis,
+                &self.nb.snapshot,
+                &self.ifaces,
+                &mut self.identities,
+            );
             // Invalid port records with no last good version: keep their taps as they are.
             for (key, (chassis, tap)) in &self.nb.held_taps {
                 if chassis == &self.cfg.chassis
@@ -311,8 +356,13 @@ impl Controller {
         }
     }
 
-    /// `df_config_v1[0]`: the tunnel device, this chassis' underlay address, and whether
-    /// the datapath forwards (set only once the forwarding maps have been written).
+    /// `df_config_v1[0]`: the tunnel device, this chassis' underlay address, whether
+    /// the datapath forwards (set only once the forwarding maps have been written), whether
+    /// it enforces security groups and the policy generation.
+    ///
+    /// `CFG_F_SECURITY_GROUPS` is wanted from the first write on (without it every port is
+    /// open: failing open), and is never written before the rules: the config entry is
+    /// written last in a write, the identity and policy entries first (see `Maps::apply`).
     fn chassis_config(&self) -> ChassisConfig {
         ChassisConfig {
             vxlan_ifindex: self.tunnel_ifindex,
@@ -324,8 +374,8 @@ impl Controller {
                 CFG_F_FORWARDING
             } else {
                 0
-            },
-            policy_gen: 0,
+            } | if self.sg_on { CFG_F_SECURITY_GROUPS } else { 0 },
+            policy_gen: self.policy_gen,
         }
     }
 
@@ -454,14 +504,30 @@ impl Controller {
     fn write(&mut self, d: &Desired, nb_changed: bool) {
         let diff = d.entries.diff(&self.actual);
         let mut errors = 0;
+        // The collector must not take a tap that is getting its port for one without.
+        self.shared.ct.set_ports(
+            d.entries
+                .ports
+                .keys()
+                .chain(self.actual.ports.keys())
+                .copied()
+                .collect(),
+        );
         if !diff.is_empty() {
             let (up, rm) = diff.counts();
+            let sg_flag = |c: Option<&ChassisConfig>| c.map(|c| c.flags & CFG_F_SECURITY_GROUPS);
+            let sg_flag_changes =
+                sg_flag(self.actual.config.get(&0)) != sg_flag(d.entries.config.get(&0));
             errors = self.maps.apply(&diff, &mut self.actual);
             self.shared
                 .map_write_errors
                 .fetch_add(errors as u64, Ordering::Relaxed);
             info!(upserts = up, removals = rm, errors, "datapath maps updated");
+            if diff.changes_policy() || sg_flag_changes {
+                self.bump_policy_gen();
+            }
         }
+        self.ct_after_write(d);
         // Forwarding goes on once, after a complete write of the forwarding maps (until
         // then allowed frames go to the kernel as in issue 2); it then stays on.
         if !self.forwarding_on && self.cfg.forwarding && errors == 0 && self.maps.has_forwarding() {
@@ -582,5 +648,74 @@ impl Controller {
         });
         view.invalid_records = self.nb.invalid.clone();
         view.entries = datapath::maps::entry_counts(&self.actual);
+        view.security_groups.enabled = self
+            .actual
+            .config
+            .get(&0)
+            .is_some_and(|c| c.flags & CFG_F_SECURITY_GROUPS != 0);
+        view.security_groups.policy_gen = self.policy_gen;
+        if let Some(d) = desired {
+            view.security_groups.identities = d.sg_identities;
+            view.security_groups.ports = d.sg_ports.clone();
+        }
+    }
+
+    /// Every identity and policy change is in the maps: conntrack entries judged under an
+    /// older policy are re-judged at their next packet from now on (that is how a removed
+    /// rule cuts the flows it allowed). Written alone, after everything else.
+    fn bump_policy_gen(&mut self) {
+        self.policy_gen = self.policy_gen.wrapping_add(1);
+        let only = |config| reconcile::MapEntries {
+            config,
+            ..Default::default()
+        };
+        let mut want = only(BTreeMap::from([(0, self.chassis_config())]));
+        self.maps.mask(&mut want);
+        let diff = want.diff(&only(self.actual.config.clone()));
+        let errors = self.maps.apply(&diff, &mut self.actual);
+        if errors > 0 {
+            // Retried by the next write that changes the policy; until then established
+            // flows keep their verdicts.
+            self.shared
+                .map_write_errors
+                .fetch_add(errors as u64, Ordering::Relaxed);
+        } else {
+            debug!(
+                policy_gen = self.policy_gen,
+                "security-group policy generation bumped"
+            );
+        }
+    }
+
+    /// Tells the conntrack collector which taps have a port now, and to purge the entries
+    /// of taps that lost their port or got another one (a new VM must not inherit flows).
+    fn ct_after_write(&mut self, d: &Desired) {
+        self.shared
+            .ct
+            .set_ports(self.actual.ports.keys().copied().collect());
+        let owners: BTreeMap<u32, String> = d
+            .local_ports
+            .iter()
+            .filter_map(|p| match p.state {
+                PortState::Programmed { ifindex } => Some((ifindex, p.id.clone())),
+                _ => None,
+            })
+            .collect();
+        let purge: Vec<u32> = self
+            .ct_owners
+            .iter()
+            .filter(|(i, id)| {
+                !self.actual.ports.contains_key(i) || owners.get(i).is_some_and(|o| o != *id)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if !purge.is_empty() {
+            debug!(
+                ?purge,
+                "purging conntrack entries of taps that lost their port"
+            );
+            self.shared.ct.purge(purge);
+        }
+        self.ct_owners = owners;
     }
 }

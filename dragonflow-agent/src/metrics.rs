@@ -31,10 +31,12 @@ use tracing::debug;
 
 use crate::{
     config::Hook,
+    conntrack::CtShared,
     datapath::StatsMaps,
     garp::{self, GarpTable},
     nb::Kind,
     reconcile::{LocalPort, NetworkView},
+    secgroups::SgPortView,
 };
 
 /// How a tap is doing.
@@ -125,6 +127,21 @@ pub struct View {
     pub invalid_records: BTreeMap<String, String>,
     #[serde(skip)]
     pub entries: BTreeMap<&'static str, u64>,
+    /// Security groups as enforced here.
+    pub security_groups: SgView,
+}
+
+/// Security-group state of this chassis (for /state and the gauges).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SgView {
+    /// `CFG_F_SECURITY_GROUPS` is set in the datapath.
+    pub enabled: bool,
+    /// `ChassisConfig::policy_gen` last written.
+    pub policy_gen: u32,
+    /// Distinct identities (sets of remote groups and prefixes) in the maps.
+    pub identities: usize,
+    /// Local ports with port security: their groups and entry counts.
+    pub ports: Vec<SgPortView>,
 }
 
 /// Everything the HTTP server and the tasks share.
@@ -145,6 +162,8 @@ pub struct Shared {
     pub view: Mutex<View>,
     pub stats: Mutex<StatsMaps>,
     pub garp: Mutex<GarpTable>,
+    /// Between the controller and the conntrack collector, with its counters.
+    pub ct: Arc<CtShared>,
     /// Detection way (claims, dampening, probes).
     pub detect: crate::activeport::Stats,
 }
@@ -165,6 +184,7 @@ impl Shared {
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
             garp: Mutex::new(GarpTable::default()),
+            ct: Arc::new(CtShared::default()),
             detect: crate::activeport::Stats::default(),
         }
     }
@@ -272,6 +292,13 @@ pub fn render(shared: &Shared) -> String {
             names::GARP_RATE
         );
     }
+    // Counted by the conntrack collector's last scan.
+    let _ = writeln!(
+        o,
+        "dragonflow_map_entries{{map=\"{}\"}} {}",
+        names::CT,
+        shared.ct.entries.load(Ordering::Relaxed)
+    );
     o.push_str("# HELP dragonflow_map_capacity Capacity (max_entries) of each pinned map.\n# TYPE dragonflow_map_capacity gauge\n");
     for name in names::ALL {
         if let Some(c) = names::capacity(name) {
@@ -306,6 +333,42 @@ pub fn render(shared: &Shared) -> String {
         "1 once the datapath switches and routes itself (forwarding maps complete).",
         shared.forwarding_enabled.load(Ordering::Relaxed) as u64,
     );
+    gauge(
+        &mut o,
+        "dragonflow_security_groups_enabled",
+        "1 while security groups are enforced (CFG_F_SECURITY_GROUPS set, rules written).",
+        view.security_groups.enabled as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_sg_policy_gen",
+        "Policy generation: bumped after every rule/membership change written to the maps.",
+        u64::from(view.security_groups.policy_gen),
+    );
+    gauge(
+        &mut o,
+        "dragonflow_sg_identities",
+        "Distinct remote identities (sets of remote groups and prefixes) in the maps.",
+        view.security_groups.identities as u64,
+    );
+    gauge(
+        &mut o,
+        "dragonflow_ct_entries",
+        "Conntrack entries at the last garbage collection.",
+        shared.ct.entries.load(Ordering::Relaxed),
+    );
+    o.push_str("# HELP dragonflow_ct_gc_deleted_total Conntrack entries removed by the agent, by reason (expired: idle past the state's timeout; port_gone: the tap lost its port).\n");
+    o.push_str("# TYPE dragonflow_ct_gc_deleted_total counter\n");
+    for (reason, v) in [
+        ("expired", &shared.ct.deleted_expired),
+        ("port_gone", &shared.ct.deleted_port_gone),
+    ] {
+        let _ = writeln!(
+            o,
+            "dragonflow_ct_gc_deleted_total{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
     gauge(
         &mut o,
         "dragonflow_remote_chassis",
@@ -539,6 +602,16 @@ mod tests {
         assert!(text.contains("dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144"));
         assert!(text.contains("dragonflow_map_capacity{map=\"df_l2_v1\"} 262144"));
         assert!(text.contains("dragonflow_forwarding_enabled 0"));
+        assert!(text.contains("dragonflow_security_groups_enabled 0"));
+        assert!(text.contains("dragonflow_ct_entries 0"));
+        assert!(text.contains("dragonflow_ct_gc_deleted_total{reason=\"port_gone\"} 0"));
+        assert!(text.contains("dragonflow_map_entries{map=\"df_ct_v1\"} 0"));
+        assert!(text.contains("dragonflow_map_capacity{map=\"df_policy_v1\"} 262144"));
+        assert!(text.contains("dragonflow_nb_invalid_records_total{kind=\"secgroup\"} 0"));
+        assert!(text.contains(
+            "dragonflow_datapath_packets_total{direction=\"to_vm\",verdict=\"drop\",reason=\"sg_denied\"} 0"
+        ));
+        assert!(text.contains("dragonflow_datapath_events_total{event=\"ct_new\"} 0"));
         assert!(text.contains("dragonflow_remote_chassis 0"));
         assert!(text.contains("dragonflow_flood_overflow_total 0"));
         assert_eq!(route("GET", "/healthz", &s).0, 503);

@@ -984,9 +984,11 @@ mod tests {
             port("m1", &["ga"], &["192.0.2.11"], &["198.51.100.0/24"]),
         ];
         let n = nb(ports, groups);
-        let mut first = Identities::default();
-        // Burn some numbers so that a fresh allocator would pick others.
-        first.next = 41;
+        // Numbers a fresh allocator would not pick.
+        let mut first = Identities {
+            next: 41,
+            ..Default::default()
+        };
         let before = run(&n, &[("local", 1)], &mut first);
         let mut restarted = Identities::default();
         restarted.adopt(&before.entries.ident, &before.entries.ident_lpm);

@@ -1881,7 +1881,7 @@ mod tests {
             name: String::new(),
             rules: vec![],
         };
-        validate_secgroup_refs(&g, &[other.clone()]).unwrap();
+        validate_secgroup_refs(&g, std::slice::from_ref(&other)).unwrap();
         let own = group(vec![rule(
             r#"{"id":"r1","direction":"ingress","ethertype":"IPv4","remote_group_id":"sg1"}"#,
         )]);
