@@ -35,6 +35,7 @@ use std::{
 
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
+    maps,
     sg::{
         DIR_EGRESS, DIR_INGRESS, IDENT_FIXED_BITS, IDENT_MAX_ALLOCATED, IDENT_WORLD, IdentKey,
         POLICY_PORT_BITS, POLICY_PROTO_BITS, PolicyKey, PolicyValue, ident_any,
@@ -458,6 +459,22 @@ pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -
                     .or_insert(PolicyValue { rule: tag });
                 v.rule = v.rule.min(tag);
             }
+        }
+    }
+    for (map, n, cap) in [
+        (maps::IDENT, out.entries.ident.len(), maps::IDENT_MAX),
+        (
+            maps::IDENT_LPM,
+            out.entries.ident_lpm.len(),
+            maps::IDENT_LPM_MAX,
+        ),
+        (maps::POLICY, out.entries.policy.len(), maps::POLICY_MAX),
+    ] {
+        if n > cap as usize {
+            out.warnings.insert(format!(
+                "{map} needs {n} entries but holds {cap}: the writes beyond it fail (counted in \
+                 dragonflow_map_write_errors_total) and what they would allow is denied"
+            ));
         }
     }
     for view in &mut out.ports {

@@ -576,6 +576,29 @@ mod tests {
     }
 
     #[test]
+    fn secgroups_keep_their_last_good_version() {
+        let shared = Shared::for_tests();
+        let mut c = NbCache::default();
+        let key = format!("{P}secgroup/sg1");
+        let good = br#"{"id":"sg1","rules":[{"id":"r1","direction":"ingress","ethertype":"IPv4",
+            "protocol":"tcp","port_range_min":22,"port_range_max":22}]}"#;
+        assert!(c.load(P, &[(key.clone(), good.to_vec())], &OPTS, &shared));
+        assert_eq!(c.snapshot.secgroups["sg1"].rules.len(), 1);
+        // Port 0 is refused: the group keeps its previous rules.
+        let bad = br#"{"id":"sg1","rules":[{"id":"r1","direction":"ingress","ethertype":"IPv4",
+            "protocol":"tcp","port_range_min":0,"port_range_max":22}]}"#;
+        assert!(!c.apply(P, &[Change::Put(key.clone(), bad.to_vec())], &OPTS, &shared));
+        assert_eq!(
+            c.snapshot.secgroups["sg1"].rules[0].port_range_min,
+            Some(22)
+        );
+        assert_eq!(shared.invalid_count(Kind::SecGroup), 1);
+        assert!(c.invalid[&key].contains("port_range_min 0 is out of range"));
+        assert!(c.apply(P, &[Change::Delete(key)], &OPTS, &shared));
+        assert!(c.snapshot.secgroups.is_empty() && c.invalid.is_empty());
+    }
+
+    #[test]
     fn chassis_and_routers_come_and_go() {
         let shared = Shared::for_tests();
         let mut c = NbCache::default();
