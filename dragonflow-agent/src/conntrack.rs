@@ -110,8 +110,8 @@ fn doomed(
     let mut out = Vec::new();
     for (k, v) in entries {
         n += 1;
-        let gone = purge.contains(&k.ifindex)
-            || ports_before.is_some_and(|p| !p.contains(&k.ifindex));
+        let gone =
+            purge.contains(&k.ifindex) || ports_before.is_some_and(|p| !p.contains(&k.ifindex));
         if gone {
             out.push((k, v, Why::PortGone));
         } else if expired(&v, now_ns) {
