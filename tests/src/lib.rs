@@ -5,3 +5,4 @@ pub mod frames;
 pub mod harness;
 pub mod rawbpf;
 pub mod testrun;
+pub mod vrrp;

@@ -18,9 +18,10 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dragonflow_agent::activeport;
 use dragonflow_agent::nb::{
-    AapMode, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort, LRouter,
-    LRouterPort, LSwitch, NbRecord, NbStore, StoreError, Subnet, ValidationError,
+    AapMode, ActivePort, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort,
+    LRouter, LRouterPort, LSwitch, NbRecord, NbStore, StoreError, Subnet, ValidationError,
     ValidationOptions, Versioned,
     store::{DEFAULT_CONNECT_TIMEOUT, Listing},
     validate::{
@@ -102,6 +103,24 @@ enum Cmd {
     /// Gratuitous ARPs / ARP replies for AAP IPs seen by an agent's datapath.
     #[command(subcommand)]
     Garp(GarpCmd),
+    /// Shared allowed-address-pair IPs: holders, mode, the active port (detection way) and
+    /// its history.
+    #[command(subcommand)]
+    Aap(AapCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AapCmd {
+    /// Per network: every IP listed as a single-IP AAP by two or more ports (or with an
+    /// active entry), its holders, the mode, and the active port with its chassis and since
+    /// when.
+    List {
+        /// Only this lswitch.
+        #[arg(long)]
+        lswitch: Option<String>,
+    },
+    /// Who held the IP, when, and why it changed (claims and removals, oldest first).
+    History { lswitch: String, ip: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -471,6 +490,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Chassis(ChassisCmd::List) => ctx.list::<Chassis>(chassis_row).await,
         Cmd::Chassis(ChassisCmd::Show { name }) => ctx.show::<Chassis>(&name).await,
         Cmd::Garp(_) => unreachable!("handled above"),
+        Cmd::Aap(c) => ctx.aap(c, timeout).await,
     }
 }
 
@@ -1483,6 +1503,283 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// aap list / history: shared VIPs and the detection way's records (activeport.rs).
+
+/// One row of `dfctl aap list` (also its JSON shape).
+#[derive(Debug, Serialize)]
+struct AapRow {
+    lswitch: String,
+    ip: std::net::IpAddr,
+    /// Ports listing the IP as a single-IP AAP, as `port@chassis` (`-` when unbound).
+    holders: Vec<String>,
+    /// The network's mode: its override, else the modes published by the chassis of
+    /// its holders.
+    mode: String,
+    active: Option<ActivePort>,
+}
+
+impl Ctx {
+    async fn aap(&self, c: AapCmd, timeout: Duration) -> Result<()> {
+        match c {
+            AapCmd::List { lswitch } => self.aap_list(lswitch.as_deref(), timeout).await,
+            AapCmd::History { lswitch, ip } => {
+                let ip: std::net::IpAddr = ip
+                    .parse()
+                    .map_err(|_| CliError::Refused(format!("{ip:?} is not an IP address")))?;
+                self.aap_history(&lswitch, ip, timeout).await
+            }
+        }
+    }
+
+    /// Raw key-values under `key` (a prefix when `prefix`), bounded by `timeout`.
+    async fn raw_get(
+        &self,
+        key: &str,
+        prefix: bool,
+        timeout: Duration,
+    ) -> Result<Vec<etcd_client::KeyValue>> {
+        let mut client = self.store.client().clone();
+        let opts = prefix.then(|| etcd_client::GetOptions::new().with_prefix());
+        match tokio::time::timeout(timeout, client.get(key, opts)).await {
+            Ok(Ok(mut r)) => Ok(r.take_kvs()),
+            Ok(Err(e)) => Err(CliError::Unavailable(format!(
+                "etcd: get {key}: {}",
+                error_chain(&e)
+            ))),
+            Err(_) => Err(CliError::Unavailable(format!(
+                "etcd did not answer get {key} within {}s",
+                timeout.as_secs_f32()
+            ))),
+        }
+    }
+
+    async fn aap_list(&self, only: Option<&str>, timeout: Duration) -> Result<()> {
+        let prefix = self.store.prefix().to_string();
+        let ports = self.items::<LPort>().await?;
+        let switches = self.items::<LSwitch>().await?;
+        let chassis = self.items::<Chassis>().await?;
+        let mut active: std::collections::BTreeMap<(String, std::net::IpAddr), ActivePort> =
+            Default::default();
+        for kv in self
+            .raw_get(&activeport::active_prefix(&prefix), true, timeout)
+            .await?
+        {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match activeport::parse_active_key(&prefix, &key)
+                .unwrap_or_else(|| Err(format!("{key}: not an activeport key")))
+                .and_then(|(ls, ip)| activeport::decode_active(&ls, ip, kv.value()))
+            {
+                Ok(a) => {
+                    active.insert((a.lswitch.clone(), a.ip), a);
+                }
+                Err(e) => eprintln!("warning: skipping malformed record {key}: {e}"),
+            }
+        }
+        // (lswitch, ip) → holders, from single-IP AAPs.
+        let mut vips: std::collections::BTreeMap<(String, std::net::IpAddr), Vec<String>> =
+            Default::default();
+        for p in &ports {
+            for a in p
+                .allowed_address_pairs
+                .iter()
+                .filter(|a| a.ip_address.is_host())
+            {
+                let who = format!("{}@{}", p.id, p.chassis.as_deref().unwrap_or("-"));
+                let h = vips
+                    .entry((p.lswitch.clone(), a.ip_address.addr))
+                    .or_default();
+                if !h.contains(&who) {
+                    h.push(who);
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for (key, holders) in &vips {
+            if holders.len() < 2 && !active.contains_key(key) {
+                continue;
+            }
+            if only.is_some_and(|o| o != key.0) {
+                continue;
+            }
+            rows.push(AapRow {
+                lswitch: key.0.clone(),
+                ip: key.1,
+                holders: holders.clone(),
+                mode: network_mode(&key.0, &switches, &ports, &chassis),
+                active: active.get(key).cloned(),
+            });
+        }
+        // Entries whose IP no port lists any more (removed by their agent shortly).
+        for (key, a) in &active {
+            if !vips.contains_key(key) && only.is_none_or(|o| o == key.0) {
+                rows.push(AapRow {
+                    lswitch: key.0.clone(),
+                    ip: key.1,
+                    holders: Vec::new(),
+                    mode: network_mode(&key.0, &switches, &ports, &chassis),
+                    active: Some(a.clone()),
+                });
+            }
+        }
+        if self.output == Output::Json {
+            return print_json(&rows);
+        }
+        let now = now_ms();
+        let table_rows = rows
+            .iter()
+            .map(|r| {
+                let a = r.active.as_ref();
+                vec![
+                    r.lswitch.clone(),
+                    r.ip.to_string(),
+                    dash(r.holders.join(";")),
+                    r.mode.clone(),
+                    a.map_or("-".into(), |a| a.port.clone()),
+                    a.map_or("-".into(), |a| a.mac.to_string()),
+                    a.map_or("-".into(), |a| a.chassis.clone()),
+                    a.map_or("-".into(), |a| ago(now, a.since_ms)),
+                    a.map_or("-".into(), |a| a.reason.clone()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "LSWITCH",
+                    "IP",
+                    "HOLDERS",
+                    "MODE",
+                    "ACTIVE_PORT",
+                    "MAC",
+                    "CHASSIS",
+                    "SINCE",
+                    "REASON"
+                ],
+                table_rows
+            )
+        );
+        Ok(())
+    }
+
+    async fn aap_history(
+        &self,
+        lswitch: &str,
+        ip: std::net::IpAddr,
+        timeout: Duration,
+    ) -> Result<()> {
+        let key = activeport::history_key(self.store.prefix(), lswitch, ip);
+        let kvs = self.raw_get(&key, false, timeout).await?;
+        let Some(kv) = kvs.first() else {
+            return Err(CliError::Refused(format!(
+                "no active-port history for {ip} on lswitch {lswitch} (never claimed)"
+            )));
+        };
+        let records: Vec<activeport::HistoryRecord> = serde_json::from_slice(kv.value())
+            .map_err(|e| CliError::Unavailable(format!("{key}: malformed history: {e}")))?;
+        if self.output == Output::Json {
+            return print_json(&records);
+        }
+        let now = now_ms();
+        let rows = records
+            .iter()
+            .map(|r| {
+                vec![
+                    utc(r.at_ms),
+                    ago(now, r.at_ms),
+                    match r.event {
+                        activeport::Event::Claimed => "claimed".into(),
+                        activeport::Event::Released => "released".into(),
+                    },
+                    r.port.clone(),
+                    r.mac.to_string(),
+                    r.chassis.clone(),
+                    r.why.name().into(),
+                    r.by.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "WHEN", "AGO", "EVENT", "PORT", "MAC", "CHASSIS", "WHY", "BY"
+                ],
+                rows
+            )
+        );
+        Ok(())
+    }
+}
+
+/// `detection (lswitch)` for an override; else the modes the chassis of the network's
+/// ports publish: one mode, or `mixed (hv1=…, hv2=…)` when they disagree.
+fn network_mode(ls: &str, switches: &[LSwitch], ports: &[LPort], chassis: &[Chassis]) -> String {
+    if let Some(m) = switches
+        .iter()
+        .find(|s| s.id == ls)
+        .and_then(|s| s.aap_mode)
+    {
+        return format!("{} (lswitch)", mode(m));
+    }
+    let hosts: std::collections::BTreeSet<&str> = ports
+        .iter()
+        .filter(|p| p.lswitch == ls)
+        .filter_map(|p| p.chassis.as_deref())
+        .collect();
+    let modes: Vec<(&str, AapMode)> = chassis
+        .iter()
+        .filter(|c| hosts.contains(c.name.as_str()))
+        .map(|c| (c.name.as_str(), c.aap_mode))
+        .collect();
+    match modes.first() {
+        None => "-".into(),
+        Some((_, m)) if modes.iter().all(|(_, x)| x == m) => mode(*m),
+        Some(_) => format!(
+            "mixed ({})",
+            modes
+                .iter()
+                .map(|(c, m)| format!("{c}={}", mode(*m)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `12.3s ago`.
+fn ago(now_ms: u64, at_ms: u64) -> String {
+    format!("{:.1}s ago", now_ms.saturating_sub(at_ms) as f64 / 1000.0)
+}
+
+/// Unix ms as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
+fn utc(ms: u64) -> String {
+    let (secs, milli) = (ms / 1000, ms % 1000);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+// ---------------------------------------------------------------------------------------
 // garp list: a tiny HTTP/1.0 GET over std::net (no HTTP client dependency for one request).
 
 fn garp_list(agent: &str, timeout: Duration, output: Output) -> Result<()> {
@@ -1638,5 +1935,18 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(b.get(..size)?);
         b = b.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(utc(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+        assert_eq!(ago(10_500, 9_000), "1.5s ago");
     }
 }

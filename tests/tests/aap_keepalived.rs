@@ -1,0 +1,863 @@
+//! Shared VIPs proven with real keepalived (issue 5, items 3–5): two VMs on different
+//! chassis share a VIP as an allowed address pair and run keepalived (VRRPv3, unicast
+//! adverts); clients on a third chassis reach it from the same network and, through the
+//! distributed router, from another subnet. Every scenario of the two ways runs with the
+//! agents in `--aap-mode broadcast` and in `--aap-mode detection`.
+//!
+//! ```text
+//!   net1 VNI 100  192.0.2.0/24     r1 192.0.2.1     (fa:16:3e:0a:01:01)
+//!   net2 VNI 200  198.51.100.0/24  r1 198.51.100.1  (fa:16:3e:0a:02:01)
+//!   hv1: m1 (net1 .11, AAP 192.0.2.100)   keepalived priority 150 (master)
+//!   hv2: m2 (net1 .12, AAP 192.0.2.100)   keepalived priority 100 (backup)
+//!   hv3: c1 (net1 .13), c2 (net2 198.51.100.13, routed through r1)
+//! ```
+//!
+//! Who received the clients' VIP traffic is read from a tcpdump on each holder's eth0;
+//! "received none" is decided after a fence: once each client's ping to that holder's own
+//! address (the same path) has arrived, the VIP pings sent before it would have too.
+//! Failovers, claims and expiries are polled with deadlines, never slept for.
+
+use std::{
+    process::Stdio,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    harness::{
+        Capture, Cloud, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, agent_has_flag, metric,
+        metric_sum, ping, run, script, wait_until,
+    },
+    vrrp::{Keepalived, VrrpConf, has_addr},
+};
+
+const READY: Duration = Duration::from_secs(30);
+const VIP: &str = "192.0.2.100";
+const VRID: u8 = 51;
+/// Adverts every 0.5 s: a silent master is replaced after ~1.7 s; long enough that a busy
+/// 2-CPU test machine does not fail over by accident.
+const ADVERT: f64 = 0.5;
+/// Pings per client in one traffic round.
+const N: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Broadcast,
+    Detection,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Broadcast => "broadcast",
+            Mode::Detection => "detection",
+        }
+    }
+}
+
+struct VmDef {
+    name: &'static str,
+    hv: usize,
+    lswitch: &'static str,
+    mac: &'static str,
+    ip: &'static str,
+    gw: &'static str,
+}
+
+const M1: VmDef = VmDef {
+    name: "m1",
+    hv: 0,
+    lswitch: "net1",
+    mac: "fa:16:3e:0a:00:11",
+    ip: "192.0.2.11",
+    gw: "192.0.2.1",
+};
+const M2: VmDef = VmDef {
+    name: "m2",
+    hv: 1,
+    lswitch: "net1",
+    mac: "fa:16:3e:0a:00:12",
+    ip: "192.0.2.12",
+    gw: "192.0.2.1",
+};
+const C1: VmDef = VmDef {
+    name: "c1",
+    hv: 2,
+    lswitch: "net1",
+    mac: "fa:16:3e:0a:00:13",
+    ip: "192.0.2.13",
+    gw: "192.0.2.1",
+};
+const C2: VmDef = VmDef {
+    name: "c2",
+    hv: 2,
+    lswitch: "net2",
+    mac: "fa:16:3e:0b:00:13",
+    ip: "198.51.100.13",
+    gw: "198.51.100.1",
+};
+/// In `Vip::cloud.vms` order.
+const VMS: [&VmDef; 4] = [&M1, &M2, &C1, &C2];
+const HOLDERS: [&VmDef; 2] = [&M1, &M2];
+const CLIENTS: [&VmDef; 2] = [&C1, &C2];
+
+/// The topology above, agents running in `mode`.
+struct Vip {
+    mode: Mode,
+    /// The VIP's AAP MAC is the VRRP virtual MAC on both ports (keepalived `use_vmac`),
+    /// else each port's own MAC.
+    vmac: bool,
+    cloud: Cloud,
+    /// keepalived of m1, m2 (when started).
+    ka: [Option<Keepalived>; 2],
+}
+
+impl Vip {
+    fn new(mode: Mode, vmac: bool, agent_args: &[&str]) -> Vip {
+        let mut cloud = Cloud::new();
+        for i in 0..3 {
+            let hv = cloud.add_hypervisor_opts(
+                &format!("hv{}", i + 1),
+                Hook::Tc,
+                HvOpts { bridge: false },
+            );
+            let mut args = vec!["--aap-mode".to_string(), mode.as_str().to_string()];
+            // Security groups are issue 4's subject; these tests judge the AAP ways alone.
+            if agent_has_flag("--security-groups") {
+                args.push("--security-groups=false".into());
+            }
+            args.extend(agent_args.iter().map(|s| s.to_string()));
+            cloud.hvs[hv].extra_agent_args = args;
+        }
+        cloud.dfctl("lrouter create r1");
+        for (ls, vni, cidr, gw, rmac) in [
+            (
+                "net1",
+                100,
+                "192.0.2.0/24",
+                "192.0.2.1",
+                "fa:16:3e:0a:01:01",
+            ),
+            (
+                "net2",
+                200,
+                "198.51.100.0/24",
+                "198.51.100.1",
+                "fa:16:3e:0a:02:01",
+            ),
+        ] {
+            cloud.dfctl(&format!("lswitch create {ls} --vni {vni}"));
+            cloud.dfctl(&format!(
+                "subnet create {ls}-v4 --lswitch {ls} --cidr {cidr} --gateway {gw}"
+            ));
+            cloud.dfctl(&format!(
+                "lrouter add-interface r1 --lswitch {ls} --mac {rmac} --ip {gw}/24"
+            ));
+        }
+        let aap = if vmac {
+            format!("--aap {VIP},{}", VrrpConf::vmac(VRID))
+        } else {
+            format!("--aap {VIP}")
+        };
+        for d in VMS {
+            let extra = if HOLDERS.iter().any(|h| h.name == d.name) {
+                aap.as_str()
+            } else {
+                ""
+            };
+            cloud.dfctl(&format!(
+                "lport create p{} --lswitch {} --mac {} --fixed-ip {} --chassis hv{} --ifname tap{} {extra}",
+                d.name,
+                d.lswitch,
+                d.mac,
+                d.ip,
+                d.hv + 1,
+                d.name
+            ));
+            let opts = VmOpts::for_hook(Hook::Tc, &[d.gw]);
+            cloud.add_vm_opts(
+                d.hv,
+                d.name,
+                &format!("tap{}", d.name),
+                d.mac,
+                &[&format!("{}/24", d.ip)],
+                &opts,
+            );
+        }
+        for i in 0..3 {
+            cloud.start_agent(i);
+        }
+        for hv in &cloud.hvs {
+            wait_until(
+                &format!("dragonflow_forwarding_enabled 1 on {}", hv.name),
+                READY,
+                || metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0),
+            );
+        }
+        Vip {
+            mode,
+            vmac,
+            cloud,
+            ka: [None, None],
+        }
+    }
+
+    fn vm(&self, d: &VmDef) -> &Netns {
+        let i = VMS.iter().position(|v| v.name == d.name).expect("vm");
+        &self.cloud.vms[i].ns
+    }
+
+    fn hv(&self, d: &VmDef) -> &Hypervisor {
+        &self.cloud.hvs[d.hv]
+    }
+
+    fn conf(&self, me: &VmDef, peer: &VmDef, priority: u8) -> VrrpConf {
+        VrrpConf {
+            name: me.name.to_string(),
+            iface: "eth0".into(),
+            vrid: VRID,
+            priority,
+            advert_int: ADVERT,
+            src: Some(me.ip.to_string()),
+            peers: vec![peer.ip.to_string()],
+            vips: vec![format!("{VIP}/24")],
+            use_vmac: self.vmac,
+        }
+    }
+
+    /// keepalived on m1 (priority 150) and m2 (100); returns once m1 is master (holds the
+    /// VIP) and m2 is backup.
+    fn start_keepalived(&mut self) {
+        let k1 = Keepalived::start(self.vm(&M1), &self.conf(&M1, &M2, 150));
+        let k2 = Keepalived::start(self.vm(&M2), &self.conf(&M2, &M1, 100));
+        self.ka = [Some(k1), Some(k2)];
+        wait_until("m1 master (holds the VIP), m2 backup", READY, || {
+            has_addr(self.vm(&M1), VIP) && !has_addr(self.vm(&M2), VIP)
+        });
+    }
+
+    fn keepalived(&mut self, holder: usize) -> &mut Keepalived {
+        self.ka[holder].as_mut().expect("keepalived started")
+    }
+
+    /// The active entry of the VIP as `dfctl aap list` shows it (`None`: none).
+    fn active(&self) -> Option<Value> {
+        let rows: Value =
+            serde_json::from_str(&self.cloud.dfctl("--output json aap list --lswitch net1"))
+                .expect("aap list JSON");
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["ip"] == VIP)
+            .and_then(|r| (!r["active"].is_null()).then(|| r["active"].clone()))
+    }
+
+    /// Waits until the VIP's active port is `port` (`None`: no entry).
+    #[track_caller]
+    fn wait_active(&self, port: Option<&str>) -> Option<Value> {
+        let start = Instant::now();
+        loop {
+            let a = self.active();
+            if a.as_ref().map(|a| a["port"].as_str().unwrap_or_default()) == port {
+                return a;
+            }
+            if start.elapsed() > READY {
+                panic!(
+                    "active port of {VIP}: want {port:?}, have {a:?} after {READY:?}\n{}\nhistory:\n{}",
+                    self.cloud.dfctl("aap list"),
+                    self.cloud
+                        .try_dfctl(&format!("aap history net1 {VIP}"))
+                        .stdout
+                        .iter()
+                        .map(|&b| b as char)
+                        .collect::<String>()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The VIP's history records (oldest first).
+    fn history(&self) -> Vec<Value> {
+        let out = self
+            .cloud
+            .try_dfctl(&format!("--output json aap history net1 {VIP}"));
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("history JSON")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `client` pings the VIP.
+    #[track_caller]
+    fn wait_reach(&self, client: &VmDef) {
+        let start = Instant::now();
+        while !ping(self.vm(client), VIP, 1) {
+            if start.elapsed() > READY {
+                panic!(
+                    "{} cannot ping the VIP {VIP} after {READY:?} ({} way); aap list:\n{}\ncounters:\n{}",
+                    client.name,
+                    self.mode.as_str(),
+                    self.cloud.dfctl("aap list"),
+                    self.counters()
+                );
+            }
+        }
+    }
+
+    /// Non-zero datapath counters of every chassis, for failure messages.
+    fn counters(&self) -> String {
+        let mut s = String::new();
+        for hv in &self.cloud.hvs {
+            for l in hv.metrics().lines().filter(|l| {
+                (l.starts_with("dragonflow_datapath_packets_total{")
+                    || l.starts_with("dragonflow_activeport_"))
+                    && !l.ends_with(" 0")
+                    && !l.contains("_bucket")
+            }) {
+                s.push_str(&format!("  {}: {l}\n", hv.name));
+            }
+        }
+        s
+    }
+
+    /// Each client pings the VIP `N` times while both holders (those whose link is up)
+    /// capture; returns, per holder (m1, m2), the echo requests to the VIP received from
+    /// each client (c1, c2), counted after each client's fence (a ping to that holder's
+    /// own address, over the same path) has arrived.
+    fn traffic(&self, holders_up: [bool; 2]) -> [[usize; 2]; 2] {
+        let caps: Vec<Option<Capture>> = HOLDERS
+            .iter()
+            .zip(holders_up)
+            .map(|(h, up)| {
+                up.then(|| {
+                    Capture::start(
+                        self.vm(h),
+                        "eth0",
+                        "in",
+                        &format!(
+                            "icmp[icmptype] == icmp-echo and (dst host {VIP} or dst host {})",
+                            h.ip
+                        ),
+                    )
+                })
+            })
+            .collect();
+        for c in CLIENTS {
+            // Replies come from the master; the count is read from the captures.
+            self.vm(c)
+                .try_exec(&format!("ping -q -n -c {N} -i 0.02 -W 1 {VIP}"));
+        }
+        let mut out = [[0; 2]; 2];
+        for (i, (h, cap)) in HOLDERS.iter().zip(&caps).enumerate() {
+            let Some(cap) = cap else { continue };
+            for (j, c) in CLIENTS.iter().enumerate() {
+                let fenced = |cap: &Capture| echo_count(cap, c.ip, h.ip) >= 1;
+                let start = Instant::now();
+                while !fenced(cap) {
+                    assert!(
+                        start.elapsed() < READY,
+                        "fence {} → {} never arrived:\n{}",
+                        c.name,
+                        h.name,
+                        cap.summary()
+                    );
+                    self.vm(c)
+                        .try_exec(&format!("ping -q -n -c 1 -W 1 {}", h.ip));
+                }
+                out[i][j] = echo_count(cap, c.ip, VIP);
+            }
+        }
+        eprintln!(
+            "{} way: VIP echo requests received (from c1, c2): m1 {:?}, m2 {:?}",
+            self.mode.as_str(),
+            out[0],
+            out[1]
+        );
+        out
+    }
+
+    /// Asserts who got the clients' VIP traffic: `master` got all of it; the other holder
+    /// (if its link is up) got none in the detection way, and in the broadcast way the
+    /// copies the datapath delivers to every holder: the routed client's (the router's
+    /// neighbour entry for a shared VIP is every holder), and also the same-network
+    /// client's when the VIP MAC is shared (VRRP virtual MAC). A same-network client
+    /// that resolved the VIP to the master's own MAC sends to that MAC only.
+    #[track_caller]
+    fn assert_receivers(&self, got: [[usize; 2]; 2], master: usize, other_up: bool) {
+        let other = 1 - master;
+        assert_eq!(
+            got[master],
+            [N, N],
+            "{} (master) must get every VIP ping of c1 and c2 ({} way); counters:\n{}",
+            HOLDERS[master].name,
+            self.mode.as_str(),
+            self.counters()
+        );
+        if !other_up {
+            return;
+        }
+        let want = match self.mode {
+            Mode::Detection => [0, 0],
+            Mode::Broadcast if self.vmac => [N, N],
+            Mode::Broadcast => [0, N],
+        };
+        assert_eq!(
+            got[other],
+            want,
+            "{} (not master) got {:?} of the VIP pings of (c1, c2), want {want:?} in the {} way",
+            HOLDERS[other].name,
+            got[other],
+            self.mode.as_str()
+        );
+    }
+
+    /// In the detection way, waits for `port` to be active (claimed by a GARP from its
+    /// own chassis); in the broadcast way, checks that nobody claims (after the master's
+    /// GARP has reached its agent).
+    fn check_claim(&self, holder: &VmDef) {
+        let port = format!("p{}", holder.name);
+        match self.mode {
+            Mode::Detection => {
+                let a = self.wait_active(Some(&port)).expect("active");
+                assert_eq!(a["chassis"], format!("hv{}", holder.hv + 1));
+                let want_mac = if self.vmac {
+                    VrrpConf::vmac(VRID)
+                } else {
+                    holder.mac.to_string()
+                };
+                assert_eq!(a["mac"], want_mac, "the MAC the holder announced");
+                let h = self.history();
+                let last = h.last().expect("a history record");
+                assert_eq!(
+                    (
+                        last["event"].as_str(),
+                        last["port"].as_str(),
+                        last["why"].as_str()
+                    ),
+                    (Some("claimed"), Some(port.as_str()), Some("garp")),
+                    "history: {h:?}"
+                );
+            }
+            Mode::Broadcast => {
+                let hv = self.hv(holder);
+                wait_until(
+                    &format!("{}'s GARP for the VIP seen by its agent", holder.name),
+                    READY,
+                    || {
+                        hv.ns
+                            .http_get(&hv.metrics_addr, "/garp")
+                            .is_some_and(|(_, b)| b.contains(VIP))
+                    },
+                );
+                assert_eq!(self.active(), None, "the broadcast way claims nothing");
+                assert_eq!(
+                    metric(&hv.metrics(), "dragonflow_activeport_claims_total", &[]),
+                    Some(0.0)
+                );
+            }
+        }
+    }
+}
+
+/// Echo requests to `dst` from `src` in a capture.
+fn echo_count(cap: &Capture, src: &str, dst: &str) -> usize {
+    let (s, d) = (ip4(src), ip4(dst));
+    cap.frames()
+        .iter()
+        .filter(|f| {
+            let b = &f.bytes;
+            b.len() >= 35
+                && b[12..14] == [0x08, 0x00]
+                && b[23] == 1
+                && b[26..30] == s
+                && b[30..34] == d
+                && b[14 + usize::from(b[14] & 0x0f) * 4] == 8
+        })
+        .count()
+}
+
+fn ip4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().expect("ipv4").octets()
+}
+
+fn counter(hv: &Hypervisor, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&hv.metrics(), name, labels)
+}
+
+/// `garp.py` in a VM namespace.
+fn send_garp(ns: &Netns, args: &[&str]) {
+    let mut c = ns.command(PYTHON);
+    c.arg(script("garp.py")).args(args);
+    run(&mut c);
+}
+
+/// Stop the master's keepalived (SIGTERM: a priority-0 advert, VIP removed) → the backup
+/// takes over → the clients' traffic reaches the new master.
+fn keepalived_stop(mode: Mode, vmac: bool) {
+    let mut t = Vip::new(mode, vmac, &[]);
+    t.start_keepalived();
+    t.check_claim(&M1);
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
+    if vmac {
+        let n = t.vm(&C1).exec(&format!("ip neigh show {VIP}"));
+        let n = String::from_utf8_lossy(&n.stdout).to_lowercase();
+        assert!(
+            n.contains(&VrrpConf::vmac(VRID)),
+            "c1 resolves the VIP to the VRRP MAC: {n}"
+        );
+    }
+    t.assert_receivers(t.traffic([true, true]), 0, true);
+
+    t.keepalived(0).stop();
+    wait_until("m2 takes the VIP over", READY, || {
+        has_addr(t.vm(&M2), VIP) && !has_addr(t.vm(&M1), VIP)
+    });
+    t.check_claim(&M2);
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
+    t.assert_receivers(t.traffic([true, true]), 1, true);
+}
+
+/// Cut the master's link (its VM-side interface down) → the backup stops hearing adverts
+/// and takes over → the clients' traffic reaches it.
+fn link_cut(mode: Mode) {
+    let mut t = Vip::new(mode, false, &[]);
+    t.start_keepalived();
+    t.check_claim(&M1);
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
+    t.assert_receivers(t.traffic([true, true]), 0, true);
+
+    t.vm(&M1).exec("ip link set eth0 down");
+    wait_until("m2 takes the VIP over", READY, || has_addr(t.vm(&M2), VIP));
+    t.check_claim(&M2);
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
+    t.assert_receivers(t.traffic([false, true]), 1, false);
+    assert!(t.keepalived(0).running(), "m1's keepalived still runs");
+}
+
+/// The master stops answering ARP (nft drops its ARP replies; it keeps its VIP, its
+/// adverts and its pings): after `--probe-misses` unanswered probes its agent removes
+/// the entry (`probe_loss`) and forwarding falls back to the broadcast way.
+fn detection_probe_expiry() {
+    let mut t = Vip::new(Mode::Detection, false, &[]);
+    t.start_keepalived();
+    t.check_claim(&M1);
+    let hv1 = t.hv(&M1);
+    let answered = |hv: &Hypervisor| {
+        counter(
+            hv,
+            "dragonflow_activeport_probes_total",
+            &[("outcome", "answered")],
+        )
+    };
+    wait_until("m1 answers two probes", READY, || answered(hv1) >= 2.0);
+    assert_eq!(
+        t.active().expect("active")["port"],
+        "pm1",
+        "answered probes keep the entry"
+    );
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
+    t.assert_receivers(t.traffic([true, true]), 0, true);
+
+    let m1 = t.vm(&M1);
+    m1.exec("nft add table arp dft");
+    m1.exec("nft add chain arp dft out { type filter hook output priority 0 ; }");
+    m1.exec("nft add rule arp dft out arp operation reply drop");
+    t.wait_active(None);
+    let h = t.history();
+    let last = h.last().expect("history");
+    assert_eq!(
+        (
+            last["event"].as_str(),
+            last["port"].as_str(),
+            last["why"].as_str(),
+            last["by"].as_str()
+        ),
+        (
+            Some("released"),
+            Some("pm1"),
+            Some("probe_loss"),
+            Some("hv1")
+        ),
+        "history: {h:?}"
+    );
+    let hv1 = t.hv(&M1);
+    assert!(
+        counter(
+            hv1,
+            "dragonflow_activeport_probes_total",
+            &[("outcome", "expired")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        counter(
+            hv1,
+            "dragonflow_activeport_removed_total",
+            &[("why", "probe_loss")]
+        ),
+        1.0
+    );
+    // Broadcast way again: the routed client's pings reach both holders (m1, still master
+    // with its VIP, answers them).
+    t.wait_reach(&C2);
+    let got = t.traffic([true, true]);
+    assert_eq!(
+        [got[0][1], got[1][1]],
+        [N, N],
+        "routed VIP pings after the expiry reach both holders"
+    );
+    assert_eq!(t.active(), None, "nothing re-claimed the VIP");
+}
+
+/// ATTACKS rows 4 and 4b: a GARP for the VIP from a port that does not list it is dropped
+/// (`arp_spoof`) and moves nothing; one from a port that lists it moves the VIP; a quick
+/// move back is dampened.
+fn detection_rogue_and_listed_garps() {
+    let t = Vip::new(Mode::Detection, false, &[]);
+    // No keepalived: the VIP on both holders answers the probes; GARPs are crafted.
+    for h in HOLDERS {
+        t.vm(h).exec(&format!("ip addr add {VIP}/32 dev eth0"));
+    }
+    send_garp(t.vm(&M1), &["--ip", VIP]);
+    let first = t.wait_active(Some("pm1")).expect("active");
+
+    let hv3 = t.hv(&C1);
+    let spoof = hv3.drops("arp_spoof");
+    send_garp(t.vm(&C1), &["--ip", VIP]);
+    wait_until("the rogue GARP dropped as arp_spoof on hv3", READY, || {
+        hv3.drops("arp_spoof") > spoof
+    });
+    let after = t.active().expect("still active");
+    assert_eq!(after, first, "a rogue GARP moves nothing");
+    assert_eq!(t.history().len(), 1, "and writes no history");
+    assert!(
+        !hv3.ns
+            .http_get(&hv3.metrics_addr, "/garp")
+            .is_some_and(|(_, b)| b.contains(VIP)),
+        "no GARP event for the rogue frame"
+    );
+
+    // A listed port moves it…
+    send_garp(t.vm(&M2), &["--ip", VIP]);
+    t.wait_active(Some("pm2"));
+    // …and moving it straight back is dampened (then done).
+    let hv1 = t.hv(&M1);
+    let dampened = counter(hv1, "dragonflow_activeport_dampened_total", &[]);
+    send_garp(t.vm(&M1), &["--ip", VIP]);
+    t.wait_active(Some("pm1"));
+    assert!(
+        counter(hv1, "dragonflow_activeport_dampened_total", &[]) > dampened,
+        "the move back within the back-off was dampened"
+    );
+    let h = t.history();
+    let seq: Vec<(&str, &str)> = h
+        .iter()
+        .map(|r| {
+            (
+                r["port"].as_str().unwrap_or_default(),
+                r["event"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seq,
+        [("pm1", "claimed"), ("pm2", "claimed"), ("pm1", "claimed")],
+        "history: {h:?}"
+    );
+    let claims: f64 = t
+        .cloud
+        .hvs
+        .iter()
+        .map(|hv| counter(hv, "dragonflow_activeport_claims_total", &[]))
+        .sum();
+    assert_eq!(claims, 3.0, "three claims written in all");
+}
+
+/// The AAP is removed from the active port: its agent removes the entry (`aap_removed`).
+fn detection_aap_removed() {
+    let mut t = Vip::new(Mode::Detection, false, &[]);
+    t.start_keepalived();
+    t.check_claim(&M1);
+    t.cloud
+        .dfctl(&format!("lport update pm1 --remove-aap {VIP}"));
+    t.wait_active(None);
+    let h = t.history();
+    let last = h.last().expect("history");
+    assert_eq!(
+        (
+            last["event"].as_str(),
+            last["port"].as_str(),
+            last["why"].as_str()
+        ),
+        (Some("released"), Some("pm1"), Some("aap_removed")),
+        "history: {h:?}"
+    );
+    assert_eq!(
+        counter(
+            t.hv(&M1),
+            "dragonflow_activeport_removed_total",
+            &[("why", "aap_removed")]
+        ),
+        1.0
+    );
+}
+
+/// The active holder's agent is killed (-9) and started again: the entry stays (moved to
+/// the new agent's lease before the old lease expires), and traffic continues.
+fn detection_agent_restart() {
+    let mut t = Vip::new(Mode::Detection, false, &[]);
+    t.start_keepalived();
+    let before = t.wait_active(Some("pm1")).expect("active");
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
+    let chassis_key = "/dragonflow/chassis/hv1";
+    let active_key = format!("/dragonflow/activeport/net1/{VIP}");
+    let old_lease = lease_of(&t.cloud, chassis_key).expect("hv1's lease");
+    assert_eq!(
+        lease_of(&t.cloud, &active_key),
+        Some(old_lease),
+        "claimed under hv1's lease"
+    );
+
+    // Pings from both clients for the whole restart.
+    let pingers: Vec<_> = CLIENTS
+        .iter()
+        .map(|c| {
+            t.vm(c)
+                .command("ping")
+                .args(["-q", "-n", "-i", "0.05", "-w", "12", "-W", "1", VIP])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn ping")
+        })
+        .collect();
+    t.cloud.hvs[0].kill_agent();
+    t.cloud.start_agent(0);
+    wait_until(
+        "hv1's new agent moved the claim to its lease",
+        READY,
+        || {
+            counter(
+                &t.cloud.hvs[0],
+                "dragonflow_activeport_reattached_total",
+                &[],
+            ) >= 1.0
+        },
+    );
+    let new_lease = lease_of(&t.cloud, chassis_key).expect("hv1's new lease");
+    assert_ne!(new_lease, old_lease);
+    // The old lease runs out (--lease-ttl, 6 s): the entry must outlive it.
+    wait_until("the killed agent's lease to expire", READY, || {
+        let out = t
+            .cloud
+            .etcdctl(&["lease", "timetolive", &format!("{old_lease:x}")]);
+        String::from_utf8_lossy(&out.stdout).contains("already expired")
+    });
+    let after = t.active().expect("the entry survived the restart");
+    assert_eq!(after, before, "same holder, same since");
+    assert_eq!(lease_of(&t.cloud, &active_key), Some(new_lease));
+    for (c, p) in CLIENTS.iter().zip(pingers) {
+        let out = p.wait_with_output().expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (sent, recv) = ping_stats(&text);
+        assert!(
+            sent > 100 && recv * 100 >= sent * 95,
+            "{} → VIP across the agent restart: {recv}/{sent} replies\n{text}",
+            c.name
+        );
+    }
+    assert!(
+        t.history().len() == 1,
+        "no move in the history: {:?}",
+        t.history()
+    );
+}
+
+/// The lease a key is attached to.
+fn lease_of(cloud: &Cloud, key: &str) -> Option<i64> {
+    let out = cloud.etcdctl(&["get", key, "-w", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["kvs"][0]["lease"].as_i64()
+}
+
+/// (transmitted, received) from ping's summary line.
+fn ping_stats(text: &str) -> (usize, usize) {
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_default();
+    let num = |key: &str| {
+        line.split(',')
+            .find(|p| p.contains(key))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
+
+#[test]
+fn broadcast_stop_master() {
+    keepalived_stop(Mode::Broadcast, false);
+}
+#[test]
+fn detection_stop_master() {
+    keepalived_stop(Mode::Detection, false);
+}
+#[test]
+fn broadcast_cut_master_link() {
+    link_cut(Mode::Broadcast);
+}
+#[test]
+fn detection_cut_master_link() {
+    link_cut(Mode::Detection);
+}
+#[test]
+fn broadcast_vrrp_virtual_mac() {
+    keepalived_stop(Mode::Broadcast, true);
+}
+#[test]
+fn detection_vrrp_virtual_mac() {
+    keepalived_stop(Mode::Detection, true);
+}
+#[test]
+fn detection_expiry_after_missed_probes() {
+    detection_probe_expiry();
+}
+#[test]
+fn detection_rogue_garp_moves_nothing() {
+    detection_rogue_and_listed_garps();
+}
+#[test]
+fn detection_aap_removed_while_active() {
+    detection_aap_removed();
+}
+#[test]
+fn detection_agent_restart_keeps_entry() {
+    detection_agent_restart();
+}
+
+#[test]
+fn ping_summary_parses() {
+    assert_eq!(
+        ping_stats("--- x ---\n240 packets transmitted, 238 received, 0% packet loss"),
+        (240, 238)
+    );
+}
