@@ -424,10 +424,16 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// `<bpffs>/dragonflow/<chassis>`: where a chassis' agent pins its maps and links (`dfctl
+/// ct list` reads the conntrack table there).
+pub fn pin_root_of(bpffs: &Path, chassis: &str) -> PathBuf {
+    bpffs.join("dragonflow").join(chassis)
+}
+
 impl Config {
     /// `<bpffs>/dragonflow/<chassis>`.
     pub fn pin_root(&self) -> PathBuf {
-        self.bpffs.join("dragonflow").join(&self.chassis)
+        pin_root_of(&self.bpffs, &self.chassis)
     }
     pub fn maps_dir(&self) -> PathBuf {
         self.pin_root().join("maps")

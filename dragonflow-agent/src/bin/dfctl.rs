@@ -97,6 +97,9 @@ enum Cmd {
     /// send and receive).
     #[command(subcommand)]
     Secgroup(SecgroupCmd),
+    /// The conntrack table of the agent on this host (read from its pinned map; root).
+    #[command(subcommand)]
+    Ct(CtCmd),
     /// Hypervisors registered by their agents.
     #[command(subcommand)]
     Chassis(ChassisCmd),
@@ -166,6 +169,21 @@ enum SubnetCmd {
     List,
     Show {
         id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtCmd {
+    /// Tracked flows, as seen from each port (local = the VM's side).
+    List {
+        /// The chassis whose agent runs here (its pins are under <bpffs>/dragonflow/<chassis>).
+        #[arg(long, env = "DRAGONFLOW_CHASSIS")]
+        chassis: String,
+        #[arg(long, env = "DRAGONFLOW_BPFFS", default_value = dragonflow_agent::config::DEFAULT_BPFFS)]
+        bpffs: std::path::PathBuf,
+        /// Only the flows of this tap.
+        #[arg(long)]
+        ifindex: Option<u32>,
     },
 }
 
@@ -441,6 +459,14 @@ async fn run(cli: Cli) -> Result<()> {
     if let Cmd::Garp(GarpCmd::List { agent }) = &cli.cmd {
         return garp_list(agent, timeout, cli.output);
     }
+    if let Cmd::Ct(CtCmd::List {
+        chassis,
+        bpffs,
+        ifindex,
+    }) = &cli.cmd
+    {
+        return ct_list(chassis, bpffs, *ifindex, cli.output);
+    }
     let mut prefix = cli.prefix.clone();
     if !prefix.ends_with('/') {
         prefix.push('/');
@@ -487,6 +513,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Lport(c) => ctx.lport(c).await,
         Cmd::Lrouter(c) => ctx.lrouter(c).await,
         Cmd::Secgroup(c) => ctx.secgroup(c).await,
+        Cmd::Ct(_) => unreachable!("handled above"),
         Cmd::Chassis(ChassisCmd::List) => ctx.list::<Chassis>(chassis_row).await,
         Cmd::Chassis(ChassisCmd::Show { name }) => ctx.show::<Chassis>(&name).await,
         Cmd::Garp(_) => unreachable!("handled above"),
@@ -977,6 +1004,114 @@ impl Ctx {
         let v = self.store.get_existing::<T>(id).await?;
         print_json(&v.value)
     }
+}
+
+/// One conntrack entry, for `ct list`.
+#[derive(Serialize)]
+struct CtRow {
+    ifindex: u32,
+    proto: u8,
+    local: String,
+    lport: u16,
+    remote: String,
+    rport: u16,
+    state: &'static str,
+    origin: &'static str,
+    idle_s: f64,
+    policy_gen: u32,
+}
+
+fn ct_list(
+    chassis: &str,
+    bpffs: &std::path::Path,
+    ifindex: Option<u32>,
+    output: Output,
+) -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use dragonflow_common::{addr::FAMILY_V4, maps, sg};
+    let path = dragonflow_agent::config::pin_root_of(bpffs, chassis)
+        .join("maps")
+        .join(maps::CT);
+    let unavailable = |e: &dyn std::error::Error| {
+        CliError::Unavailable(format!(
+            "cannot open {} (is the agent of chassis {chassis} running here, and are you root?): {}",
+            path.display(),
+            error_chain(e)
+        ))
+    };
+    let data = MapData::from_pin(&path).map_err(|e| unavailable(&e))?;
+    let map = Map::from_map_data(data).map_err(|e| unavailable(&e))?;
+    let ct: HashMap<MapData, sg::CtKey, sg::CtValue> =
+        HashMap::try_from(map).map_err(|e| unavailable(&e))?;
+    let now = dragonflow_agent::conntrack::monotonic_ns();
+    let addr = |family: u8, b: &[u8; 16]| -> String {
+        if family == FAMILY_V4 {
+            std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+        } else {
+            std::net::Ipv6Addr::from(*b).to_string()
+        }
+    };
+    let mut rows: Vec<CtRow> = ct
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, _)| ifindex.is_none_or(|i| i == k.ifindex))
+        .map(|(k, v)| CtRow {
+            ifindex: k.ifindex,
+            proto: k.proto,
+            local: addr(k.family, &k.local),
+            lport: u16::from_be(k.lport),
+            remote: addr(k.family, &k.remote),
+            rport: u16::from_be(k.rport),
+            state: match v.state {
+                sg::CT_TCP_SYN_SENT => "syn_sent",
+                sg::CT_TCP_ESTABLISHED => "established",
+                sg::CT_TCP_CLOSING => "closing",
+                sg::CT_TCP_CLOSED => "closed",
+                sg::CT_UNREPLIED => "unreplied",
+                sg::CT_REPLIED => "replied",
+                _ => "?",
+            },
+            origin: match v.origin {
+                sg::CT_ORIGIN_EGRESS => "egress",
+                sg::CT_ORIGIN_INGRESS => "ingress",
+                _ => "?",
+            },
+            idle_s: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
+            policy_gen: v.policy_gen,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (a.ifindex, a.proto, &a.local, a.lport, &a.remote, a.rport)
+            .cmp(&(b.ifindex, b.proto, &b.local, b.lport, &b.remote, b.rport))
+    });
+    if output == Output::Json {
+        return print_json(&rows);
+    }
+    let rows = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.ifindex.to_string(),
+                r.proto.to_string(),
+                format!("{} {}", r.local, r.lport),
+                format!("{} {}", r.remote, r.rport),
+                r.state.to_string(),
+                r.origin.to_string(),
+                format!("{:.1}s", r.idle_s),
+                r.policy_gen.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "IFINDEX", "PROTO", "LOCAL", "REMOTE", "STATE", "ORIGIN", "IDLE", "GEN"
+            ],
+            rows
+        )
+    );
+    Ok(())
 }
 
 /// The group every port with port security gets when none is named (Neutron's per-project
