@@ -29,6 +29,7 @@ fn crud_round_trip() {
         "lport create web1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11 \
          --aap 192.0.2.100 --chassis hv1 --ifname tapweb1",
     );
+    etcd.ok("secgroup create sg1");
     etcd.ok(
         "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
          --fixed-ip 2001:db8::12 --aap 192.0.2.100 --aap 198.51.100.0/24,00:00:5e:00:01:01 \
@@ -89,7 +90,15 @@ fn crud_round_trip() {
     assert_eq!(p["fixed_ips"], serde_json::json!(["192.0.2.21"]));
     assert_eq!(p["chassis"], "hv2");
     assert_eq!(p["ifname"], "tapw1");
-    etcd.ok("lport update web1 --remove-aap 192.0.2.100 --port-security false");
+    // web1 got the default group; Neutron refuses to turn port security off under it.
+    etcd.fails(
+        "lport update web1 --port-security false",
+        2,
+        "security groups (default) need port security",
+    );
+    etcd.ok(
+        "lport update web1 --remove-aap 192.0.2.100 --port-security false --no-security-groups",
+    );
     assert_eq!(
         json(&etcd.ok("lport show web1"))["port_security_enabled"],
         false
@@ -328,7 +337,7 @@ fn validation_errors_reach_the_user() {
     // Update-time rules.
     etcd.ok("lport create p3 --lswitch net1 --mac fa:16:3e:00:00:03 --aap 192.0.2.5");
     etcd.fails(
-        "lport update p3 --port-security false",
+        "lport update p3 --port-security false --no-security-groups",
         2,
         "require port security",
     );
@@ -357,7 +366,7 @@ fn validation_errors_reach_the_user() {
         2,
         "need port security",
     );
-    etcd.ok("lport update p3 --port-security false --remove-aap 192.0.2.5");
+    etcd.ok("lport update p3 --port-security false --remove-aap 192.0.2.5 --no-security-groups");
 }
 
 #[test]
@@ -878,4 +887,247 @@ fn lrouter_dual_stack_interface() {
     etcd.ok("subnet delete sub6");
     etcd.ok("lrouter delete r1");
     etcd.ok("lrouter delete r2");
+}
+
+/// The security-group CLI contract: groups with Neutron's default rules, rules with their
+/// validation, the default group of new ports, refusals that name what is in the way.
+#[test]
+fn secgroup_lifecycle() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24");
+
+    // A port with port security and no group gets `default`, created on the way.
+    let out =
+        etcd.ok("lport create p1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11");
+    assert!(out.contains("created secgroup default"), "{out}");
+    assert_eq!(
+        json(&etcd.ok("lport show p1"))["security_groups"],
+        serde_json::json!(["default"])
+    );
+    let d = json(&etcd.ok("secgroup show default -o json"));
+    let rules: Vec<(String, String, serde_json::Value)> = d["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["direction"].as_str().unwrap().to_string(),
+                r["ethertype"].as_str().unwrap().to_string(),
+                r["remote_group_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            ("egress".into(), "IPv4".into(), serde_json::Value::Null),
+            ("egress".into(), "IPv6".into(), serde_json::Value::Null),
+            ("ingress".into(), "IPv4".into(), "default".into()),
+            ("ingress".into(), "IPv6".into(), "default".into()),
+        ]
+    );
+    // The second port finds it; no port security, no group.
+    let out =
+        etcd.ok("lport create p2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12");
+    assert!(!out.contains("secgroup"), "{out}");
+    etcd.ok("lport create p3 --lswitch net1 --mac fa:16:3e:00:00:03 --no-port-security");
+    assert_eq!(
+        json(&etcd.ok("lport show p3"))["security_groups"],
+        serde_json::json!([])
+    );
+    etcd.fails(
+        "lport create p4 --lswitch net1 --mac fa:16:3e:00:00:04 --no-port-security \
+         --security-group default",
+        2,
+        "security groups (default) need port security",
+    );
+    etcd.fails(
+        "lport create p4 --lswitch net1 --mac fa:16:3e:00:00:04 --security-group web",
+        2,
+        "lport p4: security group web does not exist",
+    );
+
+    // A new group: only the egress rules; --no-default-rules: none.
+    etcd.ok("secgroup create web --name web-servers");
+    assert_eq!(
+        json(&etcd.ok("secgroup show web -o json"))["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    etcd.ok("secgroup create locked --no-default-rules");
+    assert!(
+        json(&etcd.ok("secgroup show locked -o json"))["rules"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    etcd.fails("secgroup create web", 2, "secgroup web already exists");
+
+    // Rules: printed ids, one port from --port-min, ethertype from the prefix.
+    let id = etcd.ok("secgroup rule-add web --direction ingress --protocol tcp --port-min 80");
+    let id = id.trim();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(
+        etcd.ok(
+            "secgroup rule-add web --direction ingress --protocol tcp --port-min 22 \
+             --remote-ip-prefix 2001:db8::/32 --id ssh6"
+        )
+        .trim(),
+        "ssh6"
+    );
+    etcd.ok(
+        "secgroup rule-add web --direction ingress --protocol icmp --port-min 8 \
+         --remote-group default --id ping",
+    );
+    let web = json(&etcd.ok("secgroup show web -o json"));
+    let r = web["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap();
+    assert_eq!(
+        (
+            &r["protocol"],
+            &r["port_range_min"],
+            &r["port_range_max"],
+            &r["ethertype"]
+        ),
+        (
+            &serde_json::json!("tcp"),
+            &serde_json::json!(80),
+            &serde_json::json!(80),
+            &serde_json::json!("IPv4")
+        )
+    );
+    let ssh = web["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "ssh6")
+        .unwrap();
+    assert_eq!(ssh["ethertype"], "IPv6");
+    assert_eq!(ssh["remote_ip_prefix"], "2001:db8::/32");
+    let table = etcd.ok("secgroup show web");
+    assert!(table.contains("secgroup web (web-servers)"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ping") && l.contains("type 8") && l.contains("group default")),
+        "{table}"
+    );
+    etcd.fails(
+        "secgroup rule-add web --direction ingress --protocol tcp --port-min 80 --port-max 80",
+        2,
+        &format!("rule {id} already allows exactly this"),
+    );
+    for (args, msg) in [
+        ("--direction sideways", "direction \"sideways\" is invalid"),
+        (
+            "--direction ingress --ethertype ipv5",
+            "ethertype \"ipv5\" is invalid",
+        ),
+        (
+            "--direction ingress --protocol tcp --port-min 0",
+            "port_range_min 0 is out of range 1..=65535",
+        ),
+        (
+            "--direction ingress --protocol udp --port-min 90 --port-max 80",
+            "port_range_min 90 is greater than port_range_max 80",
+        ),
+        (
+            "--direction ingress --protocol icmp --port-max 1",
+            "port_range_max (ICMP code) needs port_range_min (ICMP type)",
+        ),
+        (
+            "--direction ingress --protocol icmp --port-min 300",
+            "port_range_min 300 is out of range 0..=255 (ICMP type)",
+        ),
+        (
+            "--direction ingress --port-min 80",
+            "port_range_min/port_range_max need a protocol",
+        ),
+        (
+            "--direction ingress --protocol gre --port-min 80",
+            "protocol gre has no ports we match",
+        ),
+        (
+            "--direction ingress --protocol icmpv6 --ethertype ipv4",
+            "protocol icmpv6 is IPv6 only",
+        ),
+        (
+            "--direction ingress --protocol tcpp",
+            "protocol \"tcpp\" is invalid",
+        ),
+        (
+            "--direction ingress --remote-ip-prefix 192.0.2.5/24",
+            "remote_ip_prefix 192.0.2.5/24 has host bits set; did you mean 192.0.2.0/24?",
+        ),
+        (
+            "--direction ingress --ethertype ipv6 --remote-ip-prefix 192.0.2.0/24",
+            "remote_ip_prefix 192.0.2.0/24 is not an IPv6 prefix",
+        ),
+        (
+            "--direction ingress --remote-group nope",
+            "remote_group_id nope does not exist",
+        ),
+        (
+            "--direction ingress --id ping",
+            "rule id ping is listed twice",
+        ),
+    ] {
+        etcd.fails(&format!("secgroup rule-add web {args}"), 2, msg);
+    }
+    etcd.fails(
+        "secgroup rule-add nope --direction ingress",
+        2,
+        "secgroup nope not found",
+    );
+
+    // Ports use groups by update too.
+    etcd.ok("lport update p2 --security-group web --security-group default");
+    etcd.fails(
+        "lport update p2 --security-group nope",
+        2,
+        "security group nope does not exist",
+    );
+    let list = etcd.ok("secgroup list");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("default") && l.contains("p1;p2")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web") && l.contains("web-servers") && l.contains("5")),
+        "{list}"
+    );
+
+    // Deleting a group in use: refused, naming the ports, then the rules naming it.
+    etcd.fails("secgroup delete web", 2, "secgroup web is used by lport p2");
+    etcd.fails(
+        "secgroup delete default",
+        2,
+        "secgroup default is used by lport p1, p2",
+    );
+    etcd.ok("lport update p1 --no-security-groups");
+    etcd.ok("lport update p2 --security-group locked");
+    etcd.fails(
+        "secgroup delete default",
+        2,
+        "secgroup default is the remote group of secgroup web rule ping",
+    );
+    etcd.ok("secgroup rule-delete web ping");
+    etcd.fails(
+        "secgroup rule-delete web ping",
+        2,
+        "secgroup web: it has no rule ping",
+    );
+    etcd.ok("secgroup delete default");
+    etcd.ok("secgroup delete web");
+    etcd.fails("secgroup delete web", 2, "secgroup web not found");
+    assert!(!etcd.ok("secgroup list").contains("web"));
 }

@@ -721,9 +721,10 @@ impl Ctx {
         };
         let mut port = port;
         self.check(&port)?;
-        // Neutron: a port with port security and no group gets the project's `default`.
-        if port.port_security_enabled && port.security_groups.is_empty() {
-            self.ensure_default_group().await?;
+        // Neutron: a port with port security and no group gets the project's `default`
+        // (created below, once everything else about the port is known to be fine).
+        let needs_default = port.port_security_enabled && port.security_groups.is_empty();
+        if needs_default {
             port.security_groups = vec![DEFAULT_GROUP.to_string()];
         } else {
             let groups = self.items::<SecGroup>().await?;
@@ -740,6 +741,9 @@ impl Ctx {
         let routers = self.items::<LRouter>().await?;
         if let Some(why) = router_conflict(&port, &routers) {
             return Err(CliError::Refused(format!("lport {id}: {why}")));
+        }
+        if needs_default {
+            self.ensure_default_group().await?;
         }
         self.store
             .create_requiring(&port, &[(Kind::LSwitch, &port.lswitch)])
@@ -1446,7 +1450,7 @@ impl Ctx {
         };
         match self.store.create(&g).await {
             Ok(_) => {
-                eprintln!(
+                println!(
                     "created secgroup {DEFAULT_GROUP} (egress anywhere, ingress from its members)"
                 );
                 Ok(())
