@@ -1063,3 +1063,32 @@ fn xdp_pass_pinned(ifindex: u32, pin: &Path) {
     let link = rawbpf::link(&prog, ifindex, rawbpf::ATTACH_XDP);
     rawbpf::pin(&link, pin);
 }
+
+// ---- Additions for the security-group integration tests (issue 4). ----
+
+impl Hypervisor {
+    /// Polls [`Hypervisor::counter`] until it has grown by at least `n` from `before`;
+    /// the growth, or `Err` with what it reached at the deadline.
+    pub fn wait_counter(
+        &self,
+        (direction, verdict, name): (&str, &str, &str),
+        before: f64,
+        n: f64,
+        timeout: Duration,
+    ) -> Result<f64, String> {
+        let start = Instant::now();
+        loop {
+            let grown = self.counter(direction, verdict, name) - before;
+            if grown >= n {
+                return Ok(grown);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{}: counter {direction}/{verdict}/{name} grew by {grown} (want ≥ {n}) within {timeout:?}",
+                    self.name
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

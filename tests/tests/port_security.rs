@@ -12,14 +12,19 @@
 //! forwarding outcome (`l2_local`, `flood`, `arp_responder`, `nd_responder`). ARP requests
 //! and neighbour solicitations for addresses the network knows are answered by the
 //! datapath and never reach the peer; those for unknown addresses are flooded.
+//!
+//! Security groups are on (the agent's default) and every port with port security is in
+//! `allow-all` (common::ALLOW_ALL): the legitimate frames here include sources no group
+//! would list (link-locals, 0.0.0.0, a port without port security), and the verdicts
+//! asserted are port security's. security_groups.rs tests the groups themselves.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{
-    A, AGENT_URL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence, link_local,
-    probe, wait_counted,
+    A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
+    link_local, probe, wait_counted,
 };
 use serde_json::{Value, json};
 use tests::harness::{Hook, dfctl_bin, metric_sum, ping, wait_for, wait_until};
@@ -1045,9 +1050,12 @@ fn aap_live_and_garp(hook: Hook) {
         probe(c, &t.ctl[1], "ra", json!({})),
         "port security off: c's RA should pass"
     );
-    // Turned on and off again live through dfctl.
+    // Turned on and off again live through dfctl (with port security come security
+    // groups: allow-all, like the other ports; without it, none — the CLI refuses both).
     let c_spoof = json!({"src_ip": "192.0.2.66", "src_mac": FOREIGN_MAC});
-    t.cloud.dfctl("lport update pc --port-security true");
+    t.cloud.dfctl(&format!(
+        "lport update pc --port-security true --security-group {ALLOW_ALL}"
+    ));
     wait_probe("--port-security true reaches the datapath", false, || {
         probe(c, &t.ctl[1], "udp4", c_spoof.clone())
     });
@@ -1065,7 +1073,8 @@ fn aap_live_and_garp(hook: Hook) {
         json!({}),
         Pass(&["ipv4"], L2),
     );
-    t.cloud.dfctl("lport update pc --port-security false");
+    t.cloud
+        .dfctl("lport update pc --port-security false --no-security-groups");
     wait_probe("--port-security false reaches the datapath", true, || {
         probe(c, &t.ctl[1], "udp4", c_spoof.clone())
     });

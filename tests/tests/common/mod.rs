@@ -442,10 +442,42 @@ pub fn forwarding_enabled(hv: &Hypervisor) -> f64 {
     metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]).unwrap_or(0.0)
 }
 
+/// The security group these suites give every port with port security.
+///
+/// Security groups are on by default (issue 4) and a port created without
+/// `--security-group` gets `default`, whose ingress admits only the group's members'
+/// addresses. The port-security and resilience suites send, legitimately, from addresses
+/// no group lists (link-locals, 0.0.0.0 DHCP, a port without port security, addresses
+/// made legitimate by an AAP live) and assert what port security and forwarding do with
+/// them; so their ports allow everything both ways, IPv4 and IPv6, and the verdicts they
+/// see stay port security's. Security groups have their own suite (security_groups.rs).
+pub const ALLOW_ALL: &str = "allow-all";
+
+/// Creates [`ALLOW_ALL`]: Neutron's default egress rules plus ingress any, both families.
+pub fn create_allow_all(cloud: &Cloud) {
+    cloud.dfctl(&format!("secgroup create {ALLOW_ALL} --name {ALLOW_ALL}"));
+    for e in ["ipv4", "ipv6"] {
+        cloud.dfctl(&format!(
+            "secgroup rule-add {ALLOW_ALL} --direction ingress --ethertype {e}"
+        ));
+    }
+}
+
+/// `dfctl lport create` arguments for a spec's security groups: [`ALLOW_ALL`] unless the
+/// port has no port security (then no group: the CLI refuses the combination).
+pub fn secgroup_args(extra: &str) -> String {
+    if extra.contains("--no-port-security") {
+        String::new()
+    } else {
+        format!("--security-group {ALLOW_ALL}")
+    }
+}
+
 /// A cloud with one hypervisor `hv1` (agent on `hook`, started with its defaults:
-/// forwarding in the datapath, and no Linux bridge in the hypervisor), one network with an
-/// IPv4 and an IPv6 subnet, a port and a VM per spec, and a vmctl in every VM. VM 1 is
-/// everybody's peer; VM 0 is VM 1's peer.
+/// forwarding in the datapath, security groups on, and no Linux bridge in the
+/// hypervisor), one network with an IPv4 and an IPv6 subnet, a port (in [`ALLOW_ALL`])
+/// and a VM per spec, and a vmctl in every VM. VM 1 is everybody's peer; VM 0 is VM 1's
+/// peer.
 pub struct Topo {
     /// Dropped before the cloud (fields drop in declaration order).
     pub ctl: Vec<Ctl>,
@@ -471,15 +503,17 @@ impl Topo {
         cloud.dfctl("lswitch create net1 --vni 100 --mtu 1450");
         cloud.dfctl("subnet create sub4 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1");
         cloud.dfctl("subnet create sub6 --lswitch net1 --cidr 2001:db8::/64");
+        create_allow_all(&cloud);
         for s in specs {
             cloud.dfctl(&format!(
-                "lport create {} --lswitch net1 --mac {} --fixed-ip {} --fixed-ip {} --chassis hv1 --ifname {} {}",
+                "lport create {} --lswitch net1 --mac {} --fixed-ip {} --fixed-ip {} --chassis hv1 --ifname {} {} {}",
                 s.port(),
                 s.mac,
                 s.ip4,
                 s.ip6,
                 s.tap(),
-                s.extra
+                s.extra,
+                secgroup_args(s.extra)
             ));
         }
         for s in specs {
