@@ -29,7 +29,7 @@
 //! for any protocol stops the prefix before `proto`. Every entry is an allow.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -116,8 +116,17 @@ pub struct SgState {
 #[derive(Clone, Debug, Default)]
 pub struct Identities {
     by_set: BTreeMap<(u8, Vec<Selector>), u32>,
+    /// The numbers of `by_set`.
+    in_use: HashSet<u32>,
     next: u32,
     hints: HashMap<IdentLpmKey, u32>,
+}
+
+/// The numbers given out by one computation (they replace [`Identities::by_set`]).
+#[derive(Default)]
+struct Round {
+    by_set: BTreeMap<(u8, Vec<Selector>), u32>,
+    nums: HashSet<u32>,
 }
 
 impl Identities {
@@ -138,20 +147,19 @@ impl Identities {
     fn number(
         &mut self,
         family: u8,
-        set: &[Selector],
+        set: Vec<Selector>,
         entry: &IdentLpmKey,
-        fresh: &mut BTreeMap<(u8, Vec<Selector>), u32>,
+        round: &mut Round,
     ) -> u32 {
-        let key = (family, set.to_vec());
-        if let Some(&n) = fresh.get(&key) {
-            return n;
-        }
+        let key = (family, set);
         let n = match self.by_set.get(&key) {
             Some(&n) => n,
             None => {
-                let hinted = self.hints.get(entry).copied().filter(|h| {
-                    !self.by_set.values().any(|v| v == h) && !fresh.values().any(|v| v == h)
-                });
+                let hinted = self
+                    .hints
+                    .get(entry)
+                    .copied()
+                    .filter(|h| !self.in_use.contains(h) && !round.nums.contains(h));
                 match hinted {
                     Some(h) => h,
                     None => {
@@ -159,19 +167,20 @@ impl Identities {
                             // Four billion allocations: start over (one full rewrite).
                             self.next = 0;
                             self.by_set.clear();
+                            self.in_use.clear();
                         }
                         loop {
                             self.next += 1;
-                            let n = self.next;
-                            if !fresh.values().any(|v| *v == n) {
-                                break n;
+                            if !round.nums.contains(&self.next) {
+                                break self.next;
                             }
                         }
                     }
                 }
             }
         };
-        fresh.insert(key, n);
+        round.by_set.insert(key, n);
+        round.nums.insert(n);
         n
     }
 }
@@ -351,21 +360,22 @@ pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -
         out.ports.push(view);
     }
 
+    // Selectors by index (sets of indexes are cheap to build and compare).
+    let used: Vec<Selector> = used.into_iter().collect();
+    let index: HashMap<&Selector, usize> = used.iter().enumerate().map(|(i, s)| (s, i)).collect();
+
     // Entries: (family, prefix) → the selectors naming it directly.
-    let mut own: BTreeMap<(u8, IpPrefix), BTreeSet<Selector>> = BTreeMap::new();
-    for sel in &used {
+    let mut own: BTreeMap<(u8, IpPrefix), BTreeSet<usize>> = BTreeMap::new();
+    for (i, sel) in used.iter().enumerate() {
         if let Selector::Prefix(p) = sel {
-            own.entry((family(&p.addr), *p))
-                .or_default()
-                .insert(sel.clone());
+            own.entry((family(&p.addr), *p)).or_default().insert(i);
         }
     }
     for port in nb.lports.values() {
-        let groups: Vec<Selector> = port
+        let groups: Vec<usize> = port
             .security_groups
             .iter()
-            .map(|g| Selector::Group(g.clone()))
-            .filter(|s| used.contains(s))
+            .filter_map(|g| index.get(&Selector::Group(g.clone())).copied())
             .collect();
         if groups.is_empty() {
             continue;
@@ -379,13 +389,13 @@ pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -
         for p in members {
             own.entry((family(&p.addr), p))
                 .or_default()
-                .extend(groups.iter().cloned());
+                .extend(groups.iter().copied());
         }
     }
 
-    // Each entry also carries the selectors of every entry containing it.
-    let mut by_len: BTreeMap<u8, BTreeMap<u8, HashMap<u128, &BTreeSet<Selector>>>> =
-        BTreeMap::new();
+    // Each entry also carries the selectors of every entry containing it: look its
+    // network up at every shorter prefix length in use.
+    let mut by_len: BTreeMap<u8, BTreeMap<u8, HashMap<u128, &BTreeSet<usize>>>> = BTreeMap::new();
     for ((fam, p), sels) in &own {
         let (a, w) = bits(&p.addr);
         by_len
@@ -395,32 +405,44 @@ pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -
             .or_default()
             .insert(mask(a, p.len, w), sels);
     }
-    let mut fresh = BTreeMap::new();
-    // (family, selector) → identities containing it.
-    let mut idents_of: HashMap<(u8, &Selector), BTreeSet<u32>> = HashMap::new();
+    let mut by_set: BTreeMap<(u8, Vec<usize>), Vec<IpPrefix>> = BTreeMap::new();
     for ((fam, p), sels) in &own {
         let (a, w) = bits(&p.addr);
-        let mut set: BTreeSet<&Selector> = sels.iter().collect();
+        let mut set = sels.clone();
         for (&len, nets) in by_len[fam].range(..p.len) {
             if let Some(outer) = nets.get(&mask(a, len, w)) {
                 set.extend(outer.iter());
             }
         }
-        let set: Vec<Selector> = set.into_iter().cloned().collect();
-        let lpm_key = ident_lpm_key(p);
-        let n = ids.number(*fam, &set, &lpm_key, &mut fresh);
-        if p.is_host() {
-            out.entries.ident.insert(lpm_key.key, n);
-        } else {
-            out.entries.ident_lpm.insert(lpm_key, n);
+        by_set
+            .entry((*fam, set.into_iter().collect()))
+            .or_default()
+            .push(*p);
+    }
+
+    // One identity per (family, set).
+    let mut round = Round::default();
+    // (family, selector index) → identities containing it.
+    let mut idents_of: HashMap<(u8, usize), BTreeSet<u32>> = HashMap::new();
+    for ((fam, set), prefixes) in by_set {
+        let sels = set.iter().map(|&i| used[i].clone()).collect();
+        let n = ids.number(fam, sels, &ident_lpm_key(&prefixes[0]), &mut round);
+        for p in &prefixes {
+            let k = ident_lpm_key(p);
+            if p.is_host() {
+                out.entries.ident.insert(k.key, n);
+            } else {
+                out.entries.ident_lpm.insert(k, n);
+            }
         }
-        for s in used.iter().filter(|s| set.contains(s)) {
-            idents_of.entry((*fam, s)).or_default().insert(n);
+        for i in set {
+            idents_of.entry((fam, i)).or_default().insert(n);
         }
     }
-    out.identities = fresh.len();
+    out.identities = round.by_set.len();
     // Sets gone from the NB state are forgotten; their numbers are not reused.
-    ids.by_set = fresh;
+    ids.by_set = round.by_set;
+    ids.in_use = round.nums;
     ids.hints.clear();
 
     // Policy: every rule over the identities of its selector.
@@ -428,10 +450,9 @@ pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -
     for (ifindex, gid, rule) in local {
         let fam = rule_family(rule);
         let any = BTreeSet::from([ident_any(fam)]);
-        let sel = rule_selector(rule);
-        let idents = match &sel {
+        let idents = match rule_selector(rule) {
             None => &any,
-            Some(sel) => idents_of.get(&(fam, sel)).unwrap_or(&none),
+            Some(sel) => idents_of.get(&(fam, index[&sel])).unwrap_or(&none),
         };
         let dir = match rule.direction {
             RuleDirection::Egress => DIR_EGRESS,
@@ -1013,6 +1034,26 @@ mod tests {
         assert_eq!(before.entries, after.entries);
         // A new set after that gets a number above the adopted ones.
         assert!(restarted.next >= 42);
+    }
+
+    #[test]
+    fn policy_size_does_not_grow_with_members() {
+        // 10,000 members of one remote group: one identity, so one policy entry per rule
+        // block, whatever the membership.
+        let mut ports = vec![port("local", &["sg"], &["192.0.2.1"], &[])];
+        for i in 0..10_000u32 {
+            let ip = std::net::Ipv4Addr::from(0xc633_0000 + i).to_string(); // 198.51.x.y
+            ports.push(port(&format!("m{i}"), &["members"], &[ip.as_str()], &[]));
+        }
+        let mut r = from_group("r", "members");
+        r.protocol = Some("tcp".into());
+        r.port_range_min = Some(1000);
+        r.port_range_max = Some(1010);
+        let n = nb(ports, vec![group("sg", vec![r]), group("members", vec![])]);
+        let s = run(&n, &[("local", 1)], &mut Identities::default());
+        assert_eq!(s.entries.ident.len(), 10_000);
+        assert_eq!(s.identities, 1);
+        assert_eq!(s.entries.policy.len(), port_blocks(1000, 1010).len());
     }
 
     #[test]
