@@ -1,6 +1,15 @@
-//! keepalived (VRRP) inside VM namespaces: the configuration two VMs sharing a VIP run, and
-//! a guard for each keepalived process. Shared by the shared-VIP tests
-//! (`tests/aap_keepalived.rs`) and the failover benchmark (`df-bench-failover`).
+//! keepalived (VRRP) inside VM namespaces: the configuration two VMs sharing a VIP run, a
+//! guard for each keepalived process, and the shared-VIP topology. Shared by the
+//! shared-VIP tests (`tests/aap_keepalived.rs`) and the failover benchmark
+//! (`df-bench-failover`).
+//!
+//! ```text
+//!   net1 VNI 100  192.0.2.0/24     r1 192.0.2.1     (fa:16:3e:0a:01:01)
+//!   net2 VNI 200  198.51.100.0/24  r1 198.51.100.1  (fa:16:3e:0a:02:01)
+//!   hv1: m1 (net1 .11, AAP 192.0.2.100)
+//!   hv2: m2 (net1 .12, AAP 192.0.2.100)
+//!   hv3: c1 (net1 .13), c2 (net2 198.51.100.13, routed through r1)
+//! ```
 
 use std::{
     fs,
@@ -11,7 +20,154 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::Netns;
+use crate::harness::{Cloud, Hook, HvOpts, Netns, VmOpts, agent_has_flag, metric, wait_until};
+
+/// The shared VIP.
+pub const VIP: &str = "192.0.2.100";
+/// Its VRRP router id (virtual MAC 00:00:5e:00:01:33).
+pub const VRID: u8 = 51;
+
+/// One VM of the topology: namespace `<prefix>-<name>`, port `p<name>`, tap `tap<name>`.
+pub struct VmDef {
+    pub name: &'static str,
+    /// Hypervisor index (0 = hv1).
+    pub hv: usize,
+    pub lswitch: &'static str,
+    pub mac: &'static str,
+    pub ip: &'static str,
+    pub gw: &'static str,
+}
+
+pub const M1: VmDef = VmDef {
+    name: "m1",
+    hv: 0,
+    lswitch: "net1",
+    mac: "fa:16:3e:0a:00:11",
+    ip: "192.0.2.11",
+    gw: "192.0.2.1",
+};
+pub const M2: VmDef = VmDef {
+    name: "m2",
+    hv: 1,
+    lswitch: "net1",
+    mac: "fa:16:3e:0a:00:12",
+    ip: "192.0.2.12",
+    gw: "192.0.2.1",
+};
+pub const C1: VmDef = VmDef {
+    name: "c1",
+    hv: 2,
+    lswitch: "net1",
+    mac: "fa:16:3e:0a:00:13",
+    ip: "192.0.2.13",
+    gw: "192.0.2.1",
+};
+pub const C2: VmDef = VmDef {
+    name: "c2",
+    hv: 2,
+    lswitch: "net2",
+    mac: "fa:16:3e:0b:00:13",
+    ip: "198.51.100.13",
+    gw: "198.51.100.1",
+};
+/// In `Cloud::vms` order.
+pub const VMS: [&VmDef; 4] = [&M1, &M2, &C1, &C2];
+pub const HOLDERS: [&VmDef; 2] = [&M1, &M2];
+pub const CLIENTS: [&VmDef; 2] = [&C1, &C2];
+
+/// The topology above on three hypervisors without a bridge (tc hook, forwarding in
+/// eBPF), agents started with `--aap-mode <mode>` and `agent_args`, forwarding on
+/// everywhere. With `vmac`, the VIP's AAP MAC is the VRRP virtual MAC on both holders,
+/// else each holder's own MAC.
+pub fn vip_cloud(mode: &str, vmac: bool, agent_args: &[&str]) -> Cloud {
+    let mut cloud = Cloud::new();
+    for i in 0..3 {
+        let hv =
+            cloud.add_hypervisor_opts(&format!("hv{}", i + 1), Hook::Tc, HvOpts { bridge: false });
+        let mut args = vec!["--aap-mode".to_string(), mode.to_string()];
+        // Security groups are issue 4's subject; the shared-VIP ways are judged alone.
+        if agent_has_flag("--security-groups") {
+            args.push("--security-groups=false".into());
+        }
+        args.extend(agent_args.iter().map(|s| s.to_string()));
+        cloud.hvs[hv].extra_agent_args = args;
+    }
+    cloud.dfctl("lrouter create r1");
+    for (ls, vni, cidr, gw, rmac) in [
+        (
+            "net1",
+            100,
+            "192.0.2.0/24",
+            "192.0.2.1",
+            "fa:16:3e:0a:01:01",
+        ),
+        (
+            "net2",
+            200,
+            "198.51.100.0/24",
+            "198.51.100.1",
+            "fa:16:3e:0a:02:01",
+        ),
+    ] {
+        cloud.dfctl(&format!("lswitch create {ls} --vni {vni}"));
+        cloud.dfctl(&format!(
+            "subnet create {ls}-v4 --lswitch {ls} --cidr {cidr} --gateway {gw}"
+        ));
+        cloud.dfctl(&format!(
+            "lrouter add-interface r1 --lswitch {ls} --mac {rmac} --ip {gw}/24"
+        ));
+    }
+    let aap = if vmac {
+        format!("--aap {VIP},{}", VrrpConf::vmac(VRID))
+    } else {
+        format!("--aap {VIP}")
+    };
+    for d in VMS {
+        let extra = if HOLDERS.iter().any(|h| h.name == d.name) {
+            aap.as_str()
+        } else {
+            ""
+        };
+        cloud.dfctl(&format!(
+            "lport create p{} --lswitch {} --mac {} --fixed-ip {} --chassis hv{} --ifname tap{} {extra}",
+            d.name,
+            d.lswitch,
+            d.mac,
+            d.ip,
+            d.hv + 1,
+            d.name
+        ));
+        let opts = VmOpts::for_hook(Hook::Tc, &[d.gw]);
+        cloud.add_vm_opts(
+            d.hv,
+            d.name,
+            &format!("tap{}", d.name),
+            d.mac,
+            &[&format!("{}/24", d.ip)],
+            &opts,
+        );
+    }
+    for i in 0..3 {
+        cloud.start_agent(i);
+    }
+    for hv in &cloud.hvs {
+        wait_until(
+            &format!("dragonflow_forwarding_enabled 1 on {}", hv.name),
+            Duration::from_secs(30),
+            || metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0),
+        );
+    }
+    cloud
+}
+
+/// The namespace of VM `d` in a [`vip_cloud`].
+pub fn vm<'a>(cloud: &'a Cloud, d: &VmDef) -> &'a Netns {
+    let i = VMS
+        .iter()
+        .position(|v| v.name == d.name)
+        .expect("a VM of the topology");
+    &cloud.vms[i].ns
+}
 
 /// One VRRP instance of one VM.
 #[derive(Clone, Debug)]
@@ -34,9 +190,28 @@ pub struct VrrpConf {
     /// then carries the VIP; adverts still leave from the base interface with its own
     /// MAC (`vmac_xmit_base`), as port security requires.
     pub use_vmac: bool,
+    /// A higher-priority backup does not take over from a live master.
+    pub nopreempt: bool,
 }
 
 impl VrrpConf {
+    /// The configuration of holder `me` of [`VIP`] in a [`vip_cloud`]: unicast adverts to
+    /// `peer`, VRRP router id [`VRID`].
+    pub fn for_vip(me: &VmDef, peer: &VmDef, priority: u8, advert_int: f64, vmac: bool) -> Self {
+        VrrpConf {
+            name: me.name.to_string(),
+            iface: "eth0".into(),
+            vrid: VRID,
+            priority,
+            advert_int,
+            src: Some(me.ip.to_string()),
+            peers: vec![peer.ip.to_string()],
+            vips: vec![format!("{VIP}/24")],
+            use_vmac: vmac,
+            nopreempt: false,
+        }
+    }
+
     /// The VRRP virtual MAC of `vrid`.
     pub fn vmac(vrid: u8) -> String {
         format!("00:00:5e:00:01:{vrid:02x}")
@@ -54,6 +229,9 @@ impl VrrpConf {
         );
         if self.use_vmac {
             s.push_str("  use_vmac\n  vmac_xmit_base\n");
+        }
+        if self.nopreempt {
+            s.push_str("  nopreempt\n");
         }
         if let Some(src) = &self.src {
             s.push_str(&format!("  unicast_src_ip {src}\n  unicast_peer {{\n"));

@@ -4,13 +4,9 @@
 //! distributed router, from another subnet. Every scenario of the two ways runs with the
 //! agents in `--aap-mode broadcast` and in `--aap-mode detection`.
 //!
-//! ```text
-//!   net1 VNI 100  192.0.2.0/24     r1 192.0.2.1     (fa:16:3e:0a:01:01)
-//!   net2 VNI 200  198.51.100.0/24  r1 198.51.100.1  (fa:16:3e:0a:02:01)
-//!   hv1: m1 (net1 .11, AAP 192.0.2.100)   keepalived priority 150 (master)
-//!   hv2: m2 (net1 .12, AAP 192.0.2.100)   keepalived priority 100 (backup)
-//!   hv3: c1 (net1 .13), c2 (net2 198.51.100.13, routed through r1)
-//! ```
+//! The topology (`tests::vrrp::vip_cloud`): m1 on hv1 (keepalived priority 150, the
+//! master) and m2 on hv2 (priority 100) share 192.0.2.100 on net1; c1 (net1) and c2 (net2,
+//! through router r1) on hv3 are the clients.
 //!
 //! Who received the clients' VIP traffic is read from a tcpdump on each holder's eth0;
 //! "received none" is decided after a fence: once each client's ping to that holder's own
@@ -26,15 +22,16 @@ use std::{
 use serde_json::Value;
 use tests::{
     harness::{
-        Capture, Cloud, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, agent_has_flag, metric,
-        metric_sum, ping, run, script, wait_until,
+        Capture, Cloud, Hypervisor, Netns, PYTHON, metric, metric_sum, ping, run, script,
+        wait_until,
     },
-    vrrp::{Keepalived, VrrpConf, has_addr},
+    vrrp::{
+        C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr, vip_cloud,
+        vm,
+    },
 };
 
 const READY: Duration = Duration::from_secs(30);
-const VIP: &str = "192.0.2.100";
-const VRID: u8 = 51;
 /// Adverts every 0.5 s: a silent master is replaced after ~1.7 s; long enough that a busy
 /// 2-CPU test machine does not fail over by accident.
 const ADVERT: f64 = 0.5;
@@ -56,52 +53,6 @@ impl Mode {
     }
 }
 
-struct VmDef {
-    name: &'static str,
-    hv: usize,
-    lswitch: &'static str,
-    mac: &'static str,
-    ip: &'static str,
-    gw: &'static str,
-}
-
-const M1: VmDef = VmDef {
-    name: "m1",
-    hv: 0,
-    lswitch: "net1",
-    mac: "fa:16:3e:0a:00:11",
-    ip: "192.0.2.11",
-    gw: "192.0.2.1",
-};
-const M2: VmDef = VmDef {
-    name: "m2",
-    hv: 1,
-    lswitch: "net1",
-    mac: "fa:16:3e:0a:00:12",
-    ip: "192.0.2.12",
-    gw: "192.0.2.1",
-};
-const C1: VmDef = VmDef {
-    name: "c1",
-    hv: 2,
-    lswitch: "net1",
-    mac: "fa:16:3e:0a:00:13",
-    ip: "192.0.2.13",
-    gw: "192.0.2.1",
-};
-const C2: VmDef = VmDef {
-    name: "c2",
-    hv: 2,
-    lswitch: "net2",
-    mac: "fa:16:3e:0b:00:13",
-    ip: "198.51.100.13",
-    gw: "198.51.100.1",
-};
-/// In `Vip::cloud.vms` order.
-const VMS: [&VmDef; 4] = [&M1, &M2, &C1, &C2];
-const HOLDERS: [&VmDef; 2] = [&M1, &M2];
-const CLIENTS: [&VmDef; 2] = [&C1, &C2];
-
 /// The topology above, agents running in `mode`.
 struct Vip {
     mode: Mode,
@@ -115,97 +66,16 @@ struct Vip {
 
 impl Vip {
     fn new(mode: Mode, vmac: bool, agent_args: &[&str]) -> Vip {
-        let mut cloud = Cloud::new();
-        for i in 0..3 {
-            let hv = cloud.add_hypervisor_opts(
-                &format!("hv{}", i + 1),
-                Hook::Tc,
-                HvOpts { bridge: false },
-            );
-            let mut args = vec!["--aap-mode".to_string(), mode.as_str().to_string()];
-            // Security groups are issue 4's subject; these tests judge the AAP ways alone.
-            if agent_has_flag("--security-groups") {
-                args.push("--security-groups=false".into());
-            }
-            args.extend(agent_args.iter().map(|s| s.to_string()));
-            cloud.hvs[hv].extra_agent_args = args;
-        }
-        cloud.dfctl("lrouter create r1");
-        for (ls, vni, cidr, gw, rmac) in [
-            (
-                "net1",
-                100,
-                "192.0.2.0/24",
-                "192.0.2.1",
-                "fa:16:3e:0a:01:01",
-            ),
-            (
-                "net2",
-                200,
-                "198.51.100.0/24",
-                "198.51.100.1",
-                "fa:16:3e:0a:02:01",
-            ),
-        ] {
-            cloud.dfctl(&format!("lswitch create {ls} --vni {vni}"));
-            cloud.dfctl(&format!(
-                "subnet create {ls}-v4 --lswitch {ls} --cidr {cidr} --gateway {gw}"
-            ));
-            cloud.dfctl(&format!(
-                "lrouter add-interface r1 --lswitch {ls} --mac {rmac} --ip {gw}/24"
-            ));
-        }
-        let aap = if vmac {
-            format!("--aap {VIP},{}", VrrpConf::vmac(VRID))
-        } else {
-            format!("--aap {VIP}")
-        };
-        for d in VMS {
-            let extra = if HOLDERS.iter().any(|h| h.name == d.name) {
-                aap.as_str()
-            } else {
-                ""
-            };
-            cloud.dfctl(&format!(
-                "lport create p{} --lswitch {} --mac {} --fixed-ip {} --chassis hv{} --ifname tap{} {extra}",
-                d.name,
-                d.lswitch,
-                d.mac,
-                d.ip,
-                d.hv + 1,
-                d.name
-            ));
-            let opts = VmOpts::for_hook(Hook::Tc, &[d.gw]);
-            cloud.add_vm_opts(
-                d.hv,
-                d.name,
-                &format!("tap{}", d.name),
-                d.mac,
-                &[&format!("{}/24", d.ip)],
-                &opts,
-            );
-        }
-        for i in 0..3 {
-            cloud.start_agent(i);
-        }
-        for hv in &cloud.hvs {
-            wait_until(
-                &format!("dragonflow_forwarding_enabled 1 on {}", hv.name),
-                READY,
-                || metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0),
-            );
-        }
         Vip {
             mode,
             vmac,
-            cloud,
+            cloud: vip_cloud(mode.as_str(), vmac, agent_args),
             ka: [None, None],
         }
     }
 
     fn vm(&self, d: &VmDef) -> &Netns {
-        let i = VMS.iter().position(|v| v.name == d.name).expect("vm");
-        &self.cloud.vms[i].ns
+        vm(&self.cloud, d)
     }
 
     fn hv(&self, d: &VmDef) -> &Hypervisor {
@@ -213,17 +83,7 @@ impl Vip {
     }
 
     fn conf(&self, me: &VmDef, peer: &VmDef, priority: u8) -> VrrpConf {
-        VrrpConf {
-            name: me.name.to_string(),
-            iface: "eth0".into(),
-            vrid: VRID,
-            priority,
-            advert_int: ADVERT,
-            src: Some(me.ip.to_string()),
-            peers: vec![peer.ip.to_string()],
-            vips: vec![format!("{VIP}/24")],
-            use_vmac: self.vmac,
-        }
+        VrrpConf::for_vip(me, peer, priority, ADVERT, self.vmac)
     }
 
     /// keepalived on m1 (priority 150) and m2 (100); returns once m1 is master (holds the
@@ -383,11 +243,10 @@ impl Vip {
     }
 
     /// Asserts who got the clients' VIP traffic: `master` got all of it; the other holder
-    /// (if its link is up) got none in the detection way, and in the broadcast way the
-    /// copies the datapath delivers to every holder: the routed client's (the router's
-    /// neighbour entry for a shared VIP is every holder), and also the same-network
-    /// client's when the VIP MAC is shared (VRRP virtual MAC). A same-network client
-    /// that resolved the VIP to the master's own MAC sends to that MAC only.
+    /// (if its link is up) got none in the detection way and all of it in the broadcast
+    /// way, which delivers every packet for a shared VIP to every holder: routed (the
+    /// router's neighbour entry for the VIP is the holders' group), to a shared VRRP MAC,
+    /// and even to one holder's own MAC (a client that resolved the VIP to the master).
     #[track_caller]
     fn assert_receivers(&self, got: [[usize; 2]; 2], master: usize, other_up: bool) {
         let other = 1 - master;
@@ -404,8 +263,7 @@ impl Vip {
         }
         let want = match self.mode {
             Mode::Detection => [0, 0],
-            Mode::Broadcast if self.vmac => [N, N],
-            Mode::Broadcast => [0, N],
+            Mode::Broadcast => [N, N],
         };
         assert_eq!(
             got[other],
@@ -612,14 +470,16 @@ fn detection_probe_expiry() {
         ),
         1.0
     );
-    // Broadcast way again: the routed client's pings reach both holders (m1, still master
-    // with its VIP, answers them).
-    t.wait_reach(&C2);
+    // Broadcast way again: the clients' pings reach both holders (m1, still master with
+    // its VIP, answers them).
+    for c in CLIENTS {
+        t.wait_reach(c);
+    }
     let got = t.traffic([true, true]);
     assert_eq!(
-        [got[0][1], got[1][1]],
-        [N, N],
-        "routed VIP pings after the expiry reach both holders"
+        got,
+        [[N, N], [N, N]],
+        "VIP pings after the expiry reach both holders"
     );
     assert_eq!(t.active(), None, "nothing re-claimed the VIP");
 }

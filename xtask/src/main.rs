@@ -201,6 +201,10 @@ const BENCHES: &[(&str, &str)] = &[
         "df-bench-e2e",
         "two VMs end to end: 64-byte UDP pps and TCP throughput",
     ),
+    (
+        "df-bench-failover",
+        "shared-VIP failover with keepalived: both ways vs a Linux bridge, 20 failovers each",
+    ),
 ];
 
 fn bench() -> Result<()> {
