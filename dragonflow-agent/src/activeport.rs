@@ -527,7 +527,7 @@ impl Stats {
         );
         let _ = write!(
             o,
-            "# HELP dragonflow_activeport_removed_total Active-port entries removed by this agent, by reason.\n\
+            "# HELP dragonflow_activeport_removed_total Active-port entries removed by this agent, by reason (lease_lost: another chassis' claim gone with its lease, recorded in the history by this agent).\n\
              # TYPE dragonflow_activeport_removed_total counter\n"
         );
         for (w, v) in ALL_WHY.iter().zip(&self.removed) {
@@ -926,8 +926,8 @@ impl Detector {
                     *n = 0;
                     self.stats().probes_answered.fetch_add(1, Ordering::Relaxed);
                 }
-                // A move deferred for another port is overtaken by the holder's sign of life.
-                self.pending.remove(&key);
+                // A move deferred for another port stays deferred, not dropped: an answer
+                // to a probe is no announcement, and the dampening only delays moves.
                 self.stats().claims_noop.fetch_add(1, Ordering::Relaxed);
             }
             Verdict::Claim { lswitch, why } => {
@@ -1233,6 +1233,7 @@ impl Detector {
             )]);
         match call("history txn", client.txn(txn)).await {
             Ok(r) if r.succeeded() => {
+                self.stats().removed(Why::LeaseLost);
                 info!(lswitch = %key.0, ip = %key.1, lport = %gone.port, chassis = %gone.chassis, "active port lost with its chassis' lease");
             }
             // Another agent recorded it first, or it was claimed again: nothing to add.
@@ -1311,11 +1312,12 @@ impl Detector {
         );
     }
 
-    /// One probe round (see the module doc).
+    /// One probe round (see the module doc); also retries removals that failed.
     async fn probe(&mut self) {
         if !self.have_nb {
             return;
         }
+        self.release_stale().await;
         let me = self.cfg.chassis.clone();
         let taps: BTreeMap<String, u32> = {
             let view = self.shared.view.lock().expect("lock");
@@ -1335,9 +1337,6 @@ impl Detector {
         self.probes.retain(|k, _| keep.contains(k));
         let misses = self.cfg.probe_misses.max(1);
         for (key, a) in local {
-            let Some(&ifindex) = taps.get(&a.port) else {
-                continue; // its tap is not (yet) here: nothing to probe through
-            };
             let n = self.probes.entry(key.clone()).or_insert(0);
             if *n >= misses {
                 info!(lswitch = %key.0, ip = %key.1, lport = %a.port, misses, "active port does not answer probes");
@@ -1345,6 +1344,11 @@ impl Detector {
                 continue;
             }
             *n += 1;
+            // A holder whose tap is gone (VM stopped, port still bound) cannot answer:
+            // the probe counts as sent and unanswered.
+            let Some(&ifindex) = taps.get(&a.port) else {
+                continue;
+            };
             let frame = match a.ip {
                 IpAddr::V4(ip) => arp_probe(a.mac, ip),
                 IpAddr::V6(ip) => ns_probe(a.mac, ip),

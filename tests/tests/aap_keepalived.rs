@@ -657,6 +657,36 @@ fn lease_of(cloud: &Cloud, key: &str) -> Option<i64> {
     v["kvs"][0]["lease"].as_i64()
 }
 
+/// The active holder's chassis dies (its agent killed, not restarted): the claim goes
+/// with its lease, and the agent of the other holder records `lease_lost`.
+fn detection_dead_chassis() {
+    let mut t = Vip::new(Mode::Detection, false, &["--lease-ttl", "3"]);
+    t.start_keepalived();
+    t.check_claim(&M1);
+    t.cloud.hvs[0].kill_agent();
+    t.wait_active(None);
+    wait_until("hv2 records the lost lease", READY, || {
+        t.history().last().is_some_and(|r| {
+            r["event"] == "released" && r["why"] == "lease_lost" && r["port"] == "pm1"
+        })
+    });
+    let h = t.history();
+    assert_eq!(
+        h.last().expect("history")["by"],
+        "hv2",
+        "recorded by the agent hosting the other holder: {h:?}"
+    );
+    assert_eq!(h.len(), 2, "one claim, one loss: {h:?}");
+    assert_eq!(
+        counter(
+            t.hv(&M2),
+            "dragonflow_activeport_removed_total",
+            &[("why", "lease_lost")]
+        ),
+        1.0
+    );
+}
+
 /// (transmitted, received) from ping's summary line.
 fn ping_stats(text: &str) -> (usize, usize) {
     let line = text
@@ -712,6 +742,10 @@ fn detection_aap_removed_while_active() {
 #[test]
 fn detection_agent_restart_keeps_entry() {
     detection_agent_restart();
+}
+#[test]
+fn detection_dead_chassis_loses_claims() {
+    detection_dead_chassis();
 }
 
 #[test]
