@@ -198,13 +198,16 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragValue {
-    /// L4 ports of the first fragment (network order), as the conntrack key uses them.
+    /// L4 ports of the first fragment (network order), as the conntrack key uses them
+    /// (ICMP echo: the identifier, see [`CtKey`]).
     pub sport: u16,
     pub dport: u16,
     /// Bytes of L4 data the first fragment carried: a later fragment starting before
     /// this overlaps it (RFC 1858) and is dropped.
     pub first_len: u16,
-    pub _pad: u16,
+    /// The first fragment's [`PolicyKey::dport`] (network order; ICMP: `[type, code]`),
+    /// for judging later fragments by the rules.
+    pub rule_port: u16,
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 16);

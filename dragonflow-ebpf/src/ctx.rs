@@ -4,6 +4,8 @@
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 
+use crate::sg::{self, Scratch};
+
 /// Bytes the TC hook makes directly accessible (linear) before parsing: enough for
 /// Ethernet + IPv6 + a few extension headers + an ND message with options, or an IPv4
 /// header with options + a DHCP header up to `chaddr`.
@@ -25,6 +27,9 @@ pub trait PacketCtx {
     /// The packet view. TC first pulls the headers into the linear area (a no-op for the
     /// usual linear skb); that invalidates earlier packet pointers, so call it once.
     fn pkt(&self) -> Pkt;
+    /// Parses the frame's security-group flow into `s` through the hook's global parser
+    /// (`sg::df_sg_parse_xdp` / `sg::df_sg_parse_tc`).
+    fn sg_parse(&self, s: *mut Scratch, eth_proto: u16);
 }
 
 impl PacketCtx for XdpContext {
@@ -44,6 +49,11 @@ impl PacketCtx for XdpContext {
     #[inline(always)]
     fn vlan_tag_in_meta(&self) -> bool {
         false
+    }
+
+    #[inline(always)]
+    fn sg_parse(&self, s: *mut Scratch, eth_proto: u16) {
+        sg::df_sg_parse_xdp(self.ctx, s, u32::from(eth_proto));
     }
 
     #[inline(always)]
@@ -76,6 +86,11 @@ impl PacketCtx for TcContext {
     fn vlan_tag_in_meta(&self) -> bool {
         // SAFETY: as above.
         unsafe { (*self.skb.skb).vlan_present != 0 }
+    }
+
+    #[inline(always)]
+    fn sg_parse(&self, s: *mut Scratch, eth_proto: u16) {
+        sg::df_sg_parse_tc(self.skb.skb, s, u32::from(eth_proto));
     }
 
     #[inline(always)]

@@ -32,7 +32,9 @@ use crate::{
     l3::{self, L3Out},
     maps::{CONFIG, FLOOD},
     parse::{ETH_HLEN, Eth, is_group},
-    policy, responder, tunnel,
+    policy, responder,
+    sg::Sg,
+    tunnel,
     verdict::Fwd,
 };
 
@@ -47,12 +49,18 @@ pub fn enabled() -> Option<&'static ChassisConfig> {
 
 /// Where a frame from a VM that passed port security goes.
 #[inline(always)]
+///
+/// The sender's egress security-group rules (`sg`) are judged where this hook finishes
+/// the frame, before the receiver's ingress: in [`unicast`], for replies of the router,
+/// and by the TC entry point for floods (never for what XDP hands off: its TC companion
+/// judges it). ARP/NS answered by the responder are exempt.
 pub fn from_vm<C: PacketCtx>(
     ctx: &C,
     pkt: &Pkt,
     eth: &Eth,
     net_id: u32,
     cfg: &ChassisConfig,
+    sg: &mut Sg,
 ) -> Result<Fwd, DropReason> {
     if is_group(&eth.dst) {
         if let Some(path) = responder::respond(pkt, eth, net_id)? {
@@ -74,7 +82,7 @@ pub fn from_vm<C: PacketCtx>(
             PassPath::L2Tunnel
         };
         return unicast(
-            ctx, pkt, eth.proto, dest, net_id, &eth.dst, &eth.dst, cfg, path,
+            ctx, pkt, eth.proto, dest, net_id, &eth.dst, &eth.dst, cfg, path, sg,
         );
     }
     if C::IS_XDP {
@@ -83,8 +91,14 @@ pub fn from_vm<C: PacketCtx>(
         // routed frames are TC's, whole.
         return Ok(Fwd::Handoff);
     }
+    // Routing rewrites the frame: the flow is read before (the 5-tuple does not change).
+    sg.prepare(ctx, eth.proto);
     match l3::route(pkt, eth, dest.router_id)? {
-        L3Out::Reply(path) => Ok(Fwd::Back(path)),
+        L3Out::Reply(path) => {
+            // An echo to the router: the sender's egress rules apply as to any packet.
+            sg.egress(ctx, eth.proto, false)?;
+            Ok(Fwd::Back(path))
+        }
         L3Out::Deliver { net_id, dst_mac } => {
             let dest = l2::lookup(net_id, &dst_mac).ok_or(DropReason::UnknownUnicast)?;
             // What the rewritten frame really carries (in place: the packet view is
@@ -102,6 +116,7 @@ pub fn from_vm<C: PacketCtx>(
                 &dst_mac,
                 cfg,
                 PassPath::Routed,
+                sg,
             )
         }
     }
@@ -120,13 +135,16 @@ fn unicast<C: PacketCtx>(
     entry_mac: &[u8; 6],
     cfg: &ChassisConfig,
     path: PassPath,
+    sg: &mut Sg,
 ) -> Result<Fwd, DropReason> {
     match dest.kind {
         DEST_LOCAL => {
             if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
                 return Err(DropReason::MtuExceeded);
             }
-            policy::to_port(dest.ifindex, frame_dst, entry_mac)?;
+            sg.egress(ctx, proto, false)?;
+            sg.prepare(ctx, proto);
+            policy::to_port(dest.ifindex, frame_dst, entry_mac, sg)?;
             Ok(Fwd::Local {
                 ifindex: dest.ifindex,
                 path,
@@ -138,6 +156,10 @@ fn unicast<C: PacketCtx>(
             }
             if cfg.vxlan_ifindex == 0 {
                 return Err(DropReason::NoTunnel);
+            }
+            // XDP hands tunnel frames to its TC companion, which judges them.
+            if !C::IS_XDP {
+                sg.egress(ctx, proto, false)?;
             }
             Ok(Fwd::Tunnel {
                 vni: net_id,
@@ -180,7 +202,8 @@ pub fn to_tunnel(
 /// ingress tap (`ingress`, 0 from the tunnel); remote chassis only when `vxlan` ≠ 0 (from
 /// the tunnel it is 0: split horizon, a frame from another chassis never goes back into
 /// the tunnel). The caller drops the original. No flood list: no copies.
-/// `RedirectFailed` when any copy could not be sent (the others were).
+/// `RedirectFailed` when any copy could not be sent (the others were). A local copy the
+/// destination's ingress rules refuse is not sent (counted `to_vm` by `sg`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn flood(
@@ -191,6 +214,7 @@ pub fn flood(
     net_id: u32,
     ingress: u32,
     vxlan: u32,
+    sg: &mut Sg,
 ) -> Result<PassPath, DropReason> {
     // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
     let Some(list) = FLOOD.get_ptr(net_id).map(|p| unsafe { &*p }) else {
@@ -199,6 +223,8 @@ pub fn flood(
     if !l2::mtu_ok(ctx, pkt, proto, list.mtu) {
         return Err(DropReason::MtuExceeded);
     }
+    // Before the first clone: the copies' ingress rules judge this flow.
+    sg.prepare(ctx, proto);
     // Packet pointers are invalid after the first clone: nothing below reads the frame.
     let n = list.len as usize;
     let mut failed = false;
@@ -211,7 +237,7 @@ pub fn flood(
         let d = &list.dests[i];
         i += 1;
         let sent = if d.kind == DEST_LOCAL as u32 {
-            if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst).is_err() {
+            if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst, sg).is_err() {
                 continue;
             }
             ctx.clone_redirect(d.ifindex, 0).is_ok()
@@ -233,9 +259,10 @@ pub fn flood(
 }
 
 /// The tunnel program: a frame from another chassis, delivered by (VNI, destination MAC)
-/// to local taps only. Returns the path and the TC action.
+/// to local taps only, each through its ingress security-group rules (`sg`). Returns
+/// the path and the TC action.
 #[inline(always)]
-pub fn from_tunnel(ctx: &TcContext) -> Result<(PassPath, i32), DropReason> {
+pub fn from_tunnel(ctx: &TcContext, sg: &mut Sg) -> Result<(PassPath, i32), DropReason> {
     let net_id = tunnel::vni(ctx).ok_or(DropReason::UnknownVni)?;
     let pkt = ctx.pkt();
     // Any ethertype: the sending chassis applied the sender's port security already.
@@ -246,7 +273,7 @@ pub fn from_tunnel(ctx: &TcContext) -> Result<(PassPath, i32), DropReason> {
         if FLOOD.get_ptr(net_id).is_none() {
             return Err(DropReason::UnknownVni);
         }
-        let path = flood(ctx, &pkt, proto, &dst, net_id, 0, 0)?;
+        let path = flood(ctx, &pkt, proto, &dst, net_id, 0, 0, sg)?;
         return Ok((path, TC_ACT_SHOT));
     }
     let Some(dest) = l2::lookup(net_id, &dst) else {
@@ -263,6 +290,7 @@ pub fn from_tunnel(ctx: &TcContext) -> Result<(PassPath, i32), DropReason> {
     if !l2::mtu_ok(ctx, &pkt, proto, dest.mtu) {
         return Err(DropReason::MtuExceeded);
     }
-    policy::to_port(dest.ifindex, &dst, &dst)?;
+    sg.prepare(ctx, proto);
+    policy::to_port(dest.ifindex, &dst, &dst, sg)?;
     Ok((PassPath::L2Local, redirect(dest.ifindex)?))
 }

@@ -8,6 +8,7 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{Pkt, arr_at, be16_at, load, u8_at},
+    flow::{self, FRAG_FIRST, FRAG_LATER, L3},
     parse::{
         ETH_HLEN, Eth, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, icmp_ok,
         mac_eq, tcp_ok, udp_ports,
@@ -21,8 +22,14 @@ const BOOTPC: u16 = 68;
 /// flags, ciaddr, yiaddr, siaddr, giaddr).
 const BOOTP_CHADDR: usize = 28;
 
+/// `l3` receives the header facts the security-group stage needs (see `flow`).
 #[inline(always)]
-pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
+pub fn check(
+    pkt: &Pkt,
+    port: &mut PortCache,
+    eth: &Eth,
+    l3: &mut L3,
+) -> Result<PassPath, DropReason> {
     let h = pkt
         .bytes::<IPV4_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv4Malformed)?;
@@ -34,13 +41,20 @@ pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, Dro
     }
     let src = load::<u32, IPV4_HLEN>(h, 12);
     let unspecified = src == 0;
+    *l3 = flow::v4_facts(h, hlen, tot);
     // L4 exists only in the first fragment (offset 0); later fragments are judged on
     // their L3 source alone.
-    if be16_at(h, 6) & 0x1fff == 0 {
+    if l3.frag != FRAG_LATER {
         // hlen <= 60, so l4 is a bounded offset the verifier can follow.
         let l4 = ETH_HLEN + hlen;
         let l3_end = ETH_HLEN + tot;
-        let err = DropReason::L4Malformed;
+        // A first fragment too short for its L4 header is the tiny-fragment attack
+        // (RFC 1858: the TCP flags would be in the second fragment) [10].
+        let err = if l3.frag == FRAG_FIRST {
+            DropReason::FragTiny
+        } else {
+            DropReason::L4Malformed
+        };
         match u8_at(h, 9) {
             IPPROTO_TCP => tcp_ok(pkt, l4, l3_end, err)?,
             IPPROTO_UDP => {

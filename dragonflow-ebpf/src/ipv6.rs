@@ -8,6 +8,7 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{Pkt, be16_at, load, u8_at},
+    flow::{self, L3},
     nd,
     parse::{
         ETH_HLEN, Eth, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, tcp_ok, udp_ports,
@@ -42,10 +43,21 @@ pub struct Chain {
     pub fragmented: bool,
     /// A non-first fragment: there is no upper-layer header to look at.
     pub later_fragment: bool,
+    /// The fragment header's M flag (a first fragment when not `later_fragment`).
+    pub more_fragments: bool,
+    /// The fragment header's offset in bytes and identification (as loaded).
+    pub frag_off: u16,
+    pub frag_id: u32,
 }
 
+/// `l3` receives the header facts the security-group stage needs (see `flow`).
 #[inline(always)]
-pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
+pub fn check(
+    pkt: &Pkt,
+    port: &mut PortCache,
+    eth: &Eth,
+    l3: &mut L3,
+) -> Result<PassPath, DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv6Malformed)?;
@@ -61,6 +73,7 @@ pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, Dro
     ];
     let key = src_key(port.ifindex(), eth, FAMILY_V6, src);
     let chain = walk(pkt, u8_at(h, 6), l3_end)?;
+    *l3 = flow::v6_facts(&chain, l3_end);
     if !chain.later_fragment {
         // RFC 7112: a first fragment must carry the whole upper-layer header.
         let err = if chain.fragmented {
@@ -86,11 +99,13 @@ pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, Dro
 
 /// Walks at most `MAX_EXT_HDRS` extension headers to the upper-layer header.
 #[inline(always)]
-fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
+pub fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
     let err = DropReason::Ipv6HeaderChain;
     let mut nh = first;
     let mut off = ETH_HLEN + IPV6_HLEN;
     let mut fragmented = false;
+    let mut more_fragments = false;
+    let mut frag_id = 0;
     // One more round than headers allowed: that round only finds the upper layer.
     for i in 0..=MAX_EXT_HDRS {
         let len = match nh {
@@ -108,12 +123,19 @@ fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
                 let e = pkt.bytes::<8>(off).ok_or(err)?;
                 nh = u8_at(e, 0);
                 fragmented = true;
-                if be16_at(e, 2) & 0xfff8 != 0 {
+                // Offset (13 bits, in 8-byte units, above 3 flag bits) and M.
+                let om = be16_at(e, 2);
+                more_fragments = om & 1 != 0;
+                frag_id = load::<u32, 8>(e, 4);
+                if om & 0xfff8 != 0 {
                     return Ok(Chain {
                         nh,
                         off: off + 8,
                         fragmented,
                         later_fragment: true,
+                        more_fragments,
+                        frag_off: om & 0xfff8,
+                        frag_id,
                     });
                 }
                 8
@@ -127,6 +149,9 @@ fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
                     off,
                     fragmented,
                     later_fragment: false,
+                    more_fragments,
+                    frag_off: 0,
+                    frag_id,
                 });
             }
         };

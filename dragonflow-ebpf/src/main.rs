@@ -9,8 +9,11 @@
 #![no_main]
 
 mod arp;
+mod ct;
 mod ctx;
 mod events;
+mod flow;
+mod frag;
 mod fwd;
 mod ipv4;
 mod ipv6;
@@ -24,6 +27,7 @@ mod parse;
 mod policy;
 mod portsec;
 mod responder;
+mod sg;
 mod stats;
 mod tunnel;
 mod verdict;
@@ -42,9 +46,11 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{PacketCtx, Pkt},
+    flow::L3,
     maps::DEVMAP,
-    parse::{ETH_P_IP, ETH_P_IPV6, Eth},
+    parse::{ETH_P_IP, ETH_P_IPV6, Eth, is_group},
     portsec::PortCache,
+    sg::Sg,
     verdict::{Fwd, Pass},
 };
 
@@ -59,11 +65,16 @@ use crate::{
 #[inline(always)]
 pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     let mut port = PortCache::new(ctx.ifindex());
-    let pass = match try_from_vm(&ctx, &mut port) {
+    let Some(mut sg) = Sg::new(ctx.ifindex()) else {
+        // Unreachable (a per-CPU array of one entry); fail closed.
+        stats::drop(DropReason::SgDenied);
+        return xdp_action::XDP_DROP;
+    };
+    let pass = match try_from_vm(&ctx, &mut port, &mut sg) {
         Ok(pass) => pass,
         Err((allowed, reason)) => {
             decided(&mut port, allowed);
-            stats::drop(reason);
+            drop_from_vm(&sg, reason);
             return xdp_action::XDP_DROP;
         }
     };
@@ -106,11 +117,16 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
     let mut port = PortCache::new(ctx.ifindex());
-    let pass = match try_from_vm(&ctx, &mut port) {
+    let Some(mut sg) = Sg::new(ctx.ifindex()) else {
+        // Unreachable (a per-CPU array of one entry); fail closed.
+        stats::drop(DropReason::SgDenied);
+        return TC_ACT_SHOT;
+    };
+    let pass = match try_from_vm(&ctx, &mut port, &mut sg) {
         Ok(pass) => pass,
         Err((allowed, reason)) => {
             decided(&mut port, allowed);
-            stats::drop(reason);
+            drop_from_vm(&sg, reason);
             return TC_ACT_SHOT;
         }
     };
@@ -129,16 +145,22 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
             // Re-read: the forwarding stage may not keep packet pointers across helpers.
             let pkt = ctx.pkt();
             match parse::eth(&pkt) {
-                Ok(eth) => fwd::flood(
-                    &ctx,
-                    &pkt,
-                    eth.proto,
-                    &eth.dst,
-                    net_id,
-                    port.ifindex(),
-                    vxlan,
-                )
-                .map(|p| (p, TC_ACT_SHOT)),
+                // The sender's egress rules first (XDP never gets here: it hands off).
+                Ok(eth) => sg
+                    .egress(&ctx, eth.proto, is_group(&eth.dst))
+                    .and_then(|()| {
+                        fwd::flood(
+                            &ctx,
+                            &pkt,
+                            eth.proto,
+                            &eth.dst,
+                            net_id,
+                            port.ifindex(),
+                            vxlan,
+                            &mut sg,
+                        )
+                    })
+                    .map(|p| (p, TC_ACT_SHOT)),
                 Err(r) => Err(r),
             }
         }
@@ -151,7 +173,7 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
             action
         }
         Err(reason) => {
-            stats::drop(reason);
+            drop_from_vm(&sg, reason);
             TC_ACT_SHOT
         }
     }
@@ -161,15 +183,32 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
 /// local taps only. Everything is counted under `Direction::FromTunnel`.
 #[classifier]
 pub fn df_from_tunnel(ctx: TcContext) -> i32 {
-    match fwd::from_tunnel(&ctx) {
+    let Some(mut sg) = Sg::new(0) else {
+        // Unreachable (a per-CPU array of one entry); fail closed.
+        stats::drop_in(Direction::FromTunnel, DropReason::SgDenied);
+        return TC_ACT_SHOT;
+    };
+    match fwd::from_tunnel(&ctx, &mut sg) {
         Ok((path, action)) => {
             stats::pass_in(Direction::FromTunnel, path);
             action
         }
         Err(reason) => {
-            stats::drop_in(Direction::FromTunnel, reason);
+            // The receiver's ingress rules counted their own drop (under `to_vm`).
+            if !sg.counted(reason) {
+                stats::drop_in(Direction::FromTunnel, reason);
+            }
             TC_ACT_SHOT
         }
+    }
+}
+
+/// Counts a from-VM drop, unless it is the receiver's security-group drop that
+/// `policy::to_port` counted under `to_vm` (see `sg`).
+#[inline(always)]
+fn drop_from_vm(sg: &Sg, reason: DropReason) {
+    if !sg.counted(reason) {
+        stats::drop(reason);
     }
 }
 
@@ -242,6 +281,7 @@ pub fn df_stub_tc_redirect(ctx: TcContext) -> i32 {
 fn try_from_vm<C: PacketCtx + EbpfContext>(
     ctx: &C,
     port: &mut PortCache,
+    sg: &mut Sg,
 ) -> Result<Pass, (Option<PassPath>, DropReason)> {
     let pkt = ctx.pkt();
     // Eth fully defined on every path (a zeroed header when truncated): LLVM would
@@ -254,7 +294,9 @@ fn try_from_vm<C: PacketCtx + EbpfContext>(
     let checked = match eth_err {
         Some(reason) => Err(reason),
         None if ctx.vlan_tag_in_meta() => Err(DropReason::VlanTagged),
-        None => parse::check_proto(eth.proto).and_then(|()| port_security(&pkt, &eth, port)),
+        None => {
+            parse::check_proto(eth.proto).and_then(|()| port_security(&pkt, &eth, port, sg.l3()))
+        }
     };
     let path = match checked {
         Ok(path) => path,
@@ -263,7 +305,13 @@ fn try_from_vm<C: PacketCtx + EbpfContext>(
             Err(pass) => pass,
         },
     };
+    if path != PassPath::NoPortSecurity {
+        sg.sender_secured();
+    }
     let Some(cfg) = fwd::enabled() else {
+        // To the hypervisor's stack: this program finishes the frame.
+        sg.egress(ctx, eth.proto, is_group(&eth.dst))
+            .map_err(|r| (Some(path), r))?;
         return Ok(Pass {
             path,
             fwd: Fwd::Kernel,
@@ -273,7 +321,7 @@ fn try_from_vm<C: PacketCtx + EbpfContext>(
         Some(reason) => Err(reason),
         None => port
             .net_id()
-            .and_then(|net_id| fwd::from_vm(ctx, &pkt, &eth, net_id, cfg)),
+            .and_then(|net_id| fwd::from_vm(ctx, &pkt, &eth, net_id, cfg, sg)),
     }
     .map_err(|r| (Some(path), r))?;
     Ok(Pass { path, fwd })
@@ -302,10 +350,15 @@ fn security_drop<C: PacketCtx + EbpfContext>(
 /// Port security by ethertype. The fast path of an allowed IPv4 frame: Ethernet and IPv4
 /// sanity, one `df_addrs_v2` lookup.
 #[inline(always)]
-fn port_security(pkt: &Pkt, eth: &Eth, port: &mut PortCache) -> Result<PassPath, DropReason> {
+fn port_security(
+    pkt: &Pkt,
+    eth: &Eth,
+    port: &mut PortCache,
+    l3: &mut L3,
+) -> Result<PassPath, DropReason> {
     match eth.proto {
-        ETH_P_IP => ipv4::check(pkt, port, eth),
-        ETH_P_IPV6 => ipv6::check(pkt, port, eth),
+        ETH_P_IP => ipv4::check(pkt, port, eth, l3),
+        ETH_P_IPV6 => ipv6::check(pkt, port, eth, l3),
         // parse::eth lets nothing else through.
         _ => arp::check(pkt, port, eth),
     }

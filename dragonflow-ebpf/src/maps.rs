@@ -77,25 +77,26 @@ pub static DEVMAP: DevMapHash = DevMapHash::pinned(DEVMAP_MAX, 0);
 
 /// Connection tracking of the security groups (see `dragonflow_common::sg`).
 #[map(name = "df_ct_v1")]
-#[allow(dead_code)] // read by the security-group stage (being written)
 pub static CT: HashMap<CtKey, CtValue> = HashMap::pinned(CT_MAX, 0);
 
 /// First fragments seen, for judging the later fragments of a datagram.
 #[map(name = "df_frag_v1")]
-#[allow(dead_code)] // read by the security-group stage (being written)
 pub static FRAG: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_MAX, 0);
 
 /// Exact host address → identity (remote-group members).
 #[map(name = "df_ident_v1")]
-#[allow(dead_code)] // read by the security-group stage (being written)
 pub static IDENT: HashMap<IdentKey, u32> = HashMap::pinned(IDENT_MAX, 0);
 
 /// Prefix → identity (CIDR members, rule prefixes).
 #[map(name = "df_ident_lpm_v1")]
-#[allow(dead_code)] // read by the security-group stage (being written)
 pub static IDENT_LPM: LpmTrie<IdentKey, u32> = LpmTrie::pinned(IDENT_LPM_MAX, 0);
 
 /// (port, identity, direction, protocol, port block) → allow.
 #[map(name = "df_policy_v1")]
-#[allow(dead_code)] // read by the security-group stage (being written)
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
+
+/// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
+/// and the map keys, off the nearly full stack. Private to one program run, so neither
+/// pinned nor shared with the agent.
+#[map(name = "df_sg_scratch")]
+pub static SG_SCRATCH: PerCpuArray<crate::sg::Scratch> = PerCpuArray::with_max_entries(1, 0);

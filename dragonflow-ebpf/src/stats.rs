@@ -38,3 +38,10 @@ pub fn drop_in(dir: Direction, reason: DropReason) {
 pub fn pass_in(dir: Direction, path: PassPath) {
     bump(stat_index(dir, Stat::Pass(path)));
 }
+
+/// A side counter of another direction (the security-group stage counts in the
+/// direction it judges: `to_vm` for ingress).
+#[inline(always)]
+pub fn event_in(dir: Direction, e: EventStat) {
+    bump(stat_index(dir, Stat::Event(e)));
+}

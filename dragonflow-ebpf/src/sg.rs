@@ -1,0 +1,637 @@
+//! The security-group stage: stateful Neutron security groups, egress at the sender
+//! ([`Sg::egress`], from the forwarding stage once it knows this hook finishes the frame)
+//! and ingress at the receiver ([`Sg::ingress`], from `policy::to_port`: local unicast,
+//! routed, from the tunnel, every flood/group copy). Layouts and the agent's side:
+//! `dragonflow_common::sg`.
+//!
+//! ## When it applies
+//! Only with `CFG_F_SECURITY_GROUPS` in `df_config_v1` and for ports with port security
+//! (egress: the sender passed port security as a secured port; ingress: the destination
+//! port's `PORT_F_PORT_SECURITY` in `df_ports_v1`, looked up only when a packet is judged
+//! by the rules, never on a conntrack hit — entries exist only for ports that were judged;
+//! a destination tap without a port entry is dropped, `unknown_port`, fail closed).
+//!
+//! ## Lookup order for one side (the first that decides wins)
+//! 1. **Flow** ([`crate::flow`]), parsed once per program run for both sides; a frame
+//!    that cannot be parsed is dropped with the parser's reason.
+//! 2. **Exemptions** (no rule is consulted, `sg_exempt`): not IP (ARP), ICMPv6 130–136 and
+//!    143 (MLD, RS, RA, NS, NA), DHCP 68→67 and DHCPv6 546→547 egress, 67→68 and 547→546
+//!    ingress.
+//! 3. **Later fragment**: the first fragment's record in `df_frag_v1` supplies the ports
+//!    (`frag_no_first`, `frag_overlap` otherwise, see [`crate::frag`]).
+//! 4. **Conntrack** (unicast destinations only; a group destination is judged by the
+//!    rules at every packet and never tracked): an ICMP error looks up the flow it quotes
+//!    (hit → `ct_related`; miss → judged as a new ICMP message); anything else looks up
+//!    its own key. A fresh hit of the current `policy_gen` passes (`ct_established`) and
+//!    advances the state; one of an older generation is first re-judged by the rules of
+//!    its origin direction (`ct_revalidated`): kept and refreshed, or deleted and the
+//!    packet judged as new (so a removed rule stops the flow at its next packet). An
+//!    expired entry, or a closing/closed TCP entry hit by a new SYN, counts as absent.
+//!    The established fast path is this one hash lookup: no rule is walked.
+//! 5. **Rules**: identity of the remote address (`df_ident_v1` exact, then
+//!    `df_ident_lpm_v1`, else `IDENT_WORLD`), then `df_policy_v1` LPM with
+//!    (port, identity, direction, protocol, destination port or ICMP type/code) and
+//!    again with the family's "any" identity. Every rule allows (Neutron has no deny), so
+//!    there is no precedence between rules: any match allows; no match → `sg_denied`.
+//!    Cost: at most one hash + two LPM lookups, whatever the number of rules.
+//! 6. **Create**: an allowed TCP SYN (without ACK), UDP, ICMP echo request or other
+//!    protocol packet creates its entry (`ct_new`, `BPF_NOEXIST`: a concurrent creation
+//!    by another CPU is fine). Anything else allowed passes untracked (`ct_untracked`):
+//!    a TCP packet without SYN, an echo reply without a request, other ICMP, a group
+//!    destination — judged again at its next packet (ATTACKS row 14: nothing
+//!    "established-looking" passes without its own rule).
+//!
+//! ## Full table (deliberate)
+//! `df_ct_v1` is a preallocated hash, not an LRU: when it is full (`E2BIG`) a new flow the
+//! rules allow is dropped as `ct_full` — fail closed, as Linux's nf_conntrack does —
+//! instead of evicting another VM's established flow (with an LRU, one VM opening flows
+//! could make every other VM's connections re-judged as new: their replies denied).
+//! Established flows are unaffected; the agent's collector frees expired entries.
+//!
+//! ## Counting
+//! Drops: egress in `from_vm` (returned to the caller); ingress in `to_vm`, counted here,
+//! one per refused delivery (a flood or group copy too), and remembered
+//! ([`Sg::counted`]) so that the delivering program, whose outcome that drop becomes for
+//! a unicast frame, does not count it again in its own direction (`from_vm`,
+//! `from_tunnel`). Side counters (`ct_*`, `sg_exempt`) in the judging direction.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_NOEXIST, xdp_md},
+    helpers::bpf_ktime_get_ns,
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
+};
+use dragonflow_common::{
+    addr::FAMILY_V4,
+    fwd::CFG_F_SECURITY_GROUPS,
+    port::PORT_F_PORT_SECURITY,
+    sg::{
+        CT_REFRESH_NS, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FragKey, FragValue,
+        IDENT_FIXED_BITS, IDENT_WORLD, IdentKey, PolicyKey, ident_any,
+    },
+    verdict::{Direction, DropReason, EventStat},
+};
+
+use crate::{
+    ct,
+    ctx::{PacketCtx, Pkt},
+    flow::{
+        self, F_CREATE, F_EXEMPT_EGRESS, F_EXEMPT_INGRESS, F_ICMP_ERROR, F_TRACK, FRAG_FIRST,
+        FRAG_LATER, Flow, ICMPV6_ECHO_REQUEST, L3,
+    },
+    frag,
+    maps::{CONFIG, CT, IDENT, IDENT_LPM, POLICY, SG_SCRATCH},
+    parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    portsec, stats,
+};
+
+/// `Run::parsed`: not yet; parsed; anything else: `PARSE_ERR + DropReason` (unparseable).
+const PARSE_NONE: u8 = 0;
+const PARSE_OK: u8 = 1;
+const PARSE_ERR: u8 = 2;
+
+/// `EEXIST`: another CPU created the entry between our lookup and insert.
+const EEXIST: i32 = 17;
+/// Bits of a full `PolicyKey`.
+const POLICY_KEY_BITS: u32 = 96;
+
+/// The stage's state and working memory for one program run, in a per-CPU map slot
+/// (`df_sg_scratch`) rather than on the stack: the verifier allows 512 bytes of stack for
+/// a program and the functions it calls together, and the stages before use nearly all of
+/// it. Reset by [`Sg::new`] at the start of every run (a program runs to completion on
+/// one CPU without another of ours interleaving: softirq / BH-disabled context).
+#[repr(C)]
+pub struct Scratch {
+    run: Run,
+    /// Filled by port security for senders that have it (see [`Sg::l3`]).
+    l3: L3,
+    flow: Flow,
+    /// The side being judged, kept here rather than in registers the calls would spill.
+    job: Job,
+    key: CtKey,
+    related: CtKey,
+    frag: FragKey,
+    frag_value: FragValue,
+    value: CtValue,
+    ident: Key<IdentKey>,
+    policy: Key<PolicyKey>,
+}
+
+/// Per-run state.
+#[repr(C)]
+struct Run {
+    /// `CFG_F_SECURITY_GROUPS`.
+    on: u8,
+    /// The sender's egress rules apply (it passed port security as a secured port).
+    egress: u8,
+    /// `PARSE_*`: whether `flow` is this frame's.
+    parsed: u8,
+    /// The last ingress drop counted under `to_vm` (a `DropReason`, 0 = none): when the
+    /// delivering program's outcome is that drop, it must not count it again.
+    counted: u8,
+    policy_gen: u32,
+    /// The sending port (0 from the tunnel).
+    sender: u32,
+}
+
+/// One side's judgement in progress.
+#[repr(C)]
+struct Job {
+    now: u64,
+    ifindex: u32,
+    dir: u8,
+    group: u8,
+    /// `Flow::flags`, or a later fragment's from its first fragment.
+    flags: u8,
+    /// The rules [`allowed`] consults: direction and destination port (those of the
+    /// packet, or of the entry's origin when revalidating).
+    check_dir: u8,
+    /// Conntrack ports and rule port (a later fragment's from its first fragment).
+    sport: u16,
+    dport: u16,
+    rule_port: u16,
+    check_port: u16,
+}
+
+/// The stage's handle for one program run: a pointer to this CPU's [`Scratch`] (one
+/// register or stack slot in the caller).
+pub struct Sg {
+    s: *mut Scratch,
+}
+
+impl Sg {
+    /// Starts a run: reads the chassis configuration into the scratch slot. `sender`: the
+    /// tap the frame came from (0 from the tunnel). `None` only if the per-CPU slot is
+    /// missing, which cannot happen (an array of one entry); callers drop the frame.
+    #[inline(always)]
+    pub fn new(sender: u32) -> Option<Self> {
+        let s = SG_SCRATCH.get_ptr_mut(0)?;
+        let (on, policy_gen) = match CONFIG.get(0) {
+            Some(c) if c.flags & CFG_F_SECURITY_GROUPS != 0 => (1, c.policy_gen),
+            _ => (0, 0),
+        };
+        // SAFETY: this CPU's slot, valid for this run; only this run uses it.
+        unsafe {
+            (*s).run = Run {
+                on,
+                egress: 0,
+                parsed: PARSE_NONE,
+                counted: 0,
+                policy_gen,
+                sender,
+            };
+            (*s).l3.family = 0;
+        }
+        Some(Sg { s })
+    }
+
+    #[inline(always)]
+    fn run(&self) -> &mut Run {
+        // SAFETY: see `new`.
+        unsafe { &mut (*self.s).run }
+    }
+
+    /// Where port security writes what it learnt of the IP header.
+    #[inline(always)]
+    pub fn l3(&mut self) -> &mut L3 {
+        // SAFETY: see `new`.
+        unsafe { &mut (*self.s).l3 }
+    }
+
+    /// The sender passed port security as a secured port: its egress rules apply.
+    #[inline(always)]
+    pub fn sender_secured(&mut self) {
+        self.run().egress = 1;
+    }
+
+    /// `reason` is the ingress drop already counted under `to_vm` (the delivering
+    /// program must not count it in its own direction too).
+    #[inline(always)]
+    pub fn counted(&self, reason: DropReason) -> bool {
+        u32::from(self.run().counted) == reason as u32
+    }
+
+    /// Parses the flow if security groups are on and it is not parsed yet. Callers of
+    /// `policy::to_port` call this while the packet is as the sender sent it (before any
+    /// clone or rewrite); `to_port` itself never reads the packet.
+    #[inline(always)]
+    pub fn prepare<C: PacketCtx>(&mut self, ctx: &C, eth_proto: u16) {
+        let r = self.run();
+        if r.on != 0 && r.parsed == PARSE_NONE {
+            ctx.sg_parse(self.s, eth_proto);
+        }
+    }
+
+    /// The sender's egress rules, for a frame this program finishes (`group`: to a
+    /// broadcast/multicast MAC). Drops are counted by the caller (`from_vm`).
+    #[inline(always)]
+    pub fn egress<C: PacketCtx>(
+        &mut self,
+        ctx: &C,
+        eth_proto: u16,
+        group: bool,
+    ) -> Result<(), DropReason> {
+        let r = self.run();
+        if r.on == 0 || r.egress == 0 {
+            return Ok(());
+        }
+        self.prepare(ctx, eth_proto);
+        let sender = self.run().sender;
+        self.judge(DIR_EGRESS, sender, group)
+    }
+
+    /// The ingress rules of the local port `ifindex` (see `policy::to_port`); a drop is
+    /// counted here under `to_vm`.
+    #[inline(always)]
+    pub fn ingress(&mut self, ifindex: u32, group: bool) -> Result<(), DropReason> {
+        if self.run().on == 0 {
+            return Ok(());
+        }
+        let r = self.judge(DIR_INGRESS, ifindex, group);
+        if let Err(reason) = r {
+            stats::drop_in(Direction::ToVm, reason);
+            self.run().counted = reason as u8;
+        }
+        r
+    }
+
+    /// One side's verdict, through [`df_sg_judge`].
+    #[inline(always)]
+    fn judge(&mut self, dir: u8, ifindex: u32, group: bool) -> Result<(), DropReason> {
+        let how = u32::from(dir) | if group { JUDGE_GROUP } else { 0 };
+        match df_sg_judge(self.s, ifindex, how) {
+            0 => Ok(()),
+            r => Err(DropReason::from_u32(r).unwrap_or(DropReason::SgDenied)),
+        }
+    }
+}
+
+/// The XDP hook's flow parser ([`parse`]) as a *global* BPF function: verified once
+/// (from its BTF signature: the hook's context, a `Scratch`-sized memory, a scalar)
+/// rather than at each of its call sites on each path reaching them, which made the
+/// from-VM program exceed the verifier's budget. Reads the frame directly (no pull).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn df_sg_parse_xdp(ctx: *mut xdp_md, s: *mut Scratch, eth_proto: u32) -> u32 {
+    if s.is_null() {
+        return 1;
+    }
+    let x = XdpContext::new(ctx);
+    let (data, end) = (x.data(), x.data_end());
+    let pkt = Pkt {
+        data,
+        end,
+        len: end - data,
+    };
+    // SAFETY: non-null, valid for size_of::<Scratch>() bytes (BTF argument).
+    parse(unsafe { &mut *s }, &pkt, eth_proto as u16);
+    0
+}
+
+/// The TC hooks' flow parser, as [`df_sg_parse_xdp`]. The caller already pulled the
+/// headers into the linear area (`PacketCtx::pkt`); `len` is the whole frame's.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn df_sg_parse_tc(skb: *mut __sk_buff, s: *mut Scratch, eth_proto: u32) -> u32 {
+    if s.is_null() {
+        return 1;
+    }
+    let t = TcContext::new(skb);
+    let pkt = Pkt {
+        data: t.data(),
+        end: t.data_end(),
+        len: t.len() as usize,
+    };
+    // SAFETY: non-null, valid for size_of::<Scratch>() bytes (BTF argument).
+    parse(unsafe { &mut *s }, &pkt, eth_proto as u16);
+    0
+}
+
+/// Parses the flow into the scratch slot.
+#[inline(always)]
+fn parse(s: &mut Scratch, pkt: &Pkt, eth_proto: u16) {
+    let r = if eth_proto != ETH_P_IP && eth_proto != ETH_P_IPV6 {
+        s.flow.set_not_ip();
+        Ok(())
+    } else if s.l3.family != 0 {
+        flow::build(pkt, &s.l3, &mut s.flow)
+    } else {
+        match flow::l3(pkt, eth_proto) {
+            Ok(l3) => {
+                s.l3 = l3;
+                flow::build(pkt, &s.l3, &mut s.flow)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    s.run.parsed = match r {
+        Ok(()) => PARSE_OK,
+        Err(e) => PARSE_ERR + e as u8,
+    };
+}
+
+/// `df_sg_judge`'s `how`: the destination is a broadcast/multicast MAC (above the
+/// direction in the low byte).
+const JUDGE_GROUP: u32 = 1 << 8;
+
+/// One side of the stage (see the module docs), as a *global* BPF function: the verifier
+/// checks it once, on its own (from its BTF signature: a `Scratch`-sized memory and
+/// scalars), instead of once per call site and path of the calling program — the pipeline
+/// judges up to two sides, and a flood up to `FLOOD_MAX` copies, each of whose paths
+/// would otherwise be re-verified. A BPF-to-BPF call (~1 ns) per judged side. Returns 0
+/// to pass, else a `DropReason`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn df_sg_judge(s: *mut Scratch, ifindex: u32, how: u32) -> u32 {
+    if s.is_null() {
+        return DropReason::SgDenied as u32;
+    }
+    // SAFETY: non-null and valid for size_of::<Scratch>() bytes (the verifier checks the
+    // caller's argument against the BTF type): this CPU's slot, owned by this run.
+    let s = unsafe { &mut *s };
+    match s.run.parsed {
+        PARSE_OK => {}
+        // `prepare` was not called: a caller bug; fail closed.
+        PARSE_NONE => return DropReason::SgDenied as u32,
+        e => return u32::from(e - PARSE_ERR),
+    }
+    s.job.ifindex = ifindex;
+    s.job.dir = how as u8;
+    s.job.group = (how & JUDGE_GROUP != 0) as u8;
+    match decide(s) {
+        Ok(()) => 0,
+        Err(r) => r as u32,
+    }
+}
+
+/// Steps 2–6 of the module docs for the side in `s.job`.
+#[inline(always)]
+fn decide(s: &mut Scratch) -> Result<(), DropReason> {
+    let dir = s.job.dir;
+    let exempt = if dir == DIR_EGRESS {
+        F_EXEMPT_EGRESS
+    } else {
+        F_EXEMPT_INGRESS
+    };
+    if s.flow.flags & exempt != 0 {
+        record_first(s);
+        event(dir, EventStat::SgExempt);
+        return Ok(());
+    }
+    // SAFETY: helper without arguments.
+    s.job.now = unsafe { bpf_ktime_get_ns() };
+    s.job.sport = s.flow.sport;
+    s.job.dport = s.flow.dport;
+    s.job.rule_port = s.flow.rule_port;
+    s.job.flags = s.flow.flags;
+    if s.flow.frag == FRAG_LATER {
+        let first = frag::first(&mut s.frag, s.job.ifindex, dir, &s.flow, s.job.now)?;
+        s.job.sport = first.sport;
+        s.job.dport = first.dport;
+        s.job.rule_port = first.rule_port;
+        s.job.flags = flow::later_flags(&s.flow, first.sport, first.dport, first.rule_port);
+        if s.job.flags & exempt != 0 {
+            event(dir, EventStat::SgExempt);
+            return Ok(());
+        }
+    }
+    let f = &s.flow;
+    ct::key(
+        &mut s.key,
+        s.job.ifindex,
+        f.family,
+        f.proto,
+        dir,
+        &f.src,
+        &f.dst,
+        s.job.sport,
+        s.job.dport,
+    );
+    if s.job.group == 0 {
+        if s.job.flags & F_ICMP_ERROR != 0 {
+            if related(s) {
+                event(dir, EventStat::CtRelated);
+                return Ok(());
+            }
+        } else if s.job.flags & F_TRACK != 0
+            && let Some(v) = CT.get_ptr_mut(&s.key)
+        {
+            if hit(s, v) {
+                record_first(s);
+                return Ok(());
+            }
+        }
+    }
+    // A new flow.
+    if dir == DIR_INGRESS && !port_secured(s.job.ifindex)? {
+        return Ok(());
+    }
+    s.job.check_dir = dir;
+    s.job.check_port = s.job.rule_port;
+    if !allowed(s) {
+        return Err(DropReason::SgDenied);
+    }
+    if s.job.flags & F_CREATE != 0 && s.job.group == 0 {
+        s.value = CtValue {
+            last_seen_ns: s.job.now,
+            policy_gen: s.run.policy_gen,
+            state: ct::initial_state(s.flow.proto),
+            origin: dir,
+            _pad: 0,
+        };
+        // An expired or closed entry of the same key is replaced in place (looked up
+        // again: carrying its pointer from step 4 would double the verifier's states).
+        match CT.get_ptr_mut(&s.key) {
+            // SAFETY: map value pointer, valid for this run.
+            Some(v) => unsafe { *v = s.value },
+            None => match CT.insert(&s.key, &s.value, BPF_NOEXIST as u64) {
+                Ok(()) => {}
+                Err(e) if e == -EEXIST => {}
+                // E2BIG: full (see the module docs). Any other failure: fail closed too.
+                Err(_) => return Err(DropReason::CtFull),
+            },
+        }
+        event(dir, EventStat::CtNew);
+    } else {
+        event(dir, EventStat::CtUntracked);
+    }
+    record_first(s);
+    Ok(())
+}
+
+/// A first fragment that passed: record it for the later ones.
+#[inline(always)]
+fn record_first(s: &mut Scratch) {
+    if s.flow.frag == FRAG_FIRST {
+        frag::record(
+            &mut s.frag,
+            &mut s.frag_value,
+            s.job.ifindex,
+            s.job.dir,
+            &s.flow,
+        );
+    }
+}
+
+/// An ICMP error about a tracked flow: the quoted packet, which travelled the other way.
+#[inline(always)]
+fn related(s: &mut Scratch) -> bool {
+    let other = if s.job.dir == DIR_EGRESS {
+        DIR_INGRESS
+    } else {
+        DIR_EGRESS
+    };
+    let f = &s.flow;
+    ct::key(
+        &mut s.related,
+        s.job.ifindex,
+        f.family,
+        f.inner_proto,
+        other,
+        &f.inner_src,
+        &f.inner_dst,
+        f.inner_sport,
+        f.inner_dport,
+    );
+    match CT.get_ptr(&s.related) {
+        // SAFETY: map value pointer, valid for this run.
+        Some(v) => !ct::expired(unsafe { &*v }, s.job.now),
+        None => false,
+    }
+}
+
+/// A conntrack hit `v` for `s.key` (see the module docs, step 4): true if it passes,
+/// false to judge the packet as new (expired, reopened, or no longer allowed: deleted).
+#[inline(always)]
+fn hit(s: &mut Scratch, v: *mut CtValue) -> bool {
+    // SAFETY: map value pointer, valid for this run. Concurrent updates from other CPUs
+    // are benign: each field is written whole.
+    let e = unsafe { &mut *v };
+    let now = s.job.now;
+    if ct::expired(e, now) || ct::reopens(e.state, &s.flow) {
+        return false;
+    }
+    let mut e = e;
+    if e.policy_gen != s.run.policy_gen {
+        s.job.check_dir = e.origin;
+        s.job.check_port = origin_rule_port(&s.key, e.origin);
+        // `e` is not kept across the rule lookups (it would take stack the verifier
+        // counts, see `Scratch`): looked up again below.
+        if !revalidate(s) {
+            let _ = CT.remove(&s.key);
+            return false;
+        }
+        let Some(v) = CT.get_ptr_mut(&s.key) else {
+            return false;
+        };
+        // SAFETY: as above.
+        e = unsafe { &mut *v };
+        e.policy_gen = s.run.policy_gen;
+    }
+    let dir = s.job.dir;
+    let state = ct::next_state(e.state, &s.flow, dir != e.origin);
+    if state != e.state || now.saturating_sub(e.last_seen_ns) >= CT_REFRESH_NS {
+        e.state = state;
+        e.last_seen_ns = now;
+    }
+    event(dir, EventStat::CtEstablished);
+    true
+}
+
+/// Re-judges an entry of an older policy generation by the rules of its origin direction
+/// (`s.job.check_*`); the entry's remote is the packet's (the key was built from it).
+#[inline(always)]
+fn revalidate(s: &mut Scratch) -> bool {
+    event(s.job.dir, EventStat::CtRevalidated);
+    (s.job.dir == DIR_EGRESS || port_secured(s.job.ifindex).unwrap_or(false)) && allowed(s)
+}
+
+/// The destination port has port security (its ingress rules apply); no port: dropped.
+#[inline(always)]
+fn port_secured(ifindex: u32) -> Result<bool, DropReason> {
+    match portsec::port(ifindex) {
+        Some(p) => Ok(p.has(PORT_F_PORT_SECURITY)),
+        None => Err(DropReason::UnknownPort),
+    }
+}
+
+/// What the rules matched when the entry's first packet was judged: its destination port
+/// (the remote's port for an egress origin, the local one for an ingress origin), or the
+/// echo request type for ICMP entries (only echo creates them).
+#[inline(always)]
+fn origin_rule_port(key: &CtKey, origin: u8) -> u16 {
+    match key.proto {
+        IPPROTO_ICMP => u16::from_ne_bytes([8, 0]),
+        IPPROTO_ICMPV6 => u16::from_ne_bytes([ICMPV6_ECHO_REQUEST, 0]),
+        _ if origin == DIR_EGRESS => key.rport,
+        _ => key.lport,
+    }
+}
+
+/// Step 5 of the module docs: does a rule of the judged port in direction
+/// `s.job.check_dir` allow the packet's protocol with destination port `s.job.check_port`
+/// from/to the packet's remote address? (Inputs in memory, not registers: see
+/// `revalidate`.)
+#[inline(always)]
+fn allowed(s: &mut Scratch) -> bool {
+    let ident = identity(s);
+    (ident != IDENT_WORLD && policy(s, ident)) || policy(s, ident_any(s.flow.family))
+}
+
+/// The identity of the packet's remote address (the destination of an egress packet,
+/// the source of an ingress one): exact member, else longest prefix, else `IDENT_WORLD`.
+#[inline(always)]
+fn identity(s: &mut Scratch) -> u32 {
+    let family = s.flow.family;
+    let ip = if s.job.dir == DIR_EGRESS {
+        &s.flow.dst
+    } else {
+        &s.flow.src
+    };
+    let bits = if family == FAMILY_V4 { 32 } else { 128 };
+    let words = [
+        IDENT_FIXED_BITS + bits,
+        u32::from_ne_bytes([family, 0, 0, 0]),
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+    ];
+    // SAFETY: Key<IdentKey> is packed: a u32 prefix length and IdentKey, 20 bytes of byte
+    // fields (family, pad, address); every bit pattern is valid, the layout is the words.
+    s.ident = unsafe { core::mem::transmute::<[u32; 6], Key<IdentKey>>(words) };
+    if let Some(v) = IDENT.get_ptr(&s.ident.data) {
+        // SAFETY: map value pointer, valid for this run.
+        return unsafe { *v };
+    }
+    match IDENT_LPM.get(&s.ident) {
+        Some(v) => *v,
+        None => IDENT_WORLD,
+    }
+}
+
+/// One `df_policy_v1` lookup with the full key, for the judged port (see [`allowed`]).
+#[inline(always)]
+fn policy(s: &mut Scratch, ident: u32) -> bool {
+    let [p0, p1] = s.job.check_port.to_ne_bytes();
+    let words = [
+        POLICY_KEY_BITS,
+        s.job.ifindex,
+        ident,
+        u32::from_ne_bytes([s.job.check_dir, s.flow.proto, p0, p1]),
+    ];
+    // SAFETY: Key<PolicyKey> is packed: a u32 prefix length and PolicyKey (two u32, two
+    // u8, a byte pair): the layout is the words above.
+    s.policy = unsafe { core::mem::transmute::<[u32; 4], Key<PolicyKey>>(words) };
+    POLICY.get(&s.policy).is_some()
+}
+
+#[inline(always)]
+fn event(dir: u8, e: EventStat) {
+    let d = if dir == DIR_EGRESS {
+        Direction::FromVm
+    } else {
+        Direction::ToVm
+    };
+    stats::event_in(d, e);
+}
