@@ -1,4 +1,5 @@
 //! Forwarding state: L2 (network, MAC) → where, IP → MAC (responder and L3), flood lists,
+//! multi-destination groups of shared allowed-address-pair addresses (the broadcast way),
 //! distributed-router routes, and the chassis-wide tunnel configuration.
 //!
 //! A network is keyed by its VNI (`net_id` = the logical switch's segmentation_id), so
@@ -10,6 +11,17 @@ pub const DEST_LOCAL: u8 = 1;
 pub const DEST_REMOTE: u8 = 2;
 /// A distributed router's interface MAC on this network: route on this chassis.
 pub const DEST_ROUTER: u8 = 3;
+/// A MAC several ports of the network list (e.g. a VRRP virtual MAC shared as an allowed
+/// address pair), broadcast way: one copy to each holder, from the group
+/// [`GroupKey::mac`]`(net_id, MAC)` in [`crate::maps::GROUPS`] (see [`Group`]).
+pub const DEST_GROUP: u8 = 4;
+
+/// [`L2Dest::flags`]: a port behind this MAC holds a shared allowed-address-pair IP with
+/// it (broadcast way). An IPv4/IPv6 frame to this MAC is first looked up by its
+/// destination IP in `df_neigh_v1`: if that IP is shared ([`NEIGH_F_SHARED`]), the frame
+/// goes to every holder of the IP (a client that resolved the VIP to one holder's MAC
+/// still reaches all of them). Unflagged MACs never pay for that lookup.
+pub const L2_F_SHARED_IP: u8 = 1 << 0;
 
 /// Key of [`crate::maps::L2`].
 #[repr(C)]
@@ -38,7 +50,8 @@ impl L2Key {
 pub struct L2Dest {
     /// `DEST_*`.
     pub kind: u8,
-    pub _pad: u8,
+    /// `L2_F_*` (was padding: entries written before it existed read as 0).
+    pub flags: u8,
     /// MTU of the destination network (payload bytes after the Ethernet header);
     /// larger frames are dropped and counted, never truncated.
     pub mtu: u16,
@@ -56,9 +69,16 @@ const _: () = assert!(core::mem::size_of::<L2Dest>() == 16);
 pub const NEIGH_F_ROUTER: u16 = 1 << 0;
 /// The address is a port's fixed IP.
 pub const NEIGH_F_FIXED: u16 = 1 << 1;
-/// The address is a single-IP allowed address pair of exactly one port in the network
-/// (shared AAP IPs are left to a later stage and not answered).
+/// The address is a single-IP allowed address pair: of exactly one port of the network,
+/// or, for an IP several ports list, of the port detected as active (detection way).
+/// Answered by the responder like a fixed IP.
 pub const NEIGH_F_AAP: u16 = 1 << 2;
+/// The address is an allowed-address-pair IP several ports of the network list, forwarded
+/// the broadcast way: `mac` is zero; the ARP/ND responder does not answer it, and ARP
+/// requests / neighbour solicitations for it go to its holders only (never flooded to the
+/// network); a routed or switched packet to it goes to every holder, each copy with that
+/// holder's MAC for the IP. The holders are the group [`GroupKey::ip`]`(net_id, IP)`.
+pub const NEIGH_F_SHARED: u16 = 1 << 3;
 
 /// Key of [`crate::maps::NEIGH`]: an IP in a network.
 #[repr(C)]
@@ -125,6 +145,115 @@ impl Default for FloodList {
             mtu: 0,
             _pad: 0,
             dests: [FloodDest::default(); FLOOD_MAX],
+        }
+    }
+}
+
+/// [`GroupKey::kind`]: the group of a shared MAC ([`DEST_GROUP`]).
+pub const GROUP_K_MAC: u8 = 0;
+// An IP group's kind is its family, `crate::addr::FAMILY_V4` / `FAMILY_V6`.
+
+/// Key of [`crate::maps::GROUPS`]: the shared address a group delivers for. Derived from
+/// the address itself, so a group needs no id: the datapath finds the group of an L2
+/// entry ([`DEST_GROUP`]) or of a neighbour ([`NEIGH_F_SHARED`]) from the same (network,
+/// address) it looked up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub net_id: u32,
+    /// [`GROUP_K_MAC`], or the IP's family.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// The MAC in the first 6 bytes (rest zero); an IPv4 in the first 4 bytes (network
+    /// order, rest zero); or the IPv6 address. Laid out as [`NeighKey::ip`].
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<GroupKey>() == 24);
+const _: () = assert!(core::mem::size_of::<GroupKey>() == core::mem::size_of::<NeighKey>());
+
+impl GroupKey {
+    /// The group of a shared MAC.
+    #[inline(always)]
+    pub const fn mac(net_id: u32, mac: [u8; 6]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[0] = mac[0];
+        addr[1] = mac[1];
+        addr[2] = mac[2];
+        addr[3] = mac[3];
+        addr[4] = mac[4];
+        addr[5] = mac[5];
+        Self {
+            net_id,
+            kind: GROUP_K_MAC,
+            _pad: [0; 3],
+            addr,
+        }
+    }
+
+    /// The group of a shared IP: the same bytes as its neighbour key.
+    #[inline(always)]
+    pub const fn ip(n: &NeighKey) -> Self {
+        Self {
+            net_id: n.net_id,
+            kind: n.family,
+            _pad: [0; 3],
+            addr: n.ip,
+        }
+    }
+}
+
+/// Members of one group, at most. A bounded loop in the datapath, like [`FLOOD_MAX`]; a
+/// VIP is typically held by two or three VMs. Longer groups are cut by the agent (locals
+/// first; logged).
+pub const GROUP_MAX: usize = 16;
+
+/// [`GroupMember::flags`]: the first member naming its destination (tap, or remote
+/// chassis). A frame forwarded unchanged (an ARP request or NS for a shared IP, a frame
+/// to a shared MAC) is copied once per destination, to these members only; a packet to a
+/// shared IP is copied to every member, each with its own `mac`.
+pub const GROUP_M_F_FIRST: u8 = 1 << 0;
+
+/// One holder of a shared address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupMember {
+    /// [`DEST_LOCAL`] or [`DEST_REMOTE`].
+    pub kind: u8,
+    /// `GROUP_M_F_*`.
+    pub flags: u8,
+    /// The holder's MAC for the address: the destination MAC of a copy of a packet to a
+    /// shared IP (a remote chassis resolves it with its own L2 entry). For a MAC group,
+    /// the shared MAC.
+    pub mac: [u8; 6],
+    /// DEST_LOCAL: the holder's tap.
+    pub ifindex: u32,
+    /// DEST_REMOTE: the chassis' tunnel IPv4 (network order). One member per (chassis,
+    /// MAC), never one per remote port: the remote chassis delivers to its own holders.
+    pub remote_ip: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<GroupMember>() == 16);
+
+/// Value of [`crate::maps::GROUPS`]. Replaced whole by the agent (a consistent list).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// Valid entries in `members`.
+    pub len: u32,
+    /// MTU of the network (same meaning as [`L2Dest::mtu`]).
+    pub mtu: u16,
+    pub _pad: u16,
+    /// Local members first, then remote ones.
+    pub members: [GroupMember; GROUP_MAX],
+}
+const _: () = assert!(core::mem::size_of::<Group>() == 8 + 16 * GROUP_MAX);
+
+impl Default for Group {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            mtu: 0,
+            _pad: 0,
+            members: [GroupMember::default(); GROUP_MAX],
         }
     }
 }

@@ -42,4 +42,6 @@ mod pod {
     unsafe impl aya::Pod for sg::CtValue {}
     unsafe impl aya::Pod for sg::FragKey {}
     unsafe impl aya::Pod for sg::FragValue {}
+    unsafe impl aya::Pod for fwd::GroupKey {}
+    unsafe impl aya::Pod for fwd::Group {}
 }

@@ -91,6 +91,20 @@ pub const IDENT_LPM_MAX: u32 = 65_536;
 pub const POLICY: &str = "df_policy_v1";
 pub const POLICY_MAX: u32 = 262_144;
 
+/// [`crate::fwd::GroupKey`] → [`crate::fwd::Group`]: the holders of each shared
+/// allowed-address-pair MAC and IP (broadcast way), referenced by L2 entries of kind
+/// `DEST_GROUP` and neighbours flagged `NEIGH_F_SHARED`.
+pub const GROUPS: &str = "df_groups_v1";
+pub const GROUPS_MAX: u32 = 16_384;
+
+/// PROG_ARRAY of the programs the pipeline tail-calls, filled by the agent after it
+/// loads them (index [`PROG_AAP_GROUP`]). Pinned so that its entries outlive the agent
+/// process (a prog array is emptied when its last user reference goes).
+pub const PROGS: &str = "df_progs_v1";
+pub const PROGS_MAX: u32 = 4;
+/// Index of [`progs::AAP_GROUP_TC`] in [`PROGS`].
+pub const PROG_AAP_GROUP: u32 = 0;
+
 /// Every map the agent pins and adopts, in one list (for cleanup and metrics). A pinned
 /// map whose name is not here is a leftover of an older layout: the agent removes it.
 pub const ALL: &[&str] = &[
@@ -112,6 +126,8 @@ pub const ALL: &[&str] = &[
     IDENT,
     IDENT_LPM,
     POLICY,
+    GROUPS,
+    PROGS,
 ];
 
 /// Capacity of a map by name, for fill-level metrics (`None` for arrays/ring buffers).
@@ -132,6 +148,7 @@ pub fn capacity(name: &str) -> Option<u32> {
         IDENT => Some(IDENT_MAX),
         IDENT_LPM => Some(IDENT_LPM_MAX),
         POLICY => Some(POLICY_MAX),
+        GROUPS => Some(GROUPS_MAX),
         _ => None,
     }
 }
@@ -159,6 +176,10 @@ pub mod progs {
     /// Micro-benchmark floor of a local delivery from TC: bpf_redirect to the ingress
     /// ifindex.
     pub const STUB_TC_REDIRECT: &str = "df_stub_tc_redirect";
+    /// Tail-called by `df_from_vm_tc` and `df_from_tunnel` (through [`super::PROGS`] at
+    /// [`super::PROG_AAP_GROUP`]): the copies of a frame to the holders of
+    /// a shared allowed-address-pair address (broadcast way). Never attached.
+    pub const AAP_GROUP_TC: &str = "df_aap_group";
 }
 
 /// Load-time globals (`EbpfLoader::set_global`), read-only in the datapath.

@@ -22,7 +22,9 @@
 //!
 //! A frame that XDP hands to its TC companion (tunnel, flood, routed: XDP cannot finish
 //! them) is not decided by XDP and counts nothing there; the TC companion counts it.
-//! Flood copies are not frames: one `Flood` per original. Destination-side policy
+//! Flood copies are not frames: one `Flood` per original; likewise the copies to the
+//! holders of a shared allowed-address-pair address: one `AapGroup` (or `Routed`) per
+//! original, and XDP hands such frames to TC. Destination-side policy
 //! outcomes are counted in the direction of the program that delivers (from_vm for local
 //! senders, from_tunnel for remote ones); `ToVm` is reserved for the security-group stage.
 
@@ -140,7 +142,12 @@ named_enum! {
         FragTiny = 33 => "frag_tiny",
         /// A fragment overlapping the L4 data of the first fragment (RFC 1858) [10].
         FragOverlap = 34 => "frag_overlap",
-        // 35..=39 reserved for the shared-AAP stage (issue 5).
+        /// For a shared allowed-address-pair address (an ARP request / NS for a shared IP,
+        /// a packet to a shared IP or MAC), and no holder to deliver to but the sender
+        /// (holders unbound, on dead chassis, or not local when it came from the tunnel).
+        /// Never flooded instead: a shared IP is not asked of the whole network.
+        NoHolder = 35 => "no_holder",
+        // 36..=39 reserved for the shared-AAP stage (issue 5).
     }
 }
 
@@ -172,6 +179,11 @@ named_enum! {
         NdResponder = 12 => "nd_responder",
         /// ICMP/ICMPv6 echo to a router interface answered by the datapath.
         RouterEcho = 13 => "router_echo",
+        /// Switched to the holders of a shared allowed-address-pair address (broadcast
+        /// way): a frame to a shared MAC, a packet to a shared IP, an ARP request / NS for a
+        /// shared IP; one copy per holder (see the counting convention: copies are not
+        /// frames). A routed packet to a shared IP counts `routed`.
+        AapGroup = 14 => "aap_group",
     }
 }
 
