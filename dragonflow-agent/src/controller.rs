@@ -97,8 +97,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>, ebpf: Ebpf, mut maps: Maps) -> Self {
+    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>, mut ebpf: Ebpf, mut maps: Maps) -> Self {
         let actual = maps.read_all();
+        // Before any tap runs the new programs: their tail calls land in this program.
+        if let Err(e) = maps.link_tail_calls(&mut ebpf) {
+            error!(
+                "{e}: frames for the holders of shared allowed-address-pair addresses are \
+                 dropped (redirect_failed)"
+            );
+        }
         let mut identities = Identities::default();
         identities.adopt(&actual.ident, &actual.ident_lpm);
         let policy_gen = actual.config.get(&0).map_or(0, |c| c.policy_gen);

@@ -1,25 +1,51 @@
 //! The forwarding half of the desired state (pure, like `reconcile.rs`): from the NB
 //! snapshot, the local ports' taps and the live chassis records, the entries of
-//! `df_l2_v1`, `df_neigh_v1`, `df_flood_v1`, `df_routes_v1` and `df_devmap_v1`.
+//! `df_l2_v1`, `df_neigh_v1`, `df_flood_v1`, `df_groups_v1`, `df_routes_v1` and
+//! `df_devmap_v1`.
 //!
-//! Fill rules (issue 3):
+//! Fill rules (issues 3 and 5):
 //! - every lswitch with at least one port or router interface is installed on every
 //!   chassis (a VM here may send to, or route to, any port of it);
 //! - L2 (network, MAC): a bound port's MAC → `DEST_LOCAL{tap ifindex}` when it is bound
 //!   here and its tap is programmed, `DEST_REMOTE{tunnel_ip}` when bound to another chassis
 //!   whose `chassis/` record exists (a chassis without a record — stopped, or its lease
 //!   expired — contributes nothing: its ports are unknown unicast until it is back). An
-//!   allowed-address-pair MAC is added with its port's destination when exactly one port
-//!   of the network uses it; a MAC several ports share (a VRRP virtual MAC) is left out for
-//!   now: which port gets it is the AAP-mode issue's decision. A router interface MAC →
-//!   `DEST_ROUTER{router_id}`. `mtu` is always the network's.
+//!   allowed-address-pair MAC exactly one port of the network uses gets its port's
+//!   destination. A router interface MAC → `DEST_ROUTER{router_id}`. `mtu` is always the
+//!   network's.
 //! - neighbours (network, IP) → MAC: router interface IPs (`NEIGH_F_ROUTER`); fixed IPs of
 //!   ports that have an L2 destination (`NEIGH_F_FIXED`: the responder only answers for
 //!   addresses it can deliver to); single-IP AAPs listed by exactly one port of the
-//!   network, with that AAP's MAC, when that MAC has an L2 entry for the port
-//!   (`NEIGH_F_AAP`). A VIP two ports share is not answered (the AAP-mode issue decides).
-//!   First writer wins on a clash: router interfaces, then fixed IPs, then AAPs, each in
-//!   id order.
+//!   network, with that AAP's MAC, when that MAC's L2 entry leads to the port
+//!   (`NEIGH_F_AAP`). First writer wins on a clash: router interfaces, then fixed IPs,
+//!   then AAPs, each in id order. (A port's own MAC and fixed IPs are never shared: an
+//!   AAP naming them does not displace them.)
+//! - shared allowed-address-pair addresses — a MAC several ports list (a VRRP virtual MAC
+//!   00:00:5e:00:01:xx), a single-IP AAP several ports list (a keepalived VIP) — follow
+//!   the network's effective AAP mode: the lswitch's `aap_mode` if set, else this agent's
+//!   (the one it publishes in its `chassis/` record):
+//!   - **broadcast way** (and the detection way without a valid active port): a shared
+//!     MAC's L2 entry is `DEST_GROUP`, its group (`GroupKey::mac`) one member per local
+//!     holder's tap and one per other chassis hosting holders (that chassis resolves the
+//!     same key to its own local holders). A shared IP's neighbour is `NEIGH_F_SHARED`
+//!     (never answered; an ARP request / NS for it goes to the holders only, never
+//!     flooded), its group (`GroupKey::ip`) one member per (holder tap, MAC) and per
+//!     (chassis, MAC) with the holder's MAC for the IP, so a routed or switched packet
+//!     reaches every holder with its own MAC; the L2 entries of those MACs get
+//!     `L2_F_SHARED_IP` (a packet to a holder's MAC is checked for the shared IP). An IP
+//!     group with no reachable holder is installed empty: ARP for it is dropped
+//!     (`no_holder`), not flooded. Groups are cut at `GROUP_MAX` (locals first, warned);
+//!   - **detection way** with an `activeport/<lswitch>/<ip>` entry whose port still lists
+//!     that (IP, MAC) pair and has a destination from here (bound to a live chassis, tap
+//!     programmed if local): the IP's neighbour is the active MAC (`NEIGH_F_AAP`, answered
+//!     by the responder), and if that MAC is shared its L2 entry is the active port's
+//!     destination (two IPs active on different ports with one shared MAC: the first IP
+//!     wins, warned). Routed and switched traffic then reaches the active port only. Any
+//!     other entry is ignored (warned) and the address goes the broadcast way.
+//!
+//!   When the live chassis hosting a network's ports publish different modes and the
+//!   lswitch does not override, they would forward its shared addresses differently: a
+//!   warning (logged once, `dragonflow_aap_mode_disagreements`, `/state`).
 //! - flood lists, per network with a programmed local port: the local taps (by port id),
 //!   then one `DEST_REMOTE` per other live chassis hosting bound ports of the network (by
 //!   chassis name, one per tunnel IP). Longer than `FLOOD_MAX`: cut to the first
@@ -41,16 +67,17 @@ use std::{
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
     fwd::{
-        DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, FloodDest, FloodList, L2Dest, L2Key,
-        NEIGH_F_AAP, NEIGH_F_FIXED, NEIGH_F_ROUTER, NeighKey, NeighValue, ROUTE_FIXED_BITS,
-        RouteDest, RouteKey,
+        DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, FloodDest, FloodList,
+        GROUP_M_F_FIRST, GROUP_MAX, Group, GroupKey, GroupMember, L2_F_SHARED_IP, L2Dest, L2Key,
+        NEIGH_F_AAP, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey, NeighValue,
+        ROUTE_FIXED_BITS, RouteDest, RouteKey,
     },
 };
 use serde::Serialize;
 
 use crate::{
-    nb::{IpPrefix, LPort, LRouter, LRouterPort, MacAddr},
-    reconcile::{Desired, NbSnapshot, PortState, RouteLpmKey},
+    nb::{AapMode, ActivePort, IpPrefix, LPort, LRouter, LRouterPort, LSwitch, MacAddr},
+    reconcile::{Desired, MapEntries, NbSnapshot, PortState, RouteLpmKey},
 };
 
 /// The datapath's id of a router: 32-bit FNV-1a of its id string (0 is mapped to 1 so
@@ -77,6 +104,35 @@ pub struct NetworkView {
     pub routers: Vec<String>,
     /// Destinations in its flood list (`None`: no local port, so no flood list here).
     pub flood_len: Option<usize>,
+    /// The AAP mode this chassis applies to the network (the lswitch's override, else
+    /// this agent's `--aap-mode`).
+    pub aap_mode: AapMode,
+    /// When the live chassis hosting its ports would not all use the same mode: each one's
+    /// (the warning also goes to the log and `dragonflow_aap_mode_disagreements`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub aap_mode_disagreement: BTreeMap<String, AapMode>,
+    /// Allowed-address-pair MACs and IPs several ports of the network list.
+    pub shared: Vec<SharedView>,
+}
+
+/// A shared allowed-address-pair address of a network, as this chassis forwards it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SharedView {
+    /// The IP or MAC.
+    pub address: String,
+    /// `ip` or `mac`.
+    pub kind: &'static str,
+    /// Every port of the network that lists it.
+    pub holders: Vec<String>,
+    /// `broadcast`: copies to every reachable holder; `detection`: to the active port only
+    /// (a detection-mode network without a valid active entry shows `broadcast`).
+    pub way: AapMode,
+    /// The detected active port (detection way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_port: Option<String>,
+    /// The holders that traffic for it reaches from this chassis (bound to a live chassis;
+    /// local ones with their tap programmed).
+    pub delivered_to: Vec<String>,
 }
 
 /// The IPv4 a chassis record's tunnel_ip gives the datapath, or why it cannot be used.
@@ -132,6 +188,9 @@ fn ip16(ip: IpAddr) -> (u8, [u8; 16]) {
 pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
     // Live chassis we can tunnel to.
     let my_ip = nb.chassis.get(me).and_then(|c| tunnel_v4(c.tunnel_ip).ok());
+    // This agent's AAP mode is the one it publishes in its chassis record (written before
+    // the first read of etcd), so it is judged by the same rule as every other chassis'.
+    let my_mode = nb.chassis.get(me).map(|c| c.aap_mode).unwrap_or_default();
     let mut remote: BTreeMap<&str, [u8; 4]> = BTreeMap::new();
     for (name, c) in &nb.chassis {
         if name == me {
@@ -270,26 +329,11 @@ pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
                 })
             }
         };
-        // Every MAC a port of the network may send from, and every single-IP AAP, with the
-        // ports using it (bound or not: a VIP is shared even if one holder is unbound).
-        let mut mac_users: BTreeMap<MacAddr, BTreeSet<&str>> = BTreeMap::new();
-        let mut vip_users: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
-        for p in ports {
-            mac_users.entry(p.mac).or_default().insert(&p.id);
-            for a in &p.allowed_address_pairs {
-                mac_users.entry(p.aap_mac(a)).or_default().insert(&p.id);
-                if a.ip_address.is_host() {
-                    vip_users
-                        .entry(a.ip_address.addr)
-                        .or_default()
-                        .insert(&p.id);
-                }
-            }
-        }
-
         // Own MACs and fixed IPs first, so that an AAP never displaces them.
         let mut remote_hosts: BTreeMap<&str, [u8; 4]> = BTreeMap::new();
         let mut locals: Vec<u32> = Vec::new();
+        // MAC → the ports its L2 entry leads to (own MACs here; AAP MACs in `aaps`).
+        let mut reach: BTreeMap<MacAddr, BTreeSet<&str>> = BTreeMap::new();
         for p in ports {
             let Some(dest) = dest_of(p) else { continue };
             let chassis = p.chassis.as_deref().unwrap_or_default();
@@ -302,6 +346,7 @@ pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
             let who = format!("lport {}", p.id);
             if claim(&mut l2_owner, p.mac, &who, &mut warn, "MAC") {
                 e.l2.insert(L2Key::new(net_id, p.mac.0), dest);
+                reach.entry(p.mac).or_default().insert(&p.id);
             }
             for ip in &p.fixed_ips {
                 if claim(&mut neigh_owner, *ip, &who, &mut warn, "IP") {
@@ -315,39 +360,33 @@ pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
                 }
             }
         }
-        for p in ports {
-            let Some(dest) = dest_of(p) else { continue };
-            // MACs whose L2 entry leads to this port.
-            let mut reachable = BTreeSet::from([p.mac]);
-            for a in &p.allowed_address_pairs {
-                let mac = p.aap_mac(a);
-                if mac == p.mac || reachable.contains(&mac) {
-                    continue;
-                }
-                if mac_users.get(&mac).is_some_and(|u| u.len() == 1) && !l2_owner.contains_key(&mac)
-                {
-                    l2_owner.insert(mac, format!("lport {}", p.id));
-                    e.l2.insert(L2Key::new(net_id, mac.0), dest);
-                    reachable.insert(mac);
-                }
-            }
-            for a in &p.allowed_address_pairs {
-                let (ip, mac) = (a.ip_address.addr, p.aap_mac(a));
-                if a.ip_address.is_host()
-                    && vip_users.get(&ip).is_some_and(|u| u.len() == 1)
-                    && reachable.contains(&mac)
-                    && !neigh_owner.contains_key(&ip)
-                {
-                    neigh_owner.insert(ip, format!("lport {}", p.id));
-                    e.neigh.insert(
-                        neigh_key(net_id, ip),
-                        NeighValue {
-                            mac: mac.0,
-                            flags: NEIGH_F_AAP,
-                        },
-                    );
-                }
-            }
+        let fill = NetFill {
+            net,
+            net_id,
+            mtu,
+            mode: ls.aap_mode.unwrap_or(my_mode),
+            ports,
+            dest_of: &dest_of,
+        };
+        view.aap_mode = fill.mode;
+        let owners = Owners {
+            l2: &mut l2_owner,
+            neigh: &mut neigh_owner,
+            reach: &mut reach,
+        };
+        aaps(&fill, &nb.active_ports, e, owners, &mut warn, &mut view);
+        if let Some(modes) = disagreement(nb, ls, ports) {
+            warn(format!(
+                "live chassis hosting its ports would forward its shared allowed-address-pair \
+                 addresses differently ({}); give the network one mode with `aap_mode` in its \
+                 lswitch record (it overrides every agent's --aap-mode)",
+                modes
+                    .iter()
+                    .map(|(c, m)| format!("{c}: {}", mode_name(*m)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            view.aap_mode_disagreement = modes;
         }
 
         view.remote_chassis = remote_hosts.keys().map(|s| s.to_string()).collect();
@@ -390,6 +429,327 @@ pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
     }
 }
 
+/// What the allowed-address-pair fill of one network needs from [`compute`].
+struct NetFill<'a> {
+    net: &'a str,
+    net_id: u32,
+    mtu: u16,
+    /// The network's effective mode on this chassis.
+    mode: AapMode,
+    ports: &'a [&'a LPort],
+    /// Where frames to a port go from this chassis (`None`: unbound, dead chassis, no tap).
+    dest_of: &'a dyn Fn(&LPort) -> Option<L2Dest>,
+}
+
+/// Who holds what so far in one network.
+struct Owners<'a, 'p> {
+    /// L2 MAC → who claimed it (for clash warnings).
+    l2: &'a mut BTreeMap<MacAddr, String>,
+    /// Neighbour IP → who claimed it.
+    neigh: &'a mut BTreeMap<IpAddr, String>,
+    /// MAC → the ports its L2 entry leads to.
+    reach: &'a mut BTreeMap<MacAddr, BTreeSet<&'p str>>,
+}
+
+/// The effective AAP mode names, as in etcd and on the command line.
+pub fn mode_name(m: AapMode) -> &'static str {
+    match m {
+        AapMode::Broadcast => "broadcast",
+        AapMode::Detection => "detection",
+    }
+}
+
+/// The allowed-address-pair entries of one network (see the module docs): unique AAP MACs
+/// and IPs like fixed ones; shared ones the broadcast way (groups) or, under the
+/// detection way with a valid active entry, pointed at the active port.
+fn aaps<'p>(
+    f: &NetFill<'p>,
+    active: &BTreeMap<(String, IpAddr), ActivePort>,
+    e: &mut MapEntries,
+    own: Owners<'_, 'p>,
+    warn: &mut impl FnMut(String),
+    view: &mut NetworkView,
+) {
+    let net_id = f.net_id;
+    let by_id: BTreeMap<&str, &LPort> = f.ports.iter().map(|p| (p.id.as_str(), *p)).collect();
+    // Every MAC a port may send from, and every single-IP AAP with its (port, MAC) pairs;
+    // bound or not: a VIP is shared even if one holder is unbound.
+    let mut mac_users: BTreeMap<MacAddr, BTreeSet<&str>> = BTreeMap::new();
+    let mut vip_users: BTreeMap<IpAddr, BTreeSet<(&str, MacAddr)>> = BTreeMap::new();
+    for p in f.ports {
+        mac_users.entry(p.mac).or_default().insert(&p.id);
+        for a in &p.allowed_address_pairs {
+            let mac = p.aap_mac(a);
+            mac_users.entry(mac).or_default().insert(&p.id);
+            if a.ip_address.is_host() {
+                vip_users
+                    .entry(a.ip_address.addr)
+                    .or_default()
+                    .insert((&p.id, mac));
+            }
+        }
+    }
+    let holders_of = |pairs: &BTreeSet<(&str, MacAddr)>| -> Vec<String> {
+        let ids: BTreeSet<&str> = pairs.iter().map(|(p, _)| *p).collect();
+        ids.into_iter().map(String::from).collect()
+    };
+
+    // Detection way: the active entries that still hold (the port lists the (IP, MAC)
+    // pair and is reachable). Anything else falls back to the broadcast way.
+    let mut active_ip: BTreeMap<IpAddr, (&LPort, MacAddr, L2Dest)> = BTreeMap::new();
+    if f.mode == AapMode::Detection {
+        for (ip, pairs) in &vip_users {
+            let Some(a) = active.get(&(f.net.to_string(), *ip)) else {
+                continue;
+            };
+            let holder = by_id
+                .get(a.port.as_str())
+                .filter(|p| pairs.contains(&(p.id.as_str(), a.mac)))
+                .and_then(|p| (f.dest_of)(p).map(|d| (*p, d)));
+            match holder {
+                Some((p, d)) => {
+                    active_ip.insert(*ip, (p, a.mac, d));
+                }
+                None => warn(format!(
+                    "activeport {ip} names lport {} with {}, which does not list that pair or \
+                     is unreachable from here; forwarded the broadcast way",
+                    a.port, a.mac
+                )),
+            }
+        }
+    }
+    // A shared MAC used by an active holder is pointed at it (the first IP wins).
+    let mut mac_pointer: BTreeMap<MacAddr, (&LPort, L2Dest, IpAddr)> = BTreeMap::new();
+    for (ip, (p, mac, d)) in &active_ip {
+        if mac_users.get(mac).is_none_or(|u| u.len() < 2) || own.l2.contains_key(mac) {
+            continue;
+        }
+        match mac_pointer.get(mac) {
+            Some((q, _, first)) if q.id != p.id => warn(format!(
+                "shared MAC {mac} is active on lport {} (for {first}) and on lport {} (for \
+                 {ip}); it follows lport {}",
+                q.id, p.id, q.id
+            )),
+            Some(_) => {}
+            None => {
+                mac_pointer.insert(*mac, (p, *d, *ip));
+            }
+        }
+    }
+
+    // Shared MACs (a port's own MAC is never shared: its owner keeps it).
+    for (mac, users) in &mac_users {
+        if users.len() < 2 || own.l2.contains_key(mac) {
+            continue;
+        }
+        let key = L2Key::new(net_id, mac.0);
+        let mut sv = SharedView {
+            address: mac.to_string(),
+            kind: "mac",
+            holders: users.iter().map(|s| s.to_string()).collect(),
+            way: AapMode::Broadcast,
+            active_port: None,
+            delivered_to: Vec::new(),
+        };
+        if let Some((p, d, _)) = mac_pointer.get(mac) {
+            own.l2.insert(*mac, format!("lport {} (active)", p.id));
+            own.reach.entry(*mac).or_default().insert(&p.id);
+            e.l2.insert(key, *d);
+            sv.way = AapMode::Detection;
+            sv.active_port = Some(p.id.clone());
+            sv.delivered_to = vec![p.id.clone()];
+        } else {
+            let members: Vec<(&str, L2Dest, MacAddr)> = users
+                .iter()
+                .filter_map(|id| (f.dest_of)(by_id[id]).map(|d| (*id, d, *mac)))
+                .collect();
+            if !members.is_empty() {
+                let what = format!("shared MAC {mac}");
+                e.groups.insert(
+                    GroupKey::mac(net_id, mac.0),
+                    group(&members, f.mtu, &what, warn),
+                );
+                e.l2.insert(
+                    key,
+                    L2Dest {
+                        kind: DEST_GROUP,
+                        mtu: f.mtu,
+                        ..Default::default()
+                    },
+                );
+                own.l2.insert(*mac, format!("the holders of {what}"));
+                let reach = own.reach.entry(*mac).or_default();
+                for (id, _, _) in &members {
+                    reach.insert(id);
+                    sv.delivered_to.push(id.to_string());
+                }
+            }
+        }
+        view.shared.push(sv);
+    }
+    // AAP MACs of exactly one port: like its own MAC.
+    for p in f.ports {
+        let Some(dest) = (f.dest_of)(p) else { continue };
+        for a in &p.allowed_address_pairs {
+            let mac = p.aap_mac(a);
+            if mac_users.get(&mac).is_some_and(|u| u.len() == 1) && !own.l2.contains_key(&mac) {
+                own.l2.insert(mac, format!("lport {}", p.id));
+                own.reach.entry(mac).or_default().insert(&p.id);
+                e.l2.insert(L2Key::new(net_id, mac.0), dest);
+            }
+        }
+    }
+
+    // Single-IP AAPs. A fixed IP or a router interface keeps its address.
+    let reaches = |reach: &BTreeMap<MacAddr, BTreeSet<&str>>, port: &str, mac: &MacAddr| {
+        reach.get(mac).is_some_and(|s| s.contains(port))
+    };
+    for (ip, pairs) in &vip_users {
+        if own.neigh.contains_key(ip) {
+            continue;
+        }
+        let holders = holders_of(pairs);
+        let nkey = neigh_key(net_id, *ip);
+        if let Some((p, mac, _)) = active_ip.get(ip)
+            && reaches(own.reach, &p.id, mac)
+        {
+            own.neigh.insert(*ip, format!("lport {} (active)", p.id));
+            e.neigh.insert(
+                nkey,
+                NeighValue {
+                    mac: mac.0,
+                    flags: NEIGH_F_AAP,
+                },
+            );
+            if holders.len() > 1 {
+                view.shared.push(SharedView {
+                    address: ip.to_string(),
+                    kind: "ip",
+                    holders,
+                    way: AapMode::Detection,
+                    active_port: Some(p.id.clone()),
+                    delivered_to: vec![p.id.clone()],
+                });
+            }
+            continue;
+        }
+        if holders.len() == 1 {
+            // Answered with the first of its MACs that leads to the port.
+            if let Some((p, mac)) = pairs.iter().find(|(p, m)| reaches(own.reach, p, m)) {
+                own.neigh.insert(*ip, format!("lport {p}"));
+                e.neigh.insert(
+                    nkey,
+                    NeighValue {
+                        mac: mac.0,
+                        flags: NEIGH_F_AAP,
+                    },
+                );
+            }
+            continue;
+        }
+        // The broadcast way: never answered, never flooded; copies to every reachable
+        // holder (an empty group still keeps ARP for it from being flooded).
+        let members: Vec<(&str, L2Dest, MacAddr)> = pairs
+            .iter()
+            .filter_map(|(id, mac)| (f.dest_of)(by_id[id]).map(|d| (*id, d, *mac)))
+            .collect();
+        let what = format!("shared IP {ip}");
+        e.groups
+            .insert(GroupKey::ip(&nkey), group(&members, f.mtu, &what, warn));
+        e.neigh.insert(
+            nkey,
+            NeighValue {
+                mac: [0; 6],
+                flags: NEIGH_F_SHARED,
+            },
+        );
+        own.neigh.insert(*ip, format!("the holders of {what}"));
+        // Packets to a holder's MAC are checked for this IP (see `L2_F_SHARED_IP`).
+        for (id, mac) in pairs {
+            if let Some(d) = e.l2.get_mut(&L2Key::new(net_id, mac.0))
+                && (d.kind == DEST_GROUP || reaches(own.reach, id, mac))
+            {
+                d.flags |= L2_F_SHARED_IP;
+            }
+        }
+        let mut delivered: Vec<String> = members.iter().map(|(id, _, _)| id.to_string()).collect();
+        delivered.dedup();
+        view.shared.push(SharedView {
+            address: ip.to_string(),
+            kind: "ip",
+            holders,
+            way: AapMode::Broadcast,
+            active_port: None,
+            delivered_to: delivered,
+        });
+    }
+}
+
+/// A group of `members` (port, destination, MAC for the address), locals first, without
+/// duplicate (tap or chassis, MAC) copies; the first member of each tap/chassis flagged
+/// `GROUP_M_F_FIRST`. More than `GROUP_MAX` distinct members: cut, with a warning.
+fn group(
+    members: &[(&str, L2Dest, MacAddr)],
+    mtu: u16,
+    what: &str,
+    warn: &mut impl FnMut(String),
+) -> Group {
+    let mut out: Vec<GroupMember> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut first = BTreeSet::new();
+    let locals = members.iter().filter(|m| m.1.kind == DEST_LOCAL);
+    let remotes = members.iter().filter(|m| m.1.kind == DEST_REMOTE);
+    for (_, d, mac) in locals.chain(remotes) {
+        // A tap is named by its ifindex, a chassis by its tunnel IP.
+        let at = (d.kind, d.ifindex, d.remote_ip);
+        if !seen.insert((at, *mac)) {
+            continue;
+        }
+        out.push(GroupMember {
+            kind: d.kind,
+            flags: if first.insert(at) { GROUP_M_F_FIRST } else { 0 },
+            mac: mac.0,
+            ifindex: d.ifindex,
+            remote_ip: d.remote_ip,
+        });
+    }
+    if out.len() > GROUP_MAX {
+        warn(format!(
+            "{what} has {} destinations; only the first {GROUP_MAX} (local ones first) get \
+             copies",
+            out.len()
+        ));
+        out.truncate(GROUP_MAX);
+    }
+    let mut g = Group {
+        len: out.len() as u32,
+        mtu,
+        ..Default::default()
+    };
+    g.members[..out.len()].copy_from_slice(&out);
+    g
+}
+
+/// The live chassis hosting bound ports of the network and the AAP mode each would use
+/// for it, when they are not all the same (`None` when they agree or the lswitch
+/// overrides the mode).
+fn disagreement(
+    nb: &NbSnapshot,
+    ls: &LSwitch,
+    ports: &[&LPort],
+) -> Option<BTreeMap<String, AapMode>> {
+    if ls.aap_mode.is_some() {
+        return None;
+    }
+    let modes: BTreeMap<String, AapMode> = ports
+        .iter()
+        .filter_map(|p| p.chassis.as_deref())
+        .filter_map(|c| nb.chassis.get(c).map(|r| (c.to_string(), r.aap_mode)))
+        .collect();
+    let first = modes.values().next()?;
+    modes.values().any(|m| m != first).then_some(modes)
+}
+
 /// Records `who` as the owner of `key` unless someone already is (then warns, returns
 /// false).
 fn claim<K: Ord + Copy + std::fmt::Display>(
@@ -419,7 +779,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        nb::{AllowedAddressPair, Chassis, LSwitch},
+        nb::{AllowedAddressPair, Chassis},
         reconcile::{Desired, desired},
     };
 
@@ -655,13 +1015,6 @@ mod tests {
         ];
         b.allowed_address_pairs = vec![aap("192.0.2.100", Some(vrrp))];
         let d = run(&nb(vec![a, b], vec![]), &[("tapa", 7)]);
-        let vrrp_mac: MacAddr = vrrp.parse().unwrap();
-        assert!(!d.entries.l2.contains_key(&L2Key::new(100, vrrp_mac.0)));
-        assert_eq!(
-            neigh(&d, 100, "192.0.2.100"),
-            None,
-            "shared VIP not answered"
-        );
         assert_eq!(
             neigh(&d, 100, "192.0.2.101"),
             Some(NeighValue {
@@ -681,7 +1034,413 @@ mod tests {
             neigh(&d, 100, "192.0.2.2").unwrap().mac,
             [0xfa, 0x16, 0x3e, 0, 0, 2]
         );
-        assert_eq!(d.entries.neigh.len(), 4);
+        // The shared VIP: never answered, delivered to its holders.
+        assert_eq!(
+            neigh(&d, 100, "192.0.2.100"),
+            Some(NeighValue {
+                mac: [0; 6],
+                flags: NEIGH_F_SHARED
+            }),
+        );
+        assert_eq!(d.entries.neigh.len(), 5);
+        // Own MACs stay unicast; only MACs of holders of a shared IP are flagged.
+        assert_eq!(l2(&d, 100, 1).unwrap().flags, 0);
+        assert_eq!(d.entries.l2[&L2Key::new(100, aa.0)].flags, 0);
+    }
+
+    const VRRP: &str = "00:00:5e:00:01:07";
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn group_of(d: &Desired, key: GroupKey) -> Vec<(u8, u8, MacAddr, u32, [u8; 4])> {
+        let g = d
+            .entries
+            .groups
+            .get(&key)
+            .unwrap_or_else(|| panic!("no group {key:?}: {:?}", d.entries.groups.keys()));
+        g.members[..g.len as usize]
+            .iter()
+            .map(|m| (m.kind, m.flags, MacAddr(m.mac), m.ifindex, m.remote_ip))
+            .collect()
+    }
+
+    fn ip_group(net: u32, ip: &str) -> GroupKey {
+        GroupKey::ip(&neigh_key(net, ip.parse().unwrap()))
+    }
+
+    const HV2: [u8; 4] = [198, 18, 0, 2];
+    const HV3: [u8; 4] = [198, 18, 0, 3];
+    const F: u8 = GROUP_M_F_FIRST;
+
+    /// A VRRP MAC listed by five ports (two here, two on hv2, one on hv3, one unbound) and
+    /// a VIP two of them list with it: groups with one member per local tap and one per
+    /// chassis, locals first.
+    #[test]
+    fn shared_mac_broadcast_group() {
+        let mut ports = Vec::new();
+        for (id, n, hv) in [
+            ("a", 1, Some("hv1")),
+            ("b", 2, Some("hv2")),
+            ("c", 3, Some("hv2")),
+            ("d", 4, Some("hv3")),
+            ("e", 5, None),
+            ("f", 6, Some("hv1")),
+        ] {
+            let mut p = port(id, "n1", n, hv);
+            p.allowed_address_pairs = vec![aap("192.0.2.200", Some(VRRP))];
+            if id == "a" || id == "b" {
+                p.allowed_address_pairs.push(aap("192.0.2.100", Some(VRRP)));
+            }
+            ports.push(p);
+        }
+        let d = run(&nb(ports, vec![]), &[("tapa", 7), ("tapf", 9)]);
+        let vrrp = mac(VRRP);
+        assert_eq!(
+            d.entries.l2[&L2Key::new(100, vrrp.0)],
+            L2Dest {
+                kind: DEST_GROUP,
+                mtu: 1450,
+                flags: L2_F_SHARED_IP,
+                ..Default::default()
+            },
+            "a shared MAC goes to its group (and a shared IP uses it)"
+        );
+        assert_eq!(
+            group_of(&d, GroupKey::mac(100, vrrp.0)),
+            vec![
+                (DEST_LOCAL, F, vrrp, 7, [0; 4]),
+                (DEST_LOCAL, F, vrrp, 9, [0; 4]),
+                (DEST_REMOTE, F, vrrp, 0, HV2),
+                (DEST_REMOTE, F, vrrp, 0, HV3),
+            ]
+        );
+        assert_eq!(d.entries.groups[&GroupKey::mac(100, vrrp.0)].mtu, 1450);
+        // Every port lists .200: shared too, one member per tap and per chassis.
+        assert_eq!(neigh(&d, 100, "192.0.2.200").unwrap().flags, NEIGH_F_SHARED);
+        assert_eq!(group_of(&d, ip_group(100, "192.0.2.200")).len(), 4);
+        assert_eq!(
+            group_of(&d, ip_group(100, "192.0.2.100")),
+            vec![
+                (DEST_LOCAL, F, vrrp, 7, [0; 4]),
+                (DEST_REMOTE, F, vrrp, 0, HV2),
+            ]
+        );
+        let view = &d.networks[0];
+        assert_eq!(view.aap_mode, AapMode::Broadcast);
+        let shared: Vec<(&str, &str, AapMode)> = view
+            .shared
+            .iter()
+            .map(|s| (s.kind, s.address.as_str(), s.way))
+            .collect();
+        assert_eq!(
+            shared,
+            vec![
+                ("mac", "00:00:5e:00:01:07", AapMode::Broadcast),
+                ("ip", "192.0.2.100", AapMode::Broadcast),
+                ("ip", "192.0.2.200", AapMode::Broadcast),
+            ]
+        );
+        assert_eq!(view.shared[0].holders, vec!["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(view.shared[0].delivered_to, vec!["a", "b", "c", "d", "f"]);
+    }
+
+    /// A VIP two ports list with their own MACs, and one two ports on hv2 list with
+    /// their own MACs: one copy per (chassis, MAC), the first per chassis flagged.
+    #[test]
+    fn shared_ip_own_macs() {
+        let mut a = port("a", "n1", 1, Some("hv1"));
+        let mut b = port("b", "n1", 2, Some("hv2"));
+        let mut c = port("c", "n1", 3, Some("hv2"));
+        let other = port("z", "n1", 9, Some("hv2"));
+        a.allowed_address_pairs = vec![aap("192.0.2.100", None)];
+        b.allowed_address_pairs = vec![aap("192.0.2.100", None), aap("2001:db8::100", None)];
+        c.allowed_address_pairs = vec![aap("2001:db8::100", None)];
+        let d = run(&nb(vec![a, b, c, other], vec![]), &[("tapa", 7)]);
+        let m = |n: u8| MacAddr([0xfa, 0x16, 0x3e, 0, 0, n]);
+        assert_eq!(
+            group_of(&d, ip_group(100, "192.0.2.100")),
+            vec![
+                (DEST_LOCAL, F, m(1), 7, [0; 4]),
+                (DEST_REMOTE, F, m(2), 0, HV2),
+            ]
+        );
+        assert_eq!(
+            group_of(&d, ip_group(100, "2001:db8::100")),
+            vec![
+                (DEST_REMOTE, F, m(2), 0, HV2),
+                (DEST_REMOTE, 0, m(3), 0, HV2),
+            ],
+            "one copy per holder MAC, the frame itself once per chassis"
+        );
+        for n in [1, 2, 3] {
+            assert_eq!(l2(&d, 100, n).unwrap().flags, L2_F_SHARED_IP, "port {n}");
+            assert_ne!(l2(&d, 100, n).unwrap().kind, DEST_GROUP);
+        }
+        assert_eq!(l2(&d, 100, 9).unwrap().flags, 0, "not a holder");
+        assert_eq!(
+            neigh(&d, 100, "2001:db8::100").unwrap().flags,
+            NEIGH_F_SHARED
+        );
+        assert_eq!(d.entries.groups.len(), 2, "own MACs are never groups");
+    }
+
+    /// A shared VIP none of whose holders is reachable still gets its (empty) group: ARP
+    /// for it must not be flooded to the network.
+    #[test]
+    fn shared_ip_without_reachable_holder() {
+        let mut a = port("a", "n1", 1, Some("hv9")); // dead chassis
+        let mut b = port("b", "n1", 2, None);
+        let c = port("c", "n1", 3, Some("hv1"));
+        a.allowed_address_pairs = vec![aap("192.0.2.100", None)];
+        b.allowed_address_pairs = vec![aap("192.0.2.100", None)];
+        let d = run(&nb(vec![a, b, c], vec![]), &[("tapc", 5)]);
+        assert_eq!(neigh(&d, 100, "192.0.2.100").unwrap().flags, NEIGH_F_SHARED);
+        assert!(group_of(&d, ip_group(100, "192.0.2.100")).is_empty());
+        assert!(d.networks[0].shared[0].delivered_to.is_empty());
+    }
+
+    #[test]
+    fn group_cut_at_group_max() {
+        let mut ports = Vec::new();
+        let mut taps = Vec::new();
+        for i in 0..(GROUP_MAX as u8 + 2) {
+            let id = format!("p{i:02}");
+            let mut p = port(&id, "n1", i + 1, Some("hv1"));
+            p.allowed_address_pairs = vec![aap("192.0.2.250", None)];
+            ports.push(p);
+            taps.push((format!("tap{id}"), 100 + u32::from(i)));
+        }
+        let taps: Vec<(&str, u32)> = taps.iter().map(|(t, i)| (t.as_str(), *i)).collect();
+        let d = run(&nb(ports, vec![]), &taps);
+        assert_eq!(group_of(&d, ip_group(100, "192.0.2.250")).len(), GROUP_MAX);
+        assert!(
+            d.warnings
+                .iter()
+                .any(|w| w.contains("shared IP 192.0.2.250 has 18 destinations")),
+            "{:?}",
+            d.warnings
+        );
+    }
+
+    fn active(net: &str, ip: &str, port: &str, mac: &str) -> ((String, IpAddr), ActivePort) {
+        (
+            (net.into(), ip.parse().unwrap()),
+            ActivePort {
+                lswitch: net.into(),
+                ip: ip.parse().unwrap(),
+                port: port.into(),
+                mac: mac.parse().unwrap(),
+                chassis: "hv2".into(),
+                since_ms: 1,
+                reason: "garp".into(),
+            },
+        )
+    }
+
+    /// Two keepalived pairs: VIP .100 with own MACs on a (here) and b (hv2), VIP .101
+    /// with the VRRP MAC on c (here) and e (hv2).
+    fn vrrp_pairs() -> NbSnapshot {
+        let mut a = port("a", "n1", 1, Some("hv1"));
+        let mut b = port("b", "n1", 2, Some("hv2"));
+        let mut c = port("c", "n1", 3, Some("hv1"));
+        let mut e = port("e", "n1", 5, Some("hv2"));
+        a.allowed_address_pairs = vec![aap("192.0.2.100", None)];
+        b.allowed_address_pairs = vec![aap("192.0.2.100", None)];
+        c.allowed_address_pairs = vec![aap("192.0.2.101", Some(VRRP))];
+        e.allowed_address_pairs = vec![aap("192.0.2.101", Some(VRRP))];
+        let mut n = nb(vec![a, b, c, e], vec![]);
+        n.lswitches.get_mut("n1").unwrap().aap_mode = Some(AapMode::Detection);
+        n
+    }
+
+    const VRRP_TAPS: &[(&str, u32)] = &[("tapa", 7), ("tapc", 8)];
+
+    /// The detection way points the responder and L2 at the active port; without an active
+    /// entry the broadcast way applies.
+    #[test]
+    fn detection_points_at_the_active_port() {
+        let mut n = vrrp_pairs();
+        let d = run(&n, VRRP_TAPS);
+        assert_eq!(d.networks[0].aap_mode, AapMode::Detection);
+        assert_eq!(
+            neigh(&d, 100, "192.0.2.100").unwrap().flags,
+            NEIGH_F_SHARED,
+            "no active entry yet: broadcast"
+        );
+        assert_eq!(d.entries.l2[&L2Key::new(100, mac(VRRP).0)].kind, DEST_GROUP);
+
+        n.active_ports.extend([
+            active("n1", "192.0.2.100", "b", "fa:16:3e:00:00:02"),
+            active("n1", "192.0.2.101", "e", VRRP),
+        ]);
+        let d = run(&n, VRRP_TAPS);
+        assert_eq!(
+            neigh(&d, 100, "192.0.2.100"),
+            Some(NeighValue {
+                mac: [0xfa, 0x16, 0x3e, 0, 0, 2],
+                flags: NEIGH_F_AAP
+            }),
+            "answered with the active port's MAC"
+        );
+        assert_eq!(
+            neigh(&d, 100, "192.0.2.101"),
+            Some(NeighValue {
+                mac: mac(VRRP).0,
+                flags: NEIGH_F_AAP
+            })
+        );
+        assert_eq!(
+            d.entries.l2[&L2Key::new(100, mac(VRRP).0)],
+            L2Dest {
+                kind: DEST_REMOTE,
+                mtu: 1450,
+                remote_ip: HV2,
+                ..Default::default()
+            },
+            "the shared MAC leads to the active port"
+        );
+        assert!(d.entries.groups.is_empty(), "{:?}", d.entries.groups);
+        assert!(d.entries.l2.values().all(|v| v.flags == 0));
+        let view = &d.networks[0];
+        assert!(view.shared.iter().all(|s| s.way == AapMode::Detection));
+        assert_eq!(view.shared[0].active_port.as_deref(), Some("e"));
+
+        // The active holder moves here: the MAC follows.
+        n.active_ports
+            .extend([active("n1", "192.0.2.101", "c", VRRP)]);
+        let d2 = run(&n, VRRP_TAPS);
+        assert_eq!(d2.entries.l2[&L2Key::new(100, mac(VRRP).0)].ifindex, 8);
+        let diff = d2.entries.diff(&d.entries);
+        assert_eq!((diff.l2.upsert.len(), diff.neigh.upsert.len()), (1, 0));
+    }
+
+    /// An active entry that no longer holds (the pair is gone from the port, the port
+    /// is on a dead chassis, another network, the network is in broadcast mode) is
+    /// ignored: the broadcast way.
+    #[test]
+    fn detection_ignores_stale_entries() {
+        let base = vrrp_pairs();
+        for (what, entry, tweak) in [
+            (
+                "port does not list that MAC",
+                active("n1", "192.0.2.100", "b", VRRP),
+                None,
+            ),
+            (
+                "port does not list that IP",
+                active("n1", "192.0.2.100", "c", VRRP),
+                None,
+            ),
+            (
+                "unknown port",
+                active("n1", "192.0.2.100", "nope", "fa:16:3e:00:00:02"),
+                None,
+            ),
+            (
+                "holder on a dead chassis",
+                active("n1", "192.0.2.100", "b", "fa:16:3e:00:00:02"),
+                Some("dead"),
+            ),
+            (
+                "broadcast network",
+                active("n1", "192.0.2.100", "b", "fa:16:3e:00:00:02"),
+                Some("broadcast"),
+            ),
+        ] {
+            let mut n = base.clone();
+            n.active_ports.extend([entry]);
+            match tweak {
+                Some("dead") => {
+                    n.chassis.remove("hv2");
+                }
+                Some(_) => n.lswitches.get_mut("n1").unwrap().aap_mode = Some(AapMode::Broadcast),
+                None => {}
+            }
+            let d = run(&n, VRRP_TAPS);
+            assert_eq!(
+                neigh(&d, 100, "192.0.2.100").unwrap().flags,
+                NEIGH_F_SHARED,
+                "{what}"
+            );
+            if tweak.is_none() {
+                assert!(
+                    d.warnings
+                        .iter()
+                        .any(|w| w.contains("activeport 192.0.2.100")),
+                    "{what}: {:?}",
+                    d.warnings
+                );
+            }
+        }
+    }
+
+    /// The effective mode: the lswitch override, else the mode this agent publishes in its
+    /// chassis record. Live chassis hosting ports of a network without override that
+    /// publish different modes are reported.
+    #[test]
+    fn aap_mode_and_disagreement() {
+        let mut n = vrrp_pairs();
+        n.lswitches.get_mut("n1").unwrap().aap_mode = None;
+        n.active_ports
+            .extend([active("n1", "192.0.2.100", "b", "fa:16:3e:00:00:02")]);
+        let d = run(&n, VRRP_TAPS);
+        assert_eq!(d.networks[0].aap_mode, AapMode::Broadcast);
+        assert_eq!(neigh(&d, 100, "192.0.2.100").unwrap().flags, NEIGH_F_SHARED);
+        assert!(d.networks[0].aap_mode_disagreement.is_empty());
+
+        // hv1 (this agent) publishes detection: it points at b; hv2 still broadcasts.
+        n.chassis.get_mut("hv1").unwrap().aap_mode = AapMode::Detection;
+        let d = run(&n, VRRP_TAPS);
+        assert_eq!(d.networks[0].aap_mode, AapMode::Detection);
+        assert_eq!(neigh(&d, 100, "192.0.2.100").unwrap().flags, NEIGH_F_AAP);
+        assert_eq!(
+            d.networks[0].aap_mode_disagreement,
+            BTreeMap::from([
+                ("hv1".to_string(), AapMode::Detection),
+                ("hv2".to_string(), AapMode::Broadcast)
+            ])
+        );
+        assert!(
+            d.warnings
+                .iter()
+                .any(|w| w.contains("lswitch n1") && w.contains("hv1: detection, hv2: broadcast")),
+            "{:?}",
+            d.warnings
+        );
+        // n2 has no ports: nothing to disagree about.
+        assert!(d.warnings.iter().all(|w| !w.contains("lswitch n2")));
+
+        // The lswitch override makes them agree.
+        n.lswitches.get_mut("n1").unwrap().aap_mode = Some(AapMode::Broadcast);
+        let d = run(&n, VRRP_TAPS);
+        assert_eq!(d.networks[0].aap_mode, AapMode::Broadcast);
+        assert!(d.networks[0].aap_mode_disagreement.is_empty());
+        assert!(d.warnings.iter().all(|w| !w.contains("differently")));
+    }
+
+    /// Broadcast way across a change: a holder moving to another chassis rewrites the
+    /// groups, and a VIP losing its second holder becomes an ordinary AAP again.
+    #[test]
+    fn groups_follow_the_holders() {
+        let mut n = vrrp_pairs();
+        n.lswitches.get_mut("n1").unwrap().aap_mode = None;
+        let before = run(&n, VRRP_TAPS);
+        n.lports.get_mut("b").unwrap().chassis = Some("hv3".into());
+        let moved = run(&n, VRRP_TAPS);
+        let diff = moved.entries.diff(&before.entries);
+        assert_eq!(diff.groups.upsert.len(), 1, "{diff:?}");
+        assert_eq!(diff.groups.upsert[0].1.members[1].remote_ip, HV3);
+        n.lports.get_mut("b").unwrap().allowed_address_pairs.clear();
+        let single = run(&n, VRRP_TAPS);
+        assert_eq!(
+            neigh(&single, 100, "192.0.2.100").unwrap().flags,
+            NEIGH_F_AAP
+        );
+        let diff = single.entries.diff(&moved.entries);
+        assert_eq!(diff.groups.remove, vec![ip_group(100, "192.0.2.100")]);
+        assert_eq!(l2(&single, 100, 1).unwrap().flags, 0, "flag cleared");
     }
 
     fn router(id: &str, ifaces: &[(&str, &str, &str)]) -> LRouter {

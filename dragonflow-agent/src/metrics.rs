@@ -371,6 +371,35 @@ pub fn render(shared: &Shared) -> String {
     }
     gauge(
         &mut o,
+        "dragonflow_aap_mode_disagreements",
+        "Networks whose live chassis would forward shared allowed-address-pair addresses with different AAP modes (no lswitch override); see the log and /state.",
+        view.networks
+            .iter()
+            .filter(|n| !n.aap_mode_disagreement.is_empty())
+            .count() as u64,
+    );
+    o.push_str("# HELP dragonflow_aap_shared_addresses Allowed-address-pair IPs and MACs several ports of a network list, by how this chassis forwards them (broadcast: to every holder; detection: to the active port).\n# TYPE dragonflow_aap_shared_addresses gauge\n");
+    for way in [crate::nb::AapMode::Broadcast, crate::nb::AapMode::Detection] {
+        for kind in ["ip", "mac"] {
+            let n: usize = view
+                .networks
+                .iter()
+                .map(|net| {
+                    net.shared
+                        .iter()
+                        .filter(|a| a.way == way && a.kind == kind)
+                        .count()
+                })
+                .sum();
+            let _ = writeln!(
+                o,
+                "dragonflow_aap_shared_addresses{{way=\"{}\",kind=\"{kind}\"}} {n}",
+                crate::forwarding::mode_name(way)
+            );
+        }
+    }
+    gauge(
+        &mut o,
         "dragonflow_remote_chassis",
         "Live chassis (records in etcd) other than this one that VXLAN can reach.",
         view.remote_chassis.len() as u64,
@@ -582,6 +611,49 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared-address gauges come from the networks the controller last computed.
+    #[test]
+    fn aap_gauges() {
+        use crate::{forwarding::SharedView, nb::AapMode};
+        let s = Shared::for_tests();
+        let shared = |kind, way| SharedView {
+            address: String::new(),
+            kind,
+            holders: vec![],
+            way,
+            active_port: None,
+            delivered_to: vec![],
+        };
+        s.view.lock().expect("lock").networks = vec![
+            NetworkView {
+                aap_mode_disagreement: BTreeMap::from([
+                    ("hv1".to_string(), AapMode::Broadcast),
+                    ("hv2".to_string(), AapMode::Detection),
+                ]),
+                shared: vec![
+                    shared("ip", AapMode::Broadcast),
+                    shared("ip", AapMode::Broadcast),
+                    shared("mac", AapMode::Broadcast),
+                ],
+                ..Default::default()
+            },
+            NetworkView {
+                shared: vec![shared("ip", AapMode::Detection)],
+                ..Default::default()
+            },
+        ];
+        let text = render(&s);
+        for line in [
+            "dragonflow_aap_mode_disagreements 1",
+            "dragonflow_aap_shared_addresses{way=\"broadcast\",kind=\"ip\"} 2",
+            "dragonflow_aap_shared_addresses{way=\"broadcast\",kind=\"mac\"} 1",
+            "dragonflow_aap_shared_addresses{way=\"detection\",kind=\"ip\"} 1",
+            "dragonflow_aap_shared_addresses{way=\"detection\",kind=\"mac\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+    }
 
     #[test]
     fn metrics_have_every_reason_and_healthz_waits_for_sync() {

@@ -18,8 +18,8 @@ use dragonflow_common::{
         LPM_FIXED_BITS, MacKey, link_local_from_mac,
     },
     fwd::{
-        ChassisConfig, DEST_LOCAL, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
-        RouteKey,
+        ChassisConfig, DEST_LOCAL, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue,
+        RouteDest, RouteKey,
     },
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     sg::{IdentKey, PolicyValue},
@@ -78,6 +78,8 @@ pub struct MapEntries {
     pub routes: BTreeMap<RouteLpmKey, RouteDest>,
     pub l2: BTreeMap<L2Key, L2Dest>,
     pub flood: BTreeMap<u32, FloodList>,
+    /// Holders of shared allowed-address-pair addresses (broadcast way).
+    pub groups: BTreeMap<GroupKey, Group>,
     /// `df_config_v1` (an array: index 0 only; never removed, only overwritten). Set by
     /// the controller, not by [`desired`], because it needs the tunnel device's ifindex.
     pub config: BTreeMap<u32, ChassisConfig>,
@@ -164,6 +166,7 @@ impl MapEntries {
             routes: diff(&self.routes, &actual.routes),
             l2: diff(&self.l2, &actual.l2),
             flood: diff(&self.flood, &actual.flood),
+            groups: diff(&self.groups, &actual.groups),
             config,
             ident: diff(&self.ident, &actual.ident),
             ident_lpm: diff(&self.ident_lpm, &actual.ident_lpm),
@@ -215,6 +218,7 @@ pub struct EntriesDiff {
     pub routes: Diff<RouteLpmKey, RouteDest>,
     pub l2: Diff<L2Key, L2Dest>,
     pub flood: Diff<u32, FloodList>,
+    pub groups: Diff<GroupKey, Group>,
     pub config: Diff<u32, ChassisConfig>,
     pub ident: Diff<IdentKey, u32>,
     pub ident_lpm: Diff<IdentLpmKey, u32>,
@@ -223,7 +227,7 @@ pub struct EntriesDiff {
 
 impl EntriesDiff {
     /// (upserts, removals) per map, in write order.
-    fn sizes(&self) -> [(usize, usize); 13] {
+    fn sizes(&self) -> [(usize, usize); 14] {
         fn s<K, V>(d: &Diff<K, V>) -> (usize, usize) {
             (d.upsert.len(), d.remove.len())
         }
@@ -237,6 +241,7 @@ impl EntriesDiff {
             s(&self.routes),
             s(&self.l2),
             s(&self.flood),
+            s(&self.groups),
             s(&self.config),
             s(&self.ident),
             s(&self.ident_lpm),

@@ -2,13 +2,20 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{
-    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
+use aya::{
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, ProgramArray,
+        lpm_trie::Key,
+    },
+    programs::SchedClassifier,
 };
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
     event::GarpRateKey,
-    fwd::{ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest, RouteKey},
+    fwd::{
+        ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
+        RouteKey,
+    },
     maps,
     port::PortConfig,
     sg::{CtKey, CtValue, IdentKey, PolicyKey, PolicyValue},
@@ -47,6 +54,9 @@ pub struct Maps {
     pub routes: Option<LpmTrie<MapData, RouteKey, RouteDest>>,
     pub l2: Option<HashMap<MapData, L2Key, L2Dest>>,
     pub flood: Option<HashMap<MapData, u32, FloodList>>,
+    pub groups: Option<HashMap<MapData, GroupKey, Group>>,
+    /// Tail-call targets (not entries of the desired state: see [`Maps::link_tail_calls`]).
+    pub progs: Option<ProgramArray<MapData>>,
     pub config: Option<Array<MapData, ChassisConfig>>,
     pub ident: Option<HashMap<MapData, IdentKey, u32>>,
     pub ident_lpm: Option<LpmTrie<MapData, IdentKey, u32>>,
@@ -99,6 +109,12 @@ impl Maps {
             routes: typed(maps::ROUTES, ebpf.take_map(maps::ROUTES), LpmTrie::try_from)?,
             l2: typed(maps::L2, ebpf.take_map(maps::L2), HashMap::try_from)?,
             flood: typed(maps::FLOOD, ebpf.take_map(maps::FLOOD), HashMap::try_from)?,
+            groups: typed(maps::GROUPS, ebpf.take_map(maps::GROUPS), HashMap::try_from)?,
+            progs: typed(
+                maps::PROGS,
+                ebpf.take_map(maps::PROGS),
+                ProgramArray::try_from,
+            )?,
             config: typed(maps::CONFIG, ebpf.take_map(maps::CONFIG), Array::try_from)?,
             ident: typed(maps::IDENT, ebpf.take_map(maps::IDENT), HashMap::try_from)?,
             ident_lpm: typed(
@@ -108,6 +124,38 @@ impl Maps {
             )?,
             policy: typed(maps::POLICY, ebpf.take_map(maps::POLICY), LpmTrie::try_from)?,
             ct: typed(maps::CT, ebpf.take_map(maps::CT), HashMap::try_from)?,
+        })
+    }
+
+    /// Loads the programs the pipeline tail-calls and puts them in `df_progs_v1` (the
+    /// group program of the broadcast way at `PROG_AAP_GROUP`), replacing what a previous
+    /// agent put there. Until this succeeds, a frame for the holders of a shared address
+    /// is dropped as `redirect_failed`.
+    pub fn link_tail_calls(&mut self, ebpf: &mut aya::Ebpf) -> Result<(), String> {
+        let name = maps::progs::AAP_GROUP_TC;
+        let array = self
+            .progs
+            .as_mut()
+            .ok_or_else(|| format!("map {} not in the eBPF object", maps::PROGS))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} not in the eBPF object"))?
+            .try_into()
+            .map_err(|e| format!("program {name}: {}", Chain(&e)))?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| format!("cannot load {name}: {}", Chain(&e)))?;
+        }
+        let fd = prog
+            .fd()
+            .map_err(|e| format!("program {name}: {}", Chain(&e)))?;
+        array.set(maps::PROG_AAP_GROUP, fd, 0).map_err(|e| {
+            format!(
+                "cannot set {}[{}]: {}",
+                maps::PROGS,
+                maps::PROG_AAP_GROUP,
+                Chain(&e)
+            )
         })
     }
 
@@ -170,6 +218,9 @@ impl Maps {
         if let Some(m) = &self.flood {
             out.flood = m.iter().filter_map(log_err(maps::FLOOD)).collect();
         }
+        if let Some(m) = &self.groups {
+            out.groups = m.iter().filter_map(log_err(maps::GROUPS)).collect();
+        }
         if let Some(m) = &self.ident {
             out.ident = m.iter().filter_map(log_err(maps::IDENT)).collect();
         }
@@ -224,8 +275,9 @@ impl Maps {
     ///   an address entry must never outlive its port's entry, nor exist while the port
     ///   has port security off. So the port entry is written first and removed last;
     /// - forwarding follows L2 → devmap/port (a local tap), L2 → routes → neighbours → L2
-    ///   (a router), flood list → taps, and the config's flag turns forwarding on: so
-    ///   upserts go ports, addresses, devmap, neighbours, routes, L2, flood lists, config
+    ///   (a router), flood list → taps, L2 / neighbour → group (a shared AAP address),
+    ///   and the config's flag turns forwarding on: so upserts go ports, addresses,
+    ///   devmap, groups, neighbours, routes, L2, flood lists, config
     ///   (a destination exists before anything points at it), and removals go the other
     ///   way (nothing points at an entry when it disappears);
     /// - security groups: an address's identity is looked up, then the policy of that
@@ -307,6 +359,15 @@ impl Maps {
                 &diff.devmap,
                 &mut actual.devmap,
                 |k, v| m.insert(*k, *v, None, 0),
+            );
+        }
+        if let Some(m) = &mut self.groups {
+            upsert(
+                &mut errors,
+                maps::GROUPS,
+                &diff.groups,
+                &mut actual.groups,
+                |k, v| m.insert(k, v, 0),
             );
         }
         if let Some(m) = &mut self.neigh {
@@ -411,6 +472,15 @@ impl Maps {
                 |k| m.remove(k),
             );
         }
+        if let Some(m) = &mut self.groups {
+            remove(
+                &mut errors,
+                maps::GROUPS,
+                &diff.groups,
+                &mut actual.groups,
+                |k| m.remove(k),
+            );
+        }
         if let Some(m) = &mut self.devmap {
             remove(
                 &mut errors,
@@ -485,6 +555,9 @@ impl Maps {
         if self.flood.is_none() {
             desired.flood.clear();
         }
+        if self.groups.is_none() {
+            desired.groups.clear();
+        }
         if self.config.is_none() {
             desired.config.clear();
         }
@@ -512,6 +585,7 @@ impl Maps {
             && self.routes.is_some()
             && self.l2.is_some()
             && self.flood.is_some()
+            && self.groups.is_some()
             && self.config.is_some()
     }
 }
@@ -625,6 +699,7 @@ pub fn entry_counts(actual: &MapEntries) -> BTreeMap<&'static str, u64> {
         (maps::ROUTES, actual.routes.len() as u64),
         (maps::L2, actual.l2.len() as u64),
         (maps::FLOOD, actual.flood.len() as u64),
+        (maps::GROUPS, actual.groups.len() as u64),
         (maps::IDENT, actual.ident.len() as u64),
         (maps::IDENT_LPM, actual.ident_lpm.len() as u64),
         (maps::POLICY, actual.policy.len() as u64),
