@@ -21,6 +21,11 @@
 //!    (IPv6: hop limit − 1, no header checksum). L4 checksums are untouched (no address
 //!    changes).
 //!
+//! A destination that is a shared allowed-address-pair IP (`NEIGH_F_SHARED`, the broadcast
+//! way) has no one MAC: the packet is rewritten the same way but returned as
+//! [`L3Out::Group`], and the group program sends one copy to each holder with that
+//! holder's MAC as destination (`group`).
+//!
 //! Unicast ARP requests and NS sent to the router MAC (a VM refreshing its gateway's entry:
 //! Linux's PROBE state, NUD) reach this stage rather than the responder, which the
 //! forwarding stage consults for group destinations only. They are answered here through
@@ -35,7 +40,9 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
-    fwd::{NEIGH_F_ROUTER, NeighKey, NeighValue, ROUTE_FIXED_BITS, RouteDest, RouteKey},
+    fwd::{
+        NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey, NeighValue, ROUTE_FIXED_BITS, RouteDest, RouteKey,
+    },
     verdict::{DropReason, PassPath},
 };
 
@@ -46,7 +53,7 @@ use crate::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Eth, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPV4_HLEN, IPV6_HLEN, csum_replace2,
     },
-    responder,
+    responder::{self, Asked},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -62,6 +69,9 @@ const REPLY_TTL: u8 = 64;
 pub enum L3Out {
     /// Rewritten (MACs, TTL, checksum): deliver by L2 lookup of (net_id, dst_mac).
     Deliver { net_id: u32, dst_mac: [u8; 6] },
+    /// Rewritten (source MAC, TTL, checksum) for a shared IP on `net_id`: one copy to
+    /// each of its holders, with the holder's MAC as destination (`group::BY_DST_IP`).
+    Group { net_id: u32 },
     /// Rewritten into a reply to the sender (echo to a router interface): send back out
     /// of the ingress tap.
     Reply(PassPath),
@@ -95,9 +105,10 @@ fn arp_to_router(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReas
 /// The responder's answer as a reply, or `NoRoute`.
 #[inline(always)]
 fn answer(pkt: &Pkt, eth: &Eth, net_id: u32) -> Result<L3Out, DropReason> {
-    match responder::respond(pkt, eth, net_id)? {
-        Some(path) => Ok(L3Out::Reply(path)),
-        None => Err(DropReason::NoRoute),
+    match responder::respond(pkt, eth, net_id) {
+        Asked::Answered(path) => Ok(L3Out::Reply(path)),
+        // A shared IP asked of the router's MAC: not the router's to answer.
+        Asked::Holders | Asked::No => Err(DropReason::NoRoute),
     }
 }
 
@@ -182,10 +193,21 @@ fn route_v4(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReason> {
     store(h, 10, csum_replace2(load(h, 10), ttl_proto, new));
     store(h, 8, new);
     rewrite_eth(pkt, &rt, &n.mac)?;
-    Ok(L3Out::Deliver {
-        net_id: rt.net_id,
-        dst_mac: n.mac,
-    })
+    Ok(out(rt.net_id, &n))
+}
+
+/// The routed frame's delivery: by L2 lookup of the neighbour's MAC, or, for a shared
+/// IP, to its holders (the destination MAC, zero in a shared neighbour, is set per copy).
+#[inline(always)]
+fn out(net_id: u32, n: &NeighValue) -> L3Out {
+    if n.flags & NEIGH_F_SHARED != 0 {
+        L3Out::Group { net_id }
+    } else {
+        L3Out::Deliver {
+            net_id,
+            dst_mac: n.mac,
+        }
+    }
 }
 
 /// ICMP echo request to a router interface → echo reply, in place: addresses swapped
@@ -251,10 +273,7 @@ fn route_v6(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReason> {
     let n = n.ok_or(DropReason::NoNeighbor)?;
     store(h, 7, hop - 1);
     rewrite_eth(pkt, &rt, &n.mac)?;
-    Ok(L3Out::Deliver {
-        net_id: rt.net_id,
-        dst_mac: n.mac,
-    })
+    Ok(out(rt.net_id, &n))
 }
 
 /// ICMPv6 echo request to a router interface → echo reply, in place. The ICMPv6 checksum

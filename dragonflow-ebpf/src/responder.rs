@@ -24,12 +24,21 @@
 //! ARP probes (spa 0.0.0.0) for an address another port owns ARE answered: that is what
 //! the owner does (RFC 5227 §2.1.1 conflict detection) and it tells the prober the address
 //! is taken. The reply then has tpa 0.0.0.0, as Linux's own reply to a probe.
+//!
+//! Shared allowed-address-pair IPs (`NEIGH_F_SHARED`, the broadcast way) are never
+//! answered: which holder's MAC would be the answer? An ARP request (not a gratuitous one:
+//! announcements are flooded, they update every client's cache) or an NS of any shape for
+//! such an IP is returned as [`Asked::Holders`], and the forwarding stage delivers it,
+//! unchanged, to the holders only (`group`): each holder answers for itself and no other
+//! port of the network hears the question. Under the
+//! detection way an IP with an active port is an ordinary `NEIGH_F_AAP` entry with the
+//! active port's MAC, answered like any other.
 
 use aya_ebpf::helpers::bpf_csum_diff;
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
-    fwd::{NEIGH_F_ROUTER, NeighKey, NeighValue},
-    verdict::{DropReason, PassPath},
+    fwd::{NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey, NeighValue},
+    verdict::PassPath,
 };
 
 use crate::{
@@ -49,8 +58,10 @@ const ARPOP_REPLY: u16 = 2;
 
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
 const ND_NEIGHBOR_ADVERT: u8 = 136;
-/// NS/NA (type, code, checksum, flags/reserved, target) + one 8-byte link-layer option.
-const ND_LEN: usize = 24 + 8;
+/// NS/NA header: type, code, checksum, flags/reserved, target.
+const NS_HLEN: usize = 24;
+/// NS/NA + one 8-byte link-layer option.
+const ND_LEN: usize = NS_HLEN + 8;
 const ND_OPT_SOURCE_LL: u8 = 1;
 const ND_OPT_TARGET_LL: u8 = 2;
 const ND_HOP_LIMIT: u8 = 255;
@@ -58,15 +69,93 @@ const NA_F_ROUTER: u8 = 0x80;
 const NA_F_SOLICITED: u8 = 0x40;
 const NA_F_OVERRIDE: u8 = 0x20;
 
+/// What the responder made of a frame.
+#[derive(Clone, Copy)]
+pub enum Asked {
+    /// Rewritten in place into the reply (`ArpResponder` / `NdResponder`): send it back.
+    Answered(PassPath),
+    /// An ARP request / NS for a shared IP: deliver it unchanged to the IP's holders
+    /// (`group::BY_TARGET`).
+    Holders,
+    /// Not for the responder (see the module docs): forward the frame unchanged.
+    No,
+}
+
 /// Answers an ARP request or IPv6 NS for an address in `df_neigh_v1` of `net_id` by
-/// rewriting the frame in place into the reply; `Ok(None)`: not answered here (see the
-/// module docs), the caller forwards the frame unchanged.
+/// rewriting the frame in place into the reply (see [`Asked`] and the module docs).
 #[inline(always)]
-pub fn respond(pkt: &Pkt, eth: &Eth, net_id: u32) -> Result<Option<PassPath>, DropReason> {
+pub fn respond(pkt: &Pkt, eth: &Eth, net_id: u32) -> Asked {
     match eth.proto {
-        ETH_P_ARP => Ok(arp(pkt, eth, net_id)),
-        ETH_P_IPV6 => Ok(ns(pkt, eth, net_id)),
-        _ => Ok(None),
+        ETH_P_ARP => arp(pkt, eth, net_id),
+        ETH_P_IPV6 => ns(pkt, eth, net_id),
+        _ => Asked::No,
+    }
+}
+
+/// The neighbour key of the IP an ARP request (not a gratuitous one) or an NS (any
+/// shape) asks for, ethertype `proto`: how a group frame from the tunnel and the group
+/// program find the holders of a shared target.
+#[inline(always)]
+pub fn target_key(pkt: &Pkt, proto: u16, net_id: u32) -> Option<NeighKey> {
+    match proto {
+        ETH_P_ARP => {
+            let a = pkt.bytes::<ARP_LEN>(ETH_HLEN)?;
+            let (spa, tpa) = arp_question(a)?;
+            if spa == tpa {
+                return None;
+            }
+            Some(key4(net_id, tpa))
+        }
+        ETH_P_IPV6 => Some(key6(net_id, ns_target(pkt)?)),
+        _ => None,
+    }
+}
+
+/// (spa, tpa) of an Ethernet/IPv4 ARP request, as memory-order words.
+#[inline(always)]
+fn arp_question(a: *const [u8; ARP_LEN]) -> Option<(u32, u32)> {
+    // Port security validated the header already; re-checked because ports without port
+    // security (and frames from the tunnel) reach the responder too (four compares).
+    if be16_at(a, 0) != ARPHRD_ETHER
+        || be16_at(a, 2) != ETH_P_IP
+        || u8_at(a, 4) != 6
+        || u8_at(a, 5) != 4
+        || be16_at(a, 6) != ARPOP_REQUEST
+    {
+        return None;
+    }
+    Some((load::<u32, ARP_LEN>(a, 14), load::<u32, ARP_LEN>(a, 24)))
+}
+
+/// The target of an NS without extension headers (any shape after the target).
+#[inline(always)]
+fn ns_target(pkt: &Pkt) -> Option<[u32; 4]> {
+    let h = pkt.bytes::<IPV6_HLEN>(ETH_HLEN)?;
+    let m = pkt.bytes::<NS_HLEN>(ETH_HLEN + IPV6_HLEN)?;
+    if u8_at(h, 6) != IPPROTO_ICMPV6 || u8_at(m, 0) != ND_NEIGHBOR_SOLICIT {
+        return None;
+    }
+    Some(load_ip6(m, 8))
+}
+
+#[inline(always)]
+fn key4(net_id: u32, ip: u32) -> NeighKey {
+    let [t0, t1, t2, t3] = ip.to_ne_bytes();
+    NeighKey {
+        net_id,
+        family: FAMILY_V4,
+        _pad: [0; 3],
+        ip: [t0, t1, t2, t3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    }
+}
+
+#[inline(always)]
+fn key6(net_id: u32, ip: [u32; 4]) -> NeighKey {
+    NeighKey {
+        net_id,
+        family: FAMILY_V6,
+        _pad: [0; 3],
+        ip: ip6_bytes(ip),
     }
 }
 
@@ -77,36 +166,29 @@ fn neigh(key: &NeighKey) -> Option<NeighValue> {
 }
 
 #[inline(always)]
-fn arp(pkt: &Pkt, eth: &Eth, net_id: u32) -> Option<PassPath> {
-    let a = pkt.bytes::<ARP_LEN>(ETH_HLEN)?;
-    // Port security validated the header already; re-checked because ports without port
-    // security reach the responder too (four compares).
-    if be16_at(a, 0) != ARPHRD_ETHER
-        || be16_at(a, 2) != ETH_P_IP
-        || u8_at(a, 4) != 6
-        || u8_at(a, 5) != 4
-        || be16_at(a, 6) != ARPOP_REQUEST
-    {
-        return None;
+fn arp(pkt: &Pkt, eth: &Eth, net_id: u32) -> Asked {
+    let Some(a) = pkt.bytes::<ARP_LEN>(ETH_HLEN) else {
+        return Asked::No;
+    };
+    let Some((spa, tpa)) = arp_question(a) else {
+        return Asked::No;
+    };
+    if spa == tpa {
+        return Asked::No; // gratuitous: an announcement, for everyone
+    }
+    let Some(n) = neigh(&key4(net_id, tpa)) else {
+        return Asked::No;
+    };
+    if n.flags & NEIGH_F_SHARED != 0 {
+        return Asked::Holders;
     }
     let sha: [u8; 6] = arr_at(a, 8);
-    let spa = load::<u32, ARP_LEN>(a, 14);
-    let tpa = load::<u32, ARP_LEN>(a, 24);
-    if spa == tpa {
-        return None; // gratuitous: an announcement
-    }
-    let [t0, t1, t2, t3] = tpa.to_ne_bytes();
-    let key = NeighKey {
-        net_id,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        ip: [t0, t1, t2, t3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    };
-    let n = neigh(&key)?;
     if mac_eq(&n.mac, &sha) {
-        return None; // the requester owns the address (e.g. its own RFC 5227 probe)
+        return Asked::No; // the requester owns the address (e.g. its own RFC 5227 probe)
     }
-    let e = pkt.bytes::<ETH_HLEN>(0)?;
+    let Some(e) = pkt.bytes::<ETH_HLEN>(0) else {
+        return Asked::No;
+    };
     store_mac(e, 0, &eth.src);
     store_mac(e, 6, &n.mac);
     store(a, 6, ARPOP_REPLY.to_be());
@@ -114,19 +196,37 @@ fn arp(pkt: &Pkt, eth: &Eth, net_id: u32) -> Option<PassPath> {
     store(a, 14, tpa);
     store_mac(a, 18, &sha);
     store(a, 24, spa);
-    Some(PassPath::ArpResponder)
+    Asked::Answered(PassPath::ArpResponder)
 }
 
 #[inline(always)]
-fn ns(pkt: &Pkt, eth: &Eth, net_id: u32) -> Option<PassPath> {
+fn ns(pkt: &Pkt, eth: &Eth, net_id: u32) -> Asked {
+    let Some(target) = ns_target(pkt) else {
+        return Asked::No;
+    };
+    let Some(n) = neigh(&key6(net_id, target)) else {
+        return Asked::No;
+    };
+    // Any NS for a shared IP (DAD and SLLA-less ones included) goes to its holders.
+    if n.flags & NEIGH_F_SHARED != 0 {
+        return Asked::Holders;
+    }
+    match answer_ns(pkt, eth, &target, &n) {
+        Some(path) => Asked::Answered(path),
+        None => Asked::No,
+    }
+}
+
+/// Rewrites an NS for `target` (owned by `n.mac`) into the NA, when it has the one shape
+/// answered in place (see the module docs).
+#[inline(always)]
+fn answer_ns(pkt: &Pkt, eth: &Eth, target: &[u32; 4], n: &NeighValue) -> Option<PassPath> {
     let h = pkt.bytes::<IPV6_HLEN>(ETH_HLEN)?;
     let m = pkt.bytes::<ND_LEN>(ETH_HLEN + IPV6_HLEN)?;
     // Only the exact NS-with-SLLA shape, without extension headers (see the module docs);
     // port security already dropped NS with a hop limit ≠ 255 or a foreign SLLA.
-    if u8_at(h, 6) != IPPROTO_ICMPV6
-        || u8_at(h, 7) != ND_HOP_LIMIT
+    if u8_at(h, 7) != ND_HOP_LIMIT
         || be16_at(h, 4) as usize != ND_LEN
-        || u8_at(m, 0) != ND_NEIGHBOR_SOLICIT
         || u8_at(m, 1) != 0
         || u8_at(m, 24) != ND_OPT_SOURCE_LL
         || u8_at(m, 25) != 1
@@ -137,19 +237,13 @@ fn ns(pkt: &Pkt, eth: &Eth, net_id: u32) -> Option<PassPath> {
     if src[0] | src[1] | src[2] | src[3] == 0 {
         return None; // DAD
     }
-    let target = load_ip6(m, 8);
-    if !for_target(&load_ip6(h, 24), &target) {
+    if !for_target(&load_ip6(h, 24), target) {
         return None;
     }
-    let n = neigh(&NeighKey {
-        net_id,
-        family: FAMILY_V6,
-        _pad: [0; 3],
-        ip: ip6_bytes(target),
-    })?;
     if mac_eq(&n.mac, &eth.src) {
         return None; // the requester owns the address
     }
+    let target = *target;
 
     let e = pkt.bytes::<ETH_HLEN>(0)?;
     store_mac(e, 0, &eth.src);
