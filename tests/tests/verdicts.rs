@@ -1723,6 +1723,9 @@ const OTHER_FILE: &[&str] = &[
     "frag_no_first",
     "frag_tiny",
     "frag_overlap",
+    // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way)
+    "no_holder",
+    "aap_group",
 ];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion
