@@ -385,7 +385,13 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
     s.job.rule_port = s.flow.rule_port;
     s.job.flags = s.flow.flags;
     if s.flow.frag == FRAG_LATER {
-        let first = frag::first(&mut s.frag, s.job.ifindex, dir, &s.flow, s.job.now)?;
+        let first = match frag::first(&mut s.frag, s.job.ifindex, dir, &s.flow, s.job.now) {
+            Ok(first) => first,
+            // A receiver without port security has no security groups: its first
+            // fragments pass without being recorded (below), so neither are these judged.
+            Err(_) if dir == DIR_INGRESS && !port_secured(s.job.ifindex)? => return Ok(()),
+            Err(e) => return Err(e),
+        };
         s.job.sport = first.sport;
         s.job.dport = first.dport;
         s.job.rule_port = first.rule_port;
