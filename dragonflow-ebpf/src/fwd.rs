@@ -10,6 +10,15 @@
 //!   (local or remote), or a reply back to the sender;
 //! - no entry: `UnknownUnicast` (no learning, no flooding of unknown unicast).
 //!
+//! Shared allowed-address-pair addresses, the broadcast way (`group`): an ARP request or
+//! NS for a shared IP goes to its holders only (`responder::Asked::Holders`); a frame to
+//! a shared MAC (`DEST_GROUP`) to every holder of the MAC; an IP packet to a MAC flagged
+//! `L2_F_SHARED_IP` whose destination IP is shared, and a routed packet to a shared IP
+//! (`L3Out::Group`), to every holder of the IP with that holder's MAC: the group program,
+//! tail-called (`Fwd::Group`, `group::tail_call`), makes the copies. Under the detection
+//! way the agent points the entries at the active port instead, and nothing here differs
+//! from an ordinary port.
+//!
 //! XDP finishes local deliveries and replies itself and hands everything else to its TC
 //! companion (`Fwd::Handoff`). From the tunnel ([`from_tunnel`]) only local deliveries
 //! exist: a frame from another chassis is never sent back into the tunnel.
@@ -21,18 +30,20 @@ use aya_ebpf::{
 };
 use dragonflow_common::{
     fwd::{
-        CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, L2Dest,
+        CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
+        FLOOD_MAX, L2_F_SHARED_IP, L2Dest,
     },
     verdict::{DropReason, PassPath},
 };
 
 use crate::{
     ctx::{PacketCtx, Pkt, arr_at, be16_at},
-    l2,
+    group, l2,
     l3::{self, L3Out},
     maps::{CONFIG, FLOOD},
     parse::{ETH_HLEN, Eth, is_group},
-    policy, responder,
+    policy,
+    responder::{self, Asked},
     sg::Sg,
     tunnel,
     verdict::Fwd,
@@ -52,8 +63,8 @@ pub fn enabled() -> Option<&'static ChassisConfig> {
 ///
 /// The sender's egress security-group rules (`sg`) are judged where this hook finishes
 /// the frame, before the receiver's ingress: in [`unicast`], for replies of the router,
-/// and by the TC entry point for floods (never for what XDP hands off: its TC companion
-/// judges it). ARP/NS answered by the responder are exempt.
+/// and by the TC entry point for floods and groups (never for what XDP hands off: its TC
+/// companion judges it). ARP/NS answered by the responder are exempt.
 pub fn from_vm<C: PacketCtx>(
     ctx: &C,
     pkt: &Pkt,
@@ -63,8 +74,12 @@ pub fn from_vm<C: PacketCtx>(
     sg: &mut Sg,
 ) -> Result<Fwd, DropReason> {
     if is_group(&eth.dst) {
-        if let Some(path) = responder::respond(pkt, eth, net_id)? {
-            return Ok(Fwd::Back(path));
+        match responder::respond(pkt, eth, net_id) {
+            Asked::Answered(path) => return Ok(Fwd::Back(path)),
+            Asked::Holders => {
+                return Ok(to_group::<C>(net_id, group::BY_TARGET));
+            }
+            Asked::No => {}
         }
         if C::IS_XDP {
             return Ok(Fwd::Handoff);
@@ -75,6 +90,14 @@ pub fn from_vm<C: PacketCtx>(
         });
     }
     let dest = l2::lookup_w(net_id, eth.dst_w).ok_or(DropReason::UnknownUnicast)?;
+    // A holder's MAC: the packet may be for a shared IP (one extra lookup, only here).
+    if dest.flags & L2_F_SHARED_IP != 0 && group::dst_ip_shared(pkt, eth.proto, net_id) {
+        let how = group::BY_DST_IP | group::REWRITE;
+        return Ok(to_group::<C>(net_id, how));
+    }
+    if dest.kind == DEST_GROUP {
+        return Ok(to_group::<C>(net_id, group::BY_DST_MAC));
+    }
     if dest.kind != DEST_ROUTER {
         let path = if dest.kind == DEST_LOCAL {
             PassPath::L2Local
@@ -99,8 +122,16 @@ pub fn from_vm<C: PacketCtx>(
             sg.egress(ctx, eth.proto, false)?;
             Ok(Fwd::Back(path))
         }
+        L3Out::Group { net_id } => {
+            let how = group::BY_DST_IP | group::REWRITE | group::ROUTED;
+            Ok(to_group::<C>(net_id, how))
+        }
         L3Out::Deliver { net_id, dst_mac } => {
             let dest = l2::lookup(net_id, &dst_mac).ok_or(DropReason::UnknownUnicast)?;
+            // A neighbour whose MAC is shared (e.g. a VRRP MAC): to the MAC's holders.
+            if dest.kind == DEST_GROUP {
+                return Ok(to_group::<C>(net_id, group::BY_DST_MAC | group::ROUTED));
+            }
             // What the rewritten frame really carries (in place: the packet view is
             // still valid), checked against the entry by the destination policy.
             let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
@@ -120,6 +151,16 @@ pub fn from_vm<C: PacketCtx>(
             )
         }
     }
+}
+
+/// To the holders of a shared address of `net_id` found by `how` (`group::BY_*`); XDP
+/// hands the frame to TC.
+#[inline(always)]
+fn to_group<C: PacketCtx>(net_id: u32, how: u32) -> Fwd {
+    if C::IS_XDP {
+        return Fwd::Handoff;
+    }
+    Fwd::Group { net_id, how }
 }
 
 /// A unicast delivery to a local tap or a remote chassis.
@@ -228,6 +269,10 @@ pub fn flood(
     // Packet pointers are invalid after the first clone: nothing below reads the frame.
     let n = list.len as usize;
     let mut failed = false;
+    // One tunnel key for every chassis, made before the loop: a key built on the stack
+    // per copy left the stack different after chassis and tap iterations, which kept the
+    // verifier from pruning the loop's states (see `tunnel::set_key_to`).
+    let mut key = tunnel::key(net_id);
     let mut i = 0;
     // A constant bound for the verifier; `n` ends it early.
     while i < FLOOD_MAX {
@@ -244,7 +289,7 @@ pub fn flood(
         } else if d.kind == DEST_REMOTE as u32 && vxlan != 0 {
             // The tunnel key is per-CPU state copied into each clone, which is transmitted
             // synchronously: setting it again for the next chassis is safe.
-            tunnel::set_key(ctx, net_id, d.remote_ip).is_ok()
+            tunnel::set_key_to(ctx, &mut key, d.remote_ip).is_ok()
                 && ctx.clone_redirect(vxlan, 0).is_ok()
         } else {
             continue;
@@ -269,28 +314,58 @@ pub fn from_tunnel(ctx: &TcContext, sg: &mut Sg) -> Result<(PassPath, i32), Drop
     let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
     let dst: [u8; 6] = arr_at(h, 0);
     let proto = be16_at(h, 12);
-    if is_group(&dst) {
+    // A group to deliver to: an ARP request / NS for a shared IP, or a frame to a shared
+    // MAC; local holders only (split horizon: vxlan 0), the frame unchanged.
+    let how = if is_group(&dst) {
         if FLOOD.get_ptr(net_id).is_none() {
             return Err(DropReason::UnknownVni);
         }
-        let path = flood(ctx, &pkt, proto, &dst, net_id, 0, 0, sg)?;
-        return Ok((path, TC_ACT_SHOT));
-    }
-    let Some(dest) = l2::lookup(net_id, &dst) else {
-        // Slow path only: name the reason.
-        return Err(if FLOOD.get_ptr(net_id).is_none() {
-            DropReason::UnknownVni
-        } else {
-            DropReason::UnknownUnicast
-        });
+        if !responder::target_key(&pkt, proto, net_id).is_some_and(|k| group::shared(&k)) {
+            let path = flood(ctx, &pkt, proto, &dst, net_id, 0, 0, sg)?;
+            return Ok((path, TC_ACT_SHOT));
+        }
+        group::BY_TARGET
+    } else {
+        let Some(dest) = l2::lookup(net_id, &dst) else {
+            // Slow path only: name the reason.
+            return Err(if FLOOD.get_ptr(net_id).is_none() {
+                DropReason::UnknownVni
+            } else {
+                DropReason::UnknownUnicast
+            });
+        };
+        if dest.kind != DEST_GROUP {
+            return deliver_local(ctx, &pkt, proto, &dst, dest, sg);
+        }
+        group::BY_DST_MAC
     };
+    // Returns only when the tail call failed.
+    Err(group::tail_call(
+        ctx,
+        net_id,
+        how | group::FROM_TUNNEL,
+        0,
+        0,
+    ))
+}
+
+/// From the tunnel: into the local tap of `dest`.
+#[inline(always)]
+fn deliver_local(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    proto: u16,
+    dst: &[u8; 6],
+    dest: &L2Dest,
+    sg: &mut Sg,
+) -> Result<(PassPath, i32), DropReason> {
     if dest.kind != DEST_LOCAL {
         return Err(DropReason::TunnelNotLocal);
     }
-    if !l2::mtu_ok(ctx, &pkt, proto, dest.mtu) {
+    if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
         return Err(DropReason::MtuExceeded);
     }
     sg.prepare(ctx, proto);
-    policy::to_port(dest.ifindex, &dst, &dst, sg)?;
+    policy::to_port(dest.ifindex, dst, dst, sg)?;
     Ok((PassPath::L2Local, redirect(dest.ifindex)?))
 }

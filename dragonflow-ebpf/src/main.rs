@@ -15,11 +15,10 @@ mod events;
 mod flow;
 mod frag;
 mod fwd;
+mod group;
 mod ipv4;
 mod ipv6;
 mod l2;
-// While l3.rs is the stub, nothing constructs `L3Out`; drop this allow with the real body.
-#[allow(dead_code)]
 mod l3;
 mod maps;
 mod nd;
@@ -79,7 +78,7 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
         }
     };
     let (path, action) = match pass.fwd {
-        Fwd::Handoff | Fwd::Tunnel { .. } | Fwd::Flood { .. } => {
+        Fwd::Handoff | Fwd::Tunnel { .. } | Fwd::Flood { .. } | Fwd::Group { .. } => {
             // Not a decision: the TC companion decides, counts and raises events.
             return xdp_action::XDP_PASS;
         }
@@ -164,6 +163,20 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
                 Err(r) => Err(r),
             }
         }
+        Fwd::Group { net_id, how } => {
+            // Re-read, as for a flood; the sender's egress rules first.
+            let pkt = ctx.pkt();
+            match parse::eth(&pkt) {
+                Ok(eth) => sg
+                    .egress(&ctx, eth.proto, is_group(&eth.dst))
+                    .and_then(|()| {
+                        let vxlan = fwd::enabled().map_or(0, |c| c.vxlan_ifindex);
+                        // Returns only when the tail call failed.
+                        Err(group::tail_call(&ctx, net_id, how, port.ifindex(), vxlan))
+                    }),
+                Err(r) => Err(r),
+            }
+        }
         // Only XDP hands off.
         Fwd::Handoff => Err(DropReason::RedirectFailed),
     };
@@ -177,6 +190,16 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// The copies of a frame to the holders of a shared allowed-address-pair address
+/// (broadcast way), tail-called by `df_from_vm_tc` and `df_from_tunnel` through
+/// `df_progs_v1` (see `group`); counts the outcome in the caller's direction and drops
+/// the original. Never attached.
+#[classifier]
+pub fn df_aap_group(ctx: TcContext) -> i32 {
+    group::run(&ctx);
+    TC_ACT_SHOT
 }
 
 /// tcx ingress on `df-vxlan`: frames from other chassis, by (VNI, destination MAC) into

@@ -4,16 +4,19 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
     event::GarpRateKey,
-    fwd::{ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, RouteDest, RouteKey},
+    fwd::{
+        ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
+        RouteKey,
+    },
     maps::{
         ADDRS_MAX, CIDRS_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FRAG_MAX, GARP_EVENTS_BYTES,
-        GARP_RATE_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX, POLICY_MAX,
-        PORTS_MAX, ROUTES_MAX,
+        GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX,
+        POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX,
     },
     port::PortConfig,
     sg::{CtKey, CtValue, FragKey, FragValue, IdentKey, PolicyKey, PolicyValue},
@@ -94,6 +97,15 @@ pub static IDENT_LPM: LpmTrie<IdentKey, u32> = LpmTrie::pinned(IDENT_LPM_MAX, 0)
 /// (port, identity, direction, protocol, port block) → allow.
 #[map(name = "df_policy_v1")]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
+
+/// Holders of each shared allowed-address-pair MAC and IP (broadcast way), see
+/// `dragonflow_common::fwd::Group`.
+#[map(name = "df_groups_v1")]
+pub static GROUPS: HashMap<GroupKey, Group> = HashMap::pinned(GROUPS_MAX, 0);
+
+/// Tail-call targets (`dragonflow_common::maps::PROGS`), filled by the agent.
+#[map(name = "df_progs_v1")]
+pub static PROGS: ProgramArray = ProgramArray::pinned(PROGS_MAX, 0);
 
 /// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
 /// and the map keys, off the nearly full stack. Private to one program run, so neither

@@ -26,6 +26,12 @@ pub enum Fwd {
     Back(PassPath),
     /// Broadcast/multicast to the network's flood list. TC only; XDP hands it off.
     Flood { net_id: u32, vxlan: u32 },
+    /// To the holders of a shared allowed-address-pair address on `net_id`, found by
+    /// `how` (`group::BY_*`, `group::REWRITE`, `group::ROUTED`): the group program is
+    /// tail-called. TC only; XDP hands it off. (Two `u32`s, like `Flood`: a wider payload
+    /// made LLVM load it speculatively on paths where its stack slot held a packet
+    /// pointer, which the verifier refuses.)
+    Group { net_id: u32, how: u32 },
     /// XDP only: a frame XDP cannot finish (tunnel metadata, clones) or must not rewrite
     /// (routed: a rewritten frame would fail port security in TC). XDP_PASS, UNCOUNTED
     /// and without events: with forwarding on, the agent attaches `df_from_vm_tc` on the
