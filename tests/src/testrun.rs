@@ -40,6 +40,10 @@ use dragonflow_common::{
     },
     maps::{self as names, globals, progs},
     port::PortConfig,
+    sg::{
+        CtKey, CtValue, FragKey, FragValue, IDENT_FIXED_BITS, IdentKey, POLICY_PORT_BITS,
+        POLICY_PROTO_BITS, PolicyKey, PolicyValue,
+    },
     verdict::{Direction, STATS_LEN, Stat, stat_index},
 };
 
@@ -348,14 +352,15 @@ impl Datapath {
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN with metadata: {e}"))
     }
 
-    /// Empties every map (ports, addresses, CIDRs, MACs, rate limit), zeroes the counters
-    /// and drains the event ring.
+    /// Empties every map (ports, addresses, CIDRs, MACs, rate limit, forwarding, security
+    /// groups), zeroes the counters and drains the event ring.
     pub fn clear(&mut self) {
         clear_hash::<u32, PortConfig>(&mut self.ebpf, names::PORTS);
         clear_hash::<AddrKey, AddrValue>(&mut self.ebpf, names::ADDRS);
         clear_hash::<MacKey, u32>(&mut self.ebpf, names::MACS);
         clear_hash::<GarpRateKey, u64>(&mut self.ebpf, names::GARP_RATE);
         self.clear_fwd();
+        self.clear_sg();
         {
             let mut m: LpmTrie<_, AddrKey, AddrValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(names::CIDRS).expect("cidrs")).expect("lpm");
@@ -596,4 +601,140 @@ pub mod actions {
     pub const TC_ACT_OK: u32 = 0;
     pub const TC_ACT_SHOT: u32 = 2;
     pub const TC_ACT_REDIRECT: u32 = 7;
+}
+
+// ---- Security groups (issue 4) --------------------------------------------------------
+
+/// What a policy entry matches after the protocol (see `dragonflow_common::sg::PolicyKey`
+/// for the prefix lengths).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ports {
+    /// Any protocol (the prefix stops before `proto`).
+    AnyProto,
+    /// The protocol, every port (or every ICMP type).
+    Any,
+    /// The aligned block of `2^bits` destination ports starting at `base`.
+    Block { base: u16, bits: u32 },
+    /// One ICMP type, any code.
+    IcmpType(u8),
+    /// One ICMP type and code.
+    IcmpTypeCode(u8, u8),
+}
+
+impl Ports {
+    /// One destination port.
+    pub const fn port(p: u16) -> Self {
+        Ports::Block { base: p, bits: 0 }
+    }
+}
+
+/// The `df_policy_v1` key of an allow rule of port `ifindex`.
+pub fn policy_key(ifindex: u32, ident: u32, dir: u8, proto: u8, ports: Ports) -> Key<PolicyKey> {
+    let (prefix, dport) = match ports {
+        Ports::AnyProto => (POLICY_PROTO_BITS, [0, 0]),
+        Ports::Any => (POLICY_PORT_BITS, [0, 0]),
+        Ports::Block { base, bits } => {
+            assert!(
+                bits <= 16 && u32::from(base) % (1 << bits) == 0,
+                "unaligned block"
+            );
+            (POLICY_PORT_BITS + 16 - bits, base.to_be_bytes())
+        }
+        Ports::IcmpType(t) => (POLICY_PORT_BITS + 8, [t, 0]),
+        Ports::IcmpTypeCode(t, c) => (POLICY_PORT_BITS + 16, [t, c]),
+    };
+    let proto = if ports == Ports::AnyProto { 0 } else { proto };
+    Key::new(
+        prefix,
+        PolicyKey {
+            ifindex,
+            ident,
+            dir,
+            proto,
+            dport,
+        },
+    )
+}
+
+/// An identity key for `ip` (IPv4 in the first 4 bytes).
+pub fn ident_key(family: u8, ip: [u8; 16]) -> IdentKey {
+    IdentKey {
+        family,
+        _pad: [0; 3],
+        ip,
+    }
+}
+
+impl Datapath {
+    /// Empties the security-group maps: conntrack, fragments, identities, policy. Part of
+    /// [`Datapath::clear`].
+    pub fn clear_sg(&mut self) {
+        clear_hash::<CtKey, CtValue>(&mut self.ebpf, names::CT);
+        clear_hash::<FragKey, FragValue>(&mut self.ebpf, names::FRAG);
+        clear_hash::<IdentKey, u32>(&mut self.ebpf, names::IDENT);
+        clear_lpm::<IdentKey, u32>(&mut self.ebpf, names::IDENT_LPM);
+        clear_lpm::<PolicyKey, PolicyValue>(&mut self.ebpf, names::POLICY);
+    }
+
+    /// A remote-group member: `ip` (exact) has identity `ident`.
+    pub fn add_ident(&mut self, family: u8, ip: [u8; 16], ident: u32) {
+        let mut m: HashMap<_, IdentKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(names::IDENT).expect("ident")).expect("ident");
+        m.insert(ident_key(family, ip), ident, 0)
+            .expect("insert identity");
+    }
+
+    /// A prefix (CIDR member or rule prefix) with identity `ident`.
+    pub fn add_ident_prefix(&mut self, family: u8, ip: [u8; 16], prefix_len: u32, ident: u32) {
+        let mut m: LpmTrie<_, IdentKey, u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::IDENT_LPM).expect("ident lpm"))
+                .expect("ident lpm");
+        m.insert(
+            &Key::new(IDENT_FIXED_BITS + prefix_len, ident_key(family, ip)),
+            ident,
+            0,
+        )
+        .expect("insert identity prefix");
+    }
+
+    /// An allow rule (see [`policy_key`]).
+    pub fn add_policy(&mut self, key: Key<PolicyKey>) {
+        let mut m: LpmTrie<_, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::POLICY).expect("policy")).expect("policy");
+        m.insert(&key, PolicyValue { rule: 1 }, 0)
+            .expect("insert policy");
+    }
+
+    pub fn remove_policy(&mut self, key: Key<PolicyKey>) {
+        let mut m: LpmTrie<_, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::POLICY).expect("policy")).expect("policy");
+        m.remove(&key).expect("remove policy");
+    }
+
+    /// Every conntrack entry.
+    pub fn ct(&self) -> Vec<(CtKey, CtValue)> {
+        let m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map(names::CT).expect("ct")).expect("ct");
+        m.iter().map(|e| e.expect("ct entry")).collect()
+    }
+
+    /// Inserts a conntrack entry as the datapath would (`BPF_NOEXIST`); the error when
+    /// the table is full.
+    pub fn ct_insert(&mut self, key: CtKey, value: CtValue) -> Result<(), aya::maps::MapError> {
+        let mut m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::CT).expect("ct")).expect("ct");
+        m.insert(key, value, BPF_NOEXIST)
+    }
+}
+
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// Removes every entry of the LPM trie `name`.
+fn clear_lpm<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+    let mut m: LpmTrie<_, K, V> = LpmTrie::try_from(ebpf.map_mut(name).expect(name)).expect(name);
+    let keys: Vec<Key<K>> = m.keys().map(|k| k.expect("key")).collect();
+    for k in keys {
+        m.remove(&k).expect("remove");
+    }
 }
