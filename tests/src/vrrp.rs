@@ -348,6 +348,27 @@ impl Drop for Keepalived {
     }
 }
 
+/// With `use_vmac` the VIP sits on the macvlan `vrrp.<vrid>`, but Linux answers from the
+/// base interface (its route comes first): replies and ARP requests from the VIP would
+/// leave with the port's own MAC, which port security refuses when the VIP is listed
+/// with the VRRP MAC only. Policy routing sends everything from the VIP out of the
+/// macvlan, with the virtual MAC as RFC 5798 wants. Waits for keepalived to create it.
+pub fn route_vip_via_vmac(ns: &Netns, d: &VmDef, vrid: u8) {
+    let dev = format!("vrrp.{vrid}");
+    wait_until(
+        &format!("{dev} in {}", ns.name),
+        Duration::from_secs(30),
+        || ns.try_exec(&format!("ip link show {dev}")).status.success(),
+    );
+    let net = format!("{}.0/24", d.ip.rsplit_once('.').expect("IPv4").0);
+    ns.exec(&format!("ip rule add from {VIP} lookup 100"));
+    ns.exec(&format!("ip route add {net} dev {dev} table 100"));
+    ns.exec(&format!(
+        "ip route add default via {} dev {dev} table 100",
+        d.gw
+    ));
+}
+
 /// Whether `ip` (no prefix length) is configured on any interface of `ns`.
 pub fn has_addr(ns: &Netns, ip: &str) -> bool {
     let out = ns.try_exec("ip -o addr show");

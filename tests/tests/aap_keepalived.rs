@@ -26,8 +26,8 @@ use tests::{
         wait_until,
     },
     vrrp::{
-        C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr, vip_cloud,
-        vm,
+        C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,
+        route_vip_via_vmac, vip_cloud, vm,
     },
 };
 
@@ -92,6 +92,11 @@ impl Vip {
         let k1 = Keepalived::start(self.vm(&M1), &self.conf(&M1, &M2, 150));
         let k2 = Keepalived::start(self.vm(&M2), &self.conf(&M2, &M1, 100));
         self.ka = [Some(k1), Some(k2)];
+        if self.vmac {
+            for h in HOLDERS {
+                route_vip_via_vmac(self.vm(h), h, VRID);
+            }
+        }
         wait_until("m1 master (holds the VIP), m2 backup", READY, || {
             has_addr(self.vm(&M1), VIP) && !has_addr(self.vm(&M2), VIP)
         });

@@ -45,7 +45,8 @@ use std::{
 use tests::{
     harness::{Cloud, Netns, cmd, metric, ping, unique_prefix, wait_until},
     vrrp::{
-        C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VmDef, VrrpConf, has_addr, vip_cloud, vm,
+        C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,
+        route_vip_via_vmac, vip_cloud, vm,
     },
 };
 
@@ -291,6 +292,9 @@ fn run_setup(setup: Setup, failovers: usize) -> Vec<Sample> {
         Keepalived::start(bed.vm(&M1), &confs[0]),
         Keepalived::start(bed.vm(&M2), &confs[1]),
     ];
+    for h in HOLDERS {
+        route_vip_via_vmac(bed.vm(h), h, VRID);
+    }
     wait_until("m1 master, m2 backup", DEADLINE, || {
         has_addr(bed.vm(&M1), VIP) && !has_addr(bed.vm(&M2), VIP)
     });
