@@ -656,7 +656,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
                 }
             }
             eprintln!(
-                "[{}] {f} src → {}: rule-delete written after {written:?}, stream stopped delivering {last_change:?} after the command",
+                "[{}] {f} src → {}: rule-delete written after {written:?}, the receiver's last byte arrived at most {last_change:?} after the command started",
                 hook.as_str(),
                 dst.name
             );
@@ -826,7 +826,7 @@ fn remote_group_membership(hook: Hook) {
         }
     }
     eprintln!(
-        "[{}] leaving web took effect on both chassis within {:?}",
+        "[{}] leaving web: denied again on both chassis, checked within {:?} (a denial is a 1 s wait for an echo)",
         hook.as_str(),
         t0.elapsed()
     );
