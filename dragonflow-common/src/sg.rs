@@ -148,7 +148,9 @@ pub const CT_REPLIED: u8 = 6;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet; refreshed at most every
+    /// CLOCK_MONOTONIC time of the last packet, as the datapath reads it
+    /// (bpf_ktime_get_coarse_ns: the coarse clock, at most a tick behind, is enough for
+    /// second timeouts and cheaper per packet); refreshed at most every
     /// [`CT_REFRESH_NS`] to keep the cache line quiet.
     pub last_seen_ns: u64,
     /// `ChassisConfig::policy_gen` when the entry was last judged against the rules.

@@ -9,7 +9,7 @@
 //! - the tiny first fragment (L4 header cut short) is refused before this, by `flow`
 //!   (and by port security for senders that have it).
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use dragonflow_common::{
     sg::{FRAG_TIMEOUT_NS, FragKey, FragValue},
     verdict::DropReason,
@@ -78,7 +78,7 @@ pub fn record(k: &mut FragKey, v: &mut FragValue, ifindex: u32, dir: u8, f: &Flo
         first_len: f.frag_off as u16,
         rule_port: f.rule_port,
         // SAFETY: helper without arguments.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
     };
     let _ = FRAG.insert(&*k, &*v, 0);
 }

@@ -48,6 +48,29 @@
 //! could make every other VM's connections re-judged as new: their replies denied).
 //! Established flows are unaffected; the agent's collector frees expired entries.
 //!
+//! ## Where each side is judged
+//! Egress: by the program that finishes the frame, before the receiver's ingress — in
+//! `fwd::unicast` (local or tunnel), for the router's own replies, by the TC entry point
+//! before a flood or a group delivery, and with forwarding off before handing the frame
+//! to the stack. XDP judges only what it finishes (local deliveries, forwarding off);
+//! what it hands to its TC companion is judged there, once. Ingress: in `policy::to_port`
+//! for each destination tap. Routing changes neither addresses nor ports, so the flow
+//! parsed for the egress serves the ingress too.
+//!
+//! A TCP entry is closed by a RST or a second FIN; with one state byte the entry cannot
+//! tell whose FIN it saw, so a retransmitted FIN also closes it (its timeout drops from
+//! 60 s to 10 s; packets still pass meanwhile). ICMP errors are related to an entry of the
+//! same port only, whatever its policy generation (an error carries no data).
+//!
+//! ## Verifier and stack
+//! The judge ([`df_sg_judge`]) and the parser (`df_sg_parse_xdp` / `df_sg_parse_tc`) are
+//! global BPF functions: verified once each, not at every call site on every path of the
+//! pipeline (the from-VM program is close to the verifier's budget). The verifier counts
+//! a program's stack and that of the functions it calls together against 512 bytes, and
+//! the pipeline's own frame uses ~440: the stage keeps its state, the flow and every map
+//! key in a per-CPU map slot ([`Scratch`]) and its functions' frames small (the judge's
+//! inputs are read from there rather than passed, so that LLVM has little to spill).
+//!
 //! ## Counting
 //! Drops: egress in `from_vm` (returned to the caller); ingress in `to_vm`, counted here,
 //! one per refused delivery (a flood or group copy too), and remembered
@@ -57,7 +80,7 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, xdp_md},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
@@ -379,7 +402,7 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
         return Ok(());
     }
     // SAFETY: helper without arguments.
-    s.job.now = unsafe { bpf_ktime_get_ns() };
+    s.job.now = unsafe { bpf_ktime_get_coarse_ns() };
     s.job.sport = s.flow.sport;
     s.job.dport = s.flow.dport;
     s.job.rule_port = s.flow.rule_port;

@@ -669,11 +669,16 @@ impl Datapath {
     /// Empties the security-group maps: conntrack, fragments, identities, policy. Part of
     /// [`Datapath::clear`].
     pub fn clear_sg(&mut self) {
-        clear_hash::<CtKey, CtValue>(&mut self.ebpf, names::CT);
-        clear_hash::<FragKey, FragValue>(&mut self.ebpf, names::FRAG);
+        self.clear_conntrack();
         clear_hash::<IdentKey, u32>(&mut self.ebpf, names::IDENT);
         clear_lpm::<IdentKey, u32>(&mut self.ebpf, names::IDENT_LPM);
         clear_lpm::<PolicyKey, PolicyValue>(&mut self.ebpf, names::POLICY);
+    }
+
+    /// Empties the conntrack and fragment tables only (rules and identities stay).
+    pub fn clear_conntrack(&mut self) {
+        clear_hash::<CtKey, CtValue>(&mut self.ebpf, names::CT);
+        clear_hash::<FragKey, FragValue>(&mut self.ebpf, names::FRAG);
     }
 
     /// A remote-group member: `ip` (exact) has identity `ident`.
