@@ -353,18 +353,26 @@ impl Drop for Keepalived {
 /// leave with the port's own MAC, which port security refuses when the VIP is listed
 /// with the VRRP MAC only. Policy routing sends everything from the VIP out of the
 /// macvlan, with the virtual MAC as RFC 5798 wants. Waits for keepalived to create it.
+/// Idempotent: call it again after the link was down (the kernel drops a device's routes
+/// when it goes down).
 pub fn route_vip_via_vmac(ns: &Netns, d: &VmDef, vrid: u8) {
     let dev = format!("vrrp.{vrid}");
     wait_until(
-        &format!("{dev} in {}", ns.name),
+        &format!("{dev} up in {}", ns.name),
         Duration::from_secs(30),
-        || ns.try_exec(&format!("ip link show {dev}")).status.success(),
+        || {
+            let o = ns.try_exec(&format!("ip -o link show {dev} up"));
+            o.status.success() && !o.stdout.is_empty()
+        },
     );
     let net = format!("{}.0/24", d.ip.rsplit_once('.').expect("IPv4").0);
-    ns.exec(&format!("ip rule add from {VIP} lookup 100"));
-    ns.exec(&format!("ip route add {net} dev {dev} table 100"));
+    let rules = ns.exec("ip rule show");
+    if !String::from_utf8_lossy(&rules.stdout).contains(&format!("from {VIP} lookup 100")) {
+        ns.exec(&format!("ip rule add from {VIP} lookup 100"));
+    }
+    ns.exec(&format!("ip route replace {net} dev {dev} table 100"));
     ns.exec(&format!(
-        "ip route add default via {} dev {dev} table 100",
+        "ip route replace default via {} dev {dev} table 100",
         d.gw
     ));
 }

@@ -396,6 +396,7 @@ fn run_setup(setup: Setup, failovers: usize) -> Vec<Sample> {
             ka[old].log().matches("Entering BACKUP STATE").count() > backups_before
                 && !has_addr(bed.vm(old_d), VIP)
         });
+        route_vip_via_vmac(bed.vm(old_d), old_d, VRID);
         master = new;
     }
     samples
