@@ -108,13 +108,18 @@ impl Vip {
 
     /// The active entry of the VIP as `dfctl aap list` shows it (`None`: none).
     fn active(&self) -> Option<Value> {
+        self.active_of(VIP)
+    }
+
+    /// The active entry of a shared IP of net1.
+    fn active_of(&self, ip: &str) -> Option<Value> {
         let rows: Value =
             serde_json::from_str(&self.cloud.dfctl("--output json aap list --lswitch net1"))
                 .expect("aap list JSON");
         rows.as_array()
             .expect("rows")
             .iter()
-            .find(|r| r["ip"] == VIP)
+            .find(|r| r["ip"] == ip)
             .and_then(|r| (!r["active"].is_null()).then(|| r["active"].clone()))
     }
 
@@ -692,6 +697,59 @@ fn detection_dead_chassis() {
     );
 }
 
+/// An IPv6 VIP: an unsolicited neighbour advertisement claims it, the DAD-style neighbour
+/// solicitations of the probes are answered (the holder defends its address with an NA),
+/// and when the address goes the probes expire the entry.
+fn detection_ipv6() {
+    const VIP6: &str = "2001:db8:1::100";
+    let t = Vip::new(Mode::Detection, false, &[]);
+    for h in HOLDERS {
+        t.cloud
+            .dfctl(&format!("lport update p{} --add-aap {VIP6}", h.name));
+    }
+    let m1 = t.vm(&M1);
+    m1.exec(&format!("ip -6 addr add {VIP6}/64 dev eth0 nodad"));
+    send_garp(m1, &["--ip", VIP6]);
+    let start = Instant::now();
+    let a = loop {
+        if let Some(a) = t.active_of(VIP6) {
+            break a;
+        }
+        assert!(
+            start.elapsed() < READY,
+            "no claim of {VIP6}:
+{}",
+            t.cloud.dfctl("aap list")
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (a["port"].as_str(), a["reason"].as_str()),
+        (Some("pm1"), Some("unsolicited_na"))
+    );
+    let hv1 = t.hv(&M1);
+    let answered = || {
+        counter(
+            hv1,
+            "dragonflow_activeport_probes_total",
+            &[("outcome", "answered")],
+        )
+    };
+    wait_until("m1 answers two IPv6 probes", READY, || answered() >= 2.0);
+    m1.exec(&format!("ip -6 addr del {VIP6}/64 dev eth0"));
+    wait_until("the IPv6 entry expires", READY, || {
+        t.active_of(VIP6).is_none()
+    });
+    assert_eq!(
+        counter(
+            hv1,
+            "dragonflow_activeport_removed_total",
+            &[("why", "probe_loss")]
+        ),
+        1.0
+    );
+}
+
 /// (transmitted, received) from ping's summary line.
 fn ping_stats(text: &str) -> (usize, usize) {
     let line = text
@@ -751,6 +809,10 @@ fn detection_agent_restart_keeps_entry() {
 #[test]
 fn detection_dead_chassis_loses_claims() {
     detection_dead_chassis();
+}
+#[test]
+fn detection_ipv6_vip_claimed_probed_expired() {
+    detection_ipv6();
 }
 
 #[test]
