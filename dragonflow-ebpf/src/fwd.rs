@@ -49,10 +49,16 @@ use crate::{
     verdict::Fwd,
 };
 
+/// The chassis configuration (`df_config_v1[0]`).
+#[inline(always)]
+pub fn config() -> Option<&'static ChassisConfig> {
+    CONFIG.get(0)
+}
+
 /// The chassis configuration, when forwarding is on.
 #[inline(always)]
 pub fn enabled() -> Option<&'static ChassisConfig> {
-    match CONFIG.get(0) {
+    match config() {
         Some(c) if c.flags & CFG_F_FORWARDING != 0 => Some(c),
         _ => None,
     }

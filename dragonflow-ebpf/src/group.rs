@@ -155,7 +155,7 @@ pub fn run(ctx: &TcContext) {
     } else {
         Direction::FromVm
     };
-    let Some(mut sg) = Sg::new(ingress) else {
+    let Some(mut sg) = Sg::new(ingress, crate::fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         crate::stats::drop_in(dir, DropReason::SgDenied);
         return;

@@ -8,7 +8,7 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{Pkt, arr_at, be16_at, load, u8_at},
-    flow::{self, FRAG_FIRST, FRAG_LATER, L3},
+    flow::{self, L3},
     parse::{
         ETH_HLEN, Eth, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN, icmp_ok,
         mac_eq, tcp_ok, udp_ports,
@@ -22,13 +22,14 @@ const BOOTPC: u16 = 68;
 /// flags, ciaddr, yiaddr, siaddr, giaddr).
 const BOOTP_CHADDR: usize = 28;
 
-/// `l3` receives the header facts the security-group stage needs (see `flow`).
+/// `l3` receives the header facts the security-group stage needs (see `flow`), when it
+/// is on.
 #[inline(always)]
 pub fn check(
     pkt: &Pkt,
     port: &mut PortCache,
     eth: &Eth,
-    l3: &mut L3,
+    l3: Option<&mut L3>,
 ) -> Result<PassPath, DropReason> {
     let h = pkt
         .bytes::<IPV4_HLEN>(ETH_HLEN)
@@ -41,16 +42,19 @@ pub fn check(
     }
     let src = load::<u32, IPV4_HLEN>(h, 12);
     let unspecified = src == 0;
-    *l3 = flow::v4_facts(h, hlen, tot);
+    if let Some(l3) = l3 {
+        *l3 = flow::v4_facts(h, hlen, tot);
+    }
+    let frag = be16_at(h, 6);
     // L4 exists only in the first fragment (offset 0); later fragments are judged on
     // their L3 source alone.
-    if l3.frag != FRAG_LATER {
+    if frag & 0x1fff == 0 {
         // hlen <= 60, so l4 is a bounded offset the verifier can follow.
         let l4 = ETH_HLEN + hlen;
         let l3_end = ETH_HLEN + tot;
         // A first fragment too short for its L4 header is the tiny-fragment attack
         // (RFC 1858: the TCP flags would be in the second fragment) [10].
-        let err = if l3.frag == FRAG_FIRST {
+        let err = if frag & 0x2000 != 0 {
             DropReason::FragTiny
         } else {
             DropReason::L4Malformed

@@ -50,13 +50,14 @@ pub struct Chain {
     pub frag_id: u32,
 }
 
-/// `l3` receives the header facts the security-group stage needs (see `flow`).
+/// `l3` receives the header facts the security-group stage needs (see `flow`), when it
+/// is on.
 #[inline(always)]
 pub fn check(
     pkt: &Pkt,
     port: &mut PortCache,
     eth: &Eth,
-    l3: &mut L3,
+    l3: Option<&mut L3>,
 ) -> Result<PassPath, DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
@@ -73,7 +74,9 @@ pub fn check(
     ];
     let key = src_key(port.ifindex(), eth, FAMILY_V6, src);
     let chain = walk(pkt, u8_at(h, 6), l3_end)?;
-    *l3 = flow::v6_facts(&chain, l3_end);
+    if let Some(l3) = l3 {
+        *l3 = flow::v6_facts(&chain, l3_end);
+    }
     if !chain.later_fragment {
         // RFC 7112: a first fragment must carry the whole upper-layer header.
         let err = if chain.fragmented {

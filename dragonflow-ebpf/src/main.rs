@@ -64,7 +64,7 @@ use crate::{
 #[inline(always)]
 pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     let mut port = PortCache::new(ctx.ifindex());
-    let Some(mut sg) = Sg::new(ctx.ifindex()) else {
+    let Some(mut sg) = Sg::new(ctx.ifindex(), fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         stats::drop(DropReason::SgDenied);
         return xdp_action::XDP_DROP;
@@ -116,7 +116,7 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
     let mut port = PortCache::new(ctx.ifindex());
-    let Some(mut sg) = Sg::new(ctx.ifindex()) else {
+    let Some(mut sg) = Sg::new(ctx.ifindex(), fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         stats::drop(DropReason::SgDenied);
         return TC_ACT_SHOT;
@@ -206,7 +206,7 @@ pub fn df_aap_group(ctx: TcContext) -> i32 {
 /// local taps only. Everything is counted under `Direction::FromTunnel`.
 #[classifier]
 pub fn df_from_tunnel(ctx: TcContext) -> i32 {
-    let Some(mut sg) = Sg::new(0) else {
+    let Some(mut sg) = Sg::new(0, fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         stats::drop_in(Direction::FromTunnel, DropReason::SgDenied);
         return TC_ACT_SHOT;
@@ -377,7 +377,7 @@ fn port_security(
     pkt: &Pkt,
     eth: &Eth,
     port: &mut PortCache,
-    l3: &mut L3,
+    l3: Option<&mut L3>,
 ) -> Result<PassPath, DropReason> {
     match eth.proto {
         ETH_P_IP => ipv4::check(pkt, port, eth, l3),

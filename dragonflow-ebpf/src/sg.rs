@@ -86,7 +86,7 @@ use aya_ebpf::{
 };
 use dragonflow_common::{
     addr::FAMILY_V4,
-    fwd::CFG_F_SECURITY_GROUPS,
+    fwd::{CFG_F_SECURITY_GROUPS, ChassisConfig},
     port::PORT_F_PORT_SECURITY,
     sg::{
         CT_REFRESH_NS, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FragKey, FragValue,
@@ -103,7 +103,7 @@ use crate::{
         FRAG_LATER, Flow, ICMPV6_ECHO_REQUEST, L3,
     },
     frag,
-    maps::{CONFIG, CT, IDENT, IDENT_LPM, POLICY, SG_SCRATCH},
+    maps::{CT, IDENT, IDENT_LPM, POLICY, SG_SCRATCH},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6},
     portsec, stats,
 };
@@ -140,11 +140,10 @@ pub struct Scratch {
     policy: Key<PolicyKey>,
 }
 
-/// Per-run state.
+/// Per-run state (security groups on).
 #[repr(C)]
 struct Run {
-    /// `CFG_F_SECURITY_GROUPS`.
-    on: u8,
+    _pad: u8,
     /// The sender's egress rules apply (it passed port security as a secured port).
     egress: u8,
     /// `PARSE_*`: whether `flow` is this frame's.
@@ -155,12 +154,14 @@ struct Run {
     policy_gen: u32,
     /// The sending port (0 from the tunnel).
     sender: u32,
+    /// The monotonic clock, read once per run by the first side that needs it (0: not
+    /// yet): a local delivery judges two sides.
+    now: u64,
 }
 
 /// One side's judgement in progress.
 #[repr(C)]
 struct Job {
-    now: u64,
     ifindex: u32,
     dir: u8,
     group: u8,
@@ -177,61 +178,73 @@ struct Job {
 }
 
 /// The stage's handle for one program run: a pointer to this CPU's [`Scratch`] (one
-/// register or stack slot in the caller).
+/// register or stack slot in the caller), null when security groups are off — then
+/// nothing else is read or written (the allowed-IPv4 fast path measures this).
 pub struct Sg {
     s: *mut Scratch,
 }
 
 impl Sg {
-    /// Starts a run: reads the chassis configuration into the scratch slot. `sender`: the
-    /// tap the frame came from (0 from the tunnel). `None` only if the per-CPU slot is
-    /// missing, which cannot happen (an array of one entry); callers drop the frame.
+    /// Starts a run: with the chassis configuration `cfg` (`fwd::config`), and when
+    /// security groups are on, resets this CPU's scratch slot. `sender`: the tap the frame came from (0 from the
+    /// tunnel). `None` only if the per-CPU slot is missing, which cannot happen (an array
+    /// of one entry); callers drop the frame.
     #[inline(always)]
-    pub fn new(sender: u32) -> Option<Self> {
-        let s = SG_SCRATCH.get_ptr_mut(0)?;
-        let (on, policy_gen) = match CONFIG.get(0) {
-            Some(c) if c.flags & CFG_F_SECURITY_GROUPS != 0 => (1, c.policy_gen),
-            _ => (0, 0),
+    pub fn new(sender: u32, cfg: Option<&ChassisConfig>) -> Option<Self> {
+        let policy_gen = match cfg {
+            Some(c) if c.flags & CFG_F_SECURITY_GROUPS != 0 => c.policy_gen,
+            _ => {
+                return Some(Sg {
+                    s: core::ptr::null_mut(),
+                });
+            }
         };
+        let s = SG_SCRATCH.get_ptr_mut(0)?;
         // SAFETY: this CPU's slot, valid for this run; only this run uses it.
         unsafe {
             (*s).run = Run {
-                on,
+                _pad: 0,
                 egress: 0,
                 parsed: PARSE_NONE,
                 counted: 0,
                 policy_gen,
                 sender,
+                now: 0,
             };
             (*s).l3.family = 0;
         }
         Some(Sg { s })
     }
 
+    /// The run state, when security groups are on.
     #[inline(always)]
-    fn run(&self) -> &mut Run {
-        // SAFETY: see `new`.
-        unsafe { &mut (*self.s).run }
+    fn run(&self) -> Option<&mut Run> {
+        // SAFETY: see `new`; null when off.
+        unsafe { self.s.as_mut().map(|s| &mut s.run) }
     }
 
-    /// Where port security writes what it learnt of the IP header.
+    /// Where port security writes what it learns of the IP header; `None` when security
+    /// groups are off (nothing to write).
     #[inline(always)]
-    pub fn l3(&mut self) -> &mut L3 {
+    pub fn l3(&mut self) -> Option<&mut L3> {
         // SAFETY: see `new`.
-        unsafe { &mut (*self.s).l3 }
+        unsafe { self.s.as_mut().map(|s| &mut s.l3) }
     }
 
     /// The sender passed port security as a secured port: its egress rules apply.
     #[inline(always)]
     pub fn sender_secured(&mut self) {
-        self.run().egress = 1;
+        if let Some(r) = self.run() {
+            r.egress = 1;
+        }
     }
 
     /// `reason` is the ingress drop already counted under `to_vm` (the delivering
     /// program must not count it in its own direction too).
     #[inline(always)]
     pub fn counted(&self, reason: DropReason) -> bool {
-        u32::from(self.run().counted) == reason as u32
+        self.run()
+            .is_some_and(|r| u32::from(r.counted) == reason as u32)
     }
 
     /// Parses the flow if security groups are on and it is not parsed yet. Callers of
@@ -239,8 +252,7 @@ impl Sg {
     /// clone or rewrite); `to_port` itself never reads the packet.
     #[inline(always)]
     pub fn prepare<C: PacketCtx>(&mut self, ctx: &C, eth_proto: u16) {
-        let r = self.run();
-        if r.on != 0 && r.parsed == PARSE_NONE {
+        if self.run().is_some_and(|r| r.parsed == PARSE_NONE) {
             ctx.sg_parse(self.s, eth_proto);
         }
     }
@@ -254,12 +266,14 @@ impl Sg {
         eth_proto: u16,
         group: bool,
     ) -> Result<(), DropReason> {
-        let r = self.run();
-        if r.on == 0 || r.egress == 0 {
+        let Some(r) = self.run() else {
+            return Ok(());
+        };
+        if r.egress == 0 {
             return Ok(());
         }
+        let sender = r.sender;
         self.prepare(ctx, eth_proto);
-        let sender = self.run().sender;
         self.judge(DIR_EGRESS, sender, group)
     }
 
@@ -267,13 +281,15 @@ impl Sg {
     /// counted here under `to_vm`.
     #[inline(always)]
     pub fn ingress(&mut self, ifindex: u32, group: bool) -> Result<(), DropReason> {
-        if self.run().on == 0 {
+        if self.s.is_null() {
             return Ok(());
         }
         let r = self.judge(DIR_INGRESS, ifindex, group);
         if let Err(reason) = r {
             stats::drop_in(Direction::ToVm, reason);
-            self.run().counted = reason as u8;
+            if let Some(run) = self.run() {
+                run.counted = reason as u8;
+            }
         }
         r
     }
@@ -401,14 +417,16 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
         event(dir, EventStat::SgExempt);
         return Ok(());
     }
-    // SAFETY: helper without arguments.
-    s.job.now = unsafe { bpf_ktime_get_coarse_ns() };
+    if s.run.now == 0 {
+        // SAFETY: helper without arguments.
+        s.run.now = unsafe { bpf_ktime_get_coarse_ns() };
+    }
     s.job.sport = s.flow.sport;
     s.job.dport = s.flow.dport;
     s.job.rule_port = s.flow.rule_port;
     s.job.flags = s.flow.flags;
     if s.flow.frag == FRAG_LATER {
-        let first = match frag::first(&mut s.frag, s.job.ifindex, dir, &s.flow, s.job.now) {
+        let first = match frag::first(&mut s.frag, s.job.ifindex, dir, &s.flow, s.run.now) {
             Ok(first) => first,
             // A receiver without port security has no security groups: its first
             // fragments pass without being recorded (below), so neither are these judged.
@@ -462,7 +480,7 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
     }
     if s.job.flags & F_CREATE != 0 && s.job.group == 0 {
         s.value = CtValue {
-            last_seen_ns: s.job.now,
+            last_seen_ns: s.run.now,
             policy_gen: s.run.policy_gen,
             state: ct::initial_state(s.flow.proto),
             origin: dir,
@@ -524,7 +542,7 @@ fn related(s: &mut Scratch) -> bool {
     );
     match CT.get_ptr(&s.related) {
         // SAFETY: map value pointer, valid for this run.
-        Some(v) => !ct::expired(unsafe { &*v }, s.job.now),
+        Some(v) => !ct::expired(unsafe { &*v }, s.run.now),
         None => false,
     }
 }
@@ -536,7 +554,7 @@ fn hit(s: &mut Scratch, v: *mut CtValue) -> bool {
     // SAFETY: map value pointer, valid for this run. Concurrent updates from other CPUs
     // are benign: each field is written whole.
     let e = unsafe { &mut *v };
-    let now = s.job.now;
+    let now = s.run.now;
     if ct::expired(e, now) || ct::reopens(e.state, &s.flow) {
         return false;
     }
