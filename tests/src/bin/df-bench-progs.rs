@@ -1,14 +1,17 @@
 //! `df-bench-progs`: per-packet cost of each from-VM verdict path under BPF_PROG_TEST_RUN,
 //! next to a stub program on the same hook (XDP_PASS / TC_ACT_OK) measured in the same
 //! run, for both hooks, with 10 vs 10,000 ports and 0 vs 10 allowed address pairs per
-//! port. Prints markdown on stdout. Needs root.
+//! port; then forwarding to a local port, and the security groups (established flow,
+//! rules-only and first-packet cost with 1/100/1,000 rules per port and 10/10,000
+//! remote-group members). Prints markdown on stdout. Needs root.
 //!
 //! Method: every measurement is one BPF_PROG_TEST_RUN with a large repeat count (the
 //! kernel reports the mean ns per run); paths and the stub are measured interleaved, round
 //! after round, and the median round is reported. The frame under test always comes from
 //! the same port (lo, ifindex 1); the other ports only fill the maps.
 //!
-//! `df-bench-progs [--repeat N] [--rounds N]`
+//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only]` (`--sg-only`: the
+//! security-group table alone)
 
 use std::fmt::Write as _;
 
@@ -18,7 +21,7 @@ use dragonflow_common::{
         link_local_from_mac,
     },
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
-    verdict::{Direction, DropReason, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
 use tests::{
     frames::*,
@@ -160,6 +163,7 @@ fn median(mut v: Vec<u32>) -> f64 {
 fn main() {
     let mut repeat = 1_000_000u32;
     let mut rounds = 7usize;
+    let mut sg_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || {
@@ -170,10 +174,17 @@ fn main() {
         match a.as_str() {
             "--repeat" => repeat = num() as u32,
             "--rounds" => rounds = num() as usize,
-            _ => panic!("usage: df-bench-progs [--repeat N] [--rounds N]"),
+            "--sg-only" => sg_only = true,
+            _ => panic!("usage: df-bench-progs [--repeat N] [--rounds N] [--sg-only]"),
         }
     }
     let mut dp = Datapath::load();
+    if sg_only {
+        let mut out = String::new();
+        security_groups(&mut dp, &mut out, repeat, rounds);
+        print!("{out}");
+        return;
+    }
     let configs = [
         Config { ports: 10, aaps: 0 },
         Config {
@@ -272,6 +283,7 @@ fn main() {
         }
     );
     forwarding(&mut dp, &mut out, repeat, rounds);
+    security_groups(&mut dp, &mut out, repeat, rounds);
     print!("{out}");
 }
 
@@ -373,4 +385,295 @@ fn describe(slot: u32) -> String {
         return format!("drop {}", r.name());
     }
     format!("slot {slot}")
+}
+
+// ---- Security groups (issue 4) --------------------------------------------------------
+
+/// Rules per port and remote-group members of one security-group configuration.
+#[derive(Clone, Copy)]
+struct SgConfig {
+    rules: u32,
+    members: u32,
+}
+
+/// Remote groups the rules refer to (members are spread over them).
+const SG_GROUPS: u32 = 10;
+/// Identity of group `g` (per family, as the agent numbers them: IPv4 only here).
+const fn group_ident(g: u32) -> u32 {
+    1000 + g
+}
+
+/// The aligned blocks (base, log2 size) covering the port range `lo..=hi`, as the agent
+/// splits a rule's range for the LPM.
+fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
+    let mut v = Vec::new();
+    let (mut p, hi) = (u32::from(lo), u32::from(hi));
+    while p <= hi {
+        let mut bits = 0;
+        while bits < 16 && p % (1 << (bits + 1)) == 0 && p + (1 << (bits + 1)) - 1 <= hi {
+            bits += 1;
+        }
+        v.push((p as u16, bits));
+        p += 1 << bits;
+    }
+    v
+}
+
+/// SETUP of the security-group table: ports A (the sender) and B (the receiver) are both
+/// lo (a test run's device and the devmap's only target here; their entries differ by
+/// direction and address). A's egress and B's ingress have `rules` rules each: rule 0 is
+/// the measured one (TCP 80 with remote group 0, which holds A and B); the others TCP or
+/// UDP ranges of 10 ports (split into aligned blocks) with remote group `i % 10`, every
+/// 7th with a remote prefix instead (an LPM identity). `members` addresses are spread over
+/// the 10 groups (exact identities). Forwarding and security groups on.
+fn sg_seed(dp: &mut Datapath, c: SgConfig) -> (Vec<u8>, [u8; 6]) {
+    use dragonflow_common::{
+        addr::FAMILY_V4,
+        fwd::{CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, DEST_LOCAL, L2Dest, L2Key},
+        sg::{DIR_EGRESS, DIR_INGRESS},
+    };
+    use tests::testrun::{Ports, policy_key};
+    const NET: u32 = 42;
+    dp.clear();
+    let (a_mac, b_mac) = (mac(0), mac(1));
+    let (a4, b4) = (ip4(0, 1), ip4(1, 1));
+    dp.add_port(
+        LO_IFINDEX,
+        PortConfig {
+            net_id: NET,
+            flags: PORT_F_PORT_SECURITY,
+            mac: a_mac,
+            mtu: 1500,
+        },
+    );
+    dp.add_addr_net(AddrKey::v4(LO_IFINDEX, a_mac, a4), ADDR_F_FIXED, NET);
+    dp.add_l2(
+        L2Key::new(NET, b_mac),
+        L2Dest {
+            kind: DEST_LOCAL,
+            mtu: 1500,
+            ifindex: LO_IFINDEX,
+            ..Default::default()
+        },
+    );
+    dp.add_devmap(LO_IFINDEX);
+    dp.set_config(ChassisConfig {
+        flags: CFG_F_FORWARDING | CFG_F_SECURITY_GROUPS,
+        policy_gen: 1,
+        ..Default::default()
+    });
+    let pad = |a: [u8; 4]| {
+        let mut ip = [0u8; 16];
+        ip[..4].copy_from_slice(&a);
+        ip
+    };
+    dp.add_ident(FAMILY_V4, pad(a4), group_ident(0));
+    dp.add_ident(FAMILY_V4, pad(b4), group_ident(0));
+    for m in 2..c.members {
+        // 172.16.0.0/12: members only live in the map.
+        let b = m.to_be_bytes();
+        dp.add_ident(
+            FAMILY_V4,
+            pad([172, 16 | (b[1] & 0x0f), b[2], b[3]]),
+            group_ident(m % SG_GROUPS),
+        );
+    }
+    for dir in [DIR_EGRESS, DIR_INGRESS] {
+        dp.add_policy(policy_key(
+            LO_IFINDEX,
+            group_ident(0),
+            dir,
+            IPPROTO_TCP,
+            Ports::port(80),
+        ));
+        for i in 1..c.rules {
+            let proto = if i % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP };
+            let lo = 1024 + (i * 10) as u16;
+            let ident = if i % 7 == 0 {
+                // A rule prefix: 198.18.x.0/24 has an identity of its own.
+                let id = 5000 + i;
+                let b = i.to_be_bytes();
+                dp.add_ident_prefix(FAMILY_V4, pad([198, 18, b[3], 0]), 24, id);
+                id
+            } else {
+                group_ident(i % SG_GROUPS)
+            };
+            for (base, bits) in port_blocks(lo, lo + 9) {
+                dp.add_policy(policy_key(
+                    LO_IFINDEX,
+                    ident,
+                    dir,
+                    proto,
+                    Ports::Block { base, bits },
+                ));
+            }
+        }
+    }
+    let syn = sg_tcp(a_mac, b_mac, a4, b4, 40000, 0x02);
+    (syn, b_mac)
+}
+
+/// TCP from A to B :80 with `flags`.
+fn sg_tcp(
+    a_mac: [u8; 6],
+    b_mac: [u8; 6],
+    a4: [u8; 4],
+    b4: [u8; 4],
+    sport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut t = tcp(sport, 80, 5, &[0; 14]);
+    t[13] = flags;
+    eth(b_mac, a_mac, ETH_P_IP, &ipv4(a4, b4, IPPROTO_TCP, &t))
+}
+
+/// Security groups: one TCP connection A → B delivered locally, judged on both sides:
+/// - established (a conntrack hit per side), `repeat` runs;
+/// - rules only (an ACK without connection: identity + policy on both sides, untracked),
+///   `repeat` runs;
+/// - first packet (a SYN of a new connection: rules and an insert per side), the mean
+///   of single runs, each a new connection;
+///
+/// against the redirect stub on the same hook, for every configuration. Configurations
+/// are interleaved: every round seeds each in turn (a few thousand map updates) and
+/// measures it on both hooks, so that a change of load on the machine during the run
+/// weighs on all of them alike; the median round is reported. The last column is each
+/// figure over the smallest configuration's (target: ≤ 1.3).
+fn security_groups(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
+    use tests::testrun::{actions, stub_redirect_prog};
+    let configs: Vec<SgConfig> = [1, 100, 1000]
+        .iter()
+        .flat_map(|&rules| {
+            [10, 10_000]
+                .iter()
+                .map(move |&members| SgConfig { rules, members })
+        })
+        .collect();
+    // Single runs per round for the first-packet figure (each one a new connection).
+    let singles: u16 = 1000;
+    let paths = [
+        "established",
+        "rules only (untracked)",
+        "first packet (rules + insert)",
+    ];
+    // samples[config][hook][path], and the stubs' (repeat, single) per [config][hook].
+    let mut samples: Vec<[[Vec<u32>; 3]; 2]> =
+        (0..configs.len()).map(|_| Default::default()).collect();
+    let mut stubs: Vec<[[Vec<u32>; 2]; 2]> =
+        (0..configs.len()).map(|_| Default::default()).collect();
+    let (a_mac, a4, b4) = (mac(0), ip4(0, 1), ip4(1, 1));
+    let mut sport = 1000u16;
+    for round in 0..rounds {
+        for (ci, c) in configs.iter().enumerate() {
+            let (syn, b_mac) = sg_seed(dp, *c);
+            let ack = sg_tcp(a_mac, b_mac, a4, b4, 40000, 0x10);
+            let untracked = sg_tcp(a_mac, b_mac, a4, b4, 50000, 0x10);
+            for (hi, hook) in Hook::BOTH.into_iter().enumerate() {
+                dp.clear_conntrack();
+                if round == 0 {
+                    // Verify each path once: the SYN creates the connection on both
+                    // sides, the ACK hits it, the ACK without connection is judged by the
+                    // rules. A benchmark of the wrong path is worse than none.
+                    let deliver = match hook {
+                        Hook::Xdp => actions::XDP_REDIRECT,
+                        Hook::Tc => actions::TC_ACT_REDIRECT,
+                    };
+                    for (name, frame, event) in [
+                        ("SYN", &syn, EventStat::CtNew),
+                        ("ACK", &ack, EventStat::CtEstablished),
+                        ("ACK without connection", &untracked, EventStat::CtUntracked),
+                    ] {
+                        let before = dp.stats();
+                        let r = dp.run(hook, frame);
+                        let after = dp.stats();
+                        assert_eq!(r.retval, deliver, "[{}] {name}: delivered", hook.as_str());
+                        for d in [Direction::FromVm, Direction::ToVm] {
+                            let i = stat_index(d, Stat::Event(event)) as usize;
+                            assert_eq!(
+                                after[i] - before[i],
+                                1,
+                                "[{}] {name}: {} {} counted",
+                                hook.as_str(),
+                                d.name(),
+                                event.name()
+                            );
+                        }
+                    }
+                } else {
+                    dp.run(hook, &syn);
+                }
+                let stub = stub_redirect_prog(hook);
+                stubs[ci][hi][0].push(time(dp, stub, hook, &ack, repeat));
+                samples[ci][hi][0].push(time(dp, from_vm_prog(hook), hook, &ack, repeat));
+                samples[ci][hi][1].push(time(dp, from_vm_prog(hook), hook, &untracked, repeat));
+                let (mut t_new, mut t_stub) = (0u64, 0u64);
+                for _ in 0..singles {
+                    let f = sg_tcp(a_mac, b_mac, a4, b4, sport, 0x02);
+                    sport = sport.wrapping_add(1).max(1000);
+                    t_stub += u64::from(time(dp, stub, hook, &f, 1));
+                    t_new += u64::from(time(dp, from_vm_prog(hook), hook, &f, 1));
+                }
+                samples[ci][hi][2].push((t_new / u64::from(singles)) as u32);
+                stubs[ci][hi][1].push((t_stub / u64::from(singles)) as u32);
+            }
+        }
+    }
+    dp.clear_sg();
+
+    let _ = writeln!(
+        out,
+        "\n### Security groups: A → B delivered locally, judged on both sides (egress and ingress)\n"
+    );
+    let _ = writeln!(
+        out,
+        "Same method, configurations interleaved round by round; forwarding and security \
+         groups on. established: one conntrack hit per side; rules only: a TCP ACK without \
+         connection, identity + policy LPM per side, untracked; first packet: a SYN, rules + \
+         conntrack insert per side, mean of {singles} single runs per round (each a new \
+         connection; the stub measured the same way: a single run costs more). Rules per \
+         port: each direction of the port has that many rules (10-port ranges split into \
+         aligned blocks, 10 remote groups, every 7th rule a remote prefix); members: \
+         addresses in the remote groups. vs smallest = this figure / the 1-rule, 10-member \
+         figure of the same path and hook (target <= 1.3).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| hook | rules/port | members | path | ns/pkt | redirect stub ns/pkt | ratio | vs smallest |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|");
+    let mut worst = [[0f64; 3]; 2];
+    for (hi, hook) in Hook::BOTH.into_iter().enumerate() {
+        for (ci, c) in configs.iter().enumerate() {
+            for (pi, path) in paths.iter().enumerate() {
+                let ns = median(samples[ci][hi][pi].clone());
+                let st = median(stubs[ci][hi][usize::from(pi == 2)].clone());
+                let vs = ns / median(samples[0][hi][pi].clone());
+                worst[hi][pi] = worst[hi][pi].max(vs);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {path} | {ns:.0} | {st:.0} | {:.2}x | {} |",
+                    hook.as_str(),
+                    c.rules,
+                    c.members,
+                    ns / st,
+                    if ci == 0 {
+                        "—".to_string()
+                    } else {
+                        format!("{vs:.2}x")
+                    }
+                );
+            }
+        }
+    }
+    let mut summary = Vec::new();
+    for (hi, hook) in Hook::BOTH.into_iter().enumerate() {
+        for (pi, path) in paths.iter().enumerate() {
+            summary.push(format!("{} {path} {:.2}x", hook.as_str(), worst[hi][pi]));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nLargest / smallest configuration (target <= 1.3): {}.",
+        summary.join("; ")
+    );
 }
