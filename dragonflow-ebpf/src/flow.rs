@@ -213,7 +213,7 @@ pub fn v4_facts(h: *const [u8; IPV4_HLEN], hlen: usize, tot: usize) -> L3 {
         frag,
         _pad: 0,
         l4: (ETH_HLEN + hlen) as u16,
-        frag_off: off as u16,
+        frag_off: off,
         l3_end: (ETH_HLEN + tot) as u32,
         frag_id: load::<u16, IPV4_HLEN>(h, 4) as u32,
     }

@@ -9,6 +9,9 @@
 //! - the tiny first fragment (L4 header cut short) is refused before this, by `flow`
 //!   (and by port security for senders that have it).
 
+// Keys and values by reference into the scratch on purpose (see `sg`).
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use dragonflow_common::{
     sg::{FRAG_TIMEOUT_NS, FragKey, FragValue},

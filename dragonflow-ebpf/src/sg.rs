@@ -78,6 +78,11 @@
 //! a unicast frame, does not count it again in its own direction (`from_vm`,
 //! `from_tunnel`). Side counters (`ct_*`, `sg_exempt`) in the judging direction.
 
+// Map keys and values are passed by reference into the per-CPU scratch on purpose: by
+// value (what clippy suggests) they would be copied onto the stack first, whose budget
+// is spent (see "Verifier and stack").
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, xdp_md},
     helpers::bpf_ktime_get_coarse_ns,
@@ -218,7 +223,13 @@ impl Sg {
 
     /// The run state, when security groups are on.
     #[inline(always)]
-    fn run(&self) -> Option<&mut Run> {
+    fn run(&self) -> Option<&Run> {
+        // SAFETY: see `new`; null when off.
+        unsafe { self.s.as_ref().map(|s| &s.run) }
+    }
+
+    #[inline(always)]
+    fn run_mut(&mut self) -> Option<&mut Run> {
         // SAFETY: see `new`; null when off.
         unsafe { self.s.as_mut().map(|s| &mut s.run) }
     }
@@ -234,7 +245,7 @@ impl Sg {
     /// The sender passed port security as a secured port: its egress rules apply.
     #[inline(always)]
     pub fn sender_secured(&mut self) {
-        if let Some(r) = self.run() {
+        if let Some(r) = self.run_mut() {
             r.egress = 1;
         }
     }
@@ -287,7 +298,7 @@ impl Sg {
         let r = self.judge(DIR_INGRESS, ifindex, group);
         if let Err(reason) = r {
             stats::drop_in(Direction::ToVm, reason);
-            if let Some(run) = self.run() {
+            if let Some(run) = self.run_mut() {
                 run.counted = reason as u8;
             }
         }
@@ -462,11 +473,10 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
             }
         } else if s.job.flags & F_TRACK != 0
             && let Some(v) = CT.get_ptr_mut(&s.key)
+            && hit(s, v)
         {
-            if hit(s, v) {
-                record_first(s);
-                return Ok(());
-            }
+            record_first(s);
+            return Ok(());
         }
     }
     // A new flow.
