@@ -94,6 +94,8 @@ const fn pad4(a: [u8; 4]) -> [u8; 16] {
 struct Net {
     ns: Netns,
     tapb: u32,
+    /// Port D's tap (network 42, no ingress rules): a flood destination.
+    tapc: u32,
     vx: u32,
 }
 
@@ -105,10 +107,14 @@ impl Net {
         ns.exec("ip link add tapb type veth peer name tapbp");
         ns.exec("ip link set tapb up");
         ns.exec("ip link set tapbp up");
+        ns.exec("ip link add tapc type veth peer name tapcp");
+        ns.exec("ip link set tapc up");
+        ns.exec("ip link set tapcp up");
         ns.exec("ip link add vx type vxlan external dstport 4789");
         ns.exec("ip link set vx up");
         Net {
             tapb: ns.ifindex("tapb"),
+            tapc: ns.ifindex("tapc"),
             vx: ns.ifindex("vx"),
             ns,
         }
@@ -1658,6 +1664,219 @@ fn security_groups_from_tunnel() {
             "R→A SYN-ACK: a reply to A's connection",
             Duration::from_secs(5),
             || moved(&before, &dp.stats()) == want,
+        );
+    });
+}
+
+// ---- Routed and flooded (TC: XDP hands these frames to it) ------------------------------
+
+/// Port C: on network 43 behind router 7, reached by routing (a TC redirect only records
+/// its target: no device needed). Its ingress: TCP 80 from G.
+const C_IF: u32 = 4243;
+const C_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 0x2b, 0x0c];
+const C4: [u8; 4] = [203, 0, 113, 20];
+const RT_MAC: [u8; 6] = [0x02, 0xdf, 0xee, 0, 0, 0x07];
+const NET_C: u32 = 43;
+const ROUTER: u32 = 7;
+/// Port D: on network 42 (tapc), no ingress rule at all.
+const D_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 0, 0x0e];
+
+/// SETUP on top of [`seed`]: router 7 between networks 42 and 43 with port C behind it,
+/// port D on network 42, network 42's flood list {A, B, D}.
+fn seed_routed(dp: &mut Datapath, n: &Net) {
+    use dragonflow_common::fwd::{
+        DEST_ROUTER, FloodDest, FloodList, NEIGH_F_FIXED, NeighKey, NeighValue, RouteDest, RouteKey,
+    };
+    seed(dp, n);
+    let route = |ip: [u8; 4]| RouteKey {
+        router_id: ROUTER,
+        family: FAMILY_V4,
+        _pad: [0; 3],
+        ip: pad4(ip),
+    };
+    dp.add_route(
+        route([192, 0, 2, 0]),
+        24,
+        RouteDest {
+            net_id: NET,
+            mac: RT_MAC,
+            _pad: [0; 2],
+        },
+    );
+    dp.add_route(
+        route([203, 0, 113, 0]),
+        24,
+        RouteDest {
+            net_id: NET_C,
+            mac: RT_MAC,
+            _pad: [0; 2],
+        },
+    );
+    dp.add_neigh(
+        NeighKey {
+            net_id: NET_C,
+            family: FAMILY_V4,
+            _pad: [0; 3],
+            ip: pad4(C4),
+        },
+        NeighValue {
+            mac: C_MAC,
+            flags: NEIGH_F_FIXED,
+        },
+    );
+    dp.add_l2(
+        L2Key::new(NET, RT_MAC),
+        L2Dest {
+            kind: DEST_ROUTER,
+            router_id: ROUTER,
+            mtu: 1500,
+            ..Default::default()
+        },
+    );
+    for (net, mac, ifindex) in [(NET_C, C_MAC, C_IF), (NET, D_MAC, n.tapc)] {
+        dp.add_port(
+            ifindex,
+            PortConfig {
+                net_id: net,
+                flags: PORT_F_PORT_SECURITY,
+                mac,
+                mtu: 1500,
+            },
+        );
+        dp.add_l2(
+            L2Key::new(net, mac),
+            L2Dest {
+                kind: DEST_LOCAL,
+                mtu: 1500,
+                ifindex,
+                ..Default::default()
+            },
+        );
+    }
+    dp.add_policy(policy_key(C_IF, G4, DIR_INGRESS, TCP, Ports::port(80)));
+    let mut list = FloodList {
+        mtu: 1500,
+        ..Default::default()
+    };
+    for (i, ifindex) in [LO_IFINDEX, n.tapb, n.tapc].into_iter().enumerate() {
+        list.dests[i] = FloodDest {
+            kind: u32::from(DEST_LOCAL),
+            ifindex,
+            ..Default::default()
+        };
+    }
+    list.len = 3;
+    dp.set_flood(NET, list);
+}
+
+/// Routed deliveries are judged at the sender's egress and the routed-to port's ingress
+/// (the 5-tuple does not change with routing); every copy of a flood at its own port's
+/// ingress (a copy the port refuses is not sent, and counted `to_vm`). XDP hands both to
+/// its TC companion, uncounted.
+#[test]
+fn security_groups_routed_and_flooded() {
+    let n = Net::new();
+    n.ns.within(|| {
+        let mut dp = Datapath::load();
+        seed_routed(&mut dp, &n);
+        let routed = |dport, flags| {
+            eth(
+                RT_MAC,
+                A_MAC,
+                ETH_P_IP,
+                &ipv4(A4, C4, TCP, &tcp_seg(40100, dport, flags)),
+            )
+        };
+        let bcast = eth(
+            BROADCAST,
+            A_MAC,
+            ETH_P_IP,
+            &ipv4(A4, [192, 0, 2, 255], UDP, &udp(40101, 5353, b"everyone")),
+        );
+        // (name, frame, TC action, counters, copies sent to B and D)
+        type Case = (&'static str, Vec<u8>, u32, Vec<Slot>, [u64; 2]);
+        let cases: Vec<Case> = vec![
+            (
+                "A→C SYN :80 routed: A's egress and C's ingress (A ∈ G)",
+                routed(80, SYN),
+                actions::TC_ACT_REDIRECT,
+                vec![
+                    fv(pass(Ipv4)),
+                    fv(pass(PassPath::Routed)),
+                    fv(ev(CtNew)),
+                    tv(ev(CtNew)),
+                ],
+                [0, 0],
+            ),
+            (
+                "A→C ACK :80 routed: the connection's entries on both sides",
+                routed(80, ACK),
+                actions::TC_ACT_REDIRECT,
+                vec![
+                    fv(pass(Ipv4)),
+                    fv(pass(PassPath::Routed)),
+                    fv(ev(CtEstablished)),
+                    tv(ev(CtEstablished)),
+                ],
+                [0, 0],
+            ),
+            (
+                "A→C SYN :8081 routed: C's ingress refuses it",
+                routed(8081, SYN),
+                actions::TC_ACT_SHOT,
+                refused(Ipv4, CtNew, DropReason::SgDenied),
+                [0, 0],
+            ),
+            (
+                "A→C SYN :81 routed: A's egress refuses it",
+                routed(81, SYN),
+                actions::TC_ACT_SHOT,
+                denied(Ipv4, DropReason::SgDenied),
+                [0, 0],
+            ),
+            (
+                "broadcast UDP: judged at A's egress, at B's ingress (allowed: sent) and at D's \
+                 (no rule: not sent)",
+                bcast,
+                actions::TC_ACT_SHOT,
+                vec![
+                    fv(pass(Ipv4)),
+                    fv(pass(PassPath::Flood)),
+                    fv(ev(CtUntracked)),
+                    tv(ev(CtUntracked)),
+                    tv(drop(DropReason::SgDenied)),
+                ],
+                [1, 0],
+            ),
+        ];
+        for (name, frame, action, slots, tx) in &cases {
+            // XDP: handed off untouched and uncounted.
+            let before = dp.stats();
+            let r = dp.run_prog(from_vm_prog(Hook::Xdp), Hook::Xdp, frame, LO_IFINDEX);
+            assert_eq!(
+                (r.retval, moved(&before, &dp.stats())),
+                (actions::XDP_PASS, vec![]),
+                "[xdp] {name}: handed off"
+            );
+            let tx_before = [n.tx_packets("tapb"), n.tx_packets("tapc")];
+            let before = dp.stats();
+            let r = dp.run_prog(from_vm_prog(Hook::Tc), Hook::Tc, frame, LO_IFINDEX);
+            assert_eq!(
+                (r.retval, names(&moved(&before, &dp.stats()))),
+                (*action, names(&slots_of(slots))),
+                "[tc] {name}: action and counters"
+            );
+            // Flood copies are sent synchronously by bpf_clone_redirect.
+            let sent = [
+                n.tx_packets("tapb") - tx_before[0],
+                n.tx_packets("tapc") - tx_before[1],
+            ];
+            assert_eq!(&sent, tx, "[tc] {name}: copies sent to B and D");
+        }
+        assert_eq!(
+            state(&dp, C_IF, TCP, pad4(C4), pad4(A4), 80, 40100),
+            (CT_TCP_SYN_SENT, DIR_INGRESS),
+            "C's entry of the routed connection: C has not answered yet"
         );
     });
 }
