@@ -229,18 +229,30 @@ fn l3_v6(pkt: &Pkt) -> Result<L3, DropReason> {
         return Err(DropReason::Ipv6Malformed);
     }
     let chain = ipv6::walk(pkt, u8_at(h, 6), l3_end)?;
-    Ok(v6_facts(&chain, l3_end))
+    Ok(v6_facts(pkt, &chain, l3_end))
 }
 
-/// The [`L3`] of a walked IPv6 header chain.
+/// The [`L3`] of a walked IPv6 header chain (the fragment header is read again here, for
+/// its M flag, offset and identification).
 #[inline(always)]
-pub fn v6_facts(chain: &ipv6::Chain, l3_end: usize) -> L3 {
-    let frag = if chain.later_fragment {
-        FRAG_LATER
-    } else if chain.more_fragments {
-        FRAG_FIRST
+pub fn v6_facts(pkt: &Pkt, chain: &ipv6::Chain, l3_end: usize) -> L3 {
+    let (frag, frag_off, frag_id) = if !chain.fragmented {
+        (FRAG_NONE, 0, 0)
+    } else if let Some(e) = pkt.bytes::<8>(chain.frag_hdr) {
+        // Offset (13 bits, in 8-byte units, above 3 flag bits) and M.
+        let om = be16_at(e, 2);
+        let off = om & 0xfff8;
+        let frag = if off != 0 {
+            FRAG_LATER
+        } else if om & 1 != 0 {
+            FRAG_FIRST
+        } else {
+            FRAG_NONE
+        };
+        (frag, off, load::<u32, 8>(e, 4))
     } else {
-        FRAG_NONE
+        // `walk` read it: unreachable. A later fragment without its first: dropped.
+        (FRAG_LATER, 0, 0)
     };
     L3 {
         family: FAMILY_V6,
@@ -249,9 +261,9 @@ pub fn v6_facts(chain: &ipv6::Chain, l3_end: usize) -> L3 {
         _pad: 0,
         // `walk` bounds it by MAX_HDR_OFF.
         l4: chain.off as u16,
-        frag_off: chain.frag_off,
+        frag_off,
         l3_end: l3_end as u32,
-        frag_id: chain.frag_id,
+        frag_id,
     }
 }
 

@@ -43,11 +43,10 @@ pub struct Chain {
     pub fragmented: bool,
     /// A non-first fragment: there is no upper-layer header to look at.
     pub later_fragment: bool,
-    /// The fragment header's M flag (a first fragment when not `later_fragment`).
-    pub more_fragments: bool,
-    /// The fragment header's offset in bytes and identification (as loaded).
-    pub frag_off: u16,
-    pub frag_id: u32,
+    /// `fragmented`: offset of the fragment header, whose other fields (M flag,
+    /// identification) `flow::v6_facts` reads only when security groups need them (kept
+    /// out of this struct: the allowed-IPv6 fast path pays for every field).
+    pub frag_hdr: usize,
 }
 
 /// `l3` receives the header facts the security-group stage needs (see `flow`), when it
@@ -75,7 +74,7 @@ pub fn check(
     let key = src_key(port.ifindex(), eth, FAMILY_V6, src);
     let chain = walk(pkt, u8_at(h, 6), l3_end)?;
     if let Some(l3) = l3 {
-        *l3 = flow::v6_facts(&chain, l3_end);
+        *l3 = flow::v6_facts(pkt, &chain, l3_end);
     }
     if !chain.later_fragment {
         // RFC 7112: a first fragment must carry the whole upper-layer header.
@@ -107,8 +106,7 @@ pub fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
     let mut nh = first;
     let mut off = ETH_HLEN + IPV6_HLEN;
     let mut fragmented = false;
-    let mut more_fragments = false;
-    let mut frag_id = 0;
+    let mut frag_hdr = 0;
     // One more round than headers allowed: that round only finds the upper layer.
     for i in 0..=MAX_EXT_HDRS {
         let len = match nh {
@@ -126,19 +124,14 @@ pub fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
                 let e = pkt.bytes::<8>(off).ok_or(err)?;
                 nh = u8_at(e, 0);
                 fragmented = true;
-                // Offset (13 bits, in 8-byte units, above 3 flag bits) and M.
-                let om = be16_at(e, 2);
-                more_fragments = om & 1 != 0;
-                frag_id = load::<u32, 8>(e, 4);
-                if om & 0xfff8 != 0 {
+                frag_hdr = off;
+                if be16_at(e, 2) & 0xfff8 != 0 {
                     return Ok(Chain {
                         nh,
                         off: off + 8,
                         fragmented,
                         later_fragment: true,
-                        more_fragments,
-                        frag_off: om & 0xfff8,
-                        frag_id,
+                        frag_hdr,
                     });
                 }
                 8
@@ -152,9 +145,7 @@ pub fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
                     off,
                     fragmented,
                     later_fragment: false,
-                    more_fragments,
-                    frag_off: 0,
-                    frag_id,
+                    frag_hdr,
                 });
             }
         };
