@@ -269,15 +269,18 @@ pub fn render(shared: &Shared) -> String {
             );
         }
     }
-    o.push_str("# HELP dragonflow_datapath_events_total Datapath event outcomes (GARP events sent, rate limited, lost).\n");
+    o.push_str("# HELP dragonflow_datapath_events_total Datapath side counters by the direction that counted them: GARP events (sent, rate limited, lost) and security-group/conntrack activity (from_vm = egress judging, to_vm = ingress judging).\n");
     o.push_str("# TYPE dragonflow_datapath_events_total counter\n");
-    for e in EventStat::ALL {
-        let v: u64 = DIRECTIONS.iter().map(|d| get(*d, Stat::Event(*e))).sum();
-        let _ = writeln!(
-            o,
-            "dragonflow_datapath_events_total{{event=\"{}\"}} {v}",
-            e.name()
-        );
+    for dir in DIRECTIONS {
+        for e in EventStat::ALL {
+            let _ = writeln!(
+                o,
+                "dragonflow_datapath_events_total{{direction=\"{}\",event=\"{}\"}} {}",
+                dir.name(),
+                e.name(),
+                get(dir, Stat::Event(*e))
+            );
+        }
     }
 
     let view = shared.view.lock().expect("lock").clone();
@@ -667,7 +670,9 @@ mod tests {
             assert!(text.contains(&line), "{line}");
         }
         assert!(text.contains("dragonflow_datapath_packets_total{direction=\"from_vm\",verdict=\"pass\",path=\"ipv4\"} 0"));
-        assert!(text.contains("dragonflow_datapath_events_total{event=\"garp_sent\"} 0"));
+        assert!(text.contains(
+            "dragonflow_datapath_events_total{direction=\"from_vm\",event=\"garp_sent\"} 0"
+        ));
         assert!(text.contains("dragonflow_etcd_connected 0"));
         assert!(text.contains("dragonflow_nb_invalid_records_total{kind=\"lport\"} 0"));
         assert!(text.contains("dragonflow_taps{state=\"fail_closed\"} 0"));
@@ -683,7 +688,11 @@ mod tests {
         assert!(text.contains(
             "dragonflow_datapath_packets_total{direction=\"to_vm\",verdict=\"drop\",reason=\"sg_denied\"} 0"
         ));
-        assert!(text.contains("dragonflow_datapath_events_total{event=\"ct_new\"} 0"));
+        assert!(
+            text.contains(
+                "dragonflow_datapath_events_total{direction=\"to_vm\",event=\"ct_new\"} 0"
+            )
+        );
         assert!(text.contains("dragonflow_remote_chassis 0"));
         assert!(text.contains("dragonflow_flood_overflow_total 0"));
         assert_eq!(route("GET", "/healthz", &s).0, 503);
