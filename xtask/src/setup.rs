@@ -57,6 +57,10 @@ const TOOLS: &[Pkg] = &[
         why: "protoc, for etcd-client's build script",
     },
     Pkg {
+        name: "libprotobuf-dev",
+        why: "google/protobuf/*.proto that etcd-client's protos import",
+    },
+    Pkg {
         name: "etcd-server",
         why: "the northbound DB the tests and demo start",
     },
