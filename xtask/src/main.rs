@@ -1,6 +1,8 @@
 //! `cargo xtask …`: the project's commands. See README.md.
 //!
-//! - `setup`  bootstrap a fresh Debian 12 machine (root), idempotently
+//! - `setup`  bootstrap a fresh Debian 12 machine (root), idempotently; `--check` only says
+//!   what is missing, `--list` prints what it installs
+//! - `audit`  fail on packages installed by hand that setup does not install (CI, first)
 //! - `build`  release build of the agent with the embedded eBPF object
 //! - `clippy` fmt check, host clippy and bpfel clippy, all with `-D warnings`
 //! - `test`   setup, then every test of the workspace (unit, BPF_PROG_TEST_RUN, netns)
@@ -8,6 +10,7 @@
 //! - `bench`  setup, then the benchmarks; output also saved to target/bench-<date>.md
 //! - `sweep`  remove what killed test runs left behind (namespaces, bpffs mounts)
 
+mod audit;
 mod run;
 mod setup;
 mod sweep;
@@ -32,7 +35,23 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what the build and the tests need (apt packages, bpf-linker); idempotent.
-    Setup,
+    Setup {
+        /// Only say what is missing (and the commands that would install it); install
+        /// nothing, need no root. Exits non-zero when something is missing.
+        #[arg(long, conflicts_with = "list")]
+        check: bool,
+        /// Print the table of what setup installs (the README's, from the same list).
+        #[arg(long)]
+        list: bool,
+    },
+    /// The fresh-machine audit CI runs first: fails naming every apt package marked manual
+    /// and every `cargo install`ed crate that neither a fresh machine of this kind, nor
+    /// setup, nor the reviewed .ci/dev-packages accounts for.
+    Audit {
+        /// The fresh machine's package list (default: .ci/base-image.tsv).
+        #[arg(long, value_name = "TSV")]
+        base_image: Option<std::path::PathBuf>,
+    },
     /// Check the setup, then `cargo build --release` of the agent (embeds the eBPF object).
     Build,
     /// `cargo fmt --check`, clippy for the host crates and for the bpfel eBPF crate.
@@ -70,7 +89,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let start = Instant::now();
     let res = match cli.cmd {
-        Cmd::Setup => setup::setup(),
+        Cmd::Setup { check: true, .. } => setup::check(),
+        Cmd::Setup { list: true, .. } => {
+            print!("{}", setup::packages_table());
+            Ok(())
+        }
+        Cmd::Setup { .. } => setup::setup(),
+        Cmd::Audit { base_image } => audit::run(base_image.as_deref()),
         Cmd::Build => build(),
         Cmd::Clippy => clippy(),
         Cmd::Test { args } => test(&args),

@@ -66,7 +66,7 @@ const TOOLS: &[Pkg] = &[
     },
     Pkg {
         name: "etcd-client",
-        why: "etcdctl, to look at the NB by hand",
+        why: "etcdctl: tests write and read NB keys with it",
     },
     Pkg {
         name: "iproute2",
@@ -86,11 +86,11 @@ const TOOLS: &[Pkg] = &[
     },
     Pkg {
         name: "bpftool",
-        why: "inspect loaded programs and maps",
+        why: "inspect loaded programs and maps by hand (operators; no test needs it)",
     },
     Pkg {
         name: "tcpdump",
-        why: "packet captures while debugging",
+        why: "captures in the tests (what reached a VM) and the failover bench",
     },
     Pkg {
         name: "iperf3",
@@ -114,6 +114,14 @@ const TOOLS: &[Pkg] = &[
     },
 ];
 
+/// Every apt package setup installs: the one list that setup, `setup --check`, the
+/// fresh-machine audit (`cargo xtask audit`) and the README's table (`setup --list`) read.
+pub fn apt_packages() -> Vec<&'static str> {
+    TOOLCHAIN.iter().chain(TOOLS).map(|p| p.name).collect()
+}
+
+/// Crates setup `cargo install`s (the audit reads this too).
+pub const CARGO_INSTALLS: &[&str] = &["bpf-linker"];
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -131,11 +139,21 @@ impl Missing {
     }
 }
 
-/// Read-only check, used by `cargo xtask build`: errors naming what is missing.
+/// Read-only check, used by `cargo xtask build` and `cargo xtask setup --check` (for
+/// people who cannot run apt as root): errors naming what is missing and how to get it.
 pub fn check() -> Result<()> {
     let m = find_missing()?;
     if m.is_empty() {
+        eprintln!(
+            "setup --check: all {} apt packages and bpf-linker {BPF_LINKER_VERSION} are present",
+            TOOLCHAIN.len() + TOOLS.len()
+        );
         return Ok(());
+    }
+    for p in TOOLCHAIN.iter().chain(TOOLS) {
+        if m.packages.contains(&p.name) {
+            eprintln!("missing: {:<18} {}", p.name, p.why);
+        }
     }
     let mut lines = Vec::new();
     if !m.packages.is_empty() {
@@ -146,9 +164,36 @@ pub fn check() -> Result<()> {
     }
     lines.extend(m.bpf_linker.clone());
     lines.extend(m.rustup.clone());
+    let toolchain: Vec<&str> = TOOLCHAIN
+        .iter()
+        .map(|p| p.name)
+        .filter(|n| m.packages.contains(n))
+        .collect();
+    let tools: Vec<&str> = TOOLS
+        .iter()
+        .map(|p| p.name)
+        .filter(|n| m.packages.contains(n))
+        .collect();
+    let mut fix = vec!["run `cargo xtask setup` as root, or by hand:".to_string()];
+    if !toolchain.is_empty() {
+        fix.push(format!("apt-get install {}", toolchain.join(" ")));
+    }
+    if !tools.is_empty() {
+        fix.push(format!(
+            "apt-get install --no-install-recommends {}",
+            tools.join(" ")
+        ));
+    }
+    if m.bpf_linker.is_some() {
+        fix.push(format!(
+            "LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --version \
+             {BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22"
+        ));
+    }
     bail!(
-        "the machine is not set up:\n  - {}\nfix: run `cargo xtask setup` as root",
-        lines.join("\n  - ")
+        "the machine is not set up:\n  - {}\nfix: {}",
+        lines.join("\n  - "),
+        fix.join("\n       ")
     )
 }
 
@@ -451,9 +496,46 @@ fn require_root(to: &str) -> Result<()> {
     Ok(())
 }
 
+/// The README's table of what setup installs, generated from the lists above
+/// (`cargo xtask setup --list`); a unit test keeps the README equal to it.
+pub fn packages_table() -> String {
+    let mut t = String::from("| package | installed for |\n|---|---|\n");
+    for p in TOOLCHAIN.iter().chain(TOOLS) {
+        t.push_str(&format!("| `{}` | {} |\n", p.name, p.why));
+    }
+    for c in CARGO_INSTALLS {
+        t.push_str(&format!(
+            "| `{c}` {BPF_LINKER_VERSION} (`cargo install`, built against `{LLVM_PREFIX}`) | \
+             links the eBPF object |\n"
+        ));
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_policy;
+    use super::{packages_table, parse_policy};
+
+    /// The README shows what setup installs between these markers, exactly as
+    /// `cargo xtask setup --list` prints it: one list, no second copy to drift.
+    #[test]
+    fn readme_lists_what_setup_installs() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .unwrap();
+        let (_, rest) = readme
+            .split_once("<!-- setup-packages: cargo xtask setup --list -->\n")
+            .expect("README.md has no setup-packages marker");
+        let (table, _) = rest
+            .split_once("<!-- /setup-packages -->")
+            .expect("README.md: setup-packages table not closed");
+        assert_eq!(
+            table,
+            packages_table(),
+            "README.md's table of what setup installs is stale: paste `cargo xtask setup --list`"
+        );
+    }
 
     #[test]
     fn apt_policy_candidates() {
