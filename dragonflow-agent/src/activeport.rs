@@ -51,7 +51,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{mpsc, watch},
@@ -63,7 +63,7 @@ use crate::{
     config::Config,
     datapath::sys,
     metrics::Shared,
-    nb::{ACTIVE_PORT_SEGMENT, AapMode, ActivePort, LPort, MacAddr},
+    nb::{ACTIVE_PORT_SEGMENT, AapMode, ActivePort, LPort, MacAddr, paged},
     reconcile::NbSnapshot,
 };
 
@@ -1379,16 +1379,13 @@ impl Detector {
             return Err(ActiveError::NoSession);
         };
         let mut client = sess.client.clone();
-        let resp = call(
+        let range = call(
             "range get activeport",
-            client.get(
-                active_prefix(&self.cfg.prefix),
-                Some(GetOptions::new().with_prefix()),
-            ),
+            paged::get_prefix(&mut paged::kv(&client), &active_prefix(&self.cfg.prefix)),
         )
         .await?;
         let me = self.cfg.chassis.clone();
-        for kv in resp.kvs() {
+        for kv in &range.kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let Some(Ok((ls, ip))) = parse_active_key(&self.cfg.prefix, &key) else {
                 continue;

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Client, ConnectOptions, EventType, PutOptions, WatchOptions};
 use tokio::{
     sync::{mpsc, watch},
     time,
@@ -24,7 +24,7 @@ use crate::{
     metrics::Shared,
     nb::{
         Chassis, Kind, LPort, LRouter, LSwitch, NbObject, SecGroup, ValidationOptions, decode_with,
-        parse_key,
+        paged, parse_key,
     },
     reconcile::NbSnapshot,
     report::Chain,
@@ -173,14 +173,15 @@ async fn session(
     keepalive.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
     loop {
         // Full read at revision R, then everything after R.
-        let resp = call(
+        // In pages, all at one revision: the NB may be far larger than one response.
+        let range = call(
             "range get",
-            client.get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+            paged::get_prefix(&mut paged::kv(&client), cfg.prefix.as_str()),
         )
         .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = resp
-            .kvs()
+        let revision = range.revision;
+        let kvs = range
+            .kvs
             .iter()
             .map(|kv| {
                 (
@@ -198,7 +199,11 @@ async fn session(
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_progress_notify();
-        let mut watch = call("watch", client.watch(cfg.prefix.as_str(), Some(wopts))).await?;
+        let mut watch = call(
+            "watch",
+            paged::watcher(&client).watch(cfg.prefix.as_str(), Some(wopts)),
+        )
+        .await?;
         'watch: loop {
             tokio::select! {
                 _ = keepalive.tick() => {

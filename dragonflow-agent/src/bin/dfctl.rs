@@ -19,6 +19,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dragonflow_agent::activeport;
+use dragonflow_agent::nb::paged;
 use dragonflow_agent::nb::{
     AapMode, ActivePort, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort,
     LRouter, LRouterPort, LSwitch, NbRecord, NbStore, StoreError, Subnet, ValidationError,
@@ -1677,10 +1678,16 @@ impl Ctx {
         prefix: bool,
         timeout: Duration,
     ) -> Result<Vec<etcd_client::KeyValue>> {
-        let mut client = self.store.client().clone();
-        let opts = prefix.then(|| etcd_client::GetOptions::new().with_prefix());
-        match tokio::time::timeout(timeout, client.get(key, opts)).await {
-            Ok(Ok(mut r)) => Ok(r.take_kvs()),
+        let mut kv = paged::kv(self.store.client());
+        let got = async {
+            if prefix {
+                paged::get_prefix(&mut kv, key).await.map(|r| r.kvs)
+            } else {
+                kv.get(key, None).await.map(|mut r| r.take_kvs())
+            }
+        };
+        match tokio::time::timeout(timeout, got).await {
+            Ok(Ok(kvs)) => Ok(kvs),
             Ok(Err(e)) => Err(CliError::Unavailable(format!(
                 "etcd: get {key}: {}",
                 error_chain(&e)

@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod model;
+pub mod paged;
 pub mod store;
 pub mod validate;
 

@@ -14,10 +14,10 @@
 
 use std::{future::Future, time::Duration};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 
 use super::{
-    Kind, key,
+    Kind, key, paged,
     validate::{DecodeError, NbRecord, ValidationError, ValidationOptions, decode_as},
 };
 
@@ -295,7 +295,7 @@ impl NbStore {
     /// One object, or `None` when the key is absent.
     pub async fn get<T: NbRecord>(&self, id: &str) -> Result<Option<Versioned<T>>, StoreError> {
         let k = self.key(T::KIND, id);
-        let mut kv = self.client.kv_client();
+        let mut kv = paged::kv(&self.client);
         let resp = self
             .run(format!("get {k}"), kv.get(k.as_str(), None))
             .await?;
@@ -321,20 +321,16 @@ impl NbStore {
     /// Every object of a kind, sorted by id; malformed records are returned apart.
     pub async fn list<T: NbRecord>(&self) -> Result<Listing<T>, StoreError> {
         let p = self.kind_prefix(T::KIND);
-        let mut kv = self.client.kv_client();
-        let resp = self
-            .run(
-                format!("get {p}*"),
-                kv.get(p.as_str(), Some(GetOptions::new().with_prefix())),
-            )
+        let mut kv = paged::kv(&self.client);
+        let range = self
+            .run(format!("get {p}*"), paged::get_prefix(&mut kv, p.as_str()))
             .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
         let mut listing = Listing {
             items: Vec::new(),
             malformed: Vec::new(),
-            revision,
+            revision: range.revision,
         };
-        for kv in resp.kvs() {
+        for kv in &range.kvs {
             let id = String::from_utf8_lossy(&kv.key()[p.len()..]).into_owned();
             match decode_as::<T>(&id, kv.value(), &self.read_opts) {
                 Ok(value) => listing.items.push(Versioned {
@@ -370,7 +366,7 @@ impl NbStore {
     ) -> Result<i64, StoreError> {
         self.check(obj)?;
         let k = self.key(T::KIND, obj.id());
-        let mut kv = self.client.kv_client();
+        let mut kv = paged::kv(&self.client);
         let resp = self
             .run(
                 format!("put {k}"),
@@ -402,7 +398,7 @@ impl NbStore {
         let txn = Txn::new()
             .when(cmps)
             .and_then([TxnOp::put(k.as_str(), Self::encode(obj), None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = paged::kv(&self.client);
         let resp = self.run(format!("create {k}"), kv.txn(txn)).await?;
         if resp.succeeded() {
             return Ok(resp.header().map_or(0, |h| h.revision()));
@@ -447,7 +443,7 @@ impl NbStore {
     {
         let kind = T::KIND.segment();
         let k = self.key(T::KIND, id);
-        let mut kv = self.client.kv_client();
+        let mut kv = paged::kv(&self.client);
         for _ in 0..UPDATE_ATTEMPTS {
             let cur = self.get_existing::<T>(id).await?;
             let mut value = cur.value.clone();
@@ -496,7 +492,7 @@ impl NbStore {
     /// [`delete`](Self::delete) by kind.
     pub async fn delete_key(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         let k = self.key(kind, id);
-        let mut kv = self.client.kv_client();
+        let mut kv = paged::kv(&self.client);
         let resp = self
             .run(format!("delete {k}"), kv.delete(k.as_str(), None))
             .await?;
@@ -509,7 +505,7 @@ impl NbStore {
             .iter()
             .map(|(kind, id)| TxnOp::delete(self.key(*kind, id), None))
             .collect();
-        let mut kv = self.client.kv_client();
+        let mut kv = paged::kv(&self.client);
         self.run("delete (txn)", kv.txn(Txn::new().and_then(ops)))
             .await?;
         Ok(())
