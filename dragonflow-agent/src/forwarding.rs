@@ -73,8 +73,7 @@ use dragonflow_common::{
         DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, FloodDest, FloodList,
         GROUP_M_F_FIRST, GROUP_MAX, Group, GroupKey, GroupMember, L2_F_SHARED_IP, L2Dest, L2Key,
         NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey,
-        NeighValue,
-        ROUTE_FIXED_BITS, RouteDest, RouteKey,
+        NeighValue, ROUTE_FIXED_BITS, RouteDest, RouteKey,
     },
 };
 use serde::Serialize;

@@ -76,7 +76,7 @@ pub const ROUTED: u32 = 1 << 10;
 pub fn dst_vip(pkt: &Pkt, proto: u16, net_id: u32) -> Option<&'static NeighValue> {
     let key = dst_ip_key(pkt, proto, net_id)?;
     // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
-    let n = NEIGH.get_ptr(&key).map(|v| unsafe { &*v })?;
+    let n = NEIGH.get_ptr(key).map(|v| unsafe { &*v })?;
     (n.flags & (NEIGH_F_SHARED | NEIGH_F_ACTIVE) != 0).then_some(n)
 }
 

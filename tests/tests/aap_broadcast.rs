@@ -648,8 +648,9 @@ s.sendto(sys.argv[2].encode(), (a, 9))
 
 /// Points `d`'s neighbour entry for `ip` at `mac`, as a cache from before a failover.
 fn stale(t: &Topo, d: &VmDef, ip: &str, mac: &str) {
-    t.vm(d)
-        .exec(&format!("ip neigh replace {ip} lladdr {mac} dev eth0 nud permanent"));
+    t.vm(d).exec(&format!(
+        "ip neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+    ));
 }
 
 /// The detection way with clients whose neighbour cache still names a holder that is not

@@ -1019,7 +1019,9 @@ fn detection_way_from_the_tunnel() {
         let sniff = DEVS.map(Sniffer::open);
         let ft = |s| slot(Direction::FromTunnel, s);
         let delivered = vec![(ft(Stat::Pass(PassPath::L2Local)), 1)];
-        let cases: [(&str, Vec<u8>, Vec<(usize, u64)>, [Vec<Vec<u8>>; 3]); 4] = [
+        // (what, frame, counter slots that move, frames into each of `DEVS`)
+        type TunnelCase = (&'static str, Vec<u8>, Vec<(usize, u64)>, [Vec<Vec<u8>>; 3]);
+        let cases: [TunnelCase; 4] = [
             (
                 "to a local backup's MAC, active holder here: readdressed to it",
                 udp_to(H4, VIP_ACTIVE, 64, 32),
