@@ -37,10 +37,13 @@
 //!     (`no_holder`), not flooded. Groups are cut at `GROUP_MAX` (locals first, warned);
 //!   - **detection way** with an `activeport/<lswitch>/<ip>` entry whose port still lists
 //!     that (IP, MAC) pair and has a destination from here (bound to a live chassis, tap
-//!     programmed if local): the IP's neighbour is the active MAC (`NEIGH_F_AAP`, answered
-//!     by the responder), and if that MAC is shared its L2 entry is the active port's
-//!     destination (two IPs active on different ports with one shared MAC: the first IP
-//!     wins, warned). Routed and switched traffic then reaches the active port only. Any
+//!     programmed if local): the IP's neighbour is the active MAC (`NEIGH_F_AAP |
+//!     NEIGH_F_ACTIVE`, answered by the responder), and if that MAC is shared its L2 entry
+//!     is the active port's destination (two IPs active on different ports with one shared
+//!     MAC: the first IP wins, warned). The L2 entries of the MACs the holders list the IP
+//!     with get `L2_F_SHARED_IP`, as in the broadcast way: a packet for the IP sent to
+//!     another holder's MAC (a client's cache from before a failover) is readdressed to
+//!     the active MAC. Routed and switched traffic then reaches the active port only. Any
 //!     other entry is ignored (warned) and the address goes the broadcast way.
 //!
 //!   When the live chassis hosting a network's ports publish different modes and the
@@ -69,8 +72,8 @@ use dragonflow_common::{
     fwd::{
         DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, FloodDest, FloodList,
         GROUP_M_F_FIRST, GROUP_MAX, Group, GroupKey, GroupMember, L2_F_SHARED_IP, L2Dest, L2Key,
-        NEIGH_F_AAP, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey, NeighValue,
-        ROUTE_FIXED_BITS, RouteDest, RouteKey,
+        NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey,
+        NeighValue, ROUTE_FIXED_BITS, RouteDest, RouteKey,
     },
 };
 use serde::Serialize;
@@ -601,9 +604,6 @@ fn aaps<'p>(
     }
 
     // Single-IP AAPs. A fixed IP or a router interface keeps its address.
-    let reaches = |reach: &BTreeMap<MacAddr, BTreeSet<&str>>, port: &str, mac: &MacAddr| {
-        reach.get(mac).is_some_and(|s| s.contains(port))
-    };
     for (ip, pairs) in &vip_users {
         if own.neigh.contains_key(ip) {
             continue;
@@ -614,14 +614,20 @@ fn aaps<'p>(
             && reaches(own.reach, &p.id, mac)
         {
             own.neigh.insert(*ip, format!("lport {} (active)", p.id));
+            let shared = holders.len() > 1;
             e.neigh.insert(
                 nkey,
                 NeighValue {
                     mac: mac.0,
-                    flags: NEIGH_F_AAP,
+                    flags: if shared {
+                        NEIGH_F_AAP | NEIGH_F_ACTIVE
+                    } else {
+                        NEIGH_F_AAP
+                    },
                 },
             );
-            if holders.len() > 1 {
+            if shared {
+                flag_holder_macs(e, net_id, pairs, own.reach);
                 view.shared.push(SharedView {
                     address: ip.to_string(),
                     kind: "ip",
@@ -664,14 +670,7 @@ fn aaps<'p>(
             },
         );
         own.neigh.insert(*ip, format!("the holders of {what}"));
-        // Packets to a holder's MAC are checked for this IP (see `L2_F_SHARED_IP`).
-        for (id, mac) in pairs {
-            if let Some(d) = e.l2.get_mut(&L2Key::new(net_id, mac.0))
-                && (d.kind == DEST_GROUP || reaches(own.reach, id, mac))
-            {
-                d.flags |= L2_F_SHARED_IP;
-            }
-        }
+        flag_holder_macs(e, net_id, pairs, own.reach);
         let mut delivered: Vec<String> = members.iter().map(|(id, _, _)| id.to_string()).collect();
         delivered.dedup();
         view.shared.push(SharedView {
@@ -682,6 +681,29 @@ fn aaps<'p>(
             active_port: None,
             delivered_to: delivered,
         });
+    }
+}
+
+/// The L2 entry of `mac` leads to `port`.
+fn reaches(reach: &BTreeMap<MacAddr, BTreeSet<&str>>, port: &str, mac: &MacAddr) -> bool {
+    reach.get(mac).is_some_and(|s| s.contains(port))
+}
+
+/// Packets to the MAC a holder lists a shared IP with are checked for that IP (see
+/// `L2_F_SHARED_IP`): the L2 entries of those MACs (a holder's, or a shared MAC's) are
+/// flagged. `pairs`: the (port, MAC) pairs listing the IP.
+fn flag_holder_macs(
+    e: &mut MapEntries,
+    net_id: u32,
+    pairs: &BTreeSet<(&str, MacAddr)>,
+    reach: &BTreeMap<MacAddr, BTreeSet<&str>>,
+) {
+    for (id, mac) in pairs {
+        if let Some(d) = e.l2.get_mut(&L2Key::new(net_id, mac.0))
+            && (d.kind == DEST_GROUP || reaches(reach, id, mac))
+        {
+            d.flags |= L2_F_SHARED_IP;
+        }
     }
 }
 
@@ -1280,7 +1302,7 @@ mod tests {
             neigh(&d, 100, "192.0.2.100"),
             Some(NeighValue {
                 mac: [0xfa, 0x16, 0x3e, 0, 0, 2],
-                flags: NEIGH_F_AAP
+                flags: NEIGH_F_AAP | NEIGH_F_ACTIVE
             }),
             "answered with the active port's MAC"
         );
@@ -1288,13 +1310,14 @@ mod tests {
             neigh(&d, 100, "192.0.2.101"),
             Some(NeighValue {
                 mac: mac(VRRP).0,
-                flags: NEIGH_F_AAP
+                flags: NEIGH_F_AAP | NEIGH_F_ACTIVE
             })
         );
         assert_eq!(
             d.entries.l2[&L2Key::new(100, mac(VRRP).0)],
             L2Dest {
                 kind: DEST_REMOTE,
+                flags: L2_F_SHARED_IP,
                 mtu: 1450,
                 remote_ip: HV2,
                 ..Default::default()
@@ -1302,7 +1325,17 @@ mod tests {
             "the shared MAC leads to the active port"
         );
         assert!(d.entries.groups.is_empty(), "{:?}", d.entries.groups);
-        assert!(d.entries.l2.values().all(|v| v.flags == 0));
+        // The MACs the holders list a VIP with are checked for it (a packet for .100 to
+        // a's MAC is readdressed to b's); the others (c's and e's own) are not.
+        let flagged: BTreeSet<u8> = (1..=5)
+            .filter(|i| {
+                d.entries
+                    .l2
+                    .get(&L2Key::new(100, [0xfa, 0x16, 0x3e, 0, 0, *i]))
+                    .is_some_and(|v| v.flags == L2_F_SHARED_IP)
+            })
+            .collect();
+        assert_eq!(flagged, BTreeSet::from([1, 2]));
         let view = &d.networks[0];
         assert!(view.shared.iter().all(|s| s.way == AapMode::Detection));
         assert_eq!(view.shared[0].active_port.as_deref(), Some("e"));
@@ -1394,7 +1427,10 @@ mod tests {
         n.chassis.get_mut("hv1").unwrap().aap_mode = AapMode::Detection;
         let d = run(&n, VRRP_TAPS);
         assert_eq!(d.networks[0].aap_mode, AapMode::Detection);
-        assert_eq!(neigh(&d, 100, "192.0.2.100").unwrap().flags, NEIGH_F_AAP);
+        assert_eq!(
+            neigh(&d, 100, "192.0.2.100").unwrap().flags,
+            NEIGH_F_AAP | NEIGH_F_ACTIVE
+        );
         assert_eq!(
             d.networks[0].aap_mode_disagreement,
             BTreeMap::from([

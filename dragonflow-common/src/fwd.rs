@@ -17,10 +17,13 @@ pub const DEST_ROUTER: u8 = 3;
 pub const DEST_GROUP: u8 = 4;
 
 /// [`L2Dest::flags`]: a port behind this MAC holds a shared allowed-address-pair IP with
-/// it (broadcast way). An IPv4/IPv6 frame to this MAC is first looked up by its
-/// destination IP in `df_neigh_v1`: if that IP is shared ([`NEIGH_F_SHARED`]), the frame
-/// goes to every holder of the IP (a client that resolved the VIP to one holder's MAC
-/// still reaches all of them). Unflagged MACs never pay for that lookup.
+/// it. An IPv4/IPv6 frame to this MAC is first looked up by its destination IP in
+/// `df_neigh_v1`: if that IP is shared and forwarded the broadcast way
+/// ([`NEIGH_F_SHARED`]), the frame goes to every holder of the IP (a client that resolved
+/// the VIP to one holder's MAC still reaches all of them); if it is the VIP of an active
+/// holder (detection way, [`NEIGH_F_ACTIVE`]) and this MAC is not the active one, the
+/// frame is readdressed to the active MAC (a client whose cache still names another
+/// holder reaches the active one only). Unflagged MACs never pay for that lookup.
 pub const L2_F_SHARED_IP: u8 = 1 << 0;
 
 /// Key of [`crate::maps::L2`].
@@ -70,8 +73,8 @@ pub const NEIGH_F_ROUTER: u16 = 1 << 0;
 /// The address is a port's fixed IP.
 pub const NEIGH_F_FIXED: u16 = 1 << 1;
 /// The address is a single-IP allowed address pair: of exactly one port of the network,
-/// or, for an IP several ports list, of the port detected as active (detection way).
-/// Answered by the responder like a fixed IP.
+/// or, for an IP several ports list, of the port detected as active (detection way, with
+/// [`NEIGH_F_ACTIVE`]). Answered by the responder like a fixed IP.
 pub const NEIGH_F_AAP: u16 = 1 << 2;
 /// The address is an allowed-address-pair IP several ports of the network list, forwarded
 /// the broadcast way: `mac` is zero; the ARP/ND responder does not answer it, and ARP
@@ -79,6 +82,11 @@ pub const NEIGH_F_AAP: u16 = 1 << 2;
 /// network); a routed or switched packet to it goes to every holder, each copy with that
 /// holder's MAC for the IP. The holders are the group [`GroupKey::ip`]`(net_id, IP)`.
 pub const NEIGH_F_SHARED: u16 = 1 << 3;
+/// With [`NEIGH_F_AAP`]: an allowed-address-pair IP several ports of the network list,
+/// forwarded the detection way: `mac` is the active holder's MAC for it, and only the
+/// active holder gets packets for it — a packet for it switched to another holder's MAC
+/// (flagged [`L2_F_SHARED_IP`]) is readdressed to `mac`, wherever that holder is.
+pub const NEIGH_F_ACTIVE: u16 = 1 << 4;
 
 /// Key of [`crate::maps::NEIGH`]: an IP in a network.
 #[repr(C)]

@@ -147,7 +147,18 @@ named_enum! {
         /// (holders unbound, on dead chassis, or not local when it came from the tunnel).
         /// Never flooded instead: a shared IP is not asked of the whole network.
         NoHolder = 35 => "no_holder",
-        // 36..=39 reserved for the shared-AAP stage (issue 5).
+        /// From the tunnel, a packet for a shared VIP forwarded the detection way, sent to
+        /// a holder that is not the active one, whose active holder is not on this chassis
+        /// (a frame from another chassis never goes back into the tunnel). Locally sent
+        /// packets are readdressed to the active holder instead, wherever it is.
+        InactiveHolder = 36 => "inactive_holder",
+        /// ARP or neighbour discovery sent to a router MAC and not answered: the address
+        /// asked for is not on the network the request came from (a port or a router
+        /// interface of another network: ARP and ND are link-local), or it is no request
+        /// the responder answers in place (an ARP reply, an NA, DAD). Never routed, never
+        /// flooded.
+        RouterNeighUnanswered = 37 => "router_neigh_unanswered",
+        // 38..=39 reserved for the shared-AAP stage (issue 5).
     }
 }
 

@@ -89,8 +89,9 @@ pub const F_TRACK: u8 = 1 << 2;
 /// An allowed miss creates an entry: TCP SYN without ACK, UDP, ICMP echo request, other
 /// protocols — never a later fragment (no L4 header: its first fragment created it).
 pub const F_CREATE: u8 = 1 << 3;
-/// An ICMP error with a complete inner header: `inner_*` is the offending packet, which
-/// travelled the opposite way; a conntrack hit on it passes the error (`ct_related`).
+/// An ICMP error with a complete inner header, addressed to the quoted packet's source
+/// (`to_quoted_source`): `inner_*` is the offending packet, which travelled the opposite
+/// way; a conntrack hit on it passes the error (`ct_related`).
 pub const F_ICMP_ERROR: u8 = 1 << 4;
 
 /// One frame's flow. Addresses and ports are kept as loaded (memory order; ports and
@@ -351,8 +352,11 @@ pub fn build(pkt: &Pkt, l3: &L3, f: &mut Flow) -> Result<(), DropReason> {
             } else {
                 f.dport = id;
             }
-        } else if f.flags & F_ICMP_ERROR != 0 && l3.frag == FRAG_NONE && !inner(pkt, l4, f) {
-            // No usable inner header: judged as a new ICMP message.
+        } else if f.flags & F_ICMP_ERROR != 0
+            && (l3.frag != FRAG_NONE || !inner(pkt, l4, f) || !to_quoted_source(f))
+        {
+            // No usable inner header, or not addressed to the quoted packet's source:
+            // judged as a new ICMP message.
             f.flags = 0;
         }
         return Ok(());
@@ -429,6 +433,25 @@ pub fn later_flags(f: &Flow, sport: u16, dport: u16, rule_port: u16) -> u8 {
         return icmp_flags(f.family, ty) & !(F_CREATE | F_ICMP_ERROR);
     }
     F_TRACK
+}
+
+/// An ICMP error can be about a flow only if it goes back to the quoted packet's source
+/// (Linux conntrack's check of the outer destination against the original source): an
+/// error about A's flow is for A, whoever sends it. Otherwise it is an ICMP message of its
+/// own, judged by the rules on both sides (issue 10: a VM that opened one allowed flow
+/// sent errors quoting it to third parties, which passed as `ct_related`).
+///
+/// The outer *source* is not compared with the quoted destination: a router on the path
+/// (a VM forwarding the flow, or any router beyond a gateway VM: traceroute's "time
+/// exceeded", PMTUD's "fragmentation needed" / "packet too big") reports from its own
+/// address, which can be any. What bounds it instead (see `sg`): the sender passed port
+/// security (the outer source is its own), and its egress passes the error as related
+/// only if the quoted packet reached its own port (tracked there): a VM reports only
+/// about packets it received or forwarded, and only to their source.
+#[inline(always)]
+fn to_quoted_source(f: &Flow) -> bool {
+    let (d, s) = (&f.dst, &f.inner_src);
+    (d[0] ^ s[0]) | (d[1] ^ s[1]) | (d[2] ^ s[2]) | (d[3] ^ s[3]) == 0
 }
 
 /// Parses the packet an ICMP error quotes (RFC 792 / 4443: its IP header and at least 8

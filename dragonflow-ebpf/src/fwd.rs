@@ -16,8 +16,12 @@
 //! `L2_F_SHARED_IP` whose destination IP is shared, and a routed packet to a shared IP
 //! (`L3Out::Group`), to every holder of the IP with that holder's MAC: the group program,
 //! tail-called (`Fwd::Group`, `group::tail_call`), makes the copies. Under the detection
-//! way the agent points the entries at the active port instead, and nothing here differs
-//! from an ordinary port.
+//! way the agent points the entries at the active port instead (the responder and the
+//! router answer with its MAC, a shared MAC leads to it), and an IP packet for the VIP
+//! sent to another holder's MAC (flagged `L2_F_SHARED_IP`: a client that still has the
+//! previous holder in its cache) is readdressed to the active MAC ([`readdress`]) and
+//! delivered wherever the active holder is; from the tunnel only to a local one
+//! (`InactiveHolder` otherwise: never back into the tunnel).
 //!
 //! XDP finishes local deliveries and replies itself and hands everything else to its TC
 //! companion (`Fwd::Handoff`). From the tunnel ([`from_tunnel`]) only local deliveries
@@ -31,17 +35,17 @@ use aya_ebpf::{
 use dragonflow_common::{
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
-        FLOOD_MAX, L2_F_SHARED_IP, L2Dest,
+        FLOOD_MAX, L2_F_SHARED_IP, L2Dest, NEIGH_F_SHARED,
     },
     verdict::{DropReason, PassPath},
 };
 
 use crate::{
-    ctx::{PacketCtx, Pkt, arr_at, be16_at},
+    ctx::{PacketCtx, Pkt, arr_at, be16_at, store_mac},
     group, l2,
     l3::{self, L3Out},
     maps::{CONFIG, FLOOD},
-    parse::{ETH_HLEN, Eth, is_group},
+    parse::{ETH_HLEN, Eth, is_group, mac_eq},
     policy,
     responder::{self, Asked},
     sg::Sg,
@@ -95,11 +99,27 @@ pub fn from_vm<C: PacketCtx>(
             vxlan: cfg.vxlan_ifindex,
         });
     }
-    let dest = l2::lookup_w(net_id, eth.dst_w).ok_or(DropReason::UnknownUnicast)?;
+    let mut dest = l2::lookup_w(net_id, eth.dst_w).ok_or(DropReason::UnknownUnicast)?;
+    // The MAC the frame goes to (from here on).
+    let mut to = &eth.dst;
     // A holder's MAC: the packet may be for a shared IP (one extra lookup, only here).
-    if dest.flags & L2_F_SHARED_IP != 0 && group::dst_ip_shared(pkt, eth.proto, net_id) {
-        let how = group::BY_DST_IP | group::REWRITE;
-        return Ok(to_group::<C>(net_id, how));
+    if dest.flags & L2_F_SHARED_IP != 0
+        && let Some(vip) = group::dst_vip(pkt, eth.proto, net_id)
+    {
+        if vip.flags & NEIGH_F_SHARED != 0 {
+            let how = group::BY_DST_IP | group::REWRITE;
+            return Ok(to_group::<C>(net_id, how));
+        }
+        // Detection way: for the active holder only.
+        if !mac_eq(&vip.mac, &eth.dst) {
+            dest = l2::lookup(net_id, &vip.mac).ok_or(DropReason::UnknownUnicast)?;
+            if C::IS_XDP && dest.kind != DEST_LOCAL {
+                // Untouched: the TC companion readdresses it again.
+                return Ok(Fwd::Handoff);
+            }
+            readdress(pkt, &vip.mac)?;
+            to = &vip.mac;
+        }
     }
     if dest.kind == DEST_GROUP {
         return Ok(to_group::<C>(net_id, group::BY_DST_MAC));
@@ -110,9 +130,7 @@ pub fn from_vm<C: PacketCtx>(
         } else {
             PassPath::L2Tunnel
         };
-        return unicast(
-            ctx, pkt, eth.proto, dest, net_id, &eth.dst, &eth.dst, cfg, path, sg,
-        );
+        return unicast(ctx, pkt, eth.proto, dest, net_id, to, to, cfg, path, sg);
     }
     if C::IS_XDP {
         // Routing rewrites the frame in place; if the result had to go to the tunnel, the
@@ -122,7 +140,7 @@ pub fn from_vm<C: PacketCtx>(
     }
     // Routing rewrites the frame: the flow is read before (the 5-tuple does not change).
     sg.prepare(ctx, eth.proto);
-    match l3::route(pkt, eth, dest.router_id)? {
+    match l3::route(pkt, eth, dest.router_id, net_id)? {
         L3Out::Reply(path) => {
             // An echo to the router: the sender's egress rules apply as to any packet.
             sg.egress(ctx, eth.proto, false)?;
@@ -341,6 +359,19 @@ pub fn from_tunnel(ctx: &TcContext, sg: &mut Sg) -> Result<(PassPath, i32), Drop
             });
         };
         if dest.kind != DEST_GROUP {
+            // A holder's MAC: under the detection way, the packet may be for a VIP another
+            // holder is active for (see the module docs).
+            if dest.flags & L2_F_SHARED_IP != 0
+                && let Some(vip) = group::dst_vip(&pkt, proto, net_id)
+                && vip.flags & NEIGH_F_SHARED == 0
+                && !mac_eq(&vip.mac, &dst)
+            {
+                let active = l2::lookup(net_id, &vip.mac)
+                    .filter(|d| d.kind == DEST_LOCAL)
+                    .ok_or(DropReason::InactiveHolder)?;
+                readdress(&pkt, &vip.mac)?;
+                return deliver_local(ctx, &pkt, proto, &vip.mac, active, sg);
+            }
             return deliver_local(ctx, &pkt, proto, &dst, dest, sg);
         }
         group::BY_DST_MAC
@@ -353,6 +384,14 @@ pub fn from_tunnel(ctx: &TcContext, sg: &mut Sg) -> Result<(PassPath, i32), Drop
         0,
         0,
     ))
+}
+
+/// Readdresses the frame to `mac` (a shared VIP's active holder, detection way).
+#[inline(always)]
+fn readdress(pkt: &Pkt, mac: &[u8; 6]) -> Result<(), DropReason> {
+    let e = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
+    store_mac(e, 0, mac);
+    Ok(())
 }
 
 /// From the tunnel: into the local tap of `dest`.

@@ -33,8 +33,8 @@ use aya_ebpf::programs::TcContext;
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
     fwd::{
-        DEST_LOCAL, DEST_REMOTE, GROUP_M_F_FIRST, GROUP_MAX, Group, GroupKey, NEIGH_F_SHARED,
-        NeighKey,
+        DEST_LOCAL, DEST_REMOTE, GROUP_M_F_FIRST, GROUP_MAX, Group, GroupKey, NEIGH_F_ACTIVE,
+        NEIGH_F_SHARED, NeighKey, NeighValue,
     },
     maps::PROG_AAP_GROUP,
     verdict::{Direction, DropReason, PassPath},
@@ -67,15 +67,17 @@ pub const FROM_TUNNEL: u32 = 1 << 9;
 /// A routed packet: the outcome is `Routed` (else `AapGroup`).
 pub const ROUTED: u32 = 1 << 10;
 
-/// Whether the packet's destination IP is a shared AAP IP of `net_id` (a frame to a MAC
-/// flagged `L2_F_SHARED_IP`). Unicast neighbour solicitations (NUD) are left alone: like
-/// a unicast ARP request, they check that the MAC's owner is alive.
+/// The neighbour entry of the packet's destination IP when it is a shared AAP IP of
+/// `net_id` (a frame to a MAC flagged `L2_F_SHARED_IP`): `NEIGH_F_SHARED` (the broadcast
+/// way: to every holder) or `NEIGH_F_ACTIVE` (the detection way: to the active holder's
+/// MAC, `mac`). Unicast neighbour solicitations (NUD) are left alone: like a unicast ARP
+/// request, they check that the MAC's owner is alive.
 #[inline(always)]
-pub fn dst_ip_shared(pkt: &Pkt, proto: u16, net_id: u32) -> bool {
-    match dst_ip_key(pkt, proto, net_id) {
-        Some(key) => shared(&key),
-        None => false,
-    }
+pub fn dst_vip(pkt: &Pkt, proto: u16, net_id: u32) -> Option<&'static NeighValue> {
+    let key = dst_ip_key(pkt, proto, net_id)?;
+    // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
+    let n = NEIGH.get_ptr(key).map(|v| unsafe { &*v })?;
+    (n.flags & (NEIGH_F_SHARED | NEIGH_F_ACTIVE) != 0).then_some(n)
 }
 
 /// The neighbour entry of `key` is a shared AAP IP.

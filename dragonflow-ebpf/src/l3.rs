@@ -29,10 +29,17 @@
 //! Unicast ARP requests and NS sent to the router MAC (a VM refreshing its gateway's entry:
 //! Linux's PROBE state, NUD) reach this stage rather than the responder, which the
 //! forwarding stage consults for group destinations only. They are answered here through
-//! `responder::respond` on the network of the connected subnet that holds the asked
-//! address (`ArpResponder` / `NdResponder`, as a reply); left unanswered, the VM's entry
-//! for its gateway would fail every few minutes and drop traffic until the next broadcast
-//! resolution. Other ARP to the router MAC is `NoRoute`.
+//! `responder::respond` on the network the request arrived on, `net_id`
+//! (`ArpResponder` / `NdResponder`, as a reply); left unanswered, the VM's entry for its
+//! gateway would fail every few minutes and drop traffic until the next broadcast
+//! resolution. Only that network's addresses are answered, as for a broadcast request:
+//! an address of another network — a port there, or the router's own interface there — is
+//! not, since ARP and ND are link-local (issue 10: a unicast ARP to the router MAC on
+//! network A for a port of network B was answered with that port's MAC). Whatever ARP or
+//! ND the router MAC does not answer (another network's address, an ARP reply, an NA, a
+//! solicitation of a shape not answered in place) is dropped as
+//! `router_neigh_unanswered`: never routed (a routed NS would be an ND message in another
+//! network) and never flooded.
 //!
 //! Destinations outside every connected subnet of the router (including IPv6 link-local
 //! and multicast) have no route: the router has no default route in this issue.
@@ -60,7 +67,9 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
-const ND_NEIGHBOR_SOLICIT: u8 = 135;
+/// Neighbour discovery: router solicitation (133) to redirect (137).
+const ND_FIRST: u8 = 133;
+const ND_LAST: u8 = 137;
 /// TTL / hop limit of the router's own replies (Linux's default).
 const REPLY_TTL: u8 = 64;
 
@@ -77,38 +86,27 @@ pub enum L3Out {
     Reply(PassPath),
 }
 
-/// Routes a frame sent to the MAC of router `router_id` (see the module docs).
+/// Routes a frame sent to the MAC of router `router_id` on network `net_id` (the frame's;
+/// see the module docs).
 #[inline(always)]
-pub fn route(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReason> {
+pub fn route(pkt: &Pkt, eth: &Eth, router_id: u32, net_id: u32) -> Result<L3Out, DropReason> {
     match eth.proto {
         ETH_P_IP => route_v4(pkt, eth, router_id),
-        ETH_P_IPV6 => route_v6(pkt, eth, router_id),
-        ETH_P_ARP => arp_to_router(pkt, eth, router_id),
+        ETH_P_IPV6 => route_v6(pkt, eth, router_id, net_id),
+        // ARP to the router MAC: only ever answered, on the network it came from.
+        ETH_P_ARP => answer(pkt, eth, net_id),
         _ => Err(DropReason::NoRoute),
     }
 }
 
-/// A unicast ARP request to the router MAC: answered on the network whose connected
-/// subnet holds the target address.
-#[inline(always)]
-fn arp_to_router(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReason> {
-    // ARP target protocol address (Ethernet/IPv4 ARP: at 24 in the ARP header).
-    let t = pkt
-        .bytes::<4>(ETH_HLEN + 24)
-        .ok_or(DropReason::ArpMalformed)?;
-    let [a, b, c, d] = load::<u32, 4>(t, 0).to_ne_bytes();
-    let ip = [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    let (rt, _) = lookup(router_id, FAMILY_V4, ip)?;
-    answer(pkt, eth, rt.net_id)
-}
-
-/// The responder's answer as a reply, or `NoRoute`.
+/// ARP / ND sent to the router MAC on `net_id`: the responder's answer for an address of
+/// that network, as a reply; anything else is dropped (see the module docs).
 #[inline(always)]
 fn answer(pkt: &Pkt, eth: &Eth, net_id: u32) -> Result<L3Out, DropReason> {
     match responder::respond(pkt, eth, net_id) {
         Asked::Answered(path) => Ok(L3Out::Reply(path)),
         // A shared IP asked of the router's MAC: not the router's to answer.
-        Asked::Holders | Asked::No => Err(DropReason::NoRoute),
+        Asked::Holders | Asked::No => Err(DropReason::RouterNeighUnanswered),
     }
 }
 
@@ -252,19 +250,27 @@ fn echo_v4(pkt: &Pkt, eth: &Eth, vihl: u8) -> Result<L3Out, DropReason> {
 }
 
 #[inline(always)]
-fn route_v6(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReason> {
+fn route_v6(pkt: &Pkt, eth: &Eth, router_id: u32, net_id: u32) -> Result<L3Out, DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv6Malformed)?;
     if u8_at(h, 0) >> 4 != 6 {
         return Err(DropReason::Ipv6Malformed);
     }
+    // Neighbour discovery is link-local: answered on this network or dropped, whatever
+    // its destination address, never routed (see the module docs).
+    if u8_at(h, 6) == IPPROTO_ICMPV6
+        && let Some(m) = pkt.bytes::<1>(ETH_HLEN + IPV6_HLEN)
+        && (ND_FIRST..=ND_LAST).contains(&u8_at(m, 0))
+    {
+        return answer(pkt, eth, net_id);
+    }
     let dst = load_ip6(h, 24);
     let (rt, n) = lookup(router_id, FAMILY_V6, ip6_bytes(dst))?;
     if let Some(n) = n
         && n.flags & NEIGH_F_ROUTER != 0
     {
-        return echo_v6(pkt, eth, dst, rt.net_id);
+        return echo_v6(pkt, eth, dst);
     }
     let hop = u8_at(h, 7);
     if hop <= 1 {
@@ -279,10 +285,9 @@ fn route_v6(pkt: &Pkt, eth: &Eth, router_id: u32) -> Result<L3Out, DropReason> {
 /// ICMPv6 echo request to a router interface → echo reply, in place. The ICMPv6 checksum
 /// covers the pseudo-header, whose sum a swap of source and destination does not change;
 /// only the type word changes (128 → 129). Echo behind extension headers is not
-/// answered (`NoRoute`). A unicast NS for the router's address (NUD) goes to the
-/// responder on `net_id`, the network of the subnet holding the address.
+/// answered (`NoRoute`).
 #[inline(always)]
-fn echo_v6(pkt: &Pkt, eth: &Eth, dst: [u32; 4], net_id: u32) -> Result<L3Out, DropReason> {
+fn echo_v6(pkt: &Pkt, eth: &Eth, dst: [u32; 4]) -> Result<L3Out, DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv6Malformed)?;
@@ -296,9 +301,6 @@ fn echo_v6(pkt: &Pkt, eth: &Eth, dst: [u32; 4], net_id: u32) -> Result<L3Out, Dr
     }
     let type_code = load::<u16, ICMP_HLEN>(i, 0);
     let [ty, code] = type_code.to_ne_bytes();
-    if ty == ND_NEIGHBOR_SOLICIT {
-        return answer(pkt, eth, net_id);
-    }
     if ty != ICMPV6_ECHO_REQUEST || code != 0 {
         return Err(DropReason::NoRoute);
     }

@@ -20,8 +20,10 @@
 //! 3. **Later fragment**: the first fragment's record in `df_frag_v1` supplies the ports
 //!    (`frag_no_first`, `frag_overlap` otherwise, see [`crate::frag`]).
 //! 4. **Conntrack** (unicast destinations only; a group destination is judged by the
-//!    rules at every packet and never tracked): an ICMP error looks up the flow it quotes
-//!    (hit → `ct_related`; miss → judged as a new ICMP message); anything else looks up
+//!    rules at every packet and never tracked): an ICMP error addressed to the source of
+//!    the packet it quotes (`flow::to_quoted_source`; any other error is a new ICMP
+//!    message) looks up the quoted flow on the judged port, oriented from that port (hit →
+//!    `ct_related`; miss → judged as a new ICMP message); anything else looks up
 //!    its own key. A fresh hit of the current `policy_gen` passes (`ct_established`) and
 //!    advances the state; one of an older generation is first re-judged by the rules of
 //!    its origin direction (`ct_revalidated`): kept and refreshed, or deleted and the
@@ -530,7 +532,11 @@ fn record_first(s: &mut Scratch) {
     }
 }
 
-/// An ICMP error about a tracked flow: the quoted packet, which travelled the other way.
+/// An ICMP error about a tracked flow: the quoted packet, which travelled the other way
+/// (egress: it reached this port, whose VM reports about it — as its destination or as a
+/// router forwarding it; ingress: this port sent it). The error's destination is the
+/// quoted source (checked by `flow`); its source is not checked here: see
+/// `flow::to_quoted_source` for why.
 #[inline(always)]
 fn related(s: &mut Scratch) -> bool {
     let other = if s.job.dir == DIR_EGRESS {

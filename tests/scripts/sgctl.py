@@ -25,8 +25,10 @@ Clients:
 Crafted frames, written raw on eth0 (source MAC = eth0's):
   {"op": "craft", "kind": K, "dst_mac", "src", "dst", ...}  -> {"n": frames}
       K = tcp (sport, dport, flags, seq, ack, payload), udp (sport, dport, payload),
-      echo (type "request"|"reply", id, seq, payload), and the fragment attacks
-      frag_no_first, frag_tiny, frag_overlap (payload, id). See `craft`.
+      echo (type "request"|"reply", id, seq, payload), the fragment attacks
+      frag_no_first, frag_tiny, frag_overlap (payload, id), and icmp_error (a port
+      unreachable quoting the UDP datagram qsrc:qsport -> qdst:qdport, payload after its
+      header). See `craft`.
 """
 
 import json
@@ -217,7 +219,7 @@ def craft(req):
 
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
     from scapy.all import ICMP, IP, TCP, UDP, Ether, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-    from scapy.all import IPv6ExtHdrFragment, Raw
+    from scapy.all import ICMPv6DestUnreach, IPv6ExtHdrFragment, Raw
 
     with open("/sys/class/net/eth0/address") as f:
         src_mac = f.read().strip()
@@ -283,6 +285,14 @@ def craft(req):
         # at offset 8 that would overwrite the first's data (RFC 1858).
         seg = l4_bytes(UDP(sport=req.get("sport", 40124), dport=req["dport"]) / Raw(b"F" * 16 + payload))
         frames = [ip_frag("udp", 0, True, seg[:24]), ip_frag("udp", 1, False, b"O" * 8 + payload)]
+    elif kind == "icmp_error":
+        quoted = UDP(sport=req["qsport"], dport=req["qdport"]) / Raw(payload)
+        if six:
+            quoted = IPv6(src=req["qsrc"], dst=req["qdst"]) / quoted
+            frames = [eth / l3() / ICMPv6DestUnreach(code=4) / quoted]
+        else:
+            quoted = IP(src=req["qsrc"], dst=req["qdst"]) / quoted
+            frames = [eth / l3() / ICMP(type=3, code=3) / quoted]
     else:
         raise KeyError("unknown kind %r" % kind)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

@@ -4,8 +4,10 @@
 //! agent and no bridge; two VMs on different chassis share a VIP with their own MACs, two
 //! others share a second VIP with a VRRP virtual MAC; a client on a third chassis in the
 //! same network, a client on another network behind the distributed router, and a
-//! bystander (a port of the network that holds nothing) next to the holders. Every test
-//! runs for both hooks (`xdp::<case>`, `tc::<case>`).
+//! bystander (a port of the network that holds nothing) next to the holders. Under the
+//! detection way, clients whose neighbour cache still names a holder that is not the
+//! active one reach the active one only (`detection_stale_cache`). Every test runs for
+//! both hooks (`xdp::<case>`, `tc::<case>`).
 //!
 //! ```text
 //!   net1 VNI 100  192.0.2.0/24, 2001:db8:1::/64   r1 192.0.2.1     (fa:16:3e:0c:01:01)
@@ -632,6 +634,94 @@ fn detection_pointers(hook: Hook) {
     }
 }
 
+/// A UDP datagram to `ip` through `d`'s own stack (its neighbour cache picks the MAC).
+fn udp_via_stack(t: &Topo, d: &VmDef, ip: &str, payload: &str) {
+    const SEND: &str = "import socket, sys
+a = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(sys.argv[2].encode(), (a, 9))
+";
+    let mut c = t.vm(d).command(PYTHON);
+    c.args(["-c", SEND, ip, payload]);
+    run(&mut c);
+}
+
+/// Points `d`'s neighbour entry for `ip` at `mac`, as a cache from before a failover.
+fn stale(t: &Topo, d: &VmDef, ip: &str, mac: &str) {
+    t.vm(d).exec(&format!(
+        "ip neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+    ));
+}
+
+/// The detection way with clients whose neighbour cache still names a holder that is not
+/// the active one (issue 10): their packets for the VIP reach the active holder only,
+/// readdressed on the sender's chassis — the backup on another chassis than the sender
+/// (c on hv3) or on the same one (n on hv1, next to v1), the active holder remote or next
+/// to the sender (after a move to v1) — IPv4 and IPv6, and a ping through the stale entry
+/// is answered by the active holder.
+fn detection_stale_cache(hook: Hook) {
+    let t = Topo::new(hook, Some("detection"), &["--probe-interval-ms", "0"]);
+    d_addr(&t, &V2, VIP, 32);
+    d_addr(&t, &V2, VIP6, 128);
+    t.wait_way(VIP, "broadcast", None);
+    t.wait_ping(&C, V1.ip4);
+    t.wait_ping(&N, V2.ip4);
+    put_active(&t, VIP, "pv2", V2.mac, "hv2");
+    put_active(&t, VIP6, "pv2", V2.mac, "hv2");
+    t.wait_way(VIP, "detection", Some("pv2"));
+    t.wait_way(VIP6, "detection", Some("pv2"));
+    let (cap1, cap2) = (t.capture(&V1), t.capture(&V2));
+    for d in [&C, &N] {
+        stale(&t, d, VIP, V1.mac);
+        stale(&t, d, VIP6, V1.mac);
+    }
+    // Through the stale entry, the active holder answers (the backup, which does not
+    // hold the address, would drop it).
+    t.wait_ping(&C, VIP);
+
+    let check = |active: (&VmDef, &Capture), backup: (&VmDef, &Capture), to: &[&str]| {
+        let mut sent = Vec::new();
+        for from in [&C, &N] {
+            for ip in to {
+                let p = unique(&format!("stale-{}", from.name));
+                udp_via_stack(&t, from, ip, &p);
+                sent.push((from, p));
+            }
+        }
+        for (from, p) in &sent {
+            let got = expect_copies(active.1, active.0.name, p, 1);
+            assert_eq!(
+                got,
+                vec![(mac_bytes(active.0.mac), mac_bytes(from.mac))],
+                "{p}: readdressed to the active holder {}\n{}",
+                active.0.name,
+                t.counters()
+            );
+        }
+        for from in [&C, &N] {
+            t.fence(from, &[active, backup]);
+        }
+        for (_, p) in &sent {
+            assert_eq!(
+                backup.1.count(p.as_bytes()),
+                0,
+                "{} (not active) got {p}\n{}",
+                backup.0.name,
+                t.counters()
+            );
+        }
+    };
+    check((&V2, &cap2), (&V1, &cap1), &[VIP, VIP6]);
+
+    // The VIP moves to v1 (next to n); the caches now name v2.
+    put_active(&t, VIP, "pv1", V1.mac, "hv1");
+    t.wait_way(VIP, "detection", Some("pv1"));
+    for d in [&C, &N] {
+        stale(&t, d, VIP, V2.mac);
+    }
+    check((&V1, &cap1), (&V2, &cap2), &[VIP]);
+}
+
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
@@ -643,4 +733,4 @@ macro_rules! for_both_hooks {
     };
 }
 
-for_both_hooks!(broadcast_way, detection_pointers);
+for_both_hooks!(broadcast_way, detection_pointers, detection_stale_cache);

@@ -1086,6 +1086,67 @@ fn stateful_confusion(hook: Hook) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Issue 10: ICMP errors as a security-group bypass.
+
+/// `oneflow`: egress UDP 8081 only (IPv4 and IPv6), no ingress (replies come back by
+/// conntrack).
+const ONEFLOW: &[&str] = &[
+    "secgroup create server --name server",
+    "secgroup rule-add server --direction ingress --ethertype ipv4 --protocol udp --port-min 8081 --port-max 8081",
+    "secgroup rule-add server --direction ingress --ethertype ipv6 --protocol udp --port-min 8081 --port-max 8081",
+    "secgroup rule-add server --direction ingress --ethertype ipv4 --protocol icmp",
+    "secgroup rule-add server --direction ingress --ethertype ipv6 --protocol icmpv6",
+    "secgroup create oneflow --name oneflow --no-default-rules",
+    "secgroup rule-add oneflow --direction egress --ethertype ipv4 --protocol udp --port-min 8081 --port-max 8081",
+    "secgroup rule-add oneflow --direction egress --ethertype ipv6 --protocol udp --port-min 8081 --port-max 8081",
+];
+const OF: VmDef = VmDef::new("of", 0, 0, "--security-group oneflow");
+const OPEER: VmDef = VmDef::new("opeer", 0, 1, "--security-group server");
+/// Third parties (they would even take ICMP from anyone as a new message).
+const OT1: VmDef = VmDef::new("ot1", 0, 2, "--security-group server");
+const OT2: VmDef = VmDef::new("ot2", 1, 3, "--security-group server");
+
+/// A VM whose egress allows one UDP flow opens it, then sends third VMs (same chassis and
+/// across) a port unreachable quoting that flow's answer: not related (it is not
+/// addressed to the quoted packet's source), so judged by the sender's egress rules as a
+/// new ICMP message — denied, counted `sg_denied` egress, never delivered. IPv4 and IPv6.
+fn icmp_error_to_a_third_party(hook: Hook) {
+    let t = Sg::new(hook, 2, ONEFLOW, &[OF, OPEER, OT1, OT2]);
+    let of = t.ctl(&OF);
+    for third in [&OT1, &OT2] {
+        t.wait_udp(&OF, third);
+        let cap = Capture::start(t.vm(third), "eth0", "in", "");
+        for v6 in [false, true] {
+            let f = fam(v6);
+            // The one flow, from a known port: its answer is what the error quotes.
+            let r = of.call(
+                json!({"op": "udp_send", "dst": OPEER.ip(v6), "port": UDP_ECHO,
+                                   "sport": 40500, "payload": unique("oneflow"), "wait": 2.0}),
+            );
+            assert_eq!(r["reply"], json!(true), "{f}: the allowed flow to the peer");
+            let mark = unique("icmp-err");
+            let err = json!({"op": "craft", "kind": "icmp_error", "dst_mac": third.mac,
+                             "src": OF.ip(v6), "dst": third.ip(v6),
+                             "qsrc": OPEER.ip(v6), "qdst": OF.ip(v6),
+                             "qsport": UDP_ECHO, "qdport": 40500, "payload": mark});
+            t.denied(
+                &format!(
+                    "{f}: port unreachable about the peer's answer → {}",
+                    third.name
+                ),
+                &OF,
+                third,
+                EGRESS,
+                1.0,
+                || of.craft(err),
+                || assert!(of.udp_echoed(third.ip(v6), None), "{f}: fence lost"),
+                || cap.count(mark.as_bytes()) > 0,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // ATTACKS.md row 10: fragments.
 
 /// `frag`: ingress UDP 8081, TCP 8080, ICMP/ICMPv6 from anywhere.
@@ -1228,4 +1289,5 @@ for_both_hooks!(
     remote_group_membership,
     stateful_confusion,
     fragments,
+    icmp_error_to_a_third_party,
 );

@@ -1713,6 +1713,7 @@ const OTHER_FILE: &[&str] = &[
     "ttl_exceeded",
     "no_route",
     "no_neighbor",
+    "router_neigh_unanswered",
     "routed",
     "arp_responder",
     "nd_responder",
@@ -1723,8 +1724,10 @@ const OTHER_FILE: &[&str] = &[
     "frag_no_first",
     "frag_tiny",
     "frag_overlap",
-    // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way)
+    // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way; the
+    // detection way from a real tunnel device)
     "no_holder",
+    "inactive_holder",
     "aap_group",
 ];
 

@@ -14,7 +14,9 @@
 //! untouched frame, as the kernel does on a tap with both attached.
 //!
 //! The tunnel side (from `df-vxlan`: local holders only) needs tunnel metadata a test run
-//! cannot give; `tests/aap_broadcast.rs` covers it end to end.
+//! cannot give; `tests/aap_broadcast.rs` covers it end to end, and
+//! [`detection_way_from_the_tunnel`] runs `df_from_tunnel` on a real VXLAN device for the
+//! detection way's readdressing.
 
 use std::{
     collections::BTreeSet,
@@ -22,14 +24,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{maps::ProgramArray, programs::SchedClassifier};
+use aya::{
+    maps::ProgramArray,
+    programs::{SchedClassifier, tc::TcAttachType},
+};
 use dragonflow_common::{
     addr::{ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
         FloodDest, FloodList, GROUP_M_F_FIRST, Group, GroupKey, GroupMember, L2_F_SHARED_IP,
-        L2Dest, L2Key, NEIGH_F_AAP, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey,
-        NeighValue, RouteDest, RouteKey,
+        L2Dest, L2Key, NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED,
+        NeighKey, NeighValue, RouteDest, RouteKey,
     },
     maps::{self as names, PROG_AAP_GROUP, progs},
     port::{PORT_F_PORT_SECURITY, PortConfig},
@@ -37,7 +42,7 @@ use dragonflow_common::{
 };
 use tests::{
     frames::*,
-    harness::{Hook, Netns, unique_prefix},
+    harness::{Hook, Netns, unique_prefix, wait_until},
     testrun::{Datapath, LO_IFINDEX, actions},
 };
 
@@ -73,8 +78,10 @@ const H1_OWN4: [u8; 4] = [192, 0, 2, 11];
 const VIP4: [u8; 4] = [192, 0, 2, 100];
 /// Shared, but no holder is reachable (empty group).
 const VIP_NOBODY: [u8; 4] = [192, 0, 2, 101];
-/// Detection way: active on H1's port.
+/// Detection way: held by H1, H2 and H4 with their own MACs, active on H1's port (local).
 const VIP_ACTIVE: [u8; 4] = [192, 0, 2, 102];
+/// Detection way: held by H1 and H2, active on H2's port (on the remote chassis).
+const VIP_ACTIVE_REMOTE: [u8; 4] = [192, 0, 2, 106];
 /// Shared, but its group is missing (an agent behind).
 const VIP_NOGROUP: [u8; 4] = [192, 0, 2, 103];
 /// Shared by the sender alone among reachable holders.
@@ -84,10 +91,14 @@ const VIP_SMALL: [u8; 4] = [192, 0, 2, 105];
 const VIPB4: [u8; 4] = [198, 51, 100, 100];
 /// A unique IP on B whose MAC is the shared VRRP_B.
 const VRRPB4: [u8; 4] = [198, 51, 100, 101];
+/// Detection way on B: held by HB1 and HB2, active on HB2's port (remote).
+const VIPB_ACTIVE: [u8; 4] = [198, 51, 100, 102];
 
 const VM6: [u8; 16] = v6(0x10);
 /// Shared by H4 (IPv6).
 const VIP6: [u8; 16] = v6(0x100);
+/// Detection way: held by H1 and H4, active on H4's port.
+const VIP6_ACTIVE: [u8; 16] = v6(0x102);
 
 /// 2001:db8:a::<host>
 const fn v6(host: u16) -> [u8; 16] {
@@ -373,6 +384,8 @@ fn seed(dp: &mut Datapath, d: &Devices) {
         },
     );
     dp.add_l2(L2Key::new(NET_B, VRRP_B), grouped());
+    dp.add_l2(L2Key::new(NET_B, HB1), local(d.tap1, L2_F_SHARED_IP));
+    dp.add_l2(L2Key::new(NET_B, HB2), remote(L2_F_SHARED_IP));
 
     let fixed = |mac| NeighValue {
         mac,
@@ -387,13 +400,14 @@ fn seed(dp: &mut Datapath, d: &Devices) {
     for ip in [VIP4, VIP_NOBODY, VIP_NOGROUP, VIP_SELF, VIP_SMALL] {
         dp.add_neigh(neigh4(NET_A, ip), shared);
     }
-    dp.add_neigh(
-        neigh4(NET_A, VIP_ACTIVE),
-        NeighValue {
-            mac: H1,
-            flags: NEIGH_F_AAP,
-        },
-    );
+    let active = |mac| NeighValue {
+        mac,
+        flags: NEIGH_F_AAP | NEIGH_F_ACTIVE,
+    };
+    dp.add_neigh(neigh4(NET_A, VIP_ACTIVE), active(H1));
+    dp.add_neigh(neigh4(NET_A, VIP_ACTIVE_REMOTE), active(H2));
+    dp.add_neigh(neigh6(NET_A, VIP6_ACTIVE), active(H4));
+    dp.add_neigh(neigh4(NET_B, VIPB_ACTIVE), active(HB2));
     dp.add_neigh(neigh6(NET_A, VM6), fixed(VM_MAC));
     dp.add_neigh(neigh6(NET_A, VIP6), shared);
     dp.add_neigh(
@@ -579,6 +593,15 @@ fn routed(dst: [u8; 4], mac: [u8; 6], payload: usize) -> Vec<u8> {
             IPPROTO_UDP,
             &udp(4000, 5000, &vec![0x5a; payload]),
         ),
+    )
+}
+
+fn udp6_to(dst_mac: [u8; 6], dst: [u8; 16]) -> Vec<u8> {
+    eth(
+        dst_mac,
+        VM_MAC,
+        ETH_P_IPV6,
+        &ipv6(VM6, dst, IPPROTO_UDP, 64, &udp(4000, 5000, &[0x5a; 32])),
     )
 }
 
@@ -773,6 +796,78 @@ fn cases() -> Vec<Case> {
             copies: none(),
             unlinked: false,
         },
+        // Detection way: a packet for the VIP sent to another holder's MAC (a client whose
+        // cache predates the failover) is readdressed to the active holder (issue 10).
+        Case {
+            name: "detection way: for the VIP to a local backup's MAC: readdressed to the active holder",
+            frame: udp_to(H4, VIP_ACTIVE, 64, 32),
+            allowed: PassPath::Ipv4,
+            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
+            reply: Some(udp_to(H1, VIP_ACTIVE, 64, 32)),
+            copies: none(),
+            unlinked: false,
+        },
+        Case {
+            name: "detection way: for the VIP to a remote backup's MAC: readdressed to the local active holder",
+            frame: udp_to(H2, VIP_ACTIVE, 64, 32),
+            allowed: PassPath::Ipv4,
+            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
+            reply: Some(udp_to(H1, VIP_ACTIVE, 64, 32)),
+            copies: none(),
+            unlinked: false,
+        },
+        Case {
+            name: "detection way: for the VIP to the active holder's own MAC: unchanged",
+            frame: udp_to(H1, VIP_ACTIVE, 64, 32),
+            allowed: PassPath::Ipv4,
+            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
+            reply: Some(udp_to(H1, VIP_ACTIVE, 64, 32)),
+            copies: none(),
+            unlinked: false,
+        },
+        Case {
+            name: "detection way: for the VIP to a local backup's MAC, active remote: readdressed into the tunnel",
+            frame: udp_to(H1, VIP_ACTIVE_REMOTE, 64, 32),
+            allowed: PassPath::Ipv4,
+            xdp: Out::Handoff,
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Tunnel),
+            reply: Some(udp_to(H2, VIP_ACTIVE_REMOTE, 64, 32)),
+            copies: none(),
+            unlinked: false,
+        },
+        Case {
+            name: "detection way: a holder's own address to its MAC: plain unicast",
+            frame: udp_to(H1, H1_OWN4, 64, 32),
+            allowed: PassPath::Ipv4,
+            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
+            reply: Some(udp_to(H1, H1_OWN4, 64, 32)),
+            copies: none(),
+            unlinked: false,
+        },
+        Case {
+            name: "detection way: IPv6 VIP to a backup's MAC: readdressed to the active holder",
+            frame: udp6_to(H1, VIP6_ACTIVE),
+            allowed: PassPath::Ipv6,
+            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
+            reply: Some(udp6_to(H4, VIP6_ACTIVE)),
+            copies: none(),
+            unlinked: false,
+        },
+        Case {
+            name: "detection way: routed to the VIP: to the active holder's MAC only",
+            frame: to_router(VIPB_ACTIVE),
+            allowed: PassPath::Ipv4,
+            xdp: Out::Handoff,
+            tc: Out::Pass(TC_ACT_REDIRECT, PassPath::Routed),
+            reply: Some(routed(VIPB_ACTIVE, HB2, 32)),
+            copies: none(),
+            unlinked: false,
+        },
     ];
     v.push(Case {
         name: "group program missing from df_progs_v1: redirect_failed",
@@ -892,6 +987,96 @@ fn shared_addresses_both_hooks() {
                     covered.contains(must),
                     "[{}] no case for {must}",
                     hook.as_str()
+                );
+            }
+        }
+    });
+}
+
+/// The detection way from the tunnel (`df_from_tunnel` on a real VXLAN device, frames sent
+/// as another chassis would): a packet for a VIP that reached this chassis addressed to a
+/// backup's MAC (the sending chassis saw another active holder, or did not readdress) goes
+/// to the active holder when it is here, readdressed; when the active holder is on another
+/// chassis it is dropped, `inactive_holder` (never back into the tunnel, never to the
+/// backup).
+#[test]
+fn detection_way_from_the_tunnel() {
+    let d = Devices::new();
+    d.ns.exec("ip link add aaptun type vxlan external dstport 4789");
+    d.ns.exec("ip link set aaptun up");
+    d.ns.within(|| {
+        let mut dp = Datapath::load();
+        seed(&mut dp, &d);
+        let p: &mut SchedClassifier = dp
+            .ebpf
+            .program_mut(progs::FROM_TUNNEL_TC)
+            .expect("tunnel program")
+            .try_into()
+            .expect("classifier");
+        let _link = p
+            .attach("aaptun", TcAttachType::Ingress)
+            .unwrap_or_else(|e| panic!("attach the tunnel program: {e}"));
+        let sniff = DEVS.map(Sniffer::open);
+        let ft = |s| slot(Direction::FromTunnel, s);
+        let delivered = vec![(ft(Stat::Pass(PassPath::L2Local)), 1)];
+        // (what, frame, counter slots that move, frames into each of `DEVS`)
+        type TunnelCase = (&'static str, Vec<u8>, Vec<(usize, u64)>, [Vec<Vec<u8>>; 3]);
+        let cases: [TunnelCase; 4] = [
+            (
+                "to a local backup's MAC, active holder here: readdressed to it",
+                udp_to(H4, VIP_ACTIVE, 64, 32),
+                delivered.clone(),
+                [vec![udp_to(H1, VIP_ACTIVE, 64, 32)], vec![], vec![]],
+            ),
+            (
+                "IPv6: to a local backup's MAC, active holder here: readdressed to it",
+                udp6_to(H1, VIP6_ACTIVE),
+                delivered.clone(),
+                [vec![], vec![udp6_to(H4, VIP6_ACTIVE)], vec![]],
+            ),
+            (
+                "to the active holder's MAC: delivered unchanged",
+                udp_to(H1, VIP_ACTIVE, 64, 32),
+                delivered,
+                [vec![udp_to(H1, VIP_ACTIVE, 64, 32)], vec![], vec![]],
+            ),
+            (
+                "to a local backup's MAC, active holder on another chassis: inactive_holder",
+                udp_to(H1, VIP_ACTIVE_REMOTE, 64, 32),
+                vec![(ft(Stat::Drop(DropReason::InactiveHolder)), 1)],
+                [vec![], vec![], vec![]],
+            ),
+        ];
+        for (name, frame, want, copies) in &cases {
+            for s in &sniff {
+                s.drain();
+            }
+            let before = dp.stats();
+            let mut vx = vec![0x08, 0, 0, 0];
+            vx.extend_from_slice(&(NET_A << 8).to_be_bytes());
+            vx.extend_from_slice(frame);
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            sock.send_to(&vx, "127.0.0.1:4789").expect("send VXLAN");
+            // The device decapsulates asynchronously: wait for the outcome.
+            let moved = || {
+                let after = dp.stats();
+                (0..after.len())
+                    .filter(|&i| after[i] != before[i])
+                    .map(|i| (i, after[i] - before[i]))
+                    .collect::<Vec<_>>()
+            };
+            wait_until(
+                &format!("tunnel: {name}: counters {want:?}"),
+                Duration::from_secs(5),
+                || moved() == *want,
+            );
+            for (i, s) in sniff.iter().enumerate() {
+                let got = s.frames(copies[i].len());
+                assert_eq!(
+                    got.iter().map(|f| hex(f)).collect::<Vec<_>>(),
+                    copies[i].iter().map(|f| hex(f)).collect::<Vec<_>>(),
+                    "tunnel: {name}: frames sent into {}",
+                    s.dev
                 );
             }
         }

@@ -351,16 +351,46 @@ fn echo6(src: [u8; 16], dst: [u8; 16], ty: u8, id: u16) -> Vec<u8> {
 /// An ICMP error `ty`/`code` from `src` to `dst` quoting `quoted` (an IP packet: its
 /// header and the first 8 bytes of its payload, RFC 792).
 fn icmp_err4(src: [u8; 4], dst: [u8; 4], ty: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    icmp_err4_via(mac_of(dst), src, dst, ty, code, quoted)
+}
+
+/// [`icmp_err4`] in a frame to `dst_mac`, from the sender's MAC (a crafted error need not
+/// be addressed to the port its frame goes to).
+fn icmp_err4_via(
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ty: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Vec<u8> {
     let mut m = vec![ty, code, 0, 0, 0, 0, 0, 0];
     m.extend_from_slice(&quoted[..28]);
-    ip4(src, dst, ICMP, &m)
+    eth(dst_mac, mac_of(src), ETH_P_IP, &ipv4(src, dst, ICMP, &m))
 }
 
 /// An ICMPv6 error quoting `quoted` (its 40-byte header and 8 bytes of payload).
 fn icmp_err6(src: [u8; 16], dst: [u8; 16], ty: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    icmp_err6_via(mac_of6(dst), src, dst, ty, code, quoted)
+}
+
+/// [`icmp_err6`] in a frame to `dst_mac` (see [`icmp_err4_via`]).
+fn icmp_err6_via(
+    dst_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ty: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Vec<u8> {
     let mut b = vec![0, 0, 0, 0];
     b.extend_from_slice(&quoted[..48]);
-    ip6(src, dst, ICMP6, &icmpv6(ty, code, &b))
+    eth(
+        dst_mac,
+        mac_of6(src),
+        ETH_P_IPV6,
+        &ipv6(src, dst, ICMP6, 64, &icmpv6(ty, code, &b)),
+    )
 }
 
 /// An IPv4 fragment of A → B (`frag`: flags + offset field, e.g. 0x2000 = first).
@@ -899,6 +929,127 @@ fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
             "IPv6 B→A unreachable (1/4) about it: related on both sides",
             B,
             icmp_err6(B6, A6, 1, 4, &q6),
+            Deliver,
+            delivered(Ipv6, CtRelated, CtRelated),
+        ),
+    ];
+    for s in &steps {
+        run(dp, n, hook, sc, s, seen);
+    }
+}
+
+/// ICMP errors are related only when addressed to the quoted packet's source (issue 10):
+/// a VM that opened an allowed flow cannot pass errors quoting it to anyone else, neither
+/// at its own egress nor at the receiver's ingress; every error type (IPv4 3, 11, 12;
+/// IPv6 1–4). A router on the path (here B, forwarding A's datagram to 198.51.100.7)
+/// reports from its own address: related.
+fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+    seed(dp, n);
+    let sc = "ICMP errors not for the quoted source";
+    let third4 = ADMIN4;
+    let third6 = v6(0x99);
+    // B's answer to A's question, and A's question (what A and B would quote).
+    let answer4 = ipv4(B4, A4, UDP, &udp(53, 40030, b"answer.."));
+    let question4 = ipv4(A4, B4, UDP, &udp(40030, 53, b"question"));
+    let routed4 = ipv4(A4, third4, UDP, &udp(40031, 5000, b"via B..."));
+    let answer6 = ipv6(B6, A6, UDP, 64, &udp(53, 40032, b"answer.."));
+    let question6 = ipv6(A6, B6, UDP, 64, &udp(40032, 53, b"question"));
+    let steps = [
+        step(
+            "A→B UDP :53 (the flow A may open)",
+            A,
+            udp4(A4, B4, 40030, 53),
+            Deliver,
+            delivered(Ipv4, CtNew, CtNew),
+        ),
+        step(
+            "A: port unreachable quoting B's answer, to a third address: a new 3/3, no rule",
+            A,
+            icmp_err4_via(B_MAC, A4, third4, 3, 3, &answer4),
+            Dropped,
+            denied(Ipv4, DropReason::SgDenied),
+        ),
+        step(
+            "A: 3/4 (A's rule allows it as a message) likewise: B's ingress does not relate it",
+            A,
+            icmp_err4_via(B_MAC, A4, third4, 3, 4, &answer4),
+            Dropped,
+            refused(Ipv4, CtUntracked, DropReason::SgDenied),
+        ),
+        step(
+            "A: time exceeded quoting B's answer, to a third address",
+            A,
+            icmp_err4_via(B_MAC, A4, third4, 11, 0, &answer4),
+            Dropped,
+            denied(Ipv4, DropReason::SgDenied),
+        ),
+        step(
+            "A: parameter problem quoting B's answer, to a third address",
+            A,
+            icmp_err4_via(B_MAC, A4, third4, 12, 0, &answer4),
+            Dropped,
+            denied(Ipv4, DropReason::SgDenied),
+        ),
+        step(
+            "B: port unreachable quoting A's question, to X in a frame for A: A's ingress judges it as new",
+            B,
+            icmp_err4_via(A_MAC, B4, X4, 3, 3, &question4),
+            Dropped,
+            refused(Ipv4, CtUntracked, DropReason::SgDenied),
+        ),
+        step(
+            "B→A port unreachable quoting A's question: related on both sides",
+            B,
+            icmp_err4(B4, A4, 3, 3, &question4),
+            Deliver,
+            delivered(Ipv4, CtRelated, CtRelated),
+        ),
+        step(
+            "A→B's MAC UDP to 198.51.100.7 (B routes it)",
+            A,
+            eth(B_MAC, A_MAC, ETH_P_IP, &routed4),
+            Deliver,
+            delivered(Ipv4, CtNew, CtNew),
+        ),
+        step(
+            "B (a router on the path) → A: time exceeded about it, from B's address: related",
+            B,
+            icmp_err4(B4, A4, 11, 0, &routed4),
+            Deliver,
+            delivered(Ipv4, CtRelated, CtRelated),
+        ),
+        step(
+            "IPv6 A→B UDP :53",
+            A,
+            udp6(A6, B6, 40032, 53),
+            Deliver,
+            delivered(Ipv6, CtNew, CtNew),
+        ),
+        step(
+            "IPv6 A: packet too big quoting B's answer, to a third address: no rule",
+            A,
+            icmp_err6_via(B_MAC, A6, third6, 2, 0, &answer6),
+            Dropped,
+            denied(Ipv6, DropReason::SgDenied),
+        ),
+        step(
+            "IPv6 A: unreachable quoting B's answer, to a third address: no rule",
+            A,
+            icmp_err6_via(B_MAC, A6, third6, 1, 4, &answer6),
+            Dropped,
+            denied(Ipv6, DropReason::SgDenied),
+        ),
+        step(
+            "IPv6 B: time exceeded quoting A's question, to a third address in a frame for A",
+            B,
+            icmp_err6_via(A_MAC, B6, third6, 3, 0, &question6),
+            Dropped,
+            refused(Ipv6, CtUntracked, DropReason::SgDenied),
+        ),
+        step(
+            "IPv6 B→A parameter problem quoting A's question: related on both sides",
+            B,
+            icmp_err6(B6, A6, 4, 0, &question6),
             Deliver,
             delivered(Ipv6, CtRelated, CtRelated),
         ),
@@ -1463,6 +1614,7 @@ fn security_groups_both_hooks() {
                 denials,
                 icmp,
                 related,
+                unrelated_errors,
                 revalidation,
                 expiry,
                 full_table,
