@@ -1726,6 +1726,9 @@ const OTHER_FILE: &[&str] = &[
     // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way)
     "no_holder",
     "aap_group",
+    // tests/verdicts_tunnel.rs (tunnel admission: needs a real VXLAN device)
+    "tunnel_unknown_peer",
+    "tunnel_src_mac",
 ];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion
