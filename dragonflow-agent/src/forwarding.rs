@@ -1687,4 +1687,76 @@ mod tests {
                 .any(|w| w.contains("lrouter liquid has the same datapath id"))
         );
     }
+
+    /// Tunnel admission: which live chassis may send which source MACs of a network hosted
+    /// here, and how the entries follow a chassis' record and a port's binding.
+    #[test]
+    fn tunnel_admission() {
+        let m = |n: u8| MacAddr([0xfa, 0x16, 0x3e, 0, 0, n]);
+        let mut a = port("a", "n1", 1, Some("hv1"));
+        let mut b = port("b", "n1", 2, Some("hv2"));
+        a.allowed_address_pairs = vec![aap("192.0.2.100", Some(VRRP))];
+        b.allowed_address_pairs = vec![aap("192.0.2.100", Some(VRRP))];
+        let c = port("c", "n2", 3, Some("hv3"));
+        let e = port("e", "n1", 5, Some("hv9")); // no chassis record: dead
+        let mut f = port("f", "n1", 6, Some("hv2"));
+        f.port_security_enabled = false;
+        f.fixed_ips.clear();
+        // Claims a's MAC from hv2: a's own (local) MAC is never admitted from the tunnel.
+        let x = port("x", "n1", 1, Some("hv2"));
+        let r = router(
+            "r1",
+            &[
+                ("n1", "fa:16:3e:00:01:01", "192.0.2.254/24"),
+                ("n2", "fa:16:3e:00:01:02", "198.51.100.1/24"),
+            ],
+        );
+        let mut n = nb(vec![a, b, c, e, f, x], vec![r]);
+        let d = run(&n, &[("tapa", 7)]);
+        let rm1 = mac("fa:16:3e:00:01:01");
+        let src = |ip, mac: MacAddr| src_key(100, ip, mac);
+        assert_eq!(
+            d.entries.tun_peers,
+            BTreeMap::from([
+                // hv2 hosts ports of n1 (and so routes into it too); hv3 only routes into
+                // n1 from n2; hv9 is dead; n2 has no port here: nothing for it.
+                (peer_key(100, HV2), TUN_F_PORT | TUN_F_ROUTER),
+                (peer_key(100, HV3), TUN_F_ROUTER),
+            ])
+        );
+        assert_eq!(
+            d.entries.tun_srcs,
+            BTreeMap::from([
+                (src(HV2, m(2)), TUN_F_PORT),
+                (src(HV2, mac(VRRP)), TUN_F_PORT),
+                (src(HV2, m(6)), TUN_F_PORT | TUN_F_UNSECURED),
+                (src(HV2, rm1), TUN_F_ROUTER),
+                (src(HV3, rm1), TUN_F_ROUTER),
+            ]),
+            "b's own MAC, the VRRP MAC b shares with a, f's MAC (no port security), the \
+             router's MAC on n1 from both routing chassis; never a's MAC (local)"
+        );
+
+        // hv2's record goes (lease expired): everything it could send goes with it.
+        let before = d.entries.clone();
+        n.chassis.remove("hv2");
+        let gone = run(&n, &[("tapa", 7)]);
+        let diff = gone.entries.diff(&before);
+        assert_eq!(diff.tun_peers.remove, vec![peer_key(100, HV2)]);
+        assert_eq!(diff.tun_srcs.remove.len(), 4, "{diff:?}");
+        assert!(diff.tun_srcs.remove.iter().all(|k| k.remote_ip == HV2));
+        assert!(diff.tun_peers.upsert.is_empty() && diff.tun_srcs.upsert.is_empty());
+
+        // Back, and b unbound: its MAC (and its share of the VRRP MAC) leave; f stays.
+        n.chassis.extend([chassis("hv2", "198.18.0.2")]);
+        n.lports.get_mut("b").unwrap().chassis = None;
+        let unbound = run(&n, &[("tapa", 7)]);
+        assert!(!unbound.entries.tun_srcs.contains_key(&src(HV2, m(2))));
+        assert!(!unbound.entries.tun_srcs.contains_key(&src(HV2, mac(VRRP))));
+        assert!(unbound.entries.tun_srcs.contains_key(&src(HV2, m(6))));
+
+        // No local port in n1 any more: no admission for n1 at all.
+        let none = run(&n, &[]);
+        assert!(none.entries.tun_peers.is_empty() && none.entries.tun_srcs.is_empty());
+    }
 }
