@@ -313,10 +313,15 @@ pub fn flood(
 /// The tunnel program: a frame from another chassis, admitted only from a live chassis of
 /// its network, from a source MAC that chassis may use and sane (`tunnel::admit`), then
 /// delivered by (VNI, destination MAC) to local taps only, each through its ingress
-/// security-group rules (`sg`). Returns the path and the TC action.
+/// security-group rules (`sg`). `rx`: the frame's tunnel key (`tunnel::received`; `None`
+/// without one). Returns the path and the TC action.
 #[inline(always)]
-pub fn from_tunnel(ctx: &TcContext, sg: &mut Sg) -> Result<(PassPath, i32), DropReason> {
-    let rx = tunnel::received(ctx).ok_or(DropReason::UnknownVni)?;
+pub fn from_tunnel(
+    ctx: &TcContext,
+    rx: Option<tunnel::Received>,
+    sg: &mut Sg,
+) -> Result<(PassPath, i32), DropReason> {
+    let rx = rx.ok_or(DropReason::UnknownVni)?;
     let net_id = rx.vni;
     let pkt = ctx.pkt();
     // Only from a live chassis of the network, from a MAC it may send from, and sane.

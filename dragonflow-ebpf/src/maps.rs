@@ -117,6 +117,11 @@ pub static TUN_PEERS: HashMap<TunPeerKey, u32> = HashMap::pinned(TUN_PEERS_MAX, 
 #[map(name = "df_tun_srcs_v1")]
 pub static TUN_SRCS: HashMap<TunSrcKey, u32> = HashMap::pinned(TUN_SRCS_MAX, 0);
 
+/// Micro-benchmark only: the tunnel key (VNI, outer source as `tunnel::Received`)
+/// `df_bench_from_tunnel` judges frames with. Not pinned, not the agent's.
+#[map(name = "df_bench_tun")]
+pub static BENCH_TUN: Array<[u32; 2]> = Array::with_max_entries(1, 0);
+
 /// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
 /// and the map keys, off the nearly full stack. Private to one program run, so neither
 /// pinned nor shared with the agent.
