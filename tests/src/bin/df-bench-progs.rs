@@ -361,7 +361,9 @@ fn from_tunnel(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) 
             &ipv4(ip4(1, 1), ip4(0, 1), IPPROTO_UDP, &udp(4000, 53, &[0; 18])),
         )
     };
-    let rows: [(&str, [u8; 4], Vec<u8>, Stat, u32); 3] = [
+    // (name, outer source, frame, the counter it moves, TC action)
+    type Row = (&'static str, [u8; 4], Vec<u8>, Stat, u32);
+    let rows: [Row; 3] = [
         (
             "admitted IPv4 to a local port",
             CHASSIS,
