@@ -290,8 +290,9 @@ pub struct ChassisConfig {
     /// ifindex of `df-vxlan` (external/collect-metadata mode) in the agent's namespace;
     /// 0 = no tunnel (remote destinations are dropped as `no_tunnel`).
     pub vxlan_ifindex: u32,
-    /// This chassis' tunnel IPv4 (network order); frames from the tunnel claiming it as
-    /// source are dropped.
+    /// This chassis' tunnel IPv4 (network order). Frames from the tunnel claiming it as
+    /// source are dropped by admission: the agent never admits its own address as a peer
+    /// ([`TunPeerKey`]), so they count `tunnel_unknown_peer`.
     pub local_ip: [u8; 4],
     pub flags: u32,
     /// Security-group policy generation: bumped by the agent after every change of rules,
