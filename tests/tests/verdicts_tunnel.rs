@@ -424,6 +424,23 @@ fn rows() -> Vec<Row> {
         ),
         row("TCP doff < 5", HV2, tcp_syn(R_MAC, 4), Drop(L4Malformed)),
         row(
+            "UDP header truncated",
+            HV2,
+            eth(B_MAC, R_MAC, ETH_P_IP, &ipv4(R4, B4, IPPROTO_UDP, &[0; 4])),
+            Drop(L4Malformed),
+        ),
+        row(
+            "ARP truncated",
+            HV2,
+            eth(
+                BROADCAST,
+                R_MAC,
+                ETH_P_ARP,
+                &arp(1, R_MAC, R4, [0; 6], B4)[..20],
+            ),
+            Drop(ArpMalformed),
+        ),
+        row(
             "ARP with hlen 5",
             HV2,
             eth(BROADCAST, R_MAC, ETH_P_ARP, &bad_arp),
