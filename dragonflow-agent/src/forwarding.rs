@@ -56,6 +56,18 @@
 //! - routes: per router interface, its prefix (host bits cleared) under the router's id
 //!   → {net_id of its lswitch, interface MAC}.
 //! - devmap: every programmed local tap → itself.
+//! - tunnel admission (issue 10), per network with a flood list (a programmed local
+//!   port; frames of other networks have nowhere to go here): `df_tun_peers_v1` (network,
+//!   tunnel IP) for every live chassis other than this one hosting bound ports of the
+//!   network (`TUN_F_PORT`) or of a network a router connects it to (`TUN_F_ROUTER`:
+//!   distributed routing sends from any such chassis); `df_tun_srcs_v1` (network, tunnel
+//!   IP, MAC) for the MACs each may send from: a port's own and allowed-address-pair MACs
+//!   whose L2 entry leads to that chassis, a shared allowed-address-pair MAC from every
+//!   holder's chassis, the router interface MAC from every routing chassis. A MAC whose L2
+//!   entry is a local port's is never admitted (a spoof), nor anything of a chassis
+//!   whose record has gone (stopped, lease expired): its entries leave with it. The own
+//!   MAC of a port without port security is flagged `TUN_F_UNSECURED` (its frames skip
+//!   the sanity checks that its own chassis did not apply either).
 //!
 //! Router ids: the datapath keys routes by a u32; [`router_id`] derives it from the
 //! router's id string with 32-bit FNV-1a, so every chassis computes the same number with
@@ -73,7 +85,8 @@ use dragonflow_common::{
         DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FLOOD_MAX, FloodDest, FloodList,
         GROUP_M_F_FIRST, GROUP_MAX, Group, GroupKey, GroupMember, L2_F_SHARED_IP, L2Dest, L2Key,
         NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED, NeighKey,
-        NeighValue, ROUTE_FIXED_BITS, RouteDest, RouteKey,
+        NeighValue, ROUTE_FIXED_BITS, RouteDest, RouteKey, TUN_F_PORT, TUN_F_ROUTER,
+        TUN_F_UNSECURED, TunPeerKey, TunSrcKey,
     },
 };
 use serde::Serialize;
@@ -424,12 +437,93 @@ pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
             list.dests[..dests.len()].copy_from_slice(&dests);
             e.flood.insert(net_id, list);
             view.flood_len = Some(dests.len());
+            let routed = ifaces.get(net).map(Vec::as_slice).unwrap_or_default();
+            admission(net_id, ports, routed, &ports_by_net, &remote, e);
         }
         out.networks.push(view);
     }
     for &ifindex in local.values() {
         e.devmap.insert(ifindex, ifindex);
     }
+}
+
+/// Tunnel admission of one network hosted here (see the module docs): the live chassis
+/// that may send its frames (`tun_peers`) and the source MACs each may use
+/// (`tun_srcs`), from the network's ports (`ports`), its router interfaces (`routed`), the
+/// ports of every network those routers connect (`by_net`) and the live remote chassis
+/// (`remote`); `e.l2` already holds the network's L2 entries.
+fn admission(
+    net_id: u32,
+    ports: &[&LPort],
+    routed: &[(u32, &LRouter, &LRouterPort)],
+    by_net: &BTreeMap<&str, Vec<&LPort>>,
+    remote: &BTreeMap<&str, [u8; 4]>,
+    e: &mut MapEntries,
+) {
+    let bound_to = |p: &LPort| p.chassis.as_deref().and_then(|c| remote.get(c)).copied();
+    // An allowed-address-pair MAC several ports list (a VRRP MAC): whichever holder's
+    // chassis sends it, under either AAP way. A port's own MAC is never shared (its owner
+    // keeps it, as in L2).
+    let own: BTreeSet<MacAddr> = ports.iter().map(|p| p.mac).collect();
+    let mut aap_users: BTreeMap<MacAddr, BTreeSet<&str>> = BTreeMap::new();
+    for p in ports {
+        for a in &p.allowed_address_pairs {
+            aap_users.entry(p.aap_mac(a)).or_default().insert(&p.id);
+        }
+    }
+    let l2_of =
+        |l2: &BTreeMap<L2Key, L2Dest>, mac: MacAddr| l2.get(&L2Key::new(net_id, mac.0)).copied();
+    for p in ports {
+        let Some(ip) = bound_to(p) else { continue };
+        *e.tun_peers.entry(peer_key(net_id, ip)).or_default() |= TUN_F_PORT;
+        let macs =
+            std::iter::once(p.mac).chain(p.allowed_address_pairs.iter().map(|a| p.aap_mac(a)));
+        for mac in macs {
+            // The MAC's L2 entry leads to this chassis (its own MAC, a MAC only it lists,
+            // or the active holder's under the detection way)...
+            let leads_here =
+                l2_of(&e.l2, mac).is_some_and(|d| d.kind == DEST_REMOTE && d.remote_ip == ip);
+            // ... or several ports share it. A MAC whose entry is a local port's or a
+            // router's is not this chassis' to send.
+            let shared = !own.contains(&mac)
+                && aap_users.get(&mac).is_some_and(|u| u.len() > 1)
+                && l2_of(&e.l2, mac).is_none_or(|d| d.kind != DEST_ROUTER);
+            if !(leads_here || shared) {
+                continue;
+            }
+            let mut f = TUN_F_PORT;
+            if !p.port_security_enabled && mac == p.mac {
+                f |= TUN_F_UNSECURED;
+            }
+            *e.tun_srcs.entry(src_key(net_id, ip, mac)).or_default() |= f;
+        }
+    }
+    // Distributed routing: a chassis hosting ports of any network of a router sends
+    // routed frames into each of them, from the router's MAC there.
+    for &(rid, r, rp) in routed {
+        if !l2_of(&e.l2, rp.mac).is_some_and(|d| d.kind == DEST_ROUTER && d.router_id == rid) {
+            continue;
+        }
+        for other in &r.ports {
+            for p in by_net
+                .get(other.lswitch.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let Some(ip) = bound_to(p) else { continue };
+                *e.tun_peers.entry(peer_key(net_id, ip)).or_default() |= TUN_F_ROUTER;
+                *e.tun_srcs.entry(src_key(net_id, ip, rp.mac)).or_default() |= TUN_F_ROUTER;
+            }
+        }
+    }
+}
+
+pub fn peer_key(net_id: u32, remote_ip: [u8; 4]) -> TunPeerKey {
+    TunPeerKey { net_id, remote_ip }
+}
+
+pub fn src_key(net_id: u32, remote_ip: [u8; 4], mac: MacAddr) -> TunSrcKey {
+    TunSrcKey::new(net_id, remote_ip, mac.0)
 }
 
 /// What the allowed-address-pair fill of one network needs from [`compute`].
@@ -1628,5 +1722,77 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("lrouter liquid has the same datapath id"))
         );
+    }
+
+    /// Tunnel admission: which live chassis may send which source MACs of a network hosted
+    /// here, and how the entries follow a chassis' record and a port's binding.
+    #[test]
+    fn tunnel_admission() {
+        let m = |n: u8| MacAddr([0xfa, 0x16, 0x3e, 0, 0, n]);
+        let mut a = port("a", "n1", 1, Some("hv1"));
+        let mut b = port("b", "n1", 2, Some("hv2"));
+        a.allowed_address_pairs = vec![aap("192.0.2.100", Some(VRRP))];
+        b.allowed_address_pairs = vec![aap("192.0.2.100", Some(VRRP))];
+        let c = port("c", "n2", 3, Some("hv3"));
+        let e = port("e", "n1", 5, Some("hv9")); // no chassis record: dead
+        let mut f = port("f", "n1", 6, Some("hv2"));
+        f.port_security_enabled = false;
+        f.fixed_ips.clear();
+        // Claims a's MAC from hv2: a's own (local) MAC is never admitted from the tunnel.
+        let x = port("x", "n1", 1, Some("hv2"));
+        let r = router(
+            "r1",
+            &[
+                ("n1", "fa:16:3e:00:01:01", "192.0.2.254/24"),
+                ("n2", "fa:16:3e:00:01:02", "198.51.100.1/24"),
+            ],
+        );
+        let mut n = nb(vec![a, b, c, e, f, x], vec![r]);
+        let d = run(&n, &[("tapa", 7)]);
+        let rm1 = mac("fa:16:3e:00:01:01");
+        let src = |ip, mac: MacAddr| src_key(100, ip, mac);
+        assert_eq!(
+            d.entries.tun_peers,
+            BTreeMap::from([
+                // hv2 hosts ports of n1 (and so routes into it too); hv3 only routes into
+                // n1 from n2; hv9 is dead; n2 has no port here: nothing for it.
+                (peer_key(100, HV2), TUN_F_PORT | TUN_F_ROUTER),
+                (peer_key(100, HV3), TUN_F_ROUTER),
+            ])
+        );
+        assert_eq!(
+            d.entries.tun_srcs,
+            BTreeMap::from([
+                (src(HV2, m(2)), TUN_F_PORT),
+                (src(HV2, mac(VRRP)), TUN_F_PORT),
+                (src(HV2, m(6)), TUN_F_PORT | TUN_F_UNSECURED),
+                (src(HV2, rm1), TUN_F_ROUTER),
+                (src(HV3, rm1), TUN_F_ROUTER),
+            ]),
+            "b's own MAC, the VRRP MAC b shares with a, f's MAC (no port security), the \
+             router's MAC on n1 from both routing chassis; never a's MAC (local)"
+        );
+
+        // hv2's record goes (lease expired): everything it could send goes with it.
+        let before = d.entries.clone();
+        n.chassis.remove("hv2");
+        let gone = run(&n, &[("tapa", 7)]);
+        let diff = gone.entries.diff(&before);
+        assert_eq!(diff.tun_peers.remove, vec![peer_key(100, HV2)]);
+        assert_eq!(diff.tun_srcs.remove.len(), 4, "{diff:?}");
+        assert!(diff.tun_srcs.remove.iter().all(|k| k.remote_ip == HV2));
+        assert!(diff.tun_peers.upsert.is_empty() && diff.tun_srcs.upsert.is_empty());
+
+        // Back, and b unbound: its MAC (and its share of the VRRP MAC) leave; f stays.
+        n.chassis.extend([chassis("hv2", "198.18.0.2")]);
+        n.lports.get_mut("b").unwrap().chassis = None;
+        let unbound = run(&n, &[("tapa", 7)]);
+        assert!(!unbound.entries.tun_srcs.contains_key(&src(HV2, m(2))));
+        assert!(!unbound.entries.tun_srcs.contains_key(&src(HV2, mac(VRRP))));
+        assert!(unbound.entries.tun_srcs.contains_key(&src(HV2, m(6))));
+
+        // No local port in n1 any more: no admission for n1 at all.
+        let none = run(&n, &[]);
+        assert!(none.entries.tun_peers.is_empty() && none.entries.tun_srcs.is_empty());
     }
 }

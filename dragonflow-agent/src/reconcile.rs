@@ -19,7 +19,7 @@ use dragonflow_common::{
     },
     fwd::{
         ChassisConfig, DEST_LOCAL, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue,
-        RouteDest, RouteKey,
+        RouteDest, RouteKey, TunPeerKey, TunSrcKey,
     },
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     sg::{IdentKey, PolicyValue},
@@ -80,6 +80,10 @@ pub struct MapEntries {
     pub flood: BTreeMap<u32, FloodList>,
     /// Holders of shared allowed-address-pair addresses (broadcast way).
     pub groups: BTreeMap<GroupKey, Group>,
+    /// Tunnel admission (`forwarding.rs`): live chassis per network hosted here …
+    pub tun_peers: BTreeMap<TunPeerKey, u32>,
+    /// … and the source MACs each may send from in it.
+    pub tun_srcs: BTreeMap<TunSrcKey, u32>,
     /// `df_config_v1` (an array: index 0 only; never removed, only overwritten). Set by
     /// the controller, not by [`desired`], because it needs the tunnel device's ifindex.
     pub config: BTreeMap<u32, ChassisConfig>,
@@ -167,6 +171,8 @@ impl MapEntries {
             l2: diff(&self.l2, &actual.l2),
             flood: diff(&self.flood, &actual.flood),
             groups: diff(&self.groups, &actual.groups),
+            tun_peers: diff(&self.tun_peers, &actual.tun_peers),
+            tun_srcs: diff(&self.tun_srcs, &actual.tun_srcs),
             config,
             ident: diff(&self.ident, &actual.ident),
             ident_lpm: diff(&self.ident_lpm, &actual.ident_lpm),
@@ -219,6 +225,8 @@ pub struct EntriesDiff {
     pub l2: Diff<L2Key, L2Dest>,
     pub flood: Diff<u32, FloodList>,
     pub groups: Diff<GroupKey, Group>,
+    pub tun_peers: Diff<TunPeerKey, u32>,
+    pub tun_srcs: Diff<TunSrcKey, u32>,
     pub config: Diff<u32, ChassisConfig>,
     pub ident: Diff<IdentKey, u32>,
     pub ident_lpm: Diff<IdentLpmKey, u32>,
@@ -227,7 +235,7 @@ pub struct EntriesDiff {
 
 impl EntriesDiff {
     /// (upserts, removals) per map, in write order.
-    fn sizes(&self) -> [(usize, usize); 14] {
+    fn sizes(&self) -> [(usize, usize); 16] {
         fn s<K, V>(d: &Diff<K, V>) -> (usize, usize) {
             (d.upsert.len(), d.remove.len())
         }
@@ -242,6 +250,8 @@ impl EntriesDiff {
             s(&self.l2),
             s(&self.flood),
             s(&self.groups),
+            s(&self.tun_peers),
+            s(&self.tun_srcs),
             s(&self.config),
             s(&self.ident),
             s(&self.ident_lpm),

@@ -298,8 +298,9 @@ pub struct ChassisConfig {
     /// ifindex of `df-vxlan` (external/collect-metadata mode) in the agent's namespace;
     /// 0 = no tunnel (remote destinations are dropped as `no_tunnel`).
     pub vxlan_ifindex: u32,
-    /// This chassis' tunnel IPv4 (network order); frames from the tunnel claiming it as
-    /// source are dropped.
+    /// This chassis' tunnel IPv4 (network order). Frames from the tunnel claiming it as
+    /// source are dropped by admission: the agent never admits its own address as a peer
+    /// ([`TunPeerKey`]), so they count `tunnel_unknown_peer`.
     pub local_ip: [u8; 4],
     pub flags: u32,
     /// Security-group policy generation: bumped by the agent after every change of rules,
@@ -318,3 +319,54 @@ pub const CFG_F_FORWARDING: u32 = 1;
 /// at the receiver, with conntrack). Without it only port security applies (Neutron's
 /// `firewall_driver = noop`).
 pub const CFG_F_SECURITY_GROUPS: u32 = 2;
+
+/// Key of [`crate::maps::TUN_PEERS`]: a chassis, by its tunnel IPv4, that may send frames
+/// of a network to this one: it is live (its `chassis/` record exists) and hosts the
+/// network (a port of it is bound there) or a network a router connects it to (it routes
+/// into it). Consulted only to name the drop reason of a frame [`TunSrcKey`] refuses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunPeerKey {
+    pub net_id: u32,
+    /// The chassis' tunnel IPv4 (network order), the outer source of its VXLAN frames.
+    pub remote_ip: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<TunPeerKey>() == 8);
+
+/// Key of [`crate::maps::TUN_SRCS`]: a source MAC a live chassis may send frames of a
+/// network from. The tunnel program admits a frame only on an exact hit of (VNI, outer
+/// source, inner source MAC): one lookup on the fast path, which also proves the peer
+/// (the agent writes source entries only for peers it also writes to `TUN_PEERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunSrcKey {
+    pub net_id: u32,
+    /// As [`TunPeerKey::remote_ip`].
+    pub remote_ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<TunSrcKey>() == 16);
+
+impl TunSrcKey {
+    pub const fn new(net_id: u32, remote_ip: [u8; 4], mac: [u8; 6]) -> Self {
+        Self {
+            net_id,
+            remote_ip,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value bits of [`crate::maps::TUN_PEERS`] and [`crate::maps::TUN_SRCS`] (`u32`).
+/// The chassis hosts ports of the network / the MAC is such a port's (own or allowed
+/// address pair, shared ones included).
+pub const TUN_F_PORT: u32 = 1 << 0;
+/// The chassis routes into the network / the MAC is a router interface's on it.
+pub const TUN_F_ROUTER: u32 = 1 << 1;
+/// Sources only: the MAC is the own MAC of a port without port security, which may
+/// legitimately send what port security refuses (tags, any ethertype, DHCP server replies,
+/// router advertisements, odd headers): its frames skip the tunnel program's sanity
+/// checks, exactly as the sending chassis let them through. Read by the datapath.
+pub const TUN_F_UNSECURED: u32 = 1 << 2;

@@ -31,6 +31,8 @@ mod pod {
     unsafe impl aya::Pod for fwd::L2Dest {}
     unsafe impl aya::Pod for fwd::NeighKey {}
     unsafe impl aya::Pod for fwd::NeighValue {}
+    unsafe impl aya::Pod for fwd::TunPeerKey {}
+    unsafe impl aya::Pod for fwd::TunSrcKey {}
     unsafe impl aya::Pod for fwd::FloodList {}
     unsafe impl aya::Pod for fwd::RouteKey {}
     unsafe impl aya::Pod for fwd::RouteDest {}

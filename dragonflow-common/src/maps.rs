@@ -105,6 +105,20 @@ pub const PROGS_MAX: u32 = 4;
 /// Index of [`progs::AAP_GROUP_TC`] in [`PROGS`].
 pub const PROG_AAP_GROUP: u32 = 0;
 
+/// [`crate::fwd::TunPeerKey`] → u32 `TUN_F_*`: the live chassis that may send frames of
+/// each network hosted here (slow path of the tunnel program: names the drop reason).
+pub const TUN_PEERS: &str = "df_tun_peers_v1";
+pub const TUN_PEERS_MAX: u32 = 65_536;
+
+/// [`crate::fwd::TunSrcKey`] → u32 `TUN_F_*`: every (network, chassis, source MAC) the
+/// tunnel program admits (see `fwd::TunSrcKey`); filled for the networks hosted here.
+pub const TUN_SRCS: &str = "df_tun_srcs_v1";
+pub const TUN_SRCS_MAX: u32 = 262_144;
+
+/// Array[1] of `[u32; 2]` (VNI, outer IPv4 source as a word in network order): the tunnel
+/// key [`progs::BENCH_FROM_TUNNEL_TC`] uses. Micro-benchmark only; not pinned.
+pub const BENCH_TUN: &str = "df_bench_tun";
+
 /// Every map the agent pins and adopts, in one list (for cleanup and metrics). A pinned
 /// map whose name is not here is a leftover of an older layout: the agent removes it.
 pub const ALL: &[&str] = &[
@@ -128,6 +142,8 @@ pub const ALL: &[&str] = &[
     POLICY,
     GROUPS,
     PROGS,
+    TUN_PEERS,
+    TUN_SRCS,
 ];
 
 /// Capacity of a map by name, for fill-level metrics (`None` for arrays/ring buffers).
@@ -149,6 +165,8 @@ pub fn capacity(name: &str) -> Option<u32> {
         IDENT_LPM => Some(IDENT_LPM_MAX),
         POLICY => Some(POLICY_MAX),
         GROUPS => Some(GROUPS_MAX),
+        TUN_PEERS => Some(TUN_PEERS_MAX),
+        TUN_SRCS => Some(TUN_SRCS_MAX),
         _ => None,
     }
 }
@@ -176,6 +194,9 @@ pub mod progs {
     /// Micro-benchmark floor of a local delivery from TC: bpf_redirect to the ingress
     /// ifindex.
     pub const STUB_TC_REDIRECT: &str = "df_stub_tc_redirect";
+    /// Micro-benchmark only, never attached: [`FROM_TUNNEL_TC`] with its tunnel key read
+    /// from [`super::BENCH_TUN`] (a test run cannot give a frame tunnel metadata).
+    pub const BENCH_FROM_TUNNEL_TC: &str = "df_bench_from_tunnel";
     /// Tail-called by `df_from_vm_tc` and `df_from_tunnel` (through [`super::PROGS`] at
     /// [`super::PROG_AAP_GROUP`]): the copies of a frame to the holders of
     /// a shared allowed-address-pair address (broadcast way). Never attached.

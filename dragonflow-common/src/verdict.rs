@@ -159,6 +159,17 @@ named_enum! {
         /// flooded.
         RouterNeighUnanswered = 37 => "router_neigh_unanswered",
         // 38..=39 reserved for the shared-AAP stage (issue 5).
+        /// From the tunnel: the outer source IP is not the `tunnel_ip` of a live chassis
+        /// hosting the frame's network (a port of it bound there, or of a network a router
+        /// connects it to), or the VNI's network is hosted but the frame cannot be
+        /// attributed (truncated before its source MAC).
+        TunnelUnknownPeer = 40 => "tunnel_unknown_peer",
+        /// From the tunnel, from a live chassis of the network: the inner source MAC is
+        /// not a MAC a port of that network bound to that chassis may send from (its own,
+        /// an allowed address pair's, a shared one it holds), nor a router interface MAC
+        /// of the network routed there; a MAC of this chassis' own ports is a spoof.
+        TunnelSrcMac = 41 => "tunnel_src_mac",
+        // 42..=43 reserved (issue 10: other items).
     }
 }
 

@@ -22,24 +22,11 @@ const ARPOP_REPLY: u16 = 2;
 
 #[inline(always)]
 pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
-    let a = pkt
-        .bytes::<ARP_LEN>(ETH_HLEN)
-        .ok_or(DropReason::ArpMalformed)?;
+    let a = sanity(pkt, eth)?;
     let op = be16_at(a, 6);
-    if be16_at(a, 0) != ARPHRD_ETHER
-        || be16_at(a, 2) != ETH_P_IP
-        || u8_at(a, 4) != 6
-        || u8_at(a, 5) != 4
-        || (op != ARPOP_REQUEST && op != ARPOP_REPLY)
-    {
-        return Err(DropReason::ArpMalformed);
-    }
     let sha: [u8; 6] = arr_at(a, 8);
     let spa: [u8; 4] = arr_at(a, 14);
     let tpa: [u8; 4] = arr_at(a, 24);
-    if !mac_eq(&sha, &eth.src) {
-        return Err(DropReason::ArpShaMismatch);
-    }
     let spa_u32 = u32::from_ne_bytes(spa);
     if spa_u32 == 0 {
         // RFC 5227 probe: only the port itself probes.
@@ -55,4 +42,27 @@ pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, Dro
         events::garp(port, FAMILY_V4, key.ip, sha, op);
     }
     Ok(PassPath::Arp)
+}
+
+/// What no sender may put on the wire, whoever vouches for its source: an Ethernet/IPv4
+/// ARP request or reply, whole [13], whose sender hardware address is the Ethernet source
+/// [3]. Also the whole ARP sanity of frames from the tunnel (see `ipv4::sanity`).
+#[inline(always)]
+pub fn sanity(pkt: &Pkt, eth: &Eth) -> Result<*const [u8; ARP_LEN], DropReason> {
+    let a = pkt
+        .bytes::<ARP_LEN>(ETH_HLEN)
+        .ok_or(DropReason::ArpMalformed)?;
+    let op = be16_at(a, 6);
+    if be16_at(a, 0) != ARPHRD_ETHER
+        || be16_at(a, 2) != ETH_P_IP
+        || u8_at(a, 4) != 6
+        || u8_at(a, 5) != 4
+        || (op != ARPOP_REQUEST && op != ARPOP_REPLY)
+    {
+        return Err(DropReason::ArpMalformed);
+    }
+    if !mac_eq(&arr_at(a, 8), &eth.src) {
+        return Err(DropReason::ArpShaMismatch);
+    }
+    Ok(a)
 }

@@ -25,7 +25,8 @@
 //!
 //! XDP finishes local deliveries and replies itself and hands everything else to its TC
 //! companion (`Fwd::Handoff`). From the tunnel ([`from_tunnel`]) only local deliveries
-//! exist: a frame from another chassis is never sent back into the tunnel.
+//! exist, of admitted frames (`tunnel::admit`): a frame from another chassis is never
+//! sent back into the tunnel.
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -327,17 +328,24 @@ pub fn flood(
     }
 }
 
-/// The tunnel program: a frame from another chassis, delivered by (VNI, destination MAC)
-/// to local taps only, each through its ingress security-group rules (`sg`). Returns
-/// the path and the TC action.
+/// The tunnel program: a frame from another chassis, admitted only from a live chassis of
+/// its network, from a source MAC that chassis may use and sane (`tunnel::admit`), then
+/// delivered by (VNI, destination MAC) to local taps only, each through its ingress
+/// security-group rules (`sg`). `rx`: the frame's tunnel key (`tunnel::received`; `None`
+/// without one). Returns the path and the TC action.
 #[inline(always)]
-pub fn from_tunnel(ctx: &TcContext, sg: &mut Sg) -> Result<(PassPath, i32), DropReason> {
-    let net_id = tunnel::vni(ctx).ok_or(DropReason::UnknownVni)?;
+pub fn from_tunnel(
+    ctx: &TcContext,
+    rx: Option<tunnel::Received>,
+    sg: &mut Sg,
+) -> Result<(PassPath, i32), DropReason> {
+    let rx = rx.ok_or(DropReason::UnknownVni)?;
+    let net_id = rx.vni;
     let pkt = ctx.pkt();
-    // Any ethertype: the sending chassis applied the sender's port security already.
-    let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
-    let dst: [u8; 6] = arr_at(h, 0);
-    let proto = be16_at(h, 12);
+    // Only from a live chassis of the network, from a MAC it may send from, and sane.
+    let eth = tunnel::admit(ctx, &pkt, &rx)?;
+    let dst = eth.dst;
+    let proto = eth.proto;
     // A group to deliver to: an ARP request / NS for a shared IP, or a frame to a shared
     // MAC; local holders only (split horizon: vxlan 0), the frame unchanged.
     let how = if is_group(&dst) {

@@ -1,5 +1,6 @@
 //! IPv4 from a VM: header sanity (ATTACKS 11, 13), DHCP server replies (7), DHCPDISCOVER
-//! from 0.0.0.0 (2), then the source pair check (1, 2).
+//! from 0.0.0.0 (2), then the source pair check (1, 2). The sanity alone ([`sanity`]) also
+//! judges frames from the tunnel.
 
 use dragonflow_common::{
     addr::FAMILY_V4,
@@ -31,6 +32,40 @@ pub fn check(
     eth: &Eth,
     l3: Option<&mut L3>,
 ) -> Result<PassPath, DropReason> {
+    let (h, hlen, tot) = header(pkt)?;
+    let src = load::<u32, IPV4_HLEN>(h, 12);
+    let unspecified = src == 0;
+    if let Some(l3) = l3 {
+        *l3 = flow::v4_facts(h, hlen, tot);
+    }
+    let ports = l4(pkt, h, hlen, tot)?;
+    if unspecified {
+        // (68, 67) only comes back for the UDP header of a first fragment.
+        if ports == (BOOTPC, BOOTPS) {
+            return dhcp_client(pkt, port, eth, ETH_HLEN + hlen + UDP_HLEN, ETH_HLEN + tot);
+        }
+        return Err(DropReason::DhcpClientSpoof);
+    }
+    check_src(
+        port,
+        &src_key(port.ifindex(), eth, FAMILY_V4, [src, 0, 0, 0]),
+    )?;
+    Ok(PassPath::Ipv4)
+}
+
+/// What no sender may put on the wire, whoever vouches for its source: the header and L4
+/// sanity of [`check`] without the source checks. For frames from the tunnel, whose
+/// source the tunnel program checks by other means (defence in depth: the sending chassis
+/// ran [`check`] already).
+#[inline(always)]
+pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
+    let (h, hlen, tot) = header(pkt)?;
+    l4(pkt, h, hlen, tot).map(|_| ())
+}
+
+/// The IPv4 header, sane [11, 13]: (header, header length, total length).
+#[inline(always)]
+fn header(pkt: &Pkt) -> Result<(*const [u8; IPV4_HLEN], usize, usize), DropReason> {
     let h = pkt
         .bytes::<IPV4_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv4Malformed)?;
@@ -40,48 +75,46 @@ pub fn check(
     if vihl >> 4 != 4 || hlen < IPV4_HLEN || tot < hlen || ETH_HLEN + tot > pkt.len {
         return Err(DropReason::Ipv4Malformed);
     }
-    let src = load::<u32, IPV4_HLEN>(h, 12);
-    let unspecified = src == 0;
-    if let Some(l3) = l3 {
-        *l3 = flow::v4_facts(h, hlen, tot);
-    }
+    Ok((h, hlen, tot))
+}
+
+/// The L4 header of a first fragment, complete [13] (a first fragment too short for it is
+/// the tiny-fragment attack [10]), and no DHCP server reply [7]: the UDP ports, (0, 0)
+/// for anything else. Later fragments have no L4 header: judged on their L3 source alone.
+#[inline(always)]
+fn l4(
+    pkt: &Pkt,
+    h: *const [u8; IPV4_HLEN],
+    hlen: usize,
+    tot: usize,
+) -> Result<(u16, u16), DropReason> {
     let frag = be16_at(h, 6);
-    // L4 exists only in the first fragment (offset 0); later fragments are judged on
-    // their L3 source alone.
-    if frag & 0x1fff == 0 {
-        // hlen <= 60, so l4 is a bounded offset the verifier can follow.
-        let l4 = ETH_HLEN + hlen;
-        let l3_end = ETH_HLEN + tot;
-        // A first fragment too short for its L4 header is the tiny-fragment attack
-        // (RFC 1858: the TCP flags would be in the second fragment) [10].
-        let err = if frag & 0x2000 != 0 {
-            DropReason::FragTiny
-        } else {
-            DropReason::L4Malformed
-        };
-        match u8_at(h, 9) {
-            IPPROTO_TCP => tcp_ok(pkt, l4, l3_end, err)?,
-            IPPROTO_UDP => {
-                let (sport, dport) = udp_ports(pkt, l4, l3_end, err)?;
-                if sport == BOOTPS && dport == BOOTPC {
-                    return Err(DropReason::DhcpServer);
-                }
-                if unspecified && sport == BOOTPC && dport == BOOTPS {
-                    return dhcp_client(pkt, port, eth, l4 + UDP_HLEN, l3_end);
-                }
+    if frag & 0x1fff != 0 {
+        return Ok((0, 0));
+    }
+    // hlen <= 60, so l4 is a bounded offset the verifier can follow.
+    let l4 = ETH_HLEN + hlen;
+    let l3_end = ETH_HLEN + tot;
+    // A first fragment too short for its L4 header is the tiny-fragment attack
+    // (RFC 1858: the TCP flags would be in the second fragment) [10].
+    let err = if frag & 0x2000 != 0 {
+        DropReason::FragTiny
+    } else {
+        DropReason::L4Malformed
+    };
+    match u8_at(h, 9) {
+        IPPROTO_TCP => tcp_ok(pkt, l4, l3_end, err)?,
+        IPPROTO_UDP => {
+            let (sport, dport) = udp_ports(pkt, l4, l3_end, err)?;
+            if sport == BOOTPS && dport == BOOTPC {
+                return Err(DropReason::DhcpServer);
             }
-            IPPROTO_ICMP => icmp_ok(pkt, l4, l3_end, err)?,
-            _ => {}
+            return Ok((sport, dport));
         }
+        IPPROTO_ICMP => icmp_ok(pkt, l4, l3_end, err)?,
+        _ => {}
     }
-    if unspecified {
-        return Err(DropReason::DhcpClientSpoof);
-    }
-    check_src(
-        port,
-        &src_key(port.ifindex(), eth, FAMILY_V4, [src, 0, 0, 0]),
-    )?;
-    Ok(PassPath::Ipv4)
+    Ok((0, 0))
 }
 
 /// DHCPDISCOVER/REQUEST from 0.0.0.0: only the port's own MAC, as Ethernet source and

@@ -1,5 +1,6 @@
 //! IPv6 from a VM: header and extension-header chain sanity (ATTACKS 6, 10, 13), DHCPv6
-//! server replies (7), ICMPv6 handed to `nd`, then the source pair check (1, 2).
+//! server replies (7), ICMPv6 handed to `nd`, then the source pair check (1, 2). The
+//! sanity alone ([`sanity`]) also judges frames from the tunnel.
 
 use dragonflow_common::{
     addr::FAMILY_V6,
@@ -58,13 +59,7 @@ pub fn check(
     eth: &Eth,
     l3: Option<&mut L3>,
 ) -> Result<PassPath, DropReason> {
-    let h = pkt
-        .bytes::<IPV6_HLEN>(ETH_HLEN)
-        .ok_or(DropReason::Ipv6Malformed)?;
-    let l3_end = ETH_HLEN + IPV6_HLEN + be16_at(h, 4) as usize;
-    if u8_at(h, 0) >> 4 != 6 || l3_end > pkt.len {
-        return Err(DropReason::Ipv6Malformed);
-    }
+    let (h, l3_end) = header(pkt)?;
     let src = [
         load::<u32, IPV6_HLEN>(h, 8),
         load::<u32, IPV6_HLEN>(h, 12),
@@ -77,26 +72,65 @@ pub fn check(
         *l3 = flow::v6_facts(pkt, &chain, l3_end);
     }
     if !chain.later_fragment {
-        // RFC 7112: a first fragment must carry the whole upper-layer header.
-        let err = if chain.fragmented {
-            DropReason::Ipv6HeaderChain
-        } else {
-            DropReason::L4Malformed
-        };
-        match chain.nh {
-            IPPROTO_ICMPV6 => return nd::icmpv6(pkt, port, eth, &key, u8_at(h, 7), &chain, l3_end),
-            IPPROTO_UDP => {
-                let (sport, dport) = udp_ports(pkt, chain.off, l3_end, err)?;
-                if sport == DHCPV6_SERVER && dport == DHCPV6_CLIENT {
-                    return Err(DropReason::Dhcpv6Server);
-                }
-            }
-            IPPROTO_TCP => tcp_ok(pkt, chain.off, l3_end, err)?,
-            _ => {}
+        if chain.nh == IPPROTO_ICMPV6 {
+            return nd::icmpv6(pkt, port, eth, &key, u8_at(h, 7), &chain, l3_end);
         }
+        transport(pkt, &chain, l3_end)?;
     }
     check_src(port, &key)?;
     Ok(PassPath::Ipv6)
+}
+
+/// What no sender may put on the wire, whoever vouches for its source: the header, chain
+/// and upper-layer sanity of [`check`] (router advertisements and redirects, ND in
+/// fragments, DHCPv6 server replies included) without the source and ND checks. For frames
+/// from the tunnel (see `ipv4::sanity`).
+#[inline(always)]
+pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
+    let (h, l3_end) = header(pkt)?;
+    let chain = walk(pkt, u8_at(h, 6), l3_end)?;
+    if chain.later_fragment {
+        return Ok(());
+    }
+    if chain.nh == IPPROTO_ICMPV6 {
+        return nd::icmpv6_type(pkt, &chain, l3_end).map(|_| ());
+    }
+    transport(pkt, &chain, l3_end)
+}
+
+/// The fixed IPv6 header, sane [13]: (header, end of the payload).
+#[inline(always)]
+fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> {
+    let h = pkt
+        .bytes::<IPV6_HLEN>(ETH_HLEN)
+        .ok_or(DropReason::Ipv6Malformed)?;
+    let l3_end = ETH_HLEN + IPV6_HLEN + be16_at(h, 4) as usize;
+    if u8_at(h, 0) >> 4 != 6 || l3_end > pkt.len {
+        return Err(DropReason::Ipv6Malformed);
+    }
+    Ok((h, l3_end))
+}
+
+/// TCP and UDP of an unfragmented packet or a first fragment: the header complete (RFC
+/// 7112: a first fragment must carry it whole) [6, 13], no DHCPv6 server reply [7].
+#[inline(always)]
+fn transport(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<(), DropReason> {
+    let err = if chain.fragmented {
+        DropReason::Ipv6HeaderChain
+    } else {
+        DropReason::L4Malformed
+    };
+    match chain.nh {
+        IPPROTO_UDP => {
+            let (sport, dport) = udp_ports(pkt, chain.off, l3_end, err)?;
+            if sport == DHCPV6_SERVER && dport == DHCPV6_CLIENT {
+                return Err(DropReason::Dhcpv6Server);
+            }
+        }
+        IPPROTO_TCP => tcp_ok(pkt, chain.off, l3_end, err)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Walks at most `MAX_EXT_HDRS` extension headers to the upper-layer header.

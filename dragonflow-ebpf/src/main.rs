@@ -202,16 +202,36 @@ pub fn df_aap_group(ctx: TcContext) -> i32 {
     TC_ACT_SHOT
 }
 
-/// tcx ingress on `df-vxlan`: frames from other chassis, by (VNI, destination MAC) into
-/// local taps only. Everything is counted under `Direction::FromTunnel`.
+/// tcx ingress on `df-vxlan`: frames from other chassis, admitted (`tunnel::admit`) and
+/// delivered by (VNI, destination MAC) into local taps only. Everything is counted under
+/// `Direction::FromTunnel`.
 #[classifier]
 pub fn df_from_tunnel(ctx: TcContext) -> i32 {
+    from_tunnel(&ctx, tunnel::received(&ctx))
+}
+
+/// Micro-benchmark only, never attached: `df_from_tunnel` with the tunnel key read from
+/// `df_bench_tun` (which the benchmark fills) instead of the skb, because
+/// BPF_PROG_TEST_RUN cannot give a frame tunnel metadata. Everything after the key is the
+/// same code.
+#[classifier]
+pub fn df_bench_from_tunnel(ctx: TcContext) -> i32 {
+    let rx = maps::BENCH_TUN.get(0).map(|k| tunnel::Received {
+        vni: k[0],
+        remote_w: k[1],
+    });
+    from_tunnel(&ctx, rx)
+}
+
+/// The tunnel program once its key is read (`None`: no IPv4 tunnel key).
+#[inline(always)]
+fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
     let Some(mut sg) = Sg::new(0, fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         stats::drop_in(Direction::FromTunnel, DropReason::SgDenied);
         return TC_ACT_SHOT;
     };
-    match fwd::from_tunnel(&ctx, &mut sg) {
+    match fwd::from_tunnel(ctx, rx, &mut sg) {
         Ok((path, action)) => {
             stats::pass_in(Direction::FromTunnel, path);
             action

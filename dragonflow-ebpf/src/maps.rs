@@ -11,12 +11,12 @@ use dragonflow_common::{
     event::GarpRateKey,
     fwd::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
-        RouteKey,
+        RouteKey, TunPeerKey, TunSrcKey,
     },
     maps::{
         ADDRS_MAX, CIDRS_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FRAG_MAX, GARP_EVENTS_BYTES,
         GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX,
-        POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX,
+        POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX, TUN_PEERS_MAX, TUN_SRCS_MAX,
     },
     port::PortConfig,
     sg::{CtKey, CtValue, FragKey, FragValue, IdentKey, PolicyKey, PolicyValue},
@@ -106,6 +106,21 @@ pub static GROUPS: HashMap<GroupKey, Group> = HashMap::pinned(GROUPS_MAX, 0);
 /// Tail-call targets (`dragonflow_common::maps::PROGS`), filled by the agent.
 #[map(name = "df_progs_v1")]
 pub static PROGS: ProgramArray = ProgramArray::pinned(PROGS_MAX, 0);
+
+/// (network, chassis) pairs allowed to send through the tunnel (slow path: names the
+/// drop reason), see `dragonflow_common::fwd::TunPeerKey`.
+#[map(name = "df_tun_peers_v1")]
+pub static TUN_PEERS: HashMap<TunPeerKey, u32> = HashMap::pinned(TUN_PEERS_MAX, 0);
+
+/// (network, chassis, source MAC) admitted from the tunnel, see
+/// `dragonflow_common::fwd::TunSrcKey`.
+#[map(name = "df_tun_srcs_v1")]
+pub static TUN_SRCS: HashMap<TunSrcKey, u32> = HashMap::pinned(TUN_SRCS_MAX, 0);
+
+/// Micro-benchmark only: the tunnel key (VNI, outer source as `tunnel::Received`)
+/// `df_bench_from_tunnel` judges frames with. Not pinned, not the agent's.
+#[map(name = "df_bench_tun")]
+pub static BENCH_TUN: Array<[u32; 2]> = Array::with_max_entries(1, 0);
 
 /// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
 /// and the map keys, off the nearly full stack. Private to one program run, so neither

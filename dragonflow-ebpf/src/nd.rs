@@ -48,6 +48,29 @@ pub fn icmpv6(
     l3_end: usize,
 ) -> Result<PassPath, DropReason> {
     let l4 = chain.off;
+    match icmpv6_type(pkt, chain, l3_end)? {
+        ND_NEIGHBOR_SOLICIT => ns(pkt, port, eth, key, hop_limit, l4, l3_end),
+        ND_NEIGHBOR_ADVERT => na(pkt, port, eth, key, hop_limit, l4, l3_end),
+        // RFC 3590/4862: MLD reports (and RS, RFC 4861 §6.3.7) may come from `::` before
+        // the VM has an address; only from the port's own MAC.
+        MLD_REPORT | MLD2_REPORT | ND_ROUTER_SOLICIT
+            if ip6_is_unspecified(&key.ip) && mac_eq(&eth.src, &port.secured()?.mac) =>
+        {
+            Ok(PassPath::Ipv6Unspecified)
+        }
+        _ => {
+            check_src(port, key)?;
+            Ok(PassPath::Ipv6)
+        }
+    }
+}
+
+/// The type of an ICMPv6 message no sender may send, whoever vouches for its source: its
+/// header in bounds, no ND in a fragment (RFC 6980), no router advertisement or redirect.
+/// Also the whole ICMPv6 sanity of frames from the tunnel (see `ipv6::sanity`).
+#[inline(always)]
+pub fn icmpv6_type(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<u8, DropReason> {
+    let l4 = chain.off;
     let err = if chain.fragmented {
         DropReason::Ipv6HeaderChain
     } else {
@@ -63,19 +86,7 @@ pub fn icmpv6(
     }
     match ty {
         ND_ROUTER_ADVERT | ND_REDIRECT => Err(DropReason::RouterAdvert),
-        ND_NEIGHBOR_SOLICIT => ns(pkt, port, eth, key, hop_limit, l4, l3_end),
-        ND_NEIGHBOR_ADVERT => na(pkt, port, eth, key, hop_limit, l4, l3_end),
-        // RFC 3590/4862: MLD reports (and RS, RFC 4861 §6.3.7) may come from `::` before
-        // the VM has an address; only from the port's own MAC.
-        MLD_REPORT | MLD2_REPORT | ND_ROUTER_SOLICIT
-            if ip6_is_unspecified(&key.ip) && mac_eq(&eth.src, &port.secured()?.mac) =>
-        {
-            Ok(PassPath::Ipv6Unspecified)
-        }
-        _ => {
-            check_src(port, key)?;
-            Ok(PassPath::Ipv6)
-        }
+        ty => Ok(ty),
     }
 }
 

@@ -36,7 +36,7 @@ use dragonflow_common::{
     event::{GarpEvent, GarpRateKey},
     fwd::{
         ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, ROUTE_FIXED_BITS, RouteDest,
-        RouteKey,
+        RouteKey, TunPeerKey, TunSrcKey,
     },
     maps::{self as names, globals, progs},
     port::PortConfig,
@@ -504,12 +504,14 @@ fn clear_hash<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
 // ---- Forwarding (issue 3) -------------------------------------------------------------
 
 impl Datapath {
-    /// Empties the forwarding maps (L2, neighbours, flood lists, routes, devmap) and the
-    /// chassis configuration (forwarding off). Part of [`Datapath::clear`].
+    /// Empties the forwarding maps (L2, neighbours, flood lists, tunnel admission, routes,
+    /// devmap) and the chassis configuration (forwarding off). Part of [`Datapath::clear`].
     pub fn clear_fwd(&mut self) {
         clear_hash::<L2Key, L2Dest>(&mut self.ebpf, names::L2);
         clear_hash::<NeighKey, NeighValue>(&mut self.ebpf, names::NEIGH);
         clear_hash::<u32, FloodList>(&mut self.ebpf, names::FLOOD);
+        clear_hash::<TunPeerKey, u32>(&mut self.ebpf, names::TUN_PEERS);
+        clear_hash::<TunSrcKey, u32>(&mut self.ebpf, names::TUN_SRCS);
         {
             let mut m: LpmTrie<_, RouteKey, RouteDest> =
                 LpmTrie::try_from(self.ebpf.map_mut(names::ROUTES).expect("routes")).expect("lpm");
@@ -568,6 +570,24 @@ impl Datapath {
         let mut m: HashMap<_, u32, FloodList> =
             HashMap::try_from(self.ebpf.map_mut(names::FLOOD).expect("flood")).expect("flood");
         m.insert(net_id, list, 0).expect("insert flood list");
+    }
+
+    /// Tunnel admission: the chassis `remote_ip` may send frames of `net_id` (`TUN_F_*`).
+    pub fn add_tun_peer(&mut self, net_id: u32, remote_ip: [u8; 4], flags: u32) {
+        let mut m: HashMap<_, TunPeerKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(names::TUN_PEERS).expect("tun peers"))
+                .expect("tun peers");
+        m.insert(TunPeerKey { net_id, remote_ip }, flags, 0)
+            .expect("insert tunnel peer");
+    }
+
+    /// Tunnel admission: from `remote_ip`, frames of `net_id` with source `mac`.
+    pub fn add_tun_src(&mut self, net_id: u32, remote_ip: [u8; 4], mac: [u8; 6], flags: u32) {
+        let mut m: HashMap<_, TunSrcKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(names::TUN_SRCS).expect("tun srcs"))
+                .expect("tun srcs");
+        m.insert(TunSrcKey::new(net_id, remote_ip, mac), flags, 0)
+            .expect("insert tunnel source");
     }
 
     /// A local tap in the XDP devmap (key = value = ifindex; the device must exist).

@@ -1729,6 +1729,9 @@ const OTHER_FILE: &[&str] = &[
     "no_holder",
     "inactive_holder",
     "aap_group",
+    // tests/verdicts_tunnel.rs (tunnel admission: needs a real VXLAN device)
+    "tunnel_unknown_peer",
+    "tunnel_src_mac",
 ];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion

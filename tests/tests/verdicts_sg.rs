@@ -4,7 +4,8 @@
 //! SETUP: a namespace with the devices the programs deliver to: `lo` is VM A's tap (the
 //! test runs' ingress device), `tapb` VM B's (a veth, also an ingress device for B's
 //! frames), `vx` a VXLAN device in external mode carrying frames from another chassis
-//! (VM R, member of A's remote group, and VM X, not). Both taps are in the XDP devmap, so
+//! (VM R, member of A's remote group, and VM X, not, without port security; both on the
+//! chassis 198.18.0.2, an address of the namespace). Both taps are in the XDP devmap, so
 //! a delivery from A to B (and back) is finished by either hook: every case has the same
 //! outcome on both. Security groups and forwarding are on (`CFG_F_SECURITY_GROUPS |
 //! CFG_F_FORWARDING`) unless a case says otherwise; identities and rules are seeded as
@@ -29,7 +30,7 @@ use dragonflow_common::{
     addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
     fwd::{
         CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, DEST_LOCAL, DEST_REMOTE, L2Dest,
-        L2Key,
+        L2Key, TUN_F_PORT, TUN_F_UNSECURED,
     },
     maps::{CT_MAX, progs},
     port::{PORT_F_PORT_SECURITY, PortConfig},
@@ -110,6 +111,8 @@ impl Net {
         ns.exec("ip link add tapc type veth peer name tapcp");
         ns.exec("ip link set tapc up");
         ns.exec("ip link set tapcp up");
+        // REMOTE_CHASSIS's underlay address, the outer source of `from_chassis`.
+        ns.exec("ip addr add 198.18.0.2/32 dev lo");
         ns.exec("ip link add vx type vxlan external dstport 4789");
         ns.exec("ip link set vx up");
         Net {
@@ -183,6 +186,11 @@ fn seed(dp: &mut Datapath, n: &Net) {
         );
         dp.add_devmap(ifindex);
     }
+    // Tunnel admission: both remote VMs are on REMOTE_CHASSIS, X without port security
+    // (a DHCP server VM, say: its frames skip the tunnel's sanity checks).
+    dp.add_tun_peer(NET, REMOTE_CHASSIS, TUN_F_PORT);
+    dp.add_tun_src(NET, REMOTE_CHASSIS, R_MAC, TUN_F_PORT);
+    dp.add_tun_src(NET, REMOTE_CHASSIS, X_MAC, TUN_F_PORT | TUN_F_UNSECURED);
     for mac in [R_MAC, X_MAC] {
         dp.add_l2(
             L2Key::new(NET, mac),
@@ -1638,14 +1646,15 @@ fn security_groups_both_hooks() {
 
 // ---- From the tunnel ------------------------------------------------------------------
 
-/// Sends `frame` to the VXLAN device as another chassis would (UDP to 4789 on the
-/// namespace's loopback; the device decapsulates it with VNI `NET` as metadata).
+/// Sends `frame` to the VXLAN device as REMOTE_CHASSIS would (UDP to 4789 from its
+/// address, on the namespace's loopback; the device decapsulates it with VNI `NET` and the
+/// outer source as metadata).
 fn from_chassis(frame: &[u8]) {
     let mut d = vec![0x08, 0, 0, 0];
     d.extend_from_slice(&(NET << 8).to_be_bytes());
     d.extend_from_slice(frame);
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.send_to(&d, "127.0.0.1:4789").expect("send VXLAN");
+    let s = UdpSocket::bind("198.18.0.2:0").expect("bind");
+    s.send_to(&d, "198.18.0.2:4789").expect("send VXLAN");
 }
 
 /// One frame through the real tunnel program: the slots that must move (waited for) and
@@ -1772,12 +1781,12 @@ fn security_groups_from_tunnel() {
                 false,
             ),
             (
-                "DHCP server reply (67→68) to B: exempt",
+                "DHCP server reply (67→68) to B from X (no port security): exempt",
                 eth(
                     B_MAC,
-                    R_MAC,
+                    X_MAC,
                     ETH_P_IP,
-                    &ipv4(R4, B4, UDP, &udp(67, 68, b"dhcp-offer")),
+                    &ipv4(X4, B4, UDP, &udp(67, 68, b"dhcp-offer")),
                 ),
                 vec![ft(pass(PassPath::L2Local)), tv(ev(SgExempt))],
                 true,

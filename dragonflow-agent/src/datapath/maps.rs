@@ -14,7 +14,7 @@ use dragonflow_common::{
     event::GarpRateKey,
     fwd::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
-        RouteKey,
+        RouteKey, TunPeerKey, TunSrcKey,
     },
     maps,
     port::PortConfig,
@@ -55,6 +55,8 @@ pub struct Maps {
     pub l2: Option<HashMap<MapData, L2Key, L2Dest>>,
     pub flood: Option<HashMap<MapData, u32, FloodList>>,
     pub groups: Option<HashMap<MapData, GroupKey, Group>>,
+    pub tun_peers: Option<HashMap<MapData, TunPeerKey, u32>>,
+    pub tun_srcs: Option<HashMap<MapData, TunSrcKey, u32>>,
     /// Tail-call targets (not entries of the desired state: see [`Maps::link_tail_calls`]).
     pub progs: Option<ProgramArray<MapData>>,
     pub config: Option<Array<MapData, ChassisConfig>>,
@@ -110,6 +112,16 @@ impl Maps {
             l2: typed(maps::L2, ebpf.take_map(maps::L2), HashMap::try_from)?,
             flood: typed(maps::FLOOD, ebpf.take_map(maps::FLOOD), HashMap::try_from)?,
             groups: typed(maps::GROUPS, ebpf.take_map(maps::GROUPS), HashMap::try_from)?,
+            tun_peers: typed(
+                maps::TUN_PEERS,
+                ebpf.take_map(maps::TUN_PEERS),
+                HashMap::try_from,
+            )?,
+            tun_srcs: typed(
+                maps::TUN_SRCS,
+                ebpf.take_map(maps::TUN_SRCS),
+                HashMap::try_from,
+            )?,
             progs: typed(
                 maps::PROGS,
                 ebpf.take_map(maps::PROGS),
@@ -221,6 +233,12 @@ impl Maps {
         if let Some(m) = &self.groups {
             out.groups = m.iter().filter_map(log_err(maps::GROUPS)).collect();
         }
+        if let Some(m) = &self.tun_peers {
+            out.tun_peers = m.iter().filter_map(log_err(maps::TUN_PEERS)).collect();
+        }
+        if let Some(m) = &self.tun_srcs {
+            out.tun_srcs = m.iter().filter_map(log_err(maps::TUN_SRCS)).collect();
+        }
         if let Some(m) = &self.ident {
             out.ident = m.iter().filter_map(log_err(maps::IDENT)).collect();
         }
@@ -280,6 +298,9 @@ impl Maps {
     ///   devmap, groups, neighbours, routes, L2, flood lists, config
     ///   (a destination exists before anything points at it), and removals go the other
     ///   way (nothing points at an entry when it disappears);
+    /// - tunnel admission: the datapath reads a peer entry only to name the drop reason of
+    ///   a source it does not find, so peers go in before their sources and out after
+    ///   them (a source never exists without its peer); both before the config;
     /// - security groups: an address's identity is looked up, then the policy of that
     ///   identity, so policy upserts go before identity upserts, and identity removals
     ///   before policy removals. They go first of all: a new port has its rules before its
@@ -402,6 +423,24 @@ impl Maps {
                 |k, v| m.insert(k, v, 0),
             );
         }
+        if let Some(m) = &mut self.tun_peers {
+            upsert(
+                &mut errors,
+                maps::TUN_PEERS,
+                &diff.tun_peers,
+                &mut actual.tun_peers,
+                |k, v| m.insert(k, v, 0),
+            );
+        }
+        if let Some(m) = &mut self.tun_srcs {
+            upsert(
+                &mut errors,
+                maps::TUN_SRCS,
+                &diff.tun_srcs,
+                &mut actual.tun_srcs,
+                |k, v| m.insert(k, v, 0),
+            );
+        }
         if let Some(m) = &mut self.config {
             upsert(
                 &mut errors,
@@ -440,6 +479,24 @@ impl Maps {
             );
         }
 
+        if let Some(m) = &mut self.tun_srcs {
+            remove(
+                &mut errors,
+                maps::TUN_SRCS,
+                &diff.tun_srcs,
+                &mut actual.tun_srcs,
+                |k| m.remove(k),
+            );
+        }
+        if let Some(m) = &mut self.tun_peers {
+            remove(
+                &mut errors,
+                maps::TUN_PEERS,
+                &diff.tun_peers,
+                &mut actual.tun_peers,
+                |k| m.remove(k),
+            );
+        }
         if let Some(m) = &mut self.flood {
             remove(
                 &mut errors,
@@ -558,6 +615,12 @@ impl Maps {
         if self.groups.is_none() {
             desired.groups.clear();
         }
+        if self.tun_peers.is_none() {
+            desired.tun_peers.clear();
+        }
+        if self.tun_srcs.is_none() {
+            desired.tun_srcs.clear();
+        }
         if self.config.is_none() {
             desired.config.clear();
         }
@@ -586,6 +649,8 @@ impl Maps {
             && self.l2.is_some()
             && self.flood.is_some()
             && self.groups.is_some()
+            && self.tun_peers.is_some()
+            && self.tun_srcs.is_some()
             && self.config.is_some()
     }
 }
@@ -700,6 +765,8 @@ pub fn entry_counts(actual: &MapEntries) -> BTreeMap<&'static str, u64> {
         (maps::L2, actual.l2.len() as u64),
         (maps::FLOOD, actual.flood.len() as u64),
         (maps::GROUPS, actual.groups.len() as u64),
+        (maps::TUN_PEERS, actual.tun_peers.len() as u64),
+        (maps::TUN_SRCS, actual.tun_srcs.len() as u64),
         (maps::IDENT, actual.ident.len() as u64),
         (maps::IDENT_LPM, actual.ident_lpm.len() as u64),
         (maps::POLICY, actual.policy.len() as u64),

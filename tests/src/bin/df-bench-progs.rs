@@ -1,7 +1,8 @@
 //! `df-bench-progs`: per-packet cost of each from-VM verdict path under BPF_PROG_TEST_RUN,
 //! next to a stub program on the same hook (XDP_PASS / TC_ACT_OK) measured in the same
 //! run, for both hooks, with 10 vs 10,000 ports and 0 vs 10 allowed address pairs per
-//! port; then forwarding to a local port, and the security groups (established flow,
+//! port; then forwarding to a local port, frames from the tunnel (admission + delivery),
+//! and the security groups (established flow,
 //! rules-only and first-packet cost with 1/100/1,000 rules per port and 10/10,000
 //! remote-group members). Prints markdown on stdout. Needs root.
 //!
@@ -10,8 +11,8 @@
 //! after round, and the median round is reported. The frame under test always comes from
 //! the same port (lo, ifindex 1); the other ports only fill the maps.
 //!
-//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only]` (`--sg-only`: the
-//! security-group table alone)
+//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only | --tunnel-only]` (`--sg-only`:
+//! the security-group table alone; `--tunnel-only`: the from-tunnel table alone)
 
 use std::fmt::Write as _;
 
@@ -164,6 +165,7 @@ fn main() {
     let mut repeat = 1_000_000u32;
     let mut rounds = 7usize;
     let mut sg_only = false;
+    let mut tunnel_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || {
@@ -175,13 +177,22 @@ fn main() {
             "--repeat" => repeat = num() as u32,
             "--rounds" => rounds = num() as usize,
             "--sg-only" => sg_only = true,
-            _ => panic!("usage: df-bench-progs [--repeat N] [--rounds N] [--sg-only]"),
+            "--tunnel-only" => tunnel_only = true,
+            _ => panic!(
+                "usage: df-bench-progs [--repeat N] [--rounds N] [--sg-only | --tunnel-only]"
+            ),
         }
     }
     let mut dp = Datapath::load();
     if sg_only {
         let mut out = String::new();
         security_groups(&mut dp, &mut out, repeat, rounds);
+        print!("{out}");
+        return;
+    }
+    if tunnel_only {
+        let mut out = String::new();
+        from_tunnel(&mut dp, &mut out, repeat, rounds);
         print!("{out}");
         return;
     }
@@ -283,8 +294,151 @@ fn main() {
         }
     );
     forwarding(&mut dp, &mut out, repeat, rounds);
+    from_tunnel(&mut dp, &mut out, repeat, rounds);
     security_groups(&mut dp, &mut out, repeat, rounds);
     print!("{out}");
+}
+
+/// The tunnel program (`df_bench_from_tunnel`: `df_from_tunnel` with its tunnel key from
+/// `df_bench_tun`, as a test run has none) on an IPv4 frame from another chassis to a
+/// local port — admission (one `df_tun_srcs_v1` lookup + the IPv4/UDP sanity), L2 lookup,
+/// redirect — and on refused frames, next to the TC redirect and pass stubs.
+fn from_tunnel(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
+    use aya::{maps::Array, programs::SchedClassifier};
+    use dragonflow_common::{
+        fwd::{CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, FloodList, L2Dest, L2Key, TUN_F_PORT},
+        maps::{BENCH_TUN, progs::BENCH_FROM_TUNNEL_TC},
+        verdict::Stat,
+    };
+    use tests::testrun::{actions, stub_redirect_prog};
+    const NET: u32 = 42;
+    const CHASSIS: [u8; 4] = [198, 18, 0, 2];
+    const ROGUE: [u8; 4] = [198, 18, 0, 66];
+    let (local, remote, nobody) = (mac(0), mac(1), mac(2));
+    dp.clear();
+    dp.set_config(ChassisConfig {
+        flags: CFG_F_FORWARDING,
+        ..Default::default()
+    });
+    dp.add_l2(
+        L2Key::new(NET, local),
+        L2Dest {
+            kind: DEST_LOCAL,
+            mtu: 1500,
+            ifindex: LO_IFINDEX,
+            ..Default::default()
+        },
+    );
+    dp.set_flood(
+        NET,
+        FloodList {
+            mtu: 1500,
+            ..Default::default()
+        },
+    );
+    dp.add_tun_peer(NET, CHASSIS, TUN_F_PORT);
+    dp.add_tun_src(NET, CHASSIS, remote, TUN_F_PORT);
+    {
+        let p: &mut SchedClassifier = dp
+            .ebpf
+            .program_mut(BENCH_FROM_TUNNEL_TC)
+            .expect("bench tunnel program")
+            .try_into()
+            .expect("classifier");
+        p.load().expect("load the bench tunnel program");
+    }
+    let set_key = |dp: &mut Datapath, from: [u8; 4]| {
+        let mut m: Array<_, [u32; 2]> =
+            Array::try_from(dp.ebpf.map_mut(BENCH_TUN).expect("bench key map")).expect("array");
+        m.set(0, [NET, u32::from_ne_bytes(from)], 0)
+            .expect("set bench key");
+    };
+    let udp4 = |src_mac| {
+        eth(
+            local,
+            src_mac,
+            ETH_P_IP,
+            &ipv4(ip4(1, 1), ip4(0, 1), IPPROTO_UDP, &udp(4000, 53, &[0; 18])),
+        )
+    };
+    // (name, outer source, frame, the counter it moves, TC action)
+    type Row = (&'static str, [u8; 4], Vec<u8>, Stat, u32);
+    let rows: [Row; 3] = [
+        (
+            "admitted IPv4 to a local port",
+            CHASSIS,
+            udp4(remote),
+            Stat::Pass(PassPath::L2Local),
+            actions::TC_ACT_REDIRECT,
+        ),
+        (
+            "refused: source MAC",
+            CHASSIS,
+            udp4(nobody),
+            Stat::Drop(DropReason::TunnelSrcMac),
+            actions::TC_ACT_SHOT,
+        ),
+        (
+            "refused: unknown peer",
+            ROGUE,
+            udp4(remote),
+            Stat::Drop(DropReason::TunnelUnknownPeer),
+            actions::TC_ACT_SHOT,
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "\n### From the tunnel: admission + delivery vs the TC stubs\n"
+    );
+    let _ = writeln!(
+        out,
+        "Same method; `df_from_tunnel`'s code with its tunnel key read from an array \
+         (`df_bench_from_tunnel`: a test run has no tunnel metadata, so the key helper is \
+         not measured). Admitted: one `df_tun_srcs_v1` lookup + IPv4/UDP sanity + L2 lookup \
+         + redirect; refused: the source lookup, then the peer lookup naming the reason.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| path | verdict | ns/pkt | redirect stub ns/pkt | ratio | pass stub ns/pkt | ratio |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    for (name, from, frame, stat, action) in &rows {
+        set_key(dp, *from);
+        let before = dp.stats();
+        let r = dp.run_prog(BENCH_FROM_TUNNEL_TC, Hook::Tc, frame, LO_IFINDEX);
+        let slot = stat_index(Direction::FromTunnel, *stat) as usize;
+        let after = dp.stats();
+        assert!(
+            r.retval == *action && after[slot] == before[slot] + 1,
+            "{name}: action {} (want {action}), counter {:?} did not move",
+            r.retval,
+            stat
+        );
+        let (mut path, mut stub, mut pass) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            stub.push(time(
+                dp,
+                stub_redirect_prog(Hook::Tc),
+                Hook::Tc,
+                frame,
+                repeat,
+            ));
+            path.push(time(dp, BENCH_FROM_TUNNEL_TC, Hook::Tc, frame, repeat));
+            pass.push(time(dp, stub_prog(Hook::Tc), Hook::Tc, frame, repeat));
+        }
+        let (path, stub, pass) = (median(path), median(stub), median(pass));
+        let verdict = match stat {
+            Stat::Pass(p) => format!("pass {}", p.name()),
+            Stat::Drop(r) => format!("drop {}", r.name()),
+            Stat::Event(e) => e.name().to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {verdict} | {path:.0} | {stub:.0} | {:.2}x | {pass:.0} | {:.2}x |",
+            path / stub,
+            path / pass
+        );
+    }
 }
 
 /// The allowed-IPv4 frame delivered to a local port (port security + L2 lookup +
