@@ -34,7 +34,7 @@ use dragonflow_common::{
         CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
         FloodDest, FloodList, GROUP_M_F_FIRST, Group, GroupKey, GroupMember, L2_F_SHARED_IP,
         L2Dest, L2Key, NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED,
-        NeighKey, NeighValue, RouteDest, RouteKey,
+        NeighKey, NeighValue, RouteDest, RouteKey, TUN_F_PORT,
     },
     maps::{self as names, PROG_AAP_GROUP, progs},
     port::{PORT_F_PORT_SECURITY, PortConfig},
@@ -1016,6 +1016,17 @@ fn detection_way_from_the_tunnel() {
         let _link = p
             .attach("aaptun", TcAttachType::Ingress)
             .unwrap_or_else(|e| panic!("attach the tunnel program: {e}"));
+        // The sender is a VM on another chassis (the test's own address, 127.0.0.1, as
+        // the outer source): tunnel admission only takes frames from a live chassis of
+        // the network, from a MAC that chassis may send from.
+        const REMOTE_CHASSIS: [u8; 4] = [127, 0, 0, 1];
+        const REMOTE_VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x7e, 0x01];
+        dp.add_tun_peer(NET_A, REMOTE_CHASSIS, TUN_F_PORT);
+        dp.add_tun_src(NET_A, REMOTE_CHASSIS, REMOTE_VM_MAC, TUN_F_PORT);
+        let remote = |mut f: Vec<u8>| {
+            f[6..12].copy_from_slice(&REMOTE_VM_MAC);
+            f
+        };
         let sniff = DEVS.map(Sniffer::open);
         let ft = |s| slot(Direction::FromTunnel, s);
         let delivered = vec![(ft(Stat::Pass(PassPath::L2Local)), 1)];
@@ -1047,6 +1058,10 @@ fn detection_way_from_the_tunnel() {
                 [vec![], vec![], vec![]],
             ),
         ];
+        let cases: [TunnelCase; 4] = cases.map(|(name, frame, want, copies)| {
+            let copies = copies.map(|c| c.into_iter().map(remote).collect::<Vec<_>>());
+            (name, remote(frame), want, copies)
+        });
         for (name, frame, want, copies) in &cases {
             for s in &sniff {
                 s.drain();
