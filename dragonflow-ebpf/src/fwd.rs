@@ -115,7 +115,7 @@ pub fn from_vm<C: PacketCtx>(
         if !mac_eq(&vip.mac, &eth.dst) {
             dest = l2::lookup(net_id, &vip.mac).ok_or(DropReason::UnknownUnicast)?;
             if C::IS_XDP && dest.kind != DEST_LOCAL {
-                // Untouched: the TC companion readdresses it again.
+                // Untouched: the TC companion decides it again (and readdresses it).
                 return Ok(Fwd::Handoff);
             }
             readdress(pkt, &vip.mac)?;
