@@ -148,6 +148,14 @@ named_enum! {
         /// Never flooded instead: a shared IP is not asked of the whole network.
         NoHolder = 35 => "no_holder",
         // 36..=39 reserved for the shared-AAP stage (issue 5).
+        /// A broadcast/multicast frame (or an ARP request / NS for a shared IP) over the
+        /// sending port's flood rate limit (`dragonflow_common::limits`); what the
+        /// responder answers is never limited.
+        FloodRateLimited = 42 => "flood_rate_limited",
+        /// A new flow of a port that already holds its quota of conntrack entries in
+        /// that origin direction (`dragonflow_common::limits`): only the port's own new
+        /// flows drop; its established flows and other ports are unaffected.
+        CtPortQuota = 43 => "ct_port_quota",
     }
 }
 

@@ -13,10 +13,11 @@ use dragonflow_common::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
         RouteKey,
     },
+    limits::{CtCount, CtFreed, Limits},
     maps::{
-        ADDRS_MAX, CIDRS_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FRAG_MAX, GARP_EVENTS_BYTES,
-        GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX,
-        POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX,
+        ADDRS_MAX, CIDRS_MAX, CT_COUNT_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FLOOD_RL_MAX,
+        FRAG_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX,
+        MACS_MAX, NEIGH_MAX, POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX,
     },
     port::PortConfig,
     sg::{CtKey, CtValue, FragKey, FragValue, IdentKey, PolicyKey, PolicyValue},
@@ -106,6 +107,22 @@ pub static GROUPS: HashMap<GroupKey, Group> = HashMap::pinned(GROUPS_MAX, 0);
 /// Tail-call targets (`dragonflow_common::maps::PROGS`), filled by the agent.
 #[map(name = "df_progs_v1")]
 pub static PROGS: ProgramArray = ProgramArray::pinned(PROGS_MAX, 0);
+
+/// Per-port limits (`dragonflow_common::limits`), index 0.
+#[map(name = "df_limits_v1")]
+pub static LIMITS: Array<Limits> = Array::pinned(1, 0);
+
+/// Each port's flood bucket: its theoretical arrival time (see `limits`).
+#[map(name = "df_flood_rl_v1")]
+pub static FLOOD_RL: LruHashMap<u32, u64> = LruHashMap::pinned(FLOOD_RL_MAX, 0);
+
+/// Conntrack entries the datapath inserted and deleted, per port.
+#[map(name = "df_ct_count_v1")]
+pub static CT_COUNT: HashMap<u32, CtCount> = HashMap::pinned(CT_COUNT_MAX, 0);
+
+/// Counted conntrack entries the agent deleted, per port (read only here).
+#[map(name = "df_ct_freed_v1")]
+pub static CT_FREED: HashMap<u32, CtFreed> = HashMap::pinned(CT_COUNT_MAX, 0);
 
 /// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
 /// and the map keys, off the nearly full stack. Private to one program run, so neither

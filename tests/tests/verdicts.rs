@@ -1726,6 +1726,9 @@ const OTHER_FILE: &[&str] = &[
     // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way)
     "no_holder",
     "aap_group",
+    // tests/verdicts_limits.rs (per-port flood rate limit, conntrack quota)
+    "flood_rate_limited",
+    "ct_port_quota",
 ];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion
