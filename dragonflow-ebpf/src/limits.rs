@@ -80,7 +80,11 @@ pub fn flood(ifindex: u32) -> Result<(), DropReason> {
 /// port): the entry is then inserted uncounted, and its deletion will not be counted
 /// either.
 #[inline(always)]
-pub fn ct_admit(ifindex: u32, origin: u8, zero: &CtCount) -> Result<Option<*mut CtCount>, DropReason> {
+pub fn ct_admit(
+    ifindex: u32,
+    origin: u8,
+    zero: &CtCount,
+) -> Result<Option<*mut CtCount>, DropReason> {
     let c = match CT_COUNT.get_ptr_mut(ifindex) {
         Some(c) => c,
         None => {

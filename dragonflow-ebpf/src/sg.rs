@@ -98,8 +98,8 @@ use aya_ebpf::{
 use dragonflow_common::{
     addr::FAMILY_V4,
     fwd::{CFG_F_SECURITY_GROUPS, ChassisConfig},
-    port::PORT_F_PORT_SECURITY,
     limits::CtCount,
+    port::PORT_F_PORT_SECURITY,
     sg::{
         CT_F_COUNTED, CT_REFRESH_NS, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FragKey, FragValue,
         IDENT_FIXED_BITS, IDENT_WORLD, IdentKey, PolicyKey, ident_any,
@@ -110,12 +110,11 @@ use dragonflow_common::{
 use crate::{
     ct,
     ctx::{PacketCtx, Pkt},
-    limits,
     flow::{
         self, F_CREATE, F_EXEMPT_EGRESS, F_EXEMPT_INGRESS, F_ICMP_ERROR, F_TRACK, FRAG_FIRST,
         FRAG_LATER, Flow, ICMPV6_ECHO_REQUEST, L3,
     },
-    frag,
+    frag, limits,
     maps::{CT, IDENT, IDENT_LPM, POLICY, SG_SCRATCH},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6},
     portsec, stats,

@@ -788,8 +788,7 @@ impl Datapath {
     /// What the agent's collector writes after deleting counted entries of a port.
     pub fn set_ct_freed(&mut self, ifindex: u32, freed: CtFreed) {
         let mut m: HashMap<_, u32, CtFreed> =
-            HashMap::try_from(self.ebpf.map_mut(names::CT_FREED).expect("ct freed"))
-                .expect("hash");
+            HashMap::try_from(self.ebpf.map_mut(names::CT_FREED).expect("ct freed")).expect("hash");
         m.insert(ifindex, freed, 0).expect("set freed");
     }
 

@@ -23,9 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::harness::{
-    Capture, Cloud, Hook, HvOpts, VmOpts, metric, ping, python, wait_until,
-};
+use tests::harness::{Capture, Cloud, Hook, HvOpts, VmOpts, metric, ping, python, wait_until};
 
 const READY: Duration = Duration::from_secs(30);
 const COUNT: Duration = Duration::from_secs(10);
@@ -74,14 +72,14 @@ fn cloud(hook: Hook, args: &[&str]) -> Cloud {
         cloud.start_agent(i);
     }
     for hv in &cloud.hvs {
-        wait_until(
-            &format!("forwarding enabled on {}", hv.name),
-            READY,
-            || metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0),
-        );
+        wait_until(&format!("forwarding enabled on {}", hv.name), READY, || {
+            metric(&hv.metrics(), "dragonflow_forwarding_enabled", &[]) == Some(1.0)
+        });
     }
     // Both chassis know each other's ports: a unicast crosses the tunnel both ways.
-    wait_until("storm reaches remote", READY, || ping(&cloud.vms[0].ns, IPS[3], 1));
+    wait_until("storm reaches remote", READY, || {
+        ping(&cloud.vms[0].ns, IPS[3], 1)
+    });
     cloud
 }
 
@@ -96,7 +94,8 @@ fn arp_storm(hook: Hook) {
         ],
     );
     let hv1 = &cloud.hvs[0];
-    let (storm, local, normal, remote) = (&cloud.vms[0], &cloud.vms[1], &cloud.vms[2], &cloud.vms[3]);
+    let (storm, local, normal, remote) =
+        (&cloud.vms[0], &cloud.vms[1], &cloud.vms[2], &cloud.vms[3]);
     let filter = "arp or udp";
     let caps = [
         Capture::start(&local.ns, "eth0", "in", filter),
@@ -135,7 +134,16 @@ fn arp_storm(hook: Hook) {
         python(
             &storm.ns,
             "fwdsend.py",
-            &["--dst-mac", vm_mac, "--src-ip", IPS[0], "--dst-ip", vm_ip, "--payload", "dft-fence"],
+            &[
+                "--dst-mac",
+                vm_mac,
+                "--src-ip",
+                IPS[0],
+                "--dst-ip",
+                vm_ip,
+                "--payload",
+                "dft-fence",
+            ],
         );
     }
     for cap in &caps {
@@ -157,7 +165,11 @@ fn arp_storm(hook: Hook) {
         let got = cap
             .frames()
             .iter()
-            .filter(|f| f.bytes.len() >= 14 && f.bytes[12..14] == [0x08, 0x06] && f.bytes[6..12] == storm_mac[..])
+            .filter(|f| {
+                f.bytes.len() >= 14
+                    && f.bytes[12..14] == [0x08, 0x06]
+                    && f.bytes[6..12] == storm_mac[..]
+            })
             .count() as f64;
         assert!(
             got >= f64::from(FLOOD_BURST) && got <= most,
@@ -187,7 +199,19 @@ fn arp_storm(hook: Hook) {
     // The storm VM can still flood within its rate once the bucket has refilled.
     let flood_before = hv1.counter("from_vm", "pass", "flood");
     wait_until("the storm VM's bucket refilled", COUNT, || {
-        python(&storm.ns, "storm.py", &["arp", "--count", "1", "--spa", IPS[0], "--targets", "192.0.2.251-251"]);
+        python(
+            &storm.ns,
+            "storm.py",
+            &[
+                "arp",
+                "--count",
+                "1",
+                "--spa",
+                IPS[0],
+                "--targets",
+                "192.0.2.251-251",
+            ],
+        );
         hv1.counter("from_vm", "pass", "flood") > flood_before
     });
 }
@@ -195,7 +219,8 @@ fn arp_storm(hook: Hook) {
 fn conntrack_quota(hook: Hook) {
     let cloud = cloud(hook, &["--ct-port-quota", &QUOTA.to_string()]);
     let hv1 = &cloud.hvs[0];
-    let (filler, local, normal, remote) = (&cloud.vms[0], &cloud.vms[1], &cloud.vms[2], &cloud.vms[3]);
+    let (filler, local, normal, remote) =
+        (&cloud.vms[0], &cloud.vms[1], &cloud.vms[2], &cloud.vms[3]);
     // The default group lets members talk freely: each datagram is a new flow, tracked at
     // the filler's egress (hv1) and at the sink's ingress (hv2).
     let over = hv1.counter("from_vm", "drop", "ct_port_quota");
@@ -203,7 +228,15 @@ fn conntrack_quota(hook: Hook) {
     let sent = python(
         &filler.ns,
         "storm.py",
-        &["udpflows", "--dst", IPS[3], "--port", "9", "--count", &flows.to_string()],
+        &[
+            "udpflows",
+            "--dst",
+            IPS[3],
+            "--port",
+            "9",
+            "--count",
+            &flows.to_string(),
+        ],
     );
     assert_eq!(sent.trim(), flows.to_string(), "storm.py sent");
     hv1.wait_counter(
@@ -237,11 +270,17 @@ fn conntrack_quota(hook: Hook) {
         metric(&m, "dragonflow_ct_ports_near_quota", &[("share", "1")]),
         Some(1.0)
     );
-    assert_eq!(metric(&m, "dragonflow_ct_port_quota", &[]), Some(f64::from(QUOTA)));
+    assert_eq!(
+        metric(&m, "dragonflow_ct_port_quota", &[]),
+        Some(f64::from(QUOTA))
+    );
     // The filler's next new flow is refused too (its own), another VM's flows are not:
     // ten new flows (ping identifiers) from the normal VM, local and across the tunnel.
     let before = hv1.counter("from_vm", "drop", "ct_port_quota");
-    assert!(!ping(&filler.ns, IPS[1], 1), "the filler's new flow over its quota");
+    assert!(
+        !ping(&filler.ns, IPS[1], 1),
+        "the filler's new flow over its quota"
+    );
     hv1.wait_counter(("from_vm", "drop", "ct_port_quota"), before, 1.0, COUNT)
         .unwrap_or_else(|e| panic!("{e}"));
     for i in 0..5 {
@@ -251,7 +290,10 @@ fn conntrack_quota(hook: Hook) {
     // The sink took the filler's flows as ingress entries: its own flows out are counted
     // apart, and still open.
     for i in 0..5 {
-        assert!(ping(&remote.ns, IPS[2], 1), "remote (the sink) → normal, flow {i}");
+        assert!(
+            ping(&remote.ns, IPS[2], 1),
+            "remote (the sink) → normal, flow {i}"
+        );
     }
 }
 

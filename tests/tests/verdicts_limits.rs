@@ -217,7 +217,10 @@ fn flood_bucket(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'st
         Stat::Pass(PassPath::Arp),
         Stat::Drop(DropReason::FloodRateLimited),
     ];
-    let responder = [Stat::Pass(PassPath::Arp), Stat::Pass(PassPath::ArpResponder)];
+    let responder = [
+        Stat::Pass(PassPath::Arp),
+        Stat::Pass(PassPath::ArpResponder),
+    ];
     if hook == Hook::Xdp {
         // Every flood is the TC companion's: handed off, uncounted, the bucket untouched;
         // what XDP answers itself is never limited.
@@ -228,17 +231,44 @@ fn flood_bucket(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'st
         assert_eq!(dp.flood_tat(a), None, "[xdp] the bucket is TC's");
         for i in 0..2 * BURST {
             let ctx = format!("ARP request {i} for a known address: answered");
-            expect(dp, hook, &ctx, a, &answered, actions::XDP_TX, &responder, seen);
+            expect(
+                dp,
+                hook,
+                &ctx,
+                a,
+                &answered,
+                actions::XDP_TX,
+                &responder,
+                seen,
+            );
         }
         return;
     }
     for i in 0..BURST {
         let ctx = format!("ARP request {i} for an unknown address, within the burst");
-        expect(dp, hook, &ctx, a, &unknown, actions::TC_ACT_SHOT, &flooded, seen);
+        expect(
+            dp,
+            hook,
+            &ctx,
+            a,
+            &unknown,
+            actions::TC_ACT_SHOT,
+            &flooded,
+            seen,
+        );
     }
     for i in 0..2 {
         let ctx = format!("ARP request {i} over the burst");
-        expect(dp, hook, &ctx, a, &unknown, actions::TC_ACT_SHOT, &limited, seen);
+        expect(
+            dp,
+            hook,
+            &ctx,
+            a,
+            &unknown,
+            actions::TC_ACT_SHOT,
+            &limited,
+            seen,
+        );
     }
     let bcast = eth(
         BROADCAST,
@@ -287,14 +317,32 @@ fn flood_bucket(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'st
     for i in 0..BURST {
         let ctx = format!("B's ARP request {i}: B has its own bucket");
         let flooded = [Stat::Pass(PassPath::Arp), Stat::Pass(PassPath::Flood)];
-        expect(dp, hook, &ctx, n.tapb, &b_unknown, actions::TC_ACT_SHOT, &flooded, seen);
+        expect(
+            dp,
+            hook,
+            &ctx,
+            n.tapb,
+            &b_unknown,
+            actions::TC_ACT_SHOT,
+            &flooded,
+            seen,
+        );
     }
     // Two intervals pass (the bucket moved back by them): exactly two more frames.
     let tat = dp.flood_tat(a).expect("A's bucket");
     dp.set_flood_tat(a, tat - 2 * interval);
     for i in 0..2 {
         let ctx = format!("ARP request {i} after two intervals: refilled");
-        expect(dp, hook, &ctx, a, &unknown, actions::TC_ACT_SHOT, &flooded, seen);
+        expect(
+            dp,
+            hook,
+            &ctx,
+            a,
+            &unknown,
+            actions::TC_ACT_SHOT,
+            &flooded,
+            seen,
+        );
     }
     expect(
         dp,
@@ -310,7 +358,16 @@ fn flood_bucket(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'st
     dp.set_limits(Limits::default());
     for i in 0..2 * BURST {
         let ctx = format!("ARP request {i} with no limit configured");
-        expect(dp, hook, &ctx, a, &unknown, actions::TC_ACT_SHOT, &flooded, seen);
+        expect(
+            dp,
+            hook,
+            &ctx,
+            a,
+            &unknown,
+            actions::TC_ACT_SHOT,
+            &flooded,
+            seen,
+        );
     }
 }
 
@@ -382,9 +439,36 @@ fn ct_quota(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'static
             .all(|(_, v)| v.flags & CT_F_COUNTED != 0 && v.origin == CT_ORIGIN_EGRESS),
         "every entry of A is flagged counted"
     );
-    expect(dp, hook, "A's next new flow: at the quota", a, &udp_to(A4, A_MAC, 100), drop, &over, seen);
-    expect(dp, hook, "A's established flow 1 still passes", a, &udp_to(A4, A_MAC, 1), ok, &est, seen);
-    expect(dp, hook, "B's new flow: B's own quota", b, &udp_to(B4, B_MAC, 100), ok, &new, seen);
+    expect(
+        dp,
+        hook,
+        "A's next new flow: at the quota",
+        a,
+        &udp_to(A4, A_MAC, 100),
+        drop,
+        &over,
+        seen,
+    );
+    expect(
+        dp,
+        hook,
+        "A's established flow 1 still passes",
+        a,
+        &udp_to(A4, A_MAC, 1),
+        ok,
+        &est,
+        seen,
+    );
+    expect(
+        dp,
+        hook,
+        "B's new flow: B's own quota",
+        b,
+        &udp_to(B4, B_MAC, 100),
+        ok,
+        &new,
+        seen,
+    );
     // The agent's collector deletes A's flow 2 and counts it.
     let (k2, _) = dp
         .ct()
@@ -393,8 +477,26 @@ fn ct_quota(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'static
         .expect("A's flow 2");
     dp.ct_remove(&k2);
     dp.set_ct_freed(a, CtFreed { freed: [1, 0] });
-    expect(dp, hook, "A's new flow after one was freed", a, &udp_to(A4, A_MAC, 101), ok, &new, seen);
-    expect(dp, hook, "and the next one is over again", a, &udp_to(A4, A_MAC, 102), drop, &over, seen);
+    expect(
+        dp,
+        hook,
+        "A's new flow after one was freed",
+        a,
+        &udp_to(A4, A_MAC, 101),
+        ok,
+        &new,
+        seen,
+    );
+    expect(
+        dp,
+        hook,
+        "and the next one is over again",
+        a,
+        &udp_to(A4, A_MAC, 102),
+        drop,
+        &over,
+        seen,
+    );
     // A rule removed: flow 1 is revalidated, no longer allowed, deleted by the datapath.
     dp.remove_policy(policy_key(
         a,

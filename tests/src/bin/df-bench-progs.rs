@@ -359,7 +359,11 @@ fn limits(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
     );
     // (name, limits, expected outcome)
     let floods = [
-        ("flood, no limit", Limits::default(), Stat::Pass(PassPath::Flood)),
+        (
+            "flood, no limit",
+            Limits::default(),
+            Stat::Pass(PassPath::Flood),
+        ),
         (
             "flood, within the bucket",
             bucket(1_000_000_000, u32::MAX),
@@ -425,7 +429,10 @@ fn limits(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
 
     // First packet with and without the quota.
     let singles: u16 = 2000;
-    let quotas = [("first packet, no quota", 0u32), ("first packet, quota 1e6", 1_000_000)];
+    let quotas = [
+        ("first packet, no quota", 0u32),
+        ("first packet, quota 1e6", 1_000_000),
+    ];
     let mut first: Vec<Vec<u32>> = vec![Vec::new(); quotas.len()];
     let mut first_stub = Vec::new();
     let udp_flow = |sport: u16| {
