@@ -16,7 +16,8 @@
 //! - `conntrack_quota`: a VM opens many new UDP flows (to the remote VM); it stops at its
 //!   quota (`ct_port_quota`), its use is visible in `/state` and the metrics, other VMs'
 //!   new flows still succeed, and so do the sink's own new flows (flows opened toward a
-//!   port are counted apart from those it opens).
+//!   port are counted apart from those it opens); when its port goes, its entries and
+//!   its counters go too.
 //!
 //! Every count is taken after a fence (a later frame over the same path, waited for),
 //! never after a sleep.
@@ -295,6 +296,28 @@ fn conntrack_quota(hook: Hook) {
             "remote (the sink) → normal, flow {i}"
         );
     }
+    // The filler's port goes: the collector purges its entries at once, counts them as
+    // freed, and drops the tap's counters (no port, no entry left): nothing leaks.
+    let port_gone = || {
+        metric(
+            &hv1.metrics(),
+            "dragonflow_ct_gc_deleted_total",
+            &[("reason", "port_gone")],
+        )
+        .unwrap_or(0.0)
+    };
+    let gone = port_gone();
+    cloud.dfctl("lport delete pstorm");
+    wait_until("the filler's counters removed", COUNT, || {
+        hv1.state()["ct_port_use"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().all(|r| r["tap"] != "tapstorm"))
+    });
+    let purged = port_gone() - gone;
+    assert!(
+        purged >= f64::from(QUOTA),
+        "the filler's {QUOTA}+ entries purged (got {purged})"
+    );
 }
 
 macro_rules! for_both_hooks {
