@@ -74,7 +74,8 @@ pub fn flood(ifindex: u32) -> Result<(), DropReason> {
 }
 
 /// Before inserting a conntrack entry of port `ifindex` created in direction `origin`:
-/// the port's counters (made if missing from the zeroed `zero`), or `CtPortQuota` when
+/// the port's counters (made if missing, from `zero`: scratch memory off the stack, zeroed
+/// here), or `CtPortQuota` when
 /// the port already holds its quota of entries of that origin. `Ok(None)` when no counter
 /// can be made (the table of counters is full: cannot happen, it has a slot per possible
 /// port): the entry is then inserted uncounted, and its deletion will not be counted
@@ -83,11 +84,12 @@ pub fn flood(ifindex: u32) -> Result<(), DropReason> {
 pub fn ct_admit(
     ifindex: u32,
     origin: u8,
-    zero: &CtCount,
+    zero: &mut CtCount,
 ) -> Result<Option<*mut CtCount>, DropReason> {
     let c = match CT_COUNT.get_ptr_mut(ifindex) {
         Some(c) => c,
         None => {
+            *zero = CtCount::default();
             let _ = CT_COUNT.insert(ifindex, zero, BPF_NOEXIST as u64);
             match CT_COUNT.get_ptr_mut(ifindex) {
                 Some(c) => c,

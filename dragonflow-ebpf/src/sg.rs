@@ -148,7 +148,8 @@ pub struct Scratch {
     frag: FragKey,
     frag_value: FragValue,
     value: CtValue,
-    /// Zeroes: a new port's conntrack counters (`limits::ct_admit`), off the stack.
+    /// A new port's conntrack counters before their insert (`limits::ct_admit`), off the
+    /// stack.
     zero_count: CtCount,
     ident: Key<IdentKey>,
     policy: Key<PolicyKey>,
@@ -228,7 +229,6 @@ impl Sg {
                 now: 0,
             };
             (*s).l3.family = 0;
-            (*s).zero_count = CtCount::default();
         }
         Some(Sg { s })
     }
@@ -516,7 +516,7 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
             // SAFETY: map value pointer, valid for this run.
             Some(v) if unsafe { (*v).flags } & CT_F_COUNTED != 0 => unsafe { *v = s.value },
             Some(v) => {
-                let c = limits::ct_admit(s.job.ifindex, dir, &s.zero_count)?;
+                let c = limits::ct_admit(s.job.ifindex, dir, &mut s.zero_count)?;
                 if c.is_none() {
                     s.value.flags = 0;
                 }
@@ -529,7 +529,7 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
             None => {
                 // The quota before the table: a port at its quota must not take the
                 // table's last entries.
-                let c = limits::ct_admit(s.job.ifindex, dir, &s.zero_count)?;
+                let c = limits::ct_admit(s.job.ifindex, dir, &mut s.zero_count)?;
                 if c.is_none() {
                     s.value.flags = 0;
                 }
