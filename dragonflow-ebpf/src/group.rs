@@ -67,6 +67,13 @@ pub const FROM_TUNNEL: u32 = 1 << 9;
 /// A routed packet: the outcome is `Routed` (else `AapGroup`).
 pub const ROUTED: u32 = 1 << 10;
 
+/// `how` asks the holders of a shared IP who has it (an ARP request / NS, [`BY_TARGET`]):
+/// flood-like, unlike a packet to the address.
+#[inline(always)]
+pub const fn is_question(how: u32) -> bool {
+    how & BY_MASK == BY_TARGET
+}
+
 /// The neighbour entry of the packet's destination IP when it is a shared AAP IP of
 /// `net_id` (a frame to a MAC flagged `L2_F_SHARED_IP`): `NEIGH_F_SHARED` (the broadcast
 /// way: to every holder) or `NEIGH_F_ACTIVE` (the detection way: to the active holder's

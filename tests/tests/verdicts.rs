@@ -1732,6 +1732,9 @@ const OTHER_FILE: &[&str] = &[
     // tests/verdicts_tunnel.rs (tunnel admission: needs a real VXLAN device)
     "tunnel_unknown_peer",
     "tunnel_src_mac",
+    // tests/verdicts_limits.rs (per-port flood rate limit, conntrack quota)
+    "flood_rate_limited",
+    "ct_port_quota",
 ];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion

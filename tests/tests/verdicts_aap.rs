@@ -1097,3 +1097,59 @@ fn detection_way_from_the_tunnel() {
         }
     });
 }
+
+/// The sender's flood bucket (issue 10) covers ARP requests for a shared VIP, copied to
+/// its holders like a flood, but not frames to a shared MAC (the VIP's own traffic):
+/// with a bucket of one frame, the second question drops as `flood_rate_limited` while
+/// frames to the VRRP MAC keep going to every holder.
+#[test]
+fn shared_ip_questions_use_the_flood_bucket() {
+    use dragonflow_common::limits::{Limits, flood_params};
+    let d = Devices::new();
+    d.ns.within(|| {
+        let mut dp = Datapath::load();
+        seed(&mut dp, &d);
+        let (flood_interval_ns, flood_tolerance_ns) = flood_params(1, 1);
+        dp.set_limits(Limits {
+            flood_interval_ns,
+            flood_tolerance_ns,
+            ..Default::default()
+        });
+        let question = arp_req(VIP4);
+        let to_vrrp = udp_to(VRRP, VM4, 64, 32);
+        let sec = |p| slot(Direction::FromVm, Stat::Pass(p));
+        let outcome = |s| {
+            let mut v = vec![(sec(PassPath::Arp), 1), (slot(Direction::FromVm, s), 1)];
+            v.sort();
+            v
+        };
+        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
+        assert_eq!(
+            (action, moved),
+            (
+                actions::TC_ACT_SHOT,
+                outcome(Stat::Pass(PassPath::AapGroup))
+            ),
+            "the first question: to the holders"
+        );
+        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
+        assert_eq!(
+            (action, moved),
+            (
+                actions::TC_ACT_SHOT,
+                outcome(Stat::Drop(DropReason::FloodRateLimited))
+            ),
+            "the second question: over the bucket"
+        );
+        for i in 0..3 {
+            let (action, _, moved) = run_one(&dp, Hook::Tc, &to_vrrp);
+            let mut want = vec![(sec(PassPath::Ipv4), 1), (sec(PassPath::AapGroup), 1)];
+            want.sort();
+            assert_eq!(
+                (action, moved),
+                (actions::TC_ACT_SHOT, want),
+                "frame {i} to the shared MAC: not limited"
+            );
+        }
+    });
+}

@@ -1171,7 +1171,7 @@ fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
                 policy_gen: 1,
                 state: CT_UNREPLIED,
                 origin: DIR_EGRESS,
-                _pad: 0,
+                flags: 0,
             },
         )
         .expect("insert entry");
@@ -1241,7 +1241,7 @@ fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) 
                     policy_gen: 1,
                     state: CT_UNREPLIED,
                     origin: DIR_EGRESS,
-                    _pad: 0,
+                    flags: 0,
                 },
             )
             .is_err()
