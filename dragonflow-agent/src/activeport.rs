@@ -1,4 +1,4 @@
-//! The detection way (DESIGN.md §5, issue 5): which port holds a shared allowed-address-pair
+//! The detection way (README: "Shared VIPs: detection way"): which port holds a shared allowed-address-pair
 //! IP, recorded in etcd as `<prefix>activeport/<lswitch>/<ip>` so that every agent forwards
 //! to, and answers ARP/ND with, that port only.
 //!

@@ -20,7 +20,7 @@ use crate::nb::{AapMode, DEFAULT_PREFIX};
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     /// XDP: fastest for small packets, but takes GSO/TSO and checksum offload away from
-    /// veth/tap VMs (see DESIGN.md §4).
+    /// veth/tap VMs (see the README: "XDP or TC").
     Xdp,
     /// tcx ingress classifier: keeps GSO and checksum state; the default.
     #[default]

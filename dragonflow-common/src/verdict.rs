@@ -67,7 +67,7 @@ macro_rules! named_enum {
 }
 
 named_enum! {
-    /// Why a frame was dropped. ATTACKS.md rows in brackets.
+    /// Why a frame was dropped. Rows of the threat table (docs/THREATS.md) in brackets.
     DropReason {
         /// No port is known for this tap yet (fail closed until the agent fills the maps).
         UnknownPort = 1 => "unknown_port",

@@ -1,4 +1,4 @@
-//! The forwarding stage (DESIGN.md §4 step 6): after port security, where a frame goes.
+//! The forwarding stage (README: "How a packet flows", step 6): after port security, where a frame goes.
 //!
 //! From a VM, by destination MAC in the frame's network (`df_l2_v1`):
 //! - group (broadcast/multicast): the ARP/ND responder first (`responder::respond`); if it

@@ -1,5 +1,5 @@
 //! Multi-destination groups: the broadcast way for shared allowed-address-pair addresses
-//! (issue 5, DESIGN.md §1). An address several ports of a network list — a VIP two
+//! (issue 5; README: "Shared VIPs"). An address several ports of a network list — a VIP two
 //! keepalived VMs share, a VRRP virtual MAC — has a group in `df_groups_v1`, keyed by the
 //! address itself (`GroupKey::mac` / `GroupKey::ip`), listing its holders: local taps and,
 //! once per (chassis, MAC), remote chassis.

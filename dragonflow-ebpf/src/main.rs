@@ -2,7 +2,7 @@
 //!
 //! The from-VM pipeline is written once over [`ctx::PacketCtx`] and attached either as XDP
 //! (`df_from_vm_xdp`) or as TC/tcx ingress (`df_from_vm_tc`) on a VM's tap; see
-//! DESIGN.md §4 for the trade-off. Stages, one module each: `parse` (Ethernet), `portsec`
+//! the README ("XDP or TC") for the trade-off. Stages, one module each: `parse` (Ethernet), `portsec`
 //! (port and address-pair lookups), `ipv4`, `ipv6`, `nd`, `arp`, `events` (GARP ring
 //! buffer), `stats` (per-CPU counters). Every frame ends in exactly one counter slot.
 #![no_std]

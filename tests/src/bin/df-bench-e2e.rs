@@ -24,7 +24,7 @@
 //! VMs behind the XDP hook get GRO on and an XDP_PASS program on eth0 (native XDP redirect
 //! or XDP_TX into a veth only delivers when the receiver has NAPI, and XDP_TX only when it
 //! has an XDP program) and checksum offload off (an XDP redirect drops the skb's
-//! partial-checksum state; DESIGN.md §4), for the stub and for our program alike.
+//! partial-checksum state; README: "XDP or TC"), for the stub and for our program alike.
 
 use std::{
     os::fd::OwnedFd,
