@@ -8,6 +8,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::{Parser, ValueEnum};
@@ -107,6 +108,11 @@ pub struct Cli {
     /// (forwarding falls back to the broadcast way) [default: 3].
     #[arg(long, env = "DRAGONFLOW_PROBE_MISSES", value_name = "N")]
     pub probe_misses: Option<u32>,
+    /// Detection way: the first claim back-off after a move of a shared IP, in ms; a
+    /// claim within it waits until it has run out, and moves in quick succession double
+    /// it up to ten times this value [default: 1000].
+    #[arg(long, env = "DRAGONFLOW_CLAIM_BACKOFF_MS", value_name = "MS")]
+    pub claim_backoff_ms: Option<u64>,
     /// Ports with more allowed address pairs are rejected as invalid [default: 10].
     #[arg(long, env = "DRAGONFLOW_MAX_ALLOWED_ADDRESS_PAIRS", value_name = "N")]
     pub max_allowed_address_pairs: Option<usize>,
@@ -181,6 +187,7 @@ pub struct FileConfig {
     pub garp_min_interval_ms: Option<u64>,
     pub probe_interval_ms: Option<u64>,
     pub probe_misses: Option<u32>,
+    pub claim_backoff_ms: Option<u64>,
     pub max_allowed_address_pairs: Option<usize>,
     pub allow_any_aap: Option<bool>,
     pub datapath_log: Option<bool>,
@@ -231,6 +238,8 @@ pub struct Config {
     pub probe_interval_ms: u64,
     /// Unanswered probes after which an active entry is removed.
     pub probe_misses: u32,
+    /// The detection way's first claim back-off (flap dampening); doubles up to 10×.
+    pub claim_backoff: Duration,
     pub max_allowed_address_pairs: usize,
     pub allow_any_aap: bool,
     pub datapath_log: bool,
@@ -262,6 +271,8 @@ pub const DEFAULT_MAX_AAP: usize = 10;
 /// One probe a second and three misses: a frozen holder loses its entry in about 3 s,
 /// well under a VRRP master-down interval plus a client's patience.
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1000;
+/// OVN's claim back-off starts at 1 s too.
+pub const DEFAULT_CLAIM_BACKOFF_MS: u64 = 1000;
 pub const DEFAULT_PROBE_MISSES: u32 = 3;
 pub const DEFAULT_TAP_PREFIX: &str = "tap";
 pub const DEFAULT_TUNNEL_DEV: &str = "df-vxlan";
@@ -323,6 +334,8 @@ pub enum ConfigError {
     BadProbeInterval(u64),
     #[error("--probe-misses must be between 1 and 100 (got {0})")]
     BadProbeMisses(u32),
+    #[error("--claim-backoff-ms must be between 100 and 60000 (got {0})")]
+    BadClaimBackoff(u64),
     #[error("--flood-rate must be at most 1000000000 frames/s (got {0}; 0 = no limit)")]
     BadFloodRate(u32),
     #[error("--flood-burst must be at least 1 frame (got 0)")]
@@ -392,6 +405,13 @@ impl Cli {
         if probe_interval_ms != 0 && !(100..=600_000).contains(&probe_interval_ms) {
             return Err(ConfigError::BadProbeInterval(probe_interval_ms));
         }
+        let claim_backoff_ms = self
+            .claim_backoff_ms
+            .or(file.claim_backoff_ms)
+            .unwrap_or(DEFAULT_CLAIM_BACKOFF_MS);
+        if !(100..=60_000).contains(&claim_backoff_ms) {
+            return Err(ConfigError::BadClaimBackoff(claim_backoff_ms));
+        }
         let probe_misses = self
             .probe_misses
             .or(file.probe_misses)
@@ -434,6 +454,7 @@ impl Cli {
             ct_gc_interval_s,
             probe_interval_ms,
             probe_misses,
+            claim_backoff: Duration::from_millis(claim_backoff_ms),
             tunnel_dev: (!no_tunnel).then_some(tunnel_dev),
             forwarding: self.forwarding.or(file.forwarding).unwrap_or(true),
             lease_ttl_s,
