@@ -80,6 +80,11 @@ pub fn from_vm<C: PacketCtx>(
     sg: &mut Sg,
 ) -> Result<Fwd, DropReason> {
     if is_group(&eth.dst) {
+        // An answer goes back out of the ingress tap by XDP_TX: only where XDP delivers
+        // (see `l2::xdp_finishes`); asked before the responder rewrites the frame.
+        if C::IS_XDP && !l2::xdp_finishes(pkt, eth.proto, 0, ctx.ifindex()) {
+            return Ok(Fwd::Handoff);
+        }
         match responder::respond(pkt, eth, net_id) {
             Asked::Answered(path) => return Ok(Fwd::Back(path)),
             Asked::Holders => {
@@ -186,6 +191,10 @@ fn unicast<C: PacketCtx>(
 ) -> Result<Fwd, DropReason> {
     match dest.kind {
         DEST_LOCAL => {
+            // Before any judgement: what XDP hands off, TC judges once (conntrack, SG).
+            if C::IS_XDP && !l2::xdp_finishes(pkt, proto, dest.mtu, dest.ifindex) {
+                return Ok(Fwd::Handoff);
+            }
             if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
                 return Err(DropReason::MtuExceeded);
             }
@@ -198,7 +207,9 @@ fn unicast<C: PacketCtx>(
             })
         }
         DEST_REMOTE => {
-            if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
+            // XDP cannot see `gso_size`: its TC companion judges the MTU (a GSO
+            // super-frame is within it when its segments are).
+            if !C::IS_XDP && !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
                 return Err(DropReason::MtuExceeded);
             }
             if cfg.vxlan_ifindex == 0 {

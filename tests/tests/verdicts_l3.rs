@@ -112,6 +112,9 @@ fn seed(dp: &mut Datapath) {
         flags: CFG_F_FORWARDING,
         ..ChassisConfig::default()
     });
+    // XDP answers ARP/NS (XDP_TX) only out of taps it can deliver to, those in the devmap
+    // (a tun device in production); `responder_needs_xdp_target` covers the others.
+    dp.add_devmap(IF);
     dp.add_port(
         IF,
         PortConfig {
