@@ -148,6 +148,11 @@ named_enum! {
         /// Never flooded instead: a shared IP is not asked of the whole network.
         NoHolder = 35 => "no_holder",
         // 36..=39 reserved for the shared-AAP stage (issue 5).
+        /// A flood or group copy that the destination device refused (a positive return
+        /// of bpf_clone_redirect: dropped by the device's queue): a tap no VM has opened
+        /// yet (no carrier while qemu starts, so its queue drops everything) or whose VM
+        /// does not keep up (queue full). The other copies were sent.
+        DestRefused = 46 => "dest_refused",
     }
 }
 

@@ -285,7 +285,10 @@ pub fn flood(
     sg.prepare(ctx, proto);
     // Packet pointers are invalid after the first clone: nothing below reads the frame.
     let n = list.len as usize;
+    // Per copy: an error (< 0: no such device) or the device's refusal (> 0), see
+    // `copy_outcome`.
     let mut failed = false;
+    let mut refused = false;
     // One tunnel key for every chassis, made before the loop: a key built on the stack
     // per copy left the stack different after chassis and tap iterations, which kept the
     // verifier from pruning the loop's states (see `tunnel::set_key_to`).
@@ -298,25 +301,43 @@ pub fn flood(
         }
         let d = &list.dests[i];
         i += 1;
-        let sent = if d.kind == DEST_LOCAL as u32 {
+        let rc = if d.kind == DEST_LOCAL as u32 {
             if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst, sg).is_err() {
                 continue;
             }
-            ctx.clone_redirect(d.ifindex, 0).is_ok()
+            ctx.clone_redirect(d.ifindex, 0)
         } else if d.kind == DEST_REMOTE as u32 && vxlan != 0 {
             // The tunnel key is per-CPU state copied into each clone, which is transmitted
             // synchronously: setting it again for the next chassis is safe.
-            tunnel::set_key_to(ctx, &mut key, d.remote_ip).is_ok()
-                && ctx.clone_redirect(vxlan, 0).is_ok()
+            match tunnel::set_key_to(ctx, &mut key, d.remote_ip) {
+                Ok(()) => ctx.clone_redirect(vxlan, 0),
+                Err(_) => Err(-1),
+            }
         } else {
             continue;
         };
-        failed |= !sent;
+        match rc {
+            Ok(()) => {}
+            Err(e) if e > 0 => refused = true,
+            Err(_) => failed = true,
+        }
     }
+    copy_outcome(failed, refused).map(|()| PassPath::Flood)
+}
+
+/// The outcome of a frame's copies (flood, shared-address group): any copy that could not
+/// be sent (a negative bpf_clone_redirect: the device is gone) is `RedirectFailed`; else
+/// any copy the destination device refused (positive: its queue dropped it, e.g. a tap no
+/// VM has opened yet) is `DestRefused`, told apart because it is not the datapath's fault
+/// and happens routinely while a VM boots.
+#[inline(always)]
+pub fn copy_outcome(failed: bool, refused: bool) -> Result<(), DropReason> {
     if failed {
         Err(DropReason::RedirectFailed)
+    } else if refused {
+        Err(DropReason::DestRefused)
     } else {
-        Ok(PassPath::Flood)
+        Ok(())
     }
 }
 

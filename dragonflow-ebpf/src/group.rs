@@ -222,7 +222,9 @@ fn copies(
     // verifier does not track context memory): kept in a register, each of the reasons
     // the policy can return would be a distinct state at every iteration.
     let mut sent = false;
+    // See `fwd::copy_outcome`.
     let mut failed = false;
+    let mut refused = false;
     let skb = ctx.skb.skb;
     // SAFETY: the context of this run (see `tail_call`).
     unsafe { (*skb).cb[4] = DropReason::NoHolder as u32 };
@@ -263,14 +265,18 @@ fn copies(
         } else {
             continue;
         };
-        if (rewrite && ctx.store(0, &m.mac, 0).is_err()) || ctx.clone_redirect(to, 0).is_err() {
+        if rewrite && ctx.store(0, &m.mac, 0).is_err() {
             failed = true;
-        } else {
-            sent = true;
+            continue;
+        }
+        match ctx.clone_redirect(to, 0) {
+            Ok(()) => sent = true,
+            Err(e) if e > 0 => refused = true,
+            Err(_) => failed = true,
         }
     }
-    if failed {
-        Err(DropReason::RedirectFailed)
+    if failed || refused {
+        crate::fwd::copy_outcome(failed, refused)
     } else if !sent {
         // SAFETY: as above.
         let r = unsafe { (*skb).cb[4] };

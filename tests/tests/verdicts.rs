@@ -1737,8 +1737,9 @@ const XDP_HANDOFF_ONLY: &[&str] = &["l2_tunnel", "flood"];
 /// Drop reasons XDP leaves to its TC companion: a frame longer than the MTU may be a GSO
 /// super-frame, which only TC can judge (`gso_size`); XDP redirects only into taps it
 /// has just found in the devmap, so a failed redirect needs the entry to vanish in
-/// between (not reproducible in a test run). TC covers both.
-const XDP_NEVER_DROPS: &[&str] = &["mtu_exceeded", "redirect_failed"];
+/// between (not reproducible in a test run); copies (`dest_refused`) are TC's. TC covers
+/// them all.
+const XDP_NEVER_DROPS: &[&str] = &["mtu_exceeded", "redirect_failed", "dest_refused"];
 
 /// Reasons only the tunnel program (a TC program) decides.
 const TUNNEL_ONLY: &[&str] = &["unknown_vni", "tunnel_not_local"];
@@ -1765,12 +1766,14 @@ const NO_SUCH_IFINDEX: u32 = 999_999;
 /// A namespace with the devices forwarding sends to: `fwd1` (a local tap, in the devmap),
 /// `fwd2` (a local tap missing from the devmap), `fwdvx` (stands in for df-vxlan); veth
 /// pairs (no dummy module here) that count what they transmit, so flood copies
-/// (bpf_clone_redirect really sends in a test run) are visible.
+/// (bpf_clone_redirect really sends in a test run) are visible. `fwdt` is a real tap no
+/// process has opened (a VM still booting): up, no carrier, its queue drops everything.
 struct FwdNet {
     ns: tests::harness::Netns,
     tap1: u32,
     tap2: u32,
     vx: u32,
+    unopened: u32,
 }
 
 impl FwdNet {
@@ -1783,11 +1786,14 @@ impl FwdNet {
             ns.exec(&format!("ip link set {d} up"));
             ns.exec(&format!("ip link set {d}p up"));
         }
+        ns.exec("ip tuntap add dev fwdt mode tap");
+        ns.exec("ip link set fwdt up");
         ns.exec("ip link set lo up");
         FwdNet {
             tap1: ns.ifindex("fwd1"),
             tap2: ns.ifindex("fwd2"),
             vx: ns.ifindex("fwdvx"),
+            unopened: ns.ifindex("fwdt"),
             ns,
         }
     }
@@ -1812,6 +1818,8 @@ enum FwdSeed {
     NoTunnel,
     /// As `Chassis`, the flood list naming a device that does not exist.
     BadFloodTarget,
+    /// As `Chassis`, the flood list's local tap one that no VM has opened yet.
+    UnopenedFloodTarget,
 }
 
 fn seed_fwd(dp: &mut Datapath, n: &FwdNet, s: FwdSeed) {
@@ -1878,10 +1886,10 @@ fn seed_fwd(dp: &mut Datapath, n: &FwdNet, s: FwdSeed) {
         },
         FloodDest {
             kind: DEST_LOCAL as u32,
-            ifindex: if s == FwdSeed::BadFloodTarget {
-                NO_SUCH_IFINDEX
-            } else {
-                n.tap1
+            ifindex: match s {
+                FwdSeed::BadFloodTarget => NO_SUCH_IFINDEX,
+                FwdSeed::UnopenedFloodTarget => n.unopened,
+                _ => n.tap1,
             },
             ..Default::default()
         },
@@ -2074,6 +2082,15 @@ fn fwd_cases(_n: &FwdNet) -> Vec<FwdCase> {
             xdp: Out::Handoff,
             tc: Some(Out::Fwd(TC_ACT_SHOT, PassPath::Flood)),
             tx: &["fwd1", "fwdvx"],
+        },
+        FwdCase {
+            name: "flood with a copy a tap refuses (no VM has opened it yet; the others are sent)",
+            seed: FwdSeed::UnopenedFloodTarget,
+            frame: arp_req.clone(),
+            sec: PassPath::Arp,
+            xdp: Out::Handoff,
+            tc: Some(Out::Drop(DropReason::DestRefused)),
+            tx: &["fwdvx"],
         },
         FwdCase {
             name: "flood with a copy that cannot be sent (the others are)",
