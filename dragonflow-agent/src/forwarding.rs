@@ -52,7 +52,8 @@
 //!   `FLOOD_MAX` (locals first), reported in [`Desired::flood_overflow`].
 //! - routes: per router interface, its prefix (host bits cleared) under the router's id
 //!   → {net_id of its lswitch, interface MAC}.
-//! - devmap: every programmed local tap → itself.
+//! - devmap: every programmed local tap → itself; the controller then keeps only the tun
+//!   taps (`datapath::sys::is_tun`), the ones native XDP can deliver into.
 //!
 //! Router ids: the datapath keys routes by a u32; [`router_id`] derives it from the
 //! router's id string with 32-bit FNV-1a, so every chassis computes the same number with

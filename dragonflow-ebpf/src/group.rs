@@ -42,7 +42,7 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{PacketCtx, Pkt, arr_at, be16_at, ip6_bytes, load, load_ip6, u8_at},
-    l2,
+    fwd, l2,
     maps::{GROUPS, NEIGH, PROGS},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN},
     policy, responder,
@@ -155,7 +155,7 @@ pub fn run(ctx: &TcContext) {
     } else {
         Direction::FromVm
     };
-    let Some(mut sg) = Sg::new(ingress, crate::fwd::config()) else {
+    let Some(mut sg) = Sg::new(ingress, fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         crate::stats::drop_in(dir, DropReason::SgDenied);
         return;
@@ -222,9 +222,8 @@ fn copies(
     // verifier does not track context memory): kept in a register, each of the reasons
     // the policy can return would be a distinct state at every iteration.
     let mut sent = false;
-    // See `fwd::copy_outcome`.
-    let mut failed = false;
-    let mut refused = false;
+    // The copies' results OR-ed together (see `fwd::copy_outcome`).
+    let mut rcs: i64 = 0;
     let skb = ctx.skb.skb;
     // SAFETY: the context of this run (see `tail_call`).
     unsafe { (*skb).cb[4] = DropReason::NoHolder as u32 };
@@ -258,7 +257,7 @@ fn copies(
         } else if m.kind == DEST_REMOTE && vxlan != 0 {
             // The tunnel key is per-CPU state copied into each clone (see `fwd::flood`).
             if tunnel::set_key_to(ctx, &mut key, m.remote_ip).is_err() {
-                failed = true;
+                rcs |= -1;
                 continue;
             }
             vxlan
@@ -266,17 +265,17 @@ fn copies(
             continue;
         };
         if rewrite && ctx.store(0, &m.mac, 0).is_err() {
-            failed = true;
+            rcs |= -1;
             continue;
         }
-        match ctx.clone_redirect(to, 0) {
-            Ok(()) => sent = true,
-            Err(e) if e > 0 => refused = true,
-            Err(_) => failed = true,
+        let rc = fwd::clone_redirect(ctx, to);
+        if rc == 0 {
+            sent = true;
         }
+        rcs |= rc;
     }
-    if failed || refused {
-        crate::fwd::copy_outcome(failed, refused)
+    if rcs != 0 {
+        fwd::copy_outcome(rcs)
     } else if !sent {
         // SAFETY: as above.
         let r = unsafe { (*skb).cb[4] };

@@ -278,7 +278,7 @@ fn bulk_receiver(ns: &Netns, bind: &str, port: u16) -> Child {
         .command(PYTHON)
         .arg(script("bulk.py"))
         .args(["recv", "--bind", bind, "--port", &port.to_string()])
-        .args(["--len", &BULK.to_string(), "--timeout", "60"])
+        .args(["--len", &BULK.to_string(), "--timeout", "30"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -291,16 +291,18 @@ fn bulk_receiver(ns: &Netns, bind: &str, port: u16) -> Child {
     c
 }
 
-/// "<bytes> <md5>" from a bulk.py that has finished.
-fn bulk_result(c: Child) -> String {
+/// "<bytes> <md5>" from a bulk.py that has finished, or what it complained about.
+fn bulk_result(c: Child) -> Result<String, String> {
     let out = c.wait_with_output().expect("bulk.py");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bulk.py failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines().last().unwrap_or("").trim().to_string()
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "bulk.py failed: {text}{}",
+            err.lines().last().unwrap_or("")
+        ));
+    }
+    Ok(text.lines().last().unwrap_or("").trim().to_string())
 }
 
 /// The guest's "<bytes> <md5>" of a file.
@@ -316,21 +318,24 @@ fn bulk_both_ways(w: &World, ns: &Netns, peer_ip: &str, what: &str, port: u16) {
     // Guest → namespace VM: busybox nc sends the guest's random file.
     let rx = bulk_receiver(ns, peer_ip, port);
     let (st, out) = w.guest.sh_status(
-        &format!("timeout 90 nc {peer_ip} {port} < /tmp/bulk"),
+        &format!("timeout 40 nc {peer_ip} {port} < /tmp/bulk"),
         Duration::from_secs(120),
     );
     let got = bulk_result(rx);
     let sent = guest_digest(&w.guest, "/tmp/bulk");
     assert_eq!(
         got,
-        sent,
-        "{what}: guest → {peer_ip} (nc exit {st}: {out}); counters:\n{}",
+        Ok(sent),
+        "{what}: guest → {peer_ip} (nc exit {st}: {out}); checksum errors counted by the \
+         peer: {}, by the guest: {}; counters:\n{}",
+        ns_csum_errors(ns),
+        guest_csum_errors(&w.guest),
         w.counters()
     );
     // Namespace VM → guest: busybox nc listens in the background; bulk.py connects
     // (retrying while refused: that is the readiness poll) and sends.
     w.guest.sh(&format!(
-        "rm -f /tmp/rx; (timeout 90 nc -l -p {port} > /tmp/rx &)"
+        "rm -f /tmp/rx; (timeout 40 nc -l -p {port} > /tmp/rx &)"
     ));
     let dst = w.guest_ip_for(peer_ip);
     let tx = ns
@@ -342,7 +347,13 @@ fn bulk_both_ways(w: &World, ns: &Netns, peer_ip: &str, what: &str, port: u16) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn bulk.py send");
-    let sent = bulk_result(tx);
+    let sent = bulk_result(tx).unwrap_or_else(|e| {
+        panic!(
+            "{what}: {peer_ip} → guest: {e}; checksum errors in the guest: {}; counters:\n{}",
+            guest_csum_errors(&w.guest),
+            w.counters()
+        )
+    });
     let got = wait_for(
         &format!("{what}: {BULK} bytes in the guest"),
         Duration::from_secs(60),
@@ -414,6 +425,17 @@ fn real_guest(hook: Hook, xdp_mode: &str) {
     assert!(
         ping(w.ns(&C1), G_IP4, 3),
         "{tag} c1 does not ping the guest"
+    );
+    // The agent made only the guest's tap (tun) an XDP redirect target; a1 and c1 sit
+    // behind veth taps, which XDP hands to TC.
+    assert_eq!(
+        metric(
+            &hv1.metrics(),
+            "dragonflow_map_entries",
+            &[("map", "df_devmap_v1")]
+        ),
+        Some(1.0),
+        "{tag} df_devmap_v1 must hold the guest's tun tap only"
     );
     // Everything the guest sent at boot (DAD, MLD, router solicitations) went somewhere:
     // none of it failed a redirect.
