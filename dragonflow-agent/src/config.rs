@@ -20,8 +20,10 @@ use crate::nb::{AapMode, DEFAULT_PREFIX};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
-    /// XDP: fastest for small packets, but takes GSO/TSO and checksum offload away from
-    /// veth/tap VMs (see the README: "XDP or TC").
+    /// XDP, with the TC pipeline as its companion: XDP drops early and finishes ARP/ICMP
+    /// to tun taps; it hands TCP/UDP (a VM's offloaded checksum is invisible to XDP),
+    /// frames over the MTU (GSO), tunnel, flood and routed frames to TC. Correct with real
+    /// virtio guests (README, "XDP or TC"); slower than TC on veth taps.
     Xdp,
     /// tcx ingress classifier: keeps GSO and checksum state; the default.
     #[default]

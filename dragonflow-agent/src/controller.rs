@@ -363,6 +363,15 @@ impl Controller {
                 }
             }
             d.entries.config.insert(0, self.chassis_config());
+            // The devmap holds only the taps native XDP can deliver into (tun): XDP hands
+            // frames for any other tap to its TC companion (`l2::xdp_finishes`).
+            let xdp_targets: BTreeSet<u32> = self
+                .ifaces
+                .iter()
+                .filter(|(name, _)| datapath::sys::is_tun(name))
+                .map(|(_, &ifindex)| ifindex)
+                .collect();
+            d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
             self.maps.mask(&mut d.entries);
             self.write(&d, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).

@@ -177,6 +177,11 @@ named_enum! {
         /// that origin direction (`dragonflow_common::limits`): only the port's own new
         /// flows drop; its established flows and other ports are unaffected.
         CtPortQuota = 43 => "ct_port_quota",
+        /// A flood or group copy that the destination device refused (a positive return
+        /// of bpf_clone_redirect: dropped by the device's queue): a tap no VM has opened
+        /// yet (no carrier while qemu starts, so its queue drops everything) or whose VM
+        /// does not keep up (queue full). The other copies were sent.
+        DestRefused = 46 => "dest_refused",
     }
 }
 

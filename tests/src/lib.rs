@@ -2,6 +2,8 @@
 //! BPF_PROG_TEST_RUN. Shared by the integration tests, the demo and the benchmarks.
 
 pub mod frames;
+pub mod guest;
+pub mod guest_kernel;
 pub mod harness;
 pub mod rawbpf;
 pub mod testrun;

@@ -592,6 +592,14 @@ impl Datapath {
             .expect("insert tunnel source");
     }
 
+    /// Takes a tap out of the XDP devmap (as the agent does for taps XDP cannot deliver to).
+    pub fn remove_devmap(&mut self, ifindex: u32) {
+        let mut m = DevMapHash::try_from(self.ebpf.map_mut(names::DEVMAP).expect("devmap"))
+            .expect("devmap");
+        m.remove(ifindex)
+            .unwrap_or_else(|e| panic!("devmap remove {ifindex}: {e}"));
+    }
+
     /// A local tap in the XDP devmap (key = value = ifindex; the device must exist).
     pub fn add_devmap(&mut self, ifindex: u32) {
         let mut m = DevMapHash::try_from(self.ebpf.map_mut(names::DEVMAP).expect("devmap"))

@@ -311,7 +311,7 @@ impl Sg {
                 &format!("tap{}", d.name),
                 d.mac,
                 &addrs,
-                &VmOpts::for_hook(hook, &[]),
+                &VmOpts::with_gateways(&[]),
             );
         }
         // No flags: forwarding in the datapath and security groups are the defaults.

@@ -275,9 +275,7 @@ fn measure(setup: Setup, secs: u64) -> (f64, f64) {
         }
     }
     let opts = VmOpts {
-        gro: hook == Hook::Xdp && !bridge,
-        tx_csum_off: hook == Hook::Xdp && !bridge,
-        xdp_pass: hook == Hook::Xdp && !bridge,
+        xdp_stub_napi: matches!(setup, Setup::Stub(Hook::Xdp)),
         ..VmOpts::default()
     };
     cloud.add_vm_opts(hv, "vm1", TAP1, MAC1, &[&format!("{IP1}/24")], &opts);
