@@ -119,8 +119,12 @@ pub fn from_vm<C: PacketCtx>(
         // Detection way: for the active holder only.
         if !mac_eq(&vip.mac, &eth.dst) {
             dest = l2::lookup(net_id, &vip.mac).ok_or(DropReason::UnknownUnicast)?;
-            if C::IS_XDP && dest.kind != DEST_LOCAL {
+            if C::IS_XDP
+                && (dest.kind != DEST_LOCAL
+                    || !l2::xdp_finishes(pkt, eth.proto, dest.mtu, dest.ifindex))
+            {
                 // Untouched: the TC companion decides it again (and readdresses it).
+                // Asked here, before the rewrite: a hand-off never carries XDP's edits.
                 return Ok(Fwd::Handoff);
             }
             readdress(pkt, &vip.mac)?;

@@ -66,7 +66,7 @@ fn cloud(hook: Hook, args: &[&str]) -> Cloud {
             &format!("tap{name}"),
             MACS[i],
             &[&format!("{}/24", IPS[i])],
-            &VmOpts::for_hook(hook, &[]),
+            &VmOpts::with_gateways(&[]),
         );
     }
     for i in 0..2 {

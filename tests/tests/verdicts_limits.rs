@@ -96,6 +96,8 @@ fn seed(dp: &mut Datapath, n: &Net, flags: u32, limits: Limits) {
         );
         dp.add_addr_net(AddrKey::v4(ifindex, mac, ip), ADDR_F_FIXED, NET);
         dp.add_mac(MacKey::new(ifindex, mac));
+        // As the agent does for a tun tap: XDP answers ARP out of taps in its devmap only.
+        dp.add_devmap(ifindex);
     }
     dp.add_neigh(
         NeighKey {
