@@ -2,7 +2,7 @@
 //! `cargo xtask setup`, see [`crate::guest_kernel`]) booted by qemu with TCG (KVM is not
 //! available on these machines) from a minimal initramfs this module writes: busybox,
 //! the virtio-net modules and their dependencies, and an `/init` that configures eth0
-//! from the kernel command line and then serves shell commands on a second serial port.
+//! from the kernel command line and then serves shell commands on a virtio-serial port.
 //!
 //! The guest's NIC is `virtio-net-pci` with its default offloads (checksum offload, TSO,
 //! GRO) on a tap device created in the hypervisor namespace: exactly the frames a
@@ -28,9 +28,10 @@ use crate::{guest_kernel, harness::Hypervisor};
 /// Where Debian's busybox-static puts its binary (installed by `cargo xtask setup`).
 const BUSYBOX: &str = "/bin/busybox";
 
-/// The modules eth0 needs, loaded with their dependencies (the cloud kernel builds virtio,
-/// virtio_pci and virtio_net as modules; PCI and the 8250 serial ports are built in).
-const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+/// The modules eth0 and the command channel need, loaded with their dependencies (the
+/// cloud kernel builds virtio, virtio_pci, virtio_net and virtio_console as modules; PCI
+/// and the 8250 serial port of the console are built in).
+const MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console"];
 
 /// What the guest prints on the command channel once eth0 is configured.
 const READY: &str = "@@DF-READY";
@@ -42,9 +43,11 @@ const END: &str = "@@DF-END";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// PID 1 of the guest. Kernel command line parameters `df.<key>=<value>` become shell
-/// variables `df_<key>` (addresses, gateways, MTU). The command channel is /dev/ttyS1 in
-/// raw mode: the host writes `<id> <shell command>\n`, the guest answers with the
-/// command's output (stdout and stderr) and `\n@@DF-END <id> <status>\n`.
+/// variables `df_<key>` (addresses, gateways, MTU). The command channel is the
+/// virtio-serial port named `df.cmd`: the host writes `<id> <shell command>\n`, the guest
+/// answers with the command's output (stdout and stderr) and `\n@@DF-END <id> <status>\n`.
+/// Not a second 16550 UART: under TCG on a loaded host its 16-byte receive FIFO overran
+/// and lost bytes of a command line (raw mode has no flow control); virtio-serial has.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -71,8 +74,17 @@ ip addr add "$df_ip4" dev eth0
 ip -6 addr add "$df_ip6" dev eth0
 ip route add default via "$df_gw4"
 ip -6 route add default via "$df_gw6"
-exec 3<>/dev/ttyS1
-stty raw -echo <&3
+# The command port: its device appears once virtio_console has probed (bounded poll).
+port=
+i=0
+while [ -z "$port" ] && [ $i -lt 600 ]; do
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = df.cmd ] && port="/dev/${p##*/}"
+    done
+    [ -n "$port" ] && [ -e "$port" ] || { port=; usleep 50000; i=$((i + 1)); }
+done
+[ -n "$port" ] || { echo "DF-INIT: no df.cmd virtio-serial port"; poweroff -f; }
+exec 3<>"$port"
 printf '@@DF-READY\n' >&3
 while read -r id cmd <&3; do
     sh -c "$cmd" </dev/null >/tmp/df-out 2>&1 3>&-
@@ -210,7 +222,7 @@ pub fn initramfs(k: &Kernel) -> Vec<u8> {
         ),
     ];
     let mut names = Vec::new();
-    for (i, ko) in module_load_order(k, NIC_MODULES).iter().enumerate() {
+    for (i, ko) in module_load_order(k, MODULES).iter().enumerate() {
         // Numbered so that the load order is also visible in the archive.
         let name = format!("{i:02}-{}", ko.file_name().expect("file").to_string_lossy());
         let data = fs::read(ko).unwrap_or_else(|e| panic!("read {}: {e}", ko.display()));
@@ -244,7 +256,7 @@ pub struct GuestSpec {
     pub mtu: u32,
 }
 
-/// The command channel: a Unix socket qemu connects to the guest's second serial port.
+/// The command channel: a Unix socket qemu connects to the guest's virtio-serial port.
 struct Chan {
     stream: UnixStream,
     buf: Vec<u8>,
@@ -343,8 +355,12 @@ impl Guest {
             .arg(format!("file:{}", console.display()))
             // wait=on: qemu starts the guest only once we are connected, so nothing the
             // guest writes on the channel is lost.
-            .arg("-serial")
-            .arg(format!("unix:{},server=on,wait=on", sock.display()))
+            .args([
+                "-chardev",
+                &format!("socket,id=cmd,path={},server=on,wait=on", sock.display()),
+            ])
+            .args(["-device", "virtio-serial-pci"])
+            .args(["-device", "virtserialport,chardev=cmd,name=df.cmd"])
             .args([
                 "-netdev",
                 &format!(
