@@ -13,7 +13,10 @@ use std::{
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::nb::{AapMode, DEFAULT_PREFIX};
+use crate::nb::{
+    AapMode, DEFAULT_PREFIX,
+    etcd::{EtcdArgs, EtcdError, EtcdFile, EtcdSettings},
+};
 
 /// Where the from-VM pipeline runs on a tap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
@@ -70,6 +73,8 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub etcd_endpoints: Option<Vec<String>>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Key prefix of the northbound model [default: /dragonflow/].
     #[arg(long, env = "DRAGONFLOW_PREFIX")]
     pub prefix: Option<String>,
@@ -157,6 +162,12 @@ pub struct Cli {
 pub struct FileConfig {
     pub chassis: Option<String>,
     pub etcd_endpoints: Option<EndpointList>,
+    // The keys of `EtcdArgs` (serde cannot flatten into a struct that denies unknown keys).
+    pub etcd_cacert: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
     pub prefix: Option<String>,
     pub tunnel_ip: Option<IpAddr>,
     pub hook: Option<Hook>,
@@ -201,7 +212,8 @@ impl EndpointList {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub chassis: String,
-    pub etcd_endpoints: Vec<String>,
+    /// Endpoints, TLS and credentials (files already read).
+    pub etcd: EtcdSettings,
     pub prefix: String,
     pub tunnel_ip: IpAddr,
     pub hook: Hook,
@@ -275,6 +287,8 @@ pub enum ConfigError {
     BadPrefix(String),
     #[error("--etcd-endpoints is empty")]
     NoEndpoints,
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
     #[error("--tunnel-dev {0:?} is not a valid interface name")]
     BadTunnelDev(String),
     #[error("--lease-ttl must be between 2 and 3600 seconds (got {0})")]
@@ -328,6 +342,16 @@ impl Cli {
         if etcd_endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints);
         }
+        let etcd = self
+            .etcd
+            .merge(EtcdFile {
+                etcd_cacert: file.etcd_cacert,
+                etcd_cert: file.etcd_cert,
+                etcd_key: file.etcd_key,
+                etcd_user: file.etcd_user,
+                etcd_password_file: file.etcd_password_file,
+            })
+            .resolve(etcd_endpoints)?;
         let no_tunnel = self.no_tunnel.or(file.no_tunnel).unwrap_or(false);
         let tunnel_dev = self
             .tunnel_dev
@@ -376,7 +400,7 @@ impl Cli {
             forwarding: self.forwarding.or(file.forwarding).unwrap_or(true),
             lease_ttl_s,
             chassis,
-            etcd_endpoints,
+            etcd,
             prefix,
             tunnel_ip: self
                 .tunnel_ip
@@ -458,7 +482,7 @@ mod tests {
         let c = parse(&["--chassis", "hv1"])
             .merge(FileConfig::default())
             .unwrap();
-        assert_eq!(c.etcd_endpoints, vec![DEFAULT_ETCD]);
+        assert_eq!(c.etcd.endpoints, vec![DEFAULT_ETCD]);
         assert_eq!(c.prefix, "/dragonflow/");
         assert_eq!(c.hook, Hook::Tc);
         assert_eq!(c.xdp_mode, XdpMode::Native);
@@ -518,7 +542,7 @@ mod tests {
         assert_eq!(p.aap_mode, AapMode::Detection);
         assert_eq!(c.chassis, "hv2");
         assert_eq!(c.hook, Hook::Xdp);
-        assert_eq!(c.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(c.etcd.endpoints, vec!["http://a:1", "http://b:2"]);
         assert!(!c.allow_any_aap);
     }
 
@@ -533,7 +557,7 @@ mod tests {
         ])
         .merge(FileConfig::default())
         .unwrap();
-        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.etcd.endpoints.len(), 2);
         assert!(c.cleanup);
     }
 

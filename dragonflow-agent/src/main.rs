@@ -87,7 +87,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(
         chassis = %cfg.chassis,
         hook = cfg.hook.as_str(),
-        etcd = %cfg.etcd_endpoints.join(","),
+        etcd = %cfg.etcd.endpoints_str(),
         pins = %cfg.pin_root().display(),
         "starting dragonflow-agent {}",
         env!("CARGO_PKG_VERSION")

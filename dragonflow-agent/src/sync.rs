@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, EventType, PutOptions, WatchOptions};
+use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 use tokio::{
     sync::{mpsc, watch},
     time,
@@ -24,6 +24,7 @@ use crate::{
     metrics::Shared,
     nb::{
         Chassis, Kind, LPort, LRouter, LSwitch, NbObject, SecGroup, ValidationOptions, decode_with,
+        etcd::{self, CallError},
         paged, parse_key,
     },
     reconcile::NbSnapshot,
@@ -33,6 +34,10 @@ use crate::{
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 keepalive on the session's connections: a member that vanished without closing
+/// its socket (power loss, partition) ends the watch within about twice this.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// What etcd told us, for the controller.
 #[derive(Debug)]
@@ -60,10 +65,8 @@ pub enum SyncError {
     Etcd {
         what: &'static str,
         #[source]
-        source: etcd_client::Error,
+        source: CallError,
     },
-    #[error("etcd {0}: timed out")]
-    Timeout(&'static str),
     #[error("etcd watch ended")]
     WatchEnded,
     #[error("the chassis lease expired")]
@@ -72,13 +75,22 @@ pub enum SyncError {
     Closed,
 }
 
-async fn call<T>(
-    what: &'static str,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, SyncError> {
-    match time::timeout(CALL_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|source| SyncError::Etcd { what, source }),
-        Err(_) => Err(SyncError::Timeout(what)),
+/// One request, retried on another member while the cluster cannot serve it.
+async fn call<T, F, Fut>(what: &'static str, attempt: F) -> Result<T, SyncError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    etcd::call(CALL_TIMEOUT, attempt)
+        .await
+        .map_err(|source| SyncError::Etcd { what, source })
+}
+
+/// A stream message's error (watch, keepalive): not retried, the session ends.
+fn stream_error(what: &'static str) -> impl FnOnce(etcd_client::Error) -> SyncError {
+    move |e| SyncError::Etcd {
+        what,
+        source: CallError::classify(e),
     }
 }
 
@@ -92,9 +104,12 @@ pub async fn run(
     sessions: watch::Sender<Option<Session>>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    // The lease of the last session: a new session keeps it while etcd still has it, so
+    // that the chassis record and the claims under it never blink during a failover.
+    let mut lease = None;
     loop {
         let mut established = false;
-        let res = session(&cfg, &shared, &tx, &sessions, &mut established).await;
+        let res = session(&cfg, &shared, &tx, &sessions, &mut established, &mut lease).await;
         sessions.send_replace(None);
         let was_connected = shared.etcd_connected.swap(false, Ordering::Relaxed);
         if matches!(res, Err(SyncError::Closed)) {
@@ -127,21 +142,41 @@ async fn session(
     tx: &mpsc::Sender<NbEvent>,
     sessions: &watch::Sender<Option<Session>>,
     established: &mut bool,
+    prev_lease: &mut Option<i64>,
 ) -> Result<(), SyncError> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    let mut client = call("connect", Client::connect(&cfg.etcd_endpoints, Some(opts))).await?;
+    let opts = cfg.etcd.connect_options(CONNECT_TIMEOUT, KEEPALIVE);
+    let client = call("connect", || {
+        Client::connect(&cfg.etcd.endpoints, Some(opts.clone()))
+    })
+    .await?;
 
     // Register under a lease: the record disappears when this agent stops renewing it.
     // The chassis record lives as long as this lease (`--lease-ttl`): when the agent dies,
     // etcd deletes it after the TTL and every other agent drops this chassis from its L2
     // and flood entries. Keepalives go every third of the TTL.
     let ttl = cfg.lease_ttl_s.max(1);
-    let lease = call("lease grant", client.lease_grant(ttl, None))
+    let alive = match *prev_lease {
+        Some(id) => {
+            call("lease ttl", || {
+                let mut c = client.clone();
+                async move { c.lease_time_to_live(id, None).await }
+            })
+            .await?
+            .ttl()
+                > 0
+        }
+        None => false,
+    };
+    let lease = match *prev_lease {
+        Some(id) if alive => id,
+        _ => call("lease grant", || {
+            let mut c = client.clone();
+            async move { c.lease_grant(ttl, None).await }
+        })
         .await?
-        .id();
+        .id(),
+    };
+    *prev_lease = Some(lease);
     let record = Chassis {
         name: cfg.chassis.clone(),
         tunnel_ip: cfg.tunnel_ip,
@@ -150,17 +185,19 @@ async fn session(
     };
     let key = crate::nb::key(&cfg.prefix, Kind::Chassis, &cfg.chassis);
     let value = serde_json::to_vec(&record).expect("chassis record serialises");
-    call(
-        "put chassis",
-        client.put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        ),
-    )
+    call("put chassis", || {
+        let (mut c, key, value) = (client.clone(), key.clone(), value.clone());
+        async move {
+            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                .await
+        }
+    })
     .await?;
-    let (mut keeper, mut keepalive_stream) =
-        call("lease keepalive", client.lease_keep_alive(lease)).await?;
+    let (mut keeper, mut keepalive_stream) = call("lease keepalive", || {
+        let mut c = client.clone();
+        async move { c.lease_keep_alive(lease).await }
+    })
+    .await?;
     info!(chassis = %cfg.chassis, lease = format_args!("{lease:x}"), "registered {key}");
     shared.etcd_connected.store(true, Ordering::Relaxed);
     *established = true;
@@ -174,10 +211,10 @@ async fn session(
     loop {
         // Full read at revision R, then everything after R.
         // In pages, all at one revision: the NB may be far larger than one response.
-        let range = call(
-            "range get",
-            paged::get_prefix(&mut paged::kv(&client), cfg.prefix.as_str()),
-        )
+        let range = call("range get", || {
+            let mut kv = paged::kv(&client);
+            async move { paged::get_prefix(&mut kv, &cfg.prefix).await }
+        })
         .await?;
         let revision = range.revision;
         let kvs = range
@@ -199,25 +236,25 @@ async fn session(
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_progress_notify();
-        let mut watch = call(
-            "watch",
-            paged::watcher(&client).watch(cfg.prefix.as_str(), Some(wopts)),
-        )
+        let mut watch = call("watch", || {
+            let (mut w, wopts) = (paged::watcher(&client), wopts.clone());
+            async move { w.watch(cfg.prefix.as_str(), Some(wopts)).await }
+        })
         .await?;
         'watch: loop {
             tokio::select! {
                 _ = keepalive.tick() => {
-                    call("lease keepalive", keeper.keep_alive()).await?;
+                    keeper.keep_alive().await.map_err(stream_error("lease keepalive"))?;
                 }
                 msg = keepalive_stream.message() => {
-                    match msg.map_err(|source| SyncError::Etcd { what: "lease keepalive", source })? {
+                    match msg.map_err(stream_error("lease keepalive"))? {
                         Some(r) if r.ttl() <= 0 => return Err(SyncError::LeaseLost),
                         Some(_) => {}
                         None => return Err(SyncError::LeaseLost),
                     }
                 }
                 msg = watch.message() => {
-                    let Some(resp) = msg.map_err(|source| SyncError::Etcd { what: "watch", source })? else {
+                    let Some(resp) = msg.map_err(stream_error("watch"))? else {
                         return Err(SyncError::WatchEnded);
                     };
                     if resp.compact_revision() != 0 || resp.canceled() {
