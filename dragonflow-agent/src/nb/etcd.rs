@@ -288,6 +288,13 @@ pub enum CallError {
     NoLeader(String),
     #[error("etcd unavailable: {0}")]
     Unavailable(String),
+    /// With TLS 1.3 the client finishes its side of the handshake before the server
+    /// checks the client's certificate: a refused certificate shows up as a closed
+    /// connection rather than an alert.
+    #[error(
+        "etcd closed the connection (with TLS: no client certificate, or one it does not trust?): {0}"
+    )]
+    Closed(String),
     #[error("no answer within {}s{}", .after.as_secs_f32(), .last.as_ref().map(|l| format!(" (last error: {l})")).unwrap_or_default())]
     Timeout {
         after: Duration,
@@ -328,6 +335,13 @@ impl CallError {
             }
             Some(Code::PermissionDenied) => CallError::PermissionDenied(text),
             Some(Code::Unavailable) if lower.contains("no leader") => CallError::NoLeader(text),
+            Some(Code::Cancelled | Code::Unavailable | Code::Unknown)
+                if ["connection closed", "broken pipe", "connection reset"]
+                    .iter()
+                    .any(|w| lower.contains(w)) =>
+            {
+                CallError::Closed(text)
+            }
             Some(Code::Unavailable) => CallError::Unavailable(text),
             _ => CallError::Other(e),
         }
@@ -336,7 +350,7 @@ impl CallError {
     /// How much a transient failure tells an operator (see [`call`]).
     fn rank(&self) -> u8 {
         match self {
-            CallError::NoLeader(_) => 2,
+            CallError::NoLeader(_) | CallError::Closed(_) => 2,
             CallError::Unavailable(_) => 1,
             _ => 0,
         }
@@ -347,7 +361,10 @@ impl CallError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            CallError::Unavailable(_) | CallError::NoLeader(_) | CallError::Timeout { .. }
+            CallError::Unavailable(_)
+                | CallError::NoLeader(_)
+                | CallError::Closed(_)
+                | CallError::Timeout { .. }
         )
     }
 }
