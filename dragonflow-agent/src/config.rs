@@ -94,6 +94,11 @@ pub struct Cli {
     /// bpffs mount; pins go to <bpffs>/dragonflow/<chassis>/{maps,links} [default: /sys/fs/bpf].
     #[arg(long, env = "DRAGONFLOW_BPFFS", value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
+    /// Directory of the agent's instance id (`<chassis>.instance`), which tells a restart
+    /// of this agent from another agent using the same chassis name
+    /// [default: /var/lib/dragonflow].
+    #[arg(long, env = "DRAGONFLOW_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// HTTP address of /metrics, /healthz, /garp and /state [default: 127.0.0.1:9465].
     #[arg(long, env = "DRAGONFLOW_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -174,6 +179,7 @@ pub struct FileConfig {
     pub xdp_mode: Option<XdpMode>,
     pub tap_prefix: Option<String>,
     pub bpffs: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
     pub aap_mode: Option<AapMode>,
     pub garp_min_interval_ms: Option<u64>,
@@ -220,6 +226,8 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     pub tap_prefix: String,
     pub bpffs: PathBuf,
+    /// Where the instance id is kept.
+    pub state_dir: PathBuf,
     pub metrics_addr: SocketAddr,
     pub aap_mode: AapMode,
     pub garp_min_interval_ms: u64,
@@ -247,6 +255,7 @@ pub struct Config {
 
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dragonflow";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9465";
 pub const DEFAULT_GARP_MIN_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_MAX_AAP: usize = 10;
@@ -416,6 +425,10 @@ impl Cli {
                 .bpffs
                 .or(file.bpffs)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS)),
+            state_dir: self
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             metrics_addr: self
                 .metrics_addr
                 .or(file.metrics_addr)

@@ -11,12 +11,14 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, EventType, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::{
     sync::{mpsc, watch},
     time,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     activeport::{self, Session},
@@ -71,6 +73,14 @@ pub enum SyncError {
     WatchEnded,
     #[error("the chassis lease expired")]
     LeaseLost,
+    #[error(
+        "chassis {chassis} is registered by another live agent (instance {owner}): two agents \
+         must not share a chassis name; use another --chassis, or stop that agent (its record \
+         goes when its lease expires)"
+    )]
+    Taken { chassis: String, owner: String },
+    #[error("the chassis record kept changing while it was being claimed")]
+    ClaimRaced,
     #[error("controller gone")]
     Closed,
 }
@@ -94,29 +104,54 @@ fn stream_error(what: &'static str) -> impl FnOnce(etcd_client::Error) -> SyncEr
     }
 }
 
-/// Runs forever: one session after another, with backoff in between. While a session is
-/// up, its client and chassis lease are published on `sessions` (the detection way claims
-/// under that lease).
+/// Runs until the controller goes: one session after another, with backoff in between.
+/// While a session is up, its client and chassis lease are published on `sessions` (the
+/// detection way claims under that lease). Fails only when the very first registration
+/// finds the chassis name taken by another live agent ([`SyncError::Taken`]): the agent
+/// must not start then. Later, the same finding is logged and retried: the datapath keeps
+/// running as it is.
 pub async fn run(
     cfg: Arc<Config>,
+    instance: String,
     shared: Arc<Shared>,
     tx: mpsc::Sender<NbEvent>,
     sessions: watch::Sender<Option<Session>>,
-) {
+) -> Result<(), SyncError> {
+    let mut ever_registered = false;
     let mut backoff = BACKOFF_MIN;
     // The lease of the last session: a new session keeps it while etcd still has it, so
     // that the chassis record and the claims under it never blink during a failover.
     let mut lease = None;
     loop {
         let mut established = false;
-        let res = session(&cfg, &shared, &tx, &sessions, &mut established, &mut lease).await;
+        let res = session(
+            &cfg,
+            &instance,
+            &shared,
+            &tx,
+            &sessions,
+            &mut established,
+            &mut lease,
+        )
+        .await;
         sessions.send_replace(None);
         let was_connected = shared.etcd_connected.swap(false, Ordering::Relaxed);
-        if matches!(res, Err(SyncError::Closed)) {
-            return;
+        ever_registered |= established;
+        match res {
+            Err(SyncError::Closed) => return Ok(()),
+            Err(e @ SyncError::Taken { .. }) if !ever_registered => return Err(e),
+            Err(SyncError::Taken { ref owner, .. }) => {
+                error!(
+                    chassis = %cfg.chassis,
+                    owner,
+                    "another agent took this chassis name while etcd was unreachable; \
+                     keeping the datapath as it is and retrying"
+                );
+            }
+            _ => {}
         }
         if tx.send(NbEvent::Disconnected).await.is_err() {
-            return;
+            return Ok(());
         }
         if established {
             backoff = BACKOFF_MIN;
@@ -138,6 +173,7 @@ pub async fn run(
 
 async fn session(
     cfg: &Config,
+    instance: &str,
     shared: &Shared,
     tx: &mpsc::Sender<NbEvent>,
     sessions: &watch::Sender<Option<Session>>,
@@ -182,17 +218,11 @@ async fn session(
         tunnel_ip: cfg.tunnel_ip,
         aap_mode: cfg.aap_mode,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        instance: instance.to_string(),
     };
     let key = crate::nb::key(&cfg.prefix, Kind::Chassis, &cfg.chassis);
     let value = serde_json::to_vec(&record).expect("chassis record serialises");
-    call("put chassis", || {
-        let (mut c, key, value) = (client.clone(), key.clone(), value.clone());
-        async move {
-            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await
-        }
-    })
-    .await?;
+    claim(&client, cfg, instance, &key, &value, lease).await?;
     let (mut keeper, mut keepalive_stream) = call("lease keepalive", || {
         let mut c = client.clone();
         async move { c.lease_keep_alive(lease).await }
@@ -267,6 +297,30 @@ async fn session(
                         break 'watch;
                     }
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv().filter(|kv| kv.key() == key.as_bytes()) else {
+                            continue;
+                        };
+                        match ev.event_type() {
+                            // Deleted by hand (or by a misbehaving tool) while this agent
+                            // lives: put it back, other chassis would drop this one otherwise.
+                            EventType::Delete => {
+                                warn!("{key} was deleted while this agent is alive; re-creating it");
+                                claim(&client, cfg, instance, &key, &value, lease).await?;
+                            }
+                            EventType::Put => {
+                                let owner = record_owner(kv.value());
+                                if owner != instance {
+                                    error!(
+                                        owner,
+                                        "{key} was overwritten by another writer: is another \
+                                         agent running with chassis name {}? Not fighting over it",
+                                        cfg.chassis
+                                    );
+                                }
+                            }
+                        }
+                    }
                     let changes: Vec<Change> = resp
                         .events()
                         .iter()
@@ -288,6 +342,68 @@ async fn session(
             }
         }
     }
+}
+
+/// The instance named in a chassis record ("" if unreadable or written before instances).
+fn record_owner(value: &[u8]) -> String {
+    serde_json::from_slice::<Chassis>(value)
+        .map(|c| c.instance)
+        .unwrap_or_default()
+}
+
+/// Writes this agent's chassis record under `lease`, unless a record of another agent
+/// instance is there (it is alive: an expired one is deleted by etcd). A record of this
+/// instance — a previous session's, or a previous incarnation's after a restart, whose
+/// lease may still be alive after `kill -9` — is taken over: the put moves the key onto
+/// the new lease, so the old lease's expiry no longer touches it. Both steps are
+/// transactions, so a refused agent never writes.
+async fn claim(
+    client: &Client,
+    cfg: &Config,
+    instance: &str,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+) -> Result<(), SyncError> {
+    let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+    let mut guard = Compare::version(key, CompareOp::Equal, 0);
+    for _ in 0..3 {
+        let txn = Txn::new()
+            .when([guard.clone()])
+            .and_then([put.clone()])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = call("claim chassis record", || {
+            let (mut c, txn) = (client.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        guard = match current {
+            // Gone in between: create it.
+            None => Compare::version(key, CompareOp::Equal, 0),
+            Some(kv) => {
+                let owner = record_owner(kv.value());
+                if owner.is_empty() {
+                    warn!(
+                        "{key} names no agent instance (written by an older agent); taking it over"
+                    );
+                } else if owner != instance {
+                    return Err(SyncError::Taken {
+                        chassis: cfg.chassis.clone(),
+                        owner,
+                    });
+                }
+                Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision())
+            }
+        };
+    }
+    Err(SyncError::ClaimRaced)
 }
 
 /// Limits applied when decoding NB records (Neutron's, see `nb::validate`).

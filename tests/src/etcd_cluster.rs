@@ -432,6 +432,9 @@ impl Agent {
             .args(["--tap-prefix", &prefix, "--probe-interval-ms", "0"])
             .arg("--bpffs")
             .arg(&self.bpffs)
+            // Kept across restarts of this guard's agent: its instance id lives there.
+            .arg("--state-dir")
+            .arg(self.bpffs.with_extension("state"))
             .args(["--metrics-addr", &self.metrics_addr])
             .args(&self.args)
             .env("RUST_LOG", "info,dragonflow_agent=debug")
@@ -511,6 +514,7 @@ impl Drop for Agent {
         let _ = Command::new("umount").arg(&self.bpffs).status();
         let _ = std::fs::remove_dir(&self.bpffs);
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_dir_all(self.bpffs.with_extension("state"));
     }
 }
 

@@ -414,3 +414,88 @@ fn agent_keeps_the_datapath_through_lost_quorum_and_catches_up() {
         t.elapsed()
     );
 }
+
+/// The `instance` field of the chassis record of `chassis`, if the record exists.
+fn owner(c: &EtcdCluster, chassis: &str) -> Option<String> {
+    let (value, _) = c.get(&format!("/dragonflow/chassis/{chassis}"))?;
+    let v: serde_json::Value = serde_json::from_str(&value).expect("chassis JSON");
+    Some(v["instance"].as_str().unwrap_or_default().to_string())
+}
+
+/// A deleted record is back within this (the agent watches its own key).
+const RECREATE_WITHIN: Duration = Duration::from_secs(3);
+
+#[test]
+fn agent_owns_its_chassis_record() {
+    let c = EtcdCluster::start(1, None);
+    let key = "/dragonflow/chassis/hv-own";
+    let mut a = Agent::spawn("hv-own", &agent_args(&c.endpoints()));
+    a.wait_ok(Duration::from_secs(30));
+    let mine = owner(&c, "hv-own").expect("registered");
+    assert_eq!(mine.len(), 32, "instance id {mine:?}");
+
+    // Deleted by hand: back, with the same owner.
+    let out = c.etcdctl(&c.endpoints(), &["del", key]);
+    assert!(out.status.success());
+    let back = time_until("the record is re-created", RECREATE_WITHIN, || {
+        owner(&c, "hv-own").is_some()
+    });
+    assert_eq!(owner(&c, "hv-own").as_deref(), Some(mine.as_str()));
+    assert!(
+        a.log()
+            .contains("was deleted while this agent is alive; re-creating it")
+    );
+
+    // A second agent with the same name (another state dir, so another instance): refused
+    // with a clear error and a non-zero exit, without touching the first one's record.
+    let mut b = Agent::spawn("hv-own", &agent_args(&c.endpoints()));
+    let st = b
+        .exited_within(Duration::from_secs(30))
+        .expect("the impostor exits");
+    assert!(!st.success(), "impostor exit status {st}");
+    assert!(
+        b.log()
+            .contains("chassis hv-own is registered by another live agent"),
+        "{}",
+        b.log()
+    );
+    // Past the lease TTL (4 s) of anything the impostor could have granted: the record is
+    // still the first agent's.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(owner(&c, "hv-own").as_deref(), Some(mine.as_str()));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!a.log().contains("was overwritten by another writer"));
+
+    // kill -9 and restart: the old lease is still alive, the same instance takes over, and
+    // the record outlives the old lease.
+    a.kill9();
+    let t = Instant::now();
+    a.start();
+    a.wait_ok(Duration::from_secs(30));
+    let took_over = t.elapsed();
+    assert_eq!(owner(&c, "hv-own").as_deref(), Some(mine.as_str()));
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert!(
+            owner(&c, "hv-own").is_some(),
+            "record gone with the old lease"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Overwritten by someone else: said loudly.
+    let forged = r#"{"name":"hv-own","tunnel_ip":"127.0.0.1","instance":"00000000000000000000000000000001"}"#;
+    assert!(
+        c.etcdctl(&c.endpoints(), &["put", key, forged])
+            .status
+            .success()
+    );
+    wait_until(
+        "the agent reports the overwrite",
+        Duration::from_secs(5),
+        || a.log().contains("was overwritten by another writer"),
+    );
+    eprintln!("record re-created after {back:?}; restart took over after {took_over:?}");
+}
