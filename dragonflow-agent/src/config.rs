@@ -560,6 +560,49 @@ mod tests {
     }
 
     #[test]
+    fn etcd_tls_and_auth_from_the_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("df-config-etcd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        // The file's keys apply; a missing CA file is named.
+        let file: FileConfig = toml::from_str(&format!(
+            "etcd_endpoints = [\"https://a:1\"]\netcd_cacert = \"{}\"\netcd_user = \"u\"\n\
+             etcd_password_file = {:?}\nstate_dir = \"/tmp/st\"\n",
+            dir.join("missing-ca.pem").display(),
+            pw.display()
+        ))
+        .unwrap();
+        let e = parse(&["--chassis", "x"]).merge(file).unwrap_err();
+        assert!(e.to_string().contains("missing-ca.pem"), "{e}");
+        // Flags beat the file; the password comes from the file named.
+        let file: FileConfig = toml::from_str(&format!(
+            "etcd_cacert = \"/nonexistent\"\netcd_user = \"u\"\netcd_password_file = {:?}\n",
+            pw.display()
+        ))
+        .unwrap();
+        let e = parse(&["--chassis", "x", "--etcd-endpoints", "https://a:1"])
+            .merge(file)
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
+        let c = parse(&[
+            "--chassis",
+            "x",
+            "--etcd-user",
+            "u",
+            &format!("--etcd-password-file={}", pw.display()),
+        ])
+        .merge(FileConfig::default())
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("from-file"),
+            "password in Debug output"
+        );
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn comma_separated_endpoints_and_bool_flags() {
         let c = parse(&[
             "--chassis",
