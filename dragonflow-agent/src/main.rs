@@ -108,6 +108,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         "agent instance id (from {})",
         cfg.state_dir.display()
     );
+    // Refuse before attaching anything when another live agent has this chassis name.
+    sync::check_owner(&cfg, &instance)
+        .await
+        .context("refusing to run")?;
     datapath::prepare_pin_dirs(&cfg)?;
     let mut loaded = datapath::load(&cfg)?;
     let logger = if cfg.datapath_log {
@@ -198,10 +202,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     controller.run(nb_rx, link_rx, shutdown).await;
-    if !etcd.is_finished() {
-        etcd.abort();
-        return Ok(());
-    }
+    // A no-op when the session task has already returned (its result is kept): that is
+    // how a refusal ends the controller, by closing `nb_rx`.
+    etcd.abort();
     match etcd.await {
         Ok(Err(e)) => Err(e).context("refusing to run"),
         _ => Ok(()),

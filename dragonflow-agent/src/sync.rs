@@ -344,6 +344,41 @@ async fn session(
     }
 }
 
+/// Before the datapath is touched: is the chassis name held by another live agent? A
+/// best-effort read (the authoritative check is [`claim`]'s transaction, in the session):
+/// an unreachable etcd lets the agent start and enforce its pinned state.
+pub async fn check_owner(cfg: &Config, instance: &str) -> Result<(), SyncError> {
+    let key = crate::nb::key(&cfg.prefix, Kind::Chassis, &cfg.chassis);
+    let opts = cfg.etcd.connect_options(CONNECT_TIMEOUT, KEEPALIVE);
+    let read = async {
+        let client = call("connect", || {
+            Client::connect(&cfg.etcd.endpoints, Some(opts.clone()))
+        })
+        .await?;
+        call("get chassis record", || {
+            let (mut c, key) = (client.clone(), key.clone());
+            async move { c.get(key, None).await }
+        })
+        .await
+    };
+    match read.await {
+        Ok(resp) => match resp.kvs().first().map(|kv| record_owner(kv.value())) {
+            Some(owner) if !owner.is_empty() && owner != instance => Err(SyncError::Taken {
+                chassis: cfg.chassis.clone(),
+                owner,
+            }),
+            _ => Ok(()),
+        },
+        Err(e) => {
+            warn!(
+                "cannot check who owns {key} before starting ({}); the session will",
+                Chain(&e)
+            );
+            Ok(())
+        }
+    }
+}
+
 /// The instance named in a chassis record ("" if unreadable or written before instances).
 fn record_owner(value: &[u8]) -> String {
     serde_json::from_slice::<Chassis>(value)

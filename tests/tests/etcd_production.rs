@@ -459,6 +459,11 @@ fn agent_owns_its_chassis_record() {
         "{}",
         b.log()
     );
+    assert!(
+        !b.log().contains("adopted pinned maps"),
+        "the impostor touched the datapath before refusing:\n{}",
+        b.log()
+    );
     // Past the lease TTL (4 s) of anything the impostor could have granted: the record is
     // still the first agent's.
     let until = Instant::now() + Duration::from_secs(5);
