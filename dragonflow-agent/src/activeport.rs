@@ -1,4 +1,4 @@
-//! The detection way (DESIGN.md §5, issue 5): which port holds a shared allowed-address-pair
+//! The detection way (README: "Shared VIPs: detection way"): which port holds a shared allowed-address-pair
 //! IP, recorded in etcd as `<prefix>activeport/<lswitch>/<ip>` so that every agent forwards
 //! to, and answers ARP/ND with, that port only.
 //!
@@ -13,9 +13,10 @@
 //!   MAC, on our lease, writes nothing.
 //! - **Dampening.** The first claim of a key is immediate. A move that comes within the
 //!   current back-off of the previous move (any agent's) waits until the back-off has run
-//!   out; the back-off starts at [`BACKOFF_MIN`] (1 s) after a move, doubles each time moves
-//!   keep coming within twice the back-off, up to [`BACKOFF_MAX`] (10 s), and falls back to
-//!   1 s after a quiet gap of twice the back-off (OVN's 1 s → 10 s claim back-off).
+//!   out; the back-off starts at `--claim-backoff-ms` ([`BACKOFF_MIN`], 1 s, by default)
+//!   after a move, doubles each time moves keep coming within twice the back-off, up to ten
+//!   times the first ([`BACKOFF_MAX`], 10 s), and falls back to the first after a quiet
+//!   gap of twice the back-off (OVN's 1 s → 10 s claim back-off).
 //! - **History.** Every claim and removal appends a record (who, when, why) to a bounded
 //!   list under `<prefix>activeport-log/<lswitch>/<ip>` (not leased: it outlives the
 //!   claim), in the same transaction, guarded by that key's mod_revision too.
@@ -72,8 +73,13 @@ pub const HISTORY_SEGMENT: &str = "activeport-log";
 /// Records kept per key (oldest dropped first).
 pub const HISTORY_MAX: usize = 32;
 /// Back-off after a move (see the module doc).
-pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The first back-off by default (`--claim-backoff-ms`).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(crate::config::DEFAULT_CLAIM_BACKOFF_MS);
+/// The back-off grows up to this many times the first.
+const BACKOFF_GROWTH: u32 = 10;
+/// The largest back-off by default.
+pub const BACKOFF_MAX: Duration =
+    Duration::from_millis(crate::config::DEFAULT_CLAIM_BACKOFF_MS * BACKOFF_GROWTH as u64);
 /// Source MAC of the probes (locally administered; no port may use it, see the module
 /// doc: the VM's answer is addressed to it and dropped after raising its event).
 pub const PROBE_MAC: MacAddr = MacAddr([0x02, 0xdf, 0x00, 0x00, 0x00, 0x01]);
@@ -326,15 +332,32 @@ pub fn stale(me: &str, nb: &NbSnapshot, a: &ActivePort) -> Option<Why> {
 }
 
 /// Flap dampening of one key (see the module doc).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Damper {
+    /// The first back-off (`--claim-backoff-ms`).
+    first: Duration,
     backoff: Duration,
     last_move: Option<Instant>,
     /// The holder last seen (port, since_ms): a repeat of it is not a move.
     holder: Option<(String, u64)>,
 }
 
+impl Default for Damper {
+    fn default() -> Self {
+        Damper::new(BACKOFF_MIN)
+    }
+}
+
 impl Damper {
+    pub fn new(first: Duration) -> Self {
+        Damper {
+            first,
+            backoff: Duration::ZERO,
+            last_move: None,
+            holder: None,
+        }
+    }
+
     /// When the next move may happen (`None`: now).
     pub fn ready_at(&self, now: Instant) -> Option<Instant> {
         let at = self.last_move? + self.backoff;
@@ -353,9 +376,9 @@ impl Damper {
         self.holder = Some((port.to_string(), since_ms));
         self.backoff = match self.last_move {
             Some(t) if now.saturating_duration_since(t) < self.backoff * 2 => {
-                (self.backoff * 2).min(BACKOFF_MAX)
+                (self.backoff * 2).min(self.first * BACKOFF_GROWTH)
             }
-            _ => BACKOFF_MIN,
+            _ => self.first,
         };
         self.last_move = Some(now);
         true
@@ -933,7 +956,12 @@ impl Detector {
             Verdict::Claim { lswitch, why } => {
                 let key = (lswitch, s.ip);
                 let now = Instant::now();
-                match self.damp.entry(key.clone()).or_default().ready_at(now) {
+                match self
+                    .damp
+                    .entry(key.clone())
+                    .or_insert_with(|| Damper::new(self.cfg.claim_backoff))
+                    .ready_at(now)
+                {
                     None => self.claim(&key, &s, why).await,
                     Some(at) => {
                         if self
@@ -978,7 +1006,12 @@ impl Detector {
             };
             match judge(self.me(), self.cfg.aap_mode, &self.nb, &p.sighting) {
                 Verdict::Claim { lswitch, why } if lswitch == key.0 => {
-                    match self.damp.entry(key.clone()).or_default().ready_at(now) {
+                    match self
+                        .damp
+                        .entry(key.clone())
+                        .or_insert_with(|| Damper::new(self.cfg.claim_backoff))
+                        .ready_at(now)
+                    {
                         None => self.claim(&key, &p.sighting, why).await,
                         Some(at) => {
                             self.pending.insert(key, Pending { at, ..p });
@@ -1023,7 +1056,10 @@ impl Detector {
                 // move that counts for the dampening (a known holder changes nothing, and
                 // the caller has checked the back-off against it).
                 let now = Instant::now();
-                let damp = self.damp.entry(key.clone()).or_default();
+                let damp = self
+                    .damp
+                    .entry(key.clone())
+                    .or_insert_with(|| Damper::new(self.cfg.claim_backoff));
                 if damp.observe(&e.port, e.since_ms, now)
                     && let Some(at) = damp.ready_at(now)
                 {
@@ -1092,11 +1128,10 @@ impl Detector {
             st.claims.fetch_add(1, Ordering::Relaxed);
             st.claim_etcd.observe(etcd);
             st.claim_latency.observe(latency);
-            self.damp.entry(key.clone()).or_default().observe(
-                &entry.port,
-                entry.since_ms,
-                Instant::now(),
-            );
+            self.damp
+                .entry(key.clone())
+                .or_insert_with(|| Damper::new(self.cfg.claim_backoff))
+                .observe(&entry.port, entry.since_ms, Instant::now());
             self.probes.remove(key);
             info!(
                 lswitch = %key.0,
@@ -1251,7 +1286,7 @@ impl Detector {
         for (key, a) in &self.nb.active_ports {
             self.damp
                 .entry(key.clone())
-                .or_default()
+                .or_insert_with(|| Damper::new(self.cfg.claim_backoff))
                 .observe(&a.port, a.since_ms, now);
         }
         let me = self.cfg.chassis.clone();
@@ -1634,6 +1669,23 @@ mod tests {
         assert_eq!(
             stale("hv1", &d, &active("p1", M2, "hv1")),
             Some(Why::AapRemoved)
+        );
+    }
+
+    #[test]
+    fn dampening_first_back_off_is_configurable() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut d = Damper::new(Duration::from_millis(250));
+        assert!(d.observe("p1", 1, s(0)));
+        assert_eq!(d.ready_at(s(100)), Some(s(250)));
+        for (i, at) in [250, 750, 1750, 3750, 7750].into_iter().enumerate() {
+            d.observe(if i % 2 == 0 { "p2" } else { "p1" }, i as u64 + 2, s(at));
+        }
+        assert_eq!(
+            d.backoff(),
+            Duration::from_millis(2500),
+            "capped at 10x the first"
         );
     }
 

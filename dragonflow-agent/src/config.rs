@@ -8,6 +8,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::{Parser, ValueEnum};
@@ -22,8 +23,10 @@ use crate::nb::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
-    /// XDP: fastest for small packets, but takes GSO/TSO and checksum offload away from
-    /// veth/tap VMs (see DESIGN.md §4).
+    /// XDP, with the TC pipeline as its companion: XDP drops early and finishes ARP/ICMP
+    /// to tun taps; it hands TCP/UDP (a VM's offloaded checksum is invisible to XDP),
+    /// frames over the MTU (GSO), tunnel, flood and routed frames to TC. Correct with real
+    /// virtio guests (README, "XDP or TC"); slower than TC on veth taps.
     Xdp,
     /// tcx ingress classifier: keeps GSO and checksum state; the default.
     #[default]
@@ -117,6 +120,11 @@ pub struct Cli {
     /// (forwarding falls back to the broadcast way) [default: 3].
     #[arg(long, env = "DRAGONFLOW_PROBE_MISSES", value_name = "N")]
     pub probe_misses: Option<u32>,
+    /// Detection way: the first claim back-off after a move of a shared IP, in ms; a
+    /// claim within it waits until it has run out, and moves in quick succession double
+    /// it up to ten times this value [default: 1000].
+    #[arg(long, env = "DRAGONFLOW_CLAIM_BACKOFF_MS", value_name = "MS")]
+    pub claim_backoff_ms: Option<u64>,
     /// Ports with more allowed address pairs are rejected as invalid [default: 10].
     #[arg(long, env = "DRAGONFLOW_MAX_ALLOWED_ADDRESS_PAIRS", value_name = "N")]
     pub max_allowed_address_pairs: Option<usize>,
@@ -159,6 +167,19 @@ pub struct Cli {
     /// taps without a port) [default: 10].
     #[arg(long, env = "DRAGONFLOW_CT_GC_INTERVAL", value_name = "SECONDS")]
     pub ct_gc_interval: Option<u64>,
+    /// Flooded frames (broadcast, multicast, unanswered ARP/NS) each port may send per
+    /// second after its burst; more are dropped as `flood_rate_limited`; 0 = no limit
+    /// [default: 200].
+    #[arg(long, env = "DRAGONFLOW_FLOOD_RATE", value_name = "PPS")]
+    pub flood_rate: Option<u32>,
+    /// Flooded frames a port may send at once before the rate applies [default: 400].
+    #[arg(long, env = "DRAGONFLOW_FLOOD_BURST", value_name = "FRAMES")]
+    pub flood_burst: Option<u32>,
+    /// Conntrack entries each port may hold per origin direction (flows it opens, flows
+    /// opened toward it); new flows over it are dropped as `ct_port_quota`; 0 = no quota
+    /// [default: 16384, so that fewer than 8 ports cannot fill the 262144-entry table].
+    #[arg(long, env = "DRAGONFLOW_CT_PORT_QUOTA", value_name = "ENTRIES")]
+    pub ct_port_quota: Option<u32>,
 }
 
 /// The same settings as read from the TOML file.
@@ -185,6 +206,7 @@ pub struct FileConfig {
     pub garp_min_interval_ms: Option<u64>,
     pub probe_interval_ms: Option<u64>,
     pub probe_misses: Option<u32>,
+    pub claim_backoff_ms: Option<u64>,
     pub max_allowed_address_pairs: Option<usize>,
     pub allow_any_aap: Option<bool>,
     pub datapath_log: Option<bool>,
@@ -195,6 +217,9 @@ pub struct FileConfig {
     pub forwarding: Option<bool>,
     pub security_groups: Option<bool>,
     pub ct_gc_interval: Option<u64>,
+    pub flood_rate: Option<u32>,
+    pub flood_burst: Option<u32>,
+    pub ct_port_quota: Option<u32>,
 }
 
 /// `etcd_endpoints` in the file: a list, or one comma-separated string like the flag.
@@ -235,6 +260,8 @@ pub struct Config {
     pub probe_interval_ms: u64,
     /// Unanswered probes after which an active entry is removed.
     pub probe_misses: u32,
+    /// The detection way's first claim back-off (flap dampening); doubles up to 10×.
+    pub claim_backoff: Duration,
     pub max_allowed_address_pairs: usize,
     pub allow_any_aap: bool,
     pub datapath_log: bool,
@@ -251,6 +278,11 @@ pub struct Config {
     pub security_groups: bool,
     /// Conntrack garbage collection period, in seconds.
     pub ct_gc_interval_s: u64,
+    /// Per-port flood rate limit (frames/s after the burst; 0 = off) and burst.
+    pub flood_rate: u32,
+    pub flood_burst: u32,
+    /// Conntrack entries per port and origin direction (0 = no quota).
+    pub ct_port_quota: u32,
 }
 
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
@@ -262,6 +294,8 @@ pub const DEFAULT_MAX_AAP: usize = 10;
 /// One probe a second and three misses: a frozen holder loses its entry in about 3 s,
 /// well under a VRRP master-down interval plus a client's patience.
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1000;
+/// OVN's claim back-off starts at 1 s too.
+pub const DEFAULT_CLAIM_BACKOFF_MS: u64 = 1000;
 pub const DEFAULT_PROBE_MISSES: u32 = 3;
 pub const DEFAULT_TAP_PREFIX: &str = "tap";
 pub const DEFAULT_TUNNEL_DEV: &str = "df-vxlan";
@@ -271,6 +305,23 @@ pub const DEFAULT_LEASE_TTL_S: i64 = 6;
 /// The shortest conntrack timeout is 10 s (a closed TCP flow): collecting as often keeps
 /// dead entries within a timeout of their end without rescanning a busy table constantly.
 pub const DEFAULT_CT_GC_INTERVAL_S: u64 = 10;
+/// A VM floods a few frames a second (DHCP, gratuitous ARP, DAD/RS/MLD at boot, mDNS, a
+/// VRRP advert per instance and second): 200/s is far above that, while a storm reaches
+/// each other port of the network (and each other chassis) at 200 copies/s, not at line
+/// rate.
+pub const DEFAULT_FLOOD_RATE: u32 = 200;
+/// Covers a VM sending everything it floods at boot at once, or resolving a whole /24
+/// behind a CIDR allowed address pair in one go (two seconds of the rate).
+pub const DEFAULT_FLOOD_BURST: u32 = 400;
+/// Ports that could fill the conntrack table together, at the default quota.
+pub const CT_QUOTA_PORTS: u32 = 8;
+/// `CT_MAX / (2 origins × CT_QUOTA_PORTS)`: 16384 flows a port opens plus 16384 opened
+/// toward it, so the table cannot be exhausted by fewer than `CT_QUOTA_PORTS` ports; far
+/// more than a VM keeps open (Linux's own default table is 65536 for a whole host).
+pub const DEFAULT_CT_PORT_QUOTA: u32 = dragonflow_common::maps::CT_MAX / (2 * CT_QUOTA_PORTS);
+// The documented guarantee: `CT_QUOTA_PORTS` ports fill the table, one fewer cannot.
+const _: () =
+    assert!(CT_QUOTA_PORTS * 2 * DEFAULT_CT_PORT_QUOTA == dragonflow_common::maps::CT_MAX);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -308,6 +359,12 @@ pub enum ConfigError {
     BadProbeInterval(u64),
     #[error("--probe-misses must be between 1 and 100 (got {0})")]
     BadProbeMisses(u32),
+    #[error("--claim-backoff-ms must be between 100 and 60000 (got {0})")]
+    BadClaimBackoff(u64),
+    #[error("--flood-rate must be at most 1000000000 frames/s (got {0}; 0 = no limit)")]
+    BadFloodRate(u32),
+    #[error("--flood-burst must be at least 1 frame (got 0)")]
+    BadFloodBurst,
 }
 
 impl Cli {
@@ -383,6 +440,13 @@ impl Cli {
         if probe_interval_ms != 0 && !(100..=600_000).contains(&probe_interval_ms) {
             return Err(ConfigError::BadProbeInterval(probe_interval_ms));
         }
+        let claim_backoff_ms = self
+            .claim_backoff_ms
+            .or(file.claim_backoff_ms)
+            .unwrap_or(DEFAULT_CLAIM_BACKOFF_MS);
+        if !(100..=60_000).contains(&claim_backoff_ms) {
+            return Err(ConfigError::BadClaimBackoff(claim_backoff_ms));
+        }
         let probe_misses = self
             .probe_misses
             .or(file.probe_misses)
@@ -397,7 +461,27 @@ impl Cli {
         if !(1..=3600).contains(&ct_gc_interval_s) {
             return Err(ConfigError::BadCtGcInterval(ct_gc_interval_s));
         }
+        let flood_rate = self
+            .flood_rate
+            .or(file.flood_rate)
+            .unwrap_or(DEFAULT_FLOOD_RATE);
+        if flood_rate > 1_000_000_000 {
+            return Err(ConfigError::BadFloodRate(flood_rate));
+        }
+        let flood_burst = self
+            .flood_burst
+            .or(file.flood_burst)
+            .unwrap_or(DEFAULT_FLOOD_BURST);
+        if flood_burst == 0 {
+            return Err(ConfigError::BadFloodBurst);
+        }
         Ok(Config {
+            flood_rate,
+            flood_burst,
+            ct_port_quota: self
+                .ct_port_quota
+                .or(file.ct_port_quota)
+                .unwrap_or(DEFAULT_CT_PORT_QUOTA),
             security_groups: self
                 .security_groups
                 .or(file.security_groups)
@@ -405,6 +489,7 @@ impl Cli {
             ct_gc_interval_s,
             probe_interval_ms,
             probe_misses,
+            claim_backoff: Duration::from_millis(claim_backoff_ms),
             tunnel_dev: (!no_tunnel).then_some(tunnel_dev),
             forwarding: self.forwarding.or(file.forwarding).unwrap_or(true),
             lease_ttl_s,
@@ -511,6 +596,10 @@ mod tests {
         assert!(c.forwarding);
         assert!(c.security_groups);
         assert_eq!(c.ct_gc_interval_s, 10);
+        assert_eq!(
+            (c.flood_rate, c.flood_burst, c.ct_port_quota),
+            (200, 400, 16384)
+        );
         assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/dragonflow/hv1"));
     }
 
@@ -528,6 +617,24 @@ mod tests {
         assert!(matches!(
             parse(&["--chassis", "x", "--ct-gc-interval", "0"]).merge(FileConfig::default()),
             Err(ConfigError::BadCtGcInterval(0))
+        ));
+    }
+
+    #[test]
+    fn limit_flags() {
+        let file: FileConfig =
+            toml::from_str("flood_rate = 0\nflood_burst = 8\nct_port_quota = 100\n").unwrap();
+        let c = parse(&["--chassis", "x", "--flood-burst", "3"])
+            .merge(file)
+            .unwrap();
+        assert_eq!((c.flood_rate, c.flood_burst, c.ct_port_quota), (0, 3, 100));
+        assert!(matches!(
+            parse(&["--chassis", "x", "--flood-burst", "0"]).merge(FileConfig::default()),
+            Err(ConfigError::BadFloodBurst)
+        ));
+        assert!(matches!(
+            parse(&["--chassis", "x", "--flood-rate", "2000000000"]).merge(FileConfig::default()),
+            Err(ConfigError::BadFloodRate(_))
         ));
     }
 

@@ -11,9 +11,18 @@
 //! deletion and kept if the datapath refreshed it meanwhile; the window left (a packet
 //! between that read and the delete, at the very end of the timeout) costs the flow its
 //! entry, which the next packet re-creates or re-judges.
+//!
+//! **Per-port quota.** The collector is the only writer of `df_ct_freed_v1`: after a scan
+//! it adds, per port and origin, the counted entries (`CT_F_COUNTED`, as read right before
+//! the deletion) it deleted; the datapath counts its own inserts and deletions in
+//! `df_ct_count_v1`, so a port's use is exact without a lock (see
+//! `dragonflow_common::limits`). Both counters of a tap go once the tap has had no port
+//! for a whole scan and holds no entry any more (nothing can count for it then); a tap
+//! that changes port keeps them, and they stay exact (its old entries are purged and
+//! counted as freed).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -23,8 +32,9 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError};
 use dragonflow_common::{
+    limits::{CtCount, CtFreed, ct_use, origin_slot},
     maps,
-    sg::{CtKey, CtValue, ct_timeout_secs},
+    sg::{CT_F_COUNTED, CtKey, CtValue, ct_timeout_secs},
 };
 use tokio::{sync::Notify, time};
 use tracing::{debug, info, warn};
@@ -48,6 +58,20 @@ pub struct CtShared {
     pub deleted_port_gone: AtomicU64,
     /// Completed scans.
     pub scans: AtomicU64,
+    /// The quota counters (`None` if the object lacks them).
+    quota: Mutex<Option<QuotaMaps>>,
+}
+
+/// The per-port conntrack counters: the datapath's, read here, and the collector's own.
+pub struct QuotaMaps {
+    pub count: HashMap<MapData, u32, CtCount>,
+    pub freed: HashMap<MapData, u32, CtFreed>,
+}
+
+impl std::fmt::Debug for QuotaMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuotaMaps")
+    }
 }
 
 impl CtShared {
@@ -71,6 +95,82 @@ impl CtShared {
 
     fn ports(&self) -> Option<BTreeSet<u32>> {
         self.ports.lock().expect("lock").clone()
+    }
+
+    /// Hands the quota counters to the collector (and to [`CtShared::port_use`]).
+    pub fn set_quota_maps(&self, maps: QuotaMaps) {
+        *self.quota.lock().expect("lock") = Some(maps);
+    }
+
+    /// Entries each tap holds, per origin slot (`limits::origin_slot`: egress, ingress),
+    /// from the counters as they are now; taps without counters are left out.
+    pub fn port_use(&self) -> BTreeMap<u32, [u64; 2]> {
+        let q = self.quota.lock().expect("lock");
+        let Some(q) = q.as_ref() else {
+            return BTreeMap::new();
+        };
+        q.count
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(ifindex, c)| {
+                let f = q.freed.get(&ifindex, 0).unwrap_or_default();
+                (ifindex, [ct_use(&c, &f, 0), ct_use(&c, &f, 1)])
+            })
+            .collect()
+    }
+
+    /// After a scan: adds what it deleted to `freed`, and removes the counters of taps
+    /// without a port (`gone`) that hold no entry any more (`left`: entries per tap).
+    fn settle_quota(
+        &self,
+        freed: &BTreeMap<u32, [u64; 2]>,
+        left: &BTreeMap<u32, u64>,
+        gone: impl Fn(u32) -> bool,
+    ) {
+        let mut q = self.quota.lock().expect("lock");
+        let Some(q) = q.as_mut() else {
+            return;
+        };
+        for (&ifindex, d) in freed {
+            let mut f = q.freed.get(&ifindex, 0).unwrap_or_default();
+            f.freed[0] += d[0];
+            f.freed[1] += d[1];
+            if let Err(e) = q.freed.insert(ifindex, f, 0) {
+                // The port's use reads high by these entries (stricter, never looser).
+                warn!(
+                    map = maps::CT_FREED,
+                    ifindex,
+                    "cannot count deleted conntrack entries: {}",
+                    Chain(&e)
+                );
+            }
+        }
+        let stale: Vec<u32> = q
+            .count
+            .keys()
+            .chain(q.freed.keys())
+            .filter_map(|k| k.ok())
+            .filter(|&i| gone(i) && left.get(&i).copied().unwrap_or(0) == 0)
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        for ifindex in stale {
+            for r in [q.count.remove(&ifindex), q.freed.remove(&ifindex)] {
+                if let Err(e) = r
+                    && !is_missing(&e)
+                {
+                    debug!(ifindex, "cannot remove quota counters: {}", Chain(&e));
+                }
+            }
+        }
+    }
+}
+
+fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 
@@ -130,11 +230,14 @@ fn scan(
     let purge = std::mem::take(&mut *shared.purge.lock().expect("lock"));
     let before = shared.ports();
     let now = monotonic_ns();
+    let mut left: BTreeMap<u32, u64> = BTreeMap::new();
     let (n, mut doomed) = doomed(
-        map.iter().filter_map(|r| {
-            r.map_err(|e| debug!(map = maps::CT, "cannot read entry: {}", Chain(&e)))
-                .ok()
-        }),
+        map.iter()
+            .filter_map(|r| {
+                r.map_err(|e| debug!(map = maps::CT, "cannot read entry: {}", Chain(&e)))
+                    .ok()
+            })
+            .inspect(|(k, _)| *left.entry(k.ifindex).or_default() += 1),
         now,
         before.as_ref(),
         &purge,
@@ -147,28 +250,39 @@ fn scan(
             || after.as_ref().is_some_and(|p| !p.contains(&k.ifindex))
     });
     let (mut expired_n, mut gone_n, mut errors) = (0u64, 0u64, 0u64);
+    let mut freed: BTreeMap<u32, [u64; 2]> = BTreeMap::new();
     for (k, v, why) in doomed {
-        if why == Why::Expired {
-            // Refreshed since it was read: alive.
-            match map.get(&k, 0) {
-                Ok(now_v) if now_v.last_seen_ns != v.last_seen_ns => continue,
-                Ok(_) => {}
-                Err(_) => continue,
-            }
+        // Read again: refreshed since (alive), or replaced in place by a counted entry.
+        let now_v = match map.get(&k, 0) {
+            Ok(now_v) => now_v,
+            Err(_) => continue,
+        };
+        if why == Why::Expired && now_v.last_seen_ns != v.last_seen_ns {
+            continue;
         }
         match map.remove(&k) {
-            Ok(()) => match why {
-                Why::Expired => expired_n += 1,
-                Why::PortGone => gone_n += 1,
-            },
-            Err(MapError::KeyNotFound) => {}
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Ok(()) => {
+                match why {
+                    Why::Expired => expired_n += 1,
+                    Why::PortGone => gone_n += 1,
+                }
+                left.entry(k.ifindex).and_modify(|n| *n -= 1);
+                if now_v.flags & CT_F_COUNTED != 0 {
+                    freed.entry(k.ifindex).or_default()[origin_slot(now_v.origin)] += 1;
+                }
+            }
+            Err(e) if is_missing(&e) => {}
             Err(e) => {
                 errors += 1;
                 debug!(map = maps::CT, "cannot delete entry: {}", Chain(&e));
             }
         }
     }
+    let no_port = |i: u32| {
+        let without = |p: &Option<BTreeSet<u32>>| p.as_ref().is_some_and(|p| !p.contains(&i));
+        without(&before) && without(&after)
+    };
+    shared.settle_quota(&freed, &left, no_port);
     if errors > 0 {
         warn!(
             map = maps::CT,

@@ -22,6 +22,7 @@ use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use dragonflow_common::{
     fwd::{CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig},
+    limits::{Limits, flood_params},
     sg::{CtKey, CtValue},
 };
 use tokio::{
@@ -34,7 +35,7 @@ use crate::{
     config::Config,
     conntrack,
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
-    metrics::{PortView, Shared, TapState, TapView, TunnelView},
+    metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     netlink,
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
@@ -114,6 +115,36 @@ impl Controller {
             error!("the eBPF object lacks the security-group maps: security groups NOT enforced");
         }
         let ct_map = maps.ct.take();
+        let (interval, tolerance) = flood_params(cfg.flood_rate, cfg.flood_burst);
+        let limits = Limits {
+            flood_interval_ns: interval,
+            flood_tolerance_ns: tolerance,
+            ct_port_quota: cfg.ct_port_quota,
+            _pad: 0,
+        };
+        // Before any tap runs the new programs; a restart rewrites them (the flags win).
+        match maps.write_limits(&limits) {
+            Ok(()) => info!(
+                flood_rate = cfg.flood_rate,
+                flood_burst = cfg.flood_burst,
+                ct_port_quota = cfg.ct_port_quota,
+                "per-port limits set"
+            ),
+            Err(e) => error!("{e}: floods and conntrack entries are NOT limited per port"),
+        }
+        if let (Some(count), Some(freed)) = (maps.ct_count.take(), maps.ct_freed.take()) {
+            shared
+                .ct
+                .set_quota_maps(conntrack::QuotaMaps { count, freed });
+        }
+        {
+            let mut view = shared.view.lock().expect("lock");
+            view.limits = LimitsView {
+                flood_rate: cfg.flood_rate,
+                flood_burst: cfg.flood_burst,
+                ct_port_quota: cfg.ct_port_quota,
+            };
+        }
         info!(
             ports = actual.ports.len(),
             addrs = actual.addrs.len(),
@@ -332,6 +363,15 @@ impl Controller {
                 }
             }
             d.entries.config.insert(0, self.chassis_config());
+            // The devmap holds only the taps native XDP can deliver into (tun): XDP hands
+            // frames for any other tap to its TC companion (`l2::xdp_finishes`).
+            let xdp_targets: BTreeSet<u32> = self
+                .ifaces
+                .iter()
+                .filter(|(name, _)| datapath::sys::is_tun(name))
+                .map(|(_, &ifindex)| ifindex)
+                .collect();
+            d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
             self.maps.mask(&mut d.entries);
             self.write(&d, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).

@@ -55,7 +55,8 @@
 //!   `FLOOD_MAX` (locals first), reported in [`Desired::flood_overflow`].
 //! - routes: per router interface, its prefix (host bits cleared) under the router's id
 //!   → {net_id of its lswitch, interface MAC}.
-//! - devmap: every programmed local tap → itself.
+//! - devmap: every programmed local tap → itself; the controller then keeps only the tun
+//!   taps (`datapath::sys::is_tun`), the ones native XDP can deliver into.
 //! - tunnel admission (issue 10), per network with a flood list (a programmed local
 //!   port; frames of other networks have nowhere to go here): `df_tun_peers_v1` (network,
 //!   tunnel IP) for every live chassis other than this one hosting bound ports of the

@@ -130,6 +130,54 @@ pub struct View {
     pub entries: BTreeMap<&'static str, u64>,
     /// Security groups as enforced here.
     pub security_groups: SgView,
+    /// The per-port limits in force (`--flood-rate`, `--flood-burst`, `--ct-port-quota`).
+    pub limits: LimitsView,
+}
+
+/// The per-port limits written to `df_limits_v1` (0 = off).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LimitsView {
+    pub flood_rate: u32,
+    pub flood_burst: u32,
+    pub ct_port_quota: u32,
+}
+
+/// Conntrack entries one tap holds, per origin direction (for /state and the metrics).
+#[derive(Clone, Debug, Serialize)]
+pub struct CtPortUse {
+    pub ifindex: u32,
+    pub tap: String,
+    pub lport: String,
+    /// Flows the port opened (counted against its egress quota).
+    pub egress: u64,
+    /// Flows opened toward the port.
+    pub ingress: u64,
+}
+
+/// Top users shown in the metrics (a bounded number of series, whatever the ports).
+pub const CT_TOP_PORTS: usize = 5;
+/// Share of the quota from which a port counts as near it.
+const CT_NEAR_QUOTA: f64 = 0.8;
+
+/// Every tap's conntrack use, largest first (its larger origin, then ifindex).
+fn ct_port_use(shared: &Shared, view: &View) -> Vec<CtPortUse> {
+    let mut rows: Vec<CtPortUse> = shared
+        .ct
+        .port_use()
+        .into_iter()
+        .map(|(ifindex, [egress, ingress])| {
+            let tap = view.taps.iter().find(|t| t.ifindex == ifindex);
+            CtPortUse {
+                ifindex,
+                tap: tap.map(|t| t.ifname.clone()).unwrap_or_default(),
+                lport: tap.and_then(|t| t.lport.clone()).unwrap_or_default(),
+                egress,
+                ingress,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| (std::cmp::Reverse(r.egress.max(r.ingress)), r.ifindex));
+    rows
 }
 
 /// Security-group state of this chassis (for /state and the gauges).
@@ -361,6 +409,7 @@ pub fn render(shared: &Shared) -> String {
         "Conntrack entries at the last garbage collection.",
         shared.ct.entries.load(Ordering::Relaxed),
     );
+    render_limits(&mut o, shared, &view);
     o.push_str("# HELP dragonflow_ct_gc_deleted_total Conntrack entries removed by the agent, by reason (expired: idle past the state's timeout; port_gone: the tap lost its port).\n");
     o.push_str("# TYPE dragonflow_ct_gc_deleted_total counter\n");
     for (reason, v) in [
@@ -492,6 +541,53 @@ pub fn render(shared: &Shared) -> String {
     o
 }
 
+/// The limits in force, the top conntrack users (at most [`CT_TOP_PORTS`] series: labels
+/// stay bounded however many ports there are) and how many are near their quota.
+fn render_limits(o: &mut String, shared: &Shared, view: &View) {
+    let l = &view.limits;
+    for (name, help, v) in [
+        (
+            "dragonflow_flood_rate_limit",
+            "Flooded frames per second each port may send after its burst (0: no limit).",
+            l.flood_rate,
+        ),
+        (
+            "dragonflow_flood_burst_limit",
+            "Flooded frames each port may send at once.",
+            l.flood_burst,
+        ),
+        (
+            "dragonflow_ct_port_quota",
+            "Conntrack entries each port may hold per origin direction (0: no quota).",
+            l.ct_port_quota,
+        ),
+    ] {
+        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    }
+    let rows = ct_port_use(shared, view);
+    o.push_str("# HELP dragonflow_ct_port_top_entries Conntrack entries of the ports holding the most (rank 1 = most), per origin direction.\n# TYPE dragonflow_ct_port_top_entries gauge\n");
+    for (rank, r) in rows.iter().take(CT_TOP_PORTS).enumerate() {
+        for (origin, n) in [("egress", r.egress), ("ingress", r.ingress)] {
+            let _ = writeln!(
+                o,
+                "dragonflow_ct_port_top_entries{{rank=\"{}\",lport=\"{}\",tap=\"{}\",origin=\"{origin}\"}} {n}",
+                rank + 1,
+                r.lport,
+                r.tap
+            );
+        }
+    }
+    o.push_str("# HELP dragonflow_ct_ports_near_quota Ports holding at least this share of their conntrack quota in an origin direction (share=\"1\": at it, their new flows drop as ct_port_quota).\n# TYPE dragonflow_ct_ports_near_quota gauge\n");
+    let quota = u64::from(l.ct_port_quota);
+    for (label, share) in [("0.8", CT_NEAR_QUOTA), ("1", 1.0)] {
+        let n = rows
+            .iter()
+            .filter(|r| quota > 0 && r.egress.max(r.ingress) as f64 >= share * quota as f64)
+            .count();
+        let _ = writeln!(o, "dragonflow_ct_ports_near_quota{{share=\"{label}\"}} {n}");
+    }
+}
+
 #[derive(Serialize)]
 struct StateDoc<'a> {
     chassis: &'a str,
@@ -501,6 +597,8 @@ struct StateDoc<'a> {
     etcd_revision: i64,
     #[serde(flatten)]
     view: &'a View,
+    /// Conntrack entries per tap and origin direction, largest first.
+    ct_port_use: Vec<CtPortUse>,
 }
 
 pub fn state_json(shared: &Shared) -> String {
@@ -511,6 +609,7 @@ pub fn state_json(shared: &Shared) -> String {
         synced: shared.synced.load(Ordering::Relaxed),
         etcd_connected: shared.etcd_connected.load(Ordering::Relaxed),
         etcd_revision: shared.etcd_revision.load(Ordering::Relaxed),
+        ct_port_use: ct_port_use(shared, &view),
         view: &view,
     };
     serde_json::to_string_pretty(&doc).expect("serialisable")
@@ -705,6 +804,11 @@ mod tests {
         );
         assert!(text.contains("dragonflow_remote_chassis 0"));
         assert!(text.contains("dragonflow_flood_overflow_total 0"));
+        assert!(text.contains("dragonflow_ct_port_quota 0"));
+        assert!(text.contains("dragonflow_ct_ports_near_quota{share=\"0.8\"} 0"));
+        assert!(text.contains(
+            "dragonflow_datapath_packets_total{direction=\"from_vm\",verdict=\"drop\",reason=\"ct_port_quota\"} 0"
+        ));
         assert_eq!(route("GET", "/healthz", &s).0, 503);
         s.synced.store(true, Ordering::Relaxed);
         assert_eq!(route("GET", "/healthz", &s).0, 200);
@@ -721,5 +825,6 @@ mod tests {
         assert_eq!(state["chassis"], "test");
         assert!(state["taps"].is_array() && state["ports"].is_array());
         assert!(state["networks"].is_array() && state["remote_chassis"].is_array());
+        assert!(state["ct_port_use"].is_array() && state["limits"]["ct_port_quota"] == 0);
     }
 }

@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod event;
 pub mod fwd;
+pub mod limits;
 pub mod maps;
 pub mod port;
 pub mod sg;
@@ -20,7 +21,7 @@ mod pod {
     //! `aya::Pod` lets the agent read and write these types in maps.
     //! SAFETY: every type here is `#[repr(C)]`, `Copy`, made of integers and byte arrays,
     //! with explicit padding, so any bit pattern is valid.
-    use crate::{addr, event, fwd, port, sg};
+    use crate::{addr, event, fwd, limits, port, sg};
     unsafe impl aya::Pod for addr::AddrKey {}
     unsafe impl aya::Pod for addr::AddrValue {}
     unsafe impl aya::Pod for addr::MacKey {}
@@ -46,4 +47,7 @@ mod pod {
     unsafe impl aya::Pod for sg::FragValue {}
     unsafe impl aya::Pod for fwd::GroupKey {}
     unsafe impl aya::Pod for fwd::Group {}
+    unsafe impl aya::Pod for limits::Limits {}
+    unsafe impl aya::Pod for limits::CtCount {}
+    unsafe impl aya::Pod for limits::CtFreed {}
 }

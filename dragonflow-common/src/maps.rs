@@ -97,6 +97,30 @@ pub const POLICY_MAX: u32 = 262_144;
 pub const GROUPS: &str = "df_groups_v1";
 pub const GROUPS_MAX: u32 = 16_384;
 
+/// Array[1] of [`crate::limits::Limits`]: the per-port limits (flood rate, conntrack
+/// quota). Apart from [`CONFIG`] so that neither layout has to change with the other: a
+/// renamed config map would start empty on upgrade, with forwarding and security groups
+/// off on live taps until the agent's first write; an empty limits map only means no
+/// limits until then.
+pub const LIMITS: &str = "df_limits_v1";
+
+/// LRU u32 tap ifindex → u64 theoretical arrival time of the port's flood bucket (ns,
+/// bpf_ktime_get_ns; see [`crate::limits`]). Made by the datapath on a port's first
+/// flooded frame; an LRU so that buckets of removed ports cannot pile up (a tap reusing
+/// an ifindex at worst starts with the previous bucket, which refills within
+/// burst / rate seconds).
+pub const FLOOD_RL: &str = "df_flood_rl_v1";
+pub const FLOOD_RL_MAX: u32 = PORTS_MAX;
+
+/// u32 tap ifindex → [`crate::limits::CtCount`]: conntrack entries the datapath inserted
+/// and deleted per port (made on a port's first counted entry; removed by the agent's
+/// collector once the tap has no port and no counted entry left).
+pub const CT_COUNT: &str = "df_ct_count_v1";
+/// u32 tap ifindex → [`crate::limits::CtFreed`]: counted conntrack entries the agent's
+/// collector deleted per port (its only writer); removed with [`CT_COUNT`]'s entry.
+pub const CT_FREED: &str = "df_ct_freed_v1";
+pub const CT_COUNT_MAX: u32 = PORTS_MAX;
+
 /// PROG_ARRAY of the programs the pipeline tail-calls, filled by the agent after it
 /// loads them (index [`PROG_AAP_GROUP`]). Pinned so that its entries outlive the agent
 /// process (a prog array is emptied when its last user reference goes).
@@ -144,6 +168,10 @@ pub const ALL: &[&str] = &[
     PROGS,
     TUN_PEERS,
     TUN_SRCS,
+    LIMITS,
+    FLOOD_RL,
+    CT_COUNT,
+    CT_FREED,
 ];
 
 /// Capacity of a map by name, for fill-level metrics (`None` for arrays/ring buffers).
@@ -167,6 +195,8 @@ pub fn capacity(name: &str) -> Option<u32> {
         GROUPS => Some(GROUPS_MAX),
         TUN_PEERS => Some(TUN_PEERS_MAX),
         TUN_SRCS => Some(TUN_SRCS_MAX),
+        FLOOD_RL => Some(FLOOD_RL_MAX),
+        CT_COUNT | CT_FREED => Some(CT_COUNT_MAX),
         _ => None,
     }
 }

@@ -159,9 +159,14 @@ pub struct CtValue {
     pub state: u8,
     /// [`CT_ORIGIN_EGRESS`] or [`CT_ORIGIN_INGRESS`].
     pub origin: u8,
-    pub _pad: u16,
+    /// `CT_F_*` (was padding: entries written before it existed read as 0).
+    pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+/// [`CtValue::flags`]: the entry is counted in its port's conntrack quota (see
+/// [`crate::limits`]); only the deletion of such an entry is counted.
+pub const CT_F_COUNTED: u16 = 1 << 0;
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 

@@ -67,7 +67,7 @@ macro_rules! named_enum {
 }
 
 named_enum! {
-    /// Why a frame was dropped. ATTACKS.md rows in brackets.
+    /// Why a frame was dropped. Rows of the threat table (docs/THREATS.md) in brackets.
     DropReason {
         /// No port is known for this tap yet (fail closed until the agent fills the maps).
         UnknownPort = 1 => "unknown_port",
@@ -169,7 +169,19 @@ named_enum! {
         /// an allowed address pair's, a shared one it holds), nor a router interface MAC
         /// of the network routed there; a MAC of this chassis' own ports is a spoof.
         TunnelSrcMac = 41 => "tunnel_src_mac",
-        // 42..=43 reserved (issue 10: other items).
+        /// A broadcast/multicast frame (or an ARP request / NS for a shared IP) over the
+        /// sending port's flood rate limit (`dragonflow_common::limits`); what the
+        /// responder answers is never limited.
+        FloodRateLimited = 42 => "flood_rate_limited",
+        /// A new flow of a port that already holds its quota of conntrack entries in
+        /// that origin direction (`dragonflow_common::limits`): only the port's own new
+        /// flows drop; its established flows and other ports are unaffected.
+        CtPortQuota = 43 => "ct_port_quota",
+        /// A flood or group copy that the destination device refused (a positive return
+        /// of bpf_clone_redirect: dropped by the device's queue): a tap no VM has opened
+        /// yet (no carrier while qemu starts, so its queue drops everything) or whose VM
+        /// does not keep up (queue full). The other copies were sent.
+        DestRefused = 46 => "dest_refused",
     }
 }
 

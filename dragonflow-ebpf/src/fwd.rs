@@ -1,4 +1,4 @@
-//! The forwarding stage (DESIGN.md §4 step 6): after port security, where a frame goes.
+//! The forwarding stage (README: "How a packet flows", step 6): after port security, where a frame goes.
 //!
 //! From a VM, by destination MAC in the frame's network (`df_l2_v1`):
 //! - group (broadcast/multicast): the ARP/ND responder first (`responder::respond`); if it
@@ -30,7 +30,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_redirect,
+    helpers::{bpf_clone_redirect, bpf_redirect},
     programs::TcContext,
 };
 use dragonflow_common::{
@@ -85,6 +85,11 @@ pub fn from_vm<C: PacketCtx>(
     sg: &mut Sg,
 ) -> Result<Fwd, DropReason> {
     if is_group(&eth.dst) {
+        // An answer goes back out of the ingress tap by XDP_TX: only where XDP delivers
+        // (see `l2::xdp_finishes`); asked before the responder rewrites the frame.
+        if C::IS_XDP && !l2::xdp_finishes(pkt, eth.proto, 0, ctx.ifindex()) {
+            return Ok(Fwd::Handoff);
+        }
         match responder::respond(pkt, eth, net_id) {
             Asked::Answered(path) => return Ok(Fwd::Back(path)),
             Asked::Holders => {
@@ -114,8 +119,12 @@ pub fn from_vm<C: PacketCtx>(
         // Detection way: for the active holder only.
         if !mac_eq(&vip.mac, &eth.dst) {
             dest = l2::lookup(net_id, &vip.mac).ok_or(DropReason::UnknownUnicast)?;
-            if C::IS_XDP && dest.kind != DEST_LOCAL {
-                // Untouched: the TC companion readdresses it again.
+            if C::IS_XDP
+                && (dest.kind != DEST_LOCAL
+                    || !l2::xdp_finishes(pkt, eth.proto, dest.mtu, dest.ifindex))
+            {
+                // Untouched: the TC companion decides it again (and readdresses it).
+                // Asked here, before the rewrite: a hand-off never carries XDP's edits.
                 return Ok(Fwd::Handoff);
             }
             readdress(pkt, &vip.mac)?;
@@ -205,6 +214,10 @@ fn unicast<C: PacketCtx>(
 ) -> Result<Fwd, DropReason> {
     match dest.kind {
         DEST_LOCAL => {
+            // Before any judgement: what XDP hands off, TC judges once (conntrack, SG).
+            if C::IS_XDP && !l2::xdp_finishes(pkt, proto, dest.mtu, dest.ifindex) {
+                return Ok(Fwd::Handoff);
+            }
             if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
                 return Err(DropReason::MtuExceeded);
             }
@@ -217,7 +230,9 @@ fn unicast<C: PacketCtx>(
             })
         }
         DEST_REMOTE => {
-            if !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
+            // XDP cannot see `gso_size`: its TC companion judges the MTU (a GSO
+            // super-frame is within it when its segments are).
+            if !C::IS_XDP && !l2::mtu_ok(ctx, pkt, proto, dest.mtu) {
                 return Err(DropReason::MtuExceeded);
             }
             if cfg.vxlan_ifindex == 0 {
@@ -293,7 +308,8 @@ pub fn flood(
     sg.prepare(ctx, proto);
     // Packet pointers are invalid after the first clone: nothing below reads the frame.
     let n = list.len as usize;
-    let mut failed = false;
+    // The copies' bpf_clone_redirect results OR-ed together (see `copy_outcome`).
+    let mut rcs: i64 = 0;
     // One tunnel key for every chassis, made before the loop: a key built on the stack
     // per copy left the stack different after chassis and tap iterations, which kept the
     // verifier from pruning the loop's states (see `tunnel::set_key_to`).
@@ -306,25 +322,50 @@ pub fn flood(
         }
         let d = &list.dests[i];
         i += 1;
-        let sent = if d.kind == DEST_LOCAL as u32 {
+        rcs |= if d.kind == DEST_LOCAL as u32 {
             if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst, sg).is_err() {
                 continue;
             }
-            ctx.clone_redirect(d.ifindex, 0).is_ok()
+            clone_redirect(ctx, d.ifindex)
         } else if d.kind == DEST_REMOTE as u32 && vxlan != 0 {
             // The tunnel key is per-CPU state copied into each clone, which is transmitted
             // synchronously: setting it again for the next chassis is safe.
-            tunnel::set_key_to(ctx, &mut key, d.remote_ip).is_ok()
-                && ctx.clone_redirect(vxlan, 0).is_ok()
+            match tunnel::set_key_to(ctx, &mut key, d.remote_ip) {
+                Ok(()) => clone_redirect(ctx, vxlan),
+                Err(_) => -1,
+            }
         } else {
             continue;
         };
-        failed |= !sent;
     }
-    if failed {
+    copy_outcome(rcs).map(|()| PassPath::Flood)
+}
+
+/// `bpf_clone_redirect` of the frame to `ifindex`'s egress: 0 when sent, < 0 when it could
+/// not be (no such device), > 0 when the device's queue dropped it.
+#[inline(always)]
+pub fn clone_redirect(ctx: &TcContext, ifindex: u32) -> i64 {
+    // SAFETY: plain helper call on this program's skb.
+    unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) }
+}
+
+/// The outcome of a frame's copies (flood, shared-address group) from their
+/// [`clone_redirect`] results OR-ed together: negative if any copy could not be sent (the
+/// device is gone): `RedirectFailed`; else positive if a destination device refused one
+/// (its queue dropped it, e.g. a tap no VM has opened yet): `DestRefused`, told apart
+/// because it is not the datapath's fault and happens routinely while a VM boots.
+///
+/// Verifier: the loops accumulate one OR-ed scalar rather than a flag per outcome; two
+/// flags multiplied the loop states the verifier could not prune (loading the object
+/// took twice as long, measured).
+#[inline(always)]
+pub fn copy_outcome(rcs: i64) -> Result<(), DropReason> {
+    if rcs < 0 {
         Err(DropReason::RedirectFailed)
+    } else if rcs > 0 {
+        Err(DropReason::DestRefused)
     } else {
-        Ok(PassPath::Flood)
+        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Multi-destination groups: the broadcast way for shared allowed-address-pair addresses
-//! (issue 5, DESIGN.md §1). An address several ports of a network list — a VIP two
+//! (issue 5; README: "Shared VIPs"). An address several ports of a network list — a VIP two
 //! keepalived VMs share, a VRRP virtual MAC — has a group in `df_groups_v1`, keyed by the
 //! address itself (`GroupKey::mac` / `GroupKey::ip`), listing its holders: local taps and,
 //! once per (chassis, MAC), remote chassis.
@@ -42,7 +42,7 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{PacketCtx, Pkt, arr_at, be16_at, ip6_bytes, load, load_ip6, u8_at},
-    l2,
+    fwd, l2,
     maps::{GROUPS, NEIGH, PROGS},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN},
     policy, responder,
@@ -66,6 +66,13 @@ pub const REWRITE: u32 = 1 << 8;
 pub const FROM_TUNNEL: u32 = 1 << 9;
 /// A routed packet: the outcome is `Routed` (else `AapGroup`).
 pub const ROUTED: u32 = 1 << 10;
+
+/// `how` asks the holders of a shared IP who has it (an ARP request / NS, [`BY_TARGET`]):
+/// flood-like, unlike a packet to the address.
+#[inline(always)]
+pub const fn is_question(how: u32) -> bool {
+    how & BY_MASK == BY_TARGET
+}
 
 /// The neighbour entry of the packet's destination IP when it is a shared AAP IP of
 /// `net_id` (a frame to a MAC flagged `L2_F_SHARED_IP`): `NEIGH_F_SHARED` (the broadcast
@@ -157,7 +164,7 @@ pub fn run(ctx: &TcContext) {
     } else {
         Direction::FromVm
     };
-    let Some(mut sg) = Sg::new(ingress, crate::fwd::config()) else {
+    let Some(mut sg) = Sg::new(ingress, fwd::config()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         crate::stats::drop_in(dir, DropReason::SgDenied);
         return;
@@ -224,7 +231,8 @@ fn copies(
     // verifier does not track context memory): kept in a register, each of the reasons
     // the policy can return would be a distinct state at every iteration.
     let mut sent = false;
-    let mut failed = false;
+    // The copies' results OR-ed together (see `fwd::copy_outcome`).
+    let mut rcs: i64 = 0;
     let skb = ctx.skb.skb;
     // SAFETY: the context of this run (see `tail_call`).
     unsafe { (*skb).cb[4] = DropReason::NoHolder as u32 };
@@ -258,21 +266,25 @@ fn copies(
         } else if m.kind == DEST_REMOTE && vxlan != 0 {
             // The tunnel key is per-CPU state copied into each clone (see `fwd::flood`).
             if tunnel::set_key_to(ctx, &mut key, m.remote_ip).is_err() {
-                failed = true;
+                rcs |= -1;
                 continue;
             }
             vxlan
         } else {
             continue;
         };
-        if (rewrite && ctx.store(0, &m.mac, 0).is_err()) || ctx.clone_redirect(to, 0).is_err() {
-            failed = true;
-        } else {
+        if rewrite && ctx.store(0, &m.mac, 0).is_err() {
+            rcs |= -1;
+            continue;
+        }
+        let rc = fwd::clone_redirect(ctx, to);
+        if rc == 0 {
             sent = true;
         }
+        rcs |= rc;
     }
-    if failed {
-        Err(DropReason::RedirectFailed)
+    if rcs != 0 {
+        fwd::copy_outcome(rcs)
     } else if !sent {
         // SAFETY: as above.
         let r = unsafe { (*skb).cb[4] };

@@ -4,9 +4,10 @@ use dragonflow_common::fwd::{L2Dest, L2Key};
 
 use crate::{
     ctx::{PacketCtx, Pkt, u8_at},
-    maps::L2,
+    maps::{DEVMAP, L2},
     parse::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, UDP_HLEN,
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, UDP_HLEN,
     },
 };
 
@@ -73,4 +74,43 @@ fn l3l4_hlen(pkt: &Pkt, proto: u16) -> usize {
         _ => 0,
     };
     l3 + l4
+}
+
+/// XDP: whether XDP may finish a frame itself (a devmap redirect into the local tap
+/// `to`, or XDP_TX back out of it) rather than hand it, untouched and uncounted, to its TC
+/// companion. Everything else is TC's, which keeps the skb's checksum and GSO state:
+///
+/// - **Offloaded checksums.** A VM's virtio-net header (NEEDS_CSUM, GSO type) is not part
+///   of what XDP sees: tun runs native XDP on the bare frame (`tun_build_skb`) and applies
+///   the header to the skb only on XDP_PASS; veth's XDP sees a CHECKSUM_PARTIAL skb as
+///   bytes. A redirect turns the frame into an `xdp_frame` without that state, so a
+///   partial checksum would arrive unfinished (measured with a real guest: TCP never
+///   connects, the receiver counts TcpInCsumErrors). The checksum may sit anywhere the VM
+///   chose (`csum_start`: TCP, UDP, or the inner header of a VM's own tunnel), so only
+///   frames that carry no offloadable checksum are finished here: ARP, ICMP, and ICMPv6
+///   directly after the IPv6 header. A frame XDP cannot parse goes to TC as well.
+/// - **Longer than the MTU.** tun hands GSO super-frames (and generic XDP any skb) to XDP
+///   whole, and XDP cannot see `gso_size`: TC judges them by their segments
+///   (`mtu_ok`) and drops real violations as `mtu_exceeded`.
+/// - **Taps XDP cannot deliver to.** The agent puts into `df_devmap_v1` only taps whose
+///   driver takes XDP frames from any sender (tun). A veth delivers a redirected frame or
+///   an XDP_TX only when its peer runs NAPI (GRO or an XDP program inside the VM), which
+///   the datapath cannot see or rely on; and a tap the agent has not filled in yet (a VM
+///   booting) is reached by TC's `bpf_redirect` through its ifindex.
+#[inline(always)]
+pub fn xdp_finishes(pkt: &Pkt, proto: u16, mtu: u16, to: u32) -> bool {
+    if mtu != 0 && pkt.len - ETH_HLEN > mtu as usize {
+        return false;
+    }
+    let no_l4_csum = match proto {
+        ETH_P_ARP => true,
+        ETH_P_IP => pkt
+            .bytes::<IPV4_HLEN>(ETH_HLEN)
+            .is_some_and(|h| u8_at(h, 9) == IPPROTO_ICMP),
+        ETH_P_IPV6 => pkt
+            .bytes::<IPV6_HLEN>(ETH_HLEN)
+            .is_some_and(|h| u8_at(h, 6) == IPPROTO_ICMPV6),
+        _ => false,
+    };
+    no_l4_csum && DEVMAP.get(to).is_some()
 }

@@ -2,11 +2,15 @@
 //!
 //! The from-VM pipeline is written once over [`ctx::PacketCtx`] and attached either as XDP
 //! (`df_from_vm_xdp`) or as TC/tcx ingress (`df_from_vm_tc`) on a VM's tap; see
-//! DESIGN.md §4 for the trade-off. Stages, one module each: `parse` (Ethernet), `portsec`
+//! the README ("XDP or TC") for the trade-off. Stages, one module each: `parse` (Ethernet), `portsec`
 //! (port and address-pair lookups), `ipv4`, `ipv6`, `nd`, `arp`, `events` (GARP ring
 //! buffer), `stats` (per-CPU counters). Every frame ends in exactly one counter slot.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd`: the BPF target has no compare-and-swap, so the stable
+// atomics offer no read-modify-write (see `limits`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod arp;
 mod ct;
@@ -20,6 +24,7 @@ mod ipv4;
 mod ipv6;
 mod l2;
 mod l3;
+mod limits;
 mod maps;
 mod nd;
 mod parse;
@@ -144,9 +149,11 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
             // Re-read: the forwarding stage may not keep packet pointers across helpers.
             let pkt = ctx.pkt();
             match parse::eth(&pkt) {
-                // The sender's egress rules first (XDP never gets here: it hands off).
+                // The sender's egress rules first (XDP never gets here: it hands off),
+                // then its flood bucket: only what would be copied is charged.
                 Ok(eth) => sg
                     .egress(&ctx, eth.proto, is_group(&eth.dst))
+                    .and_then(|()| limits::flood(port.ifindex()))
                     .and_then(|()| {
                         fwd::flood(
                             &ctx,
@@ -164,11 +171,20 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
             }
         }
         Fwd::Group { net_id, how } => {
-            // Re-read, as for a flood; the sender's egress rules first.
+            // Re-read, as for a flood; the sender's egress rules first. A question for a
+            // shared IP is copied to its holders like a flood: it passes the sender's
+            // flood bucket too (packets to the VIP itself do not).
             let pkt = ctx.pkt();
             match parse::eth(&pkt) {
                 Ok(eth) => sg
                     .egress(&ctx, eth.proto, is_group(&eth.dst))
+                    .and_then(|()| {
+                        if group::is_question(how) {
+                            limits::flood(port.ifindex())
+                        } else {
+                            Ok(())
+                        }
+                    })
                     .and_then(|()| {
                         let vxlan = fwd::enabled().map_or(0, |c| c.vxlan_ifindex);
                         // Returns only when the tail call failed.

@@ -13,10 +13,12 @@ use dragonflow_common::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
         RouteKey, TunPeerKey, TunSrcKey,
     },
+    limits::{CtCount, CtFreed, Limits},
     maps::{
-        ADDRS_MAX, CIDRS_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FRAG_MAX, GARP_EVENTS_BYTES,
-        GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX,
-        POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX, TUN_PEERS_MAX, TUN_SRCS_MAX,
+        ADDRS_MAX, CIDRS_MAX, CT_COUNT_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FLOOD_RL_MAX,
+        FRAG_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX,
+        MACS_MAX, NEIGH_MAX, POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX, TUN_PEERS_MAX,
+        TUN_SRCS_MAX,
     },
     port::PortConfig,
     sg::{CtKey, CtValue, FragKey, FragValue, IdentKey, PolicyKey, PolicyValue},
@@ -121,6 +123,21 @@ pub static TUN_SRCS: HashMap<TunSrcKey, u32> = HashMap::pinned(TUN_SRCS_MAX, 0);
 /// `df_bench_from_tunnel` judges frames with. Not pinned, not the agent's.
 #[map(name = "df_bench_tun")]
 pub static BENCH_TUN: Array<[u32; 2]> = Array::with_max_entries(1, 0);
+/// Per-port limits (`dragonflow_common::limits`), index 0.
+#[map(name = "df_limits_v1")]
+pub static LIMITS: Array<Limits> = Array::pinned(1, 0);
+
+/// Each port's flood bucket: its theoretical arrival time (see `limits`).
+#[map(name = "df_flood_rl_v1")]
+pub static FLOOD_RL: LruHashMap<u32, u64> = LruHashMap::pinned(FLOOD_RL_MAX, 0);
+
+/// Conntrack entries the datapath inserted and deleted, per port.
+#[map(name = "df_ct_count_v1")]
+pub static CT_COUNT: HashMap<u32, CtCount> = HashMap::pinned(CT_COUNT_MAX, 0);
+
+/// Counted conntrack entries the agent deleted, per port (read only here).
+#[map(name = "df_ct_freed_v1")]
+pub static CT_FREED: HashMap<u32, CtFreed> = HashMap::pinned(CT_COUNT_MAX, 0);
 
 /// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
 /// and the map keys, off the nearly full stack. Private to one program run, so neither

@@ -50,6 +50,12 @@
 //! could make every other VM's connections re-judged as new: their replies denied).
 //! Established flows are unaffected; the agent's collector frees expired entries.
 //!
+//! ## Per-port quota
+//! So that one VM cannot fill the table for every other, a new entry is first admitted by
+//! its port's quota (`limits::ct_admit`, per origin direction): over it the new flow drops
+//! as `ct_port_quota`, before the table is touched. Entries are counted at insert and at
+//! deletion (`CT_F_COUNTED`, see `dragonflow_common::limits`).
+//!
 //! ## Where each side is judged
 //! Egress: by the program that finishes the frame, before the receiver's ingress — in
 //! `fwd::unicast` (local or tunnel), for the router's own replies, by the TC entry point
@@ -94,9 +100,10 @@ use aya_ebpf::{
 use dragonflow_common::{
     addr::FAMILY_V4,
     fwd::{CFG_F_SECURITY_GROUPS, ChassisConfig},
+    limits::CtCount,
     port::PORT_F_PORT_SECURITY,
     sg::{
-        CT_REFRESH_NS, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FragKey, FragValue,
+        CT_F_COUNTED, CT_REFRESH_NS, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FragKey, FragValue,
         IDENT_FIXED_BITS, IDENT_WORLD, IdentKey, PolicyKey, ident_any,
     },
     verdict::{Direction, DropReason, EventStat},
@@ -109,7 +116,7 @@ use crate::{
         self, F_CREATE, F_EXEMPT_EGRESS, F_EXEMPT_INGRESS, F_ICMP_ERROR, F_TRACK, FRAG_FIRST,
         FRAG_LATER, Flow, ICMPV6_ECHO_REQUEST, L3,
     },
-    frag,
+    frag, limits,
     maps::{CT, IDENT, IDENT_LPM, POLICY, SG_SCRATCH},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6},
     portsec, stats,
@@ -143,6 +150,9 @@ pub struct Scratch {
     frag: FragKey,
     frag_value: FragValue,
     value: CtValue,
+    /// A new port's conntrack counters before their insert (`limits::ct_admit`), off the
+    /// stack.
+    zero_count: CtCount,
     ident: Key<IdentKey>,
     policy: Key<PolicyKey>,
 }
@@ -182,6 +192,8 @@ struct Job {
     dport: u16,
     rule_port: u16,
     check_port: u16,
+    /// The hit entry being revalidated was counted in its port's quota (`CT_F_COUNTED`).
+    counted: u8,
 }
 
 /// The stage's handle for one program run: a pointer to this CPU's [`Scratch`] (one
@@ -496,19 +508,44 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
             policy_gen: s.run.policy_gen,
             state: ct::initial_state(s.flow.proto),
             origin: dir,
-            _pad: 0,
+            flags: CT_F_COUNTED,
         };
         // An expired or closed entry of the same key is replaced in place (looked up
         // again: carrying its pointer from step 4 would double the verifier's states).
+        // A counted one stays counted (one entry either way); an uncounted one (older
+        // than the quota) is counted from now on, within the port's quota.
         match CT.get_ptr_mut(&s.key) {
             // SAFETY: map value pointer, valid for this run.
-            Some(v) => unsafe { *v = s.value },
-            None => match CT.insert(&s.key, &s.value, BPF_NOEXIST as u64) {
-                Ok(()) => {}
-                Err(e) if e == -EEXIST => {}
-                // E2BIG: full (see the module docs). Any other failure: fail closed too.
-                Err(_) => return Err(DropReason::CtFull),
-            },
+            Some(v) if unsafe { (*v).flags } & CT_F_COUNTED != 0 => unsafe { *v = s.value },
+            Some(v) => {
+                let c = limits::ct_admit(s.job.ifindex, dir, &mut s.zero_count)?;
+                if c.is_none() {
+                    s.value.flags = 0;
+                }
+                // SAFETY: as above.
+                unsafe { *v = s.value };
+                if let Some(c) = c {
+                    limits::ct_created(c, dir);
+                }
+            }
+            None => {
+                // The quota before the table: a port at its quota must not take the
+                // table's last entries.
+                let c = limits::ct_admit(s.job.ifindex, dir, &mut s.zero_count)?;
+                if c.is_none() {
+                    s.value.flags = 0;
+                }
+                match CT.insert(&s.key, &s.value, BPF_NOEXIST as u64) {
+                    Ok(()) => {
+                        if let Some(c) = c {
+                            limits::ct_created(c, dir);
+                        }
+                    }
+                    Err(e) if e == -EEXIST => {}
+                    // E2BIG: full (see the module docs). Any other failure: fail closed too.
+                    Err(_) => return Err(DropReason::CtFull),
+                }
+            }
         }
         event(dir, EventStat::CtNew);
     } else {
@@ -578,10 +615,15 @@ fn hit(s: &mut Scratch, v: *mut CtValue) -> bool {
     if e.policy_gen != s.run.policy_gen {
         s.job.check_dir = e.origin;
         s.job.check_port = origin_rule_port(&s.key, e.origin);
+        s.job.counted = (e.flags & CT_F_COUNTED != 0) as u8;
         // `e` is not kept across the rule lookups (it would take stack the verifier
         // counts, see `Scratch`): looked up again below.
         if !revalidate(s) {
-            let _ = CT.remove(&s.key);
+            // Only the deleter that succeeds counts the deletion (the agent's collector
+            // may delete the same entry).
+            if CT.remove(&s.key).is_ok() && s.job.counted != 0 {
+                limits::ct_removed(s.job.ifindex, s.job.check_dir);
+            }
             return false;
         }
         let Some(v) = CT.get_ptr_mut(&s.key) else {

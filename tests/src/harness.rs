@@ -729,7 +729,9 @@ impl Default for HvOpts {
     }
 }
 
-/// Options of a VM.
+/// Options of a VM. Nothing here changes what the VM's kernel does with its offloads: the
+/// datapath must be correct for a VM as it comes (checksum offload, TSO, GRO at their
+/// defaults), on every hook.
 #[derive(Clone, Debug, Default)]
 pub struct VmOpts {
     /// eth0's MTU (the tap keeps 1500, so an oversized frame reaches the datapath, which
@@ -737,30 +739,23 @@ pub struct VmOpts {
     pub mtu: Option<u32>,
     /// Default gateways (`192.0.2.1`, `2001:db8:1::1`), routes added on eth0.
     pub gateways: Vec<String>,
-    /// `ethtool -K eth0 gro on`: native XDP redirect into a veth only delivers when the
-    /// receiving side has NAPI (GRO or an XDP program).
-    pub gro: bool,
-    /// `ethtool -K eth0 tx off`: the VM computes full L4 checksums. An XDP redirect drops
-    /// the skb's CHECKSUM_PARTIAL state, so a partial checksum would arrive as a bad one
-    /// (DESIGN.md §4, measured).
-    pub tx_csum_off: bool,
-    /// An XDP_PASS program on eth0: a veth peer only flushes frames XDP_TX'd toward it
-    /// (the datapath's ARP/ND responder) when it has an XDP program; GRO alone gives
-    /// NAPI for redirects but is not kicked on XDP_TX (veth_xdp_flush checks the peer's
-    /// xdp_prog). Real taps (tun) have no such condition.
-    pub xdp_pass: bool,
+    /// Only for the benchmark of the bare XDP redirect stub (`df-bench-e2e`), which
+    /// redirects into veth peers as the datapath never does: a veth delivers an XDP
+    /// redirect only when its peer runs NAPI, so this turns GRO on in the VM and loads an
+    /// XDP_PASS program on its eth0 (veth_xdp_flush also checks the peer's xdp_prog for
+    /// XDP_TX). The datapath hands frames for veth taps to TC instead (the agent puts
+    /// only tun taps in its devmap), so no test sets this.
+    pub xdp_stub_napi: bool,
 }
 
 impl VmOpts {
-    /// What a VM needs on a hypervisor whose taps carry `hook`, MTU 1450 (VXLAN
-    /// overhead) and the given gateways.
-    pub fn for_hook(hook: Hook, gateways: &[&str]) -> Self {
+    /// A VM with MTU 1450 (VXLAN overhead, the networks' MTU) and the given gateways; the
+    /// same on every hook.
+    pub fn with_gateways(gateways: &[&str]) -> Self {
         VmOpts {
             mtu: Some(1450),
             gateways: gateways.iter().map(|g| g.to_string()).collect(),
-            gro: hook == Hook::Xdp,
-            tx_csum_off: hook == Hook::Xdp,
-            xdp_pass: hook == Hook::Xdp,
+            xdp_stub_napi: false,
         }
     }
 }
@@ -844,17 +839,14 @@ impl Cloud {
         if let Some(mtu) = opts.mtu {
             ns.exec(&format!("ip link set eth0 mtu {mtu}"));
         }
-        if opts.gro {
+        if opts.xdp_stub_napi {
             ns.exec("ethtool -K eth0 gro on");
-        }
-        if opts.tx_csum_off {
-            ns.exec("ethtool -K eth0 tx off");
         }
         for a in addrs {
             ns.exec(&format!("ip addr add {a} dev eth0 nodad"));
         }
         ns.exec("ip link set eth0 up");
-        if opts.xdp_pass {
+        if opts.xdp_stub_napi {
             let pin = self.hvs[hv]
                 .bpffs
                 .path

@@ -3,6 +3,8 @@
 
 pub mod etcd_cluster;
 pub mod frames;
+pub mod guest;
+pub mod guest_kernel;
 pub mod harness;
 pub mod rawbpf;
 pub mod testrun;

@@ -38,6 +38,7 @@ use dragonflow_common::{
         ChassisConfig, FloodList, L2Dest, L2Key, NeighKey, NeighValue, ROUTE_FIXED_BITS, RouteDest,
         RouteKey, TunPeerKey, TunSrcKey,
     },
+    limits::{CtCount, CtFreed, Limits},
     maps::{self as names, globals, progs},
     port::PortConfig,
     sg::{
@@ -361,6 +362,7 @@ impl Datapath {
         clear_hash::<GarpRateKey, u64>(&mut self.ebpf, names::GARP_RATE);
         self.clear_fwd();
         self.clear_sg();
+        self.clear_limits();
         {
             let mut m: LpmTrie<_, AddrKey, AddrValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(names::CIDRS).expect("cidrs")).expect("lpm");
@@ -590,6 +592,14 @@ impl Datapath {
             .expect("insert tunnel source");
     }
 
+    /// Takes a tap out of the XDP devmap (as the agent does for taps XDP cannot deliver to).
+    pub fn remove_devmap(&mut self, ifindex: u32) {
+        let mut m = DevMapHash::try_from(self.ebpf.map_mut(names::DEVMAP).expect("devmap"))
+            .expect("devmap");
+        m.remove(ifindex)
+            .unwrap_or_else(|e| panic!("devmap remove {ifindex}: {e}"));
+    }
+
     /// A local tap in the XDP devmap (key = value = ifindex; the device must exist).
     pub fn add_devmap(&mut self, ifindex: u32) {
         let mut m = DevMapHash::try_from(self.ebpf.map_mut(names::DEVMAP).expect("devmap"))
@@ -761,5 +771,59 @@ fn clear_lpm<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
     let keys: Vec<Key<K>> = m.keys().map(|k| k.expect("key")).collect();
     for k in keys {
         m.remove(&k).expect("remove");
+    }
+}
+
+// ---- Per-port limits (issue 10) -------------------------------------------------------
+
+impl Datapath {
+    /// No limits, no flood bucket, no conntrack counter. Part of [`Datapath::clear`].
+    pub fn clear_limits(&mut self) {
+        self.set_limits(Limits::default());
+        clear_hash::<u32, u64>(&mut self.ebpf, names::FLOOD_RL);
+        clear_hash::<u32, CtCount>(&mut self.ebpf, names::CT_COUNT);
+        clear_hash::<u32, CtFreed>(&mut self.ebpf, names::CT_FREED);
+    }
+
+    /// `df_limits_v1[0]`.
+    pub fn set_limits(&mut self, l: Limits) {
+        let mut m: Array<_, Limits> =
+            Array::try_from(self.ebpf.map_mut(names::LIMITS).expect("limits")).expect("limits");
+        m.set(0, l, 0).expect("set limits");
+    }
+
+    /// The flood bucket of a port: its theoretical arrival time (ns, CLOCK_MONOTONIC).
+    pub fn flood_tat(&self, ifindex: u32) -> Option<u64> {
+        let m: HashMap<_, u32, u64> =
+            HashMap::try_from(self.ebpf.map(names::FLOOD_RL).expect("flood rl")).expect("lru");
+        m.get(&ifindex, 0).ok()
+    }
+
+    /// Moves a port's flood bucket (e.g. back in time: time passed).
+    pub fn set_flood_tat(&mut self, ifindex: u32, tat: u64) {
+        let mut m: HashMap<_, u32, u64> =
+            HashMap::try_from(self.ebpf.map_mut(names::FLOOD_RL).expect("flood rl")).expect("lru");
+        m.insert(ifindex, tat, 0).expect("set flood bucket");
+    }
+
+    /// The datapath's conntrack counters of a port.
+    pub fn ct_count(&self, ifindex: u32) -> Option<CtCount> {
+        let m: HashMap<_, u32, CtCount> =
+            HashMap::try_from(self.ebpf.map(names::CT_COUNT).expect("ct count")).expect("hash");
+        m.get(&ifindex, 0).ok()
+    }
+
+    /// What the agent's collector writes after deleting counted entries of a port.
+    pub fn set_ct_freed(&mut self, ifindex: u32, freed: CtFreed) {
+        let mut m: HashMap<_, u32, CtFreed> =
+            HashMap::try_from(self.ebpf.map_mut(names::CT_FREED).expect("ct freed")).expect("hash");
+        m.insert(ifindex, freed, 0).expect("set freed");
+    }
+
+    /// Deletes one conntrack entry (as the agent's collector does).
+    pub fn ct_remove(&mut self, key: &CtKey) {
+        let mut m: HashMap<_, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map_mut(names::CT).expect("ct")).expect("ct");
+        m.remove(key).expect("remove conntrack entry");
     }
 }

@@ -137,7 +137,7 @@ pub fn vip_cloud(mode: &str, vmac: bool, agent_args: &[&str]) -> Cloud {
             d.hv + 1,
             d.name
         ));
-        let opts = VmOpts::for_hook(Hook::Tc, &[d.gw]);
+        let opts = VmOpts::with_gateways(&[d.gw]);
         cloud.add_vm_opts(
             d.hv,
             d.name,

@@ -189,7 +189,7 @@ impl Topo {
                 &format!("tap{}", d.name),
                 d.mac,
                 &addrs,
-                &VmOpts::for_hook(hook, &gws),
+                &VmOpts::with_gateways(&gws),
             );
         }
         for i in 0..3 {

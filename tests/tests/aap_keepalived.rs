@@ -504,7 +504,10 @@ fn detection_probe_expiry() {
 /// (`arp_spoof`) and moves nothing; one from a port that lists it moves the VIP; a quick
 /// move back is dampened.
 fn detection_rogue_and_listed_garps() {
-    let t = Vip::new(Mode::Detection, false, &[]);
+    // A first back-off of 4 s (1 s by default): "straight back" below must land within it
+    // however slow the machine is (a loaded 2-core CI took more than 1 s between the two
+    // announcements).
+    let t = Vip::new(Mode::Detection, false, &["--claim-backoff-ms", "4000"]);
     // No keepalived: the VIP on both holders answers the probes; GARPs are crafted.
     for h in HOLDERS {
         t.vm(h).exec(&format!("ip addr add {VIP}/32 dev eth0"));
@@ -531,7 +534,7 @@ fn detection_rogue_and_listed_garps() {
     // A listed port moves it…
     announce(t.vm(&M2));
     t.wait_active(Some("pm2"));
-    // …and moving it straight back (well within the 1 s back-off) is dampened, then done.
+    // …and moving it straight back (well within the back-off) is dampened, then done.
     let hv1 = t.hv(&M1);
     let dampened = counter(hv1, "dragonflow_activeport_dampened_total", &[]);
     announce(t.vm(&M1));
@@ -596,7 +599,9 @@ fn detection_aap_removed() {
 /// The active holder's agent is killed (-9) and started again: the entry stays (moved to
 /// the new agent's lease before the old lease expires), and traffic continues.
 fn detection_agent_restart() {
-    let mut t = Vip::new(Mode::Detection, false, &[]);
+    // A 12 s lease (6 s by default): the new agent must take the claim over before the old
+    // lease runs out, and a loaded 2-core CI once took 6.2 s to start it.
+    let mut t = Vip::new(Mode::Detection, false, &["--lease-ttl", "12"]);
     t.start_keepalived();
     let before = t.wait_active(Some("pm1")).expect("active");
     for c in CLIENTS {
@@ -639,7 +644,7 @@ fn detection_agent_restart() {
     );
     let new_lease = lease_of(&t.cloud, chassis_key).expect("hv1's new lease");
     assert_ne!(new_lease, old_lease);
-    // The old lease runs out (--lease-ttl, 6 s): the entry must outlive it.
+    // The old lease runs out (--lease-ttl, 12 s): the entry must outlive it.
     wait_until("the killed agent's lease to expire", READY, || {
         let out = t
             .cloud

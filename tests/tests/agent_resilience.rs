@@ -285,7 +285,6 @@ fn unknown_tap(hook: Hook) {
     let mut t = Topo::with(hook, &[A, B], |cloud| {
         common::add_vm(
             cloud,
-            hook,
             W.name,
             &W.tap(),
             W.mac,
@@ -323,7 +322,6 @@ fn unknown_tap(hook: Hook) {
     // it (a frame racing the attach is the kernel's window, not a verdict).
     common::add_vm(
         &mut t.cloud,
-        hook,
         U.name,
         &U.tap(),
         U.mac,

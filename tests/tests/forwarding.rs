@@ -188,7 +188,7 @@ impl Fwd {
             ));
             let a4 = format!("{}/{}", d.ip4, d.net.cidr4.split('/').nth(1).unwrap());
             let a6 = format!("{}/{}", d.ip6, d.net.cidr6.split('/').nth(1).unwrap());
-            let opts = VmOpts::for_hook(hook, &[d.net.gw4, d.net.gw6]);
+            let opts = VmOpts::with_gateways(&[d.net.gw4, d.net.gw6]);
             cloud.add_vm_opts(
                 d.hv,
                 d.name,

@@ -1,5 +1,5 @@
 //! Port security end to end (issue 2, item 9): real etcd, a real agent, VMs in network
-//! namespaces behind veth taps, scapy-crafted frames for every ATTACKS.md row in scope
+//! namespaces behind veth taps, scapy-crafted frames for every row of docs/THREATS.md in scope
 //! (1–3, 5–9, 11–13), allowed address pairs changed live through dfctl, and the GARP
 //! event plumbing. Every verdict test runs for both hooks (XDP and TC).
 //!

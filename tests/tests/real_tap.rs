@@ -3,7 +3,8 @@
 //! (tests/scripts/tapvm.py) that opens it through /dev/net/tun like qemu does. Native XDP
 //! on tun and TC both see what the process writes; legitimate echo requests are redirected
 //! to the peer and answered (the reply redirected back into the tun device), spoofs
-//! dropped and counted.
+//! dropped and counted. Before the process opens the tap, flood copies into it are
+//! refused by the device and counted as `dest_refused`.
 
 mod common;
 
@@ -31,6 +32,35 @@ fn real_tap(hook: Hook) {
     t.vm(1).exec(&format!(
         "ip neigh replace {SPOOF} lladdr {MAC} dev eth0 nud permanent"
     ));
+
+    // Until the "VM" opens its tap (qemu starting), the tap has no carrier and its queue
+    // drops what is sent into it: a flood copy into it is refused by the device, counted
+    // as dest_refused (the other copies go), never as a datapath failure.
+    let before = counters(hv);
+    let start = std::time::Instant::now();
+    while wait_counted(
+        hv,
+        &before,
+        "drop",
+        &["dest_refused"],
+        1.0,
+        Duration::from_millis(200),
+    )
+    .is_err()
+    {
+        // A broadcast the responder does not answer (no port has the address): flooded.
+        t.vm(1).try_exec("arping -c 1 -w 1 -I eth0 192.0.2.99");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no flood copy into the unopened tap was counted as dest_refused: {}",
+            common::diff(&before, &counters(hv))
+        );
+    }
+    assert_eq!(
+        common::sum(&counters(hv), "drop", &["redirect_failed"]),
+        common::sum(&before, "drop", &["redirect_failed"]),
+        "a copy into the unopened tap counted as redirect_failed"
+    );
 
     let before = counters(hv);
     let mut c = hv.ns.command(PYTHON);

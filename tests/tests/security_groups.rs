@@ -1,7 +1,7 @@
 //! Security groups end to end (issue 4, item 6): hypervisor namespaces joined by an
 //! underlay, an agent on each with its defaults (forwarding in eBPF, security groups on),
 //! no bridge, VMs in namespaces on one dual-stack network, and real flows between them:
-//! kernel TCP/UDP sockets and ping, crafted frames (scapy) for ATTACKS.md rows 10 and 14.
+//! kernel TCP/UDP sockets and ping, crafted frames (scapy) for rows 10 and 14 of docs/THREATS.md.
 //! Every flow is tried on the same chassis and across chassis (VXLAN), IPv4 and IPv6, and
 //! every test runs for both hooks (`xdp::<case>`, `tc::<case>`).
 //!
@@ -311,7 +311,7 @@ impl Sg {
                 &format!("tap{}", d.name),
                 d.mac,
                 &addrs,
-                &VmOpts::for_hook(hook, &[]),
+                &VmOpts::with_gateways(&[]),
             );
         }
         // No flags: forwarding in the datapath and security groups are the defaults.
@@ -941,7 +941,7 @@ fn secgroup_cli_contract() {
 }
 
 // ---------------------------------------------------------------------------------------
-// ATTACKS.md row 14: "established-looking" packets without a conntrack entry.
+// docs/THREATS.md row 14: "established-looking" packets without a conntrack entry.
 
 /// The client has no ingress rule. Crafted from a server: a SYN-ACK, an ACK with data, a
 /// UDP "reply" and an ICMP echo reply the client never asked for, and an ICMP echo request
@@ -1147,7 +1147,7 @@ fn icmp_error_to_a_third_party(hook: Hook) {
 }
 
 // ---------------------------------------------------------------------------------------
-// ATTACKS.md row 10: fragments.
+// docs/THREATS.md row 10: fragments.
 
 /// `frag`: ingress UDP 8081, TCP 8080, ICMP/ICMPv6 from anywhere.
 const FRAG: &[&str] = &[

@@ -63,7 +63,7 @@ impl Setup {
                 "lport create p{name} --lswitch net1 --mac {mac} --fixed-ip {ip} --chassis hv{} --ifname tap{name}",
                 hv + 1
             ));
-            let opts = VmOpts::for_hook(hook, &[GW4]);
+            let opts = VmOpts::with_gateways(&[GW4]);
             cloud.add_vm_opts(
                 hv,
                 name,

@@ -345,6 +345,9 @@ fn seed(dp: &mut Datapath, d: &Devices) {
         NET_A,
     );
     dp.add_mac(MacKey::new(IF, VM_MAC));
+    // The sender's tap too: XDP answers ARP/NS (XDP_TX) only out of taps it can deliver
+    // to, those in the devmap (a tun device in production).
+    dp.add_devmap(IF);
     dp.add_devmap(d.tap1);
     dp.add_devmap(d.tap2);
 
@@ -626,7 +629,7 @@ fn ns_for(target: [u8; 16]) -> Vec<u8> {
 }
 
 fn cases() -> Vec<Case> {
-    use actions::{TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_REDIRECT, XDP_TX};
+    use actions::{TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_TX};
     let none = || [vec![], vec![], vec![]];
     let to_vrrp = udp_to(VRRP, VM4, 64, 32);
     let vip = udp_to(H1, VIP4, 64, 32);
@@ -697,7 +700,8 @@ fn cases() -> Vec<Case> {
             name: "packet to a holder's MAC for its own address: plain unicast",
             frame: udp_to(H1, H1_OWN4, 64, 32),
             allowed: PassPath::Ipv4,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            // UDP: its checksum may be left to offload (`l2::xdp_finishes`).
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: None,
             copies: none(),
@@ -790,7 +794,8 @@ fn cases() -> Vec<Case> {
             name: "detection way: the shared MAC leads to the active port only",
             frame: udp_to(VRRP_ACTIVE, VIP_ACTIVE, 64, 32),
             allowed: PassPath::Ipv4,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            // UDP: its checksum may be left to offload (`l2::xdp_finishes`).
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: None,
             copies: none(),
@@ -802,7 +807,7 @@ fn cases() -> Vec<Case> {
             name: "detection way: for the VIP to a local backup's MAC: readdressed to the active holder",
             frame: udp_to(H4, VIP_ACTIVE, 64, 32),
             allowed: PassPath::Ipv4,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: Some(udp_to(H1, VIP_ACTIVE, 64, 32)),
             copies: none(),
@@ -812,7 +817,7 @@ fn cases() -> Vec<Case> {
             name: "detection way: for the VIP to a remote backup's MAC: readdressed to the local active holder",
             frame: udp_to(H2, VIP_ACTIVE, 64, 32),
             allowed: PassPath::Ipv4,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: Some(udp_to(H1, VIP_ACTIVE, 64, 32)),
             copies: none(),
@@ -822,7 +827,7 @@ fn cases() -> Vec<Case> {
             name: "detection way: for the VIP to the active holder's own MAC: unchanged",
             frame: udp_to(H1, VIP_ACTIVE, 64, 32),
             allowed: PassPath::Ipv4,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: Some(udp_to(H1, VIP_ACTIVE, 64, 32)),
             copies: none(),
@@ -842,7 +847,7 @@ fn cases() -> Vec<Case> {
             name: "detection way: a holder's own address to its MAC: plain unicast",
             frame: udp_to(H1, H1_OWN4, 64, 32),
             allowed: PassPath::Ipv4,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: Some(udp_to(H1, H1_OWN4, 64, 32)),
             copies: none(),
@@ -852,7 +857,7 @@ fn cases() -> Vec<Case> {
             name: "detection way: IPv6 VIP to a backup's MAC: readdressed to the active holder",
             frame: udp6_to(H1, VIP6_ACTIVE),
             allowed: PassPath::Ipv6,
-            xdp: Out::Pass(XDP_REDIRECT, PassPath::L2Local),
+            xdp: Out::Handoff,
             tc: Out::Pass(TC_ACT_REDIRECT, PassPath::L2Local),
             reply: Some(udp6_to(H4, VIP6_ACTIVE)),
             copies: none(),
@@ -1094,6 +1099,62 @@ fn detection_way_from_the_tunnel() {
                     s.dev
                 );
             }
+        }
+    });
+}
+
+/// The sender's flood bucket (issue 10) covers ARP requests for a shared VIP, copied to
+/// its holders like a flood, but not frames to a shared MAC (the VIP's own traffic):
+/// with a bucket of one frame, the second question drops as `flood_rate_limited` while
+/// frames to the VRRP MAC keep going to every holder.
+#[test]
+fn shared_ip_questions_use_the_flood_bucket() {
+    use dragonflow_common::limits::{Limits, flood_params};
+    let d = Devices::new();
+    d.ns.within(|| {
+        let mut dp = Datapath::load();
+        seed(&mut dp, &d);
+        let (flood_interval_ns, flood_tolerance_ns) = flood_params(1, 1);
+        dp.set_limits(Limits {
+            flood_interval_ns,
+            flood_tolerance_ns,
+            ..Default::default()
+        });
+        let question = arp_req(VIP4);
+        let to_vrrp = udp_to(VRRP, VM4, 64, 32);
+        let sec = |p| slot(Direction::FromVm, Stat::Pass(p));
+        let outcome = |s| {
+            let mut v = vec![(sec(PassPath::Arp), 1), (slot(Direction::FromVm, s), 1)];
+            v.sort();
+            v
+        };
+        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
+        assert_eq!(
+            (action, moved),
+            (
+                actions::TC_ACT_SHOT,
+                outcome(Stat::Pass(PassPath::AapGroup))
+            ),
+            "the first question: to the holders"
+        );
+        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
+        assert_eq!(
+            (action, moved),
+            (
+                actions::TC_ACT_SHOT,
+                outcome(Stat::Drop(DropReason::FloodRateLimited))
+            ),
+            "the second question: over the bucket"
+        );
+        for i in 0..3 {
+            let (action, _, moved) = run_one(&dp, Hook::Tc, &to_vrrp);
+            let mut want = vec![(sec(PassPath::Ipv4), 1), (sec(PassPath::AapGroup), 1)];
+            want.sort();
+            assert_eq!(
+                (action, moved),
+                (actions::TC_ACT_SHOT, want),
+                "frame {i} to the shared MAC: not limited"
+            );
         }
     });
 }

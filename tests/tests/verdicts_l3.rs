@@ -112,6 +112,9 @@ fn seed(dp: &mut Datapath) {
         flags: CFG_F_FORWARDING,
         ..ChassisConfig::default()
     });
+    // XDP answers ARP/NS (XDP_TX) only out of taps it can deliver to, those in the devmap
+    // (a tun device in production); `responder_needs_xdp_target` covers the others.
+    dp.add_devmap(IF);
     dp.add_port(
         IF,
         PortConfig {
@@ -879,6 +882,36 @@ fn responder_and_l3_both_hooks() {
                 hook.as_str()
             );
         }
+    }
+}
+
+/// XDP answers ARP/NS (XDP_TX) only out of a tap in the devmap, where XDP frames are
+/// delivered (tun); from any other tap (a veth, whose peer needs NAPI for an XDP_TX) it
+/// hands the request, untouched and uncounted, to the TC companion, which answers it.
+#[test]
+fn responder_needs_xdp_target() {
+    let mut dp = Datapath::load();
+    seed(&mut dp);
+    dp.remove_devmap(IF);
+    for frame in [
+        arp_frame(BROADCAST, 1, VM_MAC, VM4, [0; 6], PEER4),
+        ns_frame(
+            ipv6_mcast_mac(solicited_node(PEER6)),
+            VM6,
+            solicited_node(PEER6),
+            PEER6,
+        ),
+    ] {
+        let (action, out, moved) = run(&dp, Hook::Xdp, &frame);
+        assert_eq!(
+            (action, moved.as_slice()),
+            (actions::XDP_PASS, &[][..]),
+            "[xdp] handed off, uncounted"
+        );
+        assert_eq!(out, frame, "[xdp] untouched");
+        let (action, out, _) = run(&dp, Hook::Tc, &frame);
+        assert_eq!(action, actions::TC_ACT_REDIRECT, "[tc] answered");
+        assert_ne!(out, frame, "[tc] rewritten into the answer");
     }
 }
 

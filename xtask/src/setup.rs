@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: bootstrap a fresh Debian 12 machine (as root), idempotently.
 //!
 //! Everything is checked first and only what is missing is installed, so a second run
-//! takes a second or two. The recipe is the verified one from TOOLCHAIN.md: Debian's
+//! takes a second or two. The recipe is the verified one in docs/CONTRIBUTING.md: Debian's
 //! `rustc-web` + `rust-web-src` (the only compiler here with the library source that
 //! `-Z build-std=core` needs for bpfel-unknown-none) and bpf-linker 0.13.0 built against
 //! the same LLVM 22.
@@ -20,12 +20,16 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::run::{self, have, probe};
 
+/// The guest kernel's package and cache paths, shared with the tests that boot it.
+#[path = "../../tests/src/guest_kernel.rs"]
+mod guest_kernel;
+
 struct Pkg {
     name: &'static str,
     why: &'static str,
 }
 
-/// The Rust/LLVM toolchain, installed as TOOLCHAIN.md verified it (with Recommends).
+/// The Rust/LLVM toolchain, installed as docs/CONTRIBUTING.md describes it (with Recommends).
 const TOOLCHAIN: &[Pkg] = &[
     Pkg {
         name: "rustc-web",
@@ -110,7 +114,15 @@ const TOOLS: &[Pkg] = &[
     },
     Pkg {
         name: "ethtool",
-        why: "veth GRO/offload settings for XDP redirects in tests",
+        why: "offload and driver queries in tests and benches",
+    },
+    Pkg {
+        name: "qemu-system-x86",
+        why: "boots the real guest (Debian cloud kernel, virtio-net on a tap) with TCG in tests",
+    },
+    Pkg {
+        name: "busybox-static",
+        why: "the real guest's userland (sh, nc, md5sum) in the initramfs the tests build",
     },
 ];
 
@@ -131,11 +143,15 @@ pub struct Missing {
     packages: Vec<&'static str>,
     bpf_linker: Option<String>,
     rustup: Option<String>,
+    guest_kernel: Option<String>,
 }
 
 impl Missing {
     fn is_empty(&self) -> bool {
-        self.packages.is_empty() && self.bpf_linker.is_none() && self.rustup.is_none()
+        self.packages.is_empty()
+            && self.bpf_linker.is_none()
+            && self.rustup.is_none()
+            && self.guest_kernel.is_none()
     }
 }
 
@@ -145,8 +161,10 @@ pub fn check() -> Result<()> {
     let m = find_missing()?;
     if m.is_empty() {
         eprintln!(
-            "setup --check: all {} apt packages and bpf-linker {BPF_LINKER_VERSION} are present",
-            TOOLCHAIN.len() + TOOLS.len()
+            "setup --check: all {} apt packages, bpf-linker {BPF_LINKER_VERSION} and the guest \
+             kernel ({}) are present",
+            TOOLCHAIN.len() + TOOLS.len(),
+            guest_kernel_present().unwrap_or_default()
         );
         return Ok(());
     }
@@ -164,6 +182,7 @@ pub fn check() -> Result<()> {
     }
     lines.extend(m.bpf_linker.clone());
     lines.extend(m.rustup.clone());
+    lines.extend(m.guest_kernel.clone());
     let toolchain: Vec<&str> = TOOLCHAIN
         .iter()
         .map(|p| p.name)
@@ -190,6 +209,16 @@ pub fn check() -> Result<()> {
              {BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22"
         ));
     }
+    if m.guest_kernel.is_some() {
+        fix.push(format!(
+            "apt-get download \"$(apt-cache depends {} | sed -n 's/ *Depends: //p')\" && \
+             dpkg-deb -x linux-image-*.deb {}/<package>_<version> && ln -sfn <that> {}/{}",
+            guest_kernel::META_PACKAGE,
+            guest_kernel::CACHE_DIR,
+            guest_kernel::CACHE_DIR,
+            guest_kernel::CURRENT
+        ));
+    }
     bail!(
         "the machine is not set up:\n  - {}\nfix: {}",
         lines.join("\n  - "),
@@ -211,6 +240,13 @@ fn find_missing() -> Result<Missing> {
         None => m.bpf_linker = Some("bpf-linker is not on PATH".into()),
     }
     m.rustup = rustup_problem();
+    if guest_kernel_present().is_none() {
+        m.guest_kernel = Some(format!(
+            "no guest kernel unpacked in {}/{} (the real-VM tests boot it)",
+            guest_kernel::CACHE_DIR,
+            guest_kernel::CURRENT
+        ));
+    }
     Ok(m)
 }
 
@@ -252,6 +288,7 @@ pub fn setup() -> Result<()> {
     }
 
     ensure_bpf_linker()?;
+    ensure_guest_kernel()?;
     keep_etcd_service_off()?;
     eprintln!("setup: done");
     Ok(())
@@ -421,7 +458,7 @@ fn ensure_bpf_linker() -> Result<()> {
     run::step("setup: building bpf-linker against LLVM 22");
     let mut c = Command::new("cargo");
     // LLVM_PREFIX, not llvm-sys variables: bpf-linker's build script reads it, and without
-    // it an older llvm-config on PATH wins (TOOLCHAIN.md, "unable to find library -lLLVM").
+    // it an older llvm-config on PATH wins (docs/CONTRIBUTING.md, "unable to find library -lLLVM").
     c.env("LLVM_PREFIX", LLVM_PREFIX)
         .args([
             "install",
@@ -442,6 +479,107 @@ fn ensure_bpf_linker() -> Result<()> {
              {BPF_LINKER_VERSION}: is $CARGO_HOME/bin (~/.cargo/bin) first on PATH?"
         ),
     }
+}
+
+/// The unpacked guest kernel's image (`<cache>/current/boot/vmlinuz-*`), if there is one:
+/// the check that keeps a second setup run from touching apt at all.
+fn guest_kernel_present() -> Option<String> {
+    let boot = Path::new(guest_kernel::CACHE_DIR)
+        .join(guest_kernel::CURRENT)
+        .join("boot");
+    fs::read_dir(&boot).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("vmlinuz-").then_some(name)
+    })
+}
+
+/// The real-VM tests boot Debian's cloud kernel. It is downloaded (`apt-get download`) and
+/// unpacked (`dpkg-deb -x`) into a cache directory, never installed: installing it would
+/// make it a boot candidate of the host. Unpacked into a temporary directory and published
+/// by an atomic symlink swap, so an interrupted run leaves nothing half-done in use.
+fn ensure_guest_kernel() -> Result<()> {
+    if let Some(image) = guest_kernel_present() {
+        eprintln!(
+            "guest kernel {image} is unpacked in {}",
+            guest_kernel::CACHE_DIR
+        );
+        return Ok(());
+    }
+    require_root("download the guest kernel into a system cache directory")?;
+    run::step("setup: downloading the guest kernel (not installed on the host)");
+    let mut package = kernel_package()?;
+    if package.is_none() {
+        // apt's lists may never have been fetched on this machine.
+        run::run(
+            Command::new("apt-get")
+                .args(["update", "-q"])
+                .stdin(Stdio::null()),
+        )
+        .context("apt-get update failed")?;
+        package = kernel_package()?;
+    }
+    let Some(package) = package else {
+        bail!(
+            "apt knows no dependency of {}: is Debian's main archive in sources.list?",
+            guest_kernel::META_PACKAGE
+        );
+    };
+    let cache = Path::new(guest_kernel::CACHE_DIR);
+    let download = cache.join(".download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    // `apt-get download` writes into the current directory; as root it warns that the
+    // download is not sandboxed (the _apt user cannot write there), which is harmless.
+    run::run(
+        Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&download)
+            .stdin(Stdio::null()),
+    )
+    .with_context(|| format!("apt-get download {package} failed"))?;
+    let deb = fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", download.display()))?;
+    let stem = deb
+        .file_stem()
+        .expect("a .deb file has a stem")
+        .to_string_lossy()
+        .into_owned();
+    let unpacked = cache.join(&stem);
+    let tmp = download.join("tree");
+    run::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))
+        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+    let _ = fs::remove_dir_all(&unpacked);
+    fs::rename(&tmp, &unpacked)?;
+    let link_tmp = cache.join(".current.tmp");
+    let _ = fs::remove_file(&link_tmp);
+    std::os::unix::fs::symlink(&stem, &link_tmp)?;
+    fs::rename(&link_tmp, cache.join(guest_kernel::CURRENT))?;
+    fs::remove_dir_all(&download)?;
+    match guest_kernel_present() {
+        Some(image) => {
+            eprintln!("guest kernel {image} unpacked into {}", unpacked.display());
+            Ok(())
+        }
+        None => bail!("{} has no boot/vmlinuz-*", unpacked.display()),
+    }
+}
+
+/// The kernel image package the metapackage depends on (`apt-cache depends`), e.g.
+/// `linux-image-6.1.0-57-cloud-amd64`; `None` when apt does not know the metapackage.
+fn kernel_package() -> Result<Option<String>> {
+    let (_, out) = probe(Command::new("apt-cache").args(["depends", guest_kernel::META_PACKAGE]))?;
+    Ok(parse_depends(&out))
+}
+
+fn parse_depends(out: &str) -> Option<String> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-"))
+        .map(String::from)
 }
 
 /// Debian's etcd-server enables and starts a system etcd on 127.0.0.1:2379. The tests
@@ -509,12 +647,28 @@ pub fn packages_table() -> String {
              links the eBPF object |\n"
         ));
     }
+    t.push_str(&format!(
+        "| the package `{}` depends on (`apt-get download`, `dpkg-deb -x` into `{}`; not \
+         installed) | the real guest's kernel and virtio-net modules |\n",
+        guest_kernel::META_PACKAGE,
+        guest_kernel::CACHE_DIR
+    ));
     t
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{packages_table, parse_policy};
+    use super::{packages_table, parse_depends, parse_policy};
+
+    #[test]
+    fn kernel_package_from_apt_cache_depends() {
+        let out = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-57-cloud-amd64\n";
+        assert_eq!(
+            parse_depends(out).as_deref(),
+            Some("linux-image-6.1.0-57-cloud-amd64")
+        );
+        assert_eq!(parse_depends(""), None);
+    }
 
     /// The README shows what setup installs between these markers, exactly as
     /// `cargo xtask setup --list` prints it: one list, no second copy to drift.

@@ -16,6 +16,7 @@ use dragonflow_common::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
         RouteKey, TunPeerKey, TunSrcKey,
     },
+    limits::{CtCount, CtFreed, Limits},
     maps,
     port::PortConfig,
     sg::{CtKey, CtValue, IdentKey, PolicyKey, PolicyValue},
@@ -66,6 +67,11 @@ pub struct Maps {
     /// The conntrack table: not part of the desired state (the datapath fills it); the
     /// controller hands it to the garbage collector (`conntrack.rs`).
     pub ct: Option<HashMap<MapData, CtKey, CtValue>>,
+    /// Per-port limits, written once at start ([`Maps::write_limits`]).
+    pub limits: Option<Array<MapData, Limits>>,
+    /// The per-port conntrack counters, handed to the collector with the table.
+    pub ct_count: Option<HashMap<MapData, u32, CtCount>>,
+    pub ct_freed: Option<HashMap<MapData, u32, CtFreed>>,
 }
 
 /// The maps the metrics endpoint reads.
@@ -136,7 +142,28 @@ impl Maps {
             )?,
             policy: typed(maps::POLICY, ebpf.take_map(maps::POLICY), LpmTrie::try_from)?,
             ct: typed(maps::CT, ebpf.take_map(maps::CT), HashMap::try_from)?,
+            limits: typed(maps::LIMITS, ebpf.take_map(maps::LIMITS), Array::try_from)?,
+            ct_count: typed(
+                maps::CT_COUNT,
+                ebpf.take_map(maps::CT_COUNT),
+                HashMap::try_from,
+            )?,
+            ct_freed: typed(
+                maps::CT_FREED,
+                ebpf.take_map(maps::CT_FREED),
+                HashMap::try_from,
+            )?,
         })
+    }
+
+    /// Writes the per-port limits (`df_limits_v1[0]`); they apply from the next frame.
+    pub fn write_limits(&mut self, limits: &Limits) -> Result<(), String> {
+        let m = self
+            .limits
+            .as_mut()
+            .ok_or_else(|| format!("map {} not in the eBPF object", maps::LIMITS))?;
+        m.set(0, limits, 0)
+            .map_err(|e| format!("cannot set {}[0]: {}", maps::LIMITS, Chain(&e)))
     }
 
     /// Loads the programs the pipeline tail-calls and puts them in `df_progs_v1` (the

@@ -142,6 +142,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whether `ifname` is a tun/tap device (the kind qemu gives a VM), whose driver accepts
+/// XDP frames redirected from any device (`tun_xdp_xmit`). A veth does only when its peer
+/// runs NAPI, which the agent cannot see from here (the peer is in the VM's namespace).
+pub fn is_tun(ifname: &str) -> bool {
+    // Only tun devices have this attribute (drivers/net/tun.c, `tun_attr_group`).
+    std::path::Path::new("/sys/class/net")
+        .join(ifname)
+        .join("tun_flags")
+        .exists()
+}
+
 /// Every interface of this network namespace: (ifindex, name).
 pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.

@@ -1,4 +1,4 @@
-//! The northbound model stored in etcd (DESIGN.md §3): JSON values under a prefix
+//! The northbound model stored in etcd (README: "The northbound model"): JSON values under a prefix
 //! (default `/dragonflow/`), shaped after Neutron/Dragonflow objects so operators
 //! recognise them.
 

@@ -125,7 +125,7 @@ impl LPort {
 }
 
 /// `lrouter/<id>`: a distributed logical router (Neutron router). Every chassis routes
-/// between its interfaces' networks locally (DESIGN.md §4, issue 3).
+/// between its interfaces' networks locally (README: "How a packet flows").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LRouter {
     pub id: String,
@@ -166,7 +166,7 @@ impl LRouterPort {
 }
 
 /// `activeport/<lswitch>/<ip>`: the port detected as holding a shared allowed-address-pair
-/// IP (detection way, DESIGN.md §5). Written by the agent of the chassis hosting that
+/// IP (the detection way, see the README). Written by the agent of the chassis hosting that
 /// port, under its lease (a dead chassis loses its claims), with an etcd transaction that
 /// compares the key's mod_revision; read by every agent, which points L2, L3 and the
 /// ARP/ND responder at `port`/`mac`. Not an NB object operators write.

@@ -53,7 +53,7 @@ pub struct ValidationOptions {
     /// Accept an allowed address pair of `0.0.0.0/0` or `::/0`. Off by default: such a
     /// pair lets the port send from, answer ARP for and be included in remote security
     /// groups under every address, which turns off anti-spoofing for that port and lets it
-    /// claim any other port's IP (ATTACKS.md, last paragraph). Use
+    /// claim any other port's IP (docs/THREATS.md, row 18). Use
     /// `port_security_enabled=false` when that is really what is meant.
     pub allow_any_aap: bool,
 }

@@ -24,7 +24,7 @@
 //! VMs behind the XDP hook get GRO on and an XDP_PASS program on eth0 (native XDP redirect
 //! or XDP_TX into a veth only delivers when the receiver has NAPI, and XDP_TX only when it
 //! has an XDP program) and checksum offload off (an XDP redirect drops the skb's
-//! partial-checksum state; DESIGN.md §4), for the stub and for our program alike.
+//! partial-checksum state; README: "XDP or TC"), for the stub and for our program alike.
 
 use std::{
     os::fd::OwnedFd,
@@ -275,9 +275,7 @@ fn measure(setup: Setup, secs: u64) -> (f64, f64) {
         }
     }
     let opts = VmOpts {
-        gro: hook == Hook::Xdp && !bridge,
-        tx_csum_off: hook == Hook::Xdp && !bridge,
-        xdp_pass: hook == Hook::Xdp && !bridge,
+        xdp_stub_napi: matches!(setup, Setup::Stub(Hook::Xdp)),
         ..VmOpts::default()
     };
     cloud.add_vm_opts(hv, "vm1", TAP1, MAC1, &[&format!("{IP1}/24")], &opts);

@@ -4,15 +4,18 @@
 //! port; then forwarding to a local port, frames from the tunnel (admission + delivery),
 //! and the security groups (established flow,
 //! rules-only and first-packet cost with 1/100/1,000 rules per port and 10/10,000
-//! remote-group members). Prints markdown on stdout. Needs root.
+//! remote-group members); then the per-port limits (the flood bucket on the flood path,
+//! the conntrack quota on the first packet of a flow), each with and without the limit.
+//! Prints markdown on stdout. Needs root.
 //!
 //! Method: every measurement is one BPF_PROG_TEST_RUN with a large repeat count (the
 //! kernel reports the mean ns per run); paths and the stub are measured interleaved, round
 //! after round, and the median round is reported. The frame under test always comes from
 //! the same port (lo, ifindex 1); the other ports only fill the maps.
 //!
-//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only | --tunnel-only]` (`--sg-only`:
-//! the security-group table alone; `--tunnel-only`: the from-tunnel table alone)
+//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] [--limits-only]`
+//! (`--sg-only`: the security-group table alone; `--tunnel-only`: the from-tunnel table
+//! alone; `--limits-only`: the limits table alone)
 
 use std::fmt::Write as _;
 
@@ -166,6 +169,7 @@ fn main() {
     let mut rounds = 7usize;
     let mut sg_only = false;
     let mut tunnel_only = false;
+    let mut limits_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || {
@@ -178,21 +182,25 @@ fn main() {
             "--rounds" => rounds = num() as usize,
             "--sg-only" => sg_only = true,
             "--tunnel-only" => tunnel_only = true,
+            "--limits-only" => limits_only = true,
             _ => panic!(
-                "usage: df-bench-progs [--repeat N] [--rounds N] [--sg-only | --tunnel-only]"
+                "usage: df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] \
+                 [--limits-only]"
             ),
         }
     }
     let mut dp = Datapath::load();
-    if sg_only {
+    if sg_only || tunnel_only || limits_only {
         let mut out = String::new();
-        security_groups(&mut dp, &mut out, repeat, rounds);
-        print!("{out}");
-        return;
-    }
-    if tunnel_only {
-        let mut out = String::new();
-        from_tunnel(&mut dp, &mut out, repeat, rounds);
+        if sg_only {
+            security_groups(&mut dp, &mut out, repeat, rounds);
+        }
+        if tunnel_only {
+            from_tunnel(&mut dp, &mut out, repeat, rounds);
+        }
+        if limits_only {
+            limits(&mut dp, &mut out, repeat, rounds);
+        }
         print!("{out}");
         return;
     }
@@ -296,6 +304,7 @@ fn main() {
     forwarding(&mut dp, &mut out, repeat, rounds);
     from_tunnel(&mut dp, &mut out, repeat, rounds);
     security_groups(&mut dp, &mut out, repeat, rounds);
+    limits(&mut dp, &mut out, repeat, rounds);
     print!("{out}");
 }
 
@@ -437,6 +446,196 @@ fn from_tunnel(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) 
             "| {name} | {verdict} | {path:.0} | {stub:.0} | {:.2}x | {pass:.0} | {:.2}x |",
             path / stub,
             path / pass
+        );
+    }
+}
+
+/// The per-port limits (TC: floods are TC's on both hooks). Flood path: an ARP request
+/// for an unknown address from port lo, flooded to a network without other destinations
+/// (the copies are not what is measured), with no limit configured, with a bucket that
+/// never runs dry (the check and the atomic add every frame pays) and with an empty
+/// bucket (the frame dropped as `flood_rate_limited`). First packet: a UDP datagram of a
+/// new flow judged by one egress rule with forwarding off (rules + conntrack insert), with
+/// no quota and with a quota far from reached (counters read, checked and added to); mean
+/// of single runs, each a new flow, next to the stub measured the same way.
+fn limits(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
+    use dragonflow_common::{
+        fwd::{CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, FloodList},
+        limits::{Limits, flood_params},
+        sg::{DIR_EGRESS, IDENT_ANY_V4},
+    };
+    use tests::testrun::{Ports, actions, policy_key};
+    const NET: u32 = 42;
+    let hook = Hook::Tc;
+    let (m, a4) = (mac(0), ip4(0, 1));
+    let base = |dp: &mut Datapath, flags: u32| {
+        dp.clear();
+        dp.set_config(ChassisConfig {
+            flags,
+            policy_gen: 1,
+            ..Default::default()
+        });
+        dp.add_port(
+            LO_IFINDEX,
+            PortConfig {
+                net_id: NET,
+                flags: PORT_F_PORT_SECURITY,
+                mac: m,
+                mtu: 1500,
+            },
+        );
+        dp.add_addr_net(AddrKey::v4(LO_IFINDEX, m, a4), ADDR_F_FIXED, NET);
+        dp.add_mac(MacKey::new(LO_IFINDEX, m));
+        dp.set_flood(
+            NET,
+            FloodList {
+                mtu: 1500,
+                ..Default::default()
+            },
+        );
+    };
+    let bucket = |rate: u32, burst: u32| {
+        let (flood_interval_ns, flood_tolerance_ns) = flood_params(rate, burst);
+        Limits {
+            flood_interval_ns,
+            flood_tolerance_ns,
+            ..Default::default()
+        }
+    };
+    let arp_req = eth(
+        [0xff; 6],
+        m,
+        ETH_P_ARP,
+        &arp(1, m, a4, [0; 6], [192, 0, 2, 99]),
+    );
+    // (name, limits, expected outcome)
+    let floods = [
+        (
+            "flood, no limit",
+            Limits::default(),
+            Stat::Pass(PassPath::Flood),
+        ),
+        (
+            "flood, within the bucket",
+            bucket(1_000_000_000, u32::MAX),
+            Stat::Pass(PassPath::Flood),
+        ),
+        (
+            "flood, bucket empty (dropped)",
+            bucket(1, 1),
+            Stat::Drop(DropReason::FloodRateLimited),
+        ),
+    ];
+    let mut flood_ns: Vec<Vec<u32>> = vec![Vec::new(); floods.len()];
+    let mut stub = Vec::new();
+    base(dp, CFG_F_FORWARDING);
+    for (name, l, want) in &floods {
+        dp.clear_limits();
+        dp.set_limits(*l);
+        // The empty bucket: one frame takes its only token.
+        dp.run(hook, &arp_req);
+        let before = dp.stats();
+        let r = dp.run(hook, &arp_req);
+        let i_want = stat_index(Direction::FromVm, *want) as usize;
+        assert_eq!(
+            (r.retval, dp.stats()[i_want] - before[i_want]),
+            (actions::TC_ACT_SHOT, 1),
+            "{name}: verdict"
+        );
+    }
+    for _ in 0..rounds {
+        stub.push(time(dp, stub_prog(hook), hook, &arp_req, repeat));
+        for (i, (_, l, _)) in floods.iter().enumerate() {
+            dp.clear_limits();
+            dp.set_limits(*l);
+            dp.run(hook, &arp_req);
+            flood_ns[i].push(time(dp, from_vm_prog(hook), hook, &arp_req, repeat));
+        }
+    }
+    let stub = median(stub);
+    let _ = writeln!(
+        out,
+        "\n### Per-port limits (TC, where floods are decided on both hooks)\n"
+    );
+    let _ = writeln!(
+        out,
+        "Flood path: an ARP request for an unknown address, flooded to no other destination; \
+         median of {rounds} interleaved rounds of {repeat}. First packet: a UDP datagram of a \
+         new flow (one egress rule, forwarding off: rules + conntrack insert), mean of single \
+         runs, each a new flow, next to the stub run the same way. vs off = this figure / the \
+         same path without the limit.\n"
+    );
+    let _ = writeln!(out, "| path | ns/pkt | stub ns/pkt | ratio | vs off |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let off = median(flood_ns[0].clone());
+    for (i, (name, _, _)) in floods.iter().enumerate() {
+        let ns = median(flood_ns[i].clone());
+        let _ = writeln!(
+            out,
+            "| {name} | {ns:.0} | {stub:.0} | {:.2}x | {:.2}x |",
+            ns / stub,
+            ns / off
+        );
+    }
+
+    // First packet with and without the quota.
+    let singles: u16 = 2000;
+    let quotas = [
+        ("first packet, no quota", 0u32),
+        ("first packet, quota 1e6", 1_000_000),
+    ];
+    let mut first: Vec<Vec<u32>> = vec![Vec::new(); quotas.len()];
+    let mut first_stub = Vec::new();
+    let udp_flow = |sport: u16| {
+        eth(
+            GW_MAC,
+            m,
+            ETH_P_IP,
+            &ipv4(a4, [203, 0, 113, 7], IPPROTO_UDP, &udp(sport, 53, b"query")),
+        )
+    };
+    base(dp, CFG_F_SECURITY_GROUPS);
+    dp.add_policy(policy_key(
+        LO_IFINDEX,
+        IDENT_ANY_V4,
+        DIR_EGRESS,
+        IPPROTO_UDP,
+        Ports::Any,
+    ));
+    for _ in 0..rounds {
+        for (qi, (name, q)) in quotas.iter().enumerate() {
+            dp.clear_conntrack();
+            dp.clear_limits();
+            dp.set_limits(Limits {
+                ct_port_quota: *q,
+                ..Default::default()
+            });
+            let before = dp.stats();
+            dp.run(hook, &udp_flow(1));
+            let i_new = stat_index(Direction::FromVm, Stat::Event(EventStat::CtNew)) as usize;
+            assert_eq!(dp.stats()[i_new] - before[i_new], 1, "{name}: a new flow");
+            let (mut t, mut ts) = (0u64, 0u64);
+            for sport in 0..singles {
+                let f = udp_flow(2 + sport);
+                ts += u64::from(time(dp, stub_prog(hook), hook, &f, 1));
+                t += u64::from(time(dp, from_vm_prog(hook), hook, &f, 1));
+            }
+            first[qi].push((t / u64::from(singles)) as u32);
+            if qi == 0 {
+                first_stub.push((ts / u64::from(singles)) as u32);
+            }
+        }
+    }
+    dp.clear();
+    let st = median(first_stub);
+    let off = median(first[0].clone());
+    for (qi, (name, _)) in quotas.iter().enumerate() {
+        let ns = median(first[qi].clone());
+        let _ = writeln!(
+            out,
+            "| {name} | {ns:.0} | {st:.0} | {:.2}x | {:.2}x |",
+            ns / st,
+            ns / off
         );
     }
 }

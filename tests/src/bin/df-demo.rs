@@ -222,7 +222,7 @@ fn main() {
 
     step("Booting the VMs (default route via the router) and starting both agents");
     for v in VMS {
-        let opts = VmOpts::for_hook(args.hook, &[v.gateway]);
+        let opts = VmOpts::with_gateways(&[v.gateway]);
         let addr = format!("{}/{}", v.ip, v.prefix);
         let mut addrs = vec![addr.as_str()];
         // web1 holds the VIP; it also configures an address it was never given (.66).

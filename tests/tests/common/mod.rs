@@ -416,25 +416,11 @@ pub fn wait_counted(
     }
 }
 
-/// What a VM needs on a hypervisor whose taps carry `hook`: the network's MTU (1450,
-/// VXLAN overhead), and for XDP GRO on its eth0 (a native XDP redirect into a veth only
-/// delivers when the receiving side has NAPI) and full L4 checksums (an XDP redirect loses
-/// CHECKSUM_PARTIAL). See `VmOpts::for_hook`.
-pub fn vm_opts(hook: Hook) -> VmOpts {
-    VmOpts::for_hook(hook, &[])
-}
-
 /// Adds a VM for `spec`-like addresses on hypervisor 0 of a [`Topo`] cloud (taps are never
 /// bridged: the hypervisor has no br-int).
-pub fn add_vm(
-    cloud: &mut Cloud,
-    hook: Hook,
-    name: &str,
-    tap: &str,
-    mac: &str,
-    addrs: &[&str],
-) -> usize {
-    cloud.add_vm_opts(0, name, tap, mac, addrs, &vm_opts(hook))
+/// Default offloads on every hook: the datapath must not need the VM bent.
+pub fn add_vm(cloud: &mut Cloud, name: &str, tap: &str, mac: &str, addrs: &[&str]) -> usize {
+    cloud.add_vm_opts(0, name, tap, mac, addrs, &VmOpts::with_gateways(&[]))
 }
 
 /// `dragonflow_forwarding_enabled` of a hypervisor's agent (0 when absent).
@@ -519,7 +505,7 @@ impl Topo {
         for s in specs {
             let a4 = format!("{}/24", s.ip4);
             let a6 = format!("{}/64", s.ip6);
-            add_vm(&mut cloud, hook, s.name, &s.tap(), s.mac, &[&a4, &a6]);
+            add_vm(&mut cloud, s.name, &s.tap(), s.mac, &[&a4, &a6]);
         }
         before_agent(&mut cloud);
         // No --forwarding flag: forwarding in the datapath is the agent's default.
