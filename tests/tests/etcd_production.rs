@@ -295,7 +295,12 @@ fn dfctl_with_tls_client_certificates_and_a_password() {
         || bad.log().contains("etcd authentication failed"),
     );
     assert!(bad.exited_within(Duration::ZERO).is_none(), "agent exited");
-    assert!(bad.healthz().is_some_and(|(s, _)| s == 503));
+    // Its HTTP endpoint may come up after the first failed attempt: poll, never ready.
+    wait_until(
+        "the agent without etcd reports not ready (503)",
+        Duration::from_secs(15),
+        || bad.healthz().is_some_and(|(s, _)| s == 503),
+    );
     drop(a);
 
     // A plain http:// endpoint with TLS options, an https:// one without.
