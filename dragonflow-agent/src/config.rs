@@ -14,7 +14,10 @@ use std::{
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::nb::{AapMode, DEFAULT_PREFIX};
+use crate::nb::{
+    AapMode, DEFAULT_PREFIX,
+    etcd::{EtcdArgs, EtcdError, EtcdFile, EtcdSettings},
+};
 
 /// Where the from-VM pipeline runs on a tap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
@@ -73,6 +76,8 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub etcd_endpoints: Option<Vec<String>>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Key prefix of the northbound model [default: /dragonflow/].
     #[arg(long, env = "DRAGONFLOW_PREFIX")]
     pub prefix: Option<String>,
@@ -92,6 +97,11 @@ pub struct Cli {
     /// bpffs mount; pins go to <bpffs>/dragonflow/<chassis>/{maps,links} [default: /sys/fs/bpf].
     #[arg(long, env = "DRAGONFLOW_BPFFS", value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
+    /// Directory of the agent's instance id (`<chassis>.instance`), which tells a restart
+    /// of this agent from another agent using the same chassis name
+    /// [default: /var/lib/dragonflow].
+    #[arg(long, env = "DRAGONFLOW_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// HTTP address of /metrics, /healthz, /garp and /state [default: 127.0.0.1:9465].
     #[arg(long, env = "DRAGONFLOW_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -178,12 +188,19 @@ pub struct Cli {
 pub struct FileConfig {
     pub chassis: Option<String>,
     pub etcd_endpoints: Option<EndpointList>,
+    // The keys of `EtcdArgs` (serde cannot flatten into a struct that denies unknown keys).
+    pub etcd_cacert: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
     pub prefix: Option<String>,
     pub tunnel_ip: Option<IpAddr>,
     pub hook: Option<Hook>,
     pub xdp_mode: Option<XdpMode>,
     pub tap_prefix: Option<String>,
     pub bpffs: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
     pub aap_mode: Option<AapMode>,
     pub garp_min_interval_ms: Option<u64>,
@@ -226,13 +243,16 @@ impl EndpointList {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub chassis: String,
-    pub etcd_endpoints: Vec<String>,
+    /// Endpoints, TLS and credentials (files already read).
+    pub etcd: EtcdSettings,
     pub prefix: String,
     pub tunnel_ip: IpAddr,
     pub hook: Hook,
     pub xdp_mode: XdpMode,
     pub tap_prefix: String,
     pub bpffs: PathBuf,
+    /// Where the instance id is kept.
+    pub state_dir: PathBuf,
     pub metrics_addr: SocketAddr,
     pub aap_mode: AapMode,
     pub garp_min_interval_ms: u64,
@@ -267,6 +287,7 @@ pub struct Config {
 
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dragonflow";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9465";
 pub const DEFAULT_GARP_MIN_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_MAX_AAP: usize = 10;
@@ -326,6 +347,8 @@ pub enum ConfigError {
     BadPrefix(String),
     #[error("--etcd-endpoints is empty")]
     NoEndpoints,
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
     #[error("--tunnel-dev {0:?} is not a valid interface name")]
     BadTunnelDev(String),
     #[error("--lease-ttl must be between 2 and 3600 seconds (got {0})")]
@@ -385,6 +408,16 @@ impl Cli {
         if etcd_endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints);
         }
+        let etcd = self
+            .etcd
+            .merge(EtcdFile {
+                etcd_cacert: file.etcd_cacert,
+                etcd_cert: file.etcd_cert,
+                etcd_key: file.etcd_key,
+                etcd_user: file.etcd_user,
+                etcd_password_file: file.etcd_password_file,
+            })
+            .resolve(etcd_endpoints)?;
         let no_tunnel = self.no_tunnel.or(file.no_tunnel).unwrap_or(false);
         let tunnel_dev = self
             .tunnel_dev
@@ -461,7 +494,7 @@ impl Cli {
             forwarding: self.forwarding.or(file.forwarding).unwrap_or(true),
             lease_ttl_s,
             chassis,
-            etcd_endpoints,
+            etcd,
             prefix,
             tunnel_ip: self
                 .tunnel_ip
@@ -477,6 +510,10 @@ impl Cli {
                 .bpffs
                 .or(file.bpffs)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS)),
+            state_dir: self
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             metrics_addr: self
                 .metrics_addr
                 .or(file.metrics_addr)
@@ -543,7 +580,7 @@ mod tests {
         let c = parse(&["--chassis", "hv1"])
             .merge(FileConfig::default())
             .unwrap();
-        assert_eq!(c.etcd_endpoints, vec![DEFAULT_ETCD]);
+        assert_eq!(c.etcd.endpoints, vec![DEFAULT_ETCD]);
         assert_eq!(c.prefix, "/dragonflow/");
         assert_eq!(c.hook, Hook::Tc);
         assert_eq!(c.xdp_mode, XdpMode::Native);
@@ -625,8 +662,51 @@ mod tests {
         assert_eq!(p.aap_mode, AapMode::Detection);
         assert_eq!(c.chassis, "hv2");
         assert_eq!(c.hook, Hook::Xdp);
-        assert_eq!(c.etcd_endpoints, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(c.etcd.endpoints, vec!["http://a:1", "http://b:2"]);
         assert!(!c.allow_any_aap);
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_from_the_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("df-config-etcd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        // The file's keys apply; a missing CA file is named.
+        let file: FileConfig = toml::from_str(&format!(
+            "etcd_endpoints = [\"https://a:1\"]\netcd_cacert = \"{}\"\netcd_user = \"u\"\n\
+             etcd_password_file = {:?}\nstate_dir = \"/tmp/st\"\n",
+            dir.join("missing-ca.pem").display(),
+            pw.display()
+        ))
+        .unwrap();
+        let e = parse(&["--chassis", "x"]).merge(file).unwrap_err();
+        assert!(e.to_string().contains("missing-ca.pem"), "{e}");
+        // Flags beat the file; the password comes from the file named.
+        let file: FileConfig = toml::from_str(&format!(
+            "etcd_cacert = \"/nonexistent\"\netcd_user = \"u\"\netcd_password_file = {:?}\n",
+            pw.display()
+        ))
+        .unwrap();
+        let e = parse(&["--chassis", "x", "--etcd-endpoints", "https://a:1"])
+            .merge(file)
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
+        let c = parse(&[
+            "--chassis",
+            "x",
+            "--etcd-user",
+            "u",
+            &format!("--etcd-password-file={}", pw.display()),
+        ])
+        .merge(FileConfig::default())
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("from-file"),
+            "password in Debug output"
+        );
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -640,7 +720,7 @@ mod tests {
         ])
         .merge(FileConfig::default())
         .unwrap();
-        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.etcd.endpoints.len(), 2);
         assert!(c.cleanup);
     }
 

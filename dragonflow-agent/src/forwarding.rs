@@ -933,6 +933,7 @@ mod tests {
                 tunnel_ip: ip.parse().unwrap(),
                 aap_mode: Default::default(),
                 version: String::new(),
+                instance: String::new(),
             },
         )
     }

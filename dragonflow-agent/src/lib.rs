@@ -8,6 +8,7 @@ pub mod controller;
 pub mod datapath;
 pub mod forwarding;
 pub mod garp;
+pub mod instance;
 pub mod metrics;
 pub mod nb;
 pub mod netlink;

@@ -10,7 +10,7 @@ use dragonflow_agent::{
     config::{Cli, Config},
     controller::Controller,
     datapath::{self, sys},
-    garp, metrics, netlink,
+    garp, instance, metrics, netlink,
     report::Chain,
     sync,
 };
@@ -87,7 +87,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(
         chassis = %cfg.chassis,
         hook = cfg.hook.as_str(),
-        etcd = %cfg.etcd_endpoints.join(","),
+        etcd = %cfg.etcd.endpoints_str(),
         pins = %cfg.pin_root().display(),
         "starting dragonflow-agent {}",
         env!("CARGO_PKG_VERSION")
@@ -102,6 +102,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
              over VXLAN; set --tunnel-ip (DRAGONFLOW_TUNNEL_IP) to this host's underlay IPv4"
         );
     }
+    let instance = instance::load_or_create(&cfg.state_dir, &cfg.chassis)?;
+    info!(
+        instance,
+        "agent instance id (from {})",
+        cfg.state_dir.display()
+    );
+    // Refuse before attaching anything when another live agent has this chassis name.
+    sync::check_owner(&cfg, &instance)
+        .await
+        .context("refusing to run")?;
     datapath::prepare_pin_dirs(&cfg)?;
     let mut loaded = datapath::load(&cfg)?;
     let logger = if cfg.datapath_log {
@@ -164,7 +174,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     controller.publish_snapshots(snapshot_tx);
     let (session_tx, session_rx) = watch::channel(None);
-    let etcd = tokio::spawn(sync::run(cfg.clone(), shared.clone(), nb_tx, session_tx));
+    // A fatal etcd finding (the chassis name is another live agent's) ends the session
+    // task, whose end closes `nb_rx` and so ends the controller; its error is the agent's.
+    let etcd = tokio::spawn(sync::run(
+        cfg.clone(),
+        instance,
+        shared.clone(),
+        nb_tx,
+        session_tx,
+    ));
     tokio::spawn(activeport::run(
         cfg.clone(),
         shared.clone(),
@@ -184,6 +202,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     controller.run(nb_rx, link_rx, shutdown).await;
+    // A no-op when the session task has already returned (its result is kept): that is
+    // how a refusal ends the controller, by closing `nb_rx`.
     etcd.abort();
-    Ok(())
+    match etcd.await {
+        Ok(Err(e)) => Err(e).context("refusing to run"),
+        _ => Ok(()),
+    }
 }

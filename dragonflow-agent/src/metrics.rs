@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus text;
 //! - `GET /healthz`: 200 `ok` once the first full sync from etcd has been applied to the
-//!   maps, 503 before;
+//!   maps, 503 before; 200 `degraded: …` while etcd is unreachable (the datapath keeps
+//!   enforcing the last good state);
 //! - `GET /garp`: JSON array of the last GARP seen per IP;
 //! - `GET /state`: JSON of local ports, taps and sync state (for tests and operators).
 
@@ -682,10 +683,19 @@ pub fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, S
     match path {
         "/metrics" => (200, PROM, render(shared)),
         "/healthz" => {
-            if shared.synced.load(Ordering::Relaxed) {
+            if !shared.synced.load(Ordering::Relaxed) {
+                (503, TEXT, "not synced yet\n".into())
+            } else if shared.etcd_connected.load(Ordering::Relaxed) {
                 (200, TEXT, "ok\n".into())
             } else {
-                (503, TEXT, "not synced yet\n".into())
+                // Still 200: the datapath is enforcing the last good state and must not be
+                // restarted for an etcd outage; the body (and dragonflow_etcd_connected) says
+                // it is not taking updates.
+                (
+                    200,
+                    TEXT,
+                    "degraded: etcd unreachable, enforcing the last good state\n".into(),
+                )
             }
         }
         "/garp" => {
@@ -802,6 +812,13 @@ mod tests {
         assert_eq!(route("GET", "/healthz", &s).0, 503);
         s.synced.store(true, Ordering::Relaxed);
         assert_eq!(route("GET", "/healthz", &s).0, 200);
+        assert!(
+            route("GET", "/healthz", &s)
+                .2
+                .starts_with("degraded: etcd unreachable")
+        );
+        s.etcd_connected.store(true, Ordering::Relaxed);
+        assert_eq!(route("GET", "/healthz", &s).2, "ok\n");
         assert_eq!(route("GET", "/garp", &s).2, "[]");
         assert_eq!(route("GET", "/nope", &s).0, 404);
         let state: serde_json::Value = serde_json::from_str(&route("GET", "/state", &s).2).unwrap();

@@ -11,12 +11,14 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, EventType, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::{
     sync::{mpsc, watch},
     time,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     activeport::{self, Session},
@@ -24,6 +26,7 @@ use crate::{
     metrics::Shared,
     nb::{
         Chassis, Kind, LPort, LRouter, LSwitch, NbObject, SecGroup, ValidationOptions, decode_with,
+        etcd::{self, CallError},
         paged, parse_key,
     },
     reconcile::NbSnapshot,
@@ -33,6 +36,10 @@ use crate::{
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 keepalive on the session's connections: a member that vanished without closing
+/// its socket (power loss, partition) ends the watch within about twice this.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// What etcd told us, for the controller.
 #[derive(Debug)]
@@ -60,48 +67,91 @@ pub enum SyncError {
     Etcd {
         what: &'static str,
         #[source]
-        source: etcd_client::Error,
+        source: CallError,
     },
-    #[error("etcd {0}: timed out")]
-    Timeout(&'static str),
     #[error("etcd watch ended")]
     WatchEnded,
     #[error("the chassis lease expired")]
     LeaseLost,
+    #[error(
+        "chassis {chassis} is registered by another live agent (instance {owner}): two agents \
+         must not share a chassis name; use another --chassis, or stop that agent (its record \
+         goes when its lease expires)"
+    )]
+    Taken { chassis: String, owner: String },
+    #[error("the chassis record kept changing while it was being claimed")]
+    ClaimRaced,
     #[error("controller gone")]
     Closed,
 }
 
-async fn call<T>(
-    what: &'static str,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, SyncError> {
-    match time::timeout(CALL_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|source| SyncError::Etcd { what, source }),
-        Err(_) => Err(SyncError::Timeout(what)),
+/// One request, retried on another member while the cluster cannot serve it.
+async fn call<T, F, Fut>(what: &'static str, attempt: F) -> Result<T, SyncError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    etcd::call(CALL_TIMEOUT, attempt)
+        .await
+        .map_err(|source| SyncError::Etcd { what, source })
+}
+
+/// A stream message's error (watch, keepalive): not retried, the session ends.
+fn stream_error(what: &'static str) -> impl FnOnce(etcd_client::Error) -> SyncError {
+    move |e| SyncError::Etcd {
+        what,
+        source: CallError::classify(e),
     }
 }
 
-/// Runs forever: one session after another, with backoff in between. While a session is
-/// up, its client and chassis lease are published on `sessions` (the detection way claims
-/// under that lease).
+/// Runs until the controller goes: one session after another, with backoff in between.
+/// While a session is up, its client and chassis lease are published on `sessions` (the
+/// detection way claims under that lease). Fails only when the very first registration
+/// finds the chassis name taken by another live agent ([`SyncError::Taken`]): the agent
+/// must not start then. Later, the same finding is logged and retried: the datapath keeps
+/// running as it is.
 pub async fn run(
     cfg: Arc<Config>,
+    instance: String,
     shared: Arc<Shared>,
     tx: mpsc::Sender<NbEvent>,
     sessions: watch::Sender<Option<Session>>,
-) {
+) -> Result<(), SyncError> {
+    let mut ever_registered = false;
     let mut backoff = BACKOFF_MIN;
+    // The lease of the last session: a new session keeps it while etcd still has it, so
+    // that the chassis record and the claims under it never blink during a failover.
+    let mut lease = None;
     loop {
         let mut established = false;
-        let res = session(&cfg, &shared, &tx, &sessions, &mut established).await;
+        let res = session(
+            &cfg,
+            &instance,
+            &shared,
+            &tx,
+            &sessions,
+            &mut established,
+            &mut lease,
+        )
+        .await;
         sessions.send_replace(None);
         let was_connected = shared.etcd_connected.swap(false, Ordering::Relaxed);
-        if matches!(res, Err(SyncError::Closed)) {
-            return;
+        ever_registered |= established;
+        match res {
+            Err(SyncError::Closed) => return Ok(()),
+            Err(e @ SyncError::Taken { .. }) if !ever_registered => return Err(e),
+            Err(SyncError::Taken { ref owner, .. }) => {
+                error!(
+                    chassis = %cfg.chassis,
+                    owner,
+                    "another agent took this chassis name while etcd was unreachable; \
+                     keeping the datapath as it is and retrying"
+                );
+            }
+            _ => {}
         }
         if tx.send(NbEvent::Disconnected).await.is_err() {
-            return;
+            return Ok(());
         }
         if established {
             backoff = BACKOFF_MIN;
@@ -123,44 +173,61 @@ pub async fn run(
 
 async fn session(
     cfg: &Config,
+    instance: &str,
     shared: &Shared,
     tx: &mpsc::Sender<NbEvent>,
     sessions: &watch::Sender<Option<Session>>,
     established: &mut bool,
+    prev_lease: &mut Option<i64>,
 ) -> Result<(), SyncError> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    let mut client = call("connect", Client::connect(&cfg.etcd_endpoints, Some(opts))).await?;
+    let opts = cfg.etcd.connect_options(CONNECT_TIMEOUT, KEEPALIVE);
+    let client = call("connect", || {
+        Client::connect(&cfg.etcd.endpoints, Some(opts.clone()))
+    })
+    .await?;
 
     // Register under a lease: the record disappears when this agent stops renewing it.
     // The chassis record lives as long as this lease (`--lease-ttl`): when the agent dies,
     // etcd deletes it after the TTL and every other agent drops this chassis from its L2
     // and flood entries. Keepalives go every third of the TTL.
     let ttl = cfg.lease_ttl_s.max(1);
-    let lease = call("lease grant", client.lease_grant(ttl, None))
+    let alive = match *prev_lease {
+        Some(id) => {
+            call("lease ttl", || {
+                let mut c = client.clone();
+                async move { c.lease_time_to_live(id, None).await }
+            })
+            .await?
+            .ttl()
+                > 0
+        }
+        None => false,
+    };
+    let lease = match *prev_lease {
+        Some(id) if alive => id,
+        _ => call("lease grant", || {
+            let mut c = client.clone();
+            async move { c.lease_grant(ttl, None).await }
+        })
         .await?
-        .id();
+        .id(),
+    };
+    *prev_lease = Some(lease);
     let record = Chassis {
         name: cfg.chassis.clone(),
         tunnel_ip: cfg.tunnel_ip,
         aap_mode: cfg.aap_mode,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        instance: instance.to_string(),
     };
     let key = crate::nb::key(&cfg.prefix, Kind::Chassis, &cfg.chassis);
     let value = serde_json::to_vec(&record).expect("chassis record serialises");
-    call(
-        "put chassis",
-        client.put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        ),
-    )
+    claim(&client, cfg, instance, &key, &value, lease).await?;
+    let (mut keeper, mut keepalive_stream) = call("lease keepalive", || {
+        let mut c = client.clone();
+        async move { c.lease_keep_alive(lease).await }
+    })
     .await?;
-    let (mut keeper, mut keepalive_stream) =
-        call("lease keepalive", client.lease_keep_alive(lease)).await?;
     info!(chassis = %cfg.chassis, lease = format_args!("{lease:x}"), "registered {key}");
     shared.etcd_connected.store(true, Ordering::Relaxed);
     *established = true;
@@ -174,10 +241,10 @@ async fn session(
     loop {
         // Full read at revision R, then everything after R.
         // In pages, all at one revision: the NB may be far larger than one response.
-        let range = call(
-            "range get",
-            paged::get_prefix(&mut paged::kv(&client), cfg.prefix.as_str()),
-        )
+        let range = call("range get", || {
+            let mut kv = paged::kv(&client);
+            async move { paged::get_prefix(&mut kv, &cfg.prefix).await }
+        })
         .await?;
         let revision = range.revision;
         let kvs = range
@@ -199,25 +266,25 @@ async fn session(
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_progress_notify();
-        let mut watch = call(
-            "watch",
-            paged::watcher(&client).watch(cfg.prefix.as_str(), Some(wopts)),
-        )
+        let mut watch = call("watch", || {
+            let (mut w, wopts) = (paged::watcher(&client), wopts.clone());
+            async move { w.watch(cfg.prefix.as_str(), Some(wopts)).await }
+        })
         .await?;
         'watch: loop {
             tokio::select! {
                 _ = keepalive.tick() => {
-                    call("lease keepalive", keeper.keep_alive()).await?;
+                    keeper.keep_alive().await.map_err(stream_error("lease keepalive"))?;
                 }
                 msg = keepalive_stream.message() => {
-                    match msg.map_err(|source| SyncError::Etcd { what: "lease keepalive", source })? {
+                    match msg.map_err(stream_error("lease keepalive"))? {
                         Some(r) if r.ttl() <= 0 => return Err(SyncError::LeaseLost),
                         Some(_) => {}
                         None => return Err(SyncError::LeaseLost),
                     }
                 }
                 msg = watch.message() => {
-                    let Some(resp) = msg.map_err(|source| SyncError::Etcd { what: "watch", source })? else {
+                    let Some(resp) = msg.map_err(stream_error("watch"))? else {
                         return Err(SyncError::WatchEnded);
                     };
                     if resp.compact_revision() != 0 || resp.canceled() {
@@ -230,6 +297,30 @@ async fn session(
                         break 'watch;
                     }
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv().filter(|kv| kv.key() == key.as_bytes()) else {
+                            continue;
+                        };
+                        match ev.event_type() {
+                            // Deleted by hand (or by a misbehaving tool) while this agent
+                            // lives: put it back, other chassis would drop this one otherwise.
+                            EventType::Delete => {
+                                warn!("{key} was deleted while this agent is alive; re-creating it");
+                                claim(&client, cfg, instance, &key, &value, lease).await?;
+                            }
+                            EventType::Put => {
+                                let owner = record_owner(kv.value());
+                                if owner != instance {
+                                    error!(
+                                        owner,
+                                        "{key} was overwritten by another writer: is another \
+                                         agent running with chassis name {}? Not fighting over it",
+                                        cfg.chassis
+                                    );
+                                }
+                            }
+                        }
+                    }
                     let changes: Vec<Change> = resp
                         .events()
                         .iter()
@@ -251,6 +342,103 @@ async fn session(
             }
         }
     }
+}
+
+/// Before the datapath is touched: is the chassis name held by another live agent? A
+/// best-effort read (the authoritative check is [`claim`]'s transaction, in the session):
+/// an unreachable etcd lets the agent start and enforce its pinned state.
+pub async fn check_owner(cfg: &Config, instance: &str) -> Result<(), SyncError> {
+    let key = crate::nb::key(&cfg.prefix, Kind::Chassis, &cfg.chassis);
+    let opts = cfg.etcd.connect_options(CONNECT_TIMEOUT, KEEPALIVE);
+    let read = async {
+        let client = call("connect", || {
+            Client::connect(&cfg.etcd.endpoints, Some(opts.clone()))
+        })
+        .await?;
+        call("get chassis record", || {
+            let (mut c, key) = (client.clone(), key.clone());
+            async move { c.get(key, None).await }
+        })
+        .await
+    };
+    match read.await {
+        Ok(resp) => match resp.kvs().first().map(|kv| record_owner(kv.value())) {
+            Some(owner) if !owner.is_empty() && owner != instance => Err(SyncError::Taken {
+                chassis: cfg.chassis.clone(),
+                owner,
+            }),
+            _ => Ok(()),
+        },
+        Err(e) => {
+            warn!(
+                "cannot check who owns {key} before starting ({}); the session will",
+                Chain(&e)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The instance named in a chassis record ("" if unreadable or written before instances).
+fn record_owner(value: &[u8]) -> String {
+    serde_json::from_slice::<Chassis>(value)
+        .map(|c| c.instance)
+        .unwrap_or_default()
+}
+
+/// Writes this agent's chassis record under `lease`, unless a record of another agent
+/// instance is there (it is alive: an expired one is deleted by etcd). A record of this
+/// instance — a previous session's, or a previous incarnation's after a restart, whose
+/// lease may still be alive after `kill -9` — is taken over: the put moves the key onto
+/// the new lease, so the old lease's expiry no longer touches it. Both steps are
+/// transactions, so a refused agent never writes.
+async fn claim(
+    client: &Client,
+    cfg: &Config,
+    instance: &str,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+) -> Result<(), SyncError> {
+    let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+    let mut guard = Compare::version(key, CompareOp::Equal, 0);
+    for _ in 0..3 {
+        let txn = Txn::new()
+            .when([guard.clone()])
+            .and_then([put.clone()])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = call("claim chassis record", || {
+            let (mut c, txn) = (client.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        guard = match current {
+            // Gone in between: create it.
+            None => Compare::version(key, CompareOp::Equal, 0),
+            Some(kv) => {
+                let owner = record_owner(kv.value());
+                if owner.is_empty() {
+                    warn!(
+                        "{key} names no agent instance (written by an older agent); taking it over"
+                    );
+                } else if owner != instance {
+                    return Err(SyncError::Taken {
+                        chassis: cfg.chassis.clone(),
+                        owner,
+                    });
+                }
+                Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision())
+            }
+        };
+    }
+    Err(SyncError::ClaimRaced)
 }
 
 /// Limits applied when decoding NB records (Neutron's, see `nb::validate`).

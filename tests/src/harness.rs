@@ -481,6 +481,9 @@ impl Hypervisor {
             .args(["--tunnel-ip", &self.tunnel_ip, "--hook", self.hook.as_str()])
             .arg("--bpffs")
             .arg(&self.bpffs.path)
+            // The instance id survives restarts of this hypervisor's agent, not the test.
+            .arg("--state-dir")
+            .arg(self.agent_log.with_extension("state"))
             .args(["--metrics-addr", &self.metrics_addr])
             .args(&self.extra_agent_args)
             .env("RUST_LOG", "info,dragonflow_agent=debug")
@@ -543,6 +546,7 @@ impl Drop for Hypervisor {
             eprintln!("---- agent log of {} ----\n{}", self.name, self.agent_log());
         }
         let _ = fs::remove_file(&self.agent_log);
+        let _ = fs::remove_dir_all(self.agent_log.with_extension("state"));
     }
 }
 

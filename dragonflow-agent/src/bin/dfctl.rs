@@ -19,6 +19,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dragonflow_agent::activeport;
+use dragonflow_agent::nb::etcd::{self, EtcdArgs};
 use dragonflow_agent::nb::paged;
 use dragonflow_agent::nb::{
     AapMode, ActivePort, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort,
@@ -49,6 +50,8 @@ struct Cli {
         value_delimiter = ','
     )]
     etcd_endpoints: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Key prefix of the NB objects.
     #[arg(long, global = true, env = "DRAGONFLOW_PREFIX", default_value = DEFAULT_PREFIX)]
     prefix: String,
@@ -404,7 +407,6 @@ impl From<StoreError> for CliError {
         let msg = error_chain(&e);
         match e {
             StoreError::Connect { .. }
-            | StoreError::Timeout { .. }
             | StoreError::Unreachable { .. }
             | StoreError::Etcd { .. }
             | StoreError::Decode(_) => CliError::Unavailable(msg),
@@ -492,8 +494,14 @@ async fn run(cli: Cli) -> Result<()> {
         max_allowed_address_pairs: cli.max_allowed_address_pairs,
         allow_any_aap: cli.allow_any_aap,
     };
-    let store = NbStore::connect_with_timeouts(
-        &endpoints,
+    let etcd = cli
+        .etcd
+        .clone()
+        .merge(Default::default())
+        .resolve(endpoints)
+        .map_err(|e| CliError::Refused(error_chain(&e)))?;
+    let store = NbStore::connect_with(
+        &etcd,
         &prefix,
         DEFAULT_CONNECT_TIMEOUT.min(timeout),
         timeout,
@@ -1678,25 +1686,18 @@ impl Ctx {
         prefix: bool,
         timeout: Duration,
     ) -> Result<Vec<etcd_client::KeyValue>> {
-        let mut kv = paged::kv(self.store.client());
-        let got = async {
-            if prefix {
-                paged::get_prefix(&mut kv, key).await.map(|r| r.kvs)
-            } else {
-                kv.get(key, None).await.map(|mut r| r.take_kvs())
+        let got = etcd::call(timeout, || {
+            let mut kv = paged::kv(self.store.client());
+            async move {
+                if prefix {
+                    paged::get_prefix(&mut kv, key).await.map(|r| r.kvs)
+                } else {
+                    kv.get(key, None).await.map(|mut r| r.take_kvs())
+                }
             }
-        };
-        match tokio::time::timeout(timeout, got).await {
-            Ok(Ok(kvs)) => Ok(kvs),
-            Ok(Err(e)) => Err(CliError::Unavailable(format!(
-                "etcd: get {key}: {}",
-                error_chain(&e)
-            ))),
-            Err(_) => Err(CliError::Unavailable(format!(
-                "etcd did not answer get {key} within {}s",
-                timeout.as_secs_f32()
-            ))),
-        }
+        })
+        .await;
+        got.map_err(|e| CliError::Unavailable(format!("etcd: get {key}: {}", error_chain(&e))))
     }
 
     async fn aap_list(&self, only: Option<&str>, timeout: Duration) -> Result<()> {

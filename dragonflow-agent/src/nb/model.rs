@@ -32,6 +32,10 @@ pub struct Chassis {
     /// Agent version.
     #[serde(default)]
     pub version: String,
+    /// The agent instance that owns this record (see `instance`): another agent with the
+    /// same chassis name refuses to start while this record is alive.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 /// `lswitch/<id>`: a logical switch (Neutron network).

@@ -14,47 +14,46 @@
 
 use std::{future::Future, time::Duration};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, KvClient, PutOptions, Txn, TxnOp};
 
 use super::{
-    Kind, key, paged,
+    Kind,
+    etcd::{self, CallError, EtcdSettings},
+    key, paged,
     validate::{DecodeError, NbRecord, ValidationError, ValidationOptions, decode_as},
 };
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive interval and timeout of dfctl's connections: one invocation is short,
+/// this only bounds a request stuck on a member that vanished without closing its socket.
+const KEEPALIVE: Duration = Duration::from_secs(3);
 /// Attempts of an [`NbStore::update`] before giving up on a key that keeps changing.
 pub const UPDATE_ATTEMPTS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot reach etcd at {endpoints}: {source}")]
+    #[error("cannot connect to etcd at {endpoints}: {source}")]
     Connect {
         endpoints: String,
         #[source]
-        source: etcd_client::Error,
+        source: CallError,
     },
-    #[error(
-        "etcd at {endpoints} did not answer {op} within {}s; is it running and reachable?",
-        after.as_secs_f32()
-    )]
-    Timeout {
-        endpoints: String,
-        op: String,
-        after: Duration,
-    },
-    #[error("cannot reach etcd at {endpoints} ({op}): {detail}")]
+    /// No member could serve the request within the timeout (dead members, no leader,
+    /// TLS handshake failures), retried on every member the balancer offered meanwhile.
+    #[error("cannot reach etcd at {endpoints} ({op}): {source}")]
     Unreachable {
         endpoints: String,
         op: String,
-        detail: String,
+        #[source]
+        source: CallError,
     },
     #[error("etcd at {endpoints}: {op} failed: {source}")]
     Etcd {
         endpoints: String,
         op: String,
         #[source]
-        source: etcd_client::Error,
+        source: CallError,
     },
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -99,10 +98,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Connect { .. }
-                | StoreError::Timeout { .. }
-                | StoreError::Unreachable { .. }
-                | StoreError::Etcd { .. }
+            StoreError::Connect { .. } | StoreError::Unreachable { .. } | StoreError::Etcd { .. }
         )
     }
 }
@@ -140,10 +136,10 @@ pub struct NbStore {
 }
 
 impl NbStore {
-    /// Connects (lazily: the first request is the real test) with the default timeouts.
+    /// Connects to plain `http://` endpoints with the default timeouts (tests, examples).
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
-        Self::connect_with_timeouts(
-            endpoints,
+        Self::connect_with(
+            &EtcdSettings::plain(endpoints.to_vec()),
             prefix,
             DEFAULT_CONNECT_TIMEOUT,
             DEFAULT_OP_TIMEOUT,
@@ -151,38 +147,24 @@ impl NbStore {
         .await
     }
 
-    pub async fn connect_with_timeouts(
-        endpoints: &[String],
+    /// Connects (lazily, unless a user is set: then authentication is the first request)
+    /// with TLS and credentials from `etcd`.
+    pub async fn connect_with(
+        etcd: &EtcdSettings,
         prefix: &str,
         connect_timeout: Duration,
         op_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let joined = endpoints.join(",");
-        let options = ConnectOptions::new()
-            .with_connect_timeout(connect_timeout)
-            .with_timeout(op_timeout)
-            .with_keep_alive(Duration::from_secs(10), connect_timeout);
-        let client = match tokio::time::timeout(
-            connect_timeout + op_timeout,
-            Client::connect(endpoints, Some(options)),
-        )
+        let joined = etcd.endpoints_str();
+        let options = etcd.connect_options(connect_timeout, KEEPALIVE);
+        let client = etcd::call(connect_timeout + op_timeout, || {
+            Client::connect(&etcd.endpoints, Some(options.clone()))
+        })
         .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(source)) => {
-                return Err(StoreError::Connect {
-                    endpoints: joined,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    endpoints: joined,
-                    op: "connect".into(),
-                    after: connect_timeout + op_timeout,
-                });
-            }
-        };
+        .map_err(|source| StoreError::Connect {
+            endpoints: joined.clone(),
+            source,
+        })?;
         Ok(Self {
             client,
             prefix: prefix.to_string(),
@@ -232,50 +214,31 @@ impl NbStore {
         format!("{}{}/", self.prefix, kind.segment())
     }
 
-    async fn run<R>(
-        &self,
-        op: impl Into<String>,
-        fut: impl Future<Output = Result<R, etcd_client::Error>>,
-    ) -> Result<R, StoreError> {
-        match tokio::time::timeout(self.op_timeout, fut).await {
-            Ok(Ok(r)) => Ok(r),
-            // gRPC UNAVAILABLE (14): no connection; name the root cause (e.g. "Connection
-            // refused") instead of tonic's nested debug output.
-            Ok(Err(etcd_client::Error::GRpcStatus(st))) if st.code() as i32 == 14 => {
-                let mut detail = st.message().to_string();
-                let mut src = std::error::Error::source(&st);
-                while let Some(e) = src {
-                    if e.source().is_none() {
-                        detail = format!("{detail}: {e}");
+    /// One request, retried on another member while the cluster cannot serve it (see
+    /// [`etcd::call`]); `attempt` gets a fresh KV client each time.
+    async fn run<R, F, Fut>(&self, op: impl Into<String>, mut attempt: F) -> Result<R, StoreError>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<R, etcd_client::Error>>,
+    {
+        etcd::call(self.op_timeout, || attempt(paged::kv(&self.client)))
+            .await
+            .map_err(|source| {
+                let (endpoints, op) = (self.endpoints.clone(), op.into());
+                if source.is_transient() || matches!(source, CallError::Tls(_)) {
+                    StoreError::Unreachable {
+                        endpoints,
+                        op,
+                        source,
                     }
-                    src = e.source();
+                } else {
+                    StoreError::Etcd {
+                        endpoints,
+                        op,
+                        source,
+                    }
                 }
-                Err(StoreError::Unreachable {
-                    endpoints: self.endpoints.clone(),
-                    op: op.into(),
-                    detail,
-                })
-            }
-            // CANCELLED (1) with tonic's "Timeout expired", DEADLINE_EXCEEDED (4): the
-            // per-request timeout set at connect fired before ours.
-            Ok(Err(etcd_client::Error::GRpcStatus(st))) if matches!(st.code() as i32, 1 | 4) => {
-                Err(StoreError::Timeout {
-                    endpoints: self.endpoints.clone(),
-                    op: op.into(),
-                    after: self.op_timeout,
-                })
-            }
-            Ok(Err(source)) => Err(StoreError::Etcd {
-                endpoints: self.endpoints.clone(),
-                op: op.into(),
-                source,
-            }),
-            Err(_) => Err(StoreError::Timeout {
-                endpoints: self.endpoints.clone(),
-                op: op.into(),
-                after: self.op_timeout,
-            }),
-        }
+            })
     }
 
     fn check<T: NbRecord>(&self, obj: &T) -> Result<(), StoreError> {
@@ -295,9 +258,11 @@ impl NbStore {
     /// One object, or `None` when the key is absent.
     pub async fn get<T: NbRecord>(&self, id: &str) -> Result<Option<Versioned<T>>, StoreError> {
         let k = self.key(T::KIND, id);
-        let mut kv = paged::kv(&self.client);
         let resp = self
-            .run(format!("get {k}"), kv.get(k.as_str(), None))
+            .run(format!("get {k}"), |mut kv| {
+                let k = k.clone();
+                async move { kv.get(k, None).await }
+            })
             .await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
@@ -321,9 +286,11 @@ impl NbStore {
     /// Every object of a kind, sorted by id; malformed records are returned apart.
     pub async fn list<T: NbRecord>(&self) -> Result<Listing<T>, StoreError> {
         let p = self.kind_prefix(T::KIND);
-        let mut kv = paged::kv(&self.client);
         let range = self
-            .run(format!("get {p}*"), paged::get_prefix(&mut kv, p.as_str()))
+            .run(format!("get {p}*"), |mut kv| {
+                let p = p.clone();
+                async move { paged::get_prefix(&mut kv, &p).await }
+            })
             .await?;
         let mut listing = Listing {
             items: Vec::new(),
@@ -366,12 +333,12 @@ impl NbStore {
     ) -> Result<i64, StoreError> {
         self.check(obj)?;
         let k = self.key(T::KIND, obj.id());
-        let mut kv = paged::kv(&self.client);
+        let value = Self::encode(obj);
         let resp = self
-            .run(
-                format!("put {k}"),
-                kv.put(k.as_str(), Self::encode(obj), opts),
-            )
+            .run(format!("put {k}"), |mut kv| {
+                let (k, value, opts) = (k.clone(), value.clone(), opts.clone());
+                async move { kv.put(k, value, opts).await }
+            })
             .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
@@ -398,22 +365,35 @@ impl NbStore {
         let txn = Txn::new()
             .when(cmps)
             .and_then([TxnOp::put(k.as_str(), Self::encode(obj), None)]);
-        let mut kv = paged::kv(&self.client);
-        let resp = self.run(format!("create {k}"), kv.txn(txn)).await?;
+        let resp = self
+            .run(format!("create {k}"), |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             return Ok(resp.header().map_or(0, |h| h.revision()));
         }
         // Find out which comparison failed, for the message.
         let resp = self
-            .run(format!("get {k}"), kv.get(k.as_str(), None))
+            .run(format!("get {k}"), |mut kv| {
+                let k = k.clone();
+                async move { kv.get(k, None).await }
+            })
             .await?;
         if !resp.kvs().is_empty() {
+            // Also when our own create was applied but its answer lost and the txn retried
+            // on another member (`etcd::call`): rare, and indistinguishable here from an
+            // identical record written by someone else.
             return Err(StoreError::AlreadyExists { kind, id });
         }
         for (dk, did) in requires {
             let dkey = self.key(*dk, did);
             let r = self
-                .run(format!("get {dkey}"), kv.get(dkey.as_str(), None))
+                .run(format!("get {dkey}"), |mut kv| {
+                    let dkey = dkey.clone();
+                    async move { kv.get(dkey, None).await }
+                })
                 .await?;
             if r.kvs().is_empty() {
                 return Err(StoreError::MissingDependency {
@@ -443,7 +423,6 @@ impl NbStore {
     {
         let kind = T::KIND.segment();
         let k = self.key(T::KIND, id);
-        let mut kv = paged::kv(&self.client);
         for _ in 0..UPDATE_ATTEMPTS {
             let cur = self.get_existing::<T>(id).await?;
             let mut value = cur.value.clone();
@@ -467,7 +446,12 @@ impl NbStore {
                     cur.mod_revision,
                 )])
                 .and_then([TxnOp::put(k.as_str(), Self::encode(&value), None)]);
-            let resp = self.run(format!("update {k}"), kv.txn(txn)).await?;
+            let resp = self
+                .run(format!("update {k}"), |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             if resp.succeeded() {
                 let rev = resp.header().map_or(0, |h| h.revision());
                 return Ok(Versioned {
@@ -492,9 +476,11 @@ impl NbStore {
     /// [`delete`](Self::delete) by kind.
     pub async fn delete_key(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         let k = self.key(kind, id);
-        let mut kv = paged::kv(&self.client);
         let resp = self
-            .run(format!("delete {k}"), kv.delete(k.as_str(), None))
+            .run(format!("delete {k}"), |mut kv| {
+                let k = k.clone();
+                async move { kv.delete(k, None).await }
+            })
             .await?;
         Ok(resp.deleted() > 0)
     }
@@ -505,9 +491,12 @@ impl NbStore {
             .iter()
             .map(|(kind, id)| TxnOp::delete(self.key(*kind, id), None))
             .collect();
-        let mut kv = paged::kv(&self.client);
-        self.run("delete (txn)", kv.txn(Txn::new().and_then(ops)))
-            .await?;
+        let txn = Txn::new().and_then(ops);
+        self.run("delete (txn)", |mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -2064,6 +2064,7 @@ mod tests {
             tunnel_ip: "198.18.0.1".parse().unwrap(),
             aap_mode: Default::default(),
             version: String::new(),
+            instance: String::new(),
         };
         validate_chassis(&c).unwrap();
         let bad = Chassis {

@@ -1,0 +1,499 @@
+//! How the agent and dfctl reach etcd: endpoints, TLS (CA, client certificate and key),
+//! user/password authentication, and calls that route around a dead cluster member.
+//!
+//! One home for these settings: [`EtcdArgs`] is flattened into both command lines (same
+//! flags and `DRAGONFLOW_ETCD_*` variables), the agent's TOML file has the same keys in
+//! snake_case, and [`EtcdSettings::connect_options`] turns them into etcd-client options.
+//!
+//! Failover: etcd-client balances requests over one tonic channel per endpoint with
+//! power-of-two-choices. tonic reports a channel that once connected as *ready* even after
+//! its member died (the reconnect error is handed to the next request instead), so about
+//! one request in N goes to the dead member and fails at once with UNAVAILABLE. etcdctl
+//! (grpc-go) retries such requests on another member; [`call`] does the same: an UNAVAILABLE
+//! answer (connection refused, "leader changed", "no leader") is retried, on whichever
+//! member the balancer picks next, until the caller's time budget is spent. Every request
+//! also carries `require_leader`, so that a member cut off from the quorum answers "no
+//! leader" at once instead of serving stale reads or hanging until the timeout.
+
+use std::{
+    fmt,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use tonic::Code;
+
+/// The etcd connection flags shared by `dragonflow-agent` and `dfctl` (all optional here:
+/// the agent merges them with its config file, dfctl with nothing).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct EtcdArgs {
+    /// CA certificate (PEM) that signed the etcd members' certificates; turns TLS on.
+    #[arg(
+        long,
+        global = true,
+        env = "DRAGONFLOW_ETCD_CACERT",
+        value_name = "FILE"
+    )]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's `--client-cert-auth` (with --etcd-key).
+    #[arg(long, global = true, env = "DRAGONFLOW_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, global = true, env = "DRAGONFLOW_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (etcd's `auth enable`); the password comes from --etcd-password-file or
+    /// DRAGONFLOW_ETCD_PASSWORD.
+    #[arg(long, global = true, env = "DRAGONFLOW_ETCD_USER", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (first line; keep it mode 0600).
+    #[arg(
+        long,
+        global = true,
+        env = "DRAGONFLOW_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The etcd user's password, from the environment only: a command-line argument would
+    /// be visible to every local user in `ps`.
+    #[arg(skip)]
+    pub etcd_password: Option<Password>,
+}
+
+/// The same keys as read from the agent's TOML file.
+#[derive(Debug, Default)]
+pub struct EtcdFile {
+    pub etcd_cacert: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+/// The environment variable holding a password (see [`EtcdArgs::etcd_password`]).
+pub const PASSWORD_ENV: &str = "DRAGONFLOW_ETCD_PASSWORD";
+
+/// A password that never shows up in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(s: impl Into<String>) -> Self {
+        Password(s.into())
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("cannot read {what} {path}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path} holds no PEM {expected}")]
+    NotPem {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("--etcd-cert and --etcd-key go together (only {0} given)")]
+    HalfIdentity(&'static str),
+    #[error(
+        "--etcd-user needs a password: --etcd-password-file or {PASSWORD_ENV} (never on the command line)"
+    )]
+    NoPassword,
+    #[error("a password is given but no --etcd-user")]
+    NoUser,
+    #[error("the password file {0} is empty")]
+    EmptyPassword(PathBuf),
+    #[error("endpoint {0:?} is http:// but TLS options are given: use https:// endpoints")]
+    PlainEndpointWithTls(String),
+    #[error("endpoint {0:?} is https:// but no --etcd-cacert is given")]
+    TlsEndpointWithoutCa(String),
+}
+
+/// Resolved connection settings (files read, checks done).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    tls: Option<TlsOptions>,
+    user: Option<(String, Password)>,
+}
+
+impl EtcdArgs {
+    /// Fills what the command line and environment left unset from the config file, and
+    /// takes the password from [`PASSWORD_ENV`] (clap cannot read an env-only value).
+    pub fn merge(mut self, file: EtcdFile) -> Self {
+        self.etcd_cacert = self.etcd_cacert.or(file.etcd_cacert);
+        self.etcd_cert = self.etcd_cert.or(file.etcd_cert);
+        self.etcd_key = self.etcd_key.or(file.etcd_key);
+        self.etcd_user = self.etcd_user.or(file.etcd_user);
+        self.etcd_password_file = self.etcd_password_file.or(file.etcd_password_file);
+        if self.etcd_password.is_none() {
+            self.etcd_password = std::env::var(PASSWORD_ENV)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Password);
+        }
+        self
+    }
+
+    /// Reads the certificate, key and password files; every failure names its file.
+    pub fn resolve(self, endpoints: Vec<String>) -> Result<EtcdSettings, EtcdError> {
+        let tls_wanted =
+            self.etcd_cacert.is_some() || self.etcd_cert.is_some() || self.etcd_key.is_some();
+        for e in &endpoints {
+            if tls_wanted && e.starts_with("http://") {
+                return Err(EtcdError::PlainEndpointWithTls(e.clone()));
+            }
+            if !tls_wanted && e.starts_with("https://") {
+                return Err(EtcdError::TlsEndpointWithoutCa(e.clone()));
+            }
+        }
+        let tls = if tls_wanted {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.etcd_cacert {
+                let pem = read_pem(ca, "CA certificate file", "CERTIFICATE")?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            tls = match (&self.etcd_cert, &self.etcd_key) {
+                (Some(cert), Some(key)) => {
+                    let cert = read_pem(cert, "client certificate file", "CERTIFICATE")?;
+                    let key = read_pem(key, "client key file", "PRIVATE KEY")?;
+                    tls.identity(Identity::from_pem(cert, key))
+                }
+                (Some(_), None) => return Err(EtcdError::HalfIdentity("--etcd-cert")),
+                (None, Some(_)) => return Err(EtcdError::HalfIdentity("--etcd-key")),
+                (None, None) => tls,
+            };
+            Some(tls)
+        } else {
+            None
+        };
+        let password = match (&self.etcd_password_file, self.etcd_password) {
+            (Some(path), _) => Some(read_password(path)?),
+            (None, p) => p,
+        };
+        let user = match (self.etcd_user, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(_), None) => return Err(EtcdError::NoPassword),
+            (None, Some(_)) if self.etcd_password_file.is_some() => {
+                return Err(EtcdError::NoUser);
+            }
+            (None, _) => None,
+        };
+        Ok(EtcdSettings {
+            endpoints,
+            tls,
+            user,
+        })
+    }
+}
+
+fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|source| EtcdError::ReadFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A PEM file, checked for a block of the expected kind (a key file's "PRIVATE KEY" also
+/// matches "RSA PRIVATE KEY" and "EC PRIVATE KEY"), so that a swapped or truncated file is
+/// named here rather than failing later inside the TLS handshake.
+fn read_pem(path: &Path, what: &'static str, expected: &'static str) -> Result<Vec<u8>, EtcdError> {
+    let bytes = read_file(path, what)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let has_block = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.contains(expected));
+    if !has_block {
+        return Err(EtcdError::NotPem {
+            what,
+            path: path.to_path_buf(),
+            expected,
+        });
+    }
+    Ok(bytes)
+}
+
+fn read_password(path: &Path) -> Result<Password, EtcdError> {
+    let bytes = read_file(path, "password file")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let first = text.lines().next().unwrap_or("");
+    if first.is_empty() {
+        return Err(EtcdError::EmptyPassword(path.to_path_buf()));
+    }
+    Ok(Password(first.to_string()))
+}
+
+impl EtcdSettings {
+    /// Plain endpoints, no TLS, no auth (tests, defaults).
+    pub fn plain(endpoints: Vec<String>) -> Self {
+        EtcdSettings {
+            endpoints,
+            ..Default::default()
+        }
+    }
+
+    /// `endpoints` joined, for messages.
+    pub fn endpoints_str(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// etcd-client options: TLS, user, `require_leader`, and the given connect timeout and
+    /// HTTP/2 keepalive (a member that stops answering is noticed within about
+    /// `keepalive` × 2 on long-lived streams).
+    pub fn connect_options(
+        &self,
+        connect_timeout: Duration,
+        keepalive: Duration,
+    ) -> ConnectOptions {
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(connect_timeout)
+            .with_keep_alive(keepalive, keepalive)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true)
+            // A long-running agent outlives etcd's auth token (`--auth-token-ttl`, 5 min).
+            .with_auto_token_refresh(true);
+        if let Some(tls) = &self.tls {
+            o = o.with_tls(tls.clone());
+        }
+        if let Some((user, Password(pw))) = &self.user {
+            o = o.with_user(user.clone(), pw.clone());
+        }
+        o
+    }
+}
+
+/// What went wrong in one etcd call, in the operator's words.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("TLS handshake with etcd failed: {0}")]
+    Tls(String),
+    #[error("etcd authentication failed: {0}")]
+    Auth(String),
+    #[error("etcd refused: permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("etcd has no leader (quorum lost?): {0}")]
+    NoLeader(String),
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    /// With TLS 1.3 the client finishes its side of the handshake before the server
+    /// checks the client's certificate: a refused certificate shows up as a closed
+    /// connection rather than an alert.
+    #[error(
+        "etcd closed the connection (with TLS: no client certificate, or one it does not trust?): {0}"
+    )]
+    Closed(String),
+    #[error("no answer within {}s{}", .after.as_secs_f32(), .last.as_ref().map(|l| format!(" (last error: {l})")).unwrap_or_default())]
+    Timeout {
+        after: Duration,
+        last: Option<Box<CallError>>,
+    },
+    #[error(transparent)]
+    Other(etcd_client::Error),
+}
+
+impl CallError {
+    /// Classifies an etcd-client error by its gRPC status and its innermost cause.
+    pub fn classify(e: etcd_client::Error) -> CallError {
+        let (code, text) = match &e {
+            etcd_client::Error::GRpcStatus(st) => (Some(st.code()), chain_text(st)),
+            etcd_client::Error::TransportError(t) => (Some(Code::Unavailable), chain_text(t)),
+            _ => (None, String::new()),
+        };
+        let lower = text.to_ascii_lowercase();
+        let tls = [
+            "certificate",
+            "handshake",
+            "tls",
+            "unknownissuer",
+            "alert",
+            "invalidcontenttype",
+            "corrupt message",
+        ];
+        match code {
+            _ if tls.iter().any(|w| lower.contains(w)) && !lower.contains("etcdserver") => {
+                CallError::Tls(text)
+            }
+            Some(Code::Unauthenticated) => CallError::Auth(text),
+            Some(Code::InvalidArgument) if lower.contains("authentication failed") => {
+                CallError::Auth(text)
+            }
+            Some(Code::FailedPrecondition) if lower.contains("authentication is not enabled") => {
+                CallError::Auth(text)
+            }
+            Some(Code::PermissionDenied) => CallError::PermissionDenied(text),
+            Some(Code::Unavailable) if lower.contains("no leader") => CallError::NoLeader(text),
+            Some(Code::Cancelled | Code::Unavailable | Code::Unknown)
+                if ["connection closed", "broken pipe", "connection reset"]
+                    .iter()
+                    .any(|w| lower.contains(w)) =>
+            {
+                CallError::Closed(text)
+            }
+            Some(Code::Unavailable) => CallError::Unavailable(text),
+            _ => CallError::Other(e),
+        }
+    }
+
+    /// How much a transient failure tells an operator (see [`call`]).
+    fn rank(&self) -> u8 {
+        match self {
+            CallError::NoLeader(_) | CallError::Closed(_) => 2,
+            CallError::Unavailable(_) => 1,
+            _ => 0,
+        }
+    }
+
+    /// Worth another try, possibly on another member: the request did not reach a member
+    /// that could serve it (dead member, election under way, quorum lost).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CallError::Unavailable(_)
+                | CallError::NoLeader(_)
+                | CallError::Closed(_)
+                | CallError::Timeout { .. }
+        )
+    }
+}
+
+/// A gRPC status' message and its innermost cause ("Connection refused", the rustls
+/// error), instead of tonic's nested debug output.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    let mut innermost = None;
+    while let Some(s) = src {
+        innermost = Some(s.to_string());
+        src = s.source();
+    }
+    if let Some(i) = innermost
+        && !text.contains(&i)
+    {
+        text = format!("{text}: {i}");
+    }
+    text
+}
+
+/// Pause between two attempts of [`call`]: long enough for the balancer to notice a dead
+/// member, short enough that a leader election (about a second with etcd's defaults) is
+/// ridden out within a few tries.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The shortest time one attempt of [`call`] may take before it is abandoned and retried.
+/// A write that reached a follower just as its leader died is forwarded to the dead leader
+/// and lost: etcd answers it only after its own request timeout (7 s with the default
+/// election timeout), longer than a caller waits. An attempt gets a third of the budget,
+/// but at least this, so that a large range get on a healthy cluster is not cut short.
+const MIN_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// Runs `attempt` until it succeeds, fails for good, or `budget` is spent. Transient
+/// failures ([`CallError::is_transient`]), and attempts that take longer than a third of
+/// the budget, are retried: each attempt is a new request that the balancer may send to
+/// another member. Only for requests that may be repeated: reads, puts, and txns guarded
+/// by a comparison (a guarded txn whose first answer was lost fails its comparison the
+/// second time, which callers handle).
+pub async fn call<T, F, Fut>(budget: Duration, mut attempt: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let start = tokio::time::Instant::now();
+    let deadline = start + budget;
+    let per_attempt = (budget / 3).max(MIN_ATTEMPT);
+    // The most telling failure so far: "no leader" from a live member says more than
+    // "connection refused" from a dead one.
+    let mut telling: Option<CallError> = None;
+    loop {
+        let attempt_deadline = (tokio::time::Instant::now() + per_attempt).min(deadline);
+        let err = match tokio::time::timeout_at(attempt_deadline, attempt()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => CallError::classify(e),
+            Err(_) => CallError::Timeout {
+                after: per_attempt.min(budget),
+                last: None,
+            },
+        };
+        if !err.is_transient() {
+            return Err(err);
+        }
+        if telling.as_ref().is_none_or(|t| err.rank() >= t.rank()) {
+            telling = Some(err);
+        }
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(CallError::Timeout {
+                after: budget,
+                last: telling.map(Box::new),
+            });
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> EtcdArgs {
+        EtcdArgs::default()
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        let s = format!("{:?}", Password::new("hunter2"));
+        assert!(!s.contains("hunter2"), "{s}");
+    }
+
+    #[test]
+    fn files_are_named_in_errors() {
+        let a = EtcdArgs {
+            etcd_cacert: Some("/nonexistent/ca.pem".into()),
+            ..args()
+        };
+        let e = a.resolve(vec!["https://127.0.0.1:1".into()]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        assert!(e.to_string().contains("CA certificate"), "{e}");
+        let a = EtcdArgs {
+            etcd_user: Some("u".into()),
+            etcd_password_file: Some("/nonexistent/pw".into()),
+            ..args()
+        };
+        let e = a.resolve(vec!["http://127.0.0.1:1".into()]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/pw"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_schemes_match_tls() {
+        let e = args()
+            .resolve(vec!["https://127.0.0.1:1".into()])
+            .unwrap_err();
+        assert!(matches!(e, EtcdError::TlsEndpointWithoutCa(_)), "{e}");
+        let e = EtcdArgs {
+            etcd_user: Some("u".into()),
+            ..args()
+        }
+        .resolve(vec!["http://127.0.0.1:1".into()])
+        .unwrap_err();
+        assert!(matches!(e, EtcdError::NoPassword), "{e}");
+        let s = EtcdArgs {
+            etcd_user: Some("u".into()),
+            etcd_password: Some(Password::new("p")),
+            ..args()
+        }
+        .resolve(vec!["http://127.0.0.1:1".into()])
+        .unwrap();
+        assert!(!format!("{s:?}").contains("\"p\""));
+    }
+}
