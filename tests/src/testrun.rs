@@ -27,7 +27,7 @@ use aya::{
         Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf,
         lpm_trie::Key,
     },
-    programs::{SchedClassifier, Xdp},
+    programs::{SchedClassifier, Xdp, tc::TcAttachType},
     util::nr_cpus,
 };
 use dragonflow_agent::datapath::EBPF_OBJECT;
@@ -598,6 +598,21 @@ impl Datapath {
             .expect("devmap");
         m.remove(ifindex)
             .unwrap_or_else(|e| panic!("devmap remove {ifindex}: {e}"));
+    }
+
+    /// Attaches `df_from_tunnel` to the tcx ingress of `dev`, a collect-metadata VXLAN
+    /// device in the caller's namespace: a test run cannot give a frame tunnel metadata,
+    /// so tunnel verdicts are taken from frames the real device decapsulated. Detached
+    /// when the datapath is dropped.
+    pub fn attach_from_tunnel(&mut self, dev: &str) {
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(progs::FROM_TUNNEL_TC)
+            .expect("tunnel program")
+            .try_into()
+            .expect("classifier");
+        p.attach(dev, TcAttachType::Ingress)
+            .unwrap_or_else(|e| panic!("attach the tunnel program to {dev}: {e}"));
     }
 
     /// A local tap in the XDP devmap (key = value = ifindex; the device must exist).

@@ -24,10 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::ProgramArray,
-    programs::{SchedClassifier, tc::TcAttachType},
-};
+use aya::{maps::ProgramArray, programs::SchedClassifier};
 use dragonflow_common::{
     addr::{ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
     fwd::{
@@ -1012,15 +1009,7 @@ fn detection_way_from_the_tunnel() {
     d.ns.within(|| {
         let mut dp = Datapath::load();
         seed(&mut dp, &d);
-        let p: &mut SchedClassifier = dp
-            .ebpf
-            .program_mut(progs::FROM_TUNNEL_TC)
-            .expect("tunnel program")
-            .try_into()
-            .expect("classifier");
-        let _link = p
-            .attach("aaptun", TcAttachType::Ingress)
-            .unwrap_or_else(|e| panic!("attach the tunnel program: {e}"));
+        dp.attach_from_tunnel("aaptun");
         // The sender is a VM on another chassis (the test's own address, 127.0.0.1, as
         // the outer source): tunnel admission only takes frames from a live chassis of
         // the network, from a MAC that chassis may send from.

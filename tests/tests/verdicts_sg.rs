@@ -25,14 +25,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, tc::TcAttachType};
 use dragonflow_common::{
     addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
     fwd::{
         CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, DEST_LOCAL, DEST_REMOTE, L2Dest,
         L2Key, TUN_F_PORT, TUN_F_UNSECURED,
     },
-    maps::{CT_MAX, progs},
+    maps::CT_MAX,
     port::{PORT_F_PORT_SECURITY, PortConfig},
     sg::{
         CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT,
@@ -1707,15 +1706,7 @@ fn security_groups_from_tunnel() {
     n.ns.within(|| {
         let mut dp = Datapath::load();
         seed(&mut dp, &n);
-        let p: &mut SchedClassifier = dp
-            .ebpf
-            .program_mut(progs::FROM_TUNNEL_TC)
-            .expect("tunnel program")
-            .try_into()
-            .expect("classifier");
-        let _link = p
-            .attach("vx", TcAttachType::Ingress)
-            .unwrap_or_else(|e| panic!("attach the tunnel program: {e}"));
+        dp.attach_from_tunnel("vx");
         let ft = |s| (Direction::FromTunnel, s);
         let ok = |e| vec![ft(pass(PassPath::L2Local)), tv(ev(e))];
         let cases: Vec<(&str, Vec<u8>, Vec<Slot>, bool)> = vec![

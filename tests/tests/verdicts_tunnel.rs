@@ -24,13 +24,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, tc::TcAttachType};
 use dragonflow_common::{
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, FloodDest,
         FloodList, L2Dest, L2Key, TUN_F_PORT, TUN_F_ROUTER, TUN_F_UNSECURED,
     },
-    maps::progs,
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
 use tests::{frames::*, harness::Netns, harness::unique_prefix, testrun::Datapath};
@@ -501,15 +499,7 @@ fn tunnel_admission_table() {
     n.ns.within(|| {
         let mut dp = Datapath::load();
         seed(&mut dp, &n);
-        let p: &mut SchedClassifier = dp
-            .ebpf
-            .program_mut(progs::FROM_TUNNEL_TC)
-            .expect("tunnel program")
-            .try_into()
-            .expect("classifier");
-        let _link = p
-            .attach("vx", TcAttachType::Ingress)
-            .unwrap_or_else(|e| panic!("attach the tunnel program: {e}"));
+        dp.attach_from_tunnel("vx");
         let mut failures = Vec::new();
         let mut covered = std::collections::BTreeSet::new();
         for r in rows() {
