@@ -4,22 +4,12 @@
 
 mod common;
 
-use common::Etcd;
+use common::{Etcd, ls};
 use dragonflow_agent::nb::{
-    LPort, LSwitch, NbStore, paged,
+    LPort, NbStore, paged,
     validate::{parse_aap, parse_mac},
 };
 use etcd_client::Client;
-
-fn ls(id: &str) -> LSwitch {
-    LSwitch {
-        id: id.into(),
-        name: String::new(),
-        segmentation_id: 100,
-        mtu: 1450,
-        aap_mode: None,
-    }
-}
 
 /// A Neutron-shaped port: UUID-like id, MAC, a fixed IP, two allowed address pairs.
 fn port(i: u32) -> LPort {

@@ -3,21 +3,11 @@
 
 mod common;
 
-use common::Etcd;
+use common::{Etcd, ls};
 use dragonflow_agent::nb::{
     Kind, LPort, LSwitch, NbStore, StoreError, Subnet, ValidationError,
     validate::{parse_aap, parse_mac},
 };
-
-fn ls(id: &str) -> LSwitch {
-    LSwitch {
-        id: id.into(),
-        name: String::new(),
-        segmentation_id: 100,
-        mtu: 1450,
-        aap_mode: None,
-    }
-}
 
 fn port(id: &str) -> LPort {
     LPort {

@@ -11,6 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A network (VNI 100, MTU 1450) for store tests.
+pub fn ls(id: &str) -> dragonflow_agent::nb::LSwitch {
+    dragonflow_agent::nb::LSwitch {
+        id: id.into(),
+        name: String::new(),
+        segmentation_id: 100,
+        mtu: 1450,
+        aap_mode: None,
+    }
+}
+
 pub const DFCTL: &str = env!("CARGO_BIN_EXE_dfctl");
 
 pub fn free_port() -> u16 {
