@@ -36,11 +36,13 @@ use crate::{
     conntrack,
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
     metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
+    nb::{Kind, index::NbIndex, parse_key},
     netlink,
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
+    scope,
     secgroups::Identities,
-    sync::{DecodeOptions, NbCache, NbEvent},
+    sync::{Change, DecodeOptions, NbCache, NbEvent},
 };
 
 /// Safety-net rescan of interfaces, in case a netlink message was missed.
@@ -58,6 +60,15 @@ pub struct Controller {
     /// Mirror of what the maps hold (read back at start, then kept by every write).
     actual: MapEntries,
     nb: NbCache,
+    /// Ports and routers by network, chassis and group, kept with `nb`: what finds the
+    /// part of the cloud this chassis depends on (`scope`) without scanning all of it.
+    index: NbIndex,
+    /// The interfaces the last computation of the entries saw: an unchanged rescan (every
+    /// `RESCAN`, and every netlink event) computes nothing.
+    computed_for: Option<BTreeMap<String, u32>>,
+    /// When the last write that failed for some entries happened: it is retried once
+    /// `ATTACH_RETRY` has passed, not at every rescan.
+    retry_write: Option<Instant>,
     decode: DecodeOptions,
     /// The first full NB snapshot has been received.
     have_snapshot: bool,
@@ -178,6 +189,9 @@ impl Controller {
             links,
             actual,
             nb: NbCache::default(),
+            index: NbIndex::default(),
+            computed_for: None,
+            retry_write: None,
             decode,
             have_snapshot: false,
             ifaces: BTreeMap::new(),
@@ -260,6 +274,7 @@ impl Controller {
                 let changed = self
                     .nb
                     .load(&self.cfg.prefix, &kvs, &self.decode, &self.shared);
+                self.index = NbIndex::of(&self.nb.snapshot);
                 debug!(changed, "snapshot loaded");
                 let first = !self.have_snapshot;
                 self.have_snapshot = true;
@@ -285,6 +300,18 @@ impl Controller {
                 let changed = self
                     .nb
                     .apply(&self.cfg.prefix, &changes, &self.decode, &self.shared);
+                for c in &changes {
+                    let (Change::Put(key, _) | Change::Delete(key)) = c;
+                    match parse_key(&self.cfg.prefix, key) {
+                        Some((Kind::LPort, id)) => {
+                            self.index.set_port(id, self.nb.snapshot.lports.get(id));
+                        }
+                        Some((Kind::LRouter, id)) => {
+                            self.index.set_router(id, self.nb.snapshot.lrouters.get(id));
+                        }
+                        _ => {}
+                    }
+                }
                 debug!(changed, "watch events applied");
                 // Reconcile even when no valid object changed: /state shows invalid records.
                 true
@@ -297,11 +324,9 @@ impl Controller {
     /// prefix, and anything that already carries one of our pinned links.
     fn managed(&self, pinned: &BTreeSet<String>) -> BTreeMap<String, u32> {
         let local_taps: BTreeSet<String> = self
-            .nb
-            .snapshot
-            .lports
-            .values()
-            .filter(|p| p.chassis.as_deref() == Some(self.cfg.chassis.as_str()))
+            .index
+            .ports_on(&self.cfg.chassis)
+            .filter_map(|id| self.nb.snapshot.lports.get(&**id))
             .map(|p| p.tap_name())
             .collect();
         let prefix = self.cfg.tap_prefix.as_str();
@@ -342,10 +367,23 @@ impl Controller {
         }
         self.attach_errors.retain(|n, _| managed.contains_key(n));
 
+        // Nothing to compute when neither the NB nor the interfaces changed since the last
+        // computation (idle rescans), unless the last write left something to retry.
+        let unchanged = !nb_changed
+            && self.computed_for.as_ref() == Some(&self.ifaces)
+            && self
+                .retry_write
+                .is_none_or(|at| at.elapsed() < ATTACH_RETRY);
+        if self.have_snapshot && unchanged {
+            self.publish(&managed, None);
+            return;
+        }
         let desired = if self.have_snapshot {
+            self.computed_for = Some(self.ifaces.clone());
+            let scoped = scope::scope(&self.cfg.chassis, &self.nb.snapshot, &self.index);
             let mut d = reconcile::desired_with(
                 &self.cfg.chassis,
-                &self.nb.snapshot,
+                &scoped,
                 &self.ifaces,
                 &mut self.identities,
             );
@@ -390,16 +428,16 @@ impl Controller {
             if !self.shared.synced.swap(true, Ordering::Relaxed) {
                 info!("first full sync applied to the datapath; healthy");
             }
-            Some(d)
+            Some((d, scoped))
         } else {
             None
         };
-        self.publish(&managed, desired.as_ref());
+        self.publish(&managed, desired.as_ref().map(|(d, _)| d));
         if nb_changed
-            && desired.is_some()
+            && let Some((_, scoped)) = desired
             && let Some(tx) = &self.snapshots
         {
-            tx.send_replace(Some(Arc::new(self.nb.snapshot.clone())));
+            tx.send_replace(Some(Arc::new(scoped)));
         }
     }
 
@@ -574,6 +612,7 @@ impl Controller {
                 self.bump_policy_gen();
             }
         }
+        self.retry_write = (errors > 0).then(Instant::now);
         self.ct_after_write(d);
         // Forwarding goes on once, after a complete write of the forwarding maps (until
         // then allowed frames go to the kernel as in issue 2); it then stays on.

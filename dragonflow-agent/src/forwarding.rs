@@ -4,8 +4,10 @@
 //! `df_devmap_v1`.
 //!
 //! Fill rules (issues 3 and 5):
-//! - every lswitch with at least one port or router interface is installed on every
-//!   chassis (a VM here may send to, or route to, any port of it);
+//! - every lswitch of the snapshot with at least one port or router interface is
+//!   installed; the controller passes the part of the cloud this chassis depends on
+//!   (`scope`): the networks of its local ports and those their routers connect, which
+//!   are all a VM here can send to or route to;
 //! - L2 (network, MAC): a bound port's MAC → `DEST_LOCAL{tap ifindex}` when it is bound
 //!   here and its tap is programmed, `DEST_REMOTE{tunnel_ip}` when bound to another chassis
 //!   whose `chassis/` record exists (a chassis without a record — stopped, or its lease

@@ -14,5 +14,6 @@ pub mod nb;
 pub mod netlink;
 pub mod reconcile;
 pub mod report;
+pub mod scope;
 pub mod secgroups;
 pub mod sync;

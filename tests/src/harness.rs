@@ -514,9 +514,9 @@ impl Hypervisor {
             {
                 return;
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > Duration::from_secs(60) {
                 panic!(
-                    "agent on {} not healthy after 30 s; log:\n{}",
+                    "agent on {} not healthy after 60 s; log:\n{}",
                     self.name,
                     self.agent_log()
                 );
@@ -536,6 +536,11 @@ impl Hypervisor {
 
     pub fn agent_log(&self) -> String {
         fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+
+    /// The running agent's pid (`ip netns exec` execs the agent, so it is the agent's).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 }
 

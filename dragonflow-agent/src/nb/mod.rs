@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod etcd;
+pub mod index;
 pub mod model;
 pub mod paged;
 pub mod store;
