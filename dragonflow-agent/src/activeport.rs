@@ -261,6 +261,7 @@ pub fn lists(port: &LPort, ip: IpAddr, mac: MacAddr) -> bool {
 pub fn holders<'a>(nb: &'a NbSnapshot, lswitch: &str, ip: IpAddr) -> Vec<&'a LPort> {
     nb.lports
         .values()
+        .map(|p| &**p)
         .filter(|p| p.lswitch == lswitch)
         .filter(|p| {
             p.allowed_address_pairs
@@ -1505,7 +1506,10 @@ mod tests {
                     aap_mode: mode,
                 },
             )]),
-            lports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            lports: ports
+                .into_iter()
+                .map(|p| (p.id.clone(), std::sync::Arc::new(p)))
+                .collect(),
             ..Default::default()
         }
     }
@@ -1636,7 +1640,11 @@ mod tests {
         }
         // The other holder's sighting is a move.
         let mut d2 = d.clone();
-        d2.lports.get_mut("p2").unwrap().chassis = Some("hv1".into());
+        d2.lports
+            .get_mut("p2")
+            .map(std::sync::Arc::make_mut)
+            .unwrap()
+            .chassis = Some("hv1".into());
         assert!(matches!(
             judge("hv1", AapMode::Detection, &d2, &sighting("p2", M2, 1)),
             Verdict::Claim { .. }
@@ -1658,6 +1666,7 @@ mod tests {
         let mut d2 = d.clone();
         d2.lports
             .get_mut("p1")
+            .map(std::sync::Arc::make_mut)
             .unwrap()
             .allowed_address_pairs
             .clear();

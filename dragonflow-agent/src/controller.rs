@@ -304,7 +304,8 @@ impl Controller {
                     let (Change::Put(key, _) | Change::Delete(key)) = c;
                     match parse_key(&self.cfg.prefix, key) {
                         Some((Kind::LPort, id)) => {
-                            self.index.set_port(id, self.nb.snapshot.lports.get(id));
+                            self.index
+                                .set_port(id, self.nb.snapshot.lports.get(id).map(|p| &**p));
                         }
                         Some((Kind::LRouter, id)) => {
                             self.index.set_router(id, self.nb.snapshot.lrouters.get(id));

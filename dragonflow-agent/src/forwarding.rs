@@ -96,7 +96,7 @@ use serde::Serialize;
 
 use crate::{
     nb::{AapMode, ActivePort, IpPrefix, LPort, LRouter, LRouterPort, LSwitch, MacAddr},
-    reconcile::{Desired, MapEntries, NbSnapshot, PortState, RouteLpmKey},
+    reconcile::{Desired, LocalPort, MapEntries, NbSnapshot, PortState, RouteLpmKey},
 };
 
 /// The datapath's id of a router: 32-bit FNV-1a of its id string (0 is mapped to 1 so
@@ -202,264 +202,369 @@ fn ip16(ip: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
+/// What the fill of every network needs beyond the network itself: the live chassis,
+/// the local ports' taps and the routers.
+pub(crate) struct Context<'a> {
+    me: &'a str,
+    /// This agent's AAP mode is the one it publishes in its chassis record (written before
+    /// the first read of etcd), so it is judged by the same rule as every other chassis'.
+    my_mode: AapMode,
+    /// Live chassis we can tunnel to.
+    remote: BTreeMap<&'a str, [u8; 4]>,
+    /// Programmed local ports → their taps' ifindex.
+    local: BTreeMap<&'a str, u32>,
+    /// Router interfaces by lswitch (routers with collision-checked ids).
+    ifaces: BTreeMap<&'a str, Vec<(u32, &'a LRouter, &'a LRouterPort)>>,
+    /// Problems that concern no single network (chassis records, router ids).
+    pub warnings: BTreeSet<String>,
+}
+
+impl<'a> Context<'a> {
+    /// `routers`: those whose networks are being filled (in id order, for the collision
+    /// rule).
+    pub(crate) fn new(
+        me: &'a str,
+        nb: &'a NbSnapshot,
+        local_ports: &'a [LocalPort],
+        routers: impl IntoIterator<Item = &'a LRouter>,
+    ) -> Self {
+        let mut warnings = BTreeSet::new();
+        // Live chassis we can tunnel to.
+        let my_ip = nb.chassis.get(me).and_then(|c| tunnel_v4(c.tunnel_ip).ok());
+        // This agent's AAP mode is the one it publishes in its chassis record (written before
+        // the first read of etcd), so it is judged by the same rule as every other chassis'.
+        let my_mode = nb.chassis.get(me).map(|c| c.aap_mode).unwrap_or_default();
+        let mut remote: BTreeMap<&str, [u8; 4]> = BTreeMap::new();
+        for (name, c) in &nb.chassis {
+            if name == me {
+                continue;
+            }
+            match tunnel_v4(c.tunnel_ip) {
+                Ok(ip) if Some(ip) == my_ip => {
+                    warnings.insert(format!(
+                        "chassis {name} has this chassis' tunnel_ip {}; ignored",
+                        c.tunnel_ip
+                    ));
+                }
+                Ok(ip) => {
+                    remote.insert(name, ip);
+                }
+                Err(why) => {
+                    warnings.insert(format!(
+                        "chassis {name}: tunnel_ip {} is {why}; its ports are unreachable from here",
+                        c.tunnel_ip
+                    ));
+                }
+            }
+        }
+        let local: BTreeMap<&str, u32> = local_ports
+            .iter()
+            .filter_map(|p| match p.state {
+                PortState::Programmed { ifindex } => Some((p.id.as_str(), ifindex)),
+                _ => None,
+            })
+            .collect();
+
+        // Routers, with collision-checked ids.
+        let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
+        let mut ifaces: BTreeMap<&str, Vec<(u32, &LRouter, &LRouterPort)>> = BTreeMap::new();
+        for r in routers {
+            let rid = router_id(&r.id);
+            if let Some(other) = ids.get(&rid) {
+                warnings.insert(format!(
+                    "lrouter {} has the same datapath id ({rid:#x}, FNV-1a of the id) as lrouter \
+                     {other}; it is not installed: rename one of them",
+                    r.id
+                ));
+                continue;
+            }
+            ids.insert(rid, &r.id);
+            for rp in &r.ports {
+                if nb.lswitches.contains_key(&rp.lswitch) {
+                    ifaces.entry(&rp.lswitch).or_default().push((rid, r, rp));
+                } else {
+                    warnings.insert(format!(
+                        "lrouter {} interface {} is on unknown lswitch {}; skipped",
+                        r.id, rp.id, rp.lswitch
+                    ));
+                }
+            }
+        }
+
+        Context {
+            me,
+            my_mode,
+            remote,
+            local,
+            ifaces,
+            warnings,
+        }
+    }
+
+    /// Live chassis other than this one that can be tunnelled to.
+    pub(crate) fn remote_chassis(&self) -> Vec<String> {
+        self.remote.keys().map(|s| s.to_string()).collect()
+    }
+
+    /// lswitches with a router interface.
+    pub(crate) fn routed(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.ifaces.keys().copied()
+    }
+
+    /// The devmap: every programmed local tap → itself.
+    pub(crate) fn devmap(&self) -> BTreeMap<u32, u32> {
+        self.local.values().map(|&i| (i, i)).collect()
+    }
+
+    /// Tunnel IPs of the live remote chassis hosting bound ports among `ports`: what the
+    /// tunnel admission of the networks routed with theirs depends on.
+    pub(crate) fn hosts(&self, ports: &[&LPort]) -> BTreeSet<[u8; 4]> {
+        ports
+            .iter()
+            .filter_map(|p| p.chassis.as_deref())
+            .filter(|c| *c != self.me)
+            .filter_map(|c| self.remote.get(c).copied())
+            .collect()
+    }
+}
+
+/// One network's share of the forwarding state: its entries (every key of them carries
+/// its network: L2, neighbours, flood list, shared-address groups, tunnel admission — and
+/// the routes of the router interfaces on it), its view and its warnings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetPart {
+    pub entries: MapEntries,
+    pub view: NetworkView,
+    pub warnings: BTreeSet<String>,
+    /// Destinations wanted when its flood list is cut to `FLOOD_MAX`.
+    pub flood_overflow: Option<usize>,
+}
+
+/// The forwarding state of network `net` (`ls`) with `ports`, given `hosts`: the remote
+/// chassis hosting each network ([`Context::hosts`]) — only those its routers connect
+/// are read.
+pub(crate) fn network(
+    ctx: &Context,
+    nb: &NbSnapshot,
+    net: &str,
+    ports: &[&LPort],
+    hosts: &BTreeMap<String, BTreeSet<[u8; 4]>>,
+) -> NetPart {
+    let mut entries = MapEntries::default();
+    let e = &mut entries;
+    let mut flood_overflow = None;
+    let ls = &nb.lswitches[net];
+    let (net_id, mtu) = (ls.segmentation_id, ls.mtu);
+    let mut view = NetworkView {
+        lswitch: net.to_string(),
+        net_id,
+        ..Default::default()
+    };
+    // Who claimed an L2 MAC / a neighbour IP first (for the clash warnings).
+    let mut l2_owner: BTreeMap<MacAddr, String> = BTreeMap::new();
+    let mut neigh_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut warnings = BTreeSet::new();
+    let mut warn = |what: String| {
+        warnings.insert(format!("lswitch {net}: {what}"));
+    };
+
+    for &(rid, r, rp) in ctx.ifaces.get(net).map(Vec::as_slice).unwrap_or_default() {
+        let who = format!("lrouter {} interface {}", r.id, rp.id);
+        let dest = L2Dest {
+            kind: DEST_ROUTER,
+            mtu,
+            router_id: rid,
+            ..Default::default()
+        };
+        if claim(&mut l2_owner, rp.mac, &who, &mut warn, "MAC") {
+            e.l2.insert(L2Key::new(net_id, rp.mac.0), dest);
+        }
+        // Every address of the interface (IPv4 and IPv6 on a dual-stack network):
+        // answered for (ARP/ND, ping) and its prefix routed to this network.
+        for ip in rp.addrs() {
+            if claim(&mut neigh_owner, ip.addr, &who, &mut warn, "IP") {
+                e.neigh.insert(
+                    neigh_key(net_id, ip.addr),
+                    NeighValue {
+                        mac: rp.mac.0,
+                        flags: NEIGH_F_ROUTER,
+                    },
+                );
+            }
+            e.routes.insert(
+                route_key(rid, ip),
+                RouteDest {
+                    net_id,
+                    mac: rp.mac.0,
+                    _pad: [0; 2],
+                },
+            );
+        }
+        view.routers.push(r.id.clone());
+    }
+
+    let dest_of = |p: &LPort| -> Option<L2Dest> {
+        let chassis = p.chassis.as_deref()?;
+        if chassis == ctx.me {
+            ctx.local.get(p.id.as_str()).map(|&ifindex| L2Dest {
+                kind: DEST_LOCAL,
+                mtu,
+                ifindex,
+                ..Default::default()
+            })
+        } else {
+            ctx.remote.get(chassis).map(|&remote_ip| L2Dest {
+                kind: DEST_REMOTE,
+                mtu,
+                remote_ip,
+                ..Default::default()
+            })
+        }
+    };
+    // Own MACs and fixed IPs first, so that an AAP never displaces them.
+    let mut remote_hosts: BTreeMap<&str, [u8; 4]> = BTreeMap::new();
+    let mut locals: Vec<u32> = Vec::new();
+    // MAC → the ports its L2 entry leads to (own MACs here; AAP MACs in `aaps`).
+    let mut reach: BTreeMap<MacAddr, BTreeSet<&str>> = BTreeMap::new();
+    for p in ports {
+        let Some(dest) = dest_of(p) else { continue };
+        let chassis = p.chassis.as_deref().unwrap_or_default();
+        if dest.kind == DEST_LOCAL {
+            locals.push(dest.ifindex);
+            view.local_ports.push(p.id.clone());
+        } else {
+            remote_hosts.insert(chassis, dest.remote_ip);
+        }
+        let who = format!("lport {}", p.id);
+        if claim(&mut l2_owner, p.mac, &who, &mut warn, "MAC") {
+            e.l2.insert(L2Key::new(net_id, p.mac.0), dest);
+            reach.entry(p.mac).or_default().insert(&p.id);
+        }
+        for ip in &p.fixed_ips {
+            if claim(&mut neigh_owner, *ip, &who, &mut warn, "IP") {
+                e.neigh.insert(
+                    neigh_key(net_id, *ip),
+                    NeighValue {
+                        mac: p.mac.0,
+                        flags: NEIGH_F_FIXED,
+                    },
+                );
+            }
+        }
+    }
+    let fill = NetFill {
+        net,
+        net_id,
+        mtu,
+        mode: ls.aap_mode.unwrap_or(ctx.my_mode),
+        ports,
+        dest_of: &dest_of,
+    };
+    view.aap_mode = fill.mode;
+    let owners = Owners {
+        l2: &mut l2_owner,
+        neigh: &mut neigh_owner,
+        reach: &mut reach,
+    };
+    aaps(&fill, &nb.active_ports, e, owners, &mut warn, &mut view);
+    if let Some(modes) = disagreement(nb, ls, ports) {
+        warn(format!(
+            "live chassis hosting its ports would forward its shared allowed-address-pair \
+             addresses differently ({}); give the network one mode with `aap_mode` in its \
+             lswitch record (it overrides every agent's --aap-mode)",
+            modes
+                .iter()
+                .map(|(c, m)| format!("{c}: {}", mode_name(*m)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        view.aap_mode_disagreement = modes;
+    }
+
+    view.remote_chassis = remote_hosts.keys().map(|s| s.to_string()).collect();
+    if !locals.is_empty() {
+        let mut dests: Vec<FloodDest> = locals
+            .iter()
+            .map(|&ifindex| FloodDest {
+                kind: u32::from(DEST_LOCAL),
+                ifindex,
+                ..Default::default()
+            })
+            .collect();
+        let mut seen_ips = BTreeSet::new();
+        for ip in remote_hosts.values() {
+            if seen_ips.insert(*ip) {
+                dests.push(FloodDest {
+                    kind: u32::from(DEST_REMOTE),
+                    remote_ip: *ip,
+                    ..Default::default()
+                });
+            }
+        }
+        if dests.len() > FLOOD_MAX {
+            flood_overflow = Some(dests.len());
+            dests.truncate(FLOOD_MAX);
+        }
+        let mut list = FloodList {
+            len: dests.len() as u32,
+            mtu,
+            ..Default::default()
+        };
+        list.dests[..dests.len()].copy_from_slice(&dests);
+        e.flood.insert(net_id, list);
+        view.flood_len = Some(dests.len());
+        let routed = ctx.ifaces.get(net).map(Vec::as_slice).unwrap_or_default();
+        admission(net_id, ports, routed, hosts, &ctx.remote, e);
+    }
+    NetPart {
+        entries,
+        view,
+        warnings,
+        flood_overflow,
+    }
+}
+
 /// Fills the forwarding maps of `out` (whose port entries and local port states
-/// `reconcile::desired` has computed) and its network views.
+/// `reconcile::desired` has computed) and its network views, for every network of `nb`.
 pub(crate) fn compute(me: &str, nb: &NbSnapshot, out: &mut Desired) {
-    // Live chassis we can tunnel to.
-    let my_ip = nb.chassis.get(me).and_then(|c| tunnel_v4(c.tunnel_ip).ok());
-    // This agent's AAP mode is the one it publishes in its chassis record (written before
-    // the first read of etcd), so it is judged by the same rule as every other chassis'.
-    let my_mode = nb.chassis.get(me).map(|c| c.aap_mode).unwrap_or_default();
-    let mut remote: BTreeMap<&str, [u8; 4]> = BTreeMap::new();
-    for (name, c) in &nb.chassis {
-        if name == me {
-            continue;
-        }
-        match tunnel_v4(c.tunnel_ip) {
-            Ok(ip) if Some(ip) == my_ip => {
-                out.warnings.insert(format!(
-                    "chassis {name} has this chassis' tunnel_ip {}; ignored",
-                    c.tunnel_ip
-                ));
-            }
-            Ok(ip) => {
-                remote.insert(name, ip);
-            }
-            Err(why) => {
-                out.warnings.insert(format!(
-                    "chassis {name}: tunnel_ip {} is {why}; its ports are unreachable from here",
-                    c.tunnel_ip
-                ));
-            }
-        }
-    }
-    out.remote_chassis = remote.keys().map(|s| s.to_string()).collect();
-
-    let local: BTreeMap<&str, u32> = out
-        .local_ports
-        .iter()
-        .filter_map(|p| match p.state {
-            PortState::Programmed { ifindex } => Some((p.id.as_str(), ifindex)),
-            _ => None,
-        })
-        .collect();
-
-    // Routers, with collision-checked ids.
-    let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
-    let mut ifaces: BTreeMap<&str, Vec<(u32, &LRouter, &LRouterPort)>> = BTreeMap::new();
-    for r in nb.lrouters.values() {
-        let rid = router_id(&r.id);
-        if let Some(other) = ids.get(&rid) {
-            out.warnings.insert(format!(
-                "lrouter {} has the same datapath id ({rid:#x}, FNV-1a of the id) as lrouter \
-                 {other}; it is not installed: rename one of them",
-                r.id
-            ));
-            continue;
-        }
-        ids.insert(rid, &r.id);
-        for rp in &r.ports {
-            if nb.lswitches.contains_key(&rp.lswitch) {
-                ifaces.entry(&rp.lswitch).or_default().push((rid, r, rp));
-            } else {
-                out.warnings.insert(format!(
-                    "lrouter {} interface {} is on unknown lswitch {}; skipped",
-                    r.id, rp.id, rp.lswitch
-                ));
-            }
-        }
-    }
-
+    let ctx = Context::new(me, nb, &out.local_ports, nb.lrouters.values());
     let mut ports_by_net: BTreeMap<&str, Vec<&LPort>> = BTreeMap::new();
     for p in nb.lports.values() {
         if nb.lswitches.contains_key(&p.lswitch) {
             ports_by_net.entry(&p.lswitch).or_default().push(p);
         }
     }
-    let nets: BTreeSet<&str> = ports_by_net.keys().chain(ifaces.keys()).copied().collect();
-
-    let e = &mut out.entries;
-    for net in nets {
-        let ls = &nb.lswitches[net];
-        let (net_id, mtu) = (ls.segmentation_id, ls.mtu);
-        let ports = ports_by_net.get(net).map(Vec::as_slice).unwrap_or_default();
-        let mut view = NetworkView {
-            lswitch: net.to_string(),
-            net_id,
-            ..Default::default()
-        };
-        // Who claimed an L2 MAC / a neighbour IP first (for the clash warnings).
-        let mut l2_owner: BTreeMap<MacAddr, String> = BTreeMap::new();
-        let mut neigh_owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-        let mut warn = |what: String| {
-            out.warnings.insert(format!("lswitch {net}: {what}"));
-        };
-
-        for &(rid, r, rp) in ifaces.get(net).map(Vec::as_slice).unwrap_or_default() {
-            let who = format!("lrouter {} interface {}", r.id, rp.id);
-            let dest = L2Dest {
-                kind: DEST_ROUTER,
-                mtu,
-                router_id: rid,
-                ..Default::default()
-            };
-            if claim(&mut l2_owner, rp.mac, &who, &mut warn, "MAC") {
-                e.l2.insert(L2Key::new(net_id, rp.mac.0), dest);
-            }
-            // Every address of the interface (IPv4 and IPv6 on a dual-stack network):
-            // answered for (ARP/ND, ping) and its prefix routed to this network.
-            for ip in rp.addrs() {
-                if claim(&mut neigh_owner, ip.addr, &who, &mut warn, "IP") {
-                    e.neigh.insert(
-                        neigh_key(net_id, ip.addr),
-                        NeighValue {
-                            mac: rp.mac.0,
-                            flags: NEIGH_F_ROUTER,
-                        },
-                    );
-                }
-                e.routes.insert(
-                    route_key(rid, ip),
-                    RouteDest {
-                        net_id,
-                        mac: rp.mac.0,
-                        _pad: [0; 2],
-                    },
-                );
-            }
-            view.routers.push(r.id.clone());
-        }
-
-        let dest_of = |p: &LPort| -> Option<L2Dest> {
-            let chassis = p.chassis.as_deref()?;
-            if chassis == me {
-                local.get(p.id.as_str()).map(|&ifindex| L2Dest {
-                    kind: DEST_LOCAL,
-                    mtu,
-                    ifindex,
-                    ..Default::default()
-                })
-            } else {
-                remote.get(chassis).map(|&remote_ip| L2Dest {
-                    kind: DEST_REMOTE,
-                    mtu,
-                    remote_ip,
-                    ..Default::default()
-                })
-            }
-        };
-        // Own MACs and fixed IPs first, so that an AAP never displaces them.
-        let mut remote_hosts: BTreeMap<&str, [u8; 4]> = BTreeMap::new();
-        let mut locals: Vec<u32> = Vec::new();
-        // MAC → the ports its L2 entry leads to (own MACs here; AAP MACs in `aaps`).
-        let mut reach: BTreeMap<MacAddr, BTreeSet<&str>> = BTreeMap::new();
-        for p in ports {
-            let Some(dest) = dest_of(p) else { continue };
-            let chassis = p.chassis.as_deref().unwrap_or_default();
-            if dest.kind == DEST_LOCAL {
-                locals.push(dest.ifindex);
-                view.local_ports.push(p.id.clone());
-            } else {
-                remote_hosts.insert(chassis, dest.remote_ip);
-            }
-            let who = format!("lport {}", p.id);
-            if claim(&mut l2_owner, p.mac, &who, &mut warn, "MAC") {
-                e.l2.insert(L2Key::new(net_id, p.mac.0), dest);
-                reach.entry(p.mac).or_default().insert(&p.id);
-            }
-            for ip in &p.fixed_ips {
-                if claim(&mut neigh_owner, *ip, &who, &mut warn, "IP") {
-                    e.neigh.insert(
-                        neigh_key(net_id, *ip),
-                        NeighValue {
-                            mac: p.mac.0,
-                            flags: NEIGH_F_FIXED,
-                        },
-                    );
-                }
-            }
-        }
-        let fill = NetFill {
-            net,
-            net_id,
-            mtu,
-            mode: ls.aap_mode.unwrap_or(my_mode),
-            ports,
-            dest_of: &dest_of,
-        };
-        view.aap_mode = fill.mode;
-        let owners = Owners {
-            l2: &mut l2_owner,
-            neigh: &mut neigh_owner,
-            reach: &mut reach,
-        };
-        aaps(&fill, &nb.active_ports, e, owners, &mut warn, &mut view);
-        if let Some(modes) = disagreement(nb, ls, ports) {
-            warn(format!(
-                "live chassis hosting its ports would forward its shared allowed-address-pair \
-                 addresses differently ({}); give the network one mode with `aap_mode` in its \
-                 lswitch record (it overrides every agent's --aap-mode)",
-                modes
-                    .iter()
-                    .map(|(c, m)| format!("{c}: {}", mode_name(*m)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            view.aap_mode_disagreement = modes;
-        }
-
-        view.remote_chassis = remote_hosts.keys().map(|s| s.to_string()).collect();
-        if !locals.is_empty() {
-            let mut dests: Vec<FloodDest> = locals
-                .iter()
-                .map(|&ifindex| FloodDest {
-                    kind: u32::from(DEST_LOCAL),
-                    ifindex,
-                    ..Default::default()
-                })
-                .collect();
-            let mut seen_ips = BTreeSet::new();
-            for ip in remote_hosts.values() {
-                if seen_ips.insert(*ip) {
-                    dests.push(FloodDest {
-                        kind: u32::from(DEST_REMOTE),
-                        remote_ip: *ip,
-                        ..Default::default()
-                    });
-                }
-            }
-            if dests.len() > FLOOD_MAX {
-                out.flood_overflow.insert(net_id, dests.len());
-                dests.truncate(FLOOD_MAX);
-            }
-            let mut list = FloodList {
-                len: dests.len() as u32,
-                mtu,
-                ..Default::default()
-            };
-            list.dests[..dests.len()].copy_from_slice(&dests);
-            e.flood.insert(net_id, list);
-            view.flood_len = Some(dests.len());
-            let routed = ifaces.get(net).map(Vec::as_slice).unwrap_or_default();
-            admission(net_id, ports, routed, &ports_by_net, &remote, e);
-        }
-        out.networks.push(view);
+    let nets: BTreeSet<&str> = ports_by_net.keys().copied().chain(ctx.routed()).collect();
+    let hosts: BTreeMap<String, BTreeSet<[u8; 4]>> = ports_by_net
+        .iter()
+        .map(|(n, ports)| (n.to_string(), ctx.hosts(ports)))
+        .collect();
+    let parts: Vec<NetPart> = nets
+        .into_iter()
+        .map(|net| {
+            let ports = ports_by_net.get(net).map(Vec::as_slice).unwrap_or_default();
+            network(&ctx, nb, net, ports, &hosts)
+        })
+        .collect();
+    let (warnings, remote, devmap) = (ctx.warnings.clone(), ctx.remote_chassis(), ctx.devmap());
+    for part in parts {
+        out.add(part);
     }
-    for &ifindex in local.values() {
-        e.devmap.insert(ifindex, ifindex);
-    }
+    out.warnings.extend(warnings);
+    out.remote_chassis = remote;
+    out.entries.devmap.extend(devmap);
 }
 
 /// Tunnel admission of one network hosted here (see the module docs): the live chassis
 /// that may send its frames (`tun_peers`) and the source MACs each may use
 /// (`tun_srcs`), from the network's ports (`ports`), its router interfaces (`routed`), the
-/// ports of every network those routers connect (`by_net`) and the live remote chassis
-/// (`remote`); `e.l2` already holds the network's L2 entries.
+/// chassis hosting every network those routers connect (`hosts`) and the live remote
+/// chassis (`remote`); `e.l2` already holds the network's L2 entries.
 fn admission(
     net_id: u32,
     ports: &[&LPort],
     routed: &[(u32, &LRouter, &LRouterPort)],
-    by_net: &BTreeMap<&str, Vec<&LPort>>,
+    hosts: &BTreeMap<String, BTreeSet<[u8; 4]>>,
     remote: &BTreeMap<&str, [u8; 4]>,
     e: &mut MapEntries,
 ) {
@@ -508,12 +613,7 @@ fn admission(
             continue;
         }
         for other in &r.ports {
-            for p in by_net
-                .get(other.lswitch.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let Some(ip) = bound_to(p) else { continue };
+            for &ip in hosts.get(other.lswitch.as_str()).into_iter().flatten() {
                 *e.tun_peers.entry(peer_key(net_id, ip)).or_default() |= TUN_F_ROUTER;
                 *e.tun_srcs.entry(src_key(net_id, ip, rp.mac)).or_default() |= TUN_F_ROUTER;
             }
@@ -950,7 +1050,10 @@ mod tests {
     fn nb(ports: Vec<LPort>, routers: Vec<LRouter>) -> NbSnapshot {
         NbSnapshot {
             lswitches: BTreeMap::from([("n1".into(), ls("n1", 100)), ("n2".into(), ls("n2", 200))]),
-            lports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            lports: ports
+                .into_iter()
+                .map(|p| (p.id.clone(), std::sync::Arc::new(p)))
+                .collect(),
             lrouters: routers.into_iter().map(|r| (r.id.clone(), r)).collect(),
             chassis: BTreeMap::from([
                 chassis("hv1", "198.18.0.1"),
@@ -1108,7 +1211,7 @@ mod tests {
         for i in 0..70u8 {
             let id = format!("p{i:02}");
             n.lports
-                .insert(id.clone(), port(&id, "n1", i + 1, Some("hv1")));
+                .insert(id.clone(), port(&id, "n1", i + 1, Some("hv1")).into());
             taps.push((format!("tap{id}"), 100 + u32::from(i)));
         }
         let taps: Vec<(&str, u32)> = taps.iter().map(|(t, i)| (t.as_str(), *i)).collect();
@@ -1561,12 +1664,21 @@ mod tests {
         let mut n = vrrp_pairs();
         n.lswitches.get_mut("n1").unwrap().aap_mode = None;
         let before = run(&n, VRRP_TAPS);
-        n.lports.get_mut("b").unwrap().chassis = Some("hv3".into());
+        n.lports
+            .get_mut("b")
+            .map(std::sync::Arc::make_mut)
+            .unwrap()
+            .chassis = Some("hv3".into());
         let moved = run(&n, VRRP_TAPS);
         let diff = moved.entries.diff(&before.entries);
         assert_eq!(diff.groups.upsert.len(), 1, "{diff:?}");
         assert_eq!(diff.groups.upsert[0].1.members[1].remote_ip, HV3);
-        n.lports.get_mut("b").unwrap().allowed_address_pairs.clear();
+        n.lports
+            .get_mut("b")
+            .map(std::sync::Arc::make_mut)
+            .unwrap()
+            .allowed_address_pairs
+            .clear();
         let single = run(&n, VRRP_TAPS);
         assert_eq!(
             neigh(&single, 100, "192.0.2.100").unwrap().flags,
@@ -1789,7 +1901,11 @@ mod tests {
 
         // Back, and b unbound: its MAC (and its share of the VRRP MAC) leave; f stays.
         n.chassis.extend([chassis("hv2", "198.18.0.2")]);
-        n.lports.get_mut("b").unwrap().chassis = None;
+        n.lports
+            .get_mut("b")
+            .map(std::sync::Arc::make_mut)
+            .unwrap()
+            .chassis = None;
         let unbound = run(&n, &[("tapa", 7)]);
         assert!(!unbound.entries.tun_srcs.contains_key(&src(HV2, m(2))));
         assert!(!unbound.entries.tun_srcs.contains_key(&src(HV2, mac(VRRP))));

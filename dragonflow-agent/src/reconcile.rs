@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use dragonflow_common::{
@@ -25,7 +26,7 @@ use dragonflow_common::{
     sg::{IdentKey, PolicyValue},
 };
 
-pub use crate::forwarding::{NetworkView, router_id};
+pub use crate::forwarding::{NetPart, NetworkView, router_id};
 use crate::{
     forwarding,
     nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr, SecGroup},
@@ -40,7 +41,9 @@ pub const MAC_F_AAP: u32 = ADDR_F_AAP;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NbSnapshot {
     pub lswitches: BTreeMap<String, LSwitch>,
-    pub lports: BTreeMap<String, LPort>,
+    /// Shared with the snapshots derived from this one (`scope`), so that making one
+    /// costs a pointer per port, not a copy.
+    pub lports: BTreeMap<String, Arc<LPort>>,
     pub lrouters: BTreeMap<String, LRouter>,
     /// Live chassis (their records vanish with their agent's lease).
     pub chassis: BTreeMap<String, Chassis>,
@@ -96,6 +99,44 @@ pub struct MapEntries {
 }
 
 impl MapEntries {
+    /// Adds every entry of `other` (overwriting equal keys).
+    pub fn extend(&mut self, other: MapEntries) {
+        let MapEntries {
+            ports,
+            addrs,
+            cidrs,
+            macs,
+            devmap,
+            neigh,
+            routes,
+            l2,
+            flood,
+            groups,
+            tun_peers,
+            tun_srcs,
+            config,
+            ident,
+            ident_lpm,
+            policy,
+        } = other;
+        self.ports.extend(ports);
+        self.addrs.extend(addrs);
+        self.cidrs.extend(cidrs);
+        self.macs.extend(macs);
+        self.devmap.extend(devmap);
+        self.neigh.extend(neigh);
+        self.routes.extend(routes);
+        self.l2.extend(l2);
+        self.flood.extend(flood);
+        self.groups.extend(groups);
+        self.tun_peers.extend(tun_peers);
+        self.tun_srcs.extend(tun_srcs);
+        self.config.extend(config);
+        self.ident.extend(ident);
+        self.ident_lpm.extend(ident_lpm);
+        self.policy.extend(policy);
+    }
+
     /// Keeps only entries whose ifindex satisfies `keep`.
     pub fn retain_ifindex(&mut self, keep: impl Fn(u32) -> bool) {
         self.ports.retain(|i, _| keep(*i));
@@ -331,6 +372,16 @@ pub struct Desired {
 }
 
 impl Desired {
+    /// Adds one network's forwarding state.
+    pub fn add(&mut self, part: NetPart) {
+        self.entries.extend(part.entries);
+        if let Some(wanted) = part.flood_overflow {
+            self.flood_overflow.insert(part.view.net_id, wanted);
+        }
+        self.networks.push(part.view);
+        self.warnings.extend(part.warnings);
+    }
+
     pub fn count(&self, state: &str) -> usize {
         self.local_ports
             .iter()
@@ -354,10 +405,25 @@ pub fn desired_with(
     identities: &mut Identities,
 ) -> Desired {
     let mut out = Desired::default();
-    for port in nb.lports.values() {
-        if port.chassis.as_deref() != Some(chassis) {
-            continue;
-        }
+    let local = nb
+        .lports
+        .values()
+        .filter(|p| p.chassis.as_deref() == Some(chassis));
+    local_ports(&mut out, nb, local, taps);
+    forwarding::compute(chassis, nb, &mut out);
+    security_groups(&mut out, nb, nb.lports.values().map(|p| &**p), identities);
+    out
+}
+
+/// The ports bound here (`local`, in id order): their states, their taps, and the port
+/// security entries of those whose tap is programmed.
+pub fn local_ports<'a>(
+    out: &mut Desired,
+    nb: &NbSnapshot,
+    local: impl IntoIterator<Item = &'a Arc<LPort>>,
+    taps: &BTreeMap<String, u32>,
+) {
+    for port in local {
         let tap = port.tap_name();
         let state = if !nb.lswitches.contains_key(&port.lswitch) {
             PortState::UnknownLSwitch
@@ -380,23 +446,31 @@ pub fn desired_with(
             state,
         });
     }
-    forwarding::compute(chassis, nb, &mut out);
+}
+
+/// The security-group entries of the programmed local ports of `out`, with `members`
+/// (see `secgroups::compute_with`).
+pub fn security_groups<'a>(
+    out: &mut Desired,
+    nb: &NbSnapshot,
+    members: impl IntoIterator<Item = &'a LPort>,
+    identities: &mut Identities,
+) {
     let programmed: Vec<(u32, &LPort)> = out
         .local_ports
         .iter()
         .filter_map(|p| match p.state {
-            PortState::Programmed { ifindex } => Some((ifindex, &nb.lports[&p.id])),
+            PortState::Programmed { ifindex } => Some((ifindex, &*nb.lports[&p.id])),
             _ => None,
         })
         .collect();
-    let sg = secgroups::compute(nb, &programmed, identities);
+    let sg = secgroups::compute_with(nb, &programmed, members, identities);
     out.entries.ident = sg.entries.ident;
     out.entries.ident_lpm = sg.entries.ident_lpm;
     out.entries.policy = sg.entries.policy;
     out.warnings.extend(sg.warnings);
     out.sg_ports = sg.ports;
     out.sg_identities = sg.identities;
-    out
 }
 
 /// The entries of one port on tap `ifindex`.
@@ -521,7 +595,10 @@ mod tests {
     fn snapshot(ports: Vec<LPort>) -> NbSnapshot {
         NbSnapshot {
             lswitches: BTreeMap::from([("net1".into(), ls("net1", 100))]),
-            lports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            lports: ports
+                .into_iter()
+                .map(|p| (p.id.clone(), std::sync::Arc::new(p)))
+                .collect(),
             ..Default::default()
         }
     }

@@ -102,7 +102,7 @@ pub fn scope(me: &str, nb: &NbSnapshot, ix: &NbIndex) -> NbSnapshot {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::{collections::BTreeMap, sync::Arc};
 
     use super::*;
     use crate::{
@@ -110,7 +110,7 @@ mod tests {
         reconcile::desired,
     };
 
-    fn port(id: &str, ls: &str, chassis: &str, ip: &str, groups: &[&str]) -> (String, LPort) {
+    fn port(id: &str, ls: &str, chassis: &str, ip: &str, groups: &[&str]) -> (String, Arc<LPort>) {
         let n = id.trim_start_matches('p').parse::<u8>().expect("pN");
         (
             id.to_string(),
@@ -119,6 +119,7 @@ mod tests {
                 "chassis": chassis, "fixed_ips": [ip], "security_groups": groups,
                 "ifname": format!("tap{id}"),
             }))
+            .map(Arc::new)
             .expect("port"),
         )
     }

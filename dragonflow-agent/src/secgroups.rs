@@ -327,6 +327,18 @@ pub fn port_blocks(min: u16, max: u16) -> Vec<(u16, u8)> {
 /// Computes the security-group entries for `ports` (tap ifindex, port) bound here and
 /// programmed; ports with port security off are skipped (no groups, never judged).
 pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -> SgState {
+    compute_with(nb, ports, nb.lports.values().map(|p| &**p), ids)
+}
+
+/// [`compute`] with the ports whose addresses may be remote-group members given: any
+/// superset of the members of the groups the local ports' rules name (the agent passes
+/// exactly those, from its index, instead of every port of the cloud).
+pub fn compute_with<'a>(
+    nb: &NbSnapshot,
+    ports: &[(u32, &LPort)],
+    members: impl IntoIterator<Item = &'a LPort>,
+    ids: &mut Identities,
+) -> SgState {
     let mut out = SgState::default();
 
     // The rules of the local ports, and the selectors they use.
@@ -371,7 +383,7 @@ pub fn compute(nb: &NbSnapshot, ports: &[(u32, &LPort)], ids: &mut Identities) -
             own.entry((family(&p.addr), *p)).or_default().insert(i);
         }
     }
-    for port in nb.lports.values() {
+    for port in members {
         let groups: Vec<usize> = port
             .security_groups
             .iter()
@@ -576,7 +588,10 @@ mod tests {
 
     fn nb(ports: Vec<LPort>, groups: Vec<SecGroup>) -> NbSnapshot {
         NbSnapshot {
-            lports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            lports: ports
+                .into_iter()
+                .map(|p| (p.id.clone(), std::sync::Arc::new(p)))
+                .collect(),
             secgroups: groups.into_iter().map(|g| (g.id.clone(), g)).collect(),
             ..Default::default()
         }
@@ -584,7 +599,8 @@ mod tests {
 
     /// Computes with `local` (port id → ifindex) as the programmed local ports.
     fn run(nb: &NbSnapshot, local: &[(&str, u32)], ids: &mut Identities) -> SgState {
-        let ports: Vec<(u32, &LPort)> = local.iter().map(|(id, i)| (*i, &nb.lports[*id])).collect();
+        let ports: Vec<(u32, &LPort)> =
+            local.iter().map(|(id, i)| (*i, &*nb.lports[*id])).collect();
         compute(nb, &ports, ids)
     }
 

@@ -604,7 +604,7 @@ impl NbCache {
             Ok(Some(Record::LPort(p))) => {
                 self.invalid.remove(key);
                 self.held_taps.remove(key);
-                self.snapshot.lports.insert(id.to_string(), p);
+                self.snapshot.lports.insert(id.to_string(), Arc::new(p));
             }
             Ok(Some(Record::LRouter(r))) => {
                 self.invalid.remove(key);
