@@ -257,10 +257,10 @@ impl Controller {
         match ev {
             NbEvent::Snapshot { revision, kvs } => {
                 self.revision = revision;
-                let changed = self
+                let delta = self
                     .nb
                     .load(&self.cfg.prefix, &kvs, &self.decode, &self.shared);
-                debug!(changed, "snapshot loaded");
+                debug!(changed = !delta.is_empty(), "snapshot loaded");
                 let first = !self.have_snapshot;
                 self.have_snapshot = true;
                 info!(
@@ -282,10 +282,10 @@ impl Controller {
             NbEvent::Changes { revision, changes } => {
                 self.revision = self.revision.max(revision);
                 debug!(revision, n = changes.len(), "watch events");
-                let changed = self
+                let delta = self
                     .nb
                     .apply(&self.cfg.prefix, &changes, &self.decode, &self.shared);
-                debug!(changed, "watch events applied");
+                debug!(changed = !delta.is_empty(), "watch events applied");
                 // Reconcile even when no valid object changed: /state shows invalid records.
                 true
             }

@@ -6,7 +6,8 @@
 //! controller keeps enforcing the last good state.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -485,6 +486,68 @@ pub fn decode_record(
     }
 }
 
+/// What one [`NbCache::load`] or [`NbCache::apply`] changed in what is in force
+/// ([`NbCache::snapshot`]), for a reconciler that works on what changed rather than on the
+/// whole cloud.
+///
+/// The contract:
+/// - per kind, the ids (keyed as in [`NbSnapshot`]) whose in-force version was added,
+///   changed or removed; whether it is there now, and what it is, is in the snapshot;
+/// - computed record by record (the old and the new in-force value of that record only),
+///   never by comparing snapshots: the cost of a call grows with the records it touches;
+/// - never an id left out whose in-force value differs after the call; an id may be
+///   listed whose value ended where it started (changed and changed back in one call);
+/// - a record put again unchanged, or an invalid update whose last good version stays in
+///   force, lists nothing;
+/// - an lport id is listed also when its held tap ([`NbCache::held_taps`]) appears,
+///   changes or goes;
+/// - `invalid_changed`: [`NbCache::invalid`] (what /state shows) changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NbDelta {
+    pub lswitches: BTreeSet<String>,
+    pub lports: BTreeSet<String>,
+    pub lrouters: BTreeSet<String>,
+    pub chassis: BTreeSet<String>,
+    pub secgroups: BTreeSet<String>,
+    pub active_ports: BTreeSet<(String, IpAddr)>,
+    pub invalid_changed: bool,
+}
+
+impl NbDelta {
+    /// Nothing in force changed, and neither did the invalid records.
+    pub fn is_empty(&self) -> bool {
+        self.lswitches.is_empty()
+            && self.lports.is_empty()
+            && self.lrouters.is_empty()
+            && self.chassis.is_empty()
+            && self.secgroups.is_empty()
+            && self.active_ports.is_empty()
+            && !self.invalid_changed
+    }
+}
+
+/// Puts `new` in force under `id` (`None`: nothing), noting `id` in `changed` when that
+/// changes what was there.
+fn settle<K: Ord + Clone, V: PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    id: &K,
+    new: Option<V>,
+    changed: &mut BTreeSet<K>,
+) {
+    let same = match &new {
+        Some(v) => map.get(id) == Some(v),
+        None => !map.contains_key(id),
+    };
+    if same {
+        return;
+    }
+    match new {
+        Some(v) => map.insert(id.clone(), v),
+        None => map.remove(id),
+    };
+    changed.insert(id.clone());
+}
+
 /// The last good version of every record. An invalid record is logged, counted and
 /// skipped; if an earlier version of it was valid, that version stays in force (an
 /// operator's typo must not open or cut a port), until the key is deleted or fixed.
@@ -515,68 +578,142 @@ fn lenient_binding(value: &[u8]) -> Option<(String, String)> {
 }
 
 impl NbCache {
-    /// Replaces everything with a full range get. Returns whether the snapshot changed.
+    /// Replaces everything with a full range get: keys no longer there are deleted, the
+    /// others put. Returns what changed in force (see [`NbDelta`]).
     pub fn load(
         &mut self,
         prefix: &str,
         kvs: &[(String, Vec<u8>)],
         opts: &DecodeOptions,
         shared: &Shared,
-    ) -> bool {
-        let old = std::mem::take(&mut self.snapshot);
-        let old_invalid = std::mem::take(&mut self.invalid);
-        // Re-derived below from the records that are still bad.
-        self.held_taps.clear();
-        for (key, value) in kvs {
-            // Count a record that was already known bad only once.
-            let recount = !old_invalid.contains_key(key);
-            self.put(prefix, key, value, opts, shared, Some(&old), recount);
+    ) -> NbDelta {
+        let mut d = NbDelta::default();
+        let present: BTreeSet<&str> = kvs.iter().map(|(k, _)| k.as_str()).collect();
+        for key in self.known_keys(prefix) {
+            if !present.contains(key.as_str()) {
+                self.delete(prefix, &key, &mut d);
+            }
         }
-        self.snapshot != old
+        for (key, value) in kvs {
+            // A record already known bad is counted once, not again at every resync.
+            let count = !self.invalid.contains_key(key);
+            self.put(prefix, key, value, opts, shared, count, &mut d);
+        }
+        d
     }
 
-    /// Applies watch changes. Returns whether the snapshot changed.
+    /// Applies watch changes. Returns what changed in force (see [`NbDelta`]).
     pub fn apply(
         &mut self,
         prefix: &str,
         changes: &[Change],
         opts: &DecodeOptions,
         shared: &Shared,
-    ) -> bool {
-        let before = self.snapshot.clone();
+    ) -> NbDelta {
+        let mut d = NbDelta::default();
         for c in changes {
             match c {
-                Change::Put(key, value) => {
-                    self.put(prefix, key, value, opts, shared, None, true);
-                }
-                Change::Delete(key) => {
-                    self.invalid.remove(key);
-                    self.held_taps.remove(key);
-                    if let Some(Ok(k)) = activeport::parse_active_key(prefix, key) {
-                        self.snapshot.active_ports.remove(&k);
-                    }
-                    match parse_key(prefix, key) {
-                        Some((Kind::LSwitch, id)) => {
-                            self.snapshot.lswitches.remove(id);
-                        }
-                        Some((Kind::LPort, id)) => {
-                            self.snapshot.lports.remove(id);
-                        }
-                        Some((Kind::LRouter, id)) => {
-                            self.snapshot.lrouters.remove(id);
-                        }
-                        Some((Kind::Chassis, id)) => {
-                            self.snapshot.chassis.remove(id);
-                        }
-                        Some((Kind::SecGroup, id)) => {
-                            self.snapshot.secgroups.remove(id);
-                        }
-                        _ => {}
-                    }
-                }
+                Change::Put(key, value) => self.put(prefix, key, value, opts, shared, true, &mut d),
+                Change::Delete(key) => self.delete(prefix, key, &mut d),
             }
         }
-        self.snapshot != before
+        d
+    }
+
+    /// Every key this cache holds something for.
+    fn known_keys(&self, prefix: &str) -> BTreeSet<String> {
+        let s = &self.snapshot;
+        let mut keys: BTreeSet<String> = self
+            .invalid
+            .keys()
+            .chain(self.held_taps.keys())
+            .cloned()
+            .collect();
+        let nb = |kind, ids: Vec<&String>| {
+            ids.into_iter()
+                .map(move |id| crate::nb::key(prefix, kind, id))
+                .collect::<Vec<_>>()
+        };
+        keys.extend(nb(Kind::LSwitch, s.lswitches.keys().collect()));
+        keys.extend(nb(Kind::LPort, s.lports.keys().collect()));
+        keys.extend(nb(Kind::LRouter, s.lrouters.keys().collect()));
+        keys.extend(nb(Kind::Chassis, s.chassis.keys().collect()));
+        keys.extend(nb(Kind::SecGroup, s.secgroups.keys().collect()));
+        keys.extend(
+            s.active_ports
+                .keys()
+                .map(|(ls, ip)| activeport::active_key(prefix, ls, *ip)),
+        );
+        keys
+    }
+
+    fn delete(&mut self, prefix: &str, key: &str, d: &mut NbDelta) {
+        self.set_invalid(key, None, d);
+        self.set_held(prefix, key, None, d);
+        if let Some(Ok(k)) = activeport::parse_active_key(prefix, key) {
+            settle(
+                &mut self.snapshot.active_ports,
+                &k,
+                None,
+                &mut d.active_ports,
+            );
+        }
+        if let Some((kind, id)) = parse_key(prefix, key) {
+            self.set_in_force(kind, id, None, d);
+        }
+    }
+
+    /// Notes `key`'s current problem (`None`: it has none).
+    fn set_invalid(&mut self, key: &str, reason: Option<String>, d: &mut NbDelta) {
+        let changed = match reason {
+            Some(r) => self.invalid.insert(key.to_string(), r.clone()) != Some(r),
+            None => self.invalid.remove(key).is_some(),
+        };
+        d.invalid_changed |= changed;
+    }
+
+    /// Holds (or releases, `None`) the tap of an invalid lport record.
+    fn set_held(
+        &mut self,
+        prefix: &str,
+        key: &str,
+        binding: Option<(String, String)>,
+        d: &mut NbDelta,
+    ) {
+        let changed = match binding {
+            Some(b) => self.held_taps.insert(key.to_string(), b.clone()) != Some(b),
+            None => self.held_taps.remove(key).is_some(),
+        };
+        if changed && let Some((Kind::LPort, id)) = parse_key(prefix, key) {
+            d.lports.insert(id.to_string());
+        }
+    }
+
+    /// Puts `record` in force for (`kind`, `id`); `None` removes what is there.
+    fn set_in_force(&mut self, kind: Kind, id: &str, record: Option<Record>, d: &mut NbDelta) {
+        let id = id.to_string();
+        let s = &mut self.snapshot;
+        macro_rules! settle_as {
+            ($variant:ident, $map:ident) => {
+                settle(
+                    &mut s.$map,
+                    &id,
+                    record.and_then(|r| match r {
+                        Record::$variant(v) => Some(v),
+                        _ => None,
+                    }),
+                    &mut d.$map,
+                )
+            };
+        }
+        match kind {
+            Kind::LSwitch => settle_as!(LSwitch, lswitches),
+            Kind::LPort => settle_as!(LPort, lports),
+            Kind::LRouter => settle_as!(LRouter, lrouters),
+            Kind::Chassis => settle_as!(Chassis, chassis),
+            Kind::SecGroup => settle_as!(SecGroup, secgroups),
+            Kind::Subnet => {}
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -587,38 +724,23 @@ impl NbCache {
         value: &[u8],
         opts: &DecodeOptions,
         shared: &Shared,
-        previous: Option<&NbSnapshot>,
         count: bool,
+        d: &mut NbDelta,
     ) {
         if let Some(parsed) = activeport::parse_active_key(prefix, key) {
-            return self.put_active(key, parsed, value, shared, count);
+            return self.put_active(key, parsed, value, shared, count, d);
         }
         let Some((kind, id)) = parse_key(prefix, key) else {
             return;
         };
         match decode_record(kind, id, value, opts) {
-            Ok(Some(Record::LSwitch(ls))) => {
-                self.invalid.remove(key);
-                self.snapshot.lswitches.insert(id.to_string(), ls);
+            Ok(record) => {
+                self.set_invalid(key, None, d);
+                self.set_held(prefix, key, None, d);
+                if record.is_some() {
+                    self.set_in_force(kind, id, record, d);
+                }
             }
-            Ok(Some(Record::LPort(p))) => {
-                self.invalid.remove(key);
-                self.held_taps.remove(key);
-                self.snapshot.lports.insert(id.to_string(), p);
-            }
-            Ok(Some(Record::LRouter(r))) => {
-                self.invalid.remove(key);
-                self.snapshot.lrouters.insert(id.to_string(), r);
-            }
-            Ok(Some(Record::Chassis(c))) => {
-                self.invalid.remove(key);
-                self.snapshot.chassis.insert(id.to_string(), c);
-            }
-            Ok(Some(Record::SecGroup(g))) => {
-                self.invalid.remove(key);
-                self.snapshot.secgroups.insert(id.to_string(), g);
-            }
-            Ok(None) => {}
             Err(reason) => {
                 if count {
                     warn!(
@@ -628,64 +750,40 @@ impl NbCache {
                     );
                     shared.count_invalid(kind);
                 }
-                self.invalid.insert(key.to_string(), reason);
-                // Keep the last good version: from the running state (watch) or from the
-                // state before this range get (resync).
-                let prev = previous.unwrap_or(&self.snapshot);
-                match kind {
-                    Kind::LSwitch => {
-                        if let Some(ls) = prev.lswitches.get(id).cloned() {
-                            self.snapshot.lswitches.insert(id.to_string(), ls);
-                        }
-                    }
-                    Kind::LRouter => {
-                        if let Some(r) = prev.lrouters.get(id).cloned() {
-                            self.snapshot.lrouters.insert(id.to_string(), r);
-                        }
-                    }
-                    Kind::Chassis => {
-                        if let Some(c) = prev.chassis.get(id).cloned() {
-                            self.snapshot.chassis.insert(id.to_string(), c);
-                        }
-                    }
-                    Kind::SecGroup => {
-                        if let Some(g) = prev.secgroups.get(id).cloned() {
-                            self.snapshot.secgroups.insert(id.to_string(), g);
-                        }
-                    }
-                    Kind::LPort => {
-                        if let Some(p) = prev.lports.get(id).cloned() {
-                            self.snapshot.lports.insert(id.to_string(), p);
-                        } else if let Some(b) = lenient_binding(value) {
-                            self.held_taps.insert(key.to_string(), b);
-                        }
-                    }
-                    _ => {}
+                self.set_invalid(key, Some(reason), d);
+                // The last good version, if any, stays in force as it is. A port with none
+                // keeps its tap as it is.
+                if kind == Kind::LPort && !self.snapshot.lports.contains_key(id) {
+                    self.set_held(prefix, key, lenient_binding(value), d);
                 }
             }
         }
     }
-}
 
-impl NbCache {
     /// An `activeport/<lswitch>/<ip>` record (detection way). An invalid one is logged,
     /// counted and skipped: unlike NB objects, no earlier version stays in force (a claim
     /// is only valid as written, and its writer re-claims).
     fn put_active(
         &mut self,
         key: &str,
-        parsed: Result<(String, std::net::IpAddr), String>,
+        parsed: Result<(String, IpAddr), String>,
         value: &[u8],
         shared: &Shared,
         count: bool,
+        d: &mut NbDelta,
     ) {
         let decoded = parsed
             .clone()
             .and_then(|(ls, ip)| activeport::decode_active(&ls, ip, value).map(|a| ((ls, ip), a)));
         match decoded {
             Ok((k, a)) => {
-                self.invalid.remove(key);
-                self.snapshot.active_ports.insert(k, a);
+                self.set_invalid(key, None, d);
+                settle(
+                    &mut self.snapshot.active_ports,
+                    &k,
+                    Some(a),
+                    &mut d.active_ports,
+                );
             }
             Err(reason) => {
                 if count {
@@ -693,9 +791,14 @@ impl NbCache {
                     shared.count_invalid_named(crate::nb::ACTIVE_PORT_SEGMENT);
                 }
                 if let Ok(k) = parsed {
-                    self.snapshot.active_ports.remove(&k);
+                    settle(
+                        &mut self.snapshot.active_ports,
+                        &k,
+                        None,
+                        &mut d.active_ports,
+                    );
                 }
-                self.invalid.insert(key.to_string(), reason);
+                self.set_invalid(key, Some(reason), d);
             }
         }
     }
@@ -775,19 +878,24 @@ mod tests {
         let key = format!("{P}secgroup/sg1");
         let good = br#"{"id":"sg1","rules":[{"id":"r1","direction":"ingress","ethertype":"IPv4",
             "protocol":"tcp","port_range_min":22,"port_range_max":22}]}"#;
-        assert!(c.load(P, &[(key.clone(), good.to_vec())], &OPTS, &shared));
+        assert!(
+            !c.load(P, &[(key.clone(), good.to_vec())], &OPTS, &shared)
+                .is_empty()
+        );
         assert_eq!(c.snapshot.secgroups["sg1"].rules.len(), 1);
         // Port 0 is refused: the group keeps its previous rules.
         let bad = br#"{"id":"sg1","rules":[{"id":"r1","direction":"ingress","ethertype":"IPv4",
             "protocol":"tcp","port_range_min":0,"port_range_max":22}]}"#;
-        assert!(!c.apply(P, &[Change::Put(key.clone(), bad.to_vec())], &OPTS, &shared));
+        let d = c.apply(P, &[Change::Put(key.clone(), bad.to_vec())], &OPTS, &shared);
+        assert!(d.secgroups.is_empty() && d.invalid_changed, "{d:?}");
         assert_eq!(
             c.snapshot.secgroups["sg1"].rules[0].port_range_min,
             Some(22)
         );
         assert_eq!(shared.invalid_count(Kind::SecGroup), 1);
         assert!(c.invalid[&key].contains("port_range_min 0 is out of range"));
-        assert!(c.apply(P, &[Change::Delete(key)], &OPTS, &shared));
+        let d = c.apply(P, &[Change::Delete(key)], &OPTS, &shared);
+        assert_eq!(d.secgroups, BTreeSet::from(["sg1".to_string()]));
         assert!(c.snapshot.secgroups.is_empty() && c.invalid.is_empty());
     }
 
@@ -798,34 +906,40 @@ mod tests {
         let hv2 = format!("{P}chassis/hv2");
         let r1 = format!("{P}lrouter/r1");
         let router = br#"{"id":"r1","ports":[{"id":"i1","lswitch":"n1","mac":"fa:16:3e:00:01:01","ip":"192.0.2.1/24"}]}"#;
-        assert!(c.load(
-            P,
-            &[
-                (
-                    hv2.clone(),
-                    br#"{"name":"hv2","tunnel_ip":"198.18.0.2"}"#.to_vec()
-                ),
-                (r1.clone(), router.to_vec()),
-            ],
-            &OPTS,
-            &shared
-        ));
+        assert!(
+            !c.load(
+                P,
+                &[
+                    (
+                        hv2.clone(),
+                        br#"{"name":"hv2","tunnel_ip":"198.18.0.2"}"#.to_vec()
+                    ),
+                    (r1.clone(), router.to_vec()),
+                ],
+                &OPTS,
+                &shared
+            )
+            .is_empty()
+        );
         assert_eq!(
             c.snapshot.chassis["hv2"].tunnel_ip.to_string(),
             "198.18.0.2"
         );
         assert_eq!(c.snapshot.lrouters["r1"].ports.len(), 1);
         // A bad router update keeps the last good version.
-        assert!(!c.apply(P, &[Change::Put(r1.clone(), b"{".to_vec())], &OPTS, &shared));
+        let d = c.apply(P, &[Change::Put(r1.clone(), b"{".to_vec())], &OPTS, &shared);
+        assert!(d.lrouters.is_empty() && d.invalid_changed, "{d:?}");
         assert_eq!(shared.invalid_count(Kind::LRouter), 1);
         assert!(c.snapshot.lrouters.contains_key("r1"));
         // Lease expiry deletes the chassis record.
-        assert!(c.apply(
+        let d = c.apply(
             P,
             &[Change::Delete(hv2), Change::Delete(r1)],
             &OPTS,
-            &shared
-        ));
+            &shared,
+        );
+        assert_eq!(d.chassis, BTreeSet::from(["hv2".to_string()]));
+        assert_eq!(d.lrouters, BTreeSet::from(["r1".to_string()]));
         assert!(c.snapshot.chassis.is_empty() && c.snapshot.lrouters.is_empty());
     }
 
@@ -836,16 +950,20 @@ mod tests {
         let key = format!("{P}activeport/n1/192.0.2.100");
         let good = br#"{"lswitch":"n1","ip":"192.0.2.100","port":"p1","mac":"fa:16:3e:00:00:01","chassis":"hv1","since_ms":5,"reason":"garp"}"#;
         let k = ("n1".to_string(), "192.0.2.100".parse().unwrap());
-        assert!(c.load(P, &[(key.clone(), good.to_vec())], &OPTS, &shared));
+        assert!(
+            !c.load(P, &[(key.clone(), good.to_vec())], &OPTS, &shared)
+                .is_empty()
+        );
         assert_eq!(c.snapshot.active_ports[&k].port, "p1");
         // A record naming another IP than its key: skipped, counted, no last good kept.
         let wrong = String::from_utf8_lossy(good).replace("192.0.2.100", "192.0.2.7");
-        assert!(c.apply(
+        let d = c.apply(
             P,
             &[Change::Put(key.clone(), wrong.into_bytes())],
             &OPTS,
-            &shared
-        ));
+            &shared,
+        );
+        assert_eq!(d.active_ports, BTreeSet::from([k.clone()]));
         assert!(c.snapshot.active_ports.is_empty());
         assert!(c.invalid.contains_key(&key));
         let bad_key = format!("{P}activeport/n1/not-an-ip");
@@ -873,8 +991,43 @@ mod tests {
             &shared,
         );
         assert_eq!(c.snapshot.active_ports.len(), 1);
-        assert!(c.apply(P, &[Change::Delete(key)], &OPTS, &shared));
+        assert!(
+            !c.apply(P, &[Change::Delete(key)], &OPTS, &shared)
+                .is_empty()
+        );
         assert!(c.snapshot.active_ports.is_empty());
+    }
+
+    #[test]
+    fn deltas_name_what_changed_in_force() {
+        let shared = Shared::for_tests();
+        let mut c = NbCache::default();
+        let p1 = (format!("{P}lport/p1"), port_json("p1", ""));
+        let n1 = (
+            format!("{P}lswitch/n1"),
+            br#"{"id":"n1","segmentation_id":100}"#.to_vec(),
+        );
+        let d = c.load(P, &[p1.clone(), n1.clone()], &OPTS, &shared);
+        assert_eq!(d.lports, BTreeSet::from(["p1".to_string()]));
+        assert_eq!(d.lswitches, BTreeSet::from(["n1".to_string()]));
+        assert!(!d.invalid_changed);
+        // The same range get again: nothing changed.
+        assert!(
+            c.load(P, &[p1.clone(), n1.clone()], &OPTS, &shared)
+                .is_empty()
+        );
+        // A put of the same value: nothing.
+        let same = Change::Put(p1.0.clone(), p1.1.clone());
+        assert!(c.apply(P, &[same], &OPTS, &shared).is_empty());
+        // A resync without the port: only the port is named, and it is gone.
+        let d = c.load(P, &[n1.clone()], &OPTS, &shared);
+        assert_eq!(d.lports, BTreeSet::from(["p1".to_string()]));
+        assert!(d.lswitches.is_empty() && c.snapshot.lports.is_empty());
+        // A changed network: only it.
+        let n1b = br#"{"id":"n1","segmentation_id":101}"#.to_vec();
+        let d = c.apply(P, &[Change::Put(n1.0.clone(), n1b)], &OPTS, &shared);
+        assert_eq!(d.lswitches, BTreeSet::from(["n1".to_string()]));
+        assert!(d.lports.is_empty() && !d.invalid_changed);
     }
 
     #[test]
@@ -882,40 +1035,46 @@ mod tests {
         let shared = Shared::for_tests();
         let mut c = NbCache::default();
         let key = format!("{P}lport/p1");
-        assert!(c.load(
+        let d = c.load(
             P,
             &[(
                 key.clone(),
-                port_json("p1", r#"{"ip_address":"192.0.2.9"}"#)
+                port_json("p1", r#"{"ip_address":"192.0.2.9"}"#),
             )],
             &OPTS,
-            &shared
-        ));
+            &shared,
+        );
+        assert_eq!(d.lports, BTreeSet::from(["p1".to_string()]));
         assert_eq!(c.snapshot.lports["p1"].allowed_address_pairs.len(), 1);
         // A bad update: the previous version stays.
-        assert!(!c.apply(
+        let d = c.apply(
             P,
             &[Change::Put(key.clone(), b"{oops".to_vec())],
             &OPTS,
-            &shared
-        ));
+            &shared,
+        );
+        assert!(d.lports.is_empty() && d.invalid_changed, "{d:?}");
         assert_eq!(c.snapshot.lports["p1"].allowed_address_pairs.len(), 1);
         assert!(c.invalid.contains_key(&key));
         assert_eq!(shared.invalid_count(Kind::LPort), 1);
         // A resync still holding the bad value keeps the good one and does not recount.
-        assert!(!c.load(P, &[(key.clone(), b"{oops".to_vec())], &OPTS, &shared));
+        assert!(
+            c.load(P, &[(key.clone(), b"{oops".to_vec())], &OPTS, &shared)
+                .is_empty()
+        );
         assert!(c.snapshot.lports.contains_key("p1"));
         assert_eq!(shared.invalid_count(Kind::LPort), 1);
         // Delete removes it.
-        assert!(c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared));
+        let d = c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared);
+        assert!(d.lports.contains("p1") && d.invalid_changed, "{d:?}");
         assert!(c.snapshot.lports.is_empty() && c.invalid.is_empty());
         // A bad record seen first (e.g. after a restart): its tap is held as it is.
         let bad = br#"{"id":"p1","lswitch":"n1","mac":"01:00:00:00:00:01","chassis":"hv1"}"#;
         c.load(P, &[(key.clone(), bad.to_vec())], &OPTS, &shared);
         assert!(c.snapshot.lports.is_empty());
         assert_eq!(c.held_taps[&key], ("hv1".to_string(), "tapp1".to_string()));
-        c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared);
-        assert!(c.held_taps.is_empty());
+        let d = c.apply(P, &[Change::Delete(key.clone())], &OPTS, &shared);
+        assert!(c.held_taps.is_empty() && d.lports.contains("p1"));
         // A new invalid record has nothing to fall back on.
         c.apply(P, &[Change::Put(key, b"{".to_vec())], &OPTS, &shared);
         assert!(c.snapshot.lports.is_empty());
