@@ -35,6 +35,7 @@ use crate::{
     config::Config,
     conntrack,
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
+    lastgood::LastGood,
     metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     netlink,
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
@@ -170,6 +171,7 @@ impl Controller {
             max_allowed_address_pairs: cfg.max_allowed_address_pairs,
             allow_any_aap: cfg.allow_any_aap,
         };
+        let nb = NbCache::with_last_good(LastGood::open(&cfg.state_dir, &cfg.chassis));
         Controller {
             cfg,
             shared,
@@ -177,7 +179,7 @@ impl Controller {
             maps,
             links,
             actual,
-            nb: NbCache::default(),
+            nb,
             decode,
             have_snapshot: false,
             ifaces: BTreeMap::new(),

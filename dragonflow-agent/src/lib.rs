@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod forwarding;
 pub mod garp;
 pub mod instance;
+pub mod lastgood;
 pub mod metrics;
 pub mod nb;
 pub mod netlink;
