@@ -554,3 +554,72 @@ fn last_good_version_survives_a_restart() {
         "b's fixed record still listed as invalid"
     );
 }
+
+/// Issue 11, item 6: a port written to etcd directly with another port's fixed IP does not
+/// steal that IP's ARP answers. `p0dup` (a real tap, b's IP, its id sorting before b's) is
+/// younger than b: refused, listed in /state naming b, counted; the ARP responder keeps
+/// answering b's MAC. Once b is deleted, p0dup's record takes effect.
+#[test]
+fn a_conflicting_port_is_refused() {
+    const DUP_MAC: &str = "fa:16:3e:00:00:0d";
+    let t = Topo::with(Hook::Tc, &[A, B], |cloud| {
+        let addr = format!("{}/24", B.ip4);
+        common::add_vm(cloud, "dup", "tapdup", DUP_MAC, &[&addr]);
+    });
+    let invalid_lports = || {
+        metric_sum(
+            &t.hv().metrics(),
+            "dragonflow_nb_invalid_records_total",
+            &[("kind", "lport")],
+        )
+    };
+    let before = invalid_lports();
+    let key = "/dragonflow/lport/p0dup";
+    etcd_put(
+        &t,
+        key,
+        &json!({"id": "p0dup", "lswitch": "net1", "mac": DUP_MAC, "fixed_ips": [B.ip4],
+                "chassis": "hv1", "ifname": "tapdup", "security_groups": [common::ALLOW_ALL]}),
+    );
+    let apply = Duration::from_secs(15);
+    wait_until("/state lists p0dup as invalid", apply, || {
+        listed_invalid(&t, key)
+    });
+    let reason = t.hv().state()["invalid_records"][key].clone();
+    let reason = reason.as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("IP {} in lswitch net1", B.ip4)) && reason.contains("port pb"),
+        "p0dup's reason names neither the IP nor b: {reason:?}"
+    );
+    assert_eq!(
+        invalid_lports(),
+        before + 1.0,
+        "the refused port is counted once"
+    );
+    let a = &t.ctl[0];
+    a.send("arp_request", json!({}));
+    wait_until(
+        "a's ARP request for b's IP is answered with b's MAC",
+        COUNT_TIMEOUT,
+        || a.got_neigh_answer(B.ip4, B.mac),
+    );
+    assert!(
+        !a.got_neigh_answer(B.ip4, DUP_MAC),
+        "the conflicting port stole the ARP answer for {}",
+        B.ip4
+    );
+
+    // b goes: p0dup holds the IP now.
+    t.cloud.dfctl("lport delete pb");
+    wait_until("p0dup is valid once b is gone", apply, || {
+        !listed_invalid(&t, key)
+    });
+    wait_until(
+        "a's ARP request for the IP is answered with p0dup's MAC",
+        apply,
+        || {
+            a.send("arp_request", json!({}));
+            a.got_neigh_answer(B.ip4, DUP_MAC)
+        },
+    );
+}

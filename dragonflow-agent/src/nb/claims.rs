@@ -1,5 +1,6 @@
 //! What each port claims for itself alone, and which port holds each claim when two
-//! collide: the agent's refusal of conflicting ports (README: "Conflicting ports").
+//! collide: the agent's refusal of conflicting ports (README: "Invalid and conflicting
+//! records").
 //!
 //! A port claims its fixed IPs and its single-IP allowed address pairs in its network, and
 //! its (chassis, tap) binding. Two ports collide on an address when at least one of them
