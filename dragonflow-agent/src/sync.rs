@@ -1240,7 +1240,7 @@ mod tests {
         let same = put(p1.0.clone(), p1.1.clone());
         assert!(c.apply(P, &[same], &OPTS, &shared).is_empty());
         // A resync without the port: only the port is named, and it is gone.
-        let d = load(&mut c, P, &[n1.clone()], &OPTS, &shared);
+        let d = load(&mut c, P, std::slice::from_ref(&n1), &OPTS, &shared);
         assert_eq!(d.lports, BTreeSet::from(["p1".to_string()]));
         assert!(d.lswitches.is_empty() && c.snapshot.lports.is_empty());
         // A changed network: only it.
