@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::report::Chain;
 
@@ -68,6 +68,8 @@ pub struct LastGood {
     path: Option<PathBuf>,
     records: BTreeMap<String, Saved>,
     dirty: bool,
+    /// The last write failed (reported once, not at every retry).
+    failing: bool,
 }
 
 impl LastGood {
@@ -90,7 +92,7 @@ impl LastGood {
         LastGood {
             path: Some(path),
             records,
-            dirty: false,
+            ..Default::default()
         }
     }
 
@@ -126,8 +128,9 @@ impl LastGood {
         self.dirty |= self.records.len() != before;
     }
 
-    /// Writes the file if the set changed since the last write. A failure is reported and
-    /// retried at the next change; the versions stay in force in this process regardless.
+    /// Writes the file if the set changed since the last write. A failure is reported once
+    /// and retried at every later call until a write succeeds; the versions stay in force
+    /// in this process regardless.
     pub fn flush(&mut self) {
         if !self.dirty {
             return;
@@ -137,12 +140,23 @@ impl LastGood {
             return;
         };
         match write(path, &self.records) {
-            Ok(()) => self.dirty = false,
-            Err(e) => warn!(
-                "{}; a restart now would not know the last good versions of {} invalid records",
-                Chain(&e),
-                self.records.len()
-            ),
+            Ok(()) => {
+                if self.failing {
+                    info!("{} written again", path.display());
+                }
+                self.dirty = false;
+                self.failing = false;
+            }
+            Err(e) if !self.failing => {
+                warn!(
+                    "{}; a restart now would not know the last good versions of {} invalid \
+                     records (retrying at every NB change)",
+                    Chain(&e),
+                    self.records.len()
+                );
+                self.failing = true;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -261,6 +275,28 @@ mod tests {
         std::fs::write(&file, b"{").unwrap();
         let e = read(&file).unwrap_err();
         assert!(e.to_string().contains("hv1.lastgood.json"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_until_it_succeeds() {
+        let d = dir("unwritable");
+        // The state dir is a file: nothing can be written under it.
+        std::fs::write(&d, b"not a directory").unwrap();
+        let mut lg = LastGood::open(&d, "hv1");
+        let saved = Saved {
+            create_revision: 1,
+            value: serde_json::Value::Null,
+        };
+        lg.keep("k", saved);
+        lg.flush();
+        assert!(lg.failing && lg.dirty);
+        lg.flush();
+        assert!(lg.failing, "still failing, reported once");
+        std::fs::remove_file(&d).unwrap();
+        lg.flush();
+        assert!(!lg.failing && !lg.dirty);
+        assert_eq!(LastGood::open(&d, "hv1").len(), 1);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

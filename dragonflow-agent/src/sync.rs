@@ -510,7 +510,7 @@ pub fn decode_record(
 /// - never an id left out whose in-force value differs after the call; an id may be
 ///   listed whose value ended where it started (changed and changed back in one call);
 /// - a record put again unchanged, or an invalid update whose last good version stays in
-///   force, lists nothing;
+///   force, lists nothing (but for the lport cases below);
 /// - an lport id is listed also when its held tap ([`NbCache::held_taps`]) appears,
 ///   changes or goes, and when the port starts or stops being refused for a conflict
 ///   (so both ports of a conflict are listed when which of them holds it changes);
