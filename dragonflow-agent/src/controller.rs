@@ -35,14 +35,16 @@ use crate::{
     config::Config,
     conntrack,
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
+    incremental::{Incremental, Scope, Touched},
+    lastgood::LastGood,
     metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
-    nb::{Kind, index::NbIndex, parse_key},
+    nb::index::NbIndex,
     netlink,
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
     scope,
     secgroups::Identities,
-    sync::{Change, DecodeOptions, NbCache, NbEvent},
+    sync::{DecodeOptions, NbCache, NbDelta, NbEvent},
 };
 
 /// Safety-net rescan of interfaces, in case a netlink message was missed.
@@ -69,6 +71,10 @@ pub struct Controller {
     /// When the last write that failed for some entries happened: it is retried once
     /// `ATTACH_RETRY` has passed, not at every rescan.
     retry_write: Option<Instant>,
+    /// What the NB changes since the last computation touched.
+    touched: Touched,
+    /// The desired entries, recomputed change by change.
+    incremental: Incremental,
     decode: DecodeOptions,
     /// The first full NB snapshot has been received.
     have_snapshot: bool,
@@ -181,6 +187,7 @@ impl Controller {
             max_allowed_address_pairs: cfg.max_allowed_address_pairs,
             allow_any_aap: cfg.allow_any_aap,
         };
+        let nb = NbCache::with_last_good(LastGood::open(&cfg.state_dir, &cfg.chassis));
         Controller {
             cfg,
             shared,
@@ -188,10 +195,12 @@ impl Controller {
             maps,
             links,
             actual,
-            nb: NbCache::default(),
+            nb,
             index: NbIndex::default(),
             computed_for: None,
             retry_write: None,
+            touched: Touched::default(),
+            incremental: Incremental::default(),
             decode,
             have_snapshot: false,
             ifaces: BTreeMap::new(),
@@ -271,11 +280,12 @@ impl Controller {
         match ev {
             NbEvent::Snapshot { revision, kvs } => {
                 self.revision = revision;
-                let changed = self
+                let delta = self
                     .nb
                     .load(&self.cfg.prefix, &kvs, &self.decode, &self.shared);
                 self.index = NbIndex::of(&self.nb.snapshot);
-                debug!(changed, "snapshot loaded");
+                self.touched.all = true;
+                debug!(changed = !delta.is_empty(), "snapshot loaded");
                 let first = !self.have_snapshot;
                 self.have_snapshot = true;
                 info!(
@@ -297,23 +307,11 @@ impl Controller {
             NbEvent::Changes { revision, changes } => {
                 self.revision = self.revision.max(revision);
                 debug!(revision, n = changes.len(), "watch events");
-                let changed = self
+                let delta = self
                     .nb
                     .apply(&self.cfg.prefix, &changes, &self.decode, &self.shared);
-                for c in &changes {
-                    let (Change::Put(key, _) | Change::Delete(key)) = c;
-                    match parse_key(&self.cfg.prefix, key) {
-                        Some((Kind::LPort, id)) => {
-                            self.index
-                                .set_port(id, self.nb.snapshot.lports.get(id).map(|p| &**p));
-                        }
-                        Some((Kind::LRouter, id)) => {
-                            self.index.set_router(id, self.nb.snapshot.lrouters.get(id));
-                        }
-                        _ => {}
-                    }
-                }
-                debug!(changed, "watch events applied");
+                self.touch(&delta);
+                debug!(changed = !delta.is_empty(), "watch events applied");
                 // Reconcile even when no valid object changed: /state shows invalid records.
                 true
             }
@@ -381,12 +379,22 @@ impl Controller {
         }
         let desired = if self.have_snapshot {
             self.computed_for = Some(self.ifaces.clone());
-            let scoped = scope::scope(&self.cfg.chassis, &self.nb.snapshot, &self.index);
-            let mut d = reconcile::desired_with(
+            let holding = self
+                .nb
+                .held_taps
+                .values()
+                .any(|(chassis, _)| chassis == &self.cfg.chassis);
+            // A retry, or taps held as they are (their entries are merged in below), make
+            // a full computation and comparison.
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.all |= self.retry_write.is_some() || holding;
+            let (mut d, scope) = self.incremental.compute(
                 &self.cfg.chassis,
-                &scoped,
+                &self.nb.snapshot,
+                &self.index,
                 &self.ifaces,
                 &mut self.identities,
+                &touched,
             );
             // Invalid port records with no last good version: keep their taps as they are.
             for (key, (chassis, tap)) in &self.nb.held_taps {
@@ -412,7 +420,7 @@ impl Controller {
                 .collect();
             d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
             self.maps.mask(&mut d.entries);
-            self.write(&d, nb_changed);
+            self.write(&d, &scope, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).
             for pin in &pins {
                 if !self.ifaces.contains_key(&pin.ifname) {
@@ -429,17 +437,50 @@ impl Controller {
             if !self.shared.synced.swap(true, Ordering::Relaxed) {
                 info!("first full sync applied to the datapath; healthy");
             }
-            Some((d, scoped))
+            Some(d)
         } else {
             None
         };
-        self.publish(&managed, desired.as_ref().map(|(d, _)| d));
-        if nb_changed
-            && let Some((_, scoped)) = desired
-            && let Some(tx) = &self.snapshots
-        {
-            tx.send_replace(Some(Arc::new(scoped)));
+        self.publish(&managed, desired.as_ref());
+        if let Some(d) = desired {
+            self.incremental.restore(d);
+            if nb_changed && let Some(tx) = &self.snapshots {
+                // The detection way judges claims against the same part of the cloud.
+                let scoped = scope::scope(&self.cfg.chassis, &self.nb.snapshot, &self.index);
+                tx.send_replace(Some(Arc::new(scoped)));
+            }
         }
+    }
+
+    /// Files what `delta` changed in the index and notes what it touches.
+    fn touch(&mut self, delta: &NbDelta) {
+        let t = &mut self.touched;
+        for id in &delta.lports {
+            let now = self.nb.snapshot.lports.get(id).map(|p| &**p);
+            if let Some(old) = self.index.set_port(id, now) {
+                t.nets.insert(old.lswitch.to_string());
+            }
+            if let Some(p) = now {
+                t.nets.insert(p.lswitch.clone());
+            }
+        }
+        for id in &delta.lrouters {
+            let now = self.nb.snapshot.lrouters.get(id);
+            t.nets
+                .extend(self.index.set_router(id, now).iter().map(|n| n.to_string()));
+            t.nets.extend(
+                now.into_iter()
+                    .flat_map(|r| r.ports.iter().map(|p| p.lswitch.clone())),
+            );
+        }
+        t.nets.extend(delta.lswitches.iter().cloned());
+        t.nets.extend(
+            delta
+                .active_ports
+                .iter()
+                .map(|(lswitch, _)| lswitch.clone()),
+        );
+        t.chassis.extend(delta.chassis.iter().cloned());
     }
 
     /// `df_config_v1[0]`: the tunnel device, this chassis' underlay address, whether
@@ -587,8 +628,11 @@ impl Controller {
         }
     }
 
-    fn write(&mut self, d: &Desired, nb_changed: bool) {
-        let diff = d.entries.diff(&self.actual);
+    fn write(&mut self, d: &Desired, scope: &Scope, nb_changed: bool) {
+        let diff = match scope {
+            Scope::Full => d.entries.diff(&self.actual),
+            Scope::Within(keys) => d.entries.diff_within(&self.actual, keys),
+        };
         let mut errors = 0;
         // The collector must not take a tap that is getting its port for one without.
         self.shared.ct.set_ports(

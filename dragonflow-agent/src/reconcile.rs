@@ -196,7 +196,25 @@ impl MapEntries {
             .collect()
     }
 
+    /// [`MapEntries::diff`] where the network-keyed forwarding maps (neighbours, L2, flood
+    /// lists, groups, tunnel admission) may differ only at the keys `within` has.
+    pub fn diff_within(&self, actual: &MapEntries, within: &MapEntries) -> EntriesDiff {
+        let mut d = self.diff_only(actual, false);
+        d.neigh = diff_keys(&self.neigh, &actual.neigh, within.neigh.keys());
+        d.l2 = diff_keys(&self.l2, &actual.l2, within.l2.keys());
+        d.flood = diff_keys(&self.flood, &actual.flood, within.flood.keys());
+        d.groups = diff_keys(&self.groups, &actual.groups, within.groups.keys());
+        d.tun_peers = diff_keys(&self.tun_peers, &actual.tun_peers, within.tun_peers.keys());
+        d.tun_srcs = diff_keys(&self.tun_srcs, &actual.tun_srcs, within.tun_srcs.keys());
+        d
+    }
+
     pub fn diff(&self, actual: &MapEntries) -> EntriesDiff {
+        self.diff_only(actual, true)
+    }
+
+    /// Every map, or (`forwarding` false) all but the network-keyed forwarding maps.
+    fn diff_only(&self, actual: &MapEntries, forwarding: bool) -> EntriesDiff {
         let mut config = diff(&self.config, &actual.config);
         // An array slot cannot be deleted; an unwanted config is simply left alone (the
         // controller always desires index 0 once synced).
@@ -207,19 +225,55 @@ impl MapEntries {
             cidrs: diff(&self.cidrs, &actual.cidrs),
             macs: diff(&self.macs, &actual.macs),
             devmap: diff(&self.devmap, &actual.devmap),
-            neigh: diff(&self.neigh, &actual.neigh),
+            neigh: diff_if(forwarding, &self.neigh, &actual.neigh),
             routes: diff(&self.routes, &actual.routes),
-            l2: diff(&self.l2, &actual.l2),
-            flood: diff(&self.flood, &actual.flood),
-            groups: diff(&self.groups, &actual.groups),
-            tun_peers: diff(&self.tun_peers, &actual.tun_peers),
-            tun_srcs: diff(&self.tun_srcs, &actual.tun_srcs),
+            l2: diff_if(forwarding, &self.l2, &actual.l2),
+            flood: diff_if(forwarding, &self.flood, &actual.flood),
+            groups: diff_if(forwarding, &self.groups, &actual.groups),
+            tun_peers: diff_if(forwarding, &self.tun_peers, &actual.tun_peers),
+            tun_srcs: diff_if(forwarding, &self.tun_srcs, &actual.tun_srcs),
             config,
             ident: diff(&self.ident, &actual.ident),
             ident_lpm: diff(&self.ident_lpm, &actual.ident_lpm),
             policy: diff(&self.policy, &actual.policy),
         }
     }
+}
+
+/// [`diff`], or nothing when not `wanted`.
+fn diff_if<K: Ord + Clone, V: PartialEq + Clone>(
+    wanted: bool,
+    desired: &BTreeMap<K, V>,
+    actual: &BTreeMap<K, V>,
+) -> Diff<K, V> {
+    if wanted {
+        diff(desired, actual)
+    } else {
+        Diff {
+            upsert: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+/// [`diff`] of the keys in `keys` only.
+pub fn diff_keys<'k, K: Ord + Clone + 'k, V: PartialEq + Clone>(
+    desired: &BTreeMap<K, V>,
+    actual: &BTreeMap<K, V>,
+    keys: impl IntoIterator<Item = &'k K>,
+) -> Diff<K, V> {
+    let mut d = Diff {
+        upsert: Vec::new(),
+        remove: Vec::new(),
+    };
+    for k in keys {
+        match (desired.get(k), actual.get(k)) {
+            (Some(v), a) if a != Some(v) => d.upsert.push((k.clone(), v.clone())),
+            (None, Some(_)) => d.remove.push(k.clone()),
+            _ => {}
+        }
+    }
+    d
 }
 
 /// What to write to one map: insert or overwrite `upsert`, delete `remove`.

@@ -12,9 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{A, B, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted};
+use common::{A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted};
 use serde_json::{Value, json};
-use tests::harness::{Hook, metric_sum, wait_until};
+use tests::harness::{Hook, metric_sum, ping, wait_until};
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -450,5 +450,176 @@ fn malformed_nb_records_are_skipped() {
     assert!(
         out.contains("pa") && out.contains("pb"),
         "dfctl lport list after bad records:\n{out}"
+    );
+}
+
+/// The value of an NB key (panics when absent).
+fn etcd_get(t: &Topo, key: &str) -> Value {
+    let out = t.cloud.etcdctl(&["get", key, "--print-value-only"]);
+    assert!(
+        out.status.success(),
+        "etcdctl get {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {:?}", out.stdout))
+}
+
+fn etcd_put(t: &Topo, key: &str, value: &Value) {
+    let out = t.cloud.etcdctl(&["put", key, &value.to_string()]);
+    assert!(
+        out.status.success(),
+        "etcdctl put {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether /state lists `key` among the invalid records.
+fn listed_invalid(t: &Topo, key: &str) -> bool {
+    t.hv().state()["invalid_records"].get(key).is_some()
+}
+
+/// Issue 11, item 7: a restart alone never changes a verdict. Port a admits on ingress only
+/// the members of group g; b is one. b's record turns invalid in etcd: its last good
+/// version stays in force, b still reaches a. After kill -9 and a restart the new agent
+/// knows only the invalid value, and still enforces the last good version (kept in the
+/// state dir): b still reaches a, c (not a member) is still refused. Fixing b's record
+/// (out of g) takes effect.
+#[test]
+fn last_good_version_survives_a_restart() {
+    let mut t = Topo::new(Hook::Tc, &[A, B, C]);
+    t.cloud.dfctl("secgroup create g --name g");
+    t.cloud.dfctl("secgroup create srv --name srv");
+    t.cloud
+        .dfctl("secgroup rule-add srv --direction ingress --ethertype ipv4 --remote-group g");
+    t.cloud.dfctl("lport update pa --security-group srv");
+    t.cloud.dfctl("lport update pb --security-group g");
+    let (vb, vc) = (t.vm(1), t.vm(2));
+    let apply = Duration::from_secs(15);
+    wait_until("c (not in g) is refused by a", apply, || {
+        !ping(vc, A.ip4, 1)
+    });
+    wait_until("b (in g) reaches a", apply, || ping(vb, A.ip4, 1));
+
+    // b's record made invalid behind dfctl's back (a multicast MAC): nothing changes.
+    let key = "/dragonflow/lport/pb";
+    let good = etcd_get(&t, key);
+    let mut bad = good.clone();
+    bad["mac"] = json!("01:00:5e:00:00:01");
+    etcd_put(&t, key, &bad);
+    wait_until("/state lists b's record as invalid", apply, || {
+        listed_invalid(&t, key)
+    });
+    assert!(
+        ping(vb, A.ip4, 1),
+        "b no longer reaches a once its record is invalid"
+    );
+
+    t.cloud.hvs[0].kill_agent();
+    t.cloud.start_agent(0);
+    wait_until(
+        "the restarted agent lists b's record as invalid",
+        apply,
+        || listed_invalid(&t, key),
+    );
+    let (vb, vc) = (t.vm(1), t.vm(2));
+    assert!(
+        ping(vb, A.ip4, 1) && ping(vb, A.ip4, 1),
+        "after the restart b no longer reaches a: the restart changed a verdict"
+    );
+    assert!(
+        t.hv()
+            .agent_log()
+            .contains("its last good version from the state file stays in force"),
+        "the restarted agent did not use the kept version; log:\n{}",
+        t.hv().agent_log()
+    );
+    let denied = t.hv().counter("to_vm", "drop", "sg_denied");
+    assert!(!ping(vc, A.ip4, 1), "after the restart c reaches a");
+    wait_until(
+        "c's ping to a counted sg_denied (to_vm)",
+        COUNT_TIMEOUT,
+        || t.hv().counter("to_vm", "drop", "sg_denied") > denied,
+    );
+
+    // Fixed, and moved out of g: the change takes effect, the kept version is gone.
+    let mut fixed = good;
+    fixed["security_groups"] = json!([common::ALLOW_ALL]);
+    etcd_put(&t, key, &fixed);
+    wait_until("b, out of g, is refused by a", apply, || {
+        !ping(vb, A.ip4, 1)
+    });
+    assert!(
+        !listed_invalid(&t, key),
+        "b's fixed record still listed as invalid"
+    );
+}
+
+/// Issue 11, item 6: a port written to etcd directly with another port's fixed IP does not
+/// steal that IP's ARP answers. `p0dup` (a real tap, b's IP, its id sorting before b's) is
+/// younger than b: refused, listed in /state naming b, counted; the ARP responder keeps
+/// answering b's MAC. Once b is deleted, p0dup's record takes effect.
+#[test]
+fn a_conflicting_port_is_refused() {
+    const DUP_MAC: &str = "fa:16:3e:00:00:0d";
+    let t = Topo::with(Hook::Tc, &[A, B], |cloud| {
+        let addr = format!("{}/24", B.ip4);
+        common::add_vm(cloud, "dup", "tapdup", DUP_MAC, &[&addr]);
+    });
+    let invalid_lports = || {
+        metric_sum(
+            &t.hv().metrics(),
+            "dragonflow_nb_invalid_records_total",
+            &[("kind", "lport")],
+        )
+    };
+    let before = invalid_lports();
+    let key = "/dragonflow/lport/p0dup";
+    etcd_put(
+        &t,
+        key,
+        &json!({"id": "p0dup", "lswitch": "net1", "mac": DUP_MAC, "fixed_ips": [B.ip4],
+                "chassis": "hv1", "ifname": "tapdup", "security_groups": [common::ALLOW_ALL]}),
+    );
+    let apply = Duration::from_secs(15);
+    wait_until("/state lists p0dup as invalid", apply, || {
+        listed_invalid(&t, key)
+    });
+    let reason = t.hv().state()["invalid_records"][key].clone();
+    let reason = reason.as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("IP {} in lswitch net1", B.ip4)) && reason.contains("port pb"),
+        "p0dup's reason names neither the IP nor b: {reason:?}"
+    );
+    assert_eq!(
+        invalid_lports(),
+        before + 1.0,
+        "the refused port is counted once"
+    );
+    let a = &t.ctl[0];
+    a.send("arp_request", json!({}));
+    wait_until(
+        "a's ARP request for b's IP is answered with b's MAC",
+        COUNT_TIMEOUT,
+        || a.got_neigh_answer(B.ip4, B.mac),
+    );
+    assert!(
+        !a.got_neigh_answer(B.ip4, DUP_MAC),
+        "the conflicting port stole the ARP answer for {}",
+        B.ip4
+    );
+
+    // b goes: p0dup holds the IP now.
+    t.cloud.dfctl("lport delete pb");
+    wait_until("p0dup is valid once b is gone", apply, || {
+        !listed_invalid(&t, key)
+    });
+    wait_until(
+        "a's ARP request for the IP is answered with p0dup's MAC",
+        apply,
+        || {
+            a.send("arp_request", json!({}));
+            a.got_neigh_answer(B.ip4, DUP_MAC)
+        },
     );
 }

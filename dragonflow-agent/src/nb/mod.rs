@@ -3,6 +3,7 @@
 //! recognise them.
 
 pub mod addr;
+pub mod claims;
 pub mod etcd;
 pub mod index;
 pub mod model;
