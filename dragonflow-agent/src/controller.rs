@@ -144,6 +144,7 @@ impl Controller {
                 flood_burst: cfg.flood_burst,
                 ct_port_quota: cfg.ct_port_quota,
             };
+            view.capacity = maps.capacity.clone();
         }
         info!(
             ports = actual.ports.len(),
@@ -373,6 +374,14 @@ impl Controller {
                 .collect();
             d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
             self.maps.mask(&mut d.entries);
+            // What the maps cannot hold is cut here, safest entries kept, and reported:
+            // a full map is never written entry by entry at every reconciliation.
+            let fit = self.maps.fit(&mut d.entries, &self.actual);
+            {
+                let mut view = self.shared.view.lock().expect("lock");
+                view.needed = fit.needed;
+                view.map_overflow = fit.overflow;
+            }
             self.write(&d, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).
             for pin in &pins {
