@@ -373,7 +373,11 @@ pub fn render(shared: &Shared) -> String {
     o.push_str("# HELP dragonflow_map_overflow 1 while a map cannot hold what is needed (the agent keeps the entries that are safest to keep; /healthz is degraded).\n# TYPE dragonflow_map_overflow gauge\n");
     for name in view.needed.keys() {
         let over = view.map_overflow.iter().any(|m| m.map == *name);
-        let _ = writeln!(o, "dragonflow_map_overflow{{map=\"{name}\"}} {}", u8::from(over));
+        let _ = writeln!(
+            o,
+            "dragonflow_map_overflow{{map=\"{name}\"}} {}",
+            u8::from(over)
+        );
     }
 
     let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
@@ -801,6 +805,47 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line}");
         }
+    }
+
+    #[test]
+    fn map_overflow_in_healthz_metrics_and_state() {
+        let s = Shared::for_tests();
+        s.synced.store(true, Ordering::Relaxed);
+        s.etcd_connected.store(true, Ordering::Relaxed);
+        {
+            let mut v = s.view.lock().unwrap();
+            v.capacity.insert(names::POLICY, 1000);
+            v.needed.insert(names::POLICY, 1500);
+            v.needed.insert(names::ADDRS, 7);
+            v.map_overflow.push(MapOverflow {
+                map: names::POLICY,
+                needed: 1500,
+                capacity: 1000,
+                kept: 990,
+            });
+        }
+        assert_eq!(
+            route("GET", "/healthz", &s),
+            (
+                503,
+                "text/plain; charset=utf-8",
+                "degraded: df_policy_v1 needs 1500 entries, capacity 1000\n".into()
+            )
+        );
+        let text = render(&s);
+        for line in [
+            "dragonflow_map_capacity{map=\"df_policy_v1\"} 1000",
+            "dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144",
+            "dragonflow_map_needed_entries{map=\"df_policy_v1\"} 1500",
+            "dragonflow_map_overflow{map=\"df_policy_v1\"} 1",
+            "dragonflow_map_overflow{map=\"df_addrs_v2\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+        let state: serde_json::Value = serde_json::from_str(&route("GET", "/state", &s).2).unwrap();
+        assert_eq!(state["map_overflow"][0]["needed"], 1500);
+        s.view.lock().unwrap().map_overflow.clear();
+        assert_eq!(route("GET", "/healthz", &s).0, 200);
     }
 
     #[test]

@@ -110,8 +110,14 @@ fn overflow_is_reported_once_and_fails_closed() {
     wait_until("tapa attached with its entries", READY, || {
         tap_state(&cloud, "tapa") == "attached"
     });
-    assert_eq!(policy_metric(&cloud, "dragonflow_map_capacity"), Some(f64::from(CAPACITY)));
-    assert_eq!(policy_metric(&cloud, "dragonflow_map_needed_entries"), Some(2.0));
+    assert_eq!(
+        policy_metric(&cloud, "dragonflow_map_capacity"),
+        Some(f64::from(CAPACITY))
+    );
+    assert_eq!(
+        policy_metric(&cloud, "dragonflow_map_needed_entries"),
+        Some(2.0)
+    );
     assert_eq!(policy_metric(&cloud, "dragonflow_map_overflow"), Some(0.0));
 
     // Port b arrives: 4 entries needed, 3 fit.
@@ -124,10 +130,17 @@ fn overflow_is_reported_once_and_fails_closed() {
         "/healthz body"
     );
     assert_eq!(policy_metric(&cloud, "dragonflow_map_overflow"), Some(1.0));
-    assert_eq!(policy_metric(&cloud, "dragonflow_map_needed_entries"), Some(4.0));
+    assert_eq!(
+        policy_metric(&cloud, "dragonflow_map_needed_entries"),
+        Some(4.0)
+    );
     // The running port keeps its place; the new one is left out whole.
     assert_eq!(
-        metric(&cloud.hvs[0].metrics(), "dragonflow_map_entries", &[("map", POLICY)]),
+        metric(
+            &cloud.hvs[0].metrics(),
+            "dragonflow_map_entries",
+            &[("map", POLICY)]
+        ),
         Some(2.0),
         "only port a's policy is written"
     );
@@ -196,17 +209,31 @@ fn overflow_is_reported_once_and_fails_closed() {
 
     // The need shrinks: a's port goes, b's fits now and gets its entries.
     cloud.dfctl("lport delete pa");
-    wait_until("/healthz ok again", APPLY, || healthz(&cloud) == (200, "ok\n".into()));
+    wait_until("/healthz ok again", APPLY, || {
+        healthz(&cloud) == (200, "ok\n".into())
+    });
     assert_eq!(policy_metric(&cloud, "dragonflow_map_overflow"), Some(0.0));
-    assert_eq!(policy_metric(&cloud, "dragonflow_map_needed_entries"), Some(2.0));
+    assert_eq!(
+        policy_metric(&cloud, "dragonflow_map_needed_entries"),
+        Some(2.0)
+    );
     assert_eq!(cloud.hvs[0].state()["map_overflow"], Value::Array(vec![]));
     wait_until("tapb attached with its entries", APPLY, || {
         tap_state(&cloud, "tapb") == "attached"
     });
-    assert_eq!(log_count(&cloud, FITS_AGAIN), 1, "{}", cloud.hvs[0].agent_log());
+    assert_eq!(
+        log_count(&cloud, FITS_AGAIN),
+        1,
+        "{}",
+        cloud.hvs[0].agent_log()
+    );
     assert_eq!(log_count(&cloud, TOO_SMALL), 1);
     assert_eq!(
-        metric(&cloud.hvs[0].metrics(), "dragonflow_map_write_errors_total", &[]),
+        metric(
+            &cloud.hvs[0].metrics(),
+            "dragonflow_map_write_errors_total",
+            &[]
+        ),
         Some(0.0),
         "the removals went first: no upsert met a full map"
     );
@@ -220,9 +247,15 @@ fn overflow_is_reported_once_and_fails_closed() {
         format!("{POLICY}=64"),
     ];
     cloud.start_agent(hv);
-    assert_eq!(policy_metric(&cloud, "dragonflow_map_capacity"), Some(f64::from(CAPACITY)));
     assert_eq!(
-        log_count(&cloud, &format!("keeps its capacity {CAPACITY} (configured 64)")),
+        policy_metric(&cloud, "dragonflow_map_capacity"),
+        Some(f64::from(CAPACITY))
+    );
+    assert_eq!(
+        log_count(
+            &cloud,
+            &format!("keeps its capacity {CAPACITY} (configured 64)")
+        ),
         1,
         "{}",
         cloud.hvs[0].agent_log()

@@ -192,7 +192,12 @@ pub fn fit(desired: &mut MapEntries, actual: &MapEntries, caps: &Capacities) -> 
     trim(&mut desired.neigh, &actual.neigh, cap(names::NEIGH), |_| 0);
     trim(&mut desired.l2, &actual.l2, cap(names::L2), |_| 0);
     trim(&mut desired.flood, &actual.flood, cap(names::FLOOD), |_| 0);
-    trim(&mut desired.groups, &actual.groups, cap(names::GROUPS), |_| 0);
+    trim(
+        &mut desired.groups,
+        &actual.groups,
+        cap(names::GROUPS),
+        |_| 0,
+    );
     trim(
         &mut desired.tun_peers,
         &actual.tun_peers,
@@ -206,9 +211,12 @@ pub fn fit(desired: &mut MapEntries, actual: &MapEntries, caps: &Capacities) -> 
         |_| 0,
     );
     // Longer prefixes first (the rank sorts before "already there").
-    trim(&mut desired.routes, &actual.routes, cap(names::ROUTES), |k| {
-        u32::MAX - k.prefix_len
-    });
+    trim(
+        &mut desired.routes,
+        &actual.routes,
+        cap(names::ROUTES),
+        |k| u32::MAX - k.prefix_len,
+    );
 
     let kept = counts(desired);
     fit.overflow = over
@@ -246,7 +254,11 @@ fn trim<K: Ord + Clone, V>(
 
 /// Whether writing `desired` over `actual` needs the removals first: some map would
 /// otherwise hold, between its upserts and its removals, more than its capacity.
-pub fn needs_room_first(upserted_new: &BTreeMap<&'static str, u64>, actual: &MapEntries, caps: &Capacities) -> bool {
+pub fn needs_room_first(
+    upserted_new: &BTreeMap<&'static str, u64>,
+    actual: &MapEntries,
+    caps: &Capacities,
+) -> bool {
     let now = counts(actual);
     upserted_new.iter().any(|(name, new)| {
         caps.get(name)
@@ -324,15 +336,14 @@ mod tests {
         port(&mut d, 3, 1, 4);
         port(&mut d, 4, 1, 4);
         port(&mut d, 5, 1, 2);
-        let f = fit(
-            &mut d,
-            &MapEntries::default(),
-            &caps(&[(names::POLICY, 7)]),
-        );
+        let f = fit(&mut d, &MapEntries::default(), &caps(&[(names::POLICY, 7)]));
         // 3 fits (4), 4 does not (8 > 7), 5 still does (6): first fit, by ifindex.
         assert_eq!(f.ports_left_out, BTreeSet::from([4]));
         assert_eq!(d.ports.keys().copied().collect::<Vec<_>>(), vec![3, 5]);
-        assert!(d.addrs.keys().all(|k| k.ifindex != 4), "no address entry without its port");
+        assert!(
+            d.addrs.keys().all(|k| k.ifindex != 4),
+            "no address entry without its port"
+        );
         assert!(d.policy.keys().all(|k| k.key.ifindex != 4));
         assert_eq!(
             f.overflow,
@@ -353,7 +364,11 @@ mod tests {
         port(&mut d, 3, 1, 4);
         port(&mut d, 9, 1, 4);
         let f = fit(&mut d, &actual, &caps(&[(names::POLICY, 6)]));
-        assert_eq!(f.ports_left_out, BTreeSet::from([3]), "the new port waits, not the running one");
+        assert_eq!(
+            f.ports_left_out,
+            BTreeSet::from([3]),
+            "the new port waits, not the running one"
+        );
         // Deterministic: the same inputs cut the same way.
         let mut again = MapEntries::default();
         port(&mut again, 3, 1, 4);
@@ -369,7 +384,11 @@ mod tests {
         port(&mut d, 4, 1, 1);
         let f = fit(&mut d, &MapEntries::default(), &caps(&[(names::ADDRS, 2)]));
         assert_eq!(f.ports_left_out, BTreeSet::from([3]));
-        assert_eq!(d.policy.len(), 1, "its policy goes with it although the policy map had room");
+        assert_eq!(
+            d.policy.len(),
+            1,
+            "its policy goes with it although the policy map had room"
+        );
         assert_eq!(f.overflow[0].map, names::ADDRS);
     }
 
@@ -417,8 +436,20 @@ mod tests {
         let mut actual = MapEntries::default();
         port(&mut actual, 3, 1, 4);
         let c = caps(&[(names::POLICY, 6)]);
-        assert!(!needs_room_first(&BTreeMap::from([(names::POLICY, 2)]), &actual, &c));
-        assert!(needs_room_first(&BTreeMap::from([(names::POLICY, 3)]), &actual, &c));
-        assert!(!needs_room_first(&BTreeMap::from([(names::L2, 300)]), &actual, &c));
+        assert!(!needs_room_first(
+            &BTreeMap::from([(names::POLICY, 2)]),
+            &actual,
+            &c
+        ));
+        assert!(needs_room_first(
+            &BTreeMap::from([(names::POLICY, 3)]),
+            &actual,
+            &c
+        ));
+        assert!(!needs_room_first(
+            &BTreeMap::from([(names::L2, 300)]),
+            &actual,
+            &c
+        ));
     }
 }

@@ -514,13 +514,9 @@ impl Maps {
         }
 
         if let Some(m) = &mut self.ident {
-            remove(
-                failures,
-                maps::IDENT,
-                &diff.ident,
-                &mut actual.ident,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::IDENT, &diff.ident, &mut actual.ident, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.ident_lpm {
             remove(
@@ -560,13 +556,9 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.flood {
-            remove(
-                failures,
-                maps::FLOOD,
-                &diff.flood,
-                &mut actual.flood,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::FLOOD, &diff.flood, &mut actual.flood, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.l2 {
             remove(failures, maps::L2, &diff.l2, &mut actual.l2, |k| {
@@ -583,13 +575,9 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.neigh {
-            remove(
-                failures,
-                maps::NEIGH,
-                &diff.neigh,
-                &mut actual.neigh,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::NEIGH, &diff.neigh, &mut actual.neigh, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.groups {
             remove(
@@ -610,22 +598,14 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.addrs {
-            remove(
-                failures,
-                maps::ADDRS,
-                &diff.addrs,
-                &mut actual.addrs,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::ADDRS, &diff.addrs, &mut actual.addrs, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.cidrs {
-            remove(
-                failures,
-                maps::CIDRS,
-                &diff.cidrs,
-                &mut actual.cidrs,
-                |k| m.remove(&Key::new(k.prefix_len, k.key)),
-            );
+            remove(failures, maps::CIDRS, &diff.cidrs, &mut actual.cidrs, |k| {
+                m.remove(&Key::new(k.prefix_len, k.key))
+            });
         }
         if let Some(m) = &mut self.macs {
             remove(failures, maps::MACS, &diff.macs, &mut actual.macs, |k| {
@@ -633,13 +613,9 @@ impl Maps {
             });
         }
         if let Some(m) = &mut self.ports {
-            remove(
-                failures,
-                maps::PORTS,
-                &diff.ports,
-                &mut actual.ports,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::PORTS, &diff.ports, &mut actual.ports, |k| {
+                m.remove(k)
+            });
         }
     }
 
@@ -780,7 +756,10 @@ struct Failures {
 
 impl Failures {
     fn add(&mut self, name: &'static str, e: &(dyn std::error::Error + 'static)) {
-        let f = self.failed.entry(name).or_insert_with(|| (0, Chain(e).to_string()));
+        let f = self
+            .failed
+            .entry(name)
+            .or_insert_with(|| (0, Chain(e).to_string()));
         f.0 += 1;
     }
 }
@@ -830,7 +809,10 @@ fn remove<K: Ord, V>(
 /// Keys each map's upserts add (not already in `actual`).
 fn new_keys(diff: &EntriesDiff, actual: &MapEntries) -> BTreeMap<&'static str, u64> {
     fn n<K: Ord, V>(d: &Diff<K, V>, actual: &BTreeMap<K, V>) -> u64 {
-        d.upsert.iter().filter(|(k, _)| !actual.contains_key(k)).count() as u64
+        d.upsert
+            .iter()
+            .filter(|(k, _)| !actual.contains_key(k))
+            .count() as u64
     }
     BTreeMap::from([
         (maps::PORTS, n(&diff.ports, &actual.ports)),
@@ -861,8 +843,8 @@ fn split(removals: &mut EntriesDiff, upserts: &mut EntriesDiff) {
         )*};
     }
     each!(
-        ports, addrs, cidrs, macs, devmap, neigh, routes, l2, flood, groups, tun_peers,
-        tun_srcs, config, ident, ident_lpm, policy
+        ports, addrs, cidrs, macs, devmap, neigh, routes, l2, flood, groups, tun_peers, tun_srcs,
+        config, ident, ident_lpm, policy
     );
 }
 
