@@ -180,7 +180,7 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
 /// until the first sync has refilled it, so a changed `--map-capacity` is not applied to
 /// a pinned map: it is said once at start, and `dragonflow_map_capacity` shows the real
 /// size. To resize one, stop the agent, remove its pin (`<bpffs>/dragonflow/<chassis>/
-/// maps/<map>`) and start it again (docs/deploy.md, "Map capacities").
+/// maps/<map>`) and start it again (README, "Map capacities").
 fn effective_capacities(maps_dir: &Path, cfg: &Config) -> capacity::Capacities {
     let mut out = capacity::Capacities::new();
     for &name in &capacity::FILLED {
