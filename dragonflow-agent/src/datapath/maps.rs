@@ -907,3 +907,57 @@ impl StatsMaps {
 pub fn entry_counts(actual: &MapEntries) -> BTreeMap<&'static str, u64> {
     capacity::counts(actual)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(map: &'static str, n: usize, msg: &str) -> Failures {
+        let mut f = Failures::default();
+        f.touched.insert(map);
+        f.failed.insert(map, (n, msg.to_string()));
+        f
+    }
+
+    #[test]
+    fn a_failure_is_remembered_until_the_map_is_written_again() {
+        let mut m = Maps::default();
+        assert_eq!(m.report_failures(failed(maps::L2, 3, "EINVAL")), 3);
+        assert_eq!(m.failing.get(maps::L2).map(String::as_str), Some("EINVAL"));
+        // The same error again: counted, not logged again (the remembered text is it).
+        assert_eq!(m.report_failures(failed(maps::L2, 3, "EINVAL")), 3);
+        // A write to another map does not clear it; a clean write to it does.
+        let mut other = Failures::default();
+        other.touched.insert(maps::NEIGH);
+        assert_eq!(m.report_failures(other), 0);
+        assert!(m.failing.contains_key(maps::L2));
+        let mut clean = Failures::default();
+        clean.touched.insert(maps::L2);
+        assert_eq!(m.report_failures(clean), 0);
+        assert!(m.failing.is_empty());
+    }
+
+    #[test]
+    fn overflow_state_follows_the_need() {
+        use dragonflow_common::port::PortConfig;
+        let mut m = Maps {
+            capacity: Capacities::from([(maps::PORTS, 1)]),
+            ..Default::default()
+        };
+        let two = || MapEntries {
+            ports: BTreeMap::from([(3, PortConfig::default()), (4, PortConfig::default())]),
+            ..Default::default()
+        };
+        let mut d = two();
+        let fit = m.fit(&mut d, &MapEntries::default());
+        assert_eq!(fit.overflow.len(), 1);
+        assert_eq!(d.ports.len(), 1);
+        assert!(m.overflow.contains_key(maps::PORTS));
+        let mut d = MapEntries {
+            ports: BTreeMap::from([(3, PortConfig::default())]),
+            ..Default::default()
+        };
+        assert!(m.fit(&mut d, &MapEntries::default()).overflow.is_empty());
+        assert!(m.overflow.is_empty(), "the end of the overflow is noticed");
+    }
+}
