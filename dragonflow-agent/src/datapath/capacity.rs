@@ -19,8 +19,9 @@
 //!   a port is kept **whole or not at all**. The datapath passes a frame on an exact
 //!   address hit without reading the port entry, so an address entry without its port
 //!   entry would skip the port's flags; a port with half its rules would be open to an
-//!   arbitrary half of what it should be. A port left out has no entry at all: its tap is
-//!   dropped as `unknown_port` (fail closed) and `/state` shows it `fail_closed`.
+//!   arbitrary half of what it should be. A port left out has no entry at all (nor a place in
+//!   a flood list or a shared-address group): its tap is dropped as `unknown_port` (fail
+//!   closed) and `/state` shows it `fail_closed`.
 //!   Ports already in the maps come first (a new port must not take a running VM's
 //!   place), then by tap ifindex; a port is kept if all its entries fit in what is left
 //!   of every per-port map (first fit: a smaller port after a big one may still fit).
@@ -40,7 +41,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dragonflow_common::maps as names;
+use dragonflow_common::{
+    fwd::{DEST_LOCAL, FLOOD_MAX, FloodDest, GROUP_MAX, GroupMember},
+    maps as names,
+};
 use serde::Serialize;
 
 use crate::reconcile::MapEntries;
@@ -180,6 +184,7 @@ pub fn fit(desired: &mut MapEntries, actual: &MapEntries, caps: &Capacities) -> 
         }
         let out = &fit.ports_left_out;
         desired.retain_ifindex(|i| !out.contains(&i));
+        forget_taps(desired, out);
     }
 
     trim(&mut desired.ident, &actual.ident, cap(names::IDENT), |_| 0);
@@ -229,6 +234,35 @@ pub fn fit(desired: &mut MapEntries, actual: &MapEntries, caps: &Capacities) -> 
         })
         .collect();
     fit
+}
+
+/// Takes the taps in `out` out of the flood lists and shared-address groups: nothing is
+/// copied into a tap whose port has no entry (with security groups on, its missing port
+/// entry already refuses it; with them off nothing else would).
+fn forget_taps(e: &mut MapEntries, out: &BTreeSet<u32>) {
+    let gone = |kind: u32, ifindex: u32| kind == u32::from(DEST_LOCAL) && out.contains(&ifindex);
+    for list in e.flood.values_mut() {
+        let n = (list.len as usize).min(FLOOD_MAX);
+        let kept: Vec<FloodDest> = list.dests[..n]
+            .iter()
+            .filter(|d| !gone(d.kind, d.ifindex))
+            .copied()
+            .collect();
+        list.dests = [FloodDest::default(); FLOOD_MAX];
+        list.dests[..kept.len()].copy_from_slice(&kept);
+        list.len = kept.len() as u32;
+    }
+    for group in e.groups.values_mut() {
+        let n = (group.len as usize).min(GROUP_MAX);
+        let kept: Vec<GroupMember> = group.members[..n]
+            .iter()
+            .filter(|m| !gone(u32::from(m.kind), m.ifindex))
+            .copied()
+            .collect();
+        group.members = [GroupMember::default(); GROUP_MAX];
+        group.members[..kept.len()].copy_from_slice(&kept);
+        group.len = kept.len() as u32;
+    }
 }
 
 /// Keeps at most `cap` entries of `desired`: by `rank`, then those already in `actual`,
@@ -390,6 +424,37 @@ mod tests {
             "its policy goes with it although the policy map had room"
         );
         assert_eq!(f.overflow[0].map, names::ADDRS);
+    }
+
+    #[test]
+    fn a_port_left_out_gets_no_flood_copies() {
+        use dragonflow_common::fwd::{DEST_REMOTE, FloodList};
+        let mut d = MapEntries::default();
+        port(&mut d, 3, 1, 2);
+        port(&mut d, 4, 1, 2);
+        let mut list = FloodList::default();
+        for (i, (kind, ifindex)) in [(DEST_LOCAL, 3), (DEST_LOCAL, 4), (DEST_REMOTE, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            list.dests[i] = FloodDest {
+                kind: u32::from(kind),
+                ifindex,
+                ..Default::default()
+            };
+        }
+        list.len = 3;
+        d.flood.insert(100, list);
+        fit(&mut d, &MapEntries::default(), &caps(&[(names::POLICY, 3)]));
+        let list = d.flood[&100];
+        let dests: Vec<(u32, u32)> = list.dests[..list.len as usize]
+            .iter()
+            .map(|d| (d.kind, d.ifindex))
+            .collect();
+        assert_eq!(
+            dests,
+            vec![(u32::from(DEST_LOCAL), 3), (u32::from(DEST_REMOTE), 0)]
+        );
     }
 
     #[test]
