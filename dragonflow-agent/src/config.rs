@@ -6,6 +6,7 @@
 //! and the defaults are merged here.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -14,9 +15,12 @@ use std::{
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::nb::{
-    AapMode, DEFAULT_PREFIX,
-    etcd::{EtcdArgs, EtcdError, EtcdFile, EtcdSettings},
+use crate::{
+    datapath::capacity::FILLED,
+    nb::{
+        AapMode, DEFAULT_PREFIX,
+        etcd::{EtcdArgs, EtcdError, EtcdFile, EtcdSettings},
+    },
 };
 
 /// Where the from-VM pipeline runs on a tap.
@@ -180,6 +184,19 @@ pub struct Cli {
     /// [default: 16384, so that fewer than 8 ports cannot fill the 262144-entry table].
     #[arg(long, env = "DRAGONFLOW_CT_PORT_QUOTA", value_name = "ENTRIES")]
     pub ct_port_quota: Option<u32>,
+    /// Capacity (max_entries) of a map the agent fills, as `MAP=ENTRIES`; repeat the flag
+    /// or separate with commas (`df_policy_v1=524288,df_ident_v1=65536`). Maps not named
+    /// keep the defaults of README "Map capacities"; a map pinned by a previous agent
+    /// keeps the capacity it was created with (see there). In the file: a table
+    /// `[map_capacity]` of `MAP = ENTRIES`; a map named by flag or environment overrides
+    /// the file's value for that map.
+    #[arg(
+        long,
+        env = "DRAGONFLOW_MAP_CAPACITY",
+        value_name = "MAP=ENTRIES",
+        value_delimiter = ','
+    )]
+    pub map_capacity: Option<Vec<String>>,
 }
 
 /// The same settings as read from the TOML file.
@@ -220,6 +237,7 @@ pub struct FileConfig {
     pub flood_rate: Option<u32>,
     pub flood_burst: Option<u32>,
     pub ct_port_quota: Option<u32>,
+    pub map_capacity: Option<BTreeMap<String, u32>>,
 }
 
 /// `etcd_endpoints` in the file: a list, or one comma-separated string like the flag.
@@ -283,6 +301,9 @@ pub struct Config {
     pub flood_burst: u32,
     /// Conntrack entries per port and origin direction (0 = no quota).
     pub ct_port_quota: u32,
+    /// Capacities configured for maps the agent fills (only those named; the others keep
+    /// `dragonflow_common::maps`' constants). Applied when a map is created.
+    pub map_capacity: BTreeMap<&'static str, u32>,
 }
 
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
@@ -365,6 +386,60 @@ pub enum ConfigError {
     BadFloodRate(u32),
     #[error("--flood-burst must be at least 1 frame (got 0)")]
     BadFloodBurst,
+    #[error("--map-capacity {0:?}: expected MAP=ENTRIES, e.g. df_policy_v1=524288")]
+    BadMapCapacity(String),
+    #[error("--map-capacity: {0:?} is not a map the agent fills; one of: {list}", list = FILLED.join(", "))]
+    UnknownMap(String),
+    #[error(
+        "--map-capacity {map}={n}: the capacity must be between 1 and {MAX_MAP_CAPACITY} entries"
+    )]
+    MapCapacityRange { map: String, n: u64 },
+}
+
+/// The largest `--map-capacity` accepted: 16 Mi entries, far past any chassis (a map of
+/// that size takes about a gigabyte of kernel memory); a typo such as an extra zero is
+/// refused here instead of failing the load.
+pub const MAX_MAP_CAPACITY: u32 = 1 << 24;
+
+/// Checks one `--map-capacity` setting and returns the map's canonical name.
+fn map_capacity_entry(map: &str, n: u64) -> Result<(&'static str, u32), ConfigError> {
+    let name = FILLED
+        .iter()
+        .find(|f| **f == map)
+        .ok_or_else(|| ConfigError::UnknownMap(map.to_string()))?;
+    match u32::try_from(n) {
+        Ok(n) if (1..=MAX_MAP_CAPACITY).contains(&n) => Ok((name, n)),
+        _ => Err(ConfigError::MapCapacityRange {
+            map: map.to_string(),
+            n,
+        }),
+    }
+}
+
+/// The file's `[map_capacity]` table, then each `MAP=ENTRIES` of the flag (or environment)
+/// over it.
+fn map_capacities(
+    cli: Option<Vec<String>>,
+    file: Option<BTreeMap<String, u32>>,
+) -> Result<BTreeMap<&'static str, u32>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (map, n) in file.unwrap_or_default() {
+        let (name, n) = map_capacity_entry(&map, u64::from(n))?;
+        out.insert(name, n);
+    }
+    for item in cli.unwrap_or_default() {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (map, n) = item
+            .split_once('=')
+            .and_then(|(m, n)| Some((m.trim(), n.trim().parse::<u64>().ok()?)))
+            .ok_or_else(|| ConfigError::BadMapCapacity(item.to_string()))?;
+        let (name, n) = map_capacity_entry(map, n)?;
+        out.insert(name, n);
+    }
+    Ok(out)
 }
 
 impl Cli {
@@ -475,7 +550,9 @@ impl Cli {
         if flood_burst == 0 {
             return Err(ConfigError::BadFloodBurst);
         }
+        let map_capacity = map_capacities(self.map_capacity, file.map_capacity)?;
         Ok(Config {
+            map_capacity,
             flood_rate,
             flood_burst,
             ct_port_quota: self
@@ -636,6 +713,53 @@ mod tests {
             parse(&["--chassis", "x", "--flood-rate", "2000000000"]).merge(FileConfig::default()),
             Err(ConfigError::BadFloodRate(_))
         ));
+    }
+
+    #[test]
+    fn map_capacities_from_file_and_flags() {
+        let file: FileConfig =
+            toml::from_str("[map_capacity]\ndf_policy_v1 = 1000\ndf_ident_v1 = 50\n").unwrap();
+        let c = parse(&[
+            "--chassis",
+            "x",
+            "--map-capacity",
+            "df_policy_v1=2000,df_l2_v1=300",
+            "--map-capacity",
+            "df_ports_v1=64",
+        ])
+        .merge(file)
+        .unwrap();
+        assert_eq!(
+            c.map_capacity,
+            BTreeMap::from([
+                ("df_policy_v1", 2000),
+                ("df_ident_v1", 50),
+                ("df_l2_v1", 300),
+                ("df_ports_v1", 64)
+            ]),
+            "the flag overrides the file per map; the file's other maps stay"
+        );
+        assert!(
+            parse(&["--chassis", "x"])
+                .merge(FileConfig::default())
+                .unwrap()
+                .map_capacity
+                .is_empty(),
+            "default: the compiled-in capacities"
+        );
+        let err = |arg: &str| {
+            parse(&["--chassis", "x", "--map-capacity", arg])
+                .merge(FileConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("df_policy_v1").contains("expected MAP=ENTRIES"));
+        assert!(err("df_policy_v1=lots").contains("expected MAP=ENTRIES"));
+        assert!(err("df_ct_v1=5").contains("not a map the agent fills"));
+        assert!(err("df_policy_v1=0").contains("between 1 and"));
+        assert!(err("df_policy_v1=99999999999").contains("between 1 and"));
+        let file: FileConfig = toml::from_str("[map_capacity]\ndf_nope = 5\n").unwrap();
+        assert!(parse(&["--chassis", "x"]).merge(file).is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Controller {
     retry_write: Option<Instant>,
     /// What the NB changes since the last computation touched.
     touched: Touched,
+    /// The last write cut entries that did not fit their maps.
+    cut: bool,
     /// The desired entries, recomputed change by change.
     incremental: Incremental,
     decode: DecodeOptions,
@@ -161,6 +163,7 @@ impl Controller {
                 flood_burst: cfg.flood_burst,
                 ct_port_quota: cfg.ct_port_quota,
             };
+            view.capacity = maps.capacity.clone();
         }
         info!(
             ports = actual.ports.len(),
@@ -200,6 +203,7 @@ impl Controller {
             computed_for: None,
             retry_write: None,
             touched: Touched::default(),
+            cut: false,
             incremental: Incremental::default(),
             decode,
             have_snapshot: false,
@@ -420,6 +424,21 @@ impl Controller {
                 .collect();
             d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
             self.maps.mask(&mut d.entries);
+            // What the maps cannot hold is cut here, safest entries kept, and reported:
+            // a full map is never written entry by entry at every reconciliation.
+            let fit = self.maps.fit(&mut d.entries, &self.actual);
+            let cut = !fit.overflow.is_empty() || !fit.ports_left_out.is_empty();
+            {
+                let mut view = self.shared.view.lock().expect("lock");
+                view.needed = fit.needed;
+                view.map_overflow = fit.overflow;
+            }
+            // A cut (or the end of one) changes entries of networks no change touched:
+            // compare everything now, and recompute everything next time (the cut entries
+            // are missing from what the next computation patches).
+            let scope = if cut || self.cut { Scope::Full } else { scope };
+            self.touched.all |= cut;
+            self.cut = cut;
             self.write(&d, &scope, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).
             for pin in &pins {

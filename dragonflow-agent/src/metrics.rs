@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus text;
 //! - `GET /healthz`: 200 `ok` once the first full sync from etcd has been applied to the
-//!   maps, 503 before; 200 `degraded: …` while etcd is unreachable (the datapath keeps
+//!   maps, 503 before; 503 `degraded: <map> needs N entries, capacity C` (a line per map)
+//!   while a map cannot hold what is needed; 200 `degraded: …` while etcd is unreachable (the datapath keeps
 //!   enforcing the last good state);
 //! - `GET /garp`: JSON array of the last GARP seen per IP;
 //! - `GET /state`: JSON of local ports, taps and sync state (for tests and operators).
@@ -33,7 +34,7 @@ use tracing::debug;
 use crate::{
     config::Hook,
     conntrack::CtShared,
-    datapath::StatsMaps,
+    datapath::{StatsMaps, capacity::MapOverflow},
     garp::{self, GarpTable},
     nb::Kind,
     reconcile::{LocalPort, NetworkView},
@@ -128,6 +129,14 @@ pub struct View {
     pub invalid_records: BTreeMap<String, String>,
     #[serde(skip)]
     pub entries: BTreeMap<&'static str, u64>,
+    /// Effective capacity of the maps the agent fills (`datapath::capacity`).
+    #[serde(skip)]
+    pub capacity: BTreeMap<&'static str, u32>,
+    /// Entries the NB state needs in each map the agent fills, before any cut.
+    #[serde(skip)]
+    pub needed: BTreeMap<&'static str, u64>,
+    /// Maps that cannot hold what is needed (`/healthz` degraded while not empty).
+    pub map_overflow: Vec<MapOverflow>,
     /// Security groups as enforced here.
     pub security_groups: SgView,
     /// The per-port limits in force (`--flood-rate`, `--flood-burst`, `--ct-port-quota`).
@@ -351,11 +360,24 @@ pub fn render(shared: &Shared) -> String {
         names::CT,
         shared.ct.entries.load(Ordering::Relaxed)
     );
-    o.push_str("# HELP dragonflow_map_capacity Capacity (max_entries) of each pinned map.\n# TYPE dragonflow_map_capacity gauge\n");
+    o.push_str("# HELP dragonflow_map_capacity Capacity (max_entries) of each pinned map (as the kernel has it for the maps the agent fills: --map-capacity, or the size of a map adopted from a previous agent).\n# TYPE dragonflow_map_capacity gauge\n");
     for name in names::ALL {
-        if let Some(c) = names::capacity(name) {
+        if let Some(c) = view.capacity.get(name).copied().or(names::capacity(name)) {
             let _ = writeln!(o, "dragonflow_map_capacity{{map=\"{name}\"}} {c}");
         }
+    }
+    o.push_str("# HELP dragonflow_map_needed_entries Entries the northbound state needs in each map the agent fills (more than dragonflow_map_capacity: see dragonflow_map_overflow).\n# TYPE dragonflow_map_needed_entries gauge\n");
+    for (name, n) in &view.needed {
+        let _ = writeln!(o, "dragonflow_map_needed_entries{{map=\"{name}\"}} {n}");
+    }
+    o.push_str("# HELP dragonflow_map_overflow 1 while a map cannot hold what is needed (the agent keeps the entries that are safest to keep; /healthz is degraded).\n# TYPE dragonflow_map_overflow gauge\n");
+    for name in view.needed.keys() {
+        let over = view.map_overflow.iter().any(|m| m.map == *name);
+        let _ = writeln!(
+            o,
+            "dragonflow_map_overflow{{map=\"{name}\"}} {}",
+            u8::from(over)
+        );
     }
 
     let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
@@ -683,8 +705,26 @@ pub fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, S
     match path {
         "/metrics" => (200, PROM, render(shared)),
         "/healthz" => {
+            let overflow = shared.view.lock().expect("lock").map_overflow.clone();
             if !shared.synced.load(Ordering::Relaxed) {
                 (503, TEXT, "not synced yet\n".into())
+            } else if !overflow.is_empty() {
+                // Not 200: some ports are left fail closed (or lose forwarding entries)
+                // until the map is made larger, and a restart cannot fix that. Used as
+                // a readiness probe, this holds a rolling update at this node; it must
+                // not be a liveness probe (docs/deploy.md).
+                let mut body = String::new();
+                for m in &overflow {
+                    let _ = writeln!(
+                        body,
+                        "degraded: {} needs {} entries, capacity {}",
+                        m.map, m.needed, m.capacity
+                    );
+                }
+                if !shared.etcd_connected.load(Ordering::Relaxed) {
+                    body.push_str("degraded: etcd unreachable, enforcing the last good state\n");
+                }
+                (503, TEXT, body)
             } else if shared.etcd_connected.load(Ordering::Relaxed) {
                 (200, TEXT, "ok\n".into())
             } else {
@@ -765,6 +805,47 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line}");
         }
+    }
+
+    #[test]
+    fn map_overflow_in_healthz_metrics_and_state() {
+        let s = Shared::for_tests();
+        s.synced.store(true, Ordering::Relaxed);
+        s.etcd_connected.store(true, Ordering::Relaxed);
+        {
+            let mut v = s.view.lock().unwrap();
+            v.capacity.insert(names::POLICY, 1000);
+            v.needed.insert(names::POLICY, 1500);
+            v.needed.insert(names::ADDRS, 7);
+            v.map_overflow.push(MapOverflow {
+                map: names::POLICY,
+                needed: 1500,
+                capacity: 1000,
+                kept: 990,
+            });
+        }
+        assert_eq!(
+            route("GET", "/healthz", &s),
+            (
+                503,
+                "text/plain; charset=utf-8",
+                "degraded: df_policy_v1 needs 1500 entries, capacity 1000\n".into()
+            )
+        );
+        let text = render(&s);
+        for line in [
+            "dragonflow_map_capacity{map=\"df_policy_v1\"} 1000",
+            "dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144",
+            "dragonflow_map_needed_entries{map=\"df_policy_v1\"} 1500",
+            "dragonflow_map_overflow{map=\"df_policy_v1\"} 1",
+            "dragonflow_map_overflow{map=\"df_addrs_v2\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+        let state: serde_json::Value = serde_json::from_str(&route("GET", "/state", &s).2).unwrap();
+        assert_eq!(state["map_overflow"][0]["needed"], 1500);
+        s.view.lock().unwrap().map_overflow.clear();
+        assert_eq!(route("GET", "/healthz", &s).0, 200);
     }
 
     #[test]

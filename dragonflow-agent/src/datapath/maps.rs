@@ -1,6 +1,6 @@
 //! Typed access to the pinned maps: read everything back (adoption), write a diff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     maps::{
@@ -22,8 +22,9 @@ use dragonflow_common::{
     sg::{CtKey, CtValue, IdentKey, PolicyKey, PolicyValue},
     verdict::STATS_LEN,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
+use super::capacity::{self, Capacities, Fit, MapOverflow};
 use crate::{
     reconcile::{CidrKey, Diff, EntriesDiff, MapEntries, RouteLpmKey},
     report::Chain,
@@ -72,6 +73,14 @@ pub struct Maps {
     /// The per-port conntrack counters, handed to the collector with the table.
     pub ct_count: Option<HashMap<MapData, u32, CtCount>>,
     pub ct_freed: Option<HashMap<MapData, u32, CtFreed>>,
+    /// Effective capacity of each map in `capacity::FILLED` (read from the kernel after
+    /// loading: a map adopted from a previous agent keeps the size it was created with).
+    /// A map missing here is not limited by [`Maps::fit`].
+    pub capacity: Capacities,
+    /// Maps over capacity at the last [`Maps::fit`] (what was last logged).
+    overflow: BTreeMap<&'static str, MapOverflow>,
+    /// Maps whose last write failed, with the error last logged.
+    failing: BTreeMap<&'static str, String>,
 }
 
 /// The maps the metrics endpoint reads.
@@ -153,6 +162,9 @@ impl Maps {
                 ebpf.take_map(maps::CT_FREED),
                 HashMap::try_from,
             )?,
+            capacity: Capacities::new(),
+            overflow: BTreeMap::new(),
+            failing: BTreeMap::new(),
         })
     }
 
@@ -333,12 +345,35 @@ impl Maps {
     ///   before policy removals. They go first of all: a new port has its rules before its
     ///   port entry makes the datapath judge it. (The controller bumps the policy
     ///   generation after this returns, once every change is in.)
+    ///
+    /// A failed write is logged once per map and error, not per entry and not again at
+    /// the next retry (a full map is not one of them: [`Maps::fit`] cuts the desired
+    /// state to the capacities first). When a map would hold more than its capacity
+    /// between its upserts and its removals, every removal is written first, in the
+    /// removal order below (deleting an allow entry early only makes the datapath
+    /// stricter for a moment), then the upserts.
     pub fn apply(&mut self, diff: &EntriesDiff, actual: &mut MapEntries) -> usize {
-        let mut errors = 0;
+        let mut failures = Failures::default();
+        if capacity::needs_room_first(&new_keys(diff, actual), actual, &self.capacity) {
+            debug!("a map is near its capacity: removals first");
+            let mut removals = diff.clone();
+            let mut upserts = diff.clone();
+            split(&mut removals, &mut upserts);
+            self.write_diff(&removals, actual, &mut failures);
+            self.write_diff(&upserts, actual, &mut failures);
+        } else {
+            self.write_diff(diff, actual, &mut failures);
+        }
+        self.report_failures(failures)
+    }
+
+    /// [`Maps::apply`] without the bookkeeping: the writes in their order.
+    fn write_diff(&mut self, diff: &EntriesDiff, actual: &mut MapEntries, failures: &mut Failures) {
+        let failures = &mut *failures;
 
         if let Some(m) = &mut self.policy {
             upsert(
-                &mut errors,
+                failures,
                 maps::POLICY,
                 &diff.policy,
                 &mut actual.policy,
@@ -347,7 +382,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.ident_lpm {
             upsert(
-                &mut errors,
+                failures,
                 maps::IDENT_LPM,
                 &diff.ident_lpm,
                 &mut actual.ident_lpm,
@@ -356,7 +391,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.ident {
             upsert(
-                &mut errors,
+                failures,
                 maps::IDENT,
                 &diff.ident,
                 &mut actual.ident,
@@ -366,7 +401,7 @@ impl Maps {
 
         if let Some(m) = &mut self.ports {
             upsert(
-                &mut errors,
+                failures,
                 maps::PORTS,
                 &diff.ports,
                 &mut actual.ports,
@@ -375,7 +410,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.addrs {
             upsert(
-                &mut errors,
+                failures,
                 maps::ADDRS,
                 &diff.addrs,
                 &mut actual.addrs,
@@ -384,7 +419,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.cidrs {
             upsert(
-                &mut errors,
+                failures,
                 maps::CIDRS,
                 &diff.cidrs,
                 &mut actual.cidrs,
@@ -393,7 +428,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.macs {
             upsert(
-                &mut errors,
+                failures,
                 maps::MACS,
                 &diff.macs,
                 &mut actual.macs,
@@ -402,7 +437,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.devmap {
             upsert(
-                &mut errors,
+                failures,
                 maps::DEVMAP,
                 &diff.devmap,
                 &mut actual.devmap,
@@ -411,7 +446,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.groups {
             upsert(
-                &mut errors,
+                failures,
                 maps::GROUPS,
                 &diff.groups,
                 &mut actual.groups,
@@ -420,7 +455,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.neigh {
             upsert(
-                &mut errors,
+                failures,
                 maps::NEIGH,
                 &diff.neigh,
                 &mut actual.neigh,
@@ -429,7 +464,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.routes {
             upsert(
-                &mut errors,
+                failures,
                 maps::ROUTES,
                 &diff.routes,
                 &mut actual.routes,
@@ -437,13 +472,13 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.l2 {
-            upsert(&mut errors, maps::L2, &diff.l2, &mut actual.l2, |k, v| {
+            upsert(failures, maps::L2, &diff.l2, &mut actual.l2, |k, v| {
                 m.insert(k, v, 0)
             });
         }
         if let Some(m) = &mut self.flood {
             upsert(
-                &mut errors,
+                failures,
                 maps::FLOOD,
                 &diff.flood,
                 &mut actual.flood,
@@ -452,7 +487,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.tun_peers {
             upsert(
-                &mut errors,
+                failures,
                 maps::TUN_PEERS,
                 &diff.tun_peers,
                 &mut actual.tun_peers,
@@ -461,7 +496,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.tun_srcs {
             upsert(
-                &mut errors,
+                failures,
                 maps::TUN_SRCS,
                 &diff.tun_srcs,
                 &mut actual.tun_srcs,
@@ -470,7 +505,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.config {
             upsert(
-                &mut errors,
+                failures,
                 maps::CONFIG,
                 &diff.config,
                 &mut actual.config,
@@ -479,17 +514,13 @@ impl Maps {
         }
 
         if let Some(m) = &mut self.ident {
-            remove(
-                &mut errors,
-                maps::IDENT,
-                &diff.ident,
-                &mut actual.ident,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::IDENT, &diff.ident, &mut actual.ident, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.ident_lpm {
             remove(
-                &mut errors,
+                failures,
                 maps::IDENT_LPM,
                 &diff.ident_lpm,
                 &mut actual.ident_lpm,
@@ -498,7 +529,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.policy {
             remove(
-                &mut errors,
+                failures,
                 maps::POLICY,
                 &diff.policy,
                 &mut actual.policy,
@@ -508,7 +539,7 @@ impl Maps {
 
         if let Some(m) = &mut self.tun_srcs {
             remove(
-                &mut errors,
+                failures,
                 maps::TUN_SRCS,
                 &diff.tun_srcs,
                 &mut actual.tun_srcs,
@@ -517,7 +548,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.tun_peers {
             remove(
-                &mut errors,
+                failures,
                 maps::TUN_PEERS,
                 &diff.tun_peers,
                 &mut actual.tun_peers,
@@ -525,22 +556,18 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.flood {
-            remove(
-                &mut errors,
-                maps::FLOOD,
-                &diff.flood,
-                &mut actual.flood,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::FLOOD, &diff.flood, &mut actual.flood, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.l2 {
-            remove(&mut errors, maps::L2, &diff.l2, &mut actual.l2, |k| {
+            remove(failures, maps::L2, &diff.l2, &mut actual.l2, |k| {
                 m.remove(k)
             });
         }
         if let Some(m) = &mut self.routes {
             remove(
-                &mut errors,
+                failures,
                 maps::ROUTES,
                 &diff.routes,
                 &mut actual.routes,
@@ -548,17 +575,13 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.neigh {
-            remove(
-                &mut errors,
-                maps::NEIGH,
-                &diff.neigh,
-                &mut actual.neigh,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::NEIGH, &diff.neigh, &mut actual.neigh, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.groups {
             remove(
-                &mut errors,
+                failures,
                 maps::GROUPS,
                 &diff.groups,
                 &mut actual.groups,
@@ -567,7 +590,7 @@ impl Maps {
         }
         if let Some(m) = &mut self.devmap {
             remove(
-                &mut errors,
+                failures,
                 maps::DEVMAP,
                 &diff.devmap,
                 &mut actual.devmap,
@@ -575,38 +598,79 @@ impl Maps {
             );
         }
         if let Some(m) = &mut self.addrs {
-            remove(
-                &mut errors,
-                maps::ADDRS,
-                &diff.addrs,
-                &mut actual.addrs,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::ADDRS, &diff.addrs, &mut actual.addrs, |k| {
+                m.remove(k)
+            });
         }
         if let Some(m) = &mut self.cidrs {
-            remove(
-                &mut errors,
-                maps::CIDRS,
-                &diff.cidrs,
-                &mut actual.cidrs,
-                |k| m.remove(&Key::new(k.prefix_len, k.key)),
-            );
+            remove(failures, maps::CIDRS, &diff.cidrs, &mut actual.cidrs, |k| {
+                m.remove(&Key::new(k.prefix_len, k.key))
+            });
         }
         if let Some(m) = &mut self.macs {
-            remove(&mut errors, maps::MACS, &diff.macs, &mut actual.macs, |k| {
+            remove(failures, maps::MACS, &diff.macs, &mut actual.macs, |k| {
                 m.remove(k)
             });
         }
         if let Some(m) = &mut self.ports {
-            remove(
-                &mut errors,
-                maps::PORTS,
-                &diff.ports,
-                &mut actual.ports,
-                |k| m.remove(k),
-            );
+            remove(failures, maps::PORTS, &diff.ports, &mut actual.ports, |k| {
+                m.remove(k)
+            });
         }
-        errors
+    }
+
+    /// Cuts `desired` to what the maps can hold (`capacity::fit`, which documents what is
+    /// kept) and logs the change of each map's overflow once: when it starts, when its
+    /// need, capacity or kept count changes, and when it ends.
+    pub fn fit(&mut self, desired: &mut MapEntries, actual: &MapEntries) -> Fit {
+        let fit = capacity::fit(desired, actual, &self.capacity);
+        let now: BTreeMap<&'static str, MapOverflow> =
+            fit.overflow.iter().map(|o| (o.map, o.clone())).collect();
+        for (map, o) in &now {
+            if self.overflow.get(map) != Some(o) {
+                error!(
+                    map,
+                    needed = o.needed,
+                    capacity = o.capacity,
+                    kept = o.kept,
+                    ports_left_out = fit.ports_left_out.len(),
+                    "map too small: {map} needs {} entries, capacity {}; only {} written \
+                     (ports that do not fit whole stay fail closed; raise --map-capacity)",
+                    o.needed,
+                    o.capacity,
+                    o.kept
+                );
+            }
+        }
+        for map in self.overflow.keys() {
+            if !now.contains_key(map) {
+                info!(map, "map no longer over capacity: every desired entry fits");
+            }
+        }
+        self.overflow = now;
+        fit
+    }
+
+    /// Logs each map's failed writes once (again only when the error changes, and once
+    /// when writes to it succeed again); returns the number of failed operations.
+    fn report_failures(&mut self, f: Failures) -> usize {
+        for (&map, (n, first)) in &f.failed {
+            if self.failing.get(map) != Some(first) {
+                warn!(
+                    map,
+                    failed = n,
+                    "map writes failed: {first} (retried at each reconciliation; logged again \
+                     only if the error changes)"
+                );
+                self.failing.insert(map, first.clone());
+            }
+        }
+        for map in &f.touched {
+            if !f.failed.contains_key(map) && self.failing.remove(map).is_some() {
+                info!(map, "map writes succeed again");
+            }
+        }
+        f.failed.values().map(|(n, _)| n).sum()
     }
 
     /// The subset of `desired` this object can hold (maps missing from an incomplete
@@ -682,46 +746,106 @@ impl Maps {
     }
 }
 
+/// Failed writes of one [`Maps::apply`], per map: how many, and the first error.
+#[derive(Default)]
+struct Failures {
+    failed: BTreeMap<&'static str, (usize, String)>,
+    /// Maps that had something to write.
+    touched: BTreeSet<&'static str>,
+}
+
+impl Failures {
+    fn add(&mut self, name: &'static str, e: &(dyn std::error::Error + 'static)) {
+        let f = self
+            .failed
+            .entry(name)
+            .or_insert_with(|| (0, Chain(e).to_string()));
+        f.0 += 1;
+    }
+}
+
 /// Writes the upserts of one map, mirroring each success into `actual`.
 fn upsert<K: Ord + Clone, V: Clone, E: std::error::Error + 'static>(
-    errors: &mut usize,
-    name: &str,
+    failures: &mut Failures,
+    name: &'static str,
     diff: &Diff<K, V>,
     actual: &mut BTreeMap<K, V>,
     mut write: impl FnMut(&K, &V) -> Result<(), E>,
 ) {
+    if !diff.upsert.is_empty() {
+        failures.touched.insert(name);
+    }
     for (k, v) in &diff.upsert {
         match write(k, v) {
             Ok(()) => {
                 actual.insert(k.clone(), v.clone());
             }
-            Err(e) => {
-                warn!("map write failed ({name}): {}", Chain(&e));
-                *errors += 1;
-            }
+            Err(e) => failures.add(name, &e),
         }
     }
 }
 
 /// Deletes the removals of one map (an entry already gone counts as deleted).
 fn remove<K: Ord, V>(
-    errors: &mut usize,
-    name: &str,
+    failures: &mut Failures,
+    name: &'static str,
     diff: &Diff<K, V>,
     actual: &mut BTreeMap<K, V>,
     mut delete: impl FnMut(&K) -> Result<(), MapError>,
 ) {
+    if !diff.remove.is_empty() {
+        failures.touched.insert(name);
+    }
     for k in &diff.remove {
         match ignore_missing(delete(k)) {
             Ok(()) => {
                 actual.remove(k);
             }
-            Err(e) => {
-                warn!("map write failed ({name}): {}", Chain(&e));
-                *errors += 1;
-            }
+            Err(e) => failures.add(name, &e),
         }
     }
+}
+
+/// Keys each map's upserts add (not already in `actual`).
+fn new_keys(diff: &EntriesDiff, actual: &MapEntries) -> BTreeMap<&'static str, u64> {
+    fn n<K: Ord, V>(d: &Diff<K, V>, actual: &BTreeMap<K, V>) -> u64 {
+        d.upsert
+            .iter()
+            .filter(|(k, _)| !actual.contains_key(k))
+            .count() as u64
+    }
+    BTreeMap::from([
+        (maps::PORTS, n(&diff.ports, &actual.ports)),
+        (maps::ADDRS, n(&diff.addrs, &actual.addrs)),
+        (maps::CIDRS, n(&diff.cidrs, &actual.cidrs)),
+        (maps::MACS, n(&diff.macs, &actual.macs)),
+        (maps::DEVMAP, n(&diff.devmap, &actual.devmap)),
+        (maps::NEIGH, n(&diff.neigh, &actual.neigh)),
+        (maps::ROUTES, n(&diff.routes, &actual.routes)),
+        (maps::L2, n(&diff.l2, &actual.l2)),
+        (maps::FLOOD, n(&diff.flood, &actual.flood)),
+        (maps::GROUPS, n(&diff.groups, &actual.groups)),
+        (maps::TUN_PEERS, n(&diff.tun_peers, &actual.tun_peers)),
+        (maps::TUN_SRCS, n(&diff.tun_srcs, &actual.tun_srcs)),
+        (maps::IDENT, n(&diff.ident, &actual.ident)),
+        (maps::IDENT_LPM, n(&diff.ident_lpm, &actual.ident_lpm)),
+        (maps::POLICY, n(&diff.policy, &actual.policy)),
+    ])
+}
+
+/// Leaves only the removals in `removals` and only the upserts in `upserts` (both start
+/// as copies of one diff).
+fn split(removals: &mut EntriesDiff, upserts: &mut EntriesDiff) {
+    macro_rules! each {
+        ($($f:ident),*) => {$(
+            removals.$f.upsert.clear();
+            upserts.$f.remove.clear();
+        )*};
+    }
+    each!(
+        ports, addrs, cidrs, macs, devmap, neigh, routes, l2, flood, groups, tun_peers, tun_srcs,
+        config, ident, ident_lpm, policy
+    );
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
@@ -781,21 +905,59 @@ impl StatsMaps {
 
 /// Fill levels of the agent-owned maps from the in-memory mirror (no syscalls).
 pub fn entry_counts(actual: &MapEntries) -> BTreeMap<&'static str, u64> {
-    BTreeMap::from([
-        (maps::PORTS, actual.ports.len() as u64),
-        (maps::ADDRS, actual.addrs.len() as u64),
-        (maps::CIDRS, actual.cidrs.len() as u64),
-        (maps::MACS, actual.macs.len() as u64),
-        (maps::DEVMAP, actual.devmap.len() as u64),
-        (maps::NEIGH, actual.neigh.len() as u64),
-        (maps::ROUTES, actual.routes.len() as u64),
-        (maps::L2, actual.l2.len() as u64),
-        (maps::FLOOD, actual.flood.len() as u64),
-        (maps::GROUPS, actual.groups.len() as u64),
-        (maps::TUN_PEERS, actual.tun_peers.len() as u64),
-        (maps::TUN_SRCS, actual.tun_srcs.len() as u64),
-        (maps::IDENT, actual.ident.len() as u64),
-        (maps::IDENT_LPM, actual.ident_lpm.len() as u64),
-        (maps::POLICY, actual.policy.len() as u64),
-    ])
+    capacity::counts(actual)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(map: &'static str, n: usize, msg: &str) -> Failures {
+        let mut f = Failures::default();
+        f.touched.insert(map);
+        f.failed.insert(map, (n, msg.to_string()));
+        f
+    }
+
+    #[test]
+    fn a_failure_is_remembered_until_the_map_is_written_again() {
+        let mut m = Maps::default();
+        assert_eq!(m.report_failures(failed(maps::L2, 3, "EINVAL")), 3);
+        assert_eq!(m.failing.get(maps::L2).map(String::as_str), Some("EINVAL"));
+        // The same error again: counted, not logged again (the remembered text is it).
+        assert_eq!(m.report_failures(failed(maps::L2, 3, "EINVAL")), 3);
+        // A write to another map does not clear it; a clean write to it does.
+        let mut other = Failures::default();
+        other.touched.insert(maps::NEIGH);
+        assert_eq!(m.report_failures(other), 0);
+        assert!(m.failing.contains_key(maps::L2));
+        let mut clean = Failures::default();
+        clean.touched.insert(maps::L2);
+        assert_eq!(m.report_failures(clean), 0);
+        assert!(m.failing.is_empty());
+    }
+
+    #[test]
+    fn overflow_state_follows_the_need() {
+        use dragonflow_common::port::PortConfig;
+        let mut m = Maps {
+            capacity: Capacities::from([(maps::PORTS, 1)]),
+            ..Default::default()
+        };
+        let two = || MapEntries {
+            ports: BTreeMap::from([(3, PortConfig::default()), (4, PortConfig::default())]),
+            ..Default::default()
+        };
+        let mut d = two();
+        let fit = m.fit(&mut d, &MapEntries::default());
+        assert_eq!(fit.overflow.len(), 1);
+        assert_eq!(d.ports.len(), 1);
+        assert!(m.overflow.contains_key(maps::PORTS));
+        let mut d = MapEntries {
+            ports: BTreeMap::from([(3, PortConfig::default())]),
+            ..Default::default()
+        };
+        assert!(m.fit(&mut d, &MapEntries::default()).overflow.is_empty());
+        assert!(m.overflow.is_empty(), "the end of the overflow is noticed");
+    }
 }

@@ -5,6 +5,7 @@
 //! Pins live under `<bpffs>/dragonflow/<chassis>/`: `maps/<map name>` and
 //! `links/<ifname>@<xdp|tc|vlan|tunnel>` (bpffs forbids dots in names).
 
+pub mod capacity;
 pub mod links;
 pub mod maps;
 pub mod sys;
@@ -121,6 +122,11 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // Applies to maps created now; a map already pinned is adopted as it is (see
+    // `effective_capacities`).
+    for (&name, &n) in &cfg.map_capacity {
+        loader.map_max_entries(name, n);
+    }
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|source| DatapathError::Load {
@@ -135,7 +141,8 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
         load_program(&mut ebpf, LinkKind::Tunnel)?;
     }
     remove_stale_maps(&maps_dir);
-    let maps = Maps::take(&mut ebpf)?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    maps.capacity = effective_capacities(&maps_dir, cfg);
     let stats = StatsMaps::take(&mut ebpf)?;
     let garp_events = match ebpf.take_map(names::GARP_EVENTS) {
         Some(m) => match RingBuf::try_from(m) {
@@ -163,6 +170,45 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
         stats,
         garp_events,
     })
+}
+
+/// The capacity each map the agent fills really has, read from the kernel.
+///
+/// A map pinned by a previous agent is adopted with its entries (live traffic depends on
+/// them), whatever capacity it was created with: aya reuses a pinned map without
+/// comparing its definition. Re-creating it here would drop every frame that needs it
+/// until the first sync has refilled it, so a changed `--map-capacity` is not applied to
+/// a pinned map: it is said once at start, and `dragonflow_map_capacity` shows the real
+/// size. To resize one, stop the agent, remove its pin (`<bpffs>/dragonflow/<chassis>/
+/// maps/<map>`) and start it again (README, "Map capacities").
+fn effective_capacities(maps_dir: &Path, cfg: &Config) -> capacity::Capacities {
+    let mut out = capacity::Capacities::new();
+    for &name in &capacity::FILLED {
+        let Some(default) = names::capacity(name) else {
+            continue;
+        };
+        let want = cfg.map_capacity.get(name).copied().unwrap_or(default);
+        let have = match aya::maps::MapInfo::from_pin(maps_dir.join(name)) {
+            Ok(info) => info.max_entries(),
+            Err(e) => {
+                warn!(map = name, "cannot read the map's capacity: {}", Chain(&e));
+                want
+            }
+        };
+        if have != want {
+            warn!(
+                map = name,
+                capacity = have,
+                configured = want,
+                "map adopted from a previous agent keeps its capacity {have} (configured \
+                 {want}); to resize it, stop the agent, remove {} and start it again (its \
+                 entries are rewritten at the first sync)",
+                maps_dir.join(name).display()
+            );
+        }
+        out.insert(name, have);
+    }
+    out
 }
 
 fn load_program(ebpf: &mut Ebpf, kind: LinkKind) -> Result<(), DatapathError> {
