@@ -289,12 +289,18 @@ impl Controller {
                     .load(&self.cfg.prefix, &kvs, &self.decode, &self.shared);
                 self.index = NbIndex::of(&self.nb.snapshot);
                 self.touched.all = true;
+                let keys = kvs.len();
+                drop(kvs);
+                // A full read allocates (and frees) about as much again as the cache it
+                // fills; glibc keeps freed memory in its arenas unless asked to return it.
+                // SAFETY: malloc_trim only releases free heap pages; no pointer is touched.
+                unsafe { libc::malloc_trim(0) };
                 debug!(changed = !delta.is_empty(), "snapshot loaded");
                 let first = !self.have_snapshot;
                 self.have_snapshot = true;
                 info!(
                     revision,
-                    keys = kvs.len(),
+                    keys,
                     lswitches = self.nb.snapshot.lswitches.len(),
                     lports = self.nb.snapshot.lports.len(),
                     "{}",

@@ -22,7 +22,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     forwarding::{Context, NetPart, network},
-    nb::{LPort, index::NbIndex},
+    nb::{
+        LPort,
+        index::{Id, NbIndex},
+    },
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     scope,
     secgroups::Identities,
@@ -290,25 +293,26 @@ impl Incremental {
                 d.flood_overflow.insert(part.view.net_id, wanted);
             }
         }
-        let mut members: BTreeSet<&str> = BTreeSet::new();
-        for p in &d.local_ports {
-            let Some(port) = nb.lports.get(&p.id) else {
-                continue;
-            };
-            for g in &port.security_groups {
-                let Some(sg) = nb.secgroups.get(g) else {
-                    continue;
-                };
-                for r in &sg.rules {
-                    if let Some(remote) = &r.remote_group_id {
-                        members.extend(ix.members(remote).map(|id| &**id));
-                    }
-                }
-            }
+        // The groups the local ports' rules name, then their members (each once).
+        let groups: BTreeSet<&str> = d
+            .local_ports
+            .iter()
+            .filter_map(|p| nb.lports.get(&p.id))
+            .flat_map(|p| p.security_groups.iter())
+            .map(String::as_str)
+            .collect();
+        let remote: BTreeSet<&str> = groups
+            .iter()
+            .filter_map(|g| nb.secgroups.get(*g))
+            .flat_map(|sg| sg.rules.iter().filter_map(|r| r.remote_group_id.as_deref()))
+            .collect();
+        let mut members: BTreeSet<&Id> = BTreeSet::new();
+        for g in remote {
+            members.extend(ix.members(g));
         }
         let members = members
             .into_iter()
-            .filter_map(|id| nb.lports.get(id).map(|p| &**p));
+            .filter_map(|id| nb.lports.get(&**id).map(|p| &**p));
         reconcile::security_groups(d, nb, members, identities);
 
         self.local = programmed;

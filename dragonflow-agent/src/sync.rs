@@ -268,7 +268,13 @@ async fn session(
         })
         .await?;
         let revision = range.revision;
-        let kvs = range.kvs.iter().map(Kv::from).collect::<Vec<_>>();
+        // Each record's bytes are freed as soon as they are copied (a 100,000-port read is
+        // some 100 MB; it must not be held twice).
+        let kvs = range
+            .kvs
+            .into_iter()
+            .map(|kv| Kv::from(&kv))
+            .collect::<Vec<_>>();
         debug!(revision, keys = kvs.len(), "range get");
         tx.send(NbEvent::Snapshot { revision, kvs })
             .await

@@ -9,19 +9,17 @@
 //! then lower id, so every agent, restarted or not, decides alike whatever the order it
 //! learnt the ports in. A port that does not hold all its claims is refused.
 //!
-//! The index is incremental: a change touches the ports sharing one of the changed port's
-//! claims, never the whole cloud.
+//! The index is incremental: a change looks at the ports of the changed port's network
+//! and chassis, never the whole cloud.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fmt,
     net::IpAddr,
+    sync::Arc,
 };
 
 use super::LPort;
-
-/// Which port is older: (etcd create_revision, id).
-pub type Age = (i64, String);
 
 /// One thing a port holds for itself alone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,53 +84,175 @@ pub struct Conflict {
     pub holder: String,
 }
 
-/// The holders of one claim, oldest first, by how they hold it.
-#[derive(Debug, Default)]
-struct Holders {
-    /// Fixed IPs and bindings.
-    exclusive: BTreeSet<Age>,
-    /// Allowed address pairs.
-    shared: BTreeSet<Age>,
+/// What one port claims, kept compact (a cloud has 100,000 of them): the claims are
+/// rebuilt from this when asked for.
+#[derive(Debug)]
+struct Filed {
+    created: i64,
+    lswitch: Arc<str>,
+    fixed: Box<[IpAddr]>,
+    /// Single-IP allowed address pairs.
+    aaps: Box<[IpAddr]>,
+    binding: Option<(Arc<str>, Box<str>)>,
 }
 
-/// Every valid port's claims, indexed by claim.
+impl Filed {
+    fn of(created: i64, p: &LPort, names: &mut Names) -> Self {
+        Filed {
+            created,
+            lswitch: names.get(&p.lswitch),
+            fixed: p.fixed_ips.clone().into_boxed_slice(),
+            aaps: p
+                .allowed_address_pairs
+                .iter()
+                .filter(|a| a.ip_address.is_host())
+                .map(|a| a.ip_address.addr)
+                .collect(),
+            binding: p
+                .chassis
+                .as_deref()
+                .map(|c| (names.get(c), p.tap_name().into_boxed_str())),
+        }
+    }
+
+    /// Its claims in the order of [`claims_of`].
+    fn claims(&self) -> BTreeSet<(Claim, Use)> {
+        let addr = |ip: &IpAddr| Claim::Addr {
+            lswitch: self.lswitch.to_string(),
+            ip: *ip,
+        };
+        let mut out: BTreeSet<(Claim, Use)> =
+            self.fixed.iter().map(|ip| (addr(ip), Use::Fixed)).collect();
+        out.extend(self.aaps.iter().map(|ip| (addr(ip), Use::Aap)));
+        if let Some((chassis, tap)) = &self.binding {
+            out.insert((
+                Claim::Tap {
+                    chassis: chassis.to_string(),
+                    tap: tap.to_string(),
+                },
+                Use::Binding,
+            ));
+        }
+        out
+    }
+
+    /// How this port holds `claim`, if it does: `Fixed` wins over `Aap` (a fixed IP also
+    /// listed as an AAP is held exclusively).
+    fn holds(&self, claim: &Claim) -> Option<Use> {
+        match claim {
+            Claim::Addr { lswitch, ip } if *lswitch == *self.lswitch => {
+                if self.fixed.contains(ip) {
+                    Some(Use::Fixed)
+                } else if self.aaps.contains(ip) {
+                    Some(Use::Aap)
+                } else {
+                    None
+                }
+            }
+            Claim::Tap { chassis, tap } => self
+                .binding
+                .as_ref()
+                .filter(|(c, t)| **c == **chassis && **t == **tap)
+                .map(|_| Use::Binding),
+            Claim::Addr { .. } => None,
+        }
+    }
+}
+
+/// Equal names share one allocation.
+#[derive(Debug, Default)]
+struct Names(HashMap<Arc<str>, ()>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some((k, _)) = self.0.get_key_value(s) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(s);
+        self.0.insert(k.clone(), ());
+        k
+    }
+}
+
+/// Every valid port's claims. Rivals are found among the ports of the same network (for
+/// an address) or chassis (for a tap): the work of a change grows with those, not with
+/// the cloud, and the index costs a few dozen bytes a port beyond the claims themselves.
 #[derive(Debug, Default)]
 pub struct ClaimIndex {
-    ports: HashMap<String, (i64, BTreeSet<(Claim, Use)>)>,
-    holders: HashMap<Claim, Holders>,
+    ports: HashMap<Arc<str>, Filed>,
+    by_net: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    by_chassis: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    names: Names,
+}
+
+fn unfile(map: &mut HashMap<Arc<str>, HashSet<Arc<str>>>, at: &Arc<str>, id: &str) {
+    if let Some(set) = map.get_mut(at) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(at);
+        }
+    }
 }
 
 impl ClaimIndex {
+    /// The other ports that may hold one of `f`'s claims.
+    fn neighbours<'a>(&'a self, f: &'a Filed) -> impl Iterator<Item = (&'a Arc<str>, &'a Filed)> {
+        let net = self.by_net.get(&f.lswitch).into_iter().flatten();
+        let chassis = f
+            .binding
+            .as_ref()
+            .and_then(|(c, _)| self.by_chassis.get(c))
+            .into_iter()
+            .flatten();
+        net.chain(chassis)
+            .filter_map(|id| self.ports.get(id).map(|p| (id, p)))
+    }
+
+    /// The ports whose standing a port holding `claims` affects: every exclusive holder of
+    /// one of them, and for a fixed IP or a binding the AAP holders too.
+    fn touched_by(&self, id: &str, f: &Filed, out: &mut BTreeSet<String>) {
+        let claims = f.claims();
+        for (other, o) in self.neighbours(f) {
+            if &**other == id {
+                continue;
+            }
+            let hit = claims.iter().any(|(claim, how)| match o.holds(claim) {
+                Some(Use::Aap) => *how != Use::Aap,
+                Some(_) => true,
+                None => false,
+            });
+            if hit {
+                out.insert(other.to_string());
+            }
+        }
+    }
+
     /// Sets what port `id` claims (`None`: nothing, the port is gone or invalid), created
     /// at etcd revision `created`. Returns the other ports whose standing this may change.
     pub fn set(&mut self, id: &str, port: Option<(i64, &LPort)>) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
-        let new = port.map(|(created, p)| (created, claims_of(p)));
-        if let Some((created, old)) = self.ports.remove(id) {
-            let age = (created, id.to_string());
-            for (claim, how) in old {
-                let Some(h) = self.holders.get_mut(&claim) else {
-                    continue;
-                };
-                h.exclusive.remove(&age);
-                h.shared.remove(&age);
-                touch(h, how, &mut touched);
-                if h.exclusive.is_empty() && h.shared.is_empty() {
-                    self.holders.remove(&claim);
-                }
+        if let Some((key, old)) = self.ports.remove_entry(id) {
+            unfile(&mut self.by_net, &old.lswitch, id);
+            if let Some((c, _)) = &old.binding {
+                unfile(&mut self.by_chassis, c, id);
             }
+            self.touched_by(&key, &old, &mut touched);
         }
-        if let Some((created, claims)) = new {
-            let age = (created, id.to_string());
-            for (claim, how) in &claims {
-                let h = self.holders.entry(claim.clone()).or_default();
-                touch(h, *how, &mut touched);
-                match how {
-                    Use::Aap => h.shared.insert(age.clone()),
-                    Use::Fixed | Use::Binding => h.exclusive.insert(age.clone()),
-                };
+        if let Some((created, p)) = port {
+            let f = Filed::of(created, p, &mut self.names);
+            self.touched_by(id, &f, &mut touched);
+            let key: Arc<str> = Arc::from(id);
+            self.by_net
+                .entry(f.lswitch.clone())
+                .or_default()
+                .insert(key.clone());
+            if let Some((c, _)) = &f.binding {
+                self.by_chassis
+                    .entry(c.clone())
+                    .or_default()
+                    .insert(key.clone());
             }
-            self.ports.insert(id.to_string(), (created, claims));
+            self.ports.insert(key, f);
         }
         touched.remove(id);
         touched
@@ -140,34 +260,31 @@ impl ClaimIndex {
 
     /// The create_revision port `id` was indexed with, if it is.
     pub fn created(&self, id: &str) -> Option<i64> {
-        self.ports.get(id).map(|(created, _)| *created)
+        self.ports.get(id).map(|f| f.created)
     }
 
     /// The first claim of port `id` an older port holds, if any.
     pub fn conflict(&self, id: &str) -> Option<Conflict> {
-        let (created, claims) = self.ports.get(id)?;
-        let me = (*created, id.to_string());
+        let f = self.ports.get(id)?;
+        let me = (f.created, id);
+        let claims = f.claims();
         claims.iter().find_map(|(claim, how)| {
-            let h = self.holders.get(claim)?;
-            let mut rivals = vec![h.exclusive.first()];
-            if *how != Use::Aap {
-                rivals.push(h.shared.first());
-            }
-            let holder = rivals.into_iter().flatten().filter(|a| **a < me).min()?;
-            Some(Conflict {
-                claim: claim.clone(),
-                holder: holder.1.clone(),
-            })
+            self.neighbours(f)
+                .filter(|(other, _)| &***other != id)
+                .filter(|(_, o)| match o.holds(claim) {
+                    // An AAP holder is a rival only of a fixed IP.
+                    Some(Use::Aap) => *how != Use::Aap,
+                    Some(_) => true,
+                    None => false,
+                })
+                .map(|(other, o)| (o.created, &**other))
+                .filter(|age| *age < me)
+                .min()
+                .map(|(_, holder)| Conflict {
+                    claim: claim.clone(),
+                    holder: holder.to_string(),
+                })
         })
-    }
-}
-
-/// Notes the holders of a claim whose standing a port holding it as `how` affects: all of
-/// them for a fixed IP or a binding, only the exclusive ones for an AAP.
-fn touch(h: &Holders, how: Use, touched: &mut BTreeSet<String>) {
-    touched.extend(h.exclusive.iter().map(|a| a.1.clone()));
-    if how != Use::Aap {
-        touched.extend(h.shared.iter().map(|a| a.1.clone()));
     }
 }
 
