@@ -88,6 +88,7 @@ pub struct Conflict {
 /// rebuilt from this when asked for.
 #[derive(Debug)]
 struct Filed {
+    id: Arc<str>,
     created: i64,
     lswitch: Arc<str>,
     fixed: Box<[IpAddr]>,
@@ -96,9 +97,17 @@ struct Filed {
     binding: Option<(Arc<str>, Box<str>)>,
 }
 
+/// A claim as [`Filed`] holds it (names interned: equal names are the same pointer).
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    Addr(&'a Arc<str>, IpAddr),
+    Tap(&'a Arc<str>, &'a str),
+}
+
 impl Filed {
-    fn of(created: i64, p: &LPort, names: &mut Names) -> Self {
+    fn of(id: &str, created: i64, p: &LPort, names: &mut Names) -> Self {
         Filed {
+            id: Arc::from(id),
             created,
             lswitch: names.get(&p.lswitch),
             fixed: p.fixed_ips.clone().into_boxed_slice(),
@@ -115,47 +124,75 @@ impl Filed {
         }
     }
 
-    /// Its claims in the order of [`claims_of`].
-    fn claims(&self) -> BTreeSet<(Claim, Use)> {
-        let addr = |ip: &IpAddr| Claim::Addr {
-            lswitch: self.lswitch.to_string(),
-            ip: *ip,
-        };
-        let mut out: BTreeSet<(Claim, Use)> =
-            self.fixed.iter().map(|ip| (addr(ip), Use::Fixed)).collect();
-        out.extend(self.aaps.iter().map(|ip| (addr(ip), Use::Aap)));
+    /// Its claims, in the order of [`claims_of`].
+    fn claims(&self) -> Vec<(Held<'_>, Use)> {
+        let mut out: Vec<(Held<'_>, Use)> = self
+            .fixed
+            .iter()
+            .map(|ip| (Held::Addr(&self.lswitch, *ip), Use::Fixed))
+            .chain(
+                self.aaps
+                    .iter()
+                    .map(|ip| (Held::Addr(&self.lswitch, *ip), Use::Aap)),
+            )
+            .collect();
+        out.sort_by_key(|(h, how)| match h {
+            Held::Addr(_, ip) => (*ip, *how),
+            Held::Tap(..) => unreachable!("addresses only so far"),
+        });
+        out.dedup_by_key(|(h, how)| match h {
+            Held::Addr(_, ip) => (*ip, *how),
+            Held::Tap(..) => unreachable!("addresses only so far"),
+        });
         if let Some((chassis, tap)) = &self.binding {
-            out.insert((
-                Claim::Tap {
-                    chassis: chassis.to_string(),
-                    tap: tap.to_string(),
-                },
-                Use::Binding,
-            ));
+            out.push((Held::Tap(chassis, tap), Use::Binding));
         }
         out
     }
 
     /// How this port holds `claim`, if it does: `Fixed` wins over `Aap` (a fixed IP also
     /// listed as an AAP is held exclusively).
-    fn holds(&self, claim: &Claim) -> Option<Use> {
+    fn holds(&self, claim: Held<'_>) -> Option<Use> {
         match claim {
-            Claim::Addr { lswitch, ip } if *lswitch == *self.lswitch => {
-                if self.fixed.contains(ip) {
+            Held::Addr(lswitch, ip) if Arc::ptr_eq(lswitch, &self.lswitch) => {
+                if self.fixed.contains(&ip) {
                     Some(Use::Fixed)
-                } else if self.aaps.contains(ip) {
+                } else if self.aaps.contains(&ip) {
                     Some(Use::Aap)
                 } else {
                     None
                 }
             }
-            Claim::Tap { chassis, tap } => self
+            Held::Tap(chassis, tap) => self
                 .binding
                 .as_ref()
-                .filter(|(c, t)| **c == **chassis && **t == **tap)
+                .filter(|(c, t)| Arc::ptr_eq(c, chassis) && **t == *tap)
                 .map(|_| Use::Binding),
-            Claim::Addr { .. } => None,
+            Held::Addr(..) => None,
         }
+    }
+
+    /// Whether this port is a rival of a holder of `claim` as `how`: any holder of a fixed
+    /// IP or a binding; only an exclusive holder of an allowed address pair.
+    fn rivals(&self, claim: Held<'_>, how: Use) -> bool {
+        match self.holds(claim) {
+            Some(Use::Aap) => how != Use::Aap,
+            Some(_) => true,
+            None => false,
+        }
+    }
+}
+
+fn claim_of(h: Held<'_>) -> Claim {
+    match h {
+        Held::Addr(lswitch, ip) => Claim::Addr {
+            lswitch: lswitch.to_string(),
+            ip,
+        },
+        Held::Tap(chassis, tap) => Claim::Tap {
+            chassis: chassis.to_string(),
+            tap: tap.to_string(),
+        },
     }
 }
 
@@ -179,15 +216,18 @@ impl Names {
 /// the cloud, and the index costs a few dozen bytes a port beyond the claims themselves.
 #[derive(Debug, Default)]
 pub struct ClaimIndex {
-    ports: HashMap<Arc<str>, Filed>,
-    by_net: HashMap<Arc<str>, HashSet<Arc<str>>>,
-    by_chassis: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// Filed ports by slot (a freed slot is reused).
+    slots: Vec<Option<Filed>>,
+    free: Vec<usize>,
+    ports: HashMap<Arc<str>, usize>,
+    by_net: HashMap<Arc<str>, HashSet<usize>>,
+    by_chassis: HashMap<Arc<str>, HashSet<usize>>,
     names: Names,
 }
 
-fn unfile(map: &mut HashMap<Arc<str>, HashSet<Arc<str>>>, at: &Arc<str>, id: &str) {
+fn unfile(map: &mut HashMap<Arc<str>, HashSet<usize>>, at: &Arc<str>, slot: usize) {
     if let Some(set) = map.get_mut(at) {
-        set.remove(id);
+        set.remove(&slot);
         if set.is_empty() {
             map.remove(at);
         }
@@ -195,8 +235,8 @@ fn unfile(map: &mut HashMap<Arc<str>, HashSet<Arc<str>>>, at: &Arc<str>, id: &st
 }
 
 impl ClaimIndex {
-    /// The other ports that may hold one of `f`'s claims.
-    fn neighbours<'a>(&'a self, f: &'a Filed) -> impl Iterator<Item = (&'a Arc<str>, &'a Filed)> {
+    /// The other ports that may hold one of `f`'s claims (some twice).
+    fn neighbours<'a>(&'a self, f: &'a Filed) -> impl Iterator<Item = &'a Filed> {
         let net = self.by_net.get(&f.lswitch).into_iter().flatten();
         let chassis = f
             .binding
@@ -205,24 +245,16 @@ impl ClaimIndex {
             .into_iter()
             .flatten();
         net.chain(chassis)
-            .filter_map(|id| self.ports.get(id).map(|p| (id, p)))
+            .filter_map(|&i| self.slots[i].as_ref())
+            .filter(|o| !Arc::ptr_eq(&o.id, &f.id) && o.id != f.id)
     }
 
-    /// The ports whose standing a port holding `claims` affects: every exclusive holder of
-    /// one of them, and for a fixed IP or a binding the AAP holders too.
-    fn touched_by(&self, id: &str, f: &Filed, out: &mut BTreeSet<String>) {
+    /// The ports whose standing a port holding `f`'s claims affects.
+    fn touched_by(&self, f: &Filed, out: &mut BTreeSet<String>) {
         let claims = f.claims();
-        for (other, o) in self.neighbours(f) {
-            if &**other == id {
-                continue;
-            }
-            let hit = claims.iter().any(|(claim, how)| match o.holds(claim) {
-                Some(Use::Aap) => *how != Use::Aap,
-                Some(_) => true,
-                None => false,
-            });
-            if hit {
-                out.insert(other.to_string());
+        for o in self.neighbours(f) {
+            if claims.iter().any(|&(claim, how)| o.rivals(claim, how)) {
+                out.insert(o.id.to_string());
             }
         }
     }
@@ -231,59 +263,71 @@ impl ClaimIndex {
     /// at etcd revision `created`. Returns the other ports whose standing this may change.
     pub fn set(&mut self, id: &str, port: Option<(i64, &LPort)>) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
-        if let Some((key, old)) = self.ports.remove_entry(id) {
-            unfile(&mut self.by_net, &old.lswitch, id);
+        if let Some(slot) = self.ports.remove(id) {
+            let old = self.slots[slot].take().expect("filed");
+            self.free.push(slot);
+            unfile(&mut self.by_net, &old.lswitch, slot);
             if let Some((c, _)) = &old.binding {
-                unfile(&mut self.by_chassis, c, id);
+                unfile(&mut self.by_chassis, c, slot);
             }
-            self.touched_by(&key, &old, &mut touched);
+            self.touched_by(&old, &mut touched);
         }
         if let Some((created, p)) = port {
-            let f = Filed::of(created, p, &mut self.names);
-            self.touched_by(id, &f, &mut touched);
-            let key: Arc<str> = Arc::from(id);
+            let f = Filed::of(id, created, p, &mut self.names);
+            self.touched_by(&f, &mut touched);
+            let slot = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                }
+            };
             self.by_net
                 .entry(f.lswitch.clone())
                 .or_default()
-                .insert(key.clone());
+                .insert(slot);
             if let Some((c, _)) = &f.binding {
-                self.by_chassis
-                    .entry(c.clone())
-                    .or_default()
-                    .insert(key.clone());
+                self.by_chassis.entry(c.clone()).or_default().insert(slot);
             }
-            self.ports.insert(key, f);
+            self.ports.insert(f.id.clone(), slot);
+            self.slots[slot] = Some(f);
         }
         touched.remove(id);
         touched
     }
 
+    fn filed(&self, id: &str) -> Option<&Filed> {
+        self.ports.get(id).and_then(|&i| self.slots[i].as_ref())
+    }
+
     /// The create_revision port `id` was indexed with, if it is.
     pub fn created(&self, id: &str) -> Option<i64> {
-        self.ports.get(id).map(|f| f.created)
+        self.filed(id).map(|f| f.created)
     }
 
     /// The first claim of port `id` an older port holds, if any.
     pub fn conflict(&self, id: &str) -> Option<Conflict> {
-        let f = self.ports.get(id)?;
-        let me = (f.created, id);
+        let f = self.filed(id)?;
+        let me = (f.created, &*f.id);
         let claims = f.claims();
-        claims.iter().find_map(|(claim, how)| {
-            self.neighbours(f)
-                .filter(|(other, _)| &***other != id)
-                .filter(|(_, o)| match o.holds(claim) {
-                    // An AAP holder is a rival only of a fixed IP.
-                    Some(Use::Aap) => *how != Use::Aap,
-                    Some(_) => true,
-                    None => false,
-                })
-                .map(|(other, o)| (o.created, &**other))
-                .filter(|age| *age < me)
-                .min()
-                .map(|(_, holder)| Conflict {
-                    claim: claim.clone(),
-                    holder: holder.to_string(),
-                })
+        // The oldest older rival of each claim, in one pass over the neighbours.
+        let mut best: Vec<Option<(i64, &str)>> = vec![None; claims.len()];
+        for o in self.neighbours(f) {
+            let age = (o.created, &*o.id);
+            if age >= me {
+                continue;
+            }
+            for (i, &(claim, how)) in claims.iter().enumerate() {
+                if o.rivals(claim, how) && best[i].is_none_or(|b| age < b) {
+                    best[i] = Some(age);
+                }
+            }
+        }
+        claims.iter().zip(best).find_map(|(&(claim, _), b)| {
+            b.map(|(_, holder)| Conflict {
+                claim: claim_of(claim),
+                holder: holder.to_string(),
+            })
         })
     }
 }
