@@ -440,6 +440,89 @@ fn referential_checks() {
     );
 }
 
+/// Issue 11 item 6: a port may not take another port's fixed IP as an allowed address pair
+/// (nor a fixed IP another port holds as a pair), nor another port's tap on a chassis.
+#[test]
+fn port_conflicts_are_refused() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("lswitch create net2 --vni 200");
+    etcd.ok(
+        "lport create web1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11 \
+         --aap 192.0.2.100 --chassis hv1 --ifname tapweb1",
+    );
+    etcd.fails(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
+         --aap 192.0.2.11",
+        2,
+        "lport web2: allowed address pair 192.0.2.11 is a fixed IP of lport web1 on lswitch net1",
+    );
+    etcd.fails(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.100",
+        2,
+        "lport web2: fixed IP 192.0.2.100 is an allowed address pair of lport web1 on lswitch net1",
+    );
+    // Sharing the pair is what pairs are for; the same address on another network is
+    // another address.
+    etcd.ok(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
+         --aap 192.0.2.100",
+    );
+    etcd.ok(
+        "lport create other --lswitch net2 --mac fa:16:3e:00:00:03 --fixed-ip 192.0.2.20 \
+         --aap 192.0.2.11",
+    );
+    // Taps: the explicit ifname, on the same chassis, whatever the network.
+    etcd.fails(
+        "lport create web3 --lswitch net2 --mac fa:16:3e:00:00:04 --chassis hv1 --ifname tapweb1",
+        2,
+        "lport web3: tap tapweb1 on chassis hv1 is already bound to lport web1",
+    );
+    etcd.ok(
+        "lport create web3 --lswitch net2 --mac fa:16:3e:00:00:04 --chassis hv2 --ifname tapweb1",
+    );
+    // The derived name: tap + the first 11 characters of the id.
+    etcd.ok("lport create 0123456789abcdef --lswitch net1 --mac fa:16:3e:00:00:05 --chassis hv1");
+    etcd.fails(
+        "lport create 0123456789a-two --lswitch net1 --mac fa:16:3e:00:00:06 --chassis hv1",
+        2,
+        "tap tap0123456789a on chassis hv1 is already bound to lport 0123456789abcdef",
+    );
+    // Updates are checked the same way (and a port never conflicts with itself).
+    etcd.fails(
+        "lport update web3 --chassis hv1",
+        2,
+        "lport web3: tap tapweb1 on chassis hv1 is already bound to lport web1",
+    );
+    etcd.fails(
+        "lport update web2 --add-aap 192.0.2.11",
+        2,
+        "allowed address pair 192.0.2.11 is a fixed IP of lport web1",
+    );
+    etcd.fails(
+        "lport update web2 --fixed-ip 192.0.2.100",
+        2,
+        "fixed IP 192.0.2.100 is an allowed address pair of lport web1",
+    );
+    etcd.ok("lport update web1 --chassis hv1 --ifname tapweb1 --add-aap 192.0.2.101");
+    // Nothing refused was written.
+    let ports = json(&etcd.ok("lport list -o json"));
+    let ids: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["0123456789abcdef", "other", "web1", "web2", "web3"]);
+    let web2 = json(&etcd.ok("lport show web2"));
+    assert_eq!(
+        web2["allowed_address_pairs"],
+        serde_json::json!([{"ip_address": "192.0.2.100"}])
+    );
+    assert_eq!(web2["fixed_ips"], serde_json::json!(["192.0.2.12"]));
+    assert_eq!(json(&etcd.ok("lport show web3"))["chassis"], "hv2");
+}
+
 #[test]
 fn malformed_records_are_skipped_with_a_warning() {
     let etcd = Etcd::start();

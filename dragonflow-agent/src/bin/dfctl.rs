@@ -20,7 +20,6 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dragonflow_agent::activeport;
 use dragonflow_agent::nb::etcd::{self, EtcdArgs};
-use dragonflow_agent::nb::paged;
 use dragonflow_agent::nb::{
     AapMode, ActivePort, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort,
     LRouter, LRouterPort, LSwitch, NbRecord, NbStore, StoreError, Subnet, ValidationError,
@@ -32,6 +31,7 @@ use dragonflow_agent::nb::{
     },
 };
 use dragonflow_agent::nb::{EtherType, RuleDirection, SecGroup, SecGroupRule};
+use dragonflow_agent::nb::{conflicts, paged};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -748,9 +748,8 @@ impl Ctx {
         let ports = self.items::<LPort>().await?;
         validate_lport_refs(&port, ls.as_ref(), &subnets, &ports).map_err(inv)?;
         let routers = self.items::<LRouter>().await?;
-        if let Some(why) = router_conflict(&port, &routers) {
-            return Err(CliError::Refused(format!("lport {id}: {why}")));
-        }
+        conflicts::check_port_routers(&port, &routers)
+            .map_err(|e| CliError::invalid(Kind::LPort, &id, e.into()))?;
         if needs_default {
             self.ensure_default_group().await?;
         }
@@ -854,14 +853,7 @@ impl Ctx {
                     validate::validate_lport_secgroups(p, &secgroups)
                         .map_err(|e| refused(Box::new(e)))?;
                 }
-                if let Some(reason) = router_conflict(p, &routers) {
-                    return Err(StoreError::Refused {
-                        kind: "lport",
-                        id: id.clone(),
-                        reason,
-                    });
-                }
-                Ok(())
+                conflicts::check_port_routers(p, &routers).map_err(|e| refused(Box::new(e.into())))
             })
             .await?;
         println!("updated lport {id}");
@@ -1496,32 +1488,6 @@ fn headers(kind: Kind) -> &'static [&'static str] {
         Kind::LRouter => &["ID", "NAME", "INTERFACES"],
         Kind::SecGroup => &["ID", "NAME", "RULES", "USED_BY"],
     }
-}
-
-/// Why `port` clashes with a router interface on its lswitch (same MAC or a fixed IP equal
-/// to one of the interface's addresses), if it does.
-fn router_conflict(port: &LPort, routers: &[LRouter]) -> Option<String> {
-    routers.iter().find_map(|r| {
-        r.ports
-            .iter()
-            .filter(|i| i.lswitch == port.lswitch)
-            .find_map(|i| {
-                if i.mac == port.mac {
-                    return Some(format!(
-                        "MAC address {} is already used by lrouter {} interface {} on lswitch {}",
-                        port.mac, r.id, i.id, port.lswitch
-                    ));
-                }
-                i.addrs()
-                    .find(|ip| port.fixed_ips.contains(&ip.addr))
-                    .map(|ip| {
-                        format!(
-                            "fixed IP {} is already used by lrouter {} interface {} on lswitch {}",
-                            ip.addr, r.id, i.id, port.lswitch
-                        )
-                    })
-            })
-    })
 }
 
 /// Interfaces as `ID LSWITCH IP/LEN[,IP/LEN] MAC`, joined with `; `.

@@ -3,6 +3,7 @@
 //! recognise them.
 
 pub mod addr;
+pub mod conflicts;
 pub mod etcd;
 pub mod model;
 pub mod paged;
