@@ -3,6 +3,7 @@
 //! recognise them.
 
 pub mod addr;
+pub mod bulk;
 pub mod conflicts;
 pub mod etcd;
 pub mod model;
