@@ -499,7 +499,7 @@ impl Controller {
         if matches!(outcome, Ok(Outcome::Adopted | Outcome::Attached)) {
             self.links.detach_foreign(&self.ebpf, name, ifindex);
         }
-        self.count_foreign();
+        self.report_foreign(name);
         match outcome {
             Ok(Outcome::Unchanged) => Ok(()),
             Ok(Outcome::Adopted) => {
@@ -541,12 +541,23 @@ impl Controller {
         found
     }
 
-    /// Counts the foreign programs `Links` took over or detached (it logged each).
-    fn count_foreign(&mut self) {
-        let n = self.links.take_replaced().len() as u64;
+    /// Says once what `Links` took over or detached on `ifname`, and counts it.
+    fn report_foreign(&mut self, ifname: &str) {
+        let replaced = self.links.take_replaced();
+        if replaced.is_empty() {
+            return;
+        }
+        let what: Vec<String> = replaced.iter().map(|f| f.describe()).collect();
+        warn!(
+            ifname,
+            "replaced {} program(s) of this project that this agent's pins did not hold \
+             (another --bpffs, or an older agent's layout; their maps were frozen): {}",
+            replaced.len(),
+            what.join(", ")
+        );
         self.shared
             .foreign_programs_replaced_total
-            .fetch_add(n, Ordering::Relaxed);
+            .fetch_add(replaced.len() as u64, Ordering::Relaxed);
     }
 
     fn ensure_tap(&mut self, ifname: &str, ifindex: u32) {
@@ -595,7 +606,7 @@ impl Controller {
                 self.links.detach_foreign(&self.ebpf, ifname, ifindex);
             }
         }
-        self.count_foreign();
+        self.report_foreign(ifname);
     }
 
     fn write(&mut self, d: &Desired, nb_changed: bool) {

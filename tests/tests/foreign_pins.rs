@@ -135,22 +135,22 @@ fn restart_with_another_bpffs(first: Hook, then: Hook) {
         || !probe(&t.ctl[0], &t.ctl[1], "udp4", spoof.clone()),
     );
 
-    // Said once per replaced program, and counted: 3 devices × the first hook's programs
-    // (taken over, or detached when the new hook has no such program), and df_from_tunnel
-    // on the VXLAN device.
-    // (One log file for both agents; the first found nothing foreign.)
+    // Said once per device (3 taps and the VXLAN device), naming each program, and
+    // counted: 3 devices × the first hook's programs (taken over, or detached when the new
+    // hook has no such program), and df_from_tunnel. (One log file for both agents; the
+    // first found nothing foreign.)
     let log = t.hv().agent_log();
-    let replaced =
-        log.matches("took over foreign df_").count() + log.matches("detached foreign df_").count();
+    let per_device = log
+        .matches("program(s) of this project that this agent's pins")
+        .count();
+    assert_eq!(per_device, 4, "one line per device; log:\n{log}");
+    let replaced = log.matches("took over df_").count() + log.matches("detached df_").count();
     let wanted = 3 * old_kinds.len() + 1;
     assert_eq!(replaced, wanted, "log:\n{log}");
-    assert!(
-        log.contains("took over foreign df_from_tunnel"),
-        "log:\n{log}"
-    );
+    assert!(log.contains("took over df_from_tunnel"), "log:\n{log}");
     if old_kinds.len() > kinds.len() {
         assert_eq!(
-            log.matches("detached foreign df_from_vm_xdp").count(),
+            log.matches("detached df_from_vm_xdp").count(),
             3,
             "log:\n{log}"
         );

@@ -7,8 +7,8 @@
 //! with another `--bpffs`, or by a crashed older layout — are foreign: their programs
 //! read maps nobody updates any more. When this agent first handles a device it takes a
 //! foreign link of the program it wants over (pins it here and replaces its program, as
-//! for its own pins) and detaches every other foreign one ([`Links::detach_foreign`]),
-//! saying so once per device.
+//! for its own pins) and detaches every other foreign one ([`Links::detach_foreign`]);
+//! the caller says so once per device ([`Links::take_replaced`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -177,10 +177,12 @@ pub struct Foreign {
     pub link_id: Option<u32>,
     /// When it was loaded: the age of the agent that left it.
     pub loaded_at: Option<SystemTime>,
+    /// What this agent did with it: `took over` or `detached` (empty: nothing yet).
+    pub action: &'static str,
 }
 
 impl Foreign {
-    /// `df_from_vm_tc (prog 41, tcx link 12, loaded 2026-… 310 s ago)`.
+    /// `took over df_from_vm_tc (prog 41, tcx link 12, loaded 310 s ago)`.
     pub fn describe(&self) -> String {
         let age = self
             .loaded_at
@@ -190,7 +192,15 @@ impl Foreign {
             || "no link".to_string(),
             |l| format!("{} link {l}", self.hook),
         );
-        format!("{} (prog {}, {link}{age})", self.program, self.prog_id)
+        let action = if self.action.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.action)
+        };
+        format!(
+            "{action}{} (prog {}, {link}{age})",
+            self.program, self.prog_id
+        )
     }
 }
 
@@ -317,15 +327,11 @@ impl Links {
             return Ok(false);
         }
         self.adopt(ebpf, ifname, kind, path)?;
-        warn!(
-            ifname,
-            ifindex,
-            pin = %path.display(),
-            "took over foreign {}: a link this agent's pins did not hold (another --bpffs, or \
-             an older agent's layout) ran with maps nobody updates; it now runs this agent's \
-             program",
-            f.describe()
-        );
+        debug!(ifname, ifindex, pin = %path.display(), "took over foreign {}", f.describe());
+        let f = Foreign {
+            action: "took over",
+            ..f
+        };
         self.replaced.push(f);
         Ok(true)
     }
@@ -333,7 +339,7 @@ impl Links {
     /// Detaches every program of this project on the device that our pins do not hold,
     /// on both hooks (e.g. the XDP program of an agent that ran with `--hook xdp`, when
     /// this one runs `--hook tc`). Call once the device carries our pipeline. Returns how
-    /// many were detached; each is logged.
+    /// many were detached; they are reported by [`Links::take_replaced`].
     pub fn detach_foreign(&mut self, ebpf: &Ebpf, ifname: &str, ifindex: u32) -> usize {
         let foreign = match foreign_on(ebpf, ifname, ifindex) {
             Ok(f) => f,
@@ -354,13 +360,11 @@ impl Links {
             };
             match sys::link_by_id(link).and_then(|fd| sys::link_detach(&fd)) {
                 Ok(()) => {
-                    warn!(
-                        ifname,
-                        ifindex,
-                        "detached foreign {}: a link this agent's pins did not hold (another \
-                         --bpffs, or an older agent's layout) ran with maps nobody updates",
-                        f.describe()
-                    );
+                    debug!(ifname, ifindex, "detached foreign {}", f.describe());
+                    let f = Foreign {
+                        action: "detached",
+                        ..f
+                    };
                     self.replaced.push(f);
                     n += 1;
                 }
@@ -370,7 +374,8 @@ impl Links {
         n
     }
 
-    /// Foreign programs taken over or detached since the last call.
+    /// Foreign programs taken over or detached since the last call (the caller logs them,
+    /// one line per device).
     pub fn take_replaced(&mut self) -> Vec<Foreign> {
         std::mem::take(&mut self.replaced)
     }
@@ -554,6 +559,7 @@ pub fn foreign_on(ebpf: &Ebpf, ifname: &str, ifindex: u32) -> Result<Vec<Foreign
             hook,
             link_id: links.get(&prog_id).copied(),
             loaded_at,
+            action: "",
         })
         .collect())
 }
