@@ -83,6 +83,10 @@ pub struct Controller {
     ifaces: BTreeMap<String, u32>,
     /// ifname → (ifindex, when it failed, why): taps whose pipeline is not attached.
     attach_errors: BTreeMap<String, (u32, Instant, String)>,
+    /// Devices that carried a program of this project not held by our pins when the agent
+    /// started (`None` until looked for): managed like our pinned taps, so that a program
+    /// with frozen maps never stays on them.
+    foreign_taps: Option<BTreeSet<String>>,
     last_ports: BTreeMap<String, PortState>,
     /// Highest etcd revision received; published once the maps reflect it.
     revision: i64,
@@ -209,6 +213,7 @@ impl Controller {
             have_snapshot: false,
             ifaces: BTreeMap::new(),
             attach_errors: BTreeMap::new(),
+            foreign_taps: None,
             last_ports: BTreeMap::new(),
             revision: 0,
             tunnel_ifindex: 0,
@@ -364,11 +369,15 @@ impl Controller {
             Vec::new()
         });
         self.ensure_tunnel(&pins);
+        if self.foreign_taps.is_none() {
+            self.foreign_taps = Some(self.find_foreign_taps());
+        }
         // Taps are what carries from-VM links; the tunnel device's pin is not one.
         let pinned: BTreeSet<String> = pins
             .iter()
             .filter(|p| p.kind != LinkKind::Tunnel)
             .map(|p| p.ifname.clone())
+            .chain(self.foreign_taps.iter().flatten().cloned())
             .collect();
         let managed = self.managed(&pinned);
         for (ifname, &ifindex) in &managed {
@@ -589,10 +598,14 @@ impl Controller {
         }
         // The device works for sending even if the receive program cannot be attached.
         self.tunnel_ifindex = ifindex;
-        match self
+        let outcome = self
             .links
-            .ensure(&mut self.ebpf, name, ifindex, LinkKind::Tunnel)
-        {
+            .ensure(&mut self.ebpf, name, ifindex, LinkKind::Tunnel);
+        if matches!(outcome, Ok(Outcome::Adopted | Outcome::Attached)) {
+            self.links.detach_foreign(&self.ebpf, name, ifindex);
+        }
+        self.report_foreign(name);
+        match outcome {
             Ok(Outcome::Unchanged) => Ok(()),
             Ok(Outcome::Adopted) => {
                 info!(
@@ -612,6 +625,46 @@ impl Controller {
         }
     }
 
+    /// Devices (but the tunnel device) carrying a program of this project that our pins do
+    /// not hold: looked for once, at start.
+    fn find_foreign_taps(&self) -> BTreeSet<String> {
+        let tunnel = self.cfg.tunnel_dev.as_deref();
+        let mut found = BTreeSet::new();
+        for (name, &ifindex) in &self.ifaces {
+            if Some(name.as_str()) == tunnel {
+                continue;
+            }
+            match datapath::links::foreign_on(&self.ebpf, name, ifindex) {
+                // Logged once taken over or detached (`Links`), not here.
+                Ok(f) if !f.is_empty() => {
+                    found.insert(name.clone());
+                }
+                Ok(_) => {}
+                Err(e) => debug!(ifname = %name, "cannot look for foreign programs: {e}"),
+            }
+        }
+        found
+    }
+
+    /// Says once what `Links` took over or detached on `ifname`, and counts it.
+    fn report_foreign(&mut self, ifname: &str) {
+        let replaced = self.links.take_replaced();
+        if replaced.is_empty() {
+            return;
+        }
+        let what: Vec<String> = replaced.iter().map(|f| f.describe()).collect();
+        warn!(
+            ifname,
+            "replaced {} program(s) of this project that this agent's pins did not hold \
+             (another --bpffs, or an older agent's layout; their maps were frozen): {}",
+            replaced.len(),
+            what.join(", ")
+        );
+        self.shared
+            .foreign_programs_replaced_total
+            .fetch_add(replaced.len() as u64, Ordering::Relaxed);
+    }
+
     fn ensure_tap(&mut self, ifname: &str, ifindex: u32) {
         if let Some((i, at, _)) = self.attach_errors.get(ifname)
             && *i == ifindex
@@ -621,8 +674,11 @@ impl Controller {
         }
         let hook = self.cfg.hook;
         let mut errors = Vec::new();
+        let mut touched = false;
         for &kind in LinkKind::for_hook(hook) {
-            match self.links.ensure(&mut self.ebpf, ifname, ifindex, kind) {
+            let outcome = self.links.ensure(&mut self.ebpf, ifname, ifindex, kind);
+            touched |= !matches!(outcome, Ok(Outcome::Unchanged));
+            match outcome {
                 Ok(Outcome::Unchanged) => {}
                 Ok(Outcome::Adopted) => info!(
                     ifname,
@@ -650,7 +706,12 @@ impl Controller {
             if n > 0 {
                 info!(ifname, "detached {n} link(s) of the previous hook");
             }
+            // First time this process handles the tap: nothing else of ours may run on it.
+            if touched {
+                self.links.detach_foreign(&self.ebpf, ifname, ifindex);
+            }
         }
+        self.report_foreign(ifname);
     }
 
     fn write(&mut self, d: &Desired, scope: &Scope, nb_changed: bool) {

@@ -216,6 +216,9 @@ pub struct Shared {
     pub forwarding_enabled: AtomicBool,
     /// Times a network's flood list had to be cut to FLOOD_MAX.
     pub flood_overflow_total: AtomicU64,
+    /// Programs of this project on our devices that our pins did not hold, taken over or
+    /// detached (`datapath::links::Foreign`).
+    pub foreign_programs_replaced_total: AtomicU64,
     invalid: Mutex<BTreeMap<&'static str, u64>>,
     pub view: Mutex<View>,
     pub stats: Mutex<StatsMaps>,
@@ -238,6 +241,7 @@ impl Shared {
             map_write_errors: AtomicU64::new(0),
             forwarding_enabled: AtomicBool::new(false),
             flood_overflow_total: AtomicU64::new(0),
+            foreign_programs_replaced_total: AtomicU64::new(0),
             invalid: Mutex::new(BTreeMap::new()),
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
@@ -540,6 +544,15 @@ pub fn render(shared: &Shared) -> String {
         "dragonflow_flood_overflow_total",
         "Times a network's flood list exceeded FLOOD_MAX destinations and was cut.",
         shared.flood_overflow_total.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "dragonflow_foreign_programs_replaced_total",
+        "Programs of this project found on a device without this agent's pins (another \
+         --bpffs, an older layout) and taken over or detached.",
+        shared
+            .foreign_programs_replaced_total
+            .load(Ordering::Relaxed),
     );
     counter(
         &mut o,

@@ -440,6 +440,89 @@ fn referential_checks() {
     );
 }
 
+/// Issue 11 item 6: a port may not take another port's fixed IP as an allowed address pair
+/// (nor a fixed IP another port holds as a pair), nor another port's tap on a chassis.
+#[test]
+fn port_conflicts_are_refused() {
+    let etcd = Etcd::start();
+    etcd.ok("lswitch create net1 --vni 100");
+    etcd.ok("lswitch create net2 --vni 200");
+    etcd.ok(
+        "lport create web1 --lswitch net1 --mac fa:16:3e:00:00:01 --fixed-ip 192.0.2.11 \
+         --aap 192.0.2.100 --chassis hv1 --ifname tapweb1",
+    );
+    etcd.fails(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
+         --aap 192.0.2.11",
+        2,
+        "lport web2: allowed address pair 192.0.2.11 is a fixed IP of lport web1 on lswitch net1",
+    );
+    etcd.fails(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.100",
+        2,
+        "lport web2: fixed IP 192.0.2.100 is an allowed address pair of lport web1 on lswitch net1",
+    );
+    // Sharing the pair is what pairs are for; the same address on another network is
+    // another address.
+    etcd.ok(
+        "lport create web2 --lswitch net1 --mac fa:16:3e:00:00:02 --fixed-ip 192.0.2.12 \
+         --aap 192.0.2.100",
+    );
+    etcd.ok(
+        "lport create other --lswitch net2 --mac fa:16:3e:00:00:03 --fixed-ip 192.0.2.20 \
+         --aap 192.0.2.11",
+    );
+    // Taps: the explicit ifname, on the same chassis, whatever the network.
+    etcd.fails(
+        "lport create web3 --lswitch net2 --mac fa:16:3e:00:00:04 --chassis hv1 --ifname tapweb1",
+        2,
+        "lport web3: tap tapweb1 on chassis hv1 is already bound to lport web1",
+    );
+    etcd.ok(
+        "lport create web3 --lswitch net2 --mac fa:16:3e:00:00:04 --chassis hv2 --ifname tapweb1",
+    );
+    // The derived name: tap + the first 11 characters of the id.
+    etcd.ok("lport create 0123456789abcdef --lswitch net1 --mac fa:16:3e:00:00:05 --chassis hv1");
+    etcd.fails(
+        "lport create 0123456789a-two --lswitch net1 --mac fa:16:3e:00:00:06 --chassis hv1",
+        2,
+        "tap tap0123456789a on chassis hv1 is already bound to lport 0123456789abcdef",
+    );
+    // Updates are checked the same way (and a port never conflicts with itself).
+    etcd.fails(
+        "lport update web3 --chassis hv1",
+        2,
+        "lport web3: tap tapweb1 on chassis hv1 is already bound to lport web1",
+    );
+    etcd.fails(
+        "lport update web2 --add-aap 192.0.2.11",
+        2,
+        "allowed address pair 192.0.2.11 is a fixed IP of lport web1",
+    );
+    etcd.fails(
+        "lport update web2 --fixed-ip 192.0.2.100",
+        2,
+        "fixed IP 192.0.2.100 is an allowed address pair of lport web1",
+    );
+    etcd.ok("lport update web1 --chassis hv1 --ifname tapweb1 --add-aap 192.0.2.101");
+    // Nothing refused was written.
+    let ports = json(&etcd.ok("lport list -o json"));
+    let ids: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["0123456789abcdef", "other", "web1", "web2", "web3"]);
+    let web2 = json(&etcd.ok("lport show web2"));
+    assert_eq!(
+        web2["allowed_address_pairs"],
+        serde_json::json!([{"ip_address": "192.0.2.100"}])
+    );
+    assert_eq!(web2["fixed_ips"], serde_json::json!(["192.0.2.12"]));
+    assert_eq!(json(&etcd.ok("lport show web3"))["chassis"], "hv2");
+}
+
 #[test]
 fn malformed_records_are_skipped_with_a_warning() {
     let etcd = Etcd::start();
@@ -1130,4 +1213,262 @@ fn secgroup_lifecycle() {
     etcd.ok("secgroup delete web");
     etcd.fails("secgroup delete web", 2, "secgroup web not found");
     assert!(!etcd.ok("secgroup list").contains("web"));
+}
+
+/// A file for `dfctl apply` in a temp dir removed on Drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!("dfctl-apply-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// 40 networks of 250 ports each (10,000), half of them bound to hv1 under derived taps.
+fn ten_thousand_ports() -> (Vec<serde_json::Value>, usize) {
+    let mut records = Vec::new();
+    for n in 0..40 {
+        records.push(serde_json::json!({
+            "kind": "lswitch", "id": format!("net{n}"), "segmentation_id": 1000 + n,
+        }));
+        records.push(serde_json::json!({
+            "kind": "subnet", "id": format!("sub{n}"), "lswitch": format!("net{n}"),
+            "cidr": "192.0.2.0/24", "gateway_ip": "192.0.2.1", "ip_version": 4,
+        }));
+    }
+    for i in 0..10_000u32 {
+        let (n, h) = (i / 250, i % 250);
+        let mut port = serde_json::json!({
+            "kind": "lport",
+            "id": format!("p{i:05}"),
+            "lswitch": format!("net{n}"),
+            "mac": format!("fa:16:3e:00:{:02x}:{:02x}", i >> 8, i & 0xff),
+            "fixed_ips": [format!("192.0.2.{}", h + 2)],
+        });
+        if i % 2 == 0 {
+            port["chassis"] = "hv1".into();
+        }
+        records.push(port);
+    }
+    let n = records.len();
+    (records, n)
+}
+
+/// Issue 11 item 9: `dfctl apply -f` writes 10,000 ports in transactions, all or nothing.
+#[test]
+fn apply_ten_thousand_ports() {
+    let etcd = Etcd::start();
+    let (records, n) = ten_thousand_ports();
+    let file = TempFile::new("ports.json", &serde_json::to_string(&records).unwrap());
+    let started = Instant::now();
+    let out = etcd.ok(&format!("apply -f {}", file.path()));
+    let took = started.elapsed();
+    println!("dfctl apply: {n} records (10000 lports) in {took:.2?}: {out}");
+    // Every port got the default group, which apply created with them.
+    assert!(
+        out.contains(&format!("{} created, 0 replaced, 0 unchanged", n + 1))
+            && out.contains("secgroup default"),
+        "{out}"
+    );
+    let listed = json(&etcd.ok("lport list -o json"));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 10_000);
+    assert_eq!(
+        listed[9_999]["fixed_ips"],
+        serde_json::json!(["192.0.2.251"])
+    );
+    assert_eq!(listed[0]["security_groups"], serde_json::json!(["default"]));
+    assert_eq!(etcd.ok("lport list").lines().count(), 10_001);
+    json(&etcd.ok("secgroup show default -o json"));
+
+    // Idempotent: the same file again writes nothing; a changed record is replaced.
+    let out = etcd.ok(&format!("apply -f {}", file.path()));
+    assert!(
+        out.contains(&format!("0 created, 0 replaced, {n} unchanged")),
+        "{out}"
+    );
+    let mut changed = records[80..83].to_vec();
+    changed[0]["fixed_ips"] = serde_json::json!(["192.0.2.252", "192.0.2.253"]);
+    let small = TempFile::new("change.json", &serde_json::to_string(&changed).unwrap());
+    let out = etcd.ok(&format!("apply -f {} --max-txn-ops 2", small.path()));
+    assert!(out.contains("0 created, 1 replaced, 2 unchanged"), "{out}");
+    assert_eq!(
+        json(&etcd.ok("lport show p00000"))["fixed_ips"],
+        serde_json::json!(["192.0.2.252", "192.0.2.253"])
+    );
+}
+
+/// One bad record and nothing is written; every bad record is named with its place and
+/// reason (within the file and against etcd); YAML and standard input work.
+#[test]
+fn apply_refuses_whole_files_and_reads_yaml() {
+    let etcd = Etcd::start();
+    let yaml = TempFile::new(
+        "net.yaml",
+        r#"# a network, a group and two ports
+- kind: lswitch
+  id: net1
+  segmentation_id: 100
+- {kind: subnet, id: sub1, lswitch: net1, cidr: 192.0.2.0/24, gateway_ip: 192.0.2.1, ip_version: 4}
+- kind: secgroup
+  id: web
+  rules:
+    - {id: ssh, direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 22, port_range_max: 22}
+- kind: lport
+  id: web1
+  lswitch: net1
+  mac: "fa:16:3e:00:00:01"
+  fixed_ips: [192.0.2.11]
+  allowed_address_pairs: [{ip_address: 192.0.2.100}]
+  security_groups: [web]
+  chassis: hv1
+  ifname: tapweb1
+- {kind: lport, id: web2, lswitch: net1, mac: "fa:16:3e:00:00:02", fixed_ips: [192.0.2.12], port_security_enabled: false}
+"#,
+    );
+    let out = etcd.ok(&format!("apply -f {}", yaml.path()));
+    assert!(out.contains("5 created, 0 replaced, 0 unchanged"), "{out}");
+    assert!(!out.contains("secgroup default"), "{out}");
+    let web1 = json(&etcd.ok("lport show web1"));
+    assert_eq!(web1["security_groups"], serde_json::json!(["web"]));
+    assert_eq!(web1["ifname"], "tapweb1");
+    assert_eq!(
+        json(&etcd.ok("secgroup show web -o json"))["rules"][0]["port_range_min"],
+        22
+    );
+
+    let bad = TempFile::new(
+        "bad.json",
+        &serde_json::json!([
+            {"kind": "lport", "id": "ok1", "lswitch": "net1", "mac": "fa:16:3e:00:00:10",
+             "fixed_ips": ["192.0.2.20"], "port_security_enabled": false},
+            {"kind": "lport", "id": "steal", "lswitch": "net1", "mac": "fa:16:3e:00:00:11",
+             "fixed_ips": ["192.0.2.21"],
+             "allowed_address_pairs": [{"ip_address": "192.0.2.11"}]},
+            {"kind": "lport", "id": "tap1", "lswitch": "net1", "mac": "fa:16:3e:00:00:12",
+             "chassis": "hv2", "ifname": "tapx", "port_security_enabled": false},
+            {"kind": "lport", "id": "tap2", "lswitch": "net1", "mac": "fa:16:3e:00:00:13",
+             "chassis": "hv2", "ifname": "tapx", "port_security_enabled": false},
+            {"kind": "lport", "id": "lost", "lswitch": "net9", "mac": "fa:16:3e:00:00:14"},
+            {"kind": "lport", "id": "typo", "lswitch": "net1", "mac": "fa:16:3e:00:00:15",
+             "fixed_ip": ["192.0.2.22"]},
+            {"kind": "chassis", "name": "hv1"},
+            {"kind": "lswitch", "id": "net1", "segmentation_id": 0},
+            {"kind": "lport", "id": "ok1", "lswitch": "net1", "mac": "fa:16:3e:00:00:16"},
+        ])
+        .to_string(),
+    );
+    let out = etcd.dfctl(&["apply", "-f", bad.path()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let name = bad.path();
+    assert_eq!(
+        lines,
+        [
+            format!("error: {name}: record 6 (lport typo): unknown field fixed_ip"),
+            format!("error: {name}: record 7: kind chassis is written by the agents, not by apply"),
+            format!(
+                "error: {name}: record 8 (lswitch net1): segmentation_id 0 is out of range \
+                 1..=16777215 (a 24-bit VXLAN VNI; 0 is reserved)"
+            ),
+            format!("error: {name}: 3 of 9 records are invalid; nothing was written"),
+        ],
+        "{err}"
+    );
+    // Without the malformed records, the referential ones are all named.
+    let mut records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(name).unwrap()).unwrap();
+    records.drain(5..8);
+    let bad = TempFile::new("bad2.json", &serde_json::to_string(&records).unwrap());
+    let out = etcd.dfctl(&["apply", "-f", bad.path()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let name = bad.path();
+    for want in [
+        format!(
+            "error: {name}: record 2 (lport steal): allowed address pair 192.0.2.11 is a fixed \
+             IP of lport web1 on lswitch net1"
+        ),
+        format!(
+            "error: {name}: record 4 (lport tap2): tap tapx on chassis hv2 is already bound to \
+             lport tap1"
+        ),
+        format!("error: {name}: record 5 (lport lost): lswitch net9 does not exist"),
+        format!("error: {name}: record 6 (lport ok1): listed twice (first as record 1)"),
+        format!("error: {name}: 4 of 6 records are invalid; nothing was written"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)),
+            "missing {want:?} in:\n{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 5, "{err}");
+    let ids: Vec<String> = json(&etcd.ok("lport list -o json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["web1", "web2"]);
+
+    // Standard input, JSON by content; --dry-run writes nothing.
+    let stdin_apply = |extra: &[&str], text: &str| {
+        let mut child = Command::new(DFCTL)
+            .args(["--etcd-endpoints", &etcd.endpoint, "apply", "-f", "-"])
+            .args(extra)
+            .env_remove("DRAGONFLOW_PREFIX")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn dfctl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let one = r#"[{"kind": "lport", "id": "web3", "lswitch": "net1",
+                   "mac": "fa:16:3e:00:00:03", "port_security_enabled": false}]"#;
+    let out = stdin_apply(&["--dry-run"], one);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("stdin: valid; would write 1 created"),
+        "{said}"
+    );
+    etcd.fails("lport show web3", 2, "lport web3 not found");
+    let out = stdin_apply(&[], one);
+    assert!(out.status.success(), "{out:?}");
+    json(&etcd.ok("lport show web3"));
+    etcd.fails(
+        "apply -f /nonexistent/x.yaml",
+        2,
+        "cannot read /nonexistent/x.yaml",
+    );
+    let not_list = TempFile::new("obj.yaml", "kind: lswitch\nid: n\n");
+    etcd.fails(
+        &format!("apply -f {}", not_list.path()),
+        2,
+        "expected a list of records (each with a `kind`), found an object",
+    );
 }

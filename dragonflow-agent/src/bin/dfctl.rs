@@ -20,7 +20,6 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dragonflow_agent::activeport;
 use dragonflow_agent::nb::etcd::{self, EtcdArgs};
-use dragonflow_agent::nb::paged;
 use dragonflow_agent::nb::{
     AapMode, ActivePort, AllowedAddressPair, Chassis, DEFAULT_PREFIX, IpPrefix, Kind, LPort,
     LRouter, LRouterPort, LSwitch, NbRecord, NbStore, StoreError, Subnet, ValidationError,
@@ -32,6 +31,10 @@ use dragonflow_agent::nb::{
     },
 };
 use dragonflow_agent::nb::{EtherType, RuleDirection, SecGroup, SecGroupRule};
+use dragonflow_agent::nb::{
+    bulk::{self, DEFAULT_GROUP},
+    conflicts, paged,
+};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -114,6 +117,22 @@ enum Cmd {
     /// its history.
     #[command(subcommand)]
     Aap(AapCmd),
+    /// Create or replace the records of a file (a JSON or YAML list of records, each with
+    /// a `kind`), validated as a whole: one bad record and nothing is written.
+    Apply(ApplyArgs),
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// The file (`.json`, `.yaml`/`.yml`, else by content), or `-` for standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: String,
+    /// Most records per etcd transaction: the server's `--max-txn-ops` (etcd's default).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_txn_ops: u32,
+    /// Validate and say what would be written, without writing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -527,6 +546,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Chassis(ChassisCmd::Show { name }) => ctx.show::<Chassis>(&name).await,
         Cmd::Garp(_) => unreachable!("handled above"),
         Cmd::Aap(c) => ctx.aap(c, timeout).await,
+        Cmd::Apply(a) => ctx.apply(a).await,
     }
 }
 
@@ -748,9 +768,8 @@ impl Ctx {
         let ports = self.items::<LPort>().await?;
         validate_lport_refs(&port, ls.as_ref(), &subnets, &ports).map_err(inv)?;
         let routers = self.items::<LRouter>().await?;
-        if let Some(why) = router_conflict(&port, &routers) {
-            return Err(CliError::Refused(format!("lport {id}: {why}")));
-        }
+        conflicts::check_port_routers(&port, &routers)
+            .map_err(|e| CliError::invalid(Kind::LPort, &id, e.into()))?;
         if needs_default {
             self.ensure_default_group().await?;
         }
@@ -854,14 +873,7 @@ impl Ctx {
                     validate::validate_lport_secgroups(p, &secgroups)
                         .map_err(|e| refused(Box::new(e)))?;
                 }
-                if let Some(reason) = router_conflict(p, &routers) {
-                    return Err(StoreError::Refused {
-                        kind: "lport",
-                        id: id.clone(),
-                        reason,
-                    });
-                }
-                Ok(())
+                conflicts::check_port_routers(p, &routers).map_err(|e| refused(Box::new(e.into())))
             })
             .await?;
         println!("updated lport {id}");
@@ -1019,6 +1031,119 @@ impl Ctx {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// apply: bulk create-or-replace (the rules and the plan are `nb::bulk`'s).
+
+/// Bad records listed before `apply` gives up listing them.
+const APPLY_MAX_LISTED: usize = 100;
+
+impl Ctx {
+    async fn apply(&self, a: ApplyArgs) -> Result<()> {
+        let started = std::time::Instant::now();
+        let name = if a.file == "-" {
+            "stdin"
+        } else {
+            a.file.as_str()
+        };
+        let text = if a.file == "-" {
+            let mut t = String::new();
+            std::io::stdin()
+                .read_to_string(&mut t)
+                .map_err(|e| CliError::Refused(format!("cannot read standard input: {e}")))?;
+            t
+        } else {
+            std::fs::read_to_string(&a.file)
+                .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", a.file)))?
+        };
+        let format = bulk::Format::detect(if a.file == "-" { "" } else { name }, &text);
+        let refuse = |errors: Vec<bulk::RecordError>, total: usize| {
+            for e in errors.iter().take(APPLY_MAX_LISTED) {
+                eprintln!("error: {name}: {e}");
+            }
+            let more = errors.len().saturating_sub(APPLY_MAX_LISTED);
+            CliError::Refused(format!(
+                "{name}: {} of {total} records are invalid{}; nothing was written",
+                errors.len(),
+                if more > 0 {
+                    format!(" ({more} more not listed)")
+                } else {
+                    String::new()
+                }
+            ))
+        };
+        let parsed = bulk::parse(&text, format, &self.opts)
+            .map_err(|e| CliError::Refused(format!("{name}: {}", error_chain(&e))))?;
+        let total = parsed.total();
+        if !parsed.errors.is_empty() {
+            return Err(refuse(parsed.errors, total));
+        }
+        let existing = bulk::Existing {
+            lswitches: self.items().await?,
+            subnets: self.items().await?,
+            secgroups: self.items().await?,
+            lrouters: self.items().await?,
+            lports: self.items().await?,
+        };
+        let default_group = SecGroup {
+            id: DEFAULT_GROUP.to_string(),
+            name: DEFAULT_GROUP.to_string(),
+            rules: default_rules(DEFAULT_GROUP),
+        };
+        let plan =
+            bulk::plan(parsed.records, &existing, default_group).map_err(|e| refuse(e, total))?;
+        let created = plan.writes.len() - plan.replaced;
+        let summary = format!(
+            "{} created, {} replaced, {} unchanged{}",
+            created,
+            plan.replaced,
+            plan.unchanged,
+            if plan.default_group_added {
+                " (with secgroup default: egress anywhere, ingress from its members)"
+            } else {
+                ""
+            }
+        );
+        if a.dry_run {
+            println!("{name}: valid; would write {summary}");
+            return Ok(());
+        }
+        let chunks: Vec<&[dragonflow_agent::nb::NbObject]> =
+            plan.writes.chunks(a.max_txn_ops as usize).collect();
+        let mut written = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            if let Err(e) = self.store.put_all(chunk).await {
+                let what = |o: &dragonflow_agent::nb::NbObject| {
+                    format!("{} {}", o.kind().segment(), o.id())
+                };
+                let done = if written == 0 {
+                    "nothing was written".to_string()
+                } else {
+                    format!(
+                        "written: the first {written} of {} records to write ({} .. {})",
+                        plan.writes.len(),
+                        what(&plan.writes[0]),
+                        what(&plan.writes[written - 1])
+                    )
+                };
+                return Err(CliError::Unavailable(format!(
+                    "{name}: transaction {} of {} failed: {}; {done}; the rest was not \
+                     written (apply creates or replaces: run it again to finish)",
+                    i + 1,
+                    chunks.len(),
+                    error_chain(&e)
+                )));
+            }
+            written += chunk.len();
+        }
+        println!(
+            "applied {name}: {summary} in {} transactions, {:.2}s",
+            chunks.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
 /// One conntrack entry, for `ct list`.
 #[derive(Serialize)]
 struct CtRow {
@@ -1126,10 +1251,6 @@ fn ct_list(
     );
     Ok(())
 }
-
-/// The group every port with port security gets when none is named (Neutron's per-project
-/// default group).
-const DEFAULT_GROUP: &str = "default";
 
 /// Neutron's rules of a new group: egress anywhere, both families; the `default` group
 /// also admits ingress from its own members, both families.
@@ -1496,32 +1617,6 @@ fn headers(kind: Kind) -> &'static [&'static str] {
         Kind::LRouter => &["ID", "NAME", "INTERFACES"],
         Kind::SecGroup => &["ID", "NAME", "RULES", "USED_BY"],
     }
-}
-
-/// Why `port` clashes with a router interface on its lswitch (same MAC or a fixed IP equal
-/// to one of the interface's addresses), if it does.
-fn router_conflict(port: &LPort, routers: &[LRouter]) -> Option<String> {
-    routers.iter().find_map(|r| {
-        r.ports
-            .iter()
-            .filter(|i| i.lswitch == port.lswitch)
-            .find_map(|i| {
-                if i.mac == port.mac {
-                    return Some(format!(
-                        "MAC address {} is already used by lrouter {} interface {} on lswitch {}",
-                        port.mac, r.id, i.id, port.lswitch
-                    ));
-                }
-                i.addrs()
-                    .find(|ip| port.fixed_ips.contains(&ip.addr))
-                    .map(|ip| {
-                        format!(
-                            "fixed IP {} is already used by lrouter {} interface {} on lswitch {}",
-                            ip.addr, r.id, i.id, port.lswitch
-                        )
-                    })
-            })
-    })
 }
 
 /// Interfaces as `ID LSWITCH IP/LEN[,IP/LEN] MAC`, joined with `; `.

@@ -2,11 +2,19 @@
 //! outlive the agent: a killed or upgraded agent leaves the datapath running, and its
 //! successor adopts each pinned link by atomically replacing the program in it
 //! (`bpf_link_update`), never by detach-then-attach.
+//!
+//! Links of this project's programs that these pins do not hold — left by an agent run
+//! with another `--bpffs`, or by a crashed older layout — are foreign: their programs
+//! read maps nobody updates any more. When this agent first handles a device it takes a
+//! foreign link of the program it wants over (pins it here and replaces its program, as
+//! for its own pins) and detaches every other foreign one ([`Links::detach_foreign`]);
+//! the caller says so once per device ([`Links::take_replaced`]).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use aya::{
@@ -14,6 +22,7 @@ use aya::{
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError as AyaLinkError, PinnedLink},
+        loaded_links, loaded_programs,
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::{XdpLink, XdpMode as AyaXdpMode},
     },
@@ -154,12 +163,55 @@ pub struct Pin {
     pub path: PathBuf,
 }
 
+/// A program of this project on a device, not held by this agent's pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    pub ifname: String,
+    /// Its name, one of [`LinkKind::program`].
+    pub program: String,
+    pub prog_id: u32,
+    /// `xdp` or `tcx`.
+    pub hook: &'static str,
+    /// The link attaching it (`None`: attached without a link, e.g. by netlink; such an
+    /// attachment is not this project's and is left alone).
+    pub link_id: Option<u32>,
+    /// When it was loaded: the age of the agent that left it.
+    pub loaded_at: Option<SystemTime>,
+    /// What this agent did with it: `took over` or `detached` (empty: nothing yet).
+    pub action: &'static str,
+}
+
+impl Foreign {
+    /// `took over df_from_vm_tc (prog 41, tcx link 12, loaded 310 s ago)`.
+    pub fn describe(&self) -> String {
+        let age = self
+            .loaded_at
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map_or_else(String::new, |d| format!(", loaded {} s ago", d.as_secs()));
+        let link = self.link_id.map_or_else(
+            || "no link".to_string(),
+            |l| format!("{} link {l}", self.hook),
+        );
+        let action = if self.action.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.action)
+        };
+        format!(
+            "{action}{} (prog {}, {link}{age})",
+            self.program, self.prog_id
+        )
+    }
+}
+
 /// The pinned links of this chassis.
 pub struct Links {
     dir: PathBuf,
     xdp_mode: XdpMode,
     /// What this process attached or adopted: (ifname, kind) → ifindex.
     done: BTreeMap<(String, LinkKind), u32>,
+    /// Foreign programs taken over or detached, not yet reported (`take_replaced`).
+    replaced: Vec<Foreign>,
 }
 
 impl Links {
@@ -168,6 +220,7 @@ impl Links {
             dir,
             xdp_mode,
             done: BTreeMap::new(),
+            replaced: Vec::new(),
         }
     }
 
@@ -211,22 +264,120 @@ impl Links {
                         i.link_type
                     );
                     remove_pin(&path);
-                    self.attach(ebpf, ifname, ifindex, kind, &path)?;
-                    Outcome::Attached
+                    if self.take_over(ebpf, ifname, ifindex, kind, &path)? {
+                        Outcome::Adopted
+                    } else {
+                        self.attach(ebpf, ifname, ifindex, kind, &path)?;
+                        Outcome::Attached
+                    }
                 }
                 Err(e) => {
                     warn!(pin = %path.display(), "unreadable pinned link ({e}); replacing it");
                     remove_pin(&path);
-                    self.attach(ebpf, ifname, ifindex, kind, &path)?;
-                    Outcome::Attached
+                    if self.take_over(ebpf, ifname, ifindex, kind, &path)? {
+                        Outcome::Adopted
+                    } else {
+                        self.attach(ebpf, ifname, ifindex, kind, &path)?;
+                        Outcome::Attached
+                    }
                 }
             }
+        } else if self.take_over(ebpf, ifname, ifindex, kind, &path)? {
+            Outcome::Adopted
         } else {
             self.attach(ebpf, ifname, ifindex, kind, &path)?;
             Outcome::Attached
         };
         self.done.insert(key, ifindex);
         Ok(outcome)
+    }
+
+    /// Pins here a foreign link of `kind`'s program on the device, if there is one, and
+    /// replaces its program with ours (atomically, as for our own pins): the device never
+    /// goes without the pipeline, and no second link runs before or after ours.
+    fn take_over(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifname: &str,
+        ifindex: u32,
+        kind: LinkKind,
+        path: &Path,
+    ) -> Result<bool, LinkError> {
+        let foreign = match foreign_on(ebpf, ifname, ifindex) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(ifname, "cannot look for foreign programs: {e}");
+                return Ok(false);
+            }
+        };
+        let wanted = if kind == LinkKind::Xdp { "xdp" } else { "tcx" };
+        let Some(f) = foreign
+            .into_iter()
+            .find(|f| f.program == kind.program() && f.hook == wanted && f.link_id.is_some())
+        else {
+            return Ok(false);
+        };
+        let pinned = f
+            .link_id
+            .map(sys::link_by_id)
+            .transpose()
+            .and_then(|fd| fd.map(|fd| sys::obj_pin(&fd, path)).transpose());
+        if let Err(e) = pinned {
+            warn!(ifname, "cannot take over foreign {}: {e}", f.describe());
+            return Ok(false);
+        }
+        self.adopt(ebpf, ifname, kind, path)?;
+        debug!(ifname, ifindex, pin = %path.display(), "took over foreign {}", f.describe());
+        let f = Foreign {
+            action: "took over",
+            ..f
+        };
+        self.replaced.push(f);
+        Ok(true)
+    }
+
+    /// Detaches every program of this project on the device that our pins do not hold,
+    /// on both hooks (e.g. the XDP program of an agent that ran with `--hook xdp`, when
+    /// this one runs `--hook tc`). Call once the device carries our pipeline. Returns how
+    /// many were detached; they are reported by [`Links::take_replaced`].
+    pub fn detach_foreign(&mut self, ebpf: &Ebpf, ifname: &str, ifindex: u32) -> usize {
+        let foreign = match foreign_on(ebpf, ifname, ifindex) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(ifname, "cannot look for foreign programs: {e}");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for f in foreign {
+            let Some(link) = f.link_id else {
+                warn!(
+                    ifname,
+                    "foreign {} is attached without a link; left in place (detach it by hand)",
+                    f.describe()
+                );
+                continue;
+            };
+            match sys::link_by_id(link).and_then(|fd| sys::link_detach(&fd)) {
+                Ok(()) => {
+                    debug!(ifname, ifindex, "detached foreign {}", f.describe());
+                    let f = Foreign {
+                        action: "detached",
+                        ..f
+                    };
+                    self.replaced.push(f);
+                    n += 1;
+                }
+                Err(e) => warn!(ifname, "cannot detach foreign {}: {e}", f.describe()),
+            }
+        }
+        n
+    }
+
+    /// Foreign programs taken over or detached since the last call (the caller logs them,
+    /// one line per device).
+    pub fn take_replaced(&mut self) -> Vec<Foreign> {
+        std::mem::take(&mut self.replaced)
     }
 
     fn adopt(
@@ -349,6 +500,68 @@ impl Links {
     pub fn done(&self) -> impl Iterator<Item = (&str, LinkKind, u32)> {
         self.done.iter().map(|((n, k), i)| (n.as_str(), *k, *i))
     }
+}
+
+/// Programs of this project (by name) on `ifname`'s tcx ingress and XDP hook that are not
+/// programs of `ebpf`, with the link attaching each. The device is looked up in this
+/// network namespace (`BPF_PROG_QUERY`, `RTM_GETLINK`); a link is matched by its program
+/// and ifindex (a program of another agent is attached only in that agent's namespace).
+pub fn foreign_on(ebpf: &Ebpf, ifname: &str, ifindex: u32) -> Result<Vec<Foreign>, String> {
+    let ours: BTreeSet<u32> = ebpf
+        .programs()
+        .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+        .collect();
+    let project: BTreeSet<&str> = LinkKind::ALL.iter().map(|k| k.program()).collect();
+    let mut found: Vec<(u32, String, &'static str, Option<SystemTime>)> = Vec::new();
+    let (_, tcx) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .map_err(|e| format!("tcx query of {ifname}: {e}"))?;
+    for p in tcx {
+        if let Some(name) = p.name_as_str()
+            && project.contains(name)
+            && !ours.contains(&p.id())
+        {
+            found.push((p.id(), name.to_string(), "tcx", p.loaded_at()));
+        }
+    }
+    let xdp: Vec<u32> = sys::xdp_prog_ids(ifindex)
+        .map_err(|e| format!("XDP query of {ifname}: {e}"))?
+        .into_iter()
+        .filter(|id| !ours.contains(id))
+        .collect();
+    if !xdp.is_empty() {
+        for p in loaded_programs().flatten() {
+            if xdp.contains(&p.id())
+                && let Some(name) = p.name_as_str()
+                && project.contains(name)
+            {
+                found.push((p.id(), name.to_string(), "xdp", p.loaded_at()));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut links: BTreeMap<u32, u32> = BTreeMap::new();
+    for l in loaded_links().flatten() {
+        if found.iter().any(|f| f.0 == l.program_id())
+            && let Ok(info) = sys::link_by_id(l.id()).and_then(|fd| sys::link_info(&fd))
+            && info.ifindex == ifindex
+        {
+            links.insert(l.program_id(), l.id());
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|(prog_id, program, hook, loaded_at)| Foreign {
+            ifname: ifname.to_string(),
+            program,
+            prog_id,
+            hook,
+            link_id: links.get(&prog_id).copied(),
+            loaded_at,
+            action: "",
+        })
+        .collect())
 }
 
 /// The pin file name of `kind` on `ifname`: `<ifname>@<kind>`, with `.` written `%2e`.

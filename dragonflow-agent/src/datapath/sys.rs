@@ -1,6 +1,8 @@
-//! The two bpf(2) calls aya 0.14 does not expose: the ifindex a pinned link is attached
-//! to (`bpf_link_info.{xdp,tcx}.ifindex`), used to tell a live pin from one whose device
-//! is gone or whose ifindex now belongs to another device.
+//! The bpf(2) and rtnetlink calls aya 0.14 does not expose: the ifindex a link is
+//! attached to (`bpf_link_info.{xdp,tcx}.ifindex`), used to tell a live pin from one whose
+//! device is gone or whose ifindex now belongs to another device; opening, pinning and
+//! detaching a link by id, and the XDP programs on a device (`IFLA_XDP`), used to take
+//! over links another agent left (`links::Links::take_over`).
 
 use std::{
     ffi::CString,
@@ -12,8 +14,11 @@ use std::{
     path::Path,
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `BPF_LINK_TYPE_XDP` and `BPF_LINK_TYPE_TCX` (include/uapi/linux/bpf.h).
 pub const LINK_TYPE_XDP: u32 = 6;
@@ -86,8 +91,61 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 
 /// Link info of the link pinned at `path`.
 pub fn pinned_link_info(path: &Path) -> io::Result<RawLinkInfo> {
+    link_info(&obj_get(path)?)
+}
+
+/// Opens the link of id `id` (CAP_SYS_ADMIN); the fd is closed on drop.
+pub fn link_by_id(id: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        link_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let fd = sys_bpf(
+        BPF_LINK_GET_FD_BY_ID,
+        &mut Attr {
+            link_id: id,
+            next_id: 0,
+            open_flags: 0,
+        },
+    )?;
+    // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the object `fd` at `path` (on a bpffs).
+pub fn obj_pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = obj_get(path)?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Detaches a link from its hook whoever holds it (pins elsewhere stay, defunct).
+pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+    }
+    sys_bpf(
+        BPF_LINK_DETACH,
+        &mut Attr {
+            link_fd: fd.as_raw_fd() as u32,
+        },
+    )
+    .map(drop)
+}
+
+/// Link info of an open link.
+pub fn link_info(fd: &OwnedFd) -> io::Result<RawLinkInfo> {
+    use std::os::fd::AsRawFd;
     let mut buf = LinkInfoBuf([0; 256]);
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
@@ -173,4 +231,97 @@ pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
         libc::if_freenameindex(head);
         Ok(out)
     }
+}
+
+/// The ids of the XDP programs attached to `ifindex` in this network namespace (native,
+/// generic or offloaded), from an `RTM_GETLINK` request: `IFLA_XDP` → `IFLA_XDP_PROG_ID`,
+/// or `IFLA_XDP_{DRV,SKB,HW}_PROG_ID` when several modes are in use.
+pub fn xdp_prog_ids(ifindex: u32) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_PROG_ID: u16 = 4;
+    const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+    const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+    const IFLA_XDP_HW_PROG_ID: u16 = 7;
+    const NLA_TYPE_MASK: u16 = 0x3fff;
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16 bytes) + ifinfomsg (16 bytes).
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_UNSPEC as u8;
+    req[20..24].copy_from_slice(&ifindex.to_ne_bytes());
+    // SAFETY: sending a buffer we own to a socket we own (the kernel is the peer).
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: receiving into a buffer we own, within its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let msg = &buf[..n as usize];
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed RTM_NEWLINK answer");
+    let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at = |b: &[u8], o: usize| {
+        b.get(o..o + 4)
+            .map(|x| u32::from_ne_bytes(x.try_into().expect("4 bytes")))
+    };
+    let len = u32_at(msg, 0).ok_or_else(bad)? as usize;
+    let kind = u16_at(msg, 4).ok_or_else(bad)?;
+    if kind == libc::NLMSG_ERROR as u16 {
+        let errno = u32_at(msg, 16).ok_or_else(bad)? as i32;
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    let msg = msg.get(..len).ok_or_else(bad)?;
+    // Attributes (rtattr: u16 len, u16 type, payload padded to 4 bytes).
+    let attrs = |b: &[u8]| -> Vec<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut o = 0;
+        while let (Some(l), Some(t)) = (u16_at(b, o), u16_at(b, o + 2)) {
+            let l = l as usize;
+            if l < 4 || o + l > b.len() {
+                break;
+            }
+            out.push((t & NLA_TYPE_MASK, b[o + 4..o + l].to_vec()));
+            o += (l + 3) & !3;
+        }
+        out
+    };
+    let mut ids = Vec::new();
+    for (t, payload) in attrs(msg.get(32..).ok_or_else(bad)?) {
+        if t != IFLA_XDP {
+            continue;
+        }
+        for (t, v) in attrs(&payload) {
+            if matches!(
+                t,
+                IFLA_XDP_PROG_ID
+                    | IFLA_XDP_DRV_PROG_ID
+                    | IFLA_XDP_SKB_PROG_ID
+                    | IFLA_XDP_HW_PROG_ID
+            ) && let Some(id) = u32_at(&v, 0)
+                && id != 0
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
 }

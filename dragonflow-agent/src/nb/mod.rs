@@ -3,7 +3,9 @@
 //! recognise them.
 
 pub mod addr;
+pub mod bulk;
 pub mod claims;
+pub mod conflicts;
 pub mod etcd;
 pub mod index;
 pub mod model;

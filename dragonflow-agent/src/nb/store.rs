@@ -20,7 +20,7 @@ use super::{
     Kind,
     etcd::{self, CallError, EtcdSettings},
     key, paged,
-    validate::{DecodeError, NbRecord, ValidationError, ValidationOptions, decode_as},
+    validate::{DecodeError, NbObject, NbRecord, ValidationError, ValidationOptions, decode_as},
 };
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -466,6 +466,38 @@ impl NbStore {
             id: id.to_string(),
             attempts: UPDATE_ATTEMPTS,
         })
+    }
+
+    /// Writes objects unconditionally in one transaction (all or none), after validating
+    /// each; returns the new revision. The caller keeps `objs` within the server's limit
+    /// of operations per transaction (etcd's `--max-txn-ops`, 128 by default).
+    pub async fn put_all(&self, objs: &[NbObject]) -> Result<i64, StoreError> {
+        let mut ops = Vec::with_capacity(objs.len());
+        for o in objs {
+            let (k, v) = match o {
+                NbObject::Chassis(x) => self.encoded(x)?,
+                NbObject::LSwitch(x) => self.encoded(x)?,
+                NbObject::Subnet(x) => self.encoded(x)?,
+                NbObject::LPort(x) => self.encoded(x)?,
+                NbObject::LRouter(x) => self.encoded(x)?,
+                NbObject::SecGroup(x) => self.encoded(x)?,
+            };
+            ops.push(TxnOp::put(k, v, None));
+        }
+        let txn = Txn::new().and_then(ops);
+        let resp = self
+            .run(format!("put {} objects (txn)", objs.len()), |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Key and value of a valid object.
+    fn encoded<T: NbRecord>(&self, obj: &T) -> Result<(String, Vec<u8>), StoreError> {
+        self.check(obj)?;
+        Ok((self.key(T::KIND, obj.id()), Self::encode(obj)))
     }
 
     /// Deletes one object; `false` when it did not exist.

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     AllowedAddressPair, Chassis, EtherType, IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch,
     MacAddr, SecGroup, SecGroupRule, Subnet,
+    conflicts::{self, PortConflict},
 };
 
 /// Neutron's default for `max_allowed_address_pairs`.
@@ -186,18 +187,9 @@ pub enum ValidationError {
     },
     #[error("fixed IP {ip} is the gateway of subnet {subnet}")]
     FixedIpIsGateway { ip: IpAddr, subnet: String },
-    #[error("fixed IP {ip} is already used by lport {other} on lswitch {lswitch}")]
-    FixedIpInUse {
-        ip: IpAddr,
-        other: String,
-        lswitch: String,
-    },
-    #[error("MAC address {mac} is already used by lport {other} on lswitch {lswitch}")]
-    MacInUse {
-        mac: MacAddr,
-        other: String,
-        lswitch: String,
-    },
+    /// The port collides with another port (same MAC, fixed IP or tap; see `conflicts`).
+    #[error(transparent)]
+    PortConflict(#[from] PortConflict),
     #[error("cidr {cidr} overlaps subnet {other} ({other_cidr}) on lswitch {lswitch}")]
     SubnetOverlap {
         cidr: IpPrefix,
@@ -1242,8 +1234,9 @@ pub fn validate_lrouter_port_refs(
 ///   traffic the datapath then drops); with no subnets any address is accepted;
 /// - a fixed IP may not be a subnet's gateway unless the port is a router port
 ///   (`device_owner` starting with `network:router`);
-/// - fixed IPs and the MAC are unique within the lswitch (IpAddressAlreadyAllocated,
-///   MacAddressInUse). AAPs are deliberately not unique: sharing them is their purpose.
+/// - it does not conflict with another port ([`conflicts`]: MAC and fixed IPs unique
+///   within the lswitch, no single-IP pair on another port's fixed IP, one port per tap
+///   of a chassis).
 ///
 /// `subnets` and `ports` may hold objects of any lswitch; `ports` may include `port`
 /// itself (matched by id and skipped).
@@ -1279,29 +1272,7 @@ pub fn validate_lport_refs(
             });
         }
     }
-    for other in ports
-        .iter()
-        .filter(|o| o.lswitch == ls.id && o.id != port.id)
-    {
-        if other.mac == port.mac {
-            return Err(ValidationError::MacInUse {
-                mac: port.mac,
-                other: other.id.clone(),
-                lswitch: ls.id.clone(),
-            });
-        }
-        if let Some(ip) = port
-            .fixed_ips
-            .iter()
-            .find(|ip| other.fixed_ips.contains(ip))
-        {
-            return Err(ValidationError::FixedIpInUse {
-                ip: *ip,
-                other: other.id.clone(),
-                lswitch: ls.id.clone(),
-            });
-        }
-    }
+    conflicts::check_port(port, ports)?;
     Ok(())
 }
 
