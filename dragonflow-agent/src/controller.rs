@@ -75,6 +75,8 @@ pub struct Controller {
     touched: Touched,
     /// The last write cut entries that did not fit their maps.
     cut: bool,
+    /// The tun devices among the interfaces (asked of sysfs only when they change).
+    tun_taps: Option<(BTreeMap<String, u32>, BTreeSet<u32>)>,
     /// The desired entries, recomputed change by change.
     incremental: Incremental,
     decode: DecodeOptions,
@@ -208,6 +210,7 @@ impl Controller {
             retry_write: None,
             touched: Touched::default(),
             cut: false,
+            tun_taps: None,
             incremental: Incremental::default(),
             decode,
             have_snapshot: false,
@@ -431,12 +434,20 @@ impl Controller {
             d.entries.config.insert(0, self.chassis_config());
             // The devmap holds only the taps native XDP can deliver into (tun): XDP hands
             // frames for any other tap to its TC companion (`l2::xdp_finishes`).
-            let xdp_targets: BTreeSet<u32> = self
-                .ifaces
-                .iter()
-                .filter(|(name, _)| datapath::sys::is_tun(name))
-                .map(|(_, &ifindex)| ifindex)
-                .collect();
+            if self
+                .tun_taps
+                .as_ref()
+                .is_none_or(|(of, _)| *of != self.ifaces)
+            {
+                let tun = self
+                    .ifaces
+                    .iter()
+                    .filter(|(name, _)| datapath::sys::is_tun(name))
+                    .map(|(_, &ifindex)| ifindex)
+                    .collect();
+                self.tun_taps = Some((self.ifaces.clone(), tun));
+            }
+            let xdp_targets = self.tun_taps.as_ref().map(|(_, t)| t).expect("just set");
             d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
             self.maps.mask(&mut d.entries);
             // What the maps cannot hold is cut here, safest entries kept, and reported:
@@ -701,13 +712,14 @@ impl Controller {
                 .insert(ifname.to_string(), (ifindex, Instant::now(), msg));
         } else {
             self.attach_errors.remove(ifname);
-            // Switching hooks across restarts: the old hook goes only once the new one runs.
-            let n = self.links.remove(ifname, &datapath::other_kinds(hook));
-            if n > 0 {
-                info!(ifname, "detached {n} link(s) of the previous hook");
-            }
-            // First time this process handles the tap: nothing else of ours may run on it.
+            // First time this process handles the tap (or it was re-attached): the old
+            // hook's links go once the new one runs (switching hooks across restarts), and
+            // nothing else of ours may run on it.
             if touched {
+                let n = self.links.remove(ifname, &datapath::other_kinds(hook));
+                if n > 0 {
+                    info!(ifname, "detached {n} link(s) of the previous hook");
+                }
                 self.links.detach_foreign(&self.ebpf, ifname, ifindex);
             }
         }
