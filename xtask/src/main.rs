@@ -230,6 +230,10 @@ const BENCHES: &[(&str, &str)] = &[
         "df-bench-failover",
         "shared-VIP failover with keepalived: both ways vs a Linux bridge, 20 failovers each",
     ),
+    (
+        "df-bench-scale",
+        "the control plane at 100,000 ports vs 100: initial sync, change latency, memory, idle CPU",
+    ),
 ];
 
 fn bench() -> Result<()> {
