@@ -55,7 +55,7 @@ pub enum Scope {
     Full,
     /// The keys of the local ports' and security-group maps, of the routes, and of the
     /// forwarding maps those listed here (old and new entries of the recomputed networks).
-    Within(MapEntries),
+    Within(Box<MapEntries>),
 }
 
 #[derive(Debug, Default)]
@@ -320,7 +320,7 @@ impl Incremental {
         let scope = if full {
             Scope::Full
         } else {
-            Scope::Within(within)
+            Scope::Within(Box::new(within))
         };
         (std::mem::take(&mut self.desired), scope)
     }
