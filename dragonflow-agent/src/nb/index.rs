@@ -7,7 +7,7 @@
 //! version (or none, for a removal) and returns where the record was before.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -37,7 +37,7 @@ pub struct NbIndex {
     /// The networks of each router's interfaces.
     routers: HashMap<Id, Vec<Id>>,
     /// Every name seen, so equal names share one allocation.
-    names: HashMap<Box<str>, Id>,
+    names: HashSet<Id>,
 }
 
 fn file(map: &mut HashMap<Id, BTreeSet<Id>>, at: &Id, id: &Id) {
@@ -75,7 +75,7 @@ impl NbIndex {
             return id.clone();
         }
         let id: Id = Arc::from(s);
-        self.names.insert(Box::from(s), id.clone());
+        self.names.insert(id.clone());
         id
     }
 
