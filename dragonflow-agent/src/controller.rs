@@ -75,8 +75,8 @@ pub struct Controller {
     touched: Touched,
     /// The last write cut entries that did not fit their maps.
     cut: bool,
-    /// The tun devices among the interfaces (asked of sysfs only when they change).
-    tun_taps: Option<(BTreeMap<String, u32>, BTreeSet<u32>)>,
+    /// The tun devices among `computed_for` (asked of sysfs only when it changes).
+    tun_taps: BTreeSet<u32>,
     /// The desired entries, recomputed change by change.
     incremental: Incremental,
     decode: DecodeOptions,
@@ -210,7 +210,7 @@ impl Controller {
             retry_write: None,
             touched: Touched::default(),
             cut: false,
-            tun_taps: None,
+            tun_taps: BTreeSet::new(),
             incremental: Incremental::default(),
             decode,
             have_snapshot: false,
@@ -400,7 +400,15 @@ impl Controller {
             return;
         }
         let desired = if self.have_snapshot {
-            self.computed_for = Some(self.ifaces.clone());
+            if self.computed_for.as_ref() != Some(&self.ifaces) {
+                self.tun_taps = self
+                    .ifaces
+                    .iter()
+                    .filter(|(name, _)| datapath::sys::is_tun(name))
+                    .map(|(_, &ifindex)| ifindex)
+                    .collect();
+                self.computed_for = Some(self.ifaces.clone());
+            }
             let holding = self
                 .nb
                 .held_taps
@@ -434,21 +442,7 @@ impl Controller {
             d.entries.config.insert(0, self.chassis_config());
             // The devmap holds only the taps native XDP can deliver into (tun): XDP hands
             // frames for any other tap to its TC companion (`l2::xdp_finishes`).
-            if self
-                .tun_taps
-                .as_ref()
-                .is_none_or(|(of, _)| *of != self.ifaces)
-            {
-                let tun = self
-                    .ifaces
-                    .iter()
-                    .filter(|(name, _)| datapath::sys::is_tun(name))
-                    .map(|(_, &ifindex)| ifindex)
-                    .collect();
-                self.tun_taps = Some((self.ifaces.clone(), tun));
-            }
-            let xdp_targets = self.tun_taps.as_ref().map(|(_, t)| t).expect("just set");
-            d.entries.devmap.retain(|i, _| xdp_targets.contains(i));
+            d.entries.devmap.retain(|i, _| self.tun_taps.contains(i));
             self.maps.mask(&mut d.entries);
             // What the maps cannot hold is cut here, safest entries kept, and reported:
             // a full map is never written entry by entry at every reconciliation.

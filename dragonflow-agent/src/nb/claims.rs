@@ -48,35 +48,6 @@ pub enum Use {
     Binding,
 }
 
-/// Everything `p` claims.
-pub fn claims_of(p: &LPort) -> BTreeSet<(Claim, Use)> {
-    let addr = |ip| Claim::Addr {
-        lswitch: p.lswitch.clone(),
-        ip,
-    };
-    let mut out: BTreeSet<(Claim, Use)> = p
-        .fixed_ips
-        .iter()
-        .map(|&ip| (addr(ip), Use::Fixed))
-        .collect();
-    out.extend(
-        p.allowed_address_pairs
-            .iter()
-            .filter(|a| a.ip_address.is_host())
-            .map(|a| (addr(a.ip_address.addr), Use::Aap)),
-    );
-    if let Some(chassis) = &p.chassis {
-        out.insert((
-            Claim::Tap {
-                chassis: chassis.clone(),
-                tap: p.tap_name(),
-            },
-            Use::Binding,
-        ));
-    }
-    out
-}
-
 /// A claim a port does not hold, and the older port that does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
@@ -124,26 +95,21 @@ impl Filed {
         }
     }
 
-    /// Its claims, in the order of [`claims_of`].
+    /// Its claims: addresses by (IP, use) — a fixed IP before the same IP as an AAP — then
+    /// the binding (the order [`ClaimIndex::conflict`] reports the first of).
     fn claims(&self) -> Vec<(Held<'_>, Use)> {
-        let mut out: Vec<(Held<'_>, Use)> = self
+        let mut addrs: Vec<(IpAddr, Use)> = self
             .fixed
             .iter()
-            .map(|ip| (Held::Addr(&self.lswitch, *ip), Use::Fixed))
-            .chain(
-                self.aaps
-                    .iter()
-                    .map(|ip| (Held::Addr(&self.lswitch, *ip), Use::Aap)),
-            )
+            .map(|ip| (*ip, Use::Fixed))
+            .chain(self.aaps.iter().map(|ip| (*ip, Use::Aap)))
             .collect();
-        out.sort_by_key(|(h, how)| match h {
-            Held::Addr(_, ip) => (*ip, *how),
-            Held::Tap(..) => unreachable!("addresses only so far"),
-        });
-        out.dedup_by_key(|(h, how)| match h {
-            Held::Addr(_, ip) => (*ip, *how),
-            Held::Tap(..) => unreachable!("addresses only so far"),
-        });
+        addrs.sort();
+        addrs.dedup();
+        let mut out: Vec<(Held<'_>, Use)> = addrs
+            .into_iter()
+            .map(|(ip, how)| (Held::Addr(&self.lswitch, ip), how))
+            .collect();
         if let Some((chassis, tap)) = &self.binding {
             out.push((Held::Tap(chassis, tap), Use::Binding));
         }
