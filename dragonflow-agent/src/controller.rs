@@ -38,7 +38,7 @@ use crate::{
     incremental::{Incremental, Scope, Touched},
     lastgood::LastGood,
     metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
-    nb::index::NbIndex,
+    nb::{AapMode, index::NbIndex},
     netlink,
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
@@ -106,6 +106,9 @@ pub struct Controller {
     flood_overflow: BTreeMap<u32, usize>,
     /// Where each new NB snapshot goes once it is reconciled (the detection way).
     snapshots: Option<watch::Sender<Option<Arc<NbSnapshot>>>>,
+    /// Whether the last snapshot sent there had a network in the detection way or a
+    /// claim: the detector needs snapshots only then (and one more when that ends).
+    detection_fed: bool,
     /// Security-group identity numbers, kept across reconciliations (and adopted from the
     /// pinned maps at start) so that a change rewrites only what it concerns.
     identities: Identities,
@@ -226,6 +229,7 @@ impl Controller {
             nb_warnings: BTreeSet::new(),
             flood_overflow: BTreeMap::new(),
             snapshots: None,
+            detection_fed: false,
             identities,
             policy_gen,
             sg_on,
@@ -484,9 +488,22 @@ impl Controller {
         if let Some(d) = desired {
             self.incremental.restore(d);
             if nb_changed && let Some(tx) = &self.snapshots {
-                // The detection way judges claims against the same part of the cloud.
-                let scoped = scope::scope(&self.cfg.chassis, &self.nb.snapshot, &self.index);
-                tx.send_replace(Some(Arc::new(scoped)));
+                // The detection way judges claims against the same part of the cloud. A
+                // cloud without it anywhere and without claims to release skips the copy
+                // (it is a cost per change).
+                let detection = self.cfg.aap_mode == AapMode::Detection
+                    || !self.nb.snapshot.active_ports.is_empty()
+                    || self
+                        .nb
+                        .snapshot
+                        .lswitches
+                        .values()
+                        .any(|l| l.aap_mode == Some(AapMode::Detection));
+                if detection || self.detection_fed {
+                    let scoped = scope::scope(&self.cfg.chassis, &self.nb.snapshot, &self.index);
+                    tx.send_replace(Some(Arc::new(scoped)));
+                }
+                self.detection_fed = detection;
             }
         }
     }
@@ -494,6 +511,7 @@ impl Controller {
     /// Files what `delta` changed in the index and notes what it touches.
     fn touch(&mut self, delta: &NbDelta) {
         let t = &mut self.touched;
+        t.ports.extend(delta.lports.iter().cloned());
         for id in &delta.lports {
             let now = self.nb.snapshot.lports.get(id).map(|p| &**p);
             if let Some(old) = self.index.set_port(id, now) {

@@ -20,6 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dragonflow_common::sg::PolicyValue;
+
 use crate::{
     forwarding::{Context, NetPart, network},
     nb::{
@@ -28,7 +30,7 @@ use crate::{
     },
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     scope,
-    secgroups::Identities,
+    secgroups::{Identities, SgEngine},
 };
 
 /// What changed in the northbound since the last computation.
@@ -40,11 +42,13 @@ pub struct Touched {
     pub nets: BTreeSet<String>,
     /// Chassis whose record changed.
     pub chassis: BTreeSet<String>,
+    /// Ports whose record changed (or came, or went).
+    pub ports: BTreeSet<String>,
 }
 
 impl Touched {
     pub fn is_empty(&self) -> bool {
-        !self.all && self.nets.is_empty() && self.chassis.is_empty()
+        !self.all && self.nets.is_empty() && self.chassis.is_empty() && self.ports.is_empty()
     }
 }
 
@@ -53,8 +57,9 @@ impl Touched {
 pub enum Scope {
     /// Any key: compare everything.
     Full,
-    /// The keys of the local ports' and security-group maps, of the routes, and of the
-    /// forwarding maps those listed here (old and new entries of the recomputed networks).
+    /// The keys of the local ports' maps, of the routes, and of the forwarding and
+    /// security-group maps those listed here (old and new entries of the recomputed
+    /// networks, the security-group keys a member change touched).
     Within(Box<MapEntries>),
 }
 
@@ -66,6 +71,7 @@ pub struct Incremental {
     hosts: BTreeMap<String, BTreeSet<[u8; 4]>>,
     /// Programmed local ports → tap ifindex, at the last computation.
     local: BTreeMap<String, u32>,
+    security_groups: SgEngine,
     primed: bool,
 }
 
@@ -306,21 +312,39 @@ impl Incremental {
             .filter_map(|g| nb.secgroups.get(*g))
             .flat_map(|sg| sg.rules.iter().filter_map(|r| r.remote_group_id.as_deref()))
             .collect();
-        let mut members: BTreeSet<&Id> = BTreeSet::new();
-        for g in remote {
-            members.extend(ix.members(g));
-        }
-        let members = members
-            .into_iter()
-            .filter_map(|id| nb.lports.get(&**id).map(|p| &**p));
-        reconcile::security_groups(d, nb, members, identities);
+        let members = || {
+            let mut members: BTreeSet<&Id> = BTreeSet::new();
+            for g in remote {
+                members.extend(ix.members(g));
+            }
+            members.into_iter().filter_map(|id| nb.lports.get(&**id))
+        };
+        let changed = (!full).then_some(&touched.ports);
+        let sg_keys = reconcile::security_groups(
+            d,
+            nb,
+            &mut self.security_groups,
+            changed,
+            members,
+            identities,
+        );
 
         self.local = programmed;
         self.primed = true;
-        let scope = if full {
-            Scope::Full
-        } else {
-            Scope::Within(Box::new(within))
+        let scope = match sg_keys {
+            Some(keys) if !full => {
+                within.ident.extend(keys.ident.into_iter().map(|k| (k, 0)));
+                within
+                    .ident_lpm
+                    .extend(keys.ident_lpm.into_iter().map(|k| (k, 0)));
+                within.policy.extend(
+                    keys.policy
+                        .into_iter()
+                        .map(|k| (k, PolicyValue { rule: 0 })),
+                );
+                Scope::Within(Box::new(within))
+            }
+            _ => Scope::Full,
         };
         (std::mem::take(&mut self.desired), scope)
     }
@@ -421,6 +445,10 @@ mod tests {
         nb
     }
 
+    fn canonical_sg(e: &MapEntries) -> impl PartialEq + std::fmt::Debug + use<> {
+        crate::secgroups::tests::canonical(&e.ident, &e.ident_lpm, &e.policy)
+    }
+
     /// After every random change, the incremental result equals a full computation over
     /// the scope, and the keys it says may differ cover every key that did.
     #[test]
@@ -454,6 +482,7 @@ mod tests {
                     if let Some(p) = &new {
                         touched.nets.insert(p.lswitch.clone());
                     }
+                    touched.ports.insert(id);
                 }
                 // A chassis goes or comes back.
                 2 => {
@@ -497,15 +526,12 @@ mod tests {
             assert_eq!(got.warnings, want.warnings, "step {step}");
             assert_eq!(got.flood_overflow, want.flood_overflow, "step {step}");
             assert_eq!(
-                got.entries.ident.len(),
-                want.entries.ident.len(),
+                canonical_sg(&got.entries),
+                canonical_sg(&want.entries),
                 "step {step}"
             );
-            assert_eq!(
-                got.entries.policy.len(),
-                want.entries.policy.len(),
-                "step {step}"
-            );
+            assert_eq!(got.sg_ports, want.sg_ports, "step {step}");
+            assert_eq!(got.sg_identities, want.sg_identities, "step {step}");
             if let Scope::Within(keys) = &scope {
                 partial += 1;
                 let diff = got.entries.diff(&previous);

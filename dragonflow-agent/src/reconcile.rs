@@ -30,7 +30,7 @@ pub use crate::forwarding::{NetPart, NetworkView, router_id};
 use crate::{
     forwarding,
     nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr, SecGroup},
-    secgroups::{self, IdentLpmKey, Identities, PolicyLpmKey, SgPortView},
+    secgroups::{IdentLpmKey, Identities, PolicyLpmKey, SgEngine, SgKeys, SgPortView},
 };
 
 /// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
@@ -197,9 +197,13 @@ impl MapEntries {
     }
 
     /// [`MapEntries::diff`] where the network-keyed forwarding maps (neighbours, L2, flood
-    /// lists, groups, tunnel admission) may differ only at the keys `within` has.
+    /// lists, groups, tunnel admission) and the security-group maps may differ only at
+    /// the keys `within` has.
     pub fn diff_within(&self, actual: &MapEntries, within: &MapEntries) -> EntriesDiff {
         let mut d = self.diff_only(actual, false);
+        d.ident = diff_keys(&self.ident, &actual.ident, within.ident.keys());
+        d.ident_lpm = diff_keys(&self.ident_lpm, &actual.ident_lpm, within.ident_lpm.keys());
+        d.policy = diff_keys(&self.policy, &actual.policy, within.policy.keys());
         d.neigh = diff_keys(&self.neigh, &actual.neigh, within.neigh.keys());
         d.l2 = diff_keys(&self.l2, &actual.l2, within.l2.keys());
         d.flood = diff_keys(&self.flood, &actual.flood, within.flood.keys());
@@ -213,7 +217,8 @@ impl MapEntries {
         self.diff_only(actual, true)
     }
 
-    /// Every map, or (`forwarding` false) all but the network-keyed forwarding maps.
+    /// Every map, or (`forwarding` false) all but the network-keyed forwarding maps and
+    /// the security-group maps.
     fn diff_only(&self, actual: &MapEntries, forwarding: bool) -> EntriesDiff {
         let mut config = diff(&self.config, &actual.config);
         // An array slot cannot be deleted; an unwanted config is simply left alone (the
@@ -233,9 +238,9 @@ impl MapEntries {
             tun_peers: diff_if(forwarding, &self.tun_peers, &actual.tun_peers),
             tun_srcs: diff_if(forwarding, &self.tun_srcs, &actual.tun_srcs),
             config,
-            ident: diff(&self.ident, &actual.ident),
-            ident_lpm: diff(&self.ident_lpm, &actual.ident_lpm),
-            policy: diff(&self.policy, &actual.policy),
+            ident: diff_if(forwarding, &self.ident, &actual.ident),
+            ident_lpm: diff_if(forwarding, &self.ident_lpm, &actual.ident_lpm),
+            policy: diff_if(forwarding, &self.policy, &actual.policy),
         }
     }
 }
@@ -465,7 +470,14 @@ pub fn desired_with(
         .filter(|p| p.chassis.as_deref() == Some(chassis));
     local_ports(&mut out, nb, local, taps);
     forwarding::compute(chassis, nb, &mut out);
-    security_groups(&mut out, nb, nb.lports.values().map(|p| &**p), identities);
+    security_groups(
+        &mut out,
+        nb,
+        &mut SgEngine::default(),
+        None,
+        || nb.lports.values(),
+        identities,
+    );
     out
 }
 
@@ -502,14 +514,20 @@ pub fn local_ports<'a>(
     }
 }
 
-/// The security-group entries of the programmed local ports of `out`, with `members`
-/// (see `secgroups::compute_with`).
-pub fn security_groups<'a>(
+/// Brings the security-group entries of `out` up to date for its programmed local ports
+/// (see `secgroups::SgEngine::compute` for `changed` and `members`); returns the keys
+/// that may differ, `None` for any.
+pub fn security_groups<'a, I>(
     out: &mut Desired,
     nb: &NbSnapshot,
-    members: impl IntoIterator<Item = &'a LPort>,
+    engine: &mut SgEngine,
+    changed: Option<&BTreeSet<String>>,
+    members: impl FnOnce() -> I,
     identities: &mut Identities,
-) {
+) -> Option<SgKeys>
+where
+    I: IntoIterator<Item = &'a Arc<LPort>>,
+{
     let programmed: Vec<(u32, &LPort)> = out
         .local_ports
         .iter()
@@ -518,13 +536,18 @@ pub fn security_groups<'a>(
             _ => None,
         })
         .collect();
-    let sg = secgroups::compute_with(nb, &programmed, members, identities);
-    out.entries.ident = sg.entries.ident;
-    out.entries.ident_lpm = sg.entries.ident_lpm;
-    out.entries.policy = sg.entries.policy;
+    let (keys, sg) = engine.compute(
+        nb,
+        &programmed,
+        changed,
+        members,
+        identities,
+        &mut out.entries,
+    );
     out.warnings.extend(sg.warnings);
     out.sg_ports = sg.ports;
     out.sg_identities = sg.identities;
+    keys
 }
 
 /// The entries of one port on tap `ifindex`.
