@@ -140,9 +140,18 @@ fn man(out: &std::path::Path) -> Result<()> {
     let out = run::root().join(out);
     run::step(&format!("man: dfctl's pages into {}", out.display()));
     let mut c = run::cargo();
-    c.args(["run", "-q", "-p", "dragonflow-agent", "--bin", "dfctl", "--", "man"])
-        .arg("--out")
-        .arg(&out);
+    c.args([
+        "run",
+        "-q",
+        "-p",
+        "dragonflow-agent",
+        "--bin",
+        "dfctl",
+        "--",
+        "man",
+    ])
+    .arg("--out")
+    .arg(&out);
     run::run(&mut c)
 }
 
