@@ -188,9 +188,13 @@ fn every_list_and_show_in_every_format() {
         r#"[{"ip":"192.0.2.100","mac":"fa:16:3e:00:00:01","ifname":"tapweb1","lport":"web1",
             "net_id":100,"op":"request","last_seen_unix_ms":1795000000000,"count":3}]"#,
     );
+    // A proxy set for the outside world does not capture the agent's address.
     let garp = |fmt: &str| {
         let out = Command::new(DFCTL)
             .args(["garp", "list", "--agent", &agent, "-o", fmt])
+            .env("http_proxy", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("ALL_PROXY", "http://127.0.0.1:9")
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");

@@ -30,6 +30,9 @@ impl AgentClient {
             .timeout_global(Some(timeout))
             // Status codes are reported with the path asked for (below), not as ureq's error.
             .http_status_as_error(false)
+            // The agent is reached directly (usually on loopback): an HTTP_PROXY meant for
+            // the outside world must not capture it.
+            .proxy(None)
             .build()
             .into();
         Ok(AgentClient {
