@@ -4,16 +4,15 @@
 //! `garp list` against a stub agent.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::TcpListener,
     process::Command,
-    thread,
     time::{Duration, Instant},
 };
 
 mod common;
 
-use common::{DFCTL, Etcd, dfctl_at, free_port};
+use common::{DFCTL, Etcd, dfctl_at, free_port, stub_agent};
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -600,43 +599,6 @@ fn etcd_unreachable_fails_fast_with_exit_1() {
         &["lswitch", "create", "x"],
     );
     assert_eq!(out.status.code(), Some(2));
-}
-
-/// Serves `body` once per connection, as the agent's /garp endpoint would.
-fn stub_agent(chunked: bool, body: &'static str) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let req = String::from_utf8_lossy(&req);
-            let resp = if !req.starts_with("GET /garp ") {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
-            } else if chunked {
-                let (a, b) = body.split_at(body.len() / 2);
-                format!(
-                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
-                    a.len(),
-                    b.len()
-                )
-            } else {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-            };
-            let _ = c.write_all(resp.as_bytes());
-        }
-    });
-    url
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! - `demo`   setup, then the live demo (two hypervisors over VXLAN, a router, AAPs)
 //! - `bench`  setup, then the benchmarks; output also saved to target/bench-<date>.md
 //! - `sweep`  remove what killed test runs left behind (namespaces, bpffs mounts)
+//! - `man`    dfctl's man pages, generated from its clap definitions (target/man)
 
 mod audit;
 mod run;
@@ -77,6 +78,13 @@ enum Cmd {
     /// Remove namespaces (`dft…`) and bpffs mounts (/run/dragonflow-test*) left by killed
     /// test or demo runs whose process is gone (`test` does this before and after).
     Sweep,
+    /// Write dfctl's man pages (one per command, from its clap definitions) into a
+    /// directory: builds dfctl and runs its hidden `man` subcommand.
+    Man {
+        /// The directory (relative to the workspace root unless absolute).
+        #[arg(long, value_name = "DIR", default_value = "target/man")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration, hook } => demo(duration, hook),
         Cmd::Bench => bench(),
+        Cmd::Man { out } => man(&out),
         Cmd::Sweep => {
             require_root("removing namespaces and mounts").and_then(|()| sweep::sweep("sweep"))
         }
@@ -123,6 +132,27 @@ fn build() -> Result<()> {
     setup::check()?;
     run::step("build: agent and dfctl (release), eBPF object via build.rs");
     run::run(run::cargo().args(["build", "--release", "-p", "dragonflow-agent"]))
+}
+
+/// dfctl writes its own pages (clap_mangen in dfctl): xtask stays free of the agent crate.
+/// (No setup check: only the build's toolchain is needed, and cargo names what is missing.)
+fn man(out: &std::path::Path) -> Result<()> {
+    let out = run::root().join(out);
+    run::step(&format!("man: dfctl's pages into {}", out.display()));
+    let mut c = run::cargo();
+    c.args([
+        "run",
+        "-q",
+        "-p",
+        "dragonflow-agent",
+        "--bin",
+        "dfctl",
+        "--",
+        "man",
+    ])
+    .arg("--out")
+    .arg(&out);
+    run::run(&mut c)
 }
 
 fn clippy() -> Result<()> {
