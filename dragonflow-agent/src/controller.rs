@@ -89,6 +89,12 @@ pub struct Controller {
     /// started (`None` until looked for): managed like our pinned taps, so that a program
     /// with frozen maps never stays on them.
     foreign_taps: Option<BTreeSet<String>>,
+    /// The pinned links as last listed (`None`: list again) and the taps last made sure
+    /// of: a reconciliation for an NB change alone (no rescan, nothing attached since)
+    /// lists and checks again only taps that became managed — a change then costs no
+    /// file system walk per tap.
+    pins_seen: Option<Arc<Vec<datapath::links::Pin>>>,
+    ensured: BTreeMap<String, u32>,
     last_ports: BTreeMap<String, PortState>,
     /// Highest etcd revision received; published once the maps reflect it.
     revision: i64,
@@ -220,6 +226,8 @@ impl Controller {
             ifaces: BTreeMap::new(),
             attach_errors: BTreeMap::new(),
             foreign_taps: None,
+            pins_seen: None,
+            ensured: BTreeMap::new(),
             last_ports: BTreeMap::new(),
             revision: 0,
             tunnel_ifindex: 0,
@@ -371,10 +379,20 @@ impl Controller {
                 Err(e) => warn!("{}", Chain(&e)),
             }
         }
-        let pins = self.links.pins().unwrap_or_else(|e| {
-            warn!("{}", Chain(&e));
-            Vec::new()
-        });
+        if rescan {
+            self.pins_seen = None;
+        }
+        let pins = match &self.pins_seen {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(self.links.pins().unwrap_or_else(|e| {
+                    warn!("{}", Chain(&e));
+                    Vec::new()
+                }));
+                self.pins_seen = Some(p.clone());
+                p
+            }
+        };
         self.ensure_tunnel(&pins);
         if self.foreign_taps.is_none() {
             self.foreign_taps = Some(self.find_foreign_taps());
@@ -388,7 +406,17 @@ impl Controller {
             .collect();
         let managed = self.managed(&pinned);
         for (ifname, &ifindex) in &managed {
-            self.ensure_tap(ifname, ifindex);
+            if rescan
+                || self.ensured.get(ifname) != Some(&ifindex)
+                || self.attach_errors.contains_key(ifname)
+            {
+                self.ensure_tap(ifname, ifindex);
+                // What it attached or replaced is pinned anew.
+                self.pins_seen = None;
+            }
+        }
+        if self.ensured != managed {
+            self.ensured = managed.clone();
         }
         self.attach_errors.retain(|n, _| managed.contains_key(n));
 

@@ -80,6 +80,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use dragonflow_common::{
@@ -334,7 +335,8 @@ impl<'a> Context<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NetPart {
     pub entries: MapEntries,
-    pub view: NetworkView,
+    /// Shared with `Desired::networks` and the /state view: copied per change otherwise.
+    pub view: Arc<NetworkView>,
     pub warnings: BTreeSet<String>,
     /// Destinations wanted when its flood list is cut to `FLOOD_MAX`.
     pub flood_overflow: Option<usize>,
@@ -518,7 +520,7 @@ pub(crate) fn network(
     }
     NetPart {
         entries,
-        view,
+        view: Arc::new(view),
         warnings,
         flood_overflow,
     }

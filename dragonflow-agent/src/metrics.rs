@@ -120,7 +120,7 @@ pub struct View {
     pub ports: Vec<PortView>,
     pub taps: Vec<TapView>,
     /// Per network: local ports, remote chassis hosting its ports, flood list length.
-    pub networks: Vec<NetworkView>,
+    pub networks: Vec<Arc<NetworkView>>,
     /// Live chassis other than this one that VXLAN can reach.
     pub remote_chassis: Vec<String>,
     /// `None` with `--no-tunnel`.
@@ -199,7 +199,7 @@ pub struct SgView {
     /// Distinct identities (sets of remote groups and prefixes) in the maps.
     pub identities: usize,
     /// Local ports with port security: their groups and entry counts.
-    pub ports: Vec<SgPortView>,
+    pub ports: Arc<Vec<SgPortView>>,
 }
 
 /// Everything the HTTP server and the tasks share.

@@ -417,7 +417,7 @@ pub struct Desired {
     /// tap name → port id, for the taps that are programmed.
     pub tap_ports: BTreeMap<String, String>,
     /// Forwarding state per network (for /state).
-    pub networks: Vec<NetworkView>,
+    pub networks: Vec<Arc<NetworkView>>,
     /// Live chassis other than this one that can be tunnelled to.
     pub remote_chassis: Vec<String>,
     /// net_id → destinations wanted, for flood lists cut to `FLOOD_MAX`.
@@ -425,7 +425,7 @@ pub struct Desired {
     /// Problems in the NB state worth a log line (the controller logs each once).
     pub warnings: BTreeSet<String>,
     /// Security groups of the local ports with port security (for /state).
-    pub sg_ports: Vec<SgPortView>,
+    pub sg_ports: Arc<Vec<SgPortView>>,
     /// Distinct security-group identities.
     pub sg_identities: usize,
 }

@@ -193,6 +193,8 @@ pub struct SgEngine {
     sets: HashMap<(u8, Vec<usize>), (u32, usize)>,
     /// Policy entries per tap (the /state view).
     policy_per_tap: HashMap<u32, usize>,
+    /// The ports' view as last summarised (rebuilt only when a count changed).
+    views: Option<Arc<Vec<SgPortView>>>,
     primed: bool,
 }
 
@@ -524,6 +526,7 @@ impl SgEngine {
         mut keys: Option<&mut SgKeys>,
         add: bool,
     ) {
+        self.views = None;
         for s in &set.1 {
             let Some(rules) = self.local.by_selector.get(s) else {
                 continue;
@@ -549,7 +552,7 @@ impl SgEngine {
         }
     }
 
-    fn summary(&self, out: &MapEntries) -> SgSummary {
+    fn summary(&mut self, out: &MapEntries) -> SgSummary {
         let mut warnings = self.local.warnings.clone();
         for (map, n, cap) in [
             (maps::IDENT, out.ident.len(), maps::IDENT_MAX),
@@ -565,14 +568,24 @@ impl SgEngine {
             }
         }
         let ports = self
-            .local
             .views
-            .iter()
-            .map(|v| SgPortView {
-                policy_entries: self.policy_per_tap.get(&v.ifindex).copied().unwrap_or(0),
-                ..v.clone()
+            .get_or_insert_with(|| {
+                Arc::new(
+                    self.local
+                        .views
+                        .iter()
+                        .map(|v| SgPortView {
+                            policy_entries: self
+                                .policy_per_tap
+                                .get(&v.ifindex)
+                                .copied()
+                                .unwrap_or(0),
+                            ..v.clone()
+                        })
+                        .collect(),
+                )
             })
-            .collect();
+            .clone();
         SgSummary {
             ports,
             identities: self.sets.len(),
@@ -584,7 +597,7 @@ impl SgEngine {
 /// What a computation reports besides the map entries.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SgSummary {
-    pub ports: Vec<SgPortView>,
+    pub ports: Arc<Vec<SgPortView>>,
     pub identities: usize,
     pub warnings: BTreeSet<String>,
 }

@@ -371,7 +371,7 @@ pub fn compute_with<'a>(
             ident_lpm: out.ident_lpm,
             policy: out.policy,
         },
-        ports: summary.ports,
+        ports: Arc::unwrap_or_clone(summary.ports),
         identities: summary.identities,
         warnings: summary.warnings,
     }
