@@ -139,6 +139,9 @@ fn clippy() -> Result<()> {
         "--exclude",
         "dragonflow-ebpf",
         "--all-targets",
+        // The bench binaries need it (`required-features`); without it clippy skips them.
+        "--features",
+        "tests/bench",
     ])
     .args(["--", "-D", "warnings"]);
     steps.push(("clippy (host crates)", host));
@@ -278,8 +281,19 @@ fn bench() -> Result<()> {
             continue;
         }
         let mut c = run::cargo();
-        c.args(["run", "--release", "-p", "tests", "--bin", bin])
-            .stdout(Stdio::piped());
+        // `bench`: the agent's eBPF object with the benchmark's stub programs (the shipped
+        // object has none); one feature set for every bench, so one build.
+        c.args([
+            "run",
+            "--release",
+            "-p",
+            "tests",
+            "--features",
+            "bench",
+            "--bin",
+            bin,
+        ])
+        .stdout(Stdio::piped());
         writeln!(out, "## {what}\n\n`{}`\n", run::display(&c))?;
         run::show(&c);
         let _sigint = ForwardSigint::install();
