@@ -13,9 +13,7 @@ use aya_ebpf::{
 /// header with options + a DHCP header up to `chaddr`.
 const TC_PULL_LEN: u32 = 256;
 
-/// What every stage needs from the hook. `EbpfContext::as_ptr` is the hook's own context
-/// (`xdp_md` when [`PacketCtx::IS_XDP`], else `__sk_buff`), for global BPF functions that
-/// take it (the security-group stage's parsers).
+/// What every stage needs from the hook (and `EbpfContext`, for logging).
 pub trait PacketCtx: EbpfContext {
     /// The XDP hook: it can redirect to a local tap (devmap) and bounce a frame back
     /// (XDP_TX), but cannot set tunnel metadata nor clone a frame, so it hands tunnel,

@@ -55,8 +55,8 @@
 //!   only ground; the two stages never import each other (what port security learns for
 //!   the security groups travels in a ground type, `parse::l3::L3`).
 //! - **forwarding**: the forwarding stage (`fwd`), a stage that may also use the
-//!   security-group stage's public face (`sg::Sg`, `sg::policy::to_port`), since every
-//!   delivery ends in the receiver's ingress rules. Never port security.
+//!   security-group stage's public face (`sg::Sg`, `sg::Hook`, `sg::policy::to_port`),
+//!   since every delivery ends in the receiver's ingress rules. Never port security.
 //! - **entry**: `main` (entry points), `pipeline` (what they run), `bench` (the benchmark
 //!   build's extra programs, feature `bench-progs`).
 //!

@@ -8,14 +8,13 @@ use dragonflow_common::verdict::{Direction, DropReason, PassPath};
 
 use crate::{
     config,
-    ctx::PacketCtx,
     fwd::{
         self, tunnel,
         verdict::{Fwd, Pass},
     },
     parse::{self, Eth, is_group},
     portsec::{self, PortCache},
-    sg::Sg,
+    sg::{Hook, Sg},
     stats,
 };
 
@@ -27,7 +26,7 @@ use crate::{
 /// `portsec`), so the fast path never looks the port up: the address hit also gives the
 /// network.
 #[inline(always)]
-pub fn from_vm<C: PacketCtx>(
+pub fn from_vm<C: Hook>(
     ctx: &C,
     port: &mut PortCache,
     sg: &mut Sg,

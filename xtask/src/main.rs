@@ -145,19 +145,31 @@ fn clippy() -> Result<()> {
     ])
     .args(["--", "-D", "warnings"]);
     steps.push(("clippy (host crates)", host));
-    let mut bpf = run::cargo();
-    // Debian's rustc-web (`+/usr`) has the library source `-Z build-std=core` needs.
-    bpf.env("RUSTC_BOOTSTRAP", "1")
-        .args([
-            "+/usr",
-            "clippy",
-            "-p",
-            "dragonflow-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
-    steps.push(("clippy (eBPF crate, bpfel-unknown-none)", bpf));
+    // The eBPF crate as the agent ships it, and as the benchmark build has it (its extra
+    // programs, feature `bench-progs`).
+    for (name, features) in [
+        ("clippy (eBPF crate, bpfel-unknown-none)", ""),
+        (
+            "clippy (eBPF crate, bpfel-unknown-none, bench-progs)",
+            "bench-progs",
+        ),
+    ] {
+        let mut bpf = run::cargo();
+        // Debian's rustc-web (`+/usr`) has the library source `-Z build-std=core` needs.
+        bpf.env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "+/usr",
+                "clippy",
+                "-p",
+                "dragonflow-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "--features",
+                features,
+            ])
+            .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
+        steps.push((name, bpf));
+    }
 
     let mut failed = Vec::new();
     for (name, mut c) in steps {

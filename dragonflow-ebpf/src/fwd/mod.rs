@@ -2,8 +2,8 @@
 //! frame goes.
 //!
 //! Layer: a stage, above the security-group stage: imports the ground layer and the
-//! security-group stage's public face (`sg::Sg`, `sg::policy::to_port`: every delivery
-//! into a tap passes the receiver's ingress rules), never port security. Its parts, one
+//! security-group stage's public face (`sg::Sg`, `sg::Hook`, `sg::policy::to_port`: every
+//! delivery into a tap passes the receiver's ingress rules), never port security. Its parts, one
 //! way each: `l2` (lookups, MTU), `l3` (routing) over `responder` (ARP/ND answers),
 //! `tunnel` (VXLAN metadata and admission), `flood` (flood lists and copies), `group`
 //! (copies to the holders of a shared address, over `flood`), `verdict` (where an allowed
@@ -55,7 +55,7 @@ use crate::{
     fwd::{flood::flood, l3::L3Out, responder::Asked, verdict::Fwd},
     maps::FLOOD,
     parse::{ETH_HLEN, Eth, is_group, mac_eq},
-    sg::{Sg, policy},
+    sg::{Hook, Sg, policy},
 };
 
 pub mod flood;
@@ -73,7 +73,7 @@ pub mod verdict;
 /// the frame, before the receiver's ingress: in [`unicast`], for replies of the router,
 /// and by the TC entry point for floods and groups (never for what XDP hands off: its TC
 /// companion judges it). ARP/NS answered by the responder are exempt.
-pub fn from_vm<C: PacketCtx>(
+pub fn from_vm<C: Hook>(
     ctx: &C,
     pkt: &Pkt,
     eth: &Eth,
@@ -197,7 +197,7 @@ fn to_group<C: PacketCtx>(net_id: u32, how: u32) -> Fwd {
 /// A unicast delivery to a local tap or a remote chassis.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn unicast<C: PacketCtx>(
+fn unicast<C: Hook>(
     ctx: &C,
     pkt: &Pkt,
     proto: u16,

@@ -111,17 +111,26 @@ impl PortCache {
         self.has_garp = true;
     }
 
-    /// Emits the frame's pending GARP event, if any. The event names the port's network;
-    /// a port gone meanwhile raises none.
+    /// Emits the frame's pending GARP event, if any (see `events::emit`).
     #[inline(always)]
     pub fn flush_garp(&mut self) {
         if self.has_garp {
             self.has_garp = false;
             let g = self.garp;
-            let ip = ip6_bytes(g.ip);
-            let Ok(cfg) = self.secured() else { return };
-            events::emit(self.ifindex, cfg.net_id, g.family, ip, g.mac, g.op);
+            events::emit(self, g.family, ip6_bytes(g.ip), g.mac, g.op);
         }
+    }
+}
+
+impl events::Sender for PortCache {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    #[inline(always)]
+    fn secured(&mut self) -> Result<&'static PortConfig, DropReason> {
+        PortCache::secured(self)
     }
 }
 
