@@ -15,10 +15,18 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         common.canonicalize()?.display()
     );
+    // The benchmark build (this crate's `bench-progs`, which only the tests crate's `bench`
+    // enables) adds the eBPF crate's benchmark programs; the agent's own object has none.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH_PROGS").is_some() {
+        &["bench-progs"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [Package {
             name: "dragonflow-ebpf",
             root_dir: root.to_str().expect("utf-8 path"),
+            features,
             ..Default::default()
         }],
         Toolchain::Custom("/usr"),

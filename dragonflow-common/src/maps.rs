@@ -140,7 +140,8 @@ pub const TUN_SRCS: &str = "df_tun_srcs_v1";
 pub const TUN_SRCS_MAX: u32 = 262_144;
 
 /// Array[1] of `[u32; 2]` (VNI, outer IPv4 source as a word in network order): the tunnel
-/// key [`progs::BENCH_FROM_TUNNEL_TC`] uses. Micro-benchmark only; not pinned.
+/// key [`progs::BENCH_FROM_TUNNEL_TC`] uses. Micro-benchmark only (in the benchmark
+/// build's object only); not pinned.
 pub const BENCH_TUN: &str = "df_bench_tun";
 
 /// Every map the agent pins and adopts, in one list (for cleanup and metrics). A pinned
@@ -214,6 +215,8 @@ pub mod progs {
     pub const VLAN_GUARD_TC: &str = "df_vlan_guard";
     /// tcx ingress on `df-vxlan`: frames from other chassis, delivered by (VNI, dst MAC).
     pub const FROM_TUNNEL_TC: &str = "df_from_tunnel";
+    // The stubs and `BENCH_FROM_TUNNEL_TC` exist only in the benchmark build's object
+    // (dragonflow-ebpf's feature `bench-progs`), never in the agent's.
     /// Micro-benchmark floor: an XDP program that only returns XDP_PASS.
     pub const STUB_XDP_PASS: &str = "df_stub_xdp_pass";
     /// Micro-benchmark floor: a TC program that only returns TC_ACT_OK.

@@ -1,21 +1,23 @@
-//! The packet context: what the pipeline needs from its hook, written once for XDP and TC
-//! (Cilium's `ctx_*` idea). Stages see only [`PacketCtx`] and the bounds-checked [`Pkt`]
-//! view, never `XdpContext`/`TcContext` directly.
+//! Ground layer, the lowest: the packet context, what the pipeline needs from its hook,
+//! written once for XDP and TC (Cilium's `ctx_*` idea). Stages see only [`PacketCtx`] and
+//! the bounds-checked [`Pkt`] view with its loads and stores, never
+//! `XdpContext`/`TcContext` directly. Knows no stage; imports nothing of this crate.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-
-use crate::sg::{self, Scratch};
+use aya_ebpf::{
+    EbpfContext,
+    programs::{TcContext, XdpContext},
+};
 
 /// Bytes the TC hook makes directly accessible (linear) before parsing: enough for
 /// Ethernet + IPv6 + a few extension headers + an ND message with options, or an IPv4
 /// header with options + a DHCP header up to `chaddr`.
 const TC_PULL_LEN: u32 = 256;
 
-/// What every stage needs from the hook.
-pub trait PacketCtx {
+/// What every stage needs from the hook (and `EbpfContext`, for logging).
+pub trait PacketCtx: EbpfContext {
     /// The XDP hook: it can redirect to a local tap (devmap) and bounce a frame back
     /// (XDP_TX), but cannot set tunnel metadata nor clone a frame, so it hands tunnel,
-    /// flood and routed frames to its TC companion (see `fwd.rs`).
+    /// flood and routed frames to its TC companion (see `fwd`).
     const IS_XDP: bool;
     /// TC: `skb->gso_size` of a GSO super-frame (0 otherwise); XDP: always 0.
     fn gso_size(&self) -> u32;
@@ -27,9 +29,6 @@ pub trait PacketCtx {
     /// The packet view. TC first pulls the headers into the linear area (a no-op for the
     /// usual linear skb); that invalidates earlier packet pointers, so call it once.
     fn pkt(&self) -> Pkt;
-    /// Parses the frame's security-group flow into `s` through the hook's global parser
-    /// (`sg::df_sg_parse_xdp` / `sg::df_sg_parse_tc`).
-    fn sg_parse(&self, s: *mut Scratch, eth_proto: u16);
 }
 
 impl PacketCtx for XdpContext {
@@ -49,11 +48,6 @@ impl PacketCtx for XdpContext {
     #[inline(always)]
     fn vlan_tag_in_meta(&self) -> bool {
         false
-    }
-
-    #[inline(always)]
-    fn sg_parse(&self, s: *mut Scratch, eth_proto: u16) {
-        sg::df_sg_parse_xdp(self.ctx, s, u32::from(eth_proto));
     }
 
     #[inline(always)]
@@ -86,11 +80,6 @@ impl PacketCtx for TcContext {
     fn vlan_tag_in_meta(&self) -> bool {
         // SAFETY: as above.
         unsafe { (*self.skb.skb).vlan_present != 0 }
-    }
-
-    #[inline(always)]
-    fn sg_parse(&self, s: *mut Scratch, eth_proto: u16) {
-        sg::df_sg_parse_tc(self.skb.skb, s, u32::from(eth_proto));
     }
 
     #[inline(always)]

@@ -1,6 +1,10 @@
 //! The maps, exactly as named and sized in `dragonflow_common::maps` (the `#[map]` macro
 //! needs a literal name; the verdict tests open every map by the common constant, so a
 //! mismatch fails them). All pinned by name: the agent adopts them from its pin dir.
+//!
+//! Ground layer: every map the agent shares. Maps private to one part of the crate live
+//! with it (the security-group stage's scratch slot in `sg`, the benchmark's tunnel key in
+//! `bench`). Imports nothing of this crate.
 
 use aya_ebpf::{
     macros::map,
@@ -119,10 +123,6 @@ pub static TUN_PEERS: HashMap<TunPeerKey, u32> = HashMap::pinned(TUN_PEERS_MAX, 
 #[map(name = "df_tun_srcs_v1")]
 pub static TUN_SRCS: HashMap<TunSrcKey, u32> = HashMap::pinned(TUN_SRCS_MAX, 0);
 
-/// Micro-benchmark only: the tunnel key (VNI, outer source as `tunnel::Received`)
-/// `df_bench_from_tunnel` judges frames with. Not pinned, not the agent's.
-#[map(name = "df_bench_tun")]
-pub static BENCH_TUN: Array<[u32; 2]> = Array::with_max_entries(1, 0);
 /// Per-port limits (`dragonflow_common::limits`), index 0.
 #[map(name = "df_limits_v1")]
 pub static LIMITS: Array<Limits> = Array::pinned(1, 0);
@@ -138,9 +138,3 @@ pub static CT_COUNT: HashMap<u32, CtCount> = HashMap::pinned(CT_COUNT_MAX, 0);
 /// Counted conntrack entries the agent deleted, per port (read only here).
 #[map(name = "df_ct_freed_v1")]
 pub static CT_FREED: HashMap<u32, CtFreed> = HashMap::pinned(CT_COUNT_MAX, 0);
-
-/// Per-CPU working memory of the security-group stage (`sg::Scratch`): the parsed flow
-/// and the map keys, off the nearly full stack. Private to one program run, so neither
-/// pinned nor shared with the agent.
-#[map(name = "df_sg_scratch")]
-pub static SG_SCRATCH: PerCpuArray<crate::sg::Scratch> = PerCpuArray::with_max_entries(1, 0);

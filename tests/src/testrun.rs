@@ -51,18 +51,22 @@ use dragonflow_common::{
 use crate::harness::Hook;
 
 /// Programs in the object that [`Datapath`] loads.
-pub const XDP_PROGS: &[&str] = &[
-    progs::FROM_VM_XDP,
-    progs::STUB_XDP_PASS,
-    progs::STUB_XDP_REDIRECT,
-];
+pub const XDP_PROGS: &[&str] = &[progs::FROM_VM_XDP];
 pub const TC_PROGS: &[&str] = &[
     progs::FROM_VM_TC,
     progs::VLAN_GUARD_TC,
-    progs::STUB_TC_OK,
     progs::FROM_TUNNEL_TC,
-    progs::STUB_TC_REDIRECT,
 ];
+/// The stubs [`Datapath`] loads too in the benchmark build (feature `bench`: the agent's
+/// object then has them, see the eBPF crate's `bench-progs`).
+#[cfg(feature = "bench")]
+const BENCH_XDP_PROGS: &[&str] = &[progs::STUB_XDP_PASS, progs::STUB_XDP_REDIRECT];
+#[cfg(feature = "bench")]
+const BENCH_TC_PROGS: &[&str] = &[progs::STUB_TC_OK, progs::STUB_TC_REDIRECT];
+#[cfg(not(feature = "bench"))]
+const BENCH_XDP_PROGS: &[&str] = &[];
+#[cfg(not(feature = "bench"))]
+const BENCH_TC_PROGS: &[&str] = &[];
 
 /// ifindex of lo: the device test runs happen on (see the module docs).
 pub const LO_IFINDEX: u32 = 1;
@@ -251,12 +255,12 @@ impl Datapath {
             .load(object)
             .unwrap_or_else(|e| panic!("load eBPF object: {e:#}"));
         drop(pins);
-        for name in XDP_PROGS {
+        for name in XDP_PROGS.iter().chain(BENCH_XDP_PROGS) {
             let p: &mut Xdp = prog_mut(&mut ebpf, name).try_into().expect("xdp program");
             p.load()
                 .unwrap_or_else(|e| panic!("load {name}: {}", verifier_error(&e)));
         }
-        for name in TC_PROGS {
+        for name in TC_PROGS.iter().chain(BENCH_TC_PROGS) {
             let p: &mut SchedClassifier = prog_mut(&mut ebpf, name)
                 .try_into()
                 .expect("classifier program");
@@ -447,7 +451,8 @@ pub fn from_vm_prog(hook: Hook) -> &'static str {
     }
 }
 
-/// The stub program of a hook (XDP_PASS / TC_ACT_OK).
+/// The stub program of a hook (XDP_PASS / TC_ACT_OK); benchmark build only.
+#[cfg(feature = "bench")]
 pub fn stub_prog(hook: Hook) -> &'static str {
     match hook {
         Hook::Xdp => progs::STUB_XDP_PASS,
@@ -629,7 +634,9 @@ impl Datapath {
     }
 }
 
-/// The redirect-only stub of a hook (devmap redirect / bpf_redirect to the ingress).
+/// The redirect-only stub of a hook (devmap redirect / bpf_redirect to the ingress);
+/// benchmark build only.
+#[cfg(feature = "bench")]
 pub fn stub_redirect_prog(hook: Hook) -> &'static str {
     match hook {
         Hook::Xdp => progs::STUB_XDP_REDIRECT,

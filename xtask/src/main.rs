@@ -169,22 +169,37 @@ fn clippy() -> Result<()> {
         "--exclude",
         "dragonflow-ebpf",
         "--all-targets",
+        // The bench binaries need it (`required-features`); without it clippy skips them.
+        "--features",
+        "tests/bench",
     ])
     .args(["--", "-D", "warnings"]);
     steps.push(("clippy (host crates)", host));
-    let mut bpf = run::cargo();
-    // Debian's rustc-web (`+/usr`) has the library source `-Z build-std=core` needs.
-    bpf.env("RUSTC_BOOTSTRAP", "1")
-        .args([
-            "+/usr",
-            "clippy",
-            "-p",
-            "dragonflow-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
-    steps.push(("clippy (eBPF crate, bpfel-unknown-none)", bpf));
+    // The eBPF crate as the agent ships it, and as the benchmark build has it (its extra
+    // programs, feature `bench-progs`).
+    for (name, features) in [
+        ("clippy (eBPF crate, bpfel-unknown-none)", ""),
+        (
+            "clippy (eBPF crate, bpfel-unknown-none, bench-progs)",
+            "bench-progs",
+        ),
+    ] {
+        let mut bpf = run::cargo();
+        // Debian's rustc-web (`+/usr`) has the library source `-Z build-std=core` needs.
+        bpf.env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "+/usr",
+                "clippy",
+                "-p",
+                "dragonflow-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "--features",
+                features,
+            ])
+            .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]);
+        steps.push((name, bpf));
+    }
 
     let mut failed = Vec::new();
     for (name, mut c) in steps {
@@ -308,8 +323,19 @@ fn bench() -> Result<()> {
             continue;
         }
         let mut c = run::cargo();
-        c.args(["run", "--release", "-p", "tests", "--bin", bin])
-            .stdout(Stdio::piped());
+        // `bench`: the agent's eBPF object with the benchmark's stub programs (the shipped
+        // object has none); one feature set for every bench, so one build.
+        c.args([
+            "run",
+            "--release",
+            "-p",
+            "tests",
+            "--features",
+            "bench",
+            "--bin",
+            bin,
+        ])
+        .stdout(Stdio::piped());
         writeln!(out, "## {what}\n\n`{}`\n", run::display(&c))?;
         run::show(&c);
         let _sigint = ForwardSigint::install();

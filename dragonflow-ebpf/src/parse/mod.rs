@@ -1,8 +1,22 @@
-//! Ethernet parsing and the protocol constants of every stage.
+//! Ground layer: header parsing. This file holds the Ethernet header, the protocol
+//! constants of every stage and the small L4 checks; `ipv4`, `ipv6`, `arp` and `nd` hold
+//! what no sender may put on the wire, whoever vouches for its source (port security adds
+//! the source checks, the tunnel program uses them alone); `l3` the IP header facts the
+//! security-group stage judges by.
+//!
+//! May import: `ctx` and `dragonflow_common`. This file imports none of its submodules,
+//! and the submodules import each other one way only (`ipv6` uses `nd`, `l3` uses `ipv6`).
+//! Row numbers cite docs/THREATS.md, "What a VM may try".
 
 use dragonflow_common::verdict::DropReason;
 
 use crate::ctx::{Pkt, be16_at, load};
+
+pub mod arp;
+pub mod ipv4;
+pub mod ipv6;
+pub mod l3;
+pub mod nd;
 
 pub const ETH_HLEN: usize = 14;
 
@@ -27,6 +41,11 @@ pub const TCP_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 pub const ICMP_HLEN: usize = 8;
 
+/// Upper bound of any header offset we read. Legitimate chains are far shorter; the bound
+/// keeps packet offsets provably small for the verifier (it gives up on ranges beyond
+/// 64 KiB) and matches what the TC hook pulls into the linear area.
+pub const MAX_HDR_OFF: usize = 512;
+
 /// The Ethernet header fields the pipeline uses.
 #[derive(Clone, Copy, Default)]
 pub struct Eth {
@@ -42,7 +61,7 @@ pub struct Eth {
     pub proto: u16,
 }
 
-/// Parses the Ethernet header: untagged IPv4, IPv6 and ARP only (ATTACKS rows 9, 12, 13).
+/// Parses the Ethernet header: untagged IPv4, IPv6 and ARP only (rows 9, 12, 13).
 #[inline(always)]
 pub fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
     let eth = eth_any(pkt)?;
@@ -69,7 +88,7 @@ pub fn eth_any(pkt: &Pkt) -> Result<Eth, DropReason> {
     })
 }
 
-/// Untagged IPv4, IPv6 and ARP only (ATTACKS rows 9, 12, 13).
+/// Untagged IPv4, IPv6 and ARP only (rows 9, 12, 13).
 #[inline(always)]
 pub fn check_proto(proto: u16) -> Result<(), DropReason> {
     match proto {

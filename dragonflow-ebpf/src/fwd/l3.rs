@@ -55,12 +55,12 @@ use dragonflow_common::{
 
 use crate::{
     ctx::{Pkt, arr_at, be16_at, ip6_bytes, load, load_ip6, store, store_ip6, store_mac, u8_at},
+    fwd::responder::{self, Asked},
     maps::{NEIGH, ROUTES},
     parse::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Eth, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPV4_HLEN, IPV6_HLEN, csum_replace2,
     },
-    responder::{self, Asked},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;

@@ -41,16 +41,20 @@ use dragonflow_common::{
 };
 
 use crate::{
+    config,
     ctx::{PacketCtx, Pkt, arr_at, be16_at, ip6_bytes, load, load_ip6, u8_at},
-    fwd, l2,
+    fwd::{
+        flood::{clone_redirect, copy_outcome},
+        l2, responder, tunnel,
+    },
     maps::{GROUPS, NEIGH, PROGS},
-    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN},
-    policy, responder,
-    sg::Sg,
-    tunnel,
+    parse::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN,
+        nd::ND_NEIGHBOR_SOLICIT,
+    },
+    sg::{Sg, policy},
+    stats,
 };
-
-const ND_NEIGHBOR_SOLICIT: u8 = 135;
 
 /// [`Call::how`]: the group of the frame's destination MAC (a shared MAC).
 pub const BY_DST_MAC: u32 = 0;
@@ -164,9 +168,9 @@ pub fn run(ctx: &TcContext) {
     } else {
         Direction::FromVm
     };
-    let Some(mut sg) = Sg::new(ingress, fwd::config()) else {
+    let Some(mut sg) = Sg::new(ingress, config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
-        crate::stats::drop_in(dir, DropReason::SgDenied);
+        stats::drop_in(dir, DropReason::SgDenied);
         return;
     };
     match copies(ctx, net_id, how, ingress, vxlan, &mut sg) {
@@ -176,12 +180,12 @@ pub fn run(ctx: &TcContext) {
             } else {
                 PassPath::AapGroup
             };
-            crate::stats::pass_in(dir, path);
+            stats::pass_in(dir, path);
         }
         Err(reason) => {
             // An ingress refusal of the only holder was counted `to_vm` by `sg`.
             if !sg.counted(reason) {
-                crate::stats::drop_in(dir, reason);
+                stats::drop_in(dir, reason);
             }
         }
     }
@@ -231,7 +235,7 @@ fn copies(
     // verifier does not track context memory): kept in a register, each of the reasons
     // the policy can return would be a distinct state at every iteration.
     let mut sent = false;
-    // The copies' results OR-ed together (see `fwd::copy_outcome`).
+    // The copies' results OR-ed together (see `flood::copy_outcome`).
     let mut rcs: i64 = 0;
     let skb = ctx.skb.skb;
     // SAFETY: the context of this run (see `tail_call`).
@@ -264,7 +268,7 @@ fn copies(
             }
             m.ifindex
         } else if m.kind == DEST_REMOTE && vxlan != 0 {
-            // The tunnel key is per-CPU state copied into each clone (see `fwd::flood`).
+            // The tunnel key is per-CPU state copied into each clone (see `flood::flood`).
             if tunnel::set_key_to(ctx, &mut key, m.remote_ip).is_err() {
                 rcs |= -1;
                 continue;
@@ -277,14 +281,14 @@ fn copies(
             rcs |= -1;
             continue;
         }
-        let rc = fwd::clone_redirect(ctx, to);
+        let rc = clone_redirect(ctx, to);
         if rc == 0 {
             sent = true;
         }
         rcs |= rc;
     }
     if rcs != 0 {
-        fwd::copy_outcome(rcs)
+        copy_outcome(rcs)
     } else if !sent {
         // SAFETY: as above.
         let r = unsafe { (*skb).cb[4] };

@@ -14,11 +14,9 @@ use dragonflow_common::{
 };
 
 use crate::{
-    arp,
     ctx::{PacketCtx, Pkt},
-    ipv4, ipv6,
     maps::{FLOOD, TUN_PEERS, TUN_SRCS},
-    parse::{self, ETH_P_IP, ETH_P_IPV6, Eth},
+    parse::{self, ETH_P_IP, ETH_P_IPV6, Eth, arp, ipv4, ipv6},
 };
 
 /// TTL of the outer IPv4 header.
@@ -113,7 +111,7 @@ pub fn received(ctx: &TcContext) -> Option<Received> {
 /// what no remote VM may send: tags (in the frame or in skb metadata), ethertypes other
 /// than IPv4, IPv6 and ARP, truncated or malformed headers, DHCP/DHCPv6 server replies,
 /// router advertisements and redirects, ARP whose sender hardware address is not the
-/// Ethernet source. The same parsers as the from-VM pipeline (`ipv4::sanity`, ...).
+/// Ethernet source. The same parsers as the from-VM pipeline (`parse::ipv4::sanity`, ...).
 ///
 /// The peer is checked before anything in the frame is believed: a frame from no chassis
 /// counts `tunnel_unknown_peer` whatever it carries. Fails closed: no entry, no frame.

@@ -6,7 +6,7 @@ use dragonflow_common::sg::{
     CtKey, CtValue, DIR_EGRESS, ct_timeout_secs,
 };
 
-use crate::{flow::Flow, parse::IPPROTO_TCP};
+use crate::{parse::IPPROTO_TCP, sg::flow::Flow};
 
 const NS_PER_S: u64 = 1_000_000_000;
 

@@ -1,4 +1,13 @@
-//! The forwarding stage (README: "How a packet flows", step 6): after port security, where a frame goes.
+//! Stage: forwarding (README: "How a packet flows", step 6): after port security, where a
+//! frame goes.
+//!
+//! Layer: a stage, above the security-group stage: imports the ground layer and the
+//! security-group stage's public face (`sg::Sg`, `sg::Hook`, `sg::policy::to_port`: every
+//! delivery into a tap passes the receiver's ingress rules), never port security. Its parts, one
+//! way each: `l2` (lookups, MTU), `l3` (routing) over `responder` (ARP/ND answers),
+//! `tunnel` (VXLAN metadata and admission), `flood` (flood lists and copies), `group`
+//! (copies to the holders of a shared address, over `flood`), `verdict` (where an allowed
+//! frame goes, [`verdict::Fwd`]); this file composes them and imports none back.
 //!
 //! From a VM, by destination MAC in the frame's network (`df_l2_v1`):
 //! - group (broadcast/multicast): the ARP/ND responder first (`responder::respond`); if it
@@ -30,44 +39,32 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_clone_redirect, bpf_redirect},
+    helpers::bpf_redirect,
     programs::TcContext,
 };
 use dragonflow_common::{
     fwd::{
-        CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
-        FLOOD_MAX, L2_F_SHARED_IP, L2Dest, NEIGH_F_SHARED,
+        ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER, L2_F_SHARED_IP, L2Dest,
+        NEIGH_F_SHARED,
     },
     verdict::{DropReason, PassPath},
 };
 
 use crate::{
     ctx::{PacketCtx, Pkt, arr_at, be16_at, store_mac},
-    group, l2,
-    l3::{self, L3Out},
-    maps::{CONFIG, FLOOD},
+    fwd::{flood::flood, l3::L3Out, responder::Asked, verdict::Fwd},
+    maps::FLOOD,
     parse::{ETH_HLEN, Eth, is_group, mac_eq},
-    policy,
-    responder::{self, Asked},
-    sg::Sg,
-    tunnel,
-    verdict::Fwd,
+    sg::{Hook, Sg, policy},
 };
 
-/// The chassis configuration (`df_config_v1[0]`).
-#[inline(always)]
-pub fn config() -> Option<&'static ChassisConfig> {
-    CONFIG.get(0)
-}
-
-/// The chassis configuration, when forwarding is on.
-#[inline(always)]
-pub fn enabled() -> Option<&'static ChassisConfig> {
-    match config() {
-        Some(c) if c.flags & CFG_F_FORWARDING != 0 => Some(c),
-        _ => None,
-    }
-}
+pub mod flood;
+pub mod group;
+pub mod l2;
+pub mod l3;
+pub mod responder;
+pub mod tunnel;
+pub mod verdict;
 
 /// Where a frame from a VM that passed port security goes.
 #[inline(always)]
@@ -76,7 +73,7 @@ pub fn enabled() -> Option<&'static ChassisConfig> {
 /// the frame, before the receiver's ingress: in [`unicast`], for replies of the router,
 /// and by the TC entry point for floods and groups (never for what XDP hands off: its TC
 /// companion judges it). ARP/NS answered by the responder are exempt.
-pub fn from_vm<C: PacketCtx>(
+pub fn from_vm<C: Hook>(
     ctx: &C,
     pkt: &Pkt,
     eth: &Eth,
@@ -200,7 +197,7 @@ fn to_group<C: PacketCtx>(net_id: u32, how: u32) -> Fwd {
 /// A unicast delivery to a local tap or a remote chassis.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn unicast<C: PacketCtx>(
+fn unicast<C: Hook>(
     ctx: &C,
     pkt: &Pkt,
     proto: u16,
@@ -277,96 +274,6 @@ pub fn to_tunnel(
 ) -> Result<i32, DropReason> {
     tunnel::set_key(ctx, vni, remote_ip)?;
     redirect(vxlan)
-}
-
-/// TC: one copy of a group frame to every flood destination of `net_id` except the
-/// ingress tap (`ingress`, 0 from the tunnel); remote chassis only when `vxlan` ≠ 0 (from
-/// the tunnel it is 0: split horizon, a frame from another chassis never goes back into
-/// the tunnel). The caller drops the original. No flood list: no copies.
-/// `RedirectFailed` when any copy could not be sent (the others were). A local copy the
-/// destination's ingress rules refuse is not sent (counted `to_vm` by `sg`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn flood(
-    ctx: &TcContext,
-    pkt: &Pkt,
-    proto: u16,
-    dst: &[u8; 6],
-    net_id: u32,
-    ingress: u32,
-    vxlan: u32,
-    sg: &mut Sg,
-) -> Result<PassPath, DropReason> {
-    // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
-    let Some(list) = FLOOD.get_ptr(net_id).map(|p| unsafe { &*p }) else {
-        return Ok(PassPath::Flood);
-    };
-    if !l2::mtu_ok(ctx, pkt, proto, list.mtu) {
-        return Err(DropReason::MtuExceeded);
-    }
-    // Before the first clone: the copies' ingress rules judge this flow.
-    sg.prepare(ctx, proto);
-    // Packet pointers are invalid after the first clone: nothing below reads the frame.
-    let n = list.len as usize;
-    // The copies' bpf_clone_redirect results OR-ed together (see `copy_outcome`).
-    let mut rcs: i64 = 0;
-    // One tunnel key for every chassis, made before the loop: a key built on the stack
-    // per copy left the stack different after chassis and tap iterations, which kept the
-    // verifier from pruning the loop's states (see `tunnel::set_key_to`).
-    let mut key = tunnel::key(net_id);
-    let mut i = 0;
-    // A constant bound for the verifier; `n` ends it early.
-    while i < FLOOD_MAX {
-        if i >= n {
-            break;
-        }
-        let d = &list.dests[i];
-        i += 1;
-        rcs |= if d.kind == DEST_LOCAL as u32 {
-            if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst, sg).is_err() {
-                continue;
-            }
-            clone_redirect(ctx, d.ifindex)
-        } else if d.kind == DEST_REMOTE as u32 && vxlan != 0 {
-            // The tunnel key is per-CPU state copied into each clone, which is transmitted
-            // synchronously: setting it again for the next chassis is safe.
-            match tunnel::set_key_to(ctx, &mut key, d.remote_ip) {
-                Ok(()) => clone_redirect(ctx, vxlan),
-                Err(_) => -1,
-            }
-        } else {
-            continue;
-        };
-    }
-    copy_outcome(rcs).map(|()| PassPath::Flood)
-}
-
-/// `bpf_clone_redirect` of the frame to `ifindex`'s egress: 0 when sent, < 0 when it could
-/// not be (no such device), > 0 when the device's queue dropped it.
-#[inline(always)]
-pub fn clone_redirect(ctx: &TcContext, ifindex: u32) -> i64 {
-    // SAFETY: plain helper call on this program's skb.
-    unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) }
-}
-
-/// The outcome of a frame's copies (flood, shared-address group) from their
-/// [`clone_redirect`] results OR-ed together: negative if any copy could not be sent (the
-/// device is gone): `RedirectFailed`; else positive if a destination device refused one
-/// (its queue dropped it, e.g. a tap no VM has opened yet): `DestRefused`, told apart
-/// because it is not the datapath's fault and happens routinely while a VM boots.
-///
-/// Verifier: the loops accumulate one OR-ed scalar rather than a flag per outcome; two
-/// flags multiplied the loop states the verifier could not prune (loading the object
-/// took twice as long, measured).
-#[inline(always)]
-pub fn copy_outcome(rcs: i64) -> Result<(), DropReason> {
-    if rcs < 0 {
-        Err(DropReason::RedirectFailed)
-    } else if rcs > 0 {
-        Err(DropReason::DestRefused)
-    } else {
-        Ok(())
-    }
 }
 
 /// The tunnel program: a frame from another chassis, admitted only from a live chassis of

@@ -1,7 +1,7 @@
-//! IP fragments (ATTACKS row 10) for the security-group stage: the first fragment of a
-//! datagram carries the L4 header; what it said (ports, ICMP type/code, how much L4 data
-//! it carried) is recorded in `df_frag_v1` per (port, direction, datagram) when it
-//! passes, and the later fragments are judged with it:
+//! IP fragments (docs/THREATS.md, "What a VM may try", row 10) for the security-group
+//! stage: the first fragment of a datagram carries the L4 header; what it said (ports,
+//! ICMP type/code, how much L4 data it carried) is recorded in `df_frag_v1` per (port,
+//! direction, datagram) when it passes, and the later fragments are judged with it:
 //! - no (fresh) record → `frag_no_first` (the first was dropped, evicted, never seen, or
 //!   the fragments come out of order: fail closed);
 //! - a later fragment starting inside the first's L4 data → `frag_overlap` (RFC 1858: it
@@ -18,7 +18,7 @@ use dragonflow_common::{
     verdict::DropReason,
 };
 
-use crate::{flow::Flow, maps::FRAG};
+use crate::{maps::FRAG, sg::flow::Flow};
 
 /// The datagram of `f` seen by port `ifindex` in `dir`. Word stores: `FragKey` is eleven
 /// naturally aligned `u32`s.

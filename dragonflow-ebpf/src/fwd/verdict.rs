@@ -1,5 +1,5 @@
 //! What the pipeline decided for an allowed frame: the port-security path that allowed it
-//! and where it goes ([`Fwd`], mapped to each hook's actions in `main.rs`).
+//! and where it goes ([`Fwd`], mapped to each hook's actions by the entry points in `main.rs`).
 
 use dragonflow_common::verdict::PassPath;
 

@@ -1,20 +1,17 @@
-//! IPv6 from a VM: header and extension-header chain sanity (ATTACKS 6, 10, 13), DHCPv6
-//! server replies (7), ICMPv6 handed to `nd`, then the source pair check (1, 2). The
-//! sanity alone ([`sanity`]) also judges frames from the tunnel.
+//! The IPv6 header, its extension-header chain and the upper-layer header behind it: what
+//! no sender may put on the wire, whoever vouches for its source (docs/THREATS.md, "What a
+//! VM may try": rogue router (row 6), rogue DHCP server (7), fragment evasion (10),
+//! truncation (13)). Port security (`portsec::ipv6`) adds the source and ND checks; frames
+//! from the tunnel get only this ([`sanity`]).
 
-use dragonflow_common::{
-    addr::FAMILY_V6,
-    verdict::{DropReason, PassPath},
-};
+use dragonflow_common::verdict::DropReason;
 
 use crate::{
-    ctx::{Pkt, be16_at, load, u8_at},
-    flow::{self, L3},
-    nd,
+    ctx::{Pkt, be16_at, u8_at},
     parse::{
-        ETH_HLEN, Eth, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, tcp_ok, udp_ports,
+        ETH_HLEN, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, MAX_HDR_OFF, nd, tcp_ok,
+        udp_ports,
     },
-    portsec::{PortCache, check_src, src_key},
 };
 
 const NEXTHDR_HOP: u8 = 0;
@@ -25,10 +22,6 @@ const NEXTHDR_DEST: u8 = 60;
 
 /// Extension headers we walk; a longer chain is dropped (fail closed).
 const MAX_EXT_HDRS: usize = 6;
-/// Upper bound of any header offset we read. Legitimate chains are far shorter; the bound
-/// keeps packet offsets provably small for the verifier (it gives up on ranges beyond
-/// 64 KiB) and matches what the TC hook pulls into the linear area.
-pub const MAX_HDR_OFF: usize = 512;
 
 const DHCPV6_CLIENT: u16 = 546;
 const DHCPV6_SERVER: u16 = 547;
@@ -45,46 +38,14 @@ pub struct Chain {
     /// A non-first fragment: there is no upper-layer header to look at.
     pub later_fragment: bool,
     /// `fragmented`: offset of the fragment header, whose other fields (M flag,
-    /// identification) `flow::v6_facts` reads only when security groups need them (kept
-    /// out of this struct: the allowed-IPv6 fast path pays for every field).
+    /// identification) `parse::l3::v6_facts` reads only when security groups need them
+    /// (kept out of this struct: the allowed-IPv6 fast path pays for every field).
     pub frag_hdr: usize,
 }
 
-/// `l3` receives the header facts the security-group stage needs (see `flow`), when it
-/// is on.
-#[inline(always)]
-pub fn check(
-    pkt: &Pkt,
-    port: &mut PortCache,
-    eth: &Eth,
-    l3: Option<&mut L3>,
-) -> Result<PassPath, DropReason> {
-    let (h, l3_end) = header(pkt)?;
-    let src = [
-        load::<u32, IPV6_HLEN>(h, 8),
-        load::<u32, IPV6_HLEN>(h, 12),
-        load::<u32, IPV6_HLEN>(h, 16),
-        load::<u32, IPV6_HLEN>(h, 20),
-    ];
-    let key = src_key(port.ifindex(), eth, FAMILY_V6, src);
-    let chain = walk(pkt, u8_at(h, 6), l3_end)?;
-    if let Some(l3) = l3 {
-        *l3 = flow::v6_facts(pkt, &chain, l3_end);
-    }
-    if !chain.later_fragment {
-        if chain.nh == IPPROTO_ICMPV6 {
-            return nd::icmpv6(pkt, port, eth, &key, u8_at(h, 7), &chain, l3_end);
-        }
-        transport(pkt, &chain, l3_end)?;
-    }
-    check_src(port, &key)?;
-    Ok(PassPath::Ipv6)
-}
-
-/// What no sender may put on the wire, whoever vouches for its source: the header, chain
-/// and upper-layer sanity of [`check`] (router advertisements and redirects, ND in
-/// fragments, DHCPv6 server replies included) without the source and ND checks. For frames
-/// from the tunnel (see `ipv4::sanity`).
+/// The header, chain and upper-layer sanity of `portsec::ipv6::check` (router
+/// advertisements and redirects, ND in fragments, DHCPv6 server replies included) without
+/// the source and ND checks. For frames from the tunnel (see `ipv4::sanity`).
 #[inline(always)]
 pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
     let (h, l3_end) = header(pkt)?;
@@ -93,14 +54,14 @@ pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
         return Ok(());
     }
     if chain.nh == IPPROTO_ICMPV6 {
-        return nd::icmpv6_type(pkt, &chain, l3_end).map(|_| ());
+        return nd::icmpv6_type(pkt, chain.off, chain.fragmented, l3_end).map(|_| ());
     }
     transport(pkt, &chain, l3_end)
 }
 
-/// The fixed IPv6 header, sane [13]: (header, end of the payload).
+/// The fixed IPv6 header, sane (row 13): (header, end of the payload).
 #[inline(always)]
-fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> {
+pub fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv6Malformed)?;
@@ -112,9 +73,10 @@ fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> {
 }
 
 /// TCP and UDP of an unfragmented packet or a first fragment: the header complete (RFC
-/// 7112: a first fragment must carry it whole) [6, 13], no DHCPv6 server reply [7].
+/// 7112: a first fragment must carry it whole; rows 10, 13), no DHCPv6 server reply
+/// (row 7).
 #[inline(always)]
-fn transport(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<(), DropReason> {
+pub fn transport(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<(), DropReason> {
     let err = if chain.fragmented {
         DropReason::Ipv6HeaderChain
     } else {

@@ -1,5 +1,5 @@
-//! Port security: the port lookup (fail closed) and the (MAC, IP) pair check shared by the
-//! IPv4, IPv6, ARP and ND stages.
+//! The port behind the tap and its allowed (MAC, IP) pairs, shared by the ethertype
+//! checks of port security.
 //!
 //! Lookup precedence, cheapest first:
 //! 1. exact `AddrKey{ifindex, MAC, family, IP}` in `df_addrs_v2` — the fast path, one hash
@@ -13,7 +13,7 @@
 //! entries only for such ports (after the port entry, and removes them before it). So an
 //! allowed frame costs one hash lookup; measured, a second one (the port) made the
 //! allowed IPv4 path ~4.5x an XDP_PASS stub instead of <3x. Every path that needs the
-//! port's MAC or flags, and every drop (see `main.rs`), looks the port up.
+//! port's MAC or flags, and every drop (see `portsec::security_drop`), looks the port up.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dragonflow_common::{
@@ -23,16 +23,12 @@ use dragonflow_common::{
 };
 
 use crate::{
-    maps::{ADDRS, CIDRS, MACS, PORTS},
+    config,
+    ctx::{ip6_bytes, ip6_words},
+    events::{self, PendingGarp},
+    maps::{ADDRS, CIDRS, MACS},
     parse::{Eth, mac_eq},
 };
-
-/// The port behind a tap, if any.
-#[inline(always)]
-pub fn port(ifindex: u32) -> Option<&'static PortConfig> {
-    // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
-    PORTS.get_ptr(ifindex).map(|p| unsafe { &*p })
-}
 
 /// The port of the frame being judged, looked up at most once and only when needed; and
 /// what port security learnt on the way that later stages use: the network (from the
@@ -45,28 +41,12 @@ pub struct PortCache {
     /// `net_id` of the allowed address pair that matched, if `has_net`.
     net_id: u32,
     has_net: bool,
-    /// A GARP event raised by the ARP/ND checks (if `has_garp`), emitted by the entry
-    /// point only when this program decides the frame (not when XDP hands it to its TC
-    /// companion, which raises it again itself).
-    pub garp: PendingGarp,
-    pub has_garp: bool,
+    /// A GARP event raised by the ARP/ND checks (if `has_garp`), emitted by
+    /// [`PortCache::flush_garp`] (see `events::PendingGarp`).
+    garp: PendingGarp,
+    has_garp: bool,
     // Plain fields, not `Option`s: LLVM spills the undefined payload of a `None` where
     // paths merge, and the verifier rejects reading it ("!read_ok").
-}
-
-/// Arguments of `events::emit`. Every frame starts with this record zeroed (the verifier
-/// rejects reading stack LLVM may copy while it is undefined), so it must cost nothing to
-/// zero: the address is held as words, not `[u8; 16]`. bpf-linker passes
-/// `--bpf-expand-memcpy-in-order`, under which LLVM turns the zeroing of a byte array into
-/// a call to a byte-at-a-time `memset` subprogram; with `[u8; 16]` that call ran on every
-/// packet (measured: most of the TC allowed-IPv4 regression, 3.7x -> 3.0x the stub).
-#[derive(Clone, Copy, Default)]
-pub struct PendingGarp {
-    pub family: u8,
-    /// Memory order, see `ctx::ip6_words`.
-    pub ip: [u32; 4],
-    pub mac: [u8; 6],
-    pub op: u16,
 }
 
 impl PortCache {
@@ -78,12 +58,7 @@ impl PortCache {
             port: None,
             net_id: 0,
             has_net: false,
-            garp: PendingGarp {
-                family: 0,
-                ip: [0; 4],
-                mac: [0; 6],
-                op: 0,
-            },
+            garp: PendingGarp::NONE,
             has_garp: false,
         }
     }
@@ -107,7 +82,7 @@ impl PortCache {
     #[inline(always)]
     pub fn get(&mut self) -> Option<&'static PortConfig> {
         if !self.looked_up {
-            self.port = port(self.ifindex);
+            self.port = config::port(self.ifindex);
             self.looked_up = true;
         }
         self.port
@@ -121,6 +96,41 @@ impl PortCache {
             Some(p) if p.has(PORT_F_PORT_SECURITY) => Ok(p),
             _ => Err(DropReason::UnknownPort),
         }
+    }
+
+    /// Raises a GARP event for the frame being judged: emitted by
+    /// [`PortCache::flush_garp`] once the frame is decided by this program.
+    #[inline(always)]
+    pub fn raise_garp(&mut self, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+        self.garp = PendingGarp {
+            family,
+            ip: ip6_words(ip),
+            mac,
+            op,
+        };
+        self.has_garp = true;
+    }
+
+    /// Emits the frame's pending GARP event, if any (see `events::emit`).
+    #[inline(always)]
+    pub fn flush_garp(&mut self) {
+        if self.has_garp {
+            self.has_garp = false;
+            let g = self.garp;
+            events::emit(self, g.family, ip6_bytes(g.ip), g.mac, g.op);
+        }
+    }
+}
+
+impl events::Sender for PortCache {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    #[inline(always)]
+    fn secured(&mut self) -> Result<&'static PortConfig, DropReason> {
+        PortCache::secured(self)
     }
 }
 

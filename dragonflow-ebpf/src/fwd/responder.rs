@@ -7,7 +7,7 @@
 //! Runs after port security, so the requester's (sha, spa) / (source, SLLA) are its own.
 //! Not answered (`Ok(None)`, forwarded normally, so the real owner still sees them):
 //! - gratuitous ARP (spa == tpa): an announcement, not a question (the GARP event was
-//!   raised by `arp`);
+//!   raised by `portsec::arp`);
 //! - requests whose answer would be the requester's own MAC: a VM probing or asking for
 //!   its own address must not be told that someone owns it (RFC 5227 probes from the
 //!   owner itself, at every boot);
@@ -45,28 +45,19 @@ use crate::{
     ctx::{Pkt, arr_at, be16_at, ip6_bytes, load, load_ip6, store, store_ip6, store_mac, u8_at},
     maps::NEIGH,
     parse::{
-        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Eth, IPPROTO_ICMPV6, IPV6_HLEN, csum_fold,
-        mac_eq,
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Eth, IPPROTO_ICMPV6, IPV6_HLEN,
+        arp::{ARP_LEN, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST},
+        csum_fold, mac_eq,
+        nd::{
+            NA_F_SOLICITED, ND_HOP_LIMIT, ND_MSG_LEN as NS_HLEN, ND_NEIGHBOR_ADVERT,
+            ND_NEIGHBOR_SOLICIT, ND_OPT_SOURCE_LL, ND_OPT_TARGET_LL,
+        },
     },
 };
 
-/// Ethernet/IPv4 ARP: 8-byte header + sha(6) spa(4) tha(6) tpa(4).
-const ARP_LEN: usize = 28;
-const ARPHRD_ETHER: u16 = 1;
-const ARPOP_REQUEST: u16 = 1;
-const ARPOP_REPLY: u16 = 2;
-
-const ND_NEIGHBOR_SOLICIT: u8 = 135;
-const ND_NEIGHBOR_ADVERT: u8 = 136;
-/// NS/NA header: type, code, checksum, flags/reserved, target.
-const NS_HLEN: usize = 24;
 /// NS/NA + one 8-byte link-layer option.
 const ND_LEN: usize = NS_HLEN + 8;
-const ND_OPT_SOURCE_LL: u8 = 1;
-const ND_OPT_TARGET_LL: u8 = 2;
-const ND_HOP_LIMIT: u8 = 255;
 const NA_F_ROUTER: u8 = 0x80;
-const NA_F_SOLICITED: u8 = 0x40;
 const NA_F_OVERRIDE: u8 = 0x20;
 
 /// What the responder made of a frame.

@@ -2,7 +2,8 @@
 //! through [`to_port`] — unicast from a local VM (L2 or routed), unicast from the tunnel,
 //! every flood copy and every copy to the holders of a shared address: a port receives
 //! only frames for its own MAC (or group frames), and only what its security groups'
-//! ingress rules allow (see `sg`).
+//! ingress rules allow (see `sg`). Part of the security-group stage's public face: the
+//! forwarding stage calls it for every delivery.
 
 use dragonflow_common::verdict::DropReason;
 

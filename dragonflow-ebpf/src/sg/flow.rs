@@ -4,31 +4,22 @@
 //! and the receiver's ingress judge the same [`Flow`] (routing changes neither addresses
 //! nor ports).
 //!
-//! The L3 part ([`L3`]) comes from port security when the sender has it (`ipv4::check`,
-//! `ipv6::check` fill it while validating the header); otherwise ([`l3`]: frames from the
-//! tunnel, from ports without port security) it is parsed and validated here. The L4
-//! part ([`build`]) is read only when security groups are on.
+//! The L3 part ([`L3`], `parse::l3`) comes from port security when the sender has it
+//! (`portsec::ipv4::check`, `portsec::ipv6::check` fill it while validating the header);
+//! otherwise (`parse::l3::l3`: frames from the tunnel, from ports without port security)
+//! the stage parses and validates it. The L4 part ([`build`]) is read only when security
+//! groups are on.
 
-use dragonflow_common::{
-    addr::{FAMILY_V4, FAMILY_V6},
-    verdict::DropReason,
-};
+use dragonflow_common::{addr::FAMILY_V4, verdict::DropReason};
 
 use crate::{
     ctx::{Pkt, be16_at, load, load_ip6, u8_at},
-    ipv6,
     parse::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-        IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, UDP_HLEN,
+        ETH_HLEN, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN,
+        IPV6_HLEN, MAX_HDR_OFF, TCP_HLEN, UDP_HLEN,
+        l3::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, L3},
     },
 };
-
-/// [`L3::frag`]: not a fragment (IPv6 atomic fragments included).
-pub const FRAG_NONE: u8 = 0;
-/// The first fragment (offset 0, more fragments): carries the L4 header.
-pub const FRAG_FIRST: u8 = 1;
-/// A later fragment: no L4 header, judged by its first fragment's ports (`frag`).
-pub const FRAG_LATER: u8 = 2;
 
 pub const IPPROTO_DCCP: u8 = 33;
 pub const IPPROTO_SCTP: u8 = 132;
@@ -58,28 +49,6 @@ const BOOTPC: u16 = 68;
 const DHCPV6_CLIENT: u16 = 546;
 const DHCPV6_SERVER: u16 = 547;
 
-/// What the IP header says: filled by port security while it validates the header, or
-/// by [`l3`].
-#[derive(Clone, Copy, Default)]
-pub struct L3 {
-    /// [`FAMILY_V4`] / [`FAMILY_V6`]; 0 = not filled (not IP, or not parsed yet).
-    pub family: u8,
-    /// Upper-layer protocol (after the IPv6 extension headers).
-    pub proto: u8,
-    /// `FRAG_*`.
-    pub frag: u8,
-    pub _pad: u8,
-    /// Frame offset of the L4 header (meaningful unless `FRAG_LATER`; at most
-    /// `ipv6::MAX_HDR_OFF`).
-    pub l4: u16,
-    /// `FRAG_LATER`: byte offset of this fragment's data in the datagram (< 64 KiB).
-    pub frag_off: u16,
-    /// Frame offset of the end of the IP payload.
-    pub l3_end: u32,
-    /// Fragments: IPv4 identification / IPv6 fragment identification, as loaded.
-    pub frag_id: u32,
-}
-
 /// [`Flow::flags`]: the egress rules do not apply (DHCP/DHCPv6 client → server, ND/MLD).
 pub const F_EXEMPT_EGRESS: u8 = 1 << 0;
 /// The ingress rules do not apply (DHCP/DHCPv6 server → client, ND/MLD/RA).
@@ -104,7 +73,7 @@ pub struct Flow {
     /// Conntrack ports: TCP/UDP/SCTP/DCCP/UDP-Lite ports; ICMP echo request
     /// `(identifier, 0)`, echo reply `(0, identifier)` (so a request and the reply it
     /// answers give the same [`dragonflow_common::sg::CtKey`], and a request each way
-    /// two different ones: ATTACKS row 14); otherwise 0.
+    /// two different ones: docs/THREATS.md, "What a VM may try", row 14); otherwise 0.
     pub sport: u16,
     pub dport: u16,
     /// What the rules match ([`dragonflow_common::sg::PolicyKey::dport`]): the
@@ -170,104 +139,6 @@ pub const fn ports_hlen(proto: u8) -> Option<usize> {
     }
 }
 
-/// The IP header of a frame whose sender's port security did not parse it (frames from
-/// the tunnel, from ports without port security): validated as port security would
-/// (same reasons), since the receiver's rules must not judge garbage.
-#[inline(always)]
-pub fn l3(pkt: &Pkt, eth_proto: u16) -> Result<L3, DropReason> {
-    match eth_proto {
-        ETH_P_IP => l3_v4(pkt),
-        ETH_P_IPV6 => l3_v6(pkt),
-        _ => Ok(L3::default()),
-    }
-}
-
-#[inline(always)]
-fn l3_v4(pkt: &Pkt) -> Result<L3, DropReason> {
-    let h = pkt
-        .bytes::<IPV4_HLEN>(ETH_HLEN)
-        .ok_or(DropReason::Ipv4Malformed)?;
-    let vihl = u8_at(h, 0);
-    let hlen = (vihl & 0x0f) as usize * 4;
-    let tot = be16_at(h, 2) as usize;
-    if vihl >> 4 != 4 || hlen < IPV4_HLEN || tot < hlen || ETH_HLEN + tot > pkt.len {
-        return Err(DropReason::Ipv4Malformed);
-    }
-    Ok(v4_facts(h, hlen, tot))
-}
-
-/// The [`L3`] of a validated IPv4 header (`hlen` ≤ 60, `tot` ≥ `hlen`).
-#[inline(always)]
-pub fn v4_facts(h: *const [u8; IPV4_HLEN], hlen: usize, tot: usize) -> L3 {
-    let fw = be16_at(h, 6);
-    let off = (fw & 0x1fff) * 8;
-    let frag = if off != 0 {
-        FRAG_LATER
-    } else if fw & 0x2000 != 0 {
-        FRAG_FIRST
-    } else {
-        FRAG_NONE
-    };
-    L3 {
-        family: FAMILY_V4,
-        proto: u8_at(h, 9),
-        frag,
-        _pad: 0,
-        l4: (ETH_HLEN + hlen) as u16,
-        frag_off: off,
-        l3_end: (ETH_HLEN + tot) as u32,
-        frag_id: load::<u16, IPV4_HLEN>(h, 4) as u32,
-    }
-}
-
-#[inline(always)]
-fn l3_v6(pkt: &Pkt) -> Result<L3, DropReason> {
-    let h = pkt
-        .bytes::<IPV6_HLEN>(ETH_HLEN)
-        .ok_or(DropReason::Ipv6Malformed)?;
-    let l3_end = ETH_HLEN + IPV6_HLEN + be16_at(h, 4) as usize;
-    if u8_at(h, 0) >> 4 != 6 || l3_end > pkt.len {
-        return Err(DropReason::Ipv6Malformed);
-    }
-    let chain = ipv6::walk(pkt, u8_at(h, 6), l3_end)?;
-    Ok(v6_facts(pkt, &chain, l3_end))
-}
-
-/// The [`L3`] of a walked IPv6 header chain (the fragment header is read again here, for
-/// its M flag, offset and identification).
-#[inline(always)]
-pub fn v6_facts(pkt: &Pkt, chain: &ipv6::Chain, l3_end: usize) -> L3 {
-    let (frag, frag_off, frag_id) = if !chain.fragmented {
-        (FRAG_NONE, 0, 0)
-    } else if let Some(e) = pkt.bytes::<8>(chain.frag_hdr) {
-        // Offset (13 bits, in 8-byte units, above 3 flag bits) and M.
-        let om = be16_at(e, 2);
-        let off = om & 0xfff8;
-        let frag = if off != 0 {
-            FRAG_LATER
-        } else if om & 1 != 0 {
-            FRAG_FIRST
-        } else {
-            FRAG_NONE
-        };
-        (frag, off, load::<u32, 8>(e, 4))
-    } else {
-        // `walk` read it: unreachable. A later fragment without its first: dropped.
-        (FRAG_LATER, 0, 0)
-    };
-    L3 {
-        family: FAMILY_V6,
-        proto: chain.nh,
-        frag,
-        _pad: 0,
-        // `walk` bounds it by MAX_HDR_OFF.
-        l4: chain.off as u16,
-        frag_off,
-        l3_end: l3_end as u32,
-        frag_id,
-    }
-}
-
 /// The flow of an IP frame whose [`L3`] is known, written into `f` (every field the stage
 /// reads; `inner_*` only for ICMP errors). Errors:
 /// an L4 header shorter than its protocol's (`l4_malformed`; in a first fragment
@@ -305,7 +176,7 @@ pub fn build(pkt: &Pkt, l3: &L3, f: &mut Flow) -> Result<(), DropReason> {
     // Verifier: a bounded offset (port security and `l3` never produce a larger one).
     let l4 = l3.l4 as usize;
     let l3_end = l3.l3_end as usize;
-    if l4 > ipv6::MAX_HDR_OFF || l4 > l3_end {
+    if l4 > MAX_HDR_OFF || l4 > l3_end {
         return Err(DropReason::L4Malformed);
     }
     let short = if l3.frag != FRAG_FIRST {
