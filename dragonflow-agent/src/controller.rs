@@ -493,7 +493,7 @@ impl Controller {
             self.cut = cut;
             self.write(&d, &scope, nb_changed);
             // Prune: pins of taps that no longer exist (their links are already defunct).
-            for pin in &pins {
+            for pin in pins.iter() {
                 if !self.ifaces.contains_key(&pin.ifname) {
                     info!(ifname = %pin.ifname, kind = pin.kind.suffix(), "tap gone; removing its pinned link");
                     datapath::links::remove_pin(&pin.path);

@@ -791,7 +791,7 @@ mod tests {
             delivered_to: vec![],
         };
         s.view.lock().expect("lock").networks = vec![
-            NetworkView {
+            Arc::new(NetworkView {
                 aap_mode_disagreement: BTreeMap::from([
                     ("hv1".to_string(), AapMode::Broadcast),
                     ("hv2".to_string(), AapMode::Detection),
@@ -802,11 +802,11 @@ mod tests {
                     shared("mac", AapMode::Broadcast),
                 ],
                 ..Default::default()
-            },
-            NetworkView {
+            }),
+            Arc::new(NetworkView {
                 shared: vec![shared("ip", AapMode::Detection)],
                 ..Default::default()
-            },
+            }),
         ];
         let text = render(&s);
         for line in [

@@ -683,7 +683,7 @@ fn engine_member_changes_equal_a_fresh_computation() {
             ),
             "step {step}"
         );
-        assert_eq!(summary.ports, fresh.ports, "step {step}");
+        assert_eq!(*summary.ports, fresh.ports, "step {step}");
         assert_eq!(summary.identities, fresh.identities, "step {step}");
         // A number, once given to a set of entries' selectors, is never another set's.
         for (n, holders) in canonical_numbers(&out) {
