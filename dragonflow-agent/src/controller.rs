@@ -351,7 +351,7 @@ impl Controller {
 
     /// Taps this agent puts the pipeline on: local ports' taps, names matching the tap
     /// prefix, and anything that already carries one of our pinned links.
-    fn managed(&self, pinned: &BTreeSet<String>) -> BTreeMap<String, u32> {
+    fn managed(&self, pinned: &BTreeSet<&str>) -> BTreeMap<String, u32> {
         let local_taps: BTreeSet<String> = self
             .index
             .ports_on(&self.cfg.chassis)
@@ -366,7 +366,7 @@ impl Controller {
             .filter(|(name, _)| {
                 (!prefix.is_empty() && name.starts_with(prefix))
                     || local_taps.contains(*name)
-                    || pinned.contains(*name)
+                    || pinned.contains(name.as_str())
             })
             .map(|(n, i)| (n.clone(), *i))
             .collect()
@@ -398,11 +398,11 @@ impl Controller {
             self.foreign_taps = Some(self.find_foreign_taps());
         }
         // Taps are what carries from-VM links; the tunnel device's pin is not one.
-        let pinned: BTreeSet<String> = pins
+        let pinned: BTreeSet<&str> = pins
             .iter()
             .filter(|p| p.kind != LinkKind::Tunnel)
-            .map(|p| p.ifname.clone())
-            .chain(self.foreign_taps.iter().flatten().cloned())
+            .map(|p| p.ifname.as_str())
+            .chain(self.foreign_taps.iter().flatten().map(String::as_str))
             .collect();
         let managed = self.managed(&pinned);
         for (ifname, &ifindex) in &managed {

@@ -22,6 +22,9 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cfg = match Cli::parse().resolve() {
         Ok(c) => c,
