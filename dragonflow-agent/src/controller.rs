@@ -37,9 +37,9 @@ use crate::{
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
     incremental::{Incremental, Scope, Touched},
     lastgood::LastGood,
-    metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     nb::index::NbIndex,
     netlink,
+    obs::state::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
     scope,
@@ -56,6 +56,8 @@ const ATTACH_RETRY: Duration = Duration::from_secs(5);
 pub struct Controller {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
+    /// Between this controller and the conntrack collector.
+    ct: Arc<conntrack::CtShared>,
     ebpf: Ebpf,
     maps: Maps,
     links: Links,
@@ -123,7 +125,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>, mut ebpf: Ebpf, mut maps: Maps) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        ct: Arc<conntrack::CtShared>,
+        mut ebpf: Ebpf,
+        mut maps: Maps,
+    ) -> Self {
         let actual = maps.read_all();
         // Before any tap runs the new programs: their tail calls land in this program.
         if let Err(e) = maps.link_tail_calls(&mut ebpf) {
@@ -158,9 +166,7 @@ impl Controller {
             Err(e) => error!("{e}: floods and conntrack entries are NOT limited per port"),
         }
         if let (Some(count), Some(freed)) = (maps.ct_count.take(), maps.ct_freed.take()) {
-            shared
-                .ct
-                .set_quota_maps(conntrack::QuotaMaps { count, freed });
+            ct.set_quota_maps(conntrack::QuotaMaps { count, freed });
         }
         {
             let mut view = shared.view.lock().expect("lock");
@@ -200,6 +206,7 @@ impl Controller {
         Controller {
             cfg,
             shared,
+            ct,
             ebpf,
             maps,
             links,
@@ -251,7 +258,7 @@ impl Controller {
             tokio::spawn(conntrack::run(
                 map,
                 Duration::from_secs(self.cfg.ct_gc_interval_s),
-                self.shared.ct.clone(),
+                self.ct.clone(),
             ));
         }
         self.reconcile(true, false);
@@ -727,7 +734,7 @@ impl Controller {
         };
         let mut errors = 0;
         // The collector must not take a tap that is getting its port for one without.
-        self.shared.ct.set_ports(
+        self.ct.set_ports(
             d.entries
                 .ports
                 .keys()
@@ -857,8 +864,8 @@ impl Controller {
                 }
             })
             .collect();
+        self.shared.taps.publish(taps);
         let mut view = self.shared.view.lock().expect("lock");
-        view.taps = taps;
         if let Some(d) = desired {
             view.ports = d.local_ports.iter().map(PortView::from).collect();
             view.networks = d.networks.clone();
@@ -913,8 +920,7 @@ impl Controller {
     /// Tells the conntrack collector which taps have a port now, and to purge the entries
     /// of taps that lost their port or got another one (a new VM must not inherit flows).
     fn ct_after_write(&mut self, d: &Desired) {
-        self.shared
-            .ct
+        self.ct
             .set_ports(self.actual.ports.keys().copied().collect());
         let owners: BTreeMap<u32, String> = d
             .local_ports
@@ -937,7 +943,7 @@ impl Controller {
                 ?purge,
                 "purging conntrack entries of taps that lost their port"
             );
-            self.shared.ct.purge(purge);
+            self.ct.purge(purge);
         }
         self.ct_owners = owners;
     }
