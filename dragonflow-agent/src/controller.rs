@@ -242,7 +242,7 @@ impl Controller {
     }
 
     /// Publishes every NB snapshot on `tx` after it has been written to the maps (and the
-    /// taps in `Shared::view` are current).
+    /// taps in `Shared::taps` are current).
     pub fn publish_snapshots(&mut self, tx: watch::Sender<Option<Arc<NbSnapshot>>>) {
         self.snapshots = Some(tx);
     }

@@ -197,9 +197,11 @@ pub trait CtReport: Send + Sync {
     fn port_use(&self) -> BTreeMap<u32, [u64; 2]>;
 }
 
-/// Before the collector exists (and in unit tests): nothing counted.
+/// Unit tests have no conntrack collector: nothing counted.
+#[cfg(test)]
 struct NoCt;
 
+#[cfg(test)]
 impl CtReport for NoCt {
     fn entries(&self) -> u64 {
         0
@@ -273,6 +275,7 @@ impl Shared {
     }
 
     /// No datapath, no conntrack collector.
+    #[cfg(test)]
     pub fn for_tests() -> Self {
         Self::new(
             "test".into(),
