@@ -840,6 +840,14 @@ impl Controller {
         for (ifname, kind, _) in self.links.done() {
             links_by_if.entry(ifname).or_default().push(kind.suffix());
         }
+        // An idle rescan (`desired` None) computed nothing because neither the NB nor the
+        // interfaces changed: every tap still carries the port it had.
+        let kept: BTreeMap<String, String> = match desired {
+            Some(_) => BTreeMap::new(),
+            None => (self.shared.taps.all().into_iter())
+                .filter_map(|t| Some((t.ifname, t.lport?)))
+                .collect(),
+        };
         let taps = managed
             .iter()
             .map(|(ifname, &ifindex)| {
@@ -854,7 +862,10 @@ impl Controller {
                 TapView {
                     ifname: ifname.clone(),
                     ifindex,
-                    lport: desired.and_then(|d| d.tap_ports.get(ifname).cloned()),
+                    lport: match desired {
+                        Some(d) => d.tap_ports.get(ifname).cloned(),
+                        None => kept.get(ifname).cloned(),
+                    },
                     state,
                     links: links_by_if
                         .get(ifname.as_str())
