@@ -41,8 +41,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
-    io,
+    fmt, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
@@ -53,6 +52,11 @@ use std::{
 };
 
 use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::MetricType,
+};
 use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{mpsc, watch},
@@ -63,8 +67,11 @@ use tracing::{debug, info, warn};
 use crate::{
     config::Config,
     datapath::sys,
-    metrics::Shared,
     nb::{ACTIVE_PORT_SEGMENT, AapMode, ActivePort, LPort, MacAddr, paged},
+    obs::{
+        metrics::{self, Family},
+        state::Shared,
+    },
     reconcile::NbSnapshot,
 };
 
@@ -412,45 +419,26 @@ const BUCKETS: [f64; 11] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A Prometheus histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    /// Sum in microseconds.
-    sum_us: AtomicU64,
+/// A latency histogram with [`BUCKETS`].
+#[derive(Debug)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(prometheus_client::metrics::histogram::Histogram::new(
+            BUCKETS,
+        ))
+    }
 }
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (b, c) in BUCKETS.iter().zip(&self.counts) {
-            if s <= *b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.0.observe(d.as_secs_f64());
     }
 
-    fn render(&self, o: &mut String, name: &str, help: &str) {
-        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} histogram\n");
-        for (b, c) in BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(
-                o,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let n = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            o,
-            "{name}_sum {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "{name}_count {n}");
+    fn encode(&self, enc: &mut DescriptorEncoder, name: &str, help: &str) -> fmt::Result {
+        self.0
+            .encode(enc.encode_descriptor(name, help, None, MetricType::Histogram)?)
     }
 }
 
@@ -504,122 +492,103 @@ impl Stats {
             self.removed[i].fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// Prometheus text of every counter.
-    pub fn render(&self, o: &mut String) {
-        let c = |o: &mut String, name: &str, help: &str, v: &AtomicU64, kind: &str| {
-            let _ = write!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            );
-        };
-        c(
-            o,
-            "dragonflow_activeport_claims_total",
-            "Active-port claims written to etcd (created or moved).",
-            &self.claims,
-            "counter",
-        );
-        c(
-            o,
-            "dragonflow_activeport_claims_noop_total",
-            "Sightings from the port already holding the IP (nothing written).",
-            &self.claims_noop,
-            "counter",
-        );
-        c(
-            o,
-            "dragonflow_activeport_claim_conflicts_total",
-            "Claim/removal transactions that lost the mod_revision compare to another writer.",
-            &self.conflicts,
-            "counter",
-        );
-        c(
-            o,
-            "dragonflow_activeport_dampened_total",
-            "Moves deferred by flap dampening.",
-            &self.dampened,
-            "counter",
-        );
-        c(
-            o,
-            "dragonflow_activeport_reattached_total",
-            "Claims moved to this agent's new lease (restart, new etcd session).",
-            &self.reattached,
-            "counter",
-        );
-        let _ = write!(
-            o,
-            "# HELP dragonflow_activeport_removed_total Active-port entries removed by this agent, by reason (lease_lost: another chassis' claim gone with its lease, recorded in the history by this agent).\n\
-             # TYPE dragonflow_activeport_removed_total counter\n"
-        );
-        for (w, v) in ALL_WHY.iter().zip(&self.removed) {
+/// Read at scrape time (registered by `main.rs` in the `/metrics` registry).
+impl Collector for Stats {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, help, a) in [
+            (
+                "dragonflow_activeport_claims_total",
+                "Active-port claims written to etcd (created or moved).",
+                &self.claims,
+            ),
+            (
+                "dragonflow_activeport_claims_noop_total",
+                "Sightings from the port already holding the IP (nothing written).",
+                &self.claims_noop,
+            ),
+            (
+                "dragonflow_activeport_claim_conflicts_total",
+                "Claim/removal transactions that lost the mod_revision compare to another writer.",
+                &self.conflicts,
+            ),
+            (
+                "dragonflow_activeport_dampened_total",
+                "Moves deferred by flap dampening.",
+                &self.dampened,
+            ),
+            (
+                "dragonflow_activeport_reattached_total",
+                "Claims moved to this agent's new lease (restart, new etcd session).",
+                &self.reattached,
+            ),
+        ] {
+            metrics::single(&mut enc, MetricType::Counter, name, help, v(a))?;
+        }
+        let mut f = Family::counter(
+            &mut enc,
+            "dragonflow_activeport_removed_total",
+            "Active-port entries removed by this agent, by reason (lease_lost: another chassis' claim gone with its lease, recorded in the history by this agent).",
+        )?;
+        for (w, a) in ALL_WHY.iter().zip(&self.removed) {
             if matches!(w, Why::Garp | Why::ArpReply | Why::UnsolicitedNa) {
                 continue;
             }
-            let _ = writeln!(
-                o,
-                "dragonflow_activeport_removed_total{{why=\"{}\"}} {}",
-                w.name(),
-                v.load(Ordering::Relaxed)
-            );
+            f.sample(&[("why", w.name())], v(a))?;
         }
-        let _ = write!(
-            o,
-            "# HELP dragonflow_activeport_probes_total Liveness probes of local active holders.\n\
-             # TYPE dragonflow_activeport_probes_total counter\n"
-        );
-        for (what, v) in [
+        let mut f = Family::counter(
+            &mut enc,
+            "dragonflow_activeport_probes_total",
+            "Liveness probes of local active holders.",
+        )?;
+        for (outcome, a) in [
             ("sent", &self.probes_sent),
             ("answered", &self.probes_answered),
             ("expired", &self.probes_expired),
             ("send_error", &self.probe_errors),
         ] {
-            let _ = writeln!(
-                o,
-                "dragonflow_activeport_probes_total{{outcome=\"{what}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
+            f.sample(&[("outcome", outcome)], v(a))?;
         }
-        c(
-            o,
-            "dragonflow_activeport_etcd_errors_total",
-            "Failed etcd calls of the detection way (retried by the next sighting or probe).",
-            &self.etcd_errors,
-            "counter",
-        );
-        c(
-            o,
-            "dragonflow_activeport_sightings_dropped_total",
-            "Datapath events the detection task was too busy to take.",
-            &self.sightings_dropped,
-            "counter",
-        );
-        c(
-            o,
-            "dragonflow_activeport_entries",
-            "activeport/ entries in etcd (all networks).",
-            &self.entries,
-            "gauge",
-        );
-        c(
-            o,
-            "dragonflow_activeport_local_entries",
-            "activeport/ entries held by ports of this chassis (probed).",
-            &self.local_entries,
-            "gauge",
-        );
-        self.claim_latency.render(
-            o,
+        for (kind, name, help, a) in [
+            (
+                MetricType::Counter,
+                "dragonflow_activeport_etcd_errors_total",
+                "Failed etcd calls of the detection way (retried by the next sighting or probe).",
+                &self.etcd_errors,
+            ),
+            (
+                MetricType::Counter,
+                "dragonflow_activeport_sightings_dropped_total",
+                "Datapath events the detection task was too busy to take.",
+                &self.sightings_dropped,
+            ),
+            (
+                MetricType::Gauge,
+                "dragonflow_activeport_entries",
+                "activeport/ entries in etcd (all networks).",
+                &self.entries,
+            ),
+            (
+                MetricType::Gauge,
+                "dragonflow_activeport_local_entries",
+                "activeport/ entries held by ports of this chassis (probed).",
+                &self.local_entries,
+            ),
+        ] {
+            metrics::single(&mut enc, kind, name, help, v(a))?;
+        }
+        self.claim_latency.encode(
+            &mut enc,
             "dragonflow_activeport_claim_seconds",
             "From the datapath seeing the GARP/ARP reply/NA to the claim committed in etcd.",
-        );
-        self.claim_etcd.render(
-            o,
+        )?;
+        self.claim_etcd.encode(
+            &mut enc,
             "dragonflow_activeport_claim_etcd_seconds",
             "etcd round trips of one claim (read transaction + compare-and-put transaction).",
-        );
+        )
     }
 }
 
@@ -830,11 +799,14 @@ pub struct Inputs {
     pub snapshots: watch::Receiver<Option<Arc<NbSnapshot>>>,
     /// `sync`'s etcd session.
     pub sessions: watch::Receiver<Option<Session>>,
+    /// This task's counters (also bumped by the GARP reader for what it drops).
+    pub stats: Arc<Stats>,
 }
 
 struct Detector {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
+    stats: Arc<Stats>,
     nb: Arc<NbSnapshot>,
     have_nb: bool,
     session: Option<Session>,
@@ -867,6 +839,7 @@ pub async fn run(cfg: Arc<Config>, shared: Arc<Shared>, mut inputs: Inputs) {
     let mut d = Detector {
         cfg: cfg.clone(),
         shared,
+        stats: inputs.stats.clone(),
         nb: Arc::new(NbSnapshot::default()),
         have_nb: false,
         session: None,
@@ -918,7 +891,7 @@ pub async fn run(cfg: Arc<Config>, shared: Arc<Shared>, mut inputs: Inputs) {
                     "moving claims to the new lease: {}",
                     crate::report::Chain(&e)
                 );
-                d.shared.detect.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                d.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 d.reattach = true;
             }
         }
@@ -927,7 +900,7 @@ pub async fn run(cfg: Arc<Config>, shared: Arc<Shared>, mut inputs: Inputs) {
 
 impl Detector {
     fn stats(&self) -> &Stats {
-        &self.shared.detect
+        &self.stats
     }
 
     fn me(&self) -> &str {
@@ -1355,13 +1328,7 @@ impl Detector {
         }
         self.release_stale().await;
         let me = self.cfg.chassis.clone();
-        let taps: BTreeMap<String, u32> = {
-            let view = self.shared.view.lock().expect("lock");
-            view.taps
-                .iter()
-                .filter_map(|t| Some((t.lport.clone()?, t.ifindex)))
-                .collect()
-        };
+        let taps = self.shared.taps.by_lport();
         let local: Vec<(Key, ActivePort)> = self
             .nb
             .active_ports
@@ -1392,16 +1359,10 @@ impl Detector {
             let Some(prober) = &self.prober else { return };
             match prober.send(ifindex, &frame) {
                 Ok(()) => {
-                    self.shared
-                        .detect
-                        .probes_sent
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.probes_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    self.shared
-                        .detect
-                        .probe_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.probe_errors.fetch_add(1, Ordering::Relaxed);
                     debug!(lport = %a.port, ifindex, "probe not sent: {e}");
                 }
             }
@@ -1854,17 +1815,39 @@ mod tests {
     }
 
     #[test]
-    fn histogram_renders() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(1500));
-        h.observe(Duration::from_millis(30));
-        let mut o = String::new();
-        h.render(&mut o, "x_seconds", "help");
-        assert!(o.contains("x_seconds_bucket{le=\"0.001\"} 0"));
-        assert!(o.contains("x_seconds_bucket{le=\"0.002\"} 1"));
-        assert!(o.contains("x_seconds_bucket{le=\"0.05\"} 2"));
-        assert!(o.contains("x_seconds_bucket{le=\"+Inf\"} 2"));
-        assert!(o.contains("x_seconds_count 2"));
-        assert!(o.contains("x_seconds_sum 0.0315"));
+    fn stats_render() {
+        let stats = Arc::new(Stats::default());
+        stats.claim_latency.observe(Duration::from_micros(1500));
+        stats.claim_latency.observe(Duration::from_millis(30));
+        stats.removed(Why::ProbeLoss);
+        stats.claims.fetch_add(3, Ordering::Relaxed);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(stats));
+        let o = metrics::encode(&registry);
+        for line in [
+            "# TYPE dragonflow_activeport_claim_seconds histogram",
+            "dragonflow_activeport_claim_seconds_bucket{le=\"0.001\"} 0",
+            "dragonflow_activeport_claim_seconds_bucket{le=\"0.002\"} 1",
+            "dragonflow_activeport_claim_seconds_bucket{le=\"0.05\"} 2",
+            "dragonflow_activeport_claim_seconds_bucket{le=\"+Inf\"} 2",
+            "dragonflow_activeport_claim_seconds_count 2",
+            "dragonflow_activeport_claim_etcd_seconds_count 0",
+            "# TYPE dragonflow_activeport_claims_total counter",
+            "dragonflow_activeport_claims_total 3",
+            "dragonflow_activeport_removed_total{why=\"probe_loss\"} 1",
+            "dragonflow_activeport_removed_total{why=\"lease_lost\"} 0",
+            "dragonflow_activeport_probes_total{outcome=\"send_error\"} 0",
+            "# TYPE dragonflow_activeport_entries gauge",
+        ] {
+            assert!(o.lines().any(|l| l == line), "{line} in\n{o}");
+        }
+        assert!(!o.contains("why=\"garp\""));
+        let sum: f64 = o
+            .lines()
+            .find_map(|l| l.strip_prefix("dragonflow_activeport_claim_seconds_sum "))
+            .expect("sum")
+            .parse()
+            .expect("number");
+        assert!((sum - 0.0315).abs() < 1e-9, "{sum}");
     }
 }

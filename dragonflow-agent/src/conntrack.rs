@@ -39,7 +39,7 @@ use dragonflow_common::{
 use tokio::{sync::Notify, time};
 use tracing::{debug, info, warn};
 
-use crate::report::Chain;
+use crate::{obs::state::CtReport, report::Chain};
 
 /// What the controller tells the collector, and the collector's counters.
 #[derive(Debug, Default)]
@@ -60,6 +60,24 @@ pub struct CtShared {
     pub scans: AtomicU64,
     /// The quota counters (`None` if the object lacks them).
     quota: Mutex<Option<QuotaMaps>>,
+}
+
+/// What `/state` and the metrics show of the collector (read at scrape time).
+impl CtReport for CtShared {
+    fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    fn deleted(&self) -> (u64, u64) {
+        (
+            self.deleted_expired.load(Ordering::Relaxed),
+            self.deleted_port_gone.load(Ordering::Relaxed),
+        )
+    }
+
+    fn port_use(&self) -> BTreeMap<u32, [u64; 2]> {
+        CtShared::port_use(self)
+    }
 }
 
 /// The per-port conntrack counters: the datapath's, read here, and the collector's own.

@@ -37,9 +37,9 @@ use crate::{
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
     incremental::{Incremental, Scope, Touched},
     lastgood::LastGood,
-    metrics::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     nb::{AapMode, index::NbIndex},
     netlink,
+    obs::state::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
     scope,
@@ -56,6 +56,8 @@ const ATTACH_RETRY: Duration = Duration::from_secs(5);
 pub struct Controller {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
+    /// Between this controller and the conntrack collector.
+    ct: Arc<conntrack::CtShared>,
     ebpf: Ebpf,
     maps: Maps,
     links: Links,
@@ -132,7 +134,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(cfg: Arc<Config>, shared: Arc<Shared>, mut ebpf: Ebpf, mut maps: Maps) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        ct: Arc<conntrack::CtShared>,
+        mut ebpf: Ebpf,
+        mut maps: Maps,
+    ) -> Self {
         let actual = maps.read_all();
         // Before any tap runs the new programs: their tail calls land in this program.
         if let Err(e) = maps.link_tail_calls(&mut ebpf) {
@@ -167,9 +175,7 @@ impl Controller {
             Err(e) => error!("{e}: floods and conntrack entries are NOT limited per port"),
         }
         if let (Some(count), Some(freed)) = (maps.ct_count.take(), maps.ct_freed.take()) {
-            shared
-                .ct
-                .set_quota_maps(conntrack::QuotaMaps { count, freed });
+            ct.set_quota_maps(conntrack::QuotaMaps { count, freed });
         }
         {
             let mut view = shared.view.lock().expect("lock");
@@ -209,6 +215,7 @@ impl Controller {
         Controller {
             cfg,
             shared,
+            ct,
             ebpf,
             maps,
             links,
@@ -247,7 +254,7 @@ impl Controller {
     }
 
     /// Publishes every NB snapshot on `tx` after it has been written to the maps (and the
-    /// taps in `Shared::view` are current).
+    /// taps in `Shared::taps` are current).
     pub fn publish_snapshots(&mut self, tx: watch::Sender<Option<Arc<NbSnapshot>>>) {
         self.snapshots = Some(tx);
     }
@@ -263,7 +270,7 @@ impl Controller {
             tokio::spawn(conntrack::run(
                 map,
                 Duration::from_secs(self.cfg.ct_gc_interval_s),
-                self.shared.ct.clone(),
+                self.ct.clone(),
             ));
         }
         self.reconcile(true, false);
@@ -773,7 +780,7 @@ impl Controller {
         };
         let mut errors = 0;
         // The collector must not take a tap that is getting its port for one without.
-        self.shared.ct.set_ports(
+        self.ct.set_ports(
             d.entries
                 .ports
                 .keys()
@@ -879,6 +886,14 @@ impl Controller {
         for (ifname, kind, _) in self.links.done() {
             links_by_if.entry(ifname).or_default().push(kind.suffix());
         }
+        // An idle rescan (`desired` None) computed nothing because neither the NB nor the
+        // interfaces changed: every tap still carries the port it had.
+        let kept: BTreeMap<String, String> = match desired {
+            Some(_) => BTreeMap::new(),
+            None => (self.shared.taps.all().into_iter())
+                .filter_map(|t| Some((t.ifname, t.lport?)))
+                .collect(),
+        };
         let taps = managed
             .iter()
             .map(|(ifname, &ifindex)| {
@@ -893,7 +908,10 @@ impl Controller {
                 TapView {
                     ifname: ifname.clone(),
                     ifindex,
-                    lport: desired.and_then(|d| d.tap_ports.get(ifname).cloned()),
+                    lport: match desired {
+                        Some(d) => d.tap_ports.get(ifname).cloned(),
+                        None => kept.get(ifname).cloned(),
+                    },
                     state,
                     links: links_by_if
                         .get(ifname.as_str())
@@ -903,8 +921,8 @@ impl Controller {
                 }
             })
             .collect();
+        self.shared.taps.publish(taps);
         let mut view = self.shared.view.lock().expect("lock");
-        view.taps = taps;
         if let Some(d) = desired {
             view.ports = d.local_ports.iter().map(PortView::from).collect();
             view.networks = d.networks.clone();
@@ -959,8 +977,7 @@ impl Controller {
     /// Tells the conntrack collector which taps have a port now, and to purge the entries
     /// of taps that lost their port or got another one (a new VM must not inherit flows).
     fn ct_after_write(&mut self, d: &Desired) {
-        self.shared
-            .ct
+        self.ct
             .set_ports(self.actual.ports.keys().copied().collect());
         let owners: BTreeMap<u32, String> = d
             .local_ports
@@ -983,7 +1000,7 @@ impl Controller {
                 ?purge,
                 "purging conntrack entries of taps that lost their port"
             );
-            self.shared.ct.purge(purge);
+            self.ct.purge(purge);
         }
         self.ct_owners = owners;
     }

@@ -8,9 +8,11 @@ use clap::Parser as _;
 use dragonflow_agent::{
     activeport,
     config::{Cli, Config},
+    conntrack::CtShared,
     controller::Controller,
     datapath::{self, sys},
-    garp, instance, metrics, netlink,
+    garp, instance, netlink,
+    obs::{http, metrics, state::Shared},
     report::Chain,
     sync,
 };
@@ -129,15 +131,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     };
 
-    let listener = metrics::bind(cfg.metrics_addr)
+    let listener = http::bind(cfg.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {} (--metrics-addr)", cfg.metrics_addr))?;
-    let shared = Arc::new(metrics::Shared::new(
+    // Between the controller and the conntrack collector; /state and the metrics read it.
+    let ct = Arc::new(CtShared::default());
+    let shared = Arc::new(Shared::new(
         cfg.chassis.clone(),
         cfg.hook,
         loaded.stats,
+        ct.clone(),
     ));
-    tokio::spawn(metrics::serve(listener, shared.clone()));
+    // The detection way's counters, kept by its task and the GARP reader.
+    let detect_stats = Arc::new(activeport::Stats::default());
+    let mut registry = metrics::registry(shared.clone());
+    registry.register_collector(Box::new(detect_stats.clone()));
+    tokio::spawn(http::serve(listener, shared.clone(), registry));
     info!(
         "serving /metrics, /healthz, /garp and /state on http://{}",
         cfg.metrics_addr
@@ -151,6 +160,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.chassis.clone(),
             shared.clone(),
             Some(sighting_tx),
+            detect_stats.clone(),
         ));
     }
     if let Some(logger) = logger {
@@ -173,7 +183,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (link_tx, link_rx) = mpsc::channel(1);
     netlink::spawn(link_tx).context("tap watcher")?;
     let (nb_tx, nb_rx) = mpsc::channel(64);
-    let mut controller = Controller::new(cfg.clone(), shared.clone(), loaded.ebpf, loaded.maps);
+    let mut controller = Controller::new(cfg.clone(), shared.clone(), ct, loaded.ebpf, loaded.maps);
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     controller.publish_snapshots(snapshot_tx);
     let (session_tx, session_rx) = watch::channel(None);
@@ -193,6 +203,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             sightings: sighting_rx,
             snapshots: snapshot_rx,
             sessions: session_rx,
+            stats: detect_stats,
         },
     ));
 

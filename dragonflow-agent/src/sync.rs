@@ -25,7 +25,6 @@ use crate::{
     activeport::{self, Session},
     config::Config,
     lastgood::{LastGood, Saved},
-    metrics::Shared,
     nb::{
         Chassis, Kind, LPort, LRouter, LSwitch, NbObject, SecGroup, ValidationOptions,
         claims::ClaimIndex,
@@ -33,6 +32,7 @@ use crate::{
         etcd::{self, CallError},
         paged, parse_key,
     },
+    obs::state::Shared,
     reconcile::NbSnapshot,
     report::Chain,
 };
@@ -1190,7 +1190,7 @@ mod tests {
 
     #[test]
     fn active_ports_come_and_go_and_bad_ones_are_skipped() {
-        let shared = Shared::for_tests();
+        let shared = std::sync::Arc::new(Shared::for_tests());
         let mut c = NbCache::default();
         let key = format!("{P}activeport/n1/192.0.2.100");
         let good = br#"{"lswitch":"n1","ip":"192.0.2.100","port":"p1","mac":"fa:16:3e:00:00:01","chassis":"hv1","since_ms":5,"reason":"garp"}"#;
@@ -1205,7 +1205,7 @@ mod tests {
         assert!(c.invalid.contains_key(&key));
         let bad_key = format!("{P}activeport/n1/not-an-ip");
         c.apply(P, &[put(bad_key, good.to_vec())], &OPTS, &shared);
-        let text = crate::metrics::render(&shared);
+        let text = crate::obs::metrics::encode(&crate::obs::metrics::registry(shared.clone()));
         assert!(
             text.contains("dragonflow_nb_invalid_records_total{kind=\"activeport\"} 2"),
             "{text}"

@@ -1,0 +1,341 @@
+//! The agent's HTTP endpoints (axum):
+//!
+//! - `GET /metrics`: Prometheus text (`obs::metrics`);
+//! - `GET /healthz`: 200 `ok` once the first full sync from etcd has been applied to the
+//!   maps, 503 before; 503 `degraded: <map> needs N entries, capacity C` (a line per map)
+//!   while a map cannot hold what is needed; 200 `degraded: …` while etcd is unreachable
+//!   (the datapath keeps enforcing the last good state);
+//! - `GET /garp`: JSON array of the last GARP seen per IP;
+//! - `GET /state`: JSON of local ports, taps and sync state (for tests and operators).
+//!
+//! HEAD is answered like GET without the body; other methods get 405.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::obs::{metrics, state::Shared};
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+}
+
+/// Binds the HTTP listener (before anything else, so a port clash fails fast).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// The routes, on `shared` and the metrics `registry`.
+pub fn router(shared: Arc<Shared>, registry: Registry) -> Router {
+    let ctx = Ctx {
+        shared,
+        registry: Arc::new(registry),
+    };
+    // `get` also answers HEAD (without the body); any other method on a known path, and
+    // any method on an unknown one, goes to `other`.
+    Router::new()
+        .route("/metrics", get(metrics_text).fallback(other))
+        .route("/healthz", get(healthz).fallback(other))
+        .route("/garp", get(garp).fallback(other))
+        .route("/state", get(state).fallback(other))
+        .fallback(other)
+        .with_state(ctx)
+}
+
+/// Serves until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, registry: Registry) {
+    if let Err(e) = axum::serve(listener, router(shared, registry)).await {
+        warn!("http server ended: {e}; /metrics, /healthz, /garp and /state are gone");
+    }
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, ctype)], body).into_response()
+}
+
+async fn metrics_text(State(ctx): State<Ctx>) -> Response {
+    reply(
+        StatusCode::OK,
+        metrics::CONTENT_TYPE,
+        metrics::encode(&ctx.registry),
+    )
+}
+
+async fn healthz(State(ctx): State<Ctx>) -> Response {
+    let (status, body) = health(&ctx.shared);
+    reply(status, TEXT, body)
+}
+
+async fn garp(State(ctx): State<Ctx>) -> Response {
+    let rows = ctx.shared.garp.lock().expect("lock").rows();
+    reply(
+        StatusCode::OK,
+        JSON,
+        serde_json::to_string(&rows).expect("serialisable"),
+    )
+}
+
+async fn state(State(ctx): State<Ctx>) -> Response {
+    reply(StatusCode::OK, JSON, ctx.shared.state_json())
+}
+
+async fn other(method: Method) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "try /metrics, /healthz, /garp or /state\n".into(),
+        )
+    } else {
+        reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into())
+    }
+}
+
+/// Status and body of `/healthz`.
+pub fn health(shared: &Shared) -> (StatusCode, String) {
+    let overflow = shared.view.lock().expect("lock").map_overflow.clone();
+    let etcd_down = "degraded: etcd unreachable, enforcing the last good state\n";
+    if !shared.synced.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n".into())
+    } else if !overflow.is_empty() {
+        // Not 200: some ports are left fail closed (or lose forwarding entries) until the
+        // map is made larger, and a restart cannot fix that. Used as a readiness probe,
+        // this holds a rolling update at this node; it must not be a liveness probe
+        // (docs/deploy.md).
+        let mut body = String::new();
+        for m in &overflow {
+            let _ = writeln!(
+                body,
+                "degraded: {} needs {} entries, capacity {}",
+                m.map, m.needed, m.capacity
+            );
+        }
+        if !shared.etcd_connected.load(Ordering::Relaxed) {
+            body.push_str(etcd_down);
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else if shared.etcd_connected.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        // Still 200: the datapath is enforcing the last good state and must not be
+        // restarted for an etcd outage; the body (and dragonflow_etcd_connected) says it
+        // is not taking updates.
+        (StatusCode::OK, etcd_down.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::body::Body;
+    use dragonflow_common::{maps as names, verdict::DropReason};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{datapath::capacity::MapOverflow, reconcile::NetworkView};
+
+    /// (status, content type, body) of `method path` on a fresh router.
+    async fn call(shared: &Arc<Shared>, method: &str, path: &str) -> (u16, String, String) {
+        let app = router(shared.clone(), metrics::registry(shared.clone()));
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("infallible");
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+            .await
+            .expect("body");
+        (
+            status,
+            ctype,
+            String::from_utf8(body.to_vec()).expect("utf-8"),
+        )
+    }
+
+    fn render(shared: &Arc<Shared>) -> String {
+        metrics::encode(&metrics::registry(shared.clone()))
+    }
+
+    /// The shared-address gauges come from the networks the controller last computed.
+    #[test]
+    fn aap_gauges() {
+        use crate::{forwarding::SharedView, nb::AapMode};
+        let s = Arc::new(Shared::for_tests());
+        let shared = |kind, way| SharedView {
+            address: String::new(),
+            kind,
+            holders: vec![],
+            way,
+            active_port: None,
+            delivered_to: vec![],
+        };
+        s.view.lock().expect("lock").networks = vec![
+            std::sync::Arc::new(NetworkView {
+                aap_mode_disagreement: BTreeMap::from([
+                    ("hv1".to_string(), AapMode::Broadcast),
+                    ("hv2".to_string(), AapMode::Detection),
+                ]),
+                shared: vec![
+                    shared("ip", AapMode::Broadcast),
+                    shared("ip", AapMode::Broadcast),
+                    shared("mac", AapMode::Broadcast),
+                ],
+                ..Default::default()
+            }),
+            std::sync::Arc::new(NetworkView {
+                shared: vec![shared("ip", AapMode::Detection)],
+                ..Default::default()
+            }),
+        ];
+        let text = render(&s);
+        for line in [
+            "# TYPE dragonflow_aap_mode_disagreements gauge",
+            "dragonflow_aap_mode_disagreements 1",
+            "dragonflow_aap_shared_addresses{way=\"broadcast\",kind=\"ip\"} 2",
+            "dragonflow_aap_shared_addresses{way=\"broadcast\",kind=\"mac\"} 1",
+            "dragonflow_aap_shared_addresses{way=\"detection\",kind=\"ip\"} 1",
+            "dragonflow_aap_shared_addresses{way=\"detection\",kind=\"mac\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+    }
+
+    #[tokio::test]
+    async fn map_overflow_in_healthz_metrics_and_state() {
+        let s = Arc::new(Shared::for_tests());
+        s.synced.store(true, Ordering::Relaxed);
+        s.etcd_connected.store(true, Ordering::Relaxed);
+        {
+            let mut v = s.view.lock().unwrap();
+            v.capacity.insert(names::POLICY, 1000);
+            v.needed.insert(names::POLICY, 1500);
+            v.needed.insert(names::ADDRS, 7);
+            v.map_overflow.push(MapOverflow {
+                map: names::POLICY,
+                needed: 1500,
+                capacity: 1000,
+                kept: 990,
+            });
+        }
+        assert_eq!(
+            call(&s, "GET", "/healthz").await,
+            (
+                503,
+                "text/plain; charset=utf-8".into(),
+                "degraded: df_policy_v1 needs 1500 entries, capacity 1000\n".into()
+            )
+        );
+        let (status, ctype, text) = call(&s, "GET", "/metrics").await;
+        assert_eq!((status, ctype.as_str()), (200, metrics::CONTENT_TYPE));
+        for line in [
+            "dragonflow_map_capacity{map=\"df_policy_v1\"} 1000",
+            "dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144",
+            "dragonflow_map_needed_entries{map=\"df_policy_v1\"} 1500",
+            "dragonflow_map_overflow{map=\"df_policy_v1\"} 1",
+            "dragonflow_map_overflow{map=\"df_addrs_v2\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+        let state: serde_json::Value =
+            serde_json::from_str(&call(&s, "GET", "/state").await.2).unwrap();
+        assert_eq!(state["map_overflow"][0]["needed"], 1500);
+        s.view.lock().unwrap().map_overflow.clear();
+        assert_eq!(call(&s, "GET", "/healthz").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn metrics_have_every_reason_and_healthz_waits_for_sync() {
+        let s = Arc::new(Shared::for_tests());
+        let text = render(&s);
+        for r in DropReason::ALL {
+            let line = format!(
+                "dragonflow_datapath_packets_total{{direction=\"from_vm\",verdict=\"drop\",reason=\"{}\"}} 0",
+                r.name()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        for line in [
+            "# HELP dragonflow_datapath_packets_total Frames judged by the datapath, by direction, verdict and drop reason or pass path (summed over CPUs).",
+            "# TYPE dragonflow_datapath_packets_total counter",
+            "dragonflow_datapath_packets_total{direction=\"from_vm\",verdict=\"pass\",path=\"ipv4\"} 0",
+            "dragonflow_datapath_events_total{direction=\"from_vm\",event=\"garp_sent\"} 0",
+            "dragonflow_etcd_connected 0",
+            "# TYPE dragonflow_nb_invalid_records_total counter",
+            "dragonflow_nb_invalid_records_total{kind=\"lport\"} 0",
+            "dragonflow_taps{state=\"fail_closed\"} 0",
+            "dragonflow_map_capacity{map=\"df_addrs_v2\"} 262144",
+            "dragonflow_map_capacity{map=\"df_l2_v1\"} 262144",
+            "dragonflow_forwarding_enabled 0",
+            "dragonflow_security_groups_enabled 0",
+            "dragonflow_ct_entries 0",
+            "dragonflow_ct_gc_deleted_total{reason=\"port_gone\"} 0",
+            "dragonflow_map_entries{map=\"df_ct_v1\"} 0",
+            "dragonflow_map_capacity{map=\"df_policy_v1\"} 262144",
+            "dragonflow_nb_invalid_records_total{kind=\"secgroup\"} 0",
+            "dragonflow_datapath_packets_total{direction=\"to_vm\",verdict=\"drop\",reason=\"sg_denied\"} 0",
+            "dragonflow_datapath_events_total{direction=\"to_vm\",event=\"ct_new\"} 0",
+            "dragonflow_remote_chassis 0",
+            "# TYPE dragonflow_sync_total counter",
+            "dragonflow_sync_total 0",
+            "dragonflow_flood_overflow_total 0",
+            "dragonflow_ct_port_quota 0",
+            "dragonflow_ct_ports_near_quota{share=\"0.8\"} 0",
+            "dragonflow_datapath_packets_total{direction=\"from_vm\",verdict=\"drop\",reason=\"ct_port_quota\"} 0",
+            "dragonflow_garp_events_total{op=\"nd_na\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+        assert_eq!(call(&s, "GET", "/healthz").await.0, 503);
+        s.synced.store(true, Ordering::Relaxed);
+        let (status, _, body) = call(&s, "GET", "/healthz").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("degraded: etcd unreachable"));
+        s.etcd_connected.store(true, Ordering::Relaxed);
+        assert_eq!(call(&s, "GET", "/healthz").await.2, "ok\n");
+        assert_eq!(
+            call(&s, "GET", "/garp").await,
+            (200, "application/json".into(), "[]".into())
+        );
+        assert_eq!(call(&s, "GET", "/nope").await.0, 404);
+        assert_eq!(
+            call(&s, "POST", "/state").await,
+            (405, TEXT.into(), "only GET\n".into())
+        );
+        assert_eq!(call(&s, "PUT", "/nope").await.0, 405);
+        let head = call(&s, "HEAD", "/state").await;
+        assert_eq!((head.0, head.2.as_str()), (200, ""));
+        let state: serde_json::Value =
+            serde_json::from_str(&call(&s, "GET", "/state").await.2).unwrap();
+        assert_eq!(state["chassis"], "test");
+        assert!(state["taps"].is_array() && state["ports"].is_array());
+        assert!(state["networks"].is_array() && state["remote_chassis"].is_array());
+        assert!(state["ct_port_use"].is_array() && state["limits"]["ct_port_quota"] == 0);
+    }
+}

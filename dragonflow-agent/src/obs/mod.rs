@@ -1,0 +1,12 @@
+//! Observation: the state the tasks publish (`state`), the GARP table (`garp`), its
+//! Prometheus exposition (`metrics`) and the HTTP endpoints that serve both (`http`).
+//!
+//! An adapter: it reads ground and pure types and never imports a task. Tasks publish
+//! into [`state::Shared`] (or register their own collector in the metrics registry);
+//! what obs needs from a task's internals it reads through a trait the task implements
+//! ([`state::CtReport`]).
+
+pub mod garp;
+pub mod http;
+pub mod metrics;
+pub mod state;
