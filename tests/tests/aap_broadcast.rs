@@ -23,10 +23,14 @@
 
 use std::time::{Duration, Instant};
 
-use tests::harness::{
-    Capture, Cloud, Frame, Hook, HvOpts, Netns, PYTHON, VmOpts, metric, ping, run, script,
-    wait_until,
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::{run, wait_until},
+    python::{PYTHON, python_command},
 };
+use tests::harness::{Capture, Cloud, Frame, HvOpts, VmOpts, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);
@@ -221,9 +225,8 @@ impl Topo {
         } else {
             from.ip4
         };
-        let mut c = self.vm(from).command(PYTHON);
-        c.arg(script("fwdsend.py"))
-            .args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
+        let mut c = python_command(self.vm(from), "fwdsend.py");
+        c.args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
             .args(["--payload", payload]);
         run(&mut c);
     }
@@ -725,10 +728,10 @@ fn detection_stale_cache(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

@@ -20,11 +20,14 @@ use std::{
 };
 
 use serde_json::Value;
+use tests::framework::{
+    http::{metric, metric_sum},
+    netns::Netns,
+    process::{run, wait_until},
+    python::python_command,
+};
 use tests::{
-    harness::{
-        Capture, Cloud, Hypervisor, Netns, PYTHON, metric, metric_sum, ping, run, script,
-        wait_until,
-    },
+    harness::{Capture, Cloud, Hypervisor, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,
         route_vip_via_vmac, vip_cloud, vm,
@@ -360,8 +363,8 @@ fn counter(hv: &Hypervisor, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// `garp.py` in a VM namespace.
 fn send_garp(ns: &Netns, args: &[&str]) {
-    let mut c = ns.command(PYTHON);
-    c.arg(script("garp.py")).args(args);
+    let mut c = python_command(ns, "garp.py");
+    c.args(args);
     run(&mut c);
 }
 

@@ -24,9 +24,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::{run, wait_until},
+    python::python_command,
+};
 use tests::harness::{
-    Capture, Cloud, Frame, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, agent_has_flag, iperf3,
-    metric, ping, run, script, wait_until,
+    Capture, Cloud, Frame, HvOpts, Hypervisor, VmOpts, agent_has_flag, iperf3, ping,
 };
 
 const READY: Duration = Duration::from_secs(30);
@@ -291,9 +297,8 @@ impl Fwd {
         } else {
             from.ip4
         };
-        let mut c = self.vm(from).command(PYTHON);
-        c.arg(script("fwdsend.py"))
-            .args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
+        let mut c = python_command(self.vm(from), "fwdsend.py");
+        c.args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
             .args(["--payload", payload])
             .args(extra);
         run(&mut c);
@@ -828,10 +833,10 @@ fn dead_chassis(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

@@ -23,21 +23,19 @@
 //! closed port) and TCP 5001 (counts a bulk stream), and opens client flows on request.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, Stdio},
-    sync::{
-        Mutex,
-        mpsc::{self, Receiver},
-    },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::{Value, json};
-use tests::harness::{
-    Capture, Cloud, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, metric, ping, script,
-    wait_until,
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::wait_until,
+    python::{JsonChild, python_command},
 };
+use tests::harness::{Capture, Cloud, HvOpts, Hypervisor, VmOpts, ping};
 
 /// Chassis known, taps attached, first rules in place.
 const READY: Duration = Duration::from_secs(30);
@@ -142,38 +140,14 @@ fn fam(v6: bool) -> &'static str {
 
 /// `tests/scripts/sgctl.py` in one VM.
 struct SgCtl {
-    name: String,
-    child: Child,
-    io: Mutex<(ChildStdin, Receiver<String>)>,
+    helper: JsonChild,
 }
 
 impl SgCtl {
     fn spawn(ns: &Netns, name: &str) -> SgCtl {
-        let mut child = ns
-            .command(PYTHON)
-            .arg(script("sgctl.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sgctl.py");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ctl = SgCtl {
-            name: name.to_string(),
-            child,
-            io: Mutex::new((stdin, rx)),
-        };
-        let ready = ctl.recv();
+        let helper = JsonChild::spawn(&format!("sgctl in {name}"), python_command(ns, "sgctl.py"));
+        let ctl = SgCtl { helper };
+        let ready = ctl.helper.recv(Duration::from_secs(30));
         assert_eq!(ready["ready"], json!(true), "sgctl in {name}: {ready}");
         for (proto, port, echo) in [
             ("tcp", TCP_ECHO, true),
@@ -186,25 +160,11 @@ impl SgCtl {
         ctl
     }
 
-    fn recv(&self) -> Value {
-        let io = self.io.lock().expect("ctl lock");
-        let line =
-            io.1.recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("sgctl in {}: no answer ({e})", self.name));
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("sgctl in {}: bad answer {line:?}: {e}", self.name))
-    }
-
     /// One request/response; panics when sgctl reports an error.
     #[track_caller]
     fn call(&self, req: Value) -> Value {
-        {
-            let mut io = self.io.lock().expect("ctl lock");
-            writeln!(io.0, "{req}").expect("write to sgctl");
-            io.0.flush().expect("flush sgctl");
-        }
-        let r = self.recv();
-        assert_eq!(r["ok"], json!(true), "sgctl in {}: {req} -> {r}", self.name);
+        let r = self.helper.call(&req, Duration::from_secs(30));
+        assert_eq!(r["ok"], json!(true), "{}: {req} -> {r}", self.helper.what);
         r
     }
 
@@ -259,13 +219,6 @@ impl SgCtl {
 
     fn craft(&self, req: Value) {
         self.call(req);
-    }
-}
-
-impl Drop for SgCtl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1275,10 +1228,10 @@ fn fragments(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

@@ -27,10 +27,15 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
+use tests::framework::{
+    hook::Hook,
+    netns::{EnterNetns, send_raw},
+};
 use tests::{
     frames::*,
-    harness::Hook,
-    testrun::{Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action},
+    framework::test_run::{
+        Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action,
+    },
 };
 
 const IF: u32 = LO_IFINDEX;
@@ -1563,7 +1568,10 @@ fn vlan_tag_in_skb_metadata_tc_and_guard() {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
     use dragonflow_common::maps::progs;
     use std::time::Duration;
-    use tests::harness::{Netns, unique_prefix, wait_until};
+    use tests::framework::{
+        netns::Netns,
+        process::{unique_prefix, wait_until},
+    };
 
     let ns = Netns::new(&format!("{}-vlan", unique_prefix()));
     // No IPv6 autoconfiguration traffic (DAD, MLD, RS) to disturb the counters.
@@ -1650,63 +1658,6 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Moves the current thread into a network namespace until dropped.
-struct EnterNetns {
-    orig: std::fs::File,
-}
-
-impl EnterNetns {
-    fn new(name: &str) -> Self {
-        use std::os::fd::AsRawFd as _;
-        let orig = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-        let target = std::fs::File::open(format!("/var/run/netns/{name}")).expect("netns");
-        // SAFETY: setns on valid netns fds affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
-        EnterNetns { orig }
-    }
-}
-
-impl Drop for EnterNetns {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: as above.
-        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
-/// Sends one Ethernet frame out of `dev` (in the current thread's namespace).
-fn send_raw(dev: &str, frame: &[u8]) {
-    let name = std::ffi::CString::new(dev).unwrap();
-    // SAFETY: plain libc calls with valid arguments; the socket is closed below.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert!(ifindex > 0, "no device {dev}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let rc = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(rc, frame.len() as isize, "send on {dev}: {err}");
-    }
-}
-
 // ---- Forwarding (issue 3) ---------------------------------------------------------------
 
 /// Outcomes covered by `tests/tests/verdicts_l3.rs` (distributed routing and the ARP/ND
@@ -1778,7 +1729,7 @@ const NO_SUCH_IFINDEX: u32 = 999_999;
 /// (bpf_clone_redirect really sends in a test run) are visible. `fwdt` is a real tap no
 /// process has opened (a VM still booting): up, no carrier, its queue drops everything.
 struct FwdNet {
-    ns: tests::harness::Netns,
+    ns: tests::framework::netns::Netns,
     tap1: u32,
     tap2: u32,
     vx: u32,
@@ -1787,7 +1738,10 @@ struct FwdNet {
 
 impl FwdNet {
     fn new() -> Self {
-        let ns = tests::harness::Netns::new(&format!("{}-fwd", tests::harness::unique_prefix()));
+        let ns = tests::framework::netns::Netns::new(&format!(
+            "{}-fwd",
+            tests::framework::process::unique_prefix()
+        ));
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
         for d in ["fwd1", "fwd2", "fwdvx"] {
@@ -1938,7 +1892,7 @@ struct FwdCase {
 }
 
 fn fwd_cases(_n: &FwdNet) -> Vec<FwdCase> {
-    use tests::testrun::actions::{TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_REDIRECT};
+    use tests::framework::test_run::actions::{TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_REDIRECT};
     let to = |dst: [u8; 6], payload: usize| {
         eth(
             dst,
@@ -2123,7 +2077,7 @@ fn check_fwd(
     drops: &mut BTreeSet<u32>,
     passes: &mut BTreeSet<u32>,
 ) {
-    use tests::testrun::actions::{TC_ACT_SHOT, XDP_DROP, XDP_PASS};
+    use tests::framework::test_run::actions::{TC_ACT_SHOT, XDP_DROP, XDP_PASS};
     let ctx = format!("[{}] fwd: {}", hook.as_str(), c.name);
     let want = match hook {
         Hook::Xdp => c.xdp,
@@ -2190,7 +2144,7 @@ fn check_fwd(
 /// counted under from_tunnel (and nothing else).
 fn tunnel_without_metadata(dp: &Datapath) -> bool {
     use dragonflow_common::maps::progs;
-    use tests::testrun::actions::TC_ACT_SHOT;
+    use tests::framework::test_run::actions::TC_ACT_SHOT;
     let frame = v4_udp(PORT_MAC, IP4, 1000, 53);
     let before = dp.stats();
     let r = dp.run_prog(progs::FROM_TUNNEL_TC, Hook::Tc, &frame, LO_IFINDEX);

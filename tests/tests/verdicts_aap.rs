@@ -37,10 +37,14 @@ use dragonflow_common::{
     port::{PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
+use tests::framework::{
+    hook::Hook,
+    netns::Netns,
+    process::{unique_prefix, wait_until},
+};
 use tests::{
     frames::*,
-    harness::{Hook, Netns, unique_prefix, wait_until},
-    testrun::{Datapath, LO_IFINDEX, actions},
+    framework::test_run::{Datapath, LO_IFINDEX, actions},
 };
 
 const IF: u32 = LO_IFINDEX;

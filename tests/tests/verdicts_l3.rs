@@ -22,10 +22,10 @@ use dragonflow_common::{
     port::{PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
+use tests::framework::hook::Hook;
 use tests::{
     frames::*,
-    harness::Hook,
-    testrun::{Datapath, LO_IFINDEX, actions},
+    framework::test_run::{Datapath, LO_IFINDEX, actions},
 };
 
 const IF: u32 = LO_IFINDEX;

@@ -27,10 +27,10 @@ use dragonflow_common::{
     sg::{CT_F_COUNTED, CT_ORIGIN_EGRESS, DIR_EGRESS, IDENT_ANY_V4},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
+use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
 use tests::{
     frames::*,
-    harness::{Hook, Netns, unique_prefix},
-    testrun::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
 };
 
 const NET: u32 = 42;

@@ -40,10 +40,14 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
+use tests::framework::{
+    hook::Hook,
+    netns::Netns,
+    process::{unique_prefix, wait_until},
+};
 use tests::{
     frames::*,
-    harness::{Hook, Netns, unique_prefix, wait_until},
-    testrun::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
 };
 
 const NET: u32 = 42;

@@ -31,7 +31,8 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
-use tests::{frames::*, harness::Netns, harness::unique_prefix, testrun::Datapath};
+use tests::framework::{netns::Netns, process::unique_prefix};
+use tests::{frames::*, framework::test_run::Datapath};
 
 const NET: u32 = 42;
 const OTHER_NET: u32 = 43;

@@ -1,4 +1,5 @@
-//! Shared pieces of the port-security integration tests: a one-hypervisor topology built
+//! The port-security topology several suites share (port_security, agent_resilience,
+//! foreign_pins, real_tap): a one-hypervisor topology built
 //! through dfctl, a controller process per VM (`tests/scripts/vmctl.py`: crafted frames,
 //! a sniffer, UDP sequence streams) and counter helpers.
 //!
@@ -14,24 +15,21 @@
 //! sleeping: after the frame, the sender sends a legitimate fence frame; once the fence
 //! has arrived, the earlier frame would have arrived too.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, Stdio},
-    sync::{
-        Mutex,
-        mpsc::{self, Receiver},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
-use tests::harness::{
-    Cloud, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, metric, ping, script, wait_until,
+use crate::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::wait_until,
+    python::{JsonChild, python_command},
 };
+use crate::harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping};
+use serde_json::{Value, json};
 
 /// The MAC no port owns, used by every MAC spoof.
 pub const FOREIGN_MAC: &str = "fa:16:3e:66:66:66";
@@ -103,8 +101,7 @@ pub fn link_local(mac: &str) -> String {
 /// A controller process (`vmctl.py`) inside one VM namespace.
 pub struct Ctl {
     pub name: String,
-    child: Child,
-    io: Mutex<(ChildStdin, Receiver<String>)>,
+    helper: JsonChild,
 }
 
 /// What one `send` wrote.
@@ -118,10 +115,8 @@ pub struct Sent {
 impl Ctl {
     /// Starts vmctl.py in `ns` (whose eth0 has `me`'s addresses) talking to `peer`.
     pub fn spawn(ns: &Netns, me: &VmSpec, peer: &VmSpec) -> Ctl {
-        let mut child = ns
-            .command(PYTHON)
-            .arg(script("vmctl.py"))
-            .args(["--mac", me.mac, "--ip4", me.ip4, "--ip6", me.ip6])
+        let mut c = python_command(ns, "vmctl.py");
+        c.args(["--mac", me.mac, "--ip4", me.ip4, "--ip6", me.ip6])
             .args([
                 "--peer-mac",
                 peer.mac,
@@ -129,29 +124,12 @@ impl Ctl {
                 peer.ip4,
                 "--peer-ip6",
                 peer.ip6,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vmctl.py");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            ]);
         let ctl = Ctl {
             name: me.name.to_string(),
-            child,
-            io: Mutex::new((stdin, rx)),
+            helper: JsonChild::spawn(&format!("vmctl in VM {}", me.name), c),
         };
-        let ready = ctl.recv(Duration::from_secs(30));
+        let ready = ctl.helper.recv(Duration::from_secs(30));
         assert_eq!(
             ready["ready"],
             json!(true),
@@ -161,26 +139,9 @@ impl Ctl {
         ctl
     }
 
-    fn recv(&self, timeout: Duration) -> Value {
-        let io = self.io.lock().expect("ctl lock");
-        let line = io.1.recv_timeout(timeout).unwrap_or_else(|e| {
-            panic!(
-                "vmctl in VM {}: no answer within {timeout:?} ({e})",
-                self.name
-            )
-        });
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("vmctl in VM {}: bad answer {line:?}: {e}", self.name))
-    }
-
     /// One request/response round trip.
     pub fn call(&self, req: Value) -> Value {
-        {
-            let mut io = self.io.lock().expect("ctl lock");
-            writeln!(io.0, "{req}").expect("write to vmctl");
-            io.0.flush().expect("flush vmctl");
-        }
-        self.recv(Duration::from_secs(30))
+        self.helper.call(&req, Duration::from_secs(30))
     }
 
     /// Sends the frames of `case` (see vmctl.py); `Err` carries the kernel's refusal.
@@ -280,13 +241,6 @@ impl Ctl {
             }
             thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -561,7 +515,7 @@ pub struct VlanPush {
 
 impl VlanPush {
     pub fn attach(ns: &Netns, ifname: &str, proto: u16, vid: u16) -> VlanPush {
-        use tests::rawbpf::{self, insn};
+        use crate::framework::rawbpf::{self, insn};
         const BPF_FUNC_SKB_VLAN_PUSH: i32 = 18;
         // r1 = skb (entry); r2 = htons(proto); r3 = vid; call skb_vlan_push; r0 = 0; exit
         let prog = [
