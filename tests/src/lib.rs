@@ -11,5 +11,6 @@ pub mod framework;
 pub mod guest;
 pub mod guest_kernel;
 pub mod harness;
+pub mod verdict;
 pub mod vmctl_topo;
 pub mod vrrp;

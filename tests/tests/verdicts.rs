@@ -5,7 +5,7 @@
 //!
 //! Every `DropReason` and every `PassPath` must appear in the tables for each hook (checked
 //! at the end), with documented exceptions: `EthTruncated` (below), the routing and
-//! responder outcomes covered by `verdicts_l3.rs` ([`OTHER_FILE`]), the paths XDP never
+//! responder outcomes covered by `verdicts_l3.rs` (`tests::verdict::COVERED_ELSEWHERE`), the paths XDP never
 //! decides itself ([`XDP_HANDOFF_ONLY`]) and those test runs cannot reach
 //! ([`NOT_IN_TEST_RUN`]). The forwarding table (`fwd_cases`) runs with
 //! `CFG_F_FORWARDING` set; the port-security table with it unset (frames go to the
@@ -15,8 +15,6 @@
 //! either hook a frame shorter than an Ethernet header, and BPF_PROG_TEST_RUN refuses one
 //! too (also for XDP when the first bytes are declared metadata: the packet after them
 //! must still be >= 14 bytes, checked on 6.18), so that check exists for the verifier only.
-
-use std::collections::BTreeSet;
 
 use dragonflow_common::{
     addr::{
@@ -31,6 +29,7 @@ use tests::framework::{
     hook::Hook,
     netns::{EnterNetns, send_raw},
 };
+use tests::verdict::{self, Coverage, covered_elsewhere};
 use tests::{
     frames::*,
     framework::test_run::{
@@ -1325,30 +1324,29 @@ fn check(dp: &mut Datapath, hook: Hook, c: &Case) -> bool {
         }
         Err(e) => panic!("{ctx}: BPF_PROG_TEST_RUN: {e}"),
     };
-    let after = dp.stats();
-    let (want_action, want_slot) = match c.expect {
-        Expect::Pass(_) => (pass_action(hook), slot(c.expect)),
-        Expect::Drop(_) => (drop_action(hook), slot(c.expect)),
+    let got = verdict::Outcome {
+        action: r.retval,
+        out: r.data_out,
+        moved: verdict::moved(&before, &dp.stats()),
     };
-    let moved: Vec<(usize, u64)> = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
-    let mut want_moved = vec![(want_slot, 1)];
+    let want_action = match c.expect {
+        Expect::Pass(_) => pass_action(hook),
+        Expect::Drop(_) => drop_action(hook),
+    };
+    let mut want_moved = vec![(slot(c.expect), 1)];
     if c.garp.is_some() {
         want_moved.push((ev_slot(EventStat::GarpSent), 1));
     }
     want_moved.sort();
-    assert_eq!(
-        (r.retval, &moved),
-        (want_action, &want_moved),
-        "{ctx}: expected {:?} (action {want_action}, slots {want_moved:?}); got action {} and slots {moved:?}",
-        c.expect,
-        r.retval
+    verdict::assert_outcome(
+        &format!("{ctx} (expected {:?})", c.expect),
+        &got,
+        want_action,
+        &want_moved,
     );
     if matches!(c.expect, Expect::Pass(_)) {
         assert_eq!(
-            r.data_out, c.frame,
+            got.out, c.frame,
             "{ctx}: an allowed frame must leave unchanged"
         );
     }
@@ -1391,28 +1389,27 @@ fn verdict_table_both_hooks() {
     // The forwarding table needs real devices (flood targets): it runs in a namespace.
     let fwd = FwdNet::new();
     for hook in Hook::BOTH {
-        let mut drops = BTreeSet::new();
-        let mut passes = BTreeSet::new();
+        let mut covered = Coverage::new();
         for c in &cases {
             if !check(&mut dp, hook, c) {
                 continue;
             }
-            match c.expect {
-                Expect::Pass(p) => passes.insert(p as u32),
-                Expect::Drop(r) => drops.insert(r as u32),
-            };
+            covered.record(match c.expect {
+                Expect::Pass(p) => Stat::Pass(p),
+                Expect::Drop(r) => Stat::Drop(r),
+            });
         }
         {
             let _in_ns = EnterNetns::new(&fwd.ns.name);
             for c in fwd_cases(&fwd) {
-                check_fwd(&mut dp, &fwd, hook, &c, &mut drops, &mut passes);
+                check_fwd(&mut dp, &fwd, hook, &c, &mut covered);
             }
         }
         if hook == Hook::Tc && tunnel_without_metadata(&dp) {
-            drops.insert(DropReason::UnknownVni as u32);
+            covered.record(Stat::Drop(DropReason::UnknownVni));
         }
         for r in DropReason::ALL {
-            if OTHER_FILE.contains(&r.name()) || NOT_IN_TEST_RUN.contains(&r.name()) {
+            if covered_elsewhere(r.name()) || NOT_IN_TEST_RUN.contains(&r.name()) {
                 continue;
             }
             if hook == Hook::Xdp
@@ -1424,21 +1421,21 @@ fn verdict_table_both_hooks() {
                 continue; // unreachable through the kernel, see the module docs
             }
             assert!(
-                drops.contains(&(*r as u32)),
+                covered.has_drop(*r),
                 "[{}] no case for drop reason {}",
                 hook.as_str(),
                 r.name()
             );
         }
         for p in PassPath::ALL {
-            if OTHER_FILE.contains(&p.name()) {
+            if covered_elsewhere(p.name()) {
                 continue;
             }
             if hook == Hook::Xdp && XDP_HANDOFF_ONLY.contains(&p.name()) {
                 continue;
             }
             assert!(
-                passes.contains(&(*p as u32)),
+                covered.has_pass(*p),
                 "[{}] no case for pass path {}",
                 hook.as_str(),
                 p.name()
@@ -1659,36 +1656,6 @@ fn mac_str(m: [u8; 6]) -> String {
 }
 
 // ---- Forwarding (issue 3) ---------------------------------------------------------------
-
-/// Outcomes covered by `tests/tests/verdicts_l3.rs` (distributed routing and the ARP/ND
-/// responder, written with those stages).
-const OTHER_FILE: &[&str] = &[
-    "ttl_exceeded",
-    "no_route",
-    "no_neighbor",
-    "router_neigh_unanswered",
-    "routed",
-    "arp_responder",
-    "nd_responder",
-    "router_echo",
-    // tests/verdicts_sg.rs (security groups, conntrack, fragments)
-    "sg_denied",
-    "ct_full",
-    "frag_no_first",
-    "frag_tiny",
-    "frag_overlap",
-    // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way; the
-    // detection way from a real tunnel device)
-    "no_holder",
-    "inactive_holder",
-    "aap_group",
-    // tests/verdicts_tunnel.rs (tunnel admission: needs a real VXLAN device)
-    "tunnel_unknown_peer",
-    "tunnel_src_mac",
-    // tests/verdicts_limits.rs (per-port flood rate limit, conntrack quota)
-    "flood_rate_limited",
-    "ct_port_quota",
-];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion
 /// (XDP_PASS, uncounted — asserted below).
@@ -2069,14 +2036,7 @@ fn fwd_cases(_n: &FwdNet) -> Vec<FwdCase> {
 
 /// Runs one forwarding case through one hook (in the namespace of `n`) and checks action,
 /// output frame, counters and flood copies.
-fn check_fwd(
-    dp: &mut Datapath,
-    n: &FwdNet,
-    hook: Hook,
-    c: &FwdCase,
-    drops: &mut BTreeSet<u32>,
-    passes: &mut BTreeSet<u32>,
-) {
+fn check_fwd(dp: &mut Datapath, n: &FwdNet, hook: Hook, c: &FwdCase, covered: &mut Coverage) {
     use tests::framework::test_run::actions::{TC_ACT_SHOT, XDP_DROP, XDP_PASS};
     let ctx = format!("[{}] fwd: {}", hook.as_str(), c.name);
     let want = match hook {
@@ -2089,21 +2049,15 @@ fn check_fwd(
     seed_fwd(dp, n, c.seed);
     let devs = ["fwd1", "fwd2", "fwdvx"];
     let tx_before: Vec<u64> = devs.iter().map(|d| n.tx_packets(d)).collect();
-    let before = dp.stats();
-    let r = dp.run(hook, &c.frame);
-    let after = dp.stats();
-    let moved: Vec<(usize, u64)> = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
+    let got = verdict::run(dp, hook, &c.frame);
     let sec = (slot(Expect::Pass(c.sec)), 1);
     let (action, mut want_moved) = match want {
         Out::Fwd(a, p) => {
-            passes.insert(p as u32);
+            covered.record(Stat::Pass(p));
             (a, vec![sec, (slot(Expect::Pass(p)), 1)])
         }
         Out::Drop(reason) => {
-            drops.insert(reason as u32);
+            covered.record(Stat::Drop(reason));
             let a = if hook == Hook::Xdp {
                 XDP_DROP
             } else {
@@ -2117,17 +2071,14 @@ fn check_fwd(
         }
     };
     want_moved.sort();
-    assert_eq!(
-        (r.retval, &moved),
-        (action, &want_moved),
-        "{ctx}: expected {want:?}; got action {} and slots {moved:?}",
-        r.retval
+    verdict::assert_outcome(
+        &format!("{ctx} (expected {want:?})"),
+        &got,
+        action,
+        &want_moved,
     );
     if !matches!(want, Out::Drop(_)) {
-        assert_eq!(
-            r.data_out, c.frame,
-            "{ctx}: the frame leaves byte-identical"
-        );
+        assert_eq!(got.out, c.frame, "{ctx}: the frame leaves byte-identical");
     }
     // Flood copies are transmitted synchronously by bpf_clone_redirect.
     for (i, d) in devs.iter().enumerate() {
@@ -2146,16 +2097,12 @@ fn tunnel_without_metadata(dp: &Datapath) -> bool {
     use dragonflow_common::maps::progs;
     use tests::framework::test_run::actions::TC_ACT_SHOT;
     let frame = v4_udp(PORT_MAC, IP4, 1000, 53);
-    let before = dp.stats();
-    let r = dp.run_prog(progs::FROM_TUNNEL_TC, Hook::Tc, &frame, LO_IFINDEX);
-    let after = dp.stats();
-    assert_eq!(r.retval, TC_ACT_SHOT);
-    let moved: Vec<usize> = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .collect();
-    assert_eq!(
-        moved,
-        vec![stat_index(Direction::FromTunnel, Stat::Drop(DropReason::UnknownVni)) as usize]
+    let got = verdict::run_prog(dp, progs::FROM_TUNNEL_TC, Hook::Tc, &frame, LO_IFINDEX);
+    verdict::assert_outcome(
+        "tunnel program without metadata",
+        &got,
+        TC_ACT_SHOT,
+        &verdict::once(Direction::FromTunnel, &[Stat::Drop(DropReason::UnknownVni)]),
     );
     true
 }

@@ -19,7 +19,6 @@
 //! detection way's readdressing.
 
 use std::{
-    collections::BTreeSet,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -35,13 +34,14 @@ use dragonflow_common::{
     },
     maps::{self as names, PROG_AAP_GROUP, progs},
     port::{PORT_F_PORT_SECURITY, PortConfig},
-    verdict::{Direction, DropReason, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, PassPath, Stat},
 };
 use tests::framework::{
     hook::Hook,
     netns::Netns,
     process::{unique_prefix, wait_until},
 };
+use tests::verdict::{self, Coverage, slot};
 use tests::{
     frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, actions},
@@ -888,22 +888,6 @@ fn cases() -> Vec<Case> {
     v
 }
 
-fn slot(dir: Direction, s: Stat) -> usize {
-    stat_index(dir, s) as usize
-}
-
-/// Runs `prog` on `frame` and returns (action, output frame, counter slots that moved).
-fn run_one(dp: &Datapath, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>, Vec<(usize, u64)>) {
-    let before = dp.stats();
-    let r = dp.run(hook, frame);
-    let after = dp.stats();
-    let moved = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
-    (r.retval, r.data_out, moved)
-}
-
 /// Checks one case on one program (the TC program stands for both hooks' decisions).
 fn check_on(
     dp: &Datapath,
@@ -911,21 +895,21 @@ fn check_on(
     hook: Hook,
     c: &Case,
     want: Out,
-    covered: &mut BTreeSet<String>,
+    covered: &mut Coverage,
 ) {
     let ctx = format!("[{}] {}", hook.as_str(), c.name);
     for s in sniff {
         s.drain();
     }
-    let (action, out, moved) = run_one(dp, hook, &c.frame);
+    let got = verdict::run(dp, hook, &c.frame);
     let sec = (slot(Direction::FromVm, Stat::Pass(c.allowed)), 1);
     let (want_action, mut want_moved) = match want {
         Out::Pass(a, p) => {
-            covered.insert(p.name().to_string());
+            covered.record(Stat::Pass(p));
             (a, vec![sec, (slot(Direction::FromVm, Stat::Pass(p)), 1)])
         }
         Out::Drop(r) => {
-            covered.insert(r.name().to_string());
+            covered.record(Stat::Drop(r));
             let a = match hook {
                 Hook::Xdp => actions::XDP_DROP,
                 Hook::Tc => actions::TC_ACT_SHOT,
@@ -935,14 +919,15 @@ fn check_on(
         Out::Handoff => (actions::XDP_PASS, vec![]),
     };
     want_moved.sort();
-    assert_eq!(
-        (action, &moved),
-        (want_action, &want_moved),
-        "{ctx}: expected {want:?}; got action {action} and slots {moved:?}"
+    verdict::assert_outcome(
+        &format!("{ctx} (expected {want:?})"),
+        &got,
+        want_action,
+        &want_moved,
     );
     match (&c.reply, want) {
-        (Some(reply), Out::Pass(..)) => assert_eq!(&out, reply, "{ctx}: the reply"),
-        _ if matches!(want, Out::Handoff) => assert_eq!(out, c.frame, "{ctx}: untouched"),
+        (Some(reply), Out::Pass(..)) => assert_eq!(&got.out, reply, "{ctx}: the reply"),
+        _ if matches!(want, Out::Handoff) => assert_eq!(got.out, c.frame, "{ctx}: untouched"),
         _ => {}
     }
     let handoff = want == Out::Handoff;
@@ -971,7 +956,7 @@ fn shared_addresses_both_hooks() {
         let sniff = DEVS.map(Sniffer::open);
         let cases = cases();
         for hook in Hook::BOTH {
-            let mut covered = BTreeSet::new();
+            let mut covered = Coverage::new();
             for c in &cases {
                 seed(&mut dp, &d);
                 if c.unlinked {
@@ -988,13 +973,7 @@ fn shared_addresses_both_hooks() {
                     }
                 }
             }
-            for must in ["aap_group", "no_holder", "routed", "arp_responder"] {
-                assert!(
-                    covered.contains(must),
-                    "[{}] no case for {must}",
-                    hook.as_str()
-                );
-            }
+            covered.assert_covers(hook, ["aap_group", "no_holder", "routed", "arp_responder"]);
         }
     });
 }
@@ -1071,17 +1050,10 @@ fn detection_way_from_the_tunnel() {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
             sock.send_to(&vx, "127.0.0.1:4789").expect("send VXLAN");
             // The device decapsulates asynchronously: wait for the outcome.
-            let moved = || {
-                let after = dp.stats();
-                (0..after.len())
-                    .filter(|&i| after[i] != before[i])
-                    .map(|i| (i, after[i] - before[i]))
-                    .collect::<Vec<_>>()
-            };
             wait_until(
-                &format!("tunnel: {name}: counters {want:?}"),
+                &format!("tunnel: {name}: counters {:?}", verdict::names(want)),
                 Duration::from_secs(5),
-                || moved() == *want,
+                || verdict::moved(&before, &dp.stats()) == *want,
             );
             for (i, s) in sniff.iter().enumerate() {
                 let got = s.frames(copies[i].len());
@@ -1121,32 +1093,26 @@ fn shared_ip_questions_use_the_flood_bucket() {
             v.sort();
             v
         };
-        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
-        assert_eq!(
-            (action, moved),
-            (
-                actions::TC_ACT_SHOT,
-                outcome(Stat::Pass(PassPath::AapGroup))
-            ),
-            "the first question: to the holders"
+        verdict::assert_outcome(
+            "the first question: to the holders",
+            &verdict::run(&dp, Hook::Tc, &question),
+            actions::TC_ACT_SHOT,
+            &outcome(Stat::Pass(PassPath::AapGroup)),
         );
-        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
-        assert_eq!(
-            (action, moved),
-            (
-                actions::TC_ACT_SHOT,
-                outcome(Stat::Drop(DropReason::FloodRateLimited))
-            ),
-            "the second question: over the bucket"
+        verdict::assert_outcome(
+            "the second question: over the bucket",
+            &verdict::run(&dp, Hook::Tc, &question),
+            actions::TC_ACT_SHOT,
+            &outcome(Stat::Drop(DropReason::FloodRateLimited)),
         );
         for i in 0..3 {
-            let (action, _, moved) = run_one(&dp, Hook::Tc, &to_vrrp);
             let mut want = vec![(sec(PassPath::Ipv4), 1), (sec(PassPath::AapGroup), 1)];
             want.sort();
-            assert_eq!(
-                (action, moved),
-                (actions::TC_ACT_SHOT, want),
-                "frame {i} to the shared MAC: not limited"
+            verdict::assert_outcome(
+                &format!("frame {i} to the shared MAC: not limited"),
+                &verdict::run(&dp, Hook::Tc, &to_vrrp),
+                actions::TC_ACT_SHOT,
+                &want,
             );
         }
     });

@@ -11,8 +11,6 @@
 //! therefore checks the hand-off and then runs the TC program on the untouched frame, as
 //! the kernel does on a tap with both attached: the outcome of the XDP deployment.
 
-use std::collections::BTreeSet;
-
 use dragonflow_common::{
     addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
     fwd::{
@@ -20,9 +18,10 @@ use dragonflow_common::{
         NEIGH_F_ROUTER, NeighKey, NeighValue, RouteDest, RouteKey,
     },
     port::{PORT_F_PORT_SECURITY, PortConfig},
-    verdict::{Direction, DropReason, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, PassPath, Stat},
 };
 use tests::framework::hook::Hook;
+use tests::verdict::{self, Coverage, covered_by};
 use tests::{
     frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, actions},
@@ -737,7 +736,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn slot(s: Stat) -> usize {
-    stat_index(Direction::FromVm, s) as usize
+    verdict::slot(Direction::FromVm, s)
 }
 
 fn is_responder(e: Expect) -> bool {
@@ -763,16 +762,10 @@ fn tc_action(e: Expect) -> u32 {
     }
 }
 
-/// Runs `prog`'s hook once and returns (action, output, counters that moved).
+/// Runs `hook`'s program once: (action, output, counters that moved).
 fn run(dp: &Datapath, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>, Vec<(usize, u64)>) {
-    let before = dp.stats();
-    let r = dp.run(hook, frame);
-    let after = dp.stats();
-    let moved = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
-    (r.retval, r.data_out, moved)
+    let o = verdict::run(dp, hook, frame);
+    (o.action, o.out, o.moved)
 }
 
 fn check(dp: &mut Datapath, hook: Hook, c: &Case) {
@@ -859,29 +852,16 @@ fn verify_checksums(ctx: &str, f: &[u8]) {
 fn responder_and_l3_both_hooks() {
     let mut dp = Datapath::load();
     let cases = cases();
-    let must_cover = [
-        Expect::Drop(DropReason::TtlExceeded),
-        Expect::Drop(DropReason::NoRoute),
-        Expect::Drop(DropReason::NoNeighbor),
-        Expect::Drop(DropReason::RouterNeighUnanswered),
-        Expect::Pass(PassPath::Routed),
-        Expect::Pass(PassPath::ArpResponder),
-        Expect::Pass(PassPath::NdResponder),
-        Expect::Pass(PassPath::RouterEcho),
-    ];
     for hook in Hook::BOTH {
-        let mut covered = BTreeSet::new();
+        let mut covered = Coverage::new();
         for c in &cases {
             check(&mut dp, hook, c);
-            covered.insert(format!("{:?}", c.expect));
+            covered.record(match c.expect {
+                Expect::Pass(p) => Stat::Pass(p),
+                Expect::Drop(r) => Stat::Drop(r),
+            });
         }
-        for e in must_cover {
-            assert!(
-                covered.contains(&format!("{e:?}")),
-                "[{}] no case for {e:?}",
-                hook.as_str()
-            );
-        }
+        covered.assert_covers(hook, covered_by("verdicts_l3"));
     }
 }
 

@@ -20,7 +20,6 @@
 //! (TCP states, revalidated entries) the conntrack entries are read back too.
 
 use std::{
-    collections::BTreeSet,
     net::UdpSocket,
     time::{Duration, Instant},
 };
@@ -38,13 +37,14 @@ use dragonflow_common::{
         CT_UNREPLIED, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, IDENT_ANY_V4, IDENT_ANY_V6,
         ct_timeout_secs,
     },
-    verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
 use tests::framework::{
     hook::Hook,
     netns::Netns,
     process::{unique_prefix, wait_until},
 };
+use tests::verdict::{Coverage, covered_by, moved, names, slot};
 use tests::{
     frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
@@ -519,62 +519,14 @@ fn action(hook: Hook, act: Act) -> u32 {
     }
 }
 
-/// The counter slots that moved between two snapshots, with their increments.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(usize, u64)> {
-    (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect()
-}
-
 fn slots_of(slots: &[Slot]) -> Vec<(usize, u64)> {
-    let mut v: Vec<(usize, u64)> = slots
-        .iter()
-        .map(|&(d, s)| (stat_index(d, s) as usize, 1))
-        .collect();
+    let mut v: Vec<(usize, u64)> = slots.iter().map(|&(d, s)| (slot(d, s), 1)).collect();
     v.sort();
     v
 }
 
-/// Names a slot index, for readable failures.
-fn name(i: usize) -> String {
-    for d in [Direction::FromVm, Direction::ToVm, Direction::FromTunnel] {
-        for r in DropReason::ALL {
-            if stat_index(d, Stat::Drop(*r)) as usize == i {
-                return format!("{}/drop {}", d.name(), r.name());
-            }
-        }
-        for p in PassPath::ALL {
-            if stat_index(d, Stat::Pass(*p)) as usize == i {
-                return format!("{}/pass {}", d.name(), p.name());
-            }
-        }
-        for e in EventStat::ALL {
-            if stat_index(d, Stat::Event(*e)) as usize == i {
-                return format!("{}/{}", d.name(), e.name());
-            }
-        }
-    }
-    format!("slot {i}")
-}
-
-fn names(v: &[(usize, u64)]) -> Vec<String> {
-    v.iter()
-        .map(|&(i, n)| format!("{} x{n}", name(i)))
-        .collect()
-}
-
-/// Reasons the tables must cover (`verdicts.rs` lists them as tested here).
-const MUST_COVER: [DropReason; 5] = [
-    DropReason::SgDenied,
-    DropReason::CtFull,
-    DropReason::FragNoFirst,
-    DropReason::FragTiny,
-    DropReason::FragOverlap,
-];
-
 /// Runs one step on `hook` and checks action and counters; records the drops seen.
-fn run(dp: &Datapath, n: &Net, hook: Hook, scenario: &str, s: &Step, seen: &mut BTreeSet<u32>) {
+fn run(dp: &Datapath, n: &Net, hook: Hook, scenario: &str, s: &Step, seen: &mut Coverage) {
     let ctx = format!("[{}] {scenario}: {}", hook.as_str(), s.name);
     let ifindex = match s.from {
         Sender::A => LO_IFINDEX,
@@ -604,8 +556,8 @@ fn run(dp: &Datapath, n: &Net, hook: Hook, scenario: &str, s: &Step, seen: &mut 
         assert_eq!(r.data_out, s.frame, "{ctx}: the frame leaves untouched");
     }
     for &(_, st) in &s.slots {
-        if let Stat::Drop(d) = st {
-            seen.insert(d as u32);
+        if let Stat::Drop(_) = st {
+            seen.record(st);
         }
     }
 }
@@ -667,7 +619,7 @@ use PassPath::{Ipv4, Ipv6};
 use Sender::{A, B};
 
 /// TCP from SYN to RST, then a new SYN on the closed tuple; IPv4 and IPv6.
-fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "TCP states";
     let (a, b) = (LO_IFINDEX, n.tapb);
@@ -784,7 +736,7 @@ fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) 
 }
 
 /// Denials in each direction, untracked TCP, unsolicited replies, port ranges (ATTACKS 14).
-fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "denials";
     let steps = [
@@ -851,7 +803,7 @@ fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 
 /// Ping both ways (the reply passes; a request back with the same id does not: ATTACKS
 /// 14), and an echo reply nobody asked for.
-fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "ICMP echo";
     let steps = [
@@ -911,7 +863,7 @@ fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 
 /// ICMP errors about a tracked flow pass both sides; about an unknown flow they are new
 /// ICMP messages (IPv4 and IPv6).
-fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "related ICMP errors";
     let q4 = ipv4(A4, B4, UDP, &udp(40020, 53, b"question"));
@@ -964,7 +916,7 @@ fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 /// at its own egress nor at the receiver's ingress; every error type (IPv4 3, 11, 12;
 /// IPv6 1–4). A router on the path (here B, forwarding A's datagram to 198.51.100.7)
 /// reports from its own address: related.
-fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "ICMP errors not for the quoted source";
     let third4 = ADMIN4;
@@ -1082,7 +1034,7 @@ fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<
 
 /// A policy generation bump re-judges entries at their next packet: a removed rule cuts
 /// the established flow, a kept one lets it go on (refreshed, judged once).
-fn revalidation(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn revalidation(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "policy_gen";
     for s in [
@@ -1161,7 +1113,7 @@ fn revalidation(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>
 
 /// An entry past its timeout counts as absent: the reply it would have let through is
 /// judged as new.
-fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "timeouts";
     let now = monotonic_ns();
@@ -1216,7 +1168,7 @@ fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 }
 
 /// A full conntrack table drops new flows (`ct_full`), not established ones.
-fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "full table";
     run(
@@ -1295,7 +1247,7 @@ fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) 
 
 /// Fragments (ATTACKS 10): a later fragment needs its first; tiny first fragments and
 /// overlapping later ones are dropped; a well-formed datagram passes (IPv4 and IPv6).
-fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "fragments";
     // UDP header + 16 bytes in the first fragment: L4 data 0..24.
@@ -1372,7 +1324,7 @@ fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 
 /// Egress rules alone (forwarding off: the frame goes up the stack once judged): port
 /// blocks, ICMP type/code rules, group destinations, exemptions.
-fn egress_rules(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn egress_rules(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     set_config(dp, n, CFG_F_SECURITY_GROUPS, 1);
     let sc = "egress rules, forwarding off";
@@ -1524,7 +1476,7 @@ fn egress_rules(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>
 }
 
 /// Without `CFG_F_SECURITY_GROUPS`, or for ports without port security, nothing is judged.
-fn not_enforced(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn not_enforced(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     set_config(dp, n, CFG_F_FORWARDING, 1);
     let sc = "not enforced";
@@ -1629,7 +1581,7 @@ fn security_groups_both_hooks() {
     n.ns.within(|| {
         let mut dp = Datapath::load();
         for hook in Hook::BOTH {
-            let mut seen = BTreeSet::new();
+            let mut seen = Coverage::new();
             for scenario in [
                 tcp_states,
                 denials,
@@ -1645,14 +1597,7 @@ fn security_groups_both_hooks() {
             ] {
                 scenario(&mut dp, &n, hook, &mut seen);
             }
-            for r in MUST_COVER {
-                assert!(
-                    seen.contains(&(r as u32)),
-                    "[{}] no case for {}",
-                    hook.as_str(),
-                    r.name()
-                );
-            }
+            seen.assert_covers(hook, covered_by("verdicts_sg"));
         }
     });
 }

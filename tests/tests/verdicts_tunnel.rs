@@ -31,7 +31,8 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
-use tests::framework::{netns::Netns, process::unique_prefix};
+use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
+use tests::verdict::{Coverage, covered_by, moved, names};
 use tests::{frames::*, framework::test_run::Datapath};
 
 const NET: u32 = 42;
@@ -482,16 +483,6 @@ fn slot(w: Want) -> usize {
     stat_index(Direction::FromTunnel, s) as usize
 }
 
-fn moved(before: &[u64], after: &[u64]) -> Vec<(usize, u64)> {
-    before
-        .iter()
-        .zip(after)
-        .enumerate()
-        .filter(|(_, (b, a))| a != b)
-        .map(|(i, (b, a))| (i, a - b))
-        .collect()
-}
-
 /// Every row through the real device: exactly its counter moves by one, and it reaches
 /// B's tap exactly when it passes.
 #[test]
@@ -502,7 +493,7 @@ fn tunnel_admission_table() {
         seed(&mut dp, &n);
         dp.attach_from_tunnel("vx");
         let mut failures = Vec::new();
-        let mut covered = std::collections::BTreeSet::new();
+        let mut covered = Coverage::new();
         for r in rows() {
             let before = dp.stats();
             let tx = n.tx_packets();
@@ -524,18 +515,17 @@ fn tunnel_admission_table() {
             if got != want || sent != delivered {
                 failures.push(format!(
                     "{}: want {:?} (delivered {delivered}); counters moved {:?}, delivered {sent}",
-                    r.name, r.want, got
+                    r.name,
+                    r.want,
+                    names(&got)
                 ));
             }
-            covered.insert(slot(r.want));
+            covered.record(match r.want {
+                Want::Drop(d) => Stat::Drop(d),
+                Want::Pass(p) => Stat::Pass(p),
+            });
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-        for r in [DropReason::TunnelUnknownPeer, DropReason::TunnelSrcMac] {
-            assert!(
-                covered.contains(&slot(Want::Drop(r))),
-                "no row for {}",
-                r.name()
-            );
-        }
+        covered.assert_covers(Hook::Tc, covered_by("verdicts_tunnel"));
     });
 }
