@@ -4,13 +4,14 @@
 //! - [`framework`]: guards and runners every suite builds on (namespaces, bpffs, the one
 //!   [`framework::etcd::Etcd`], agent and Python helper processes, BPF_PROG_TEST_RUN).
 //! - [`harness`]: the simulated cloud (underlay, hypervisors with agents, VMs, captures).
-//! - the rest: pieces several scenario files share (frames, guests, VRRP holders).
+//! - [`fixtures`]: addresses, frame builders, map seeding and the vmctl topology the
+//!   scenario files share; [`verdict`]: the one runner of the verdict tables.
+//! - the rest: guests (a real kernel under qemu) and VRRP holders (keepalived).
 
-pub mod frames;
+pub mod fixtures;
 pub mod framework;
 pub mod guest;
 pub mod guest_kernel;
 pub mod harness;
 pub mod verdict;
-pub mod vmctl_topo;
 pub mod vrrp;

@@ -23,6 +23,7 @@
 
 use std::time::{Duration, Instant};
 
+use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
 use tests::framework::{
     hook::Hook,
     http::metric,
@@ -300,28 +301,6 @@ impl Topo {
                 cap.summary()
             );
         }
-    }
-}
-
-/// A payload no other frame carries.
-fn unique(tag: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
-}
-
-fn mac_bytes(mac: &str) -> Vec<u8> {
-    mac.split(':')
-        .map(|x| u8::from_str_radix(x, 16).expect("mac"))
-        .collect()
-}
-
-fn ip_bytes(ip: &str) -> Vec<u8> {
-    match ip.parse::<std::net::IpAddr>().expect("ip") {
-        std::net::IpAddr::V4(a) => a.octets().to_vec(),
-        std::net::IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 

@@ -519,7 +519,7 @@ fn detection_probe_expiry() {
     assert_eq!(t.active(), None, "nothing re-claimed the VIP");
 }
 
-/// ATTACKS rows 4 and 4b: a GARP for the VIP from a port that does not list it is dropped
+/// docs/THREATS.md rows 4 and 4b: a GARP for the VIP from a port that does not list it is dropped
 /// (`arp_spoof`) and moves nothing; one from a port that lists it moves the VIP; a quick
 /// move back is dampened.
 fn detection_rogue_and_listed_garps() {

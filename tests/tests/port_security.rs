@@ -14,23 +14,23 @@
 //! datapath and never reach the peer; those for unknown addresses are flooded.
 //!
 //! Security groups are on (the agent's default) and every port with port security is in
-//! `allow-all` (tests::vmctl_topo::ALLOW_ALL): the legitimate frames here include sources no group
+//! `allow-all` (tests::fixtures::vmctl_topo::ALLOW_ALL): the legitimate frames here include sources no group
 //! would list (link-locals, 0.0.0.0, a port without port security), and the verdicts
 //! asserted are port security's. security_groups.rs tests the groups themselves.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tests::fixtures::vmctl_topo::{
+    A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
+    link_local, probe, wait_counted,
+};
 use tests::framework::{
     hook::Hook,
     http::metric_sum,
     process::{dfctl_bin, wait_for, wait_until},
 };
 use tests::harness::ping;
-use tests::vmctl_topo::{
-    A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
-    link_local, probe, wait_counted,
-};
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -667,7 +667,7 @@ fn legit_and_attacks(hook: Hook) {
     vm_b.exec("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1");
     wait_quiet(hv);
 
-    let mut to_check: Vec<(&Case, tests::vmctl_topo::Sent)> = Vec::new();
+    let mut to_check: Vec<(&Case, tests::fixtures::vmctl_topo::Sent)> = Vec::new();
     for c in CASES {
         let args: Value = serde_json::from_str(c.args).expect("case args");
         // A tag in skb metadata, as a VLAN subinterface with tx-vlan offload makes it:

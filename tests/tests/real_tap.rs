@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use tests::fixtures::vmctl_topo::{A, B, Topo, counters, wait_counted};
 use tests::framework::{hook::Hook, process::run, python::python_command};
-use tests::vmctl_topo::{A, B, Topo, counters, wait_counted};
 
 const TAP: &str = "taprt";
 const MAC: &str = "fa:16:3e:00:00:0f";
@@ -51,12 +51,12 @@ fn real_tap(hook: Hook) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "no flood copy into the unopened tap was counted as dest_refused: {}",
-            tests::vmctl_topo::diff(&before, &counters(hv))
+            tests::fixtures::vmctl_topo::diff(&before, &counters(hv))
         );
     }
     assert_eq!(
-        tests::vmctl_topo::sum(&counters(hv), "drop", &["redirect_failed"]),
-        tests::vmctl_topo::sum(&before, "drop", &["redirect_failed"]),
+        tests::fixtures::vmctl_topo::sum(&counters(hv), "drop", &["redirect_failed"]),
+        tests::fixtures::vmctl_topo::sum(&before, "drop", &["redirect_failed"]),
         "a copy into the unopened tap counted as redirect_failed"
     );
 
@@ -126,7 +126,7 @@ fn real_tap(hook: Hook) {
     eprintln!(
         "[{}] counters: {}",
         hook.as_str(),
-        tests::vmctl_topo::diff(&before, &now)
+        tests::fixtures::vmctl_topo::diff(&before, &now)
     );
 }
 

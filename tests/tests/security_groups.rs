@@ -11,7 +11,7 @@
 //!   hv2 (198.18.0.11)        `hv: 1`
 //! ```
 //!
-//! Where a verdict is judged (DESIGN, the security-group contract): egress at the
+//! Where a verdict is judged (README.md, "Security groups"): egress at the
 //! sender's port (counted `from_vm` on the sender's chassis), ingress at the receiver's
 //! port (counted `to_vm` on the receiver's chassis), both after port security. A denial is
 //! asserted twice: `sg_denied` grows in that direction on that chassis (and not in the
@@ -24,10 +24,11 @@
 
 use std::{
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
+use tests::fixtures::addresses::unique;
 use tests::framework::{
     hook::Hook,
     http::metric,
@@ -124,15 +125,6 @@ const IP6S: [&str; 8] = [
     "2001:db8::16",
     "2001:db8::17",
 ];
-
-/// A payload no other packet carries.
-fn unique(tag: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
-}
 
 fn fam(v6: bool) -> &'static str {
     if v6 { "IPv6" } else { "IPv4" }

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use tests::fixtures::addresses::unique;
 use tests::framework::{
     hook::Hook,
     http::metric,
@@ -159,14 +160,6 @@ fn rogue_host(cloud: &Cloud) -> Netns {
         ping(&ns, &hv1, 1)
     });
     ns
-}
-
-fn unique(tag: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
 }
 
 /// a1's neighbour entry for `ip`, as `ip neigh` prints it.

@@ -25,13 +25,14 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
+use tests::fixtures::addresses::pad4;
 use tests::framework::{
     hook::Hook,
     netns::{EnterNetns, send_raw},
 };
 use tests::verdict::{self, Coverage, covered_elsewhere};
 use tests::{
-    frames::*,
+    fixtures::frames::*,
     framework::test_run::{
         Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action,
     },
@@ -200,12 +201,6 @@ fn v6_icmp(mac: [u8; 6], src: [u8; 16], dst: [u8; 16], hop: u8, msg: &[u8]) -> V
 fn garp4(op: u16, mac: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let tha = if op == 1 { [0; 6] } else { BROADCAST };
     eth(BROADCAST, mac, ETH_P_ARP, &arp(op, mac, spa, tha, tpa))
-}
-
-fn pad4(a: [u8; 4]) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&a);
-    b
 }
 
 fn cases() -> Vec<Case> {

@@ -25,17 +25,18 @@ use std::{
 
 use aya::{maps::ProgramArray, programs::SchedClassifier};
 use dragonflow_common::{
-    addr::{ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
+    addr::{ADDR_F_AAP, AddrKey, FAMILY_V4},
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
         FloodDest, FloodList, GROUP_M_F_FIRST, Group, GroupKey, GroupMember, L2_F_SHARED_IP,
         L2Dest, L2Key, NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED,
-        NeighKey, NeighValue, RouteDest, RouteKey, TUN_F_PORT,
+        NeighValue, RouteDest, RouteKey, TUN_F_PORT,
     },
     maps::{self as names, PROG_AAP_GROUP, progs},
-    port::{PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, PassPath, Stat},
 };
+use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
+use tests::fixtures::seeding::SecuredPort;
 use tests::framework::{
     hook::Hook,
     netns::Netns,
@@ -43,7 +44,7 @@ use tests::framework::{
 };
 use tests::verdict::{self, Coverage, slot};
 use tests::{
-    frames::*,
+    fixtures::frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, actions},
 };
 
@@ -107,28 +108,6 @@ const fn v6(host: u16) -> [u8; 16] {
     [
         0x20, 0x01, 0x0d, 0xb8, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, h, l,
     ]
-}
-
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-fn neigh4(net_id: u32, ip: [u8; 4]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        ip: pad4(ip),
-    }
-}
-
-fn neigh6(net_id: u32, ip: [u8; 16]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V6,
-        _pad: [0; 3],
-        ip,
-    }
 }
 
 /// The devices copies go to, in a namespace: `tap1`, `tap2` (local holders) and `vx`
@@ -323,29 +302,16 @@ fn seed(dp: &mut Datapath, d: &Devices) {
         flags: CFG_F_FORWARDING,
         policy_gen: 0,
     });
-    dp.add_port(
-        IF,
-        PortConfig {
-            net_id: NET_A,
-            flags: PORT_F_PORT_SECURITY,
-            mac: VM_MAC,
-            mtu: 1500,
-        },
-    );
-    dp.add_addr_net(AddrKey::v4(IF, VM_MAC, VM4), ADDR_F_FIXED, NET_A);
+    SecuredPort {
+        ifindex: IF,
+        net_id: NET_A,
+        mac: VM_MAC,
+        ip4: &[VM4],
+        ip6: &[VM6],
+    }
+    .seed(dp);
     // The sender may announce VIP4 (a holder announcing itself; port security allows it).
     dp.add_addr_net(AddrKey::v4(IF, VM_MAC, VIP4), ADDR_F_AAP, NET_A);
-    dp.add_addr_net(AddrKey::v6(IF, VM_MAC, VM6), ADDR_F_FIXED, NET_A);
-    dp.add_addr_net(
-        AddrKey::v6(
-            IF,
-            VM_MAC,
-            dragonflow_common::addr::link_local_from_mac(VM_MAC),
-        ),
-        ADDR_F_LINK_LOCAL,
-        NET_A,
-    );
-    dp.add_mac(MacKey::new(IF, VM_MAC));
     // The sender's tap too: XDP answers ARP/NS (XDP_TX) only out of taps it can deliver
     // to, those in the devmap (a tun device in production).
     dp.add_devmap(IF);
@@ -941,10 +907,6 @@ fn check_on(
             s.dev
         );
     }
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

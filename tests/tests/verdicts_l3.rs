@@ -12,18 +12,19 @@
 //! the kernel does on a tap with both attached: the outcome of the XDP deployment.
 
 use dragonflow_common::{
-    addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
+    addr::{FAMILY_V4, FAMILY_V6},
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, DEST_ROUTER, L2Dest, L2Key, NEIGH_F_FIXED,
-        NEIGH_F_ROUTER, NeighKey, NeighValue, RouteDest, RouteKey,
+        NEIGH_F_ROUTER, NeighValue, RouteDest, RouteKey,
     },
-    port::{PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, PassPath, Stat},
 };
+use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
+use tests::fixtures::seeding::SecuredPort;
 use tests::framework::hook::Hook;
 use tests::verdict::{self, Coverage, covered_by};
 use tests::{
-    frames::*,
+    fixtures::frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, actions},
 };
 
@@ -68,28 +69,6 @@ const fn v6(net: u8, host: u8) -> [u8; 16] {
     ]
 }
 
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-fn neigh4(net_id: u32, ip: [u8; 4]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        ip: pad4(ip),
-    }
-}
-
-fn neigh6(net_id: u32, ip: [u8; 16]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V6,
-        _pad: [0; 3],
-        ip,
-    }
-}
-
 fn route_key(family: u8, ip: [u8; 16]) -> RouteKey {
     RouteKey {
         router_id: ROUTER,
@@ -114,27 +93,14 @@ fn seed(dp: &mut Datapath) {
     // XDP answers ARP/NS (XDP_TX) only out of taps it can deliver to, those in the devmap
     // (a tun device in production); `responder_needs_xdp_target` covers the others.
     dp.add_devmap(IF);
-    dp.add_port(
-        IF,
-        PortConfig {
-            net_id: NET_A,
-            flags: PORT_F_PORT_SECURITY,
-            mac: VM_MAC,
-            mtu: 1500,
-        },
-    );
-    dp.add_addr_net(AddrKey::v4(IF, VM_MAC, VM4), ADDR_F_FIXED, NET_A);
-    dp.add_addr_net(AddrKey::v6(IF, VM_MAC, VM6), ADDR_F_FIXED, NET_A);
-    dp.add_addr_net(
-        AddrKey::v6(
-            IF,
-            VM_MAC,
-            dragonflow_common::addr::link_local_from_mac(VM_MAC),
-        ),
-        ADDR_F_LINK_LOCAL,
-        NET_A,
-    );
-    dp.add_mac(MacKey::new(IF, VM_MAC));
+    SecuredPort {
+        ifindex: IF,
+        net_id: NET_A,
+        mac: VM_MAC,
+        ip4: &[VM4],
+        ip6: &[VM6],
+    }
+    .seed(dp);
 
     let fixed = |mac| NeighValue {
         mac,
@@ -814,10 +780,6 @@ fn check(dp: &mut Datapath, hook: Hook, c: &Case) {
     if c.out.is_some() {
         verify_checksums(&ctx, &out);
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Independent checksum verification of a rewritten frame: the IPv4 header sum, the

@@ -17,20 +17,21 @@
 use std::collections::BTreeSet;
 
 use dragonflow_common::{
-    addr::{ADDR_F_FIXED, AddrKey, FAMILY_V4, MacKey},
+    addr::FAMILY_V4,
     fwd::{
         CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, FloodList, NEIGH_F_FIXED, NeighKey,
         NeighValue,
     },
     limits::{CtFreed, Limits, flood_params},
-    port::{PORT_F_PORT_SECURITY, PortConfig},
     sg::{CT_F_COUNTED, CT_ORIGIN_EGRESS, DIR_EGRESS, IDENT_ANY_V4},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
+use tests::fixtures::addresses::pad4;
+use tests::fixtures::seeding::SecuredPort;
 use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
 use tests::verdict::{self, Coverage};
 use tests::{
-    frames::*,
+    fixtures::frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
 };
 
@@ -52,10 +53,6 @@ const REMOTE4: [u8; 4] = [203, 0, 113, 7];
 const BURST: u32 = 3;
 const RATE: u32 = 1;
 const QUOTA: u32 = 3;
-
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
 
 struct Net {
     ns: Netns,
@@ -86,17 +83,14 @@ fn seed(dp: &mut Datapath, n: &Net, flags: u32, limits: Limits) {
     });
     dp.set_limits(limits);
     for (ifindex, mac, ip) in [(LO_IFINDEX, A_MAC, A4), (n.tapb, B_MAC, B4)] {
-        dp.add_port(
+        SecuredPort {
             ifindex,
-            PortConfig {
-                net_id: NET,
-                flags: PORT_F_PORT_SECURITY,
-                mac,
-                mtu: 1500,
-            },
-        );
-        dp.add_addr_net(AddrKey::v4(ifindex, mac, ip), ADDR_F_FIXED, NET);
-        dp.add_mac(MacKey::new(ifindex, mac));
+            net_id: NET,
+            mac,
+            ip4: &[ip],
+            ip6: &[],
+        }
+        .seed(dp);
         // As the agent does for a tun tap: XDP answers ARP out of taps in its devmap only.
         dp.add_devmap(ifindex);
     }

@@ -25,7 +25,7 @@ use std::{
 };
 
 use dragonflow_common::{
-    addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
+    addr::{FAMILY_V4, FAMILY_V6},
     fwd::{
         CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, DEST_LOCAL, DEST_REMOTE, L2Dest,
         L2Key, TUN_F_PORT, TUN_F_UNSECURED,
@@ -39,6 +39,8 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
+use tests::fixtures::addresses::pad4;
+use tests::fixtures::seeding::SecuredPort;
 use tests::framework::{
     hook::Hook,
     netns::Netns,
@@ -46,7 +48,7 @@ use tests::framework::{
 };
 use tests::verdict::{Coverage, covered_by, moved, names, slot};
 use tests::{
-    frames::*,
+    fixtures::frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
 };
 
@@ -88,10 +90,6 @@ const fn v6(host: u8) -> [u8; 16] {
     [
         0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
     ]
-}
-
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// The namespace and its devices (see the module docs).
@@ -157,27 +155,14 @@ fn seed(dp: &mut Datapath, n: &Net) {
     dp.clear();
     set_config(dp, n, CFG_F_FORWARDING | CFG_F_SECURITY_GROUPS, 1);
     for (ifindex, mac, ip4, ip6) in [(LO_IFINDEX, A_MAC, A4, A6), (n.tapb, B_MAC, B4, B6)] {
-        dp.add_port(
+        SecuredPort {
             ifindex,
-            PortConfig {
-                net_id: NET,
-                flags: PORT_F_PORT_SECURITY,
-                mac,
-                mtu: 1500,
-            },
-        );
-        dp.add_addr_net(AddrKey::v4(ifindex, mac, ip4), ADDR_F_FIXED, NET);
-        dp.add_addr_net(AddrKey::v6(ifindex, mac, ip6), ADDR_F_FIXED, NET);
-        dp.add_addr_net(
-            AddrKey::v6(
-                ifindex,
-                mac,
-                dragonflow_common::addr::link_local_from_mac(mac),
-            ),
-            ADDR_F_LINK_LOCAL,
-            NET,
-        );
-        dp.add_mac(MacKey::new(ifindex, mac));
+            net_id: NET,
+            mac,
+            ip4: &[ip4],
+            ip6: &[ip6],
+        }
+        .seed(dp);
         dp.add_l2(
             L2Key::new(NET, mac),
             L2Dest {
@@ -735,7 +720,8 @@ fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     );
 }
 
-/// Denials in each direction, untracked TCP, unsolicited replies, port ranges (ATTACKS 14).
+/// Denials in each direction, untracked TCP, unsolicited replies, port ranges (docs/THREATS.md row
+/// 14).
 fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "denials";
@@ -801,8 +787,8 @@ fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     );
 }
 
-/// Ping both ways (the reply passes; a request back with the same id does not: ATTACKS
-/// 14), and an echo reply nobody asked for.
+/// Ping both ways (the reply passes; a request back with the same id does not: docs/THREATS.md
+/// row 14), and an echo reply nobody asked for.
 fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "ICMP echo";
@@ -1245,7 +1231,7 @@ fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     dp.clear_sg();
 }
 
-/// Fragments (ATTACKS 10): a later fragment needs its first; tiny first fragments and
+/// Fragments (docs/THREATS.md row 10): a later fragment needs its first; tiny first fragments and
 /// overlapping later ones are dropped; a well-formed datagram passes (IPv4 and IPv6).
 fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);

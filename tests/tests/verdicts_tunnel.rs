@@ -33,7 +33,7 @@ use dragonflow_common::{
 };
 use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
 use tests::verdict::{Coverage, covered_by, moved, names};
-use tests::{frames::*, framework::test_run::Datapath};
+use tests::{fixtures::frames::*, framework::test_run::Datapath};
 
 const NET: u32 = 42;
 const OTHER_NET: u32 = 43;

@@ -29,7 +29,7 @@ use dragonflow_common::{
 };
 use tests::framework::hook::Hook;
 use tests::{
-    frames::*,
+    fixtures::frames::*,
     framework::test_run::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
 };
 
