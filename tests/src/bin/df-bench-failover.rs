@@ -110,7 +110,8 @@ impl BridgeBed {
 
 enum Bed {
     Bridge(BridgeBed),
-    Cloud(Cloud),
+    // Boxed: a whole cloud (hypervisors, VMs, etcd members) is much larger than the bridge.
+    Cloud(Box<Cloud>),
 }
 
 impl Bed {
@@ -285,8 +286,8 @@ fn run_setup(setup: Setup, failovers: usize) -> Vec<Sample> {
     eprintln!("== {}", setup.name());
     let bed = match setup {
         Setup::Bridge => Bed::Bridge(BridgeBed::new()),
-        Setup::Broadcast => Bed::Cloud(vip_cloud("broadcast", true, &[])),
-        Setup::Detection => Bed::Cloud(vip_cloud("detection", true, &[])),
+        Setup::Broadcast => Bed::Cloud(Box::new(vip_cloud("broadcast", true, &[]))),
+        Setup::Detection => Bed::Cloud(Box::new(vip_cloud("detection", true, &[]))),
     };
     let conf = |me: &VmDef, peer: &VmDef, prio: u8| VrrpConf {
         nopreempt: true,
