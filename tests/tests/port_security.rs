@@ -25,6 +25,7 @@ use tests::fixtures::vmctl_topo::{
     A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
     link_local, probe, wait_counted,
 };
+use tests::framework::process::poll_until;
 use tests::framework::{
     hook::Hook,
     http::metric_sum,
@@ -568,20 +569,6 @@ const NO_LEARNING: Case = case(
     Drop(&["unknown_unicast"]),
 );
 
-/// Polls `f` until true or `timeout`.
-fn wait_for_bool(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until no from-VM counter moves for 300 ms (the VMs' kernels have gone quiet).
 fn wait_quiet(hv: &tests::harness::Hypervisor) {
     let mut last = counters(hv);
@@ -741,8 +728,7 @@ fn legit_and_attacks(hook: Hook) {
                 } else {
                     B.ip6
                 };
-                let answered =
-                    wait_for_bool(Duration::from_secs(3), || a.got_neigh_answer(ip, B.mac));
+                let answered = poll_until(Duration::from_secs(3), || a.got_neigh_answer(ip, B.mac));
                 if !answered {
                     failures.push(format!(
                         "{} [{}]: VM a never got an answer saying {ip} is at {}",
@@ -792,7 +778,7 @@ fn legit_and_attacks(hook: Hook) {
             // A flood copy takes another path than the unicast fence: poll a little.
             Pass(..)
                 if !checked.iter().all(|v| *v)
-                    && !wait_for_bool(Duration::from_secs(2), || {
+                    && !poll_until(Duration::from_secs(2), || {
                         b.seen(&s.sigs)
                             .iter()
                             .zip(&s.sigs)

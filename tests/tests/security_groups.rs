@@ -29,6 +29,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tests::fixtures::addresses::unique;
+use tests::framework::process::poll_until;
 use tests::framework::{
     hook::Hook,
     http::metric,
@@ -330,7 +331,7 @@ impl Sg {
     #[track_caller]
     fn wait_udp(&self, from: &VmDef, to: &VmDef) {
         for v6 in [false, true] {
-            let ok = poll(READY, || self.ctl(from).udp_echoed(to.ip(v6), None));
+            let ok = poll_until(READY, || self.ctl(from).udp_echoed(to.ip(v6), None));
             assert!(
                 ok,
                 "{} never got a UDP echo from {} ({}) within {READY:?}; counters:\n{}",
@@ -383,20 +384,6 @@ impl Sg {
             "{what}: also counted as sg_denied {other_dir} on {} (should be judged {dir} only)",
             other_hv.name
         );
-    }
-}
-
-/// Polls `f` every 50 ms until true or `timeout`.
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -529,7 +516,7 @@ fn allow_deny(hook: Hook) {
     for sv in [&SV1, &SV2] {
         for v6 in [false, true] {
             assert!(
-                poll(APPLY, || mu.udp_echoed(sv.ip(v6), None)),
+                poll_until(APPLY, || mu.udp_echoed(sv.ip(v6), None)),
                 "{}: mute → {} UDP still denied {APPLY:?} after its egress rule was added",
                 fam(v6),
                 sv.name
@@ -569,7 +556,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
             let d = t.ctl(dst);
             let hv = t.hv(dst);
             // The rule is in place once a connection opens.
-            let connected = poll(APPLY, || {
+            let connected = poll_until(APPLY, || {
                 src.tcp(dst.ip(v6), TCP_STREAM, None, 0.5)["connected"] == json!(true)
             });
             assert!(
@@ -580,7 +567,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
             src.call(json!({"op": "stream_start", "dst": dst.ip(v6), "port": TCP_STREAM}));
             let b0 = d.stream_bytes();
             assert!(
-                poll(READY, || d.stream_bytes() > b0 + (8 << 20)),
+                poll_until(READY, || d.stream_bytes() > b0 + (8 << 20)),
                 "{f}: the stream src → {} does not flow",
                 dst.name
             );
@@ -623,7 +610,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
             let id = t.rule_add(&rule);
             let b1 = d.stream_bytes();
             assert!(
-                poll(Duration::from_secs(20), || d.stream_bytes()
+                poll_until(Duration::from_secs(20), || d.stream_bytes()
                     > b1 + (1 << 20)),
                 "{f}: the stream src → {} did not resume after the rule was added back",
                 dst.name
@@ -725,7 +712,7 @@ fn remote_group_membership(hook: Hook) {
         let tag = unique("cidr");
         web.udp(db.ip4, Some("203.0.113.5"), &tag, 0, 0.0);
         assert!(
-            poll(COUNT, || !d.udp_got(&tag).is_empty()),
+            poll_until(COUNT, || !d.udp_got(&tag).is_empty()),
             "UDP web → {} from 203.0.113.5 (inside its AAP 203.0.113.0/28) never arrived; counters:\n{}",
             db.name,
             t.counters()
@@ -739,7 +726,7 @@ fn remote_group_membership(hook: Hook) {
     for db in [&DB1, &DB2] {
         for v6 in [false, true] {
             assert!(
-                poll(APPLY, || out.udp_echoed(db.ip(v6), None)),
+                poll_until(APPLY, || out.udp_echoed(db.ip(v6), None)),
                 "{}: out → {} still denied {APPLY:?} after out joined web; counters:\n{}",
                 fam(v6),
                 db.name,
@@ -763,7 +750,7 @@ fn remote_group_membership(hook: Hook) {
     for db in [&DB1, &DB2] {
         for v6 in [false, true] {
             assert!(
-                poll(APPLY, || !out.udp_echoed(db.ip(v6), None)),
+                poll_until(APPLY, || !out.udp_echoed(db.ip(v6), None)),
                 "{}: out → {} still allowed {APPLY:?} after out left web",
                 fam(v6),
                 db.name
@@ -781,7 +768,7 @@ fn remote_group_membership(hook: Hook) {
     t.vm(&WEB).exec("ip addr add 192.0.2.102/32 dev eth0");
     for db in [&DB1, &DB2] {
         assert!(
-            poll(APPLY, || web.udp_echoed(db.ip4, Some("192.0.2.102"))),
+            poll_until(APPLY, || web.udp_echoed(db.ip4, Some("192.0.2.102"))),
             "web → {} from the AAP 192.0.2.102 added live: never allowed",
             db.name
         );
@@ -1191,7 +1178,7 @@ fn fragments(hook: Hook) {
                         0x7100 + i as u32 + if v6 { 16 } else { 0 },
                     );
                     let start = Instant::now();
-                    let counted = poll(COUNT, || {
+                    let counted = poll_until(COUNT, || {
                         reasons
                             .iter()
                             .zip(&before)

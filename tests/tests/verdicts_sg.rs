@@ -125,13 +125,7 @@ impl Net {
     }
 
     fn tx_packets(&self, dev: &str) -> u64 {
-        let out = self
-            .ns
-            .exec(&format!("cat /sys/class/net/{dev}/statistics/tx_packets"));
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("tx_packets of {dev}: {e}"))
+        self.ns.tx_packets(dev)
     }
 }
 

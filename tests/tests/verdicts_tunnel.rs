@@ -95,13 +95,7 @@ impl Net {
     }
 
     fn tx_packets(&self) -> u64 {
-        let out = self
-            .ns
-            .exec("cat /sys/class/net/tapb/statistics/tx_packets");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("tx_packets of tapb: {e}"))
+        self.ns.tx_packets("tapb")
     }
 }
 

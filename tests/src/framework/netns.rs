@@ -63,6 +63,17 @@ impl Netns {
             .expect("ifindex")
     }
 
+    /// Packets a link in this namespace has transmitted (its `tx_packets` statistic).
+    pub fn tx_packets(&self, ifname: &str) -> u64 {
+        let out = self.exec(&format!(
+            "cat /sys/class/net/{ifname}/statistics/tx_packets"
+        ));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("tx_packets of {ifname}: {e}"))
+    }
+
     /// Runs `f` on a thread that has entered this namespace (setns only moves the calling
     /// thread), e.g. to open a TCP connection to a process listening inside it.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

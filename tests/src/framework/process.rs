@@ -76,6 +76,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     wait_for(what, timeout, || f().then_some(()))
 }
 
+/// Polls `f` until it holds (true) or `timeout` passed (false): for conditions a test
+/// asserts itself, with its own message.
+pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The directory holding the workspace's binaries for the profile the tests run under
 /// (`target/debug` for `cargo test`), built once per test process.
 pub fn bin_dir() -> &'static Path {
