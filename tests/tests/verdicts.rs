@@ -1707,9 +1707,7 @@ impl FwdNet {
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
         for d in ["fwd1", "fwd2", "fwdvx"] {
-            ns.exec(&format!("ip link add {d} type veth peer name {d}p"));
-            ns.exec(&format!("ip link set {d} up"));
-            ns.exec(&format!("ip link set {d}p up"));
+            ns.add_veth_pair(d);
         }
         ns.exec("ip tuntap add dev fwdt mode tap");
         ns.exec("ip link set fwdt up");

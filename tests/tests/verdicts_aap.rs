@@ -127,9 +127,7 @@ impl Devices {
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
         for d in DEVS {
-            ns.exec(&format!("ip link add {d} type veth peer name {d}p"));
-            ns.exec(&format!("ip link set {d} up"));
-            ns.exec(&format!("ip link set {d}p up"));
+            ns.add_veth_pair(d);
         }
         Devices {
             tap1: ns.ifindex("aap1"),

@@ -62,9 +62,7 @@ struct Net {
 impl Net {
     fn new() -> Self {
         let ns = Netns::new(&format!("{}-lim", unique_prefix()));
-        ns.exec("ip link add tapb type veth peer name tapbp");
-        ns.exec("ip link set tapb up");
-        ns.exec("ip link set tapbp up");
+        ns.add_veth_pair("tapb");
         Net {
             tapb: ns.ifindex("tapb"),
             ns,

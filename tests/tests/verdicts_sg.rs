@@ -106,12 +106,8 @@ impl Net {
         let ns = Netns::new(&format!("{}-sg", unique_prefix()));
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
-        ns.exec("ip link add tapb type veth peer name tapbp");
-        ns.exec("ip link set tapb up");
-        ns.exec("ip link set tapbp up");
-        ns.exec("ip link add tapc type veth peer name tapcp");
-        ns.exec("ip link set tapc up");
-        ns.exec("ip link set tapcp up");
+        ns.add_veth_pair("tapb");
+        ns.add_veth_pair("tapc");
         // REMOTE_CHASSIS's underlay address, the outer source of `from_chassis`.
         ns.exec("ip addr add 198.18.0.2/32 dev lo");
         ns.exec("ip link add vx type vxlan external dstport 4789");

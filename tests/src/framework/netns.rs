@@ -63,6 +63,15 @@ impl Netns {
             .expect("ifindex")
     }
 
+    /// A veth pair `name` / `<name>p`, both ends in this namespace and up: what a program
+    /// sends into `name` arrives on `<name>p` (and is counted in `name`'s `tx_packets`).
+    /// Removed with the namespace.
+    pub fn add_veth_pair(&self, name: &str) {
+        self.exec(&format!("ip link add {name} type veth peer name {name}p"));
+        self.exec(&format!("ip link set {name} up"));
+        self.exec(&format!("ip link set {name}p up"));
+    }
+
     /// Packets a link in this namespace has transmitted (its `tx_packets` statistic).
     pub fn tx_packets(&self, ifname: &str) -> u64 {
         let out = self.exec(&format!(
