@@ -18,395 +18,21 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{
-        OnceLock,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-/// Debian's python3 (it has python3-scapy); the PATH one may be a pyenv without scapy.
-pub const PYTHON: &str = "/usr/bin/python3";
-
-/// The underlay address etcd listens on inside the underlay namespace.
-pub const ETCD_IP: &str = "198.18.0.1";
-pub const ETCD_PORT: u16 = 2379;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A short unique prefix for one test's objects: `dft<pid%10000><seq>`.
-pub fn unique_prefix() -> String {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("dft{}{}", std::process::id() % 10_000, n)
-}
-
-/// Runs a command, panicking with its output when it fails.
-#[track_caller]
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-/// Runs `sh`-free argv given as one string split on whitespace (no quoting needed here).
-#[track_caller]
-pub fn cmd(line: &str) -> Output {
-    let mut it = line.split_whitespace();
-    let mut c = Command::new(it.next().expect("empty command"));
-    c.args(it);
-    run(&mut c)
-}
-
-/// Like [`cmd`] but returns the output whatever the exit status.
-pub fn try_cmd(line: &str) -> Output {
-    let mut it = line.split_whitespace();
-    let mut c = Command::new(it.next().expect("empty command"));
-    c.args(it);
-    c.output().unwrap_or_else(|e| panic!("spawn {line}: {e}"))
-}
-
-/// Polls `f` until it returns `Some`, or panics after `timeout` with `what` and the last
-/// value seen. Readiness is always polled, never slept for.
-#[track_caller]
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Same as [`wait_for`] for a condition.
-#[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    wait_for(what, timeout, || f().then_some(()))
-}
-
-/// The directory holding the workspace's binaries for the profile the tests run under
-/// (`target/debug` for `cargo test`), built once per test process.
-pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // Tests run as target/<profile>/deps/<test>-<hash>, binaries (demo, benches) as
-        // target/<profile>/<bin>.
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut dir = exe.parent().expect("exe dir").to_path_buf();
-        if dir.file_name().is_some_and(|n| n == "deps") {
-            dir.pop();
-        }
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        // `cargo test -p tests` does not build the agent's binaries; make sure they are
-        // current (a no-op when they are).
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["build", "--quiet", "-p", "dragonflow-agent", "--bins"]);
-        if release {
-            c.arg("--release");
-        }
-        c.current_dir(env!("CARGO_MANIFEST_DIR"));
-        run(&mut c);
-        dir
-    })
-}
-
-pub fn agent_bin() -> PathBuf {
-    bin_dir().join("dragonflow-agent")
-}
-
-pub fn dfctl_bin() -> PathBuf {
-    bin_dir().join("dfctl")
-}
-
-/// Path of a helper script in `tests/scripts/`.
-pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-}
-
-/// A network namespace, deleted (with every process still in it) on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: &str) -> Self {
-        cmd(&format!("ip netns add {name}"));
-        let ns = Netns {
-            name: name.to_string(),
-        };
-        ns.exec("ip link set lo up");
-        ns
-    }
-
-    /// `ip netns exec <ns> <argv>`.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-
-    /// Runs a whitespace-separated command line in the namespace; panics on failure.
-    #[track_caller]
-    pub fn exec(&self, line: &str) -> Output {
-        let mut it = line.split_whitespace();
-        let mut c = self.command(it.next().expect("empty command"));
-        c.args(it);
-        run(&mut c)
-    }
-
-    /// Runs a command line in the namespace and returns its output whatever the status.
-    pub fn try_exec(&self, line: &str) -> Output {
-        let mut it = line.split_whitespace();
-        let mut c = self.command(it.next().expect("empty command"));
-        c.args(it);
-        c.output()
-            .unwrap_or_else(|e| panic!("spawn {line} in {}: {e}", self.name))
-    }
-
-    /// ifindex of a link in this namespace.
-    pub fn ifindex(&self, ifname: &str) -> u32 {
-        let out = self.exec(&format!("cat /sys/class/net/{ifname}/ifindex"));
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("ifindex")
-    }
-
-    /// Runs `f` on a thread that has entered this namespace (setns only moves the calling
-    /// thread), e.g. to open a TCP connection to a process listening inside it.
-    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        thread::scope(|s| {
-            s.spawn(|| {
-                let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on a valid netns fd affects only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in netns panicked")
-        })
-    }
-
-    /// HTTP GET from inside the namespace; `None` when nothing answers.
-    pub fn http_get(&self, addr: &str, path: &str) -> Option<(u16, String)> {
-        self.within(|| http_get(addr, path))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Kill whatever still runs inside (agents, etcd, pings) before deleting it.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Minimal HTTP/1.1 GET (the agent's metrics server speaks just enough HTTP).
-pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-/// Values of the Prometheus samples of `name` whose labels include all of `labels`.
-pub fn samples<'a>(
-    text: &'a str,
-    name: &'a str,
-    labels: &'a [(&'a str, &'a str)],
-) -> impl Iterator<Item = f64> + 'a {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(move |l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = match series.split_once('{') {
-                Some((n, r)) => (n, r.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name {
-                return None;
-            }
-            let have: Vec<(&str, &str)> = rest
-                .split(',')
-                .filter(|kv| !kv.is_empty())
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
-                .collect();
-            labels
-                .iter()
-                .all(|want| have.contains(want))
-                .then(|| value.parse().ok())?
-        })
-}
-
-/// Value of the first sample of `name` whose labels include all of `labels`; `None` if
-/// absent.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples(text, name, labels).next()
-}
-
-/// A bpffs instance mounted where `ip netns exec`'d agents can see it (netns exec remounts
-/// /sys, hiding /sys/fs/bpf). Unmounting it releases everything pinned in it.
-pub struct Bpffs {
-    pub path: PathBuf,
-}
-
-impl Bpffs {
-    pub fn new(tag: &str) -> Self {
-        let path = PathBuf::from(format!("/run/dragonflow-test-{tag}"));
-        fs::create_dir_all(&path).expect("mkdir bpffs");
-        cmd(&format!("mount -t bpf bpf {}", path.display()));
-        Bpffs { path }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-        let _ = fs::remove_dir(&self.path);
-    }
-}
-
-/// A real etcd (Debian's etcd-server) in the underlay namespace with a temporary data dir.
-/// `stop`/`start` keep the data dir, to test an etcd outage.
-pub struct Etcd {
-    ns: String,
-    pub dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Etcd {
-    pub fn start_in(ns: &Netns) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-etcd", ns.name));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("etcd dir");
-        let mut e = Etcd {
-            ns: ns.name.clone(),
-            dir,
-            child: None,
-        };
-        e.start();
-        e
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{ETCD_IP}:{ETCD_PORT}")
-    }
-
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "etcd already running");
-        let client = self.endpoint();
-        let peer = format!("http://{ETCD_IP}:{}", ETCD_PORT + 1);
-        let log = fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcd", "--name", "default"])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd (is etcd-server installed? run `cargo xtask setup`)");
-        self.child = Some(child);
-        let ns = Netns {
-            name: self.ns.clone(),
-        };
-        let addr = format!("{ETCD_IP}:{ETCD_PORT}");
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until("etcd /health", Duration::from_secs(20), || {
-                ns.http_get(&addr, "/health")
-                    .is_some_and(|(s, b)| s == 200 && b.contains("true"))
-            })
-        }));
-        std::mem::forget(ns); // not ours to delete
-        if let Err(e) = ok {
-            let log = fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-            eprintln!("etcd log:\n{log}");
-            std::panic::resume_unwind(e);
-        }
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Which program hook the agent attaches to taps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Xdp,
-    Tc,
-}
-
-impl Hook {
-    pub const BOTH: [Hook; 2] = [Hook::Xdp, Hook::Tc];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Hook::Xdp => "xdp",
-            Hook::Tc => "tc",
-        }
-    }
-}
+use crate::framework::{
+    etcd::{ETCD_IP, Etcd},
+    hook::Hook,
+    http::{metric, metric_sum},
+    netns::Netns,
+    pin::Bpffs,
+    process::{agent_bin, cmd, dfctl_bin, unique_prefix},
+};
 
 /// A hypervisor: a namespace joined to the underlay, with br-int and its own bpffs.
 pub struct Hypervisor {
@@ -628,7 +254,7 @@ impl Cloud {
     }
 
     pub fn start_agent(&mut self, hv: usize) {
-        let ep = self.etcd.endpoint();
+        let ep = self.etcd.endpoints();
         self.hvs[hv].start_agent(&ep);
     }
 
@@ -658,7 +284,7 @@ impl Cloud {
     pub fn try_dfctl(&self, args: &str) -> Output {
         self.ul
             .command(dfctl_bin())
-            .args(["--etcd-endpoints", &self.etcd.endpoint()])
+            .args(["--etcd-endpoints", &self.etcd.endpoints()])
             .args(args.split_whitespace())
             .output()
             .expect("spawn dfctl")
@@ -669,14 +295,6 @@ impl Default for Cloud {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Runs a python3 (scapy) helper script from `tests/scripts/` inside a namespace.
-#[track_caller]
-pub fn python(ns: &Netns, script_name: &str, args: &[&str]) -> String {
-    let mut c = ns.command(PYTHON);
-    c.arg(script(script_name)).args(args);
-    String::from_utf8_lossy(&run(&mut c).stdout).into_owned()
 }
 
 /// `ping -c N -W 1 -i 0.05 ip` from a namespace; true when every reply came back.
@@ -706,16 +324,15 @@ impl Cloud {
         self.ul
             .command("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.etcd.endpoint(), "--command-timeout=5s"])
+            .args([
+                "--endpoints",
+                &self.etcd.endpoints(),
+                "--command-timeout=5s",
+            ])
             .args(args)
             .output()
             .expect("spawn etcdctl (is etcd-client installed? run `cargo xtask setup`)")
     }
-}
-
-/// Sum of every sample of `name` whose labels include all of `labels` (0 when none).
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text, name, labels).sum()
 }
 
 // ---- Additions for the forwarding integration tests (issue 3). ----
@@ -1059,7 +676,7 @@ pub fn iperf3(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> Res
 /// and pins the link at `pin` (a bpffs path), so it lives until that bpffs is unmounted or
 /// the device goes away.
 fn xdp_pass_pinned(ifindex: u32, pin: &Path) {
-    use crate::rawbpf;
+    use crate::framework::rawbpf;
     let prog = rawbpf::load(rawbpf::PROG_TYPE_XDP, 0, &rawbpf::ret(2), "dft_xdp_pass");
     let link = rawbpf::link(&prog, ifindex, rawbpf::ATTACH_XDP);
     rawbpf::pin(&link, pin);

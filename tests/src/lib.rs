@@ -1,11 +1,17 @@
 //! Test harness: network namespaces, etcd and agent processes, packet tools, and
 //! BPF_PROG_TEST_RUN. Shared by the integration tests, the demo and the benchmarks.
+//!
+//! - [`framework`]: guards and runners every suite builds on (namespaces, bpffs, the one
+//!   [`framework::etcd::Etcd`], agent and Python helper processes, BPF_PROG_TEST_RUN).
+//! - [`harness`]: the simulated cloud (underlay, hypervisors with agents, VMs, captures).
+//! - [`fixtures`]: addresses, frame builders, map seeding and the vmctl topology the
+//!   scenario files share; [`verdict`]: the one runner of the verdict tables.
+//! - the rest: guests (a real kernel under qemu) and VRRP holders (keepalived).
 
-pub mod etcd_cluster;
-pub mod frames;
+pub mod fixtures;
+pub mod framework;
 pub mod guest;
 pub mod guest_kernel;
 pub mod harness;
-pub mod rawbpf;
-pub mod testrun;
+pub mod verdict;
 pub mod vrrp;

@@ -20,7 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{Cloud, Hook, HvOpts, Netns, VmOpts, agent_has_flag, metric, wait_until};
+use crate::framework::{hook::Hook, http::metric, netns::Netns, process::wait_until};
+use crate::harness::{Cloud, HvOpts, VmOpts, agent_has_flag};
 
 /// The shared VIP.
 pub const VIP: &str = "192.0.2.100";

@@ -23,10 +23,15 @@
 
 use std::time::{Duration, Instant};
 
-use tests::harness::{
-    Capture, Cloud, Frame, Hook, HvOpts, Netns, PYTHON, VmOpts, metric, ping, run, script,
-    wait_until,
+use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::{run, wait_until},
+    python::{PYTHON, python_command},
 };
+use tests::harness::{Capture, Cloud, Frame, HvOpts, VmOpts, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);
@@ -221,9 +226,8 @@ impl Topo {
         } else {
             from.ip4
         };
-        let mut c = self.vm(from).command(PYTHON);
-        c.arg(script("fwdsend.py"))
-            .args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
+        let mut c = python_command(self.vm(from), "fwdsend.py");
+        c.args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
             .args(["--payload", payload]);
         run(&mut c);
     }
@@ -297,28 +301,6 @@ impl Topo {
                 cap.summary()
             );
         }
-    }
-}
-
-/// A payload no other frame carries.
-fn unique(tag: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
-}
-
-fn mac_bytes(mac: &str) -> Vec<u8> {
-    mac.split(':')
-        .map(|x| u8::from_str_radix(x, 16).expect("mac"))
-        .collect()
-}
-
-fn ip_bytes(ip: &str) -> Vec<u8> {
-    match ip.parse::<std::net::IpAddr>().expect("ip") {
-        std::net::IpAddr::V4(a) => a.octets().to_vec(),
-        std::net::IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
@@ -725,10 +707,10 @@ fn detection_stale_cache(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

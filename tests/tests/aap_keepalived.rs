@@ -20,11 +20,14 @@ use std::{
 };
 
 use serde_json::Value;
+use tests::framework::{
+    http::{metric, metric_sum},
+    netns::Netns,
+    process::{run, wait_until},
+    python::python_command,
+};
 use tests::{
-    harness::{
-        Capture, Cloud, Hypervisor, Netns, PYTHON, metric, metric_sum, ping, run, script,
-        wait_until,
-    },
+    harness::{Capture, Cloud, Hypervisor, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,
         route_vip_via_vmac, vip_cloud, vm,
@@ -360,8 +363,8 @@ fn counter(hv: &Hypervisor, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// `garp.py` in a VM namespace.
 fn send_garp(ns: &Netns, args: &[&str]) {
-    let mut c = ns.command(PYTHON);
-    c.arg(script("garp.py")).args(args);
+    let mut c = python_command(ns, "garp.py");
+    c.args(args);
     run(&mut c);
 }
 
@@ -516,7 +519,7 @@ fn detection_probe_expiry() {
     assert_eq!(t.active(), None, "nothing re-claimed the VIP");
 }
 
-/// ATTACKS rows 4 and 4b: a GARP for the VIP from a port that does not list it is dropped
+/// docs/THREATS.md rows 4 and 4b: a GARP for the VIP from a port that does not list it is dropped
 /// (`arp_spoof`) and moves nothing; one from a port that lists it moves the VIP; a quick
 /// move back is dampened.
 fn detection_rogue_and_listed_garps() {

@@ -4,17 +4,18 @@
 //! malformed northbound records are logged, counted and skipped. The hypervisor has no
 //! bridge: the traffic that must survive is switched by the datapath itself.
 
-mod common;
-
 use std::{
     fs,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use common::{A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted};
 use serde_json::{Value, json};
-use tests::harness::{Hook, metric_sum, ping, wait_until};
+use tests::fixtures::vmctl_topo::{
+    A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted,
+};
+use tests::framework::{hook::Hook, http::metric_sum, process::wait_until};
+use tests::harness::ping;
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -80,7 +81,7 @@ fn kill9_restart(hook: Hook) {
     let at_kill = received(&t.ctl[1]);
     t.cloud.start_agent(0);
     assert_eq!(
-        common::forwarding_enabled(t.hv()),
+        tests::fixtures::vmctl_topo::forwarding_enabled(t.hv()),
         1.0,
         "the restarted agent adopted the pinned config but does not report forwarding on"
     );
@@ -283,7 +284,7 @@ fn fail_closed(t: &Topo) -> f64 {
 fn unknown_tap(hook: Hook) {
     // tapw exists before the agent starts; its port never does.
     let mut t = Topo::with(hook, &[A, B], |cloud| {
-        common::add_vm(
+        tests::fixtures::vmctl_topo::add_vm(
             cloud,
             W.name,
             &W.tap(),
@@ -320,7 +321,7 @@ fn unknown_tap(hook: Hook) {
 
     // tapu appears while the agent runs (netlink): dropped as soon as the agent has seen
     // it (a frame racing the attach is the kernel's window, not a verdict).
-    common::add_vm(
+    tests::fixtures::vmctl_topo::add_vm(
         &mut t.cloud,
         U.name,
         &U.tap(),
@@ -544,7 +545,7 @@ fn last_good_version_survives_a_restart() {
 
     // Fixed, and moved out of g: the change takes effect, the kept version is gone.
     let mut fixed = good;
-    fixed["security_groups"] = json!([common::ALLOW_ALL]);
+    fixed["security_groups"] = json!([tests::fixtures::vmctl_topo::ALLOW_ALL]);
     etcd_put(&t, key, &fixed);
     wait_until("b, out of g, is refused by a", apply, || {
         !ping(vb, A.ip4, 1)
@@ -564,7 +565,7 @@ fn a_conflicting_port_is_refused() {
     const DUP_MAC: &str = "fa:16:3e:00:00:0d";
     let t = Topo::with(Hook::Tc, &[A, B], |cloud| {
         let addr = format!("{}/24", B.ip4);
-        common::add_vm(cloud, "dup", "tapdup", DUP_MAC, &[&addr]);
+        tests::fixtures::vmctl_topo::add_vm(cloud, "dup", "tapdup", DUP_MAC, &[&addr]);
     });
     let invalid_lports = || {
         metric_sum(
@@ -579,7 +580,7 @@ fn a_conflicting_port_is_refused() {
         &t,
         key,
         &json!({"id": "p0dup", "lswitch": "net1", "mac": DUP_MAC, "fixed_ips": [B.ip4],
-                "chassis": "hv1", "ifname": "tapdup", "security_groups": [common::ALLOW_ALL]}),
+                "chassis": "hv1", "ifname": "tapdup", "security_groups": [tests::fixtures::vmctl_topo::ALLOW_ALL]}),
     );
     let apply = Duration::from_secs(15);
     wait_until("/state lists p0dup as invalid", apply, || {

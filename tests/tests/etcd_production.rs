@@ -9,18 +9,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{
-    etcd_cluster::{Agent, EtcdCluster, Pki, dfctl as dfctl_with, time_until},
-    harness::{dfctl_bin, wait_until},
+use tests::framework::{
+    agent::{Agent, dfctl as dfctl_with, time_until},
+    etcd::{Etcd, Pki},
+    process::{dfctl_bin, wait_until},
 };
 
 /// dfctl with every endpoint of the cluster; (exit code, stdout, stderr).
-fn dfctl(c: &EtcdCluster, args: &[&str]) -> (Option<i32>, String, String) {
+fn dfctl(c: &Etcd, args: &[&str]) -> (Option<i32>, String, String) {
     dfctl_with(&c.endpoints(), &[], args)
 }
 
 #[track_caller]
-fn dfctl_ok(c: &EtcdCluster, args: &[&str]) -> String {
+fn dfctl_ok(c: &Etcd, args: &[&str]) -> String {
     let (code, out, err) = dfctl(c, args);
     assert_eq!(code, Some(0), "dfctl {args:?}: {err}\n{}", c.logs());
     out
@@ -32,7 +33,7 @@ const EACH_WITHIN: Duration = Duration::from_secs(4);
 
 #[test]
 fn dfctl_reads_and_edits_survive_the_leader_dying() {
-    let mut c = EtcdCluster::start(3, None);
+    let mut c = Etcd::cluster(3, None);
     dfctl_ok(&c, &["lswitch", "create", "n0", "--vni", "100"]);
     let leader = c.leader();
     c.kill_member(leader);
@@ -61,7 +62,7 @@ fn dfctl_reads_and_edits_survive_the_leader_dying() {
 
 #[test]
 fn dfctl_reports_lost_quorum_and_recovers() {
-    let mut c = EtcdCluster::start(3, None);
+    let mut c = Etcd::cluster(3, None);
     dfctl_ok(&c, &["lswitch", "create", "n0", "--vni", "100"]);
     let leader = c.leader();
     let other = (leader + 1) % 3;
@@ -99,9 +100,9 @@ fn dfctl_reports_lost_quorum_and_recovers() {
 const PASSWORD: &str = "s3cret-agent-pw";
 
 /// A TLS etcd with auth enabled: `root`, and `agent` with read-write on /dragonflow/.
-fn secured() -> (Pki, EtcdCluster) {
+fn secured() -> (Pki, Etcd) {
     let pki = Pki::generate();
-    let c = EtcdCluster::start(1, Some(&pki));
+    let c = Etcd::cluster(1, Some(&pki));
     let ep = c.endpoints();
     for args in [
         &["user", "add", "root", "--new-user-password=root-pw"][..],
@@ -138,7 +139,7 @@ fn secured() -> (Pki, EtcdCluster) {
 }
 
 /// dfctl with `tls` arguments; (exit code, stdout, stderr).
-fn dfctl_tls(c: &EtcdCluster, tls: &[String], args: &[&str]) -> (Option<i32>, String, String) {
+fn dfctl_tls(c: &Etcd, tls: &[String], args: &[&str]) -> (Option<i32>, String, String) {
     let mut extra = vec!["--timeout=3".to_string()];
     extra.extend_from_slice(tls);
     dfctl_with(&c.endpoints(), &extra, args)
@@ -339,7 +340,7 @@ const AGENT_CATCH_UP: Duration = Duration::from_secs(10);
 
 #[test]
 fn agent_keeps_its_chassis_record_when_the_leader_dies() {
-    let mut c = EtcdCluster::start(3, None);
+    let mut c = Etcd::cluster(3, None);
     let mut a = Agent::spawn("hv-failover", &agent_args(&c.endpoints()));
     a.wait_ok(Duration::from_secs(30));
     let key = "/dragonflow/chassis/hv-failover";
@@ -378,7 +379,7 @@ fn agent_keeps_its_chassis_record_when_the_leader_dies() {
 
 #[test]
 fn agent_keeps_the_datapath_through_lost_quorum_and_catches_up() {
-    let mut c = EtcdCluster::start(3, None);
+    let mut c = Etcd::cluster(3, None);
     let mut a = Agent::spawn("hv-quorum", &agent_args(&c.endpoints()));
     a.wait_ok(Duration::from_secs(30));
     let leader = c.leader();
@@ -421,7 +422,7 @@ fn agent_keeps_the_datapath_through_lost_quorum_and_catches_up() {
 }
 
 /// The `instance` field of the chassis record of `chassis`, if the record exists.
-fn owner(c: &EtcdCluster, chassis: &str) -> Option<String> {
+fn owner(c: &Etcd, chassis: &str) -> Option<String> {
     let (value, _) = c.get(&format!("/dragonflow/chassis/{chassis}"))?;
     let v: serde_json::Value = serde_json::from_str(&value).expect("chassis JSON");
     Some(v["instance"].as_str().unwrap_or_default().to_string())
@@ -432,7 +433,7 @@ const RECREATE_WITHIN: Duration = Duration::from_secs(3);
 
 #[test]
 fn agent_owns_its_chassis_record() {
-    let c = EtcdCluster::start(1, None);
+    let c = Etcd::cluster(1, None);
     let key = "/dragonflow/chassis/hv-own";
     let mut a = Agent::spawn("hv-own", &agent_args(&c.endpoints()));
     a.wait_ok(Duration::from_secs(30));

@@ -5,15 +5,15 @@
 //! enforces changes made after the restart; a device the new agent would not otherwise
 //! manage is taken over too (fail closed), never left running a frozen program.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
-use common::{A, B, Topo, probe};
 use dragonflow_agent::datapath::sys;
 use serde_json::json;
-use tests::harness::{Bpffs, Hook, Netns, metric_sum, wait_until};
+use tests::fixtures::vmctl_topo::{A, B, Topo, probe};
+use tests::framework::{
+    hook::Hook, http::metric_sum, netns::Netns, pin::Bpffs, process::wait_until,
+};
 
 /// This project's programs on `ifname`'s tcx ingress and XDP hook: (hook, name, id).
 fn project_programs(ns: &Netns, ifname: &str) -> Vec<(&'static str, String, u32)> {

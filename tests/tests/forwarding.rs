@@ -24,9 +24,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::{run, wait_until},
+    python::python_command,
+};
 use tests::harness::{
-    Capture, Cloud, Frame, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, agent_has_flag, iperf3,
-    metric, ping, run, script, wait_until,
+    Capture, Cloud, Frame, HvOpts, Hypervisor, VmOpts, agent_has_flag, iperf3, ping,
 };
 
 const READY: Duration = Duration::from_secs(30);
@@ -291,22 +298,12 @@ impl Fwd {
         } else {
             from.ip4
         };
-        let mut c = self.vm(from).command(PYTHON);
-        c.arg(script("fwdsend.py"))
-            .args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
+        let mut c = python_command(self.vm(from), "fwdsend.py");
+        c.args(["--dst-mac", dst_mac, "--dst-ip", dst_ip, "--src-ip", src])
             .args(["--payload", payload])
             .args(extra);
         run(&mut c);
     }
-}
-
-/// A payload no other frame carries.
-fn unique(tag: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
 }
 
 /// Polls until counter (direction, verdict, name) on `hv` grew by `n` from `before`.
@@ -326,19 +323,6 @@ fn wait_counter(hv: &Hypervisor, dir: &str, verdict: &str, name: &str, before: f
             );
         }
         thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn mac_bytes(mac: &str) -> Vec<u8> {
-    mac.split(':')
-        .map(|x| u8::from_str_radix(x, 16).expect("mac"))
-        .collect()
-}
-
-fn ip_bytes(ip: &str) -> Vec<u8> {
-    match ip.parse::<std::net::IpAddr>().expect("ip") {
-        std::net::IpAddr::V4(a) => a.octets().to_vec(),
-        std::net::IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
@@ -828,10 +812,10 @@ fn dead_chassis(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

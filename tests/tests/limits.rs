@@ -24,7 +24,8 @@
 
 use std::time::{Duration, Instant};
 
-use tests::harness::{Capture, Cloud, Hook, HvOpts, VmOpts, metric, ping, python, wait_until};
+use tests::framework::{hook::Hook, http::metric, process::wait_until, python::python};
+use tests::harness::{Capture, Cloud, HvOpts, VmOpts, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const COUNT: Duration = Duration::from_secs(10);
@@ -323,10 +324,10 @@ fn conntrack_quota(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

@@ -20,7 +20,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::harness::{Cloud, Hook, HvOpts, VmOpts, metric, ping, python, wait_until};
+use tests::framework::{hook::Hook, http::metric, process::wait_until, python::python};
+use tests::harness::{Cloud, HvOpts, VmOpts, ping};
 
 /// The agent started, the NB read, taps attached.
 const READY: Duration = Duration::from_secs(30);

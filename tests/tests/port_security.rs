@@ -14,20 +14,24 @@
 //! datapath and never reach the peer; those for unknown addresses are flooded.
 //!
 //! Security groups are on (the agent's default) and every port with port security is in
-//! `allow-all` (common::ALLOW_ALL): the legitimate frames here include sources no group
+//! `allow-all` (tests::fixtures::vmctl_topo::ALLOW_ALL): the legitimate frames here include sources no group
 //! would list (link-locals, 0.0.0.0, a port without port security), and the verdicts
 //! asserted are port security's. security_groups.rs tests the groups themselves.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use serde_json::{Value, json};
+use tests::fixtures::vmctl_topo::{
     A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
     link_local, probe, wait_counted,
 };
-use serde_json::{Value, json};
-use tests::harness::{Hook, dfctl_bin, metric_sum, ping, wait_for, wait_until};
+use tests::framework::process::poll_until;
+use tests::framework::{
+    hook::Hook,
+    http::metric_sum,
+    process::{dfctl_bin, wait_for, wait_until},
+};
+use tests::harness::ping;
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -565,20 +569,6 @@ const NO_LEARNING: Case = case(
     Drop(&["unknown_unicast"]),
 );
 
-/// Polls `f` until true or `timeout`.
-fn wait_for_bool(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until no from-VM counter moves for 300 ms (the VMs' kernels have gone quiet).
 fn wait_quiet(hv: &tests::harness::Hypervisor) {
     let mut last = counters(hv);
@@ -664,7 +654,7 @@ fn legit_and_attacks(hook: Hook) {
     vm_b.exec("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1");
     wait_quiet(hv);
 
-    let mut to_check: Vec<(&Case, common::Sent)> = Vec::new();
+    let mut to_check: Vec<(&Case, tests::fixtures::vmctl_topo::Sent)> = Vec::new();
     for c in CASES {
         let args: Value = serde_json::from_str(c.args).expect("case args");
         // A tag in skb metadata, as a VLAN subinterface with tx-vlan offload makes it:
@@ -738,8 +728,7 @@ fn legit_and_attacks(hook: Hook) {
                 } else {
                     B.ip6
                 };
-                let answered =
-                    wait_for_bool(Duration::from_secs(3), || a.got_neigh_answer(ip, B.mac));
+                let answered = poll_until(Duration::from_secs(3), || a.got_neigh_answer(ip, B.mac));
                 if !answered {
                     failures.push(format!(
                         "{} [{}]: VM a never got an answer saying {ip} is at {}",
@@ -789,7 +778,7 @@ fn legit_and_attacks(hook: Hook) {
             // A flood copy takes another path than the unicast fence: poll a little.
             Pass(..)
                 if !checked.iter().all(|v| *v)
-                    && !wait_for_bool(Duration::from_secs(2), || {
+                    && !poll_until(Duration::from_secs(2), || {
                         b.seen(&s.sigs)
                             .iter()
                             .zip(&s.sigs)

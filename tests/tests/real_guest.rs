@@ -23,12 +23,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tests::framework::{
+    hook::Hook,
+    http::{metric, metric_sum},
+    netns::Netns,
+    process::{wait_for, wait_until},
+    python::python_command,
+};
 use tests::{
     guest::{Guest, GuestSpec},
-    harness::{
-        Cloud, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, metric, metric_sum, ping, script,
-        wait_for, wait_until,
-    },
+    harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping},
 };
 
 const READY: Duration = Duration::from_secs(60);
@@ -274,9 +278,7 @@ fn guest_csum_errors(g: &Guest) -> u64 {
 
 /// `bulk.py recv` in a namespace: spawned, returns once it listens.
 fn bulk_receiver(ns: &Netns, bind: &str, port: u16) -> Child {
-    let mut c = ns
-        .command(PYTHON)
-        .arg(script("bulk.py"))
+    let mut c = python_command(ns, "bulk.py")
         .args(["recv", "--bind", bind, "--port", &port.to_string()])
         .args(["--len", &BULK.to_string(), "--timeout", "30"])
         .stdout(Stdio::piped())
@@ -338,9 +340,7 @@ fn bulk_both_ways(w: &World, ns: &Netns, peer_ip: &str, what: &str, port: u16) {
         "rm -f /tmp/rx; (timeout 40 nc -l -p {port} > /tmp/rx &)"
     ));
     let dst = w.guest_ip_for(peer_ip);
-    let tx = ns
-        .command(PYTHON)
-        .arg(script("bulk.py"))
+    let tx = python_command(ns, "bulk.py")
         .args(["send", "--host", &dst, "--port", &port.to_string()])
         .args(["--len", &BULK.to_string(), "--seed", &port.to_string()])
         .stdout(Stdio::piped())

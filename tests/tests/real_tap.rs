@@ -6,13 +6,11 @@
 //! dropped and counted. Before the process opens the tap, flood copies into it are
 //! refused by the device and counted as `dest_refused`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{A, B, Topo, counters, wait_counted};
 use serde_json::Value;
-use tests::harness::{Hook, PYTHON, run, script};
+use tests::fixtures::vmctl_topo::{A, B, Topo, counters, wait_counted};
+use tests::framework::{hook::Hook, process::run, python::python_command};
 
 const TAP: &str = "taprt";
 const MAC: &str = "fa:16:3e:00:00:0f";
@@ -53,31 +51,30 @@ fn real_tap(hook: Hook) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "no flood copy into the unopened tap was counted as dest_refused: {}",
-            common::diff(&before, &counters(hv))
+            tests::fixtures::vmctl_topo::diff(&before, &counters(hv))
         );
     }
     assert_eq!(
-        common::sum(&counters(hv), "drop", &["redirect_failed"]),
-        common::sum(&before, "drop", &["redirect_failed"]),
+        tests::fixtures::vmctl_topo::sum(&counters(hv), "drop", &["redirect_failed"]),
+        tests::fixtures::vmctl_topo::sum(&before, "drop", &["redirect_failed"]),
         "a copy into the unopened tap counted as redirect_failed"
     );
 
     let before = counters(hv);
-    let mut c = hv.ns.command(PYTHON);
-    c.arg(script("tapvm.py"))
-        .args([
-            "--ifname",
-            TAP,
-            "--mac",
-            MAC,
-            "--ip",
-            IP,
-            "--peer-mac",
-            B.mac,
-            "--peer-ip",
-            B.ip4,
-        ])
-        .args(["--spoof-ip", SPOOF, "--timeout", "20"]);
+    let mut c = python_command(&hv.ns, "tapvm.py");
+    c.args([
+        "--ifname",
+        TAP,
+        "--mac",
+        MAC,
+        "--ip",
+        IP,
+        "--peer-mac",
+        B.mac,
+        "--peer-ip",
+        B.ip4,
+    ])
+    .args(["--spoof-ip", SPOOF, "--timeout", "20"]);
     let out = run(&mut c);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -129,7 +126,7 @@ fn real_tap(hook: Hook) {
     eprintln!(
         "[{}] counters: {}",
         hook.as_str(),
-        common::diff(&before, &now)
+        tests::fixtures::vmctl_topo::diff(&before, &now)
     );
 }
 

@@ -11,7 +11,7 @@
 //!   hv2 (198.18.0.11)        `hv: 1`
 //! ```
 //!
-//! Where a verdict is judged (DESIGN, the security-group contract): egress at the
+//! Where a verdict is judged (README.md, "Security groups"): egress at the
 //! sender's port (counted `from_vm` on the sender's chassis), ingress at the receiver's
 //! port (counted `to_vm` on the receiver's chassis), both after port security. A denial is
 //! asserted twice: `sg_denied` grows in that direction on that chassis (and not in the
@@ -23,21 +23,21 @@
 //! closed port) and TCP 5001 (counts a bulk stream), and opens client flows on request.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, Stdio},
-    sync::{
-        Mutex,
-        mpsc::{self, Receiver},
-    },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use tests::harness::{
-    Capture, Cloud, Hook, HvOpts, Hypervisor, Netns, PYTHON, VmOpts, metric, ping, script,
-    wait_until,
+use tests::fixtures::addresses::unique;
+use tests::framework::process::poll_until;
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::wait_until,
+    python::{JsonChild, python_command},
 };
+use tests::harness::{Capture, Cloud, HvOpts, Hypervisor, VmOpts, ping};
 
 /// Chassis known, taps attached, first rules in place.
 const READY: Duration = Duration::from_secs(30);
@@ -127,53 +127,20 @@ const IP6S: [&str; 8] = [
     "2001:db8::17",
 ];
 
-/// A payload no other packet carries.
-fn unique(tag: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
-}
-
 fn fam(v6: bool) -> &'static str {
     if v6 { "IPv6" } else { "IPv4" }
 }
 
 /// `tests/scripts/sgctl.py` in one VM.
 struct SgCtl {
-    name: String,
-    child: Child,
-    io: Mutex<(ChildStdin, Receiver<String>)>,
+    helper: JsonChild,
 }
 
 impl SgCtl {
     fn spawn(ns: &Netns, name: &str) -> SgCtl {
-        let mut child = ns
-            .command(PYTHON)
-            .arg(script("sgctl.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sgctl.py");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ctl = SgCtl {
-            name: name.to_string(),
-            child,
-            io: Mutex::new((stdin, rx)),
-        };
-        let ready = ctl.recv();
+        let helper = JsonChild::spawn(&format!("sgctl in {name}"), python_command(ns, "sgctl.py"));
+        let ctl = SgCtl { helper };
+        let ready = ctl.helper.recv(Duration::from_secs(30));
         assert_eq!(ready["ready"], json!(true), "sgctl in {name}: {ready}");
         for (proto, port, echo) in [
             ("tcp", TCP_ECHO, true),
@@ -186,25 +153,11 @@ impl SgCtl {
         ctl
     }
 
-    fn recv(&self) -> Value {
-        let io = self.io.lock().expect("ctl lock");
-        let line =
-            io.1.recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("sgctl in {}: no answer ({e})", self.name));
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("sgctl in {}: bad answer {line:?}: {e}", self.name))
-    }
-
     /// One request/response; panics when sgctl reports an error.
     #[track_caller]
     fn call(&self, req: Value) -> Value {
-        {
-            let mut io = self.io.lock().expect("ctl lock");
-            writeln!(io.0, "{req}").expect("write to sgctl");
-            io.0.flush().expect("flush sgctl");
-        }
-        let r = self.recv();
-        assert_eq!(r["ok"], json!(true), "sgctl in {}: {req} -> {r}", self.name);
+        let r = self.helper.call(&req, Duration::from_secs(30));
+        assert_eq!(r["ok"], json!(true), "{}: {req} -> {r}", self.helper.what);
         r
     }
 
@@ -259,13 +212,6 @@ impl SgCtl {
 
     fn craft(&self, req: Value) {
         self.call(req);
-    }
-}
-
-impl Drop for SgCtl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -385,7 +331,7 @@ impl Sg {
     #[track_caller]
     fn wait_udp(&self, from: &VmDef, to: &VmDef) {
         for v6 in [false, true] {
-            let ok = poll(READY, || self.ctl(from).udp_echoed(to.ip(v6), None));
+            let ok = poll_until(READY, || self.ctl(from).udp_echoed(to.ip(v6), None));
             assert!(
                 ok,
                 "{} never got a UDP echo from {} ({}) within {READY:?}; counters:\n{}",
@@ -438,20 +384,6 @@ impl Sg {
             "{what}: also counted as sg_denied {other_dir} on {} (should be judged {dir} only)",
             other_hv.name
         );
-    }
-}
-
-/// Polls `f` every 50 ms until true or `timeout`.
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -584,7 +516,7 @@ fn allow_deny(hook: Hook) {
     for sv in [&SV1, &SV2] {
         for v6 in [false, true] {
             assert!(
-                poll(APPLY, || mu.udp_echoed(sv.ip(v6), None)),
+                poll_until(APPLY, || mu.udp_echoed(sv.ip(v6), None)),
                 "{}: mute → {} UDP still denied {APPLY:?} after its egress rule was added",
                 fam(v6),
                 sv.name
@@ -624,7 +556,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
             let d = t.ctl(dst);
             let hv = t.hv(dst);
             // The rule is in place once a connection opens.
-            let connected = poll(APPLY, || {
+            let connected = poll_until(APPLY, || {
                 src.tcp(dst.ip(v6), TCP_STREAM, None, 0.5)["connected"] == json!(true)
             });
             assert!(
@@ -635,7 +567,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
             src.call(json!({"op": "stream_start", "dst": dst.ip(v6), "port": TCP_STREAM}));
             let b0 = d.stream_bytes();
             assert!(
-                poll(READY, || d.stream_bytes() > b0 + (8 << 20)),
+                poll_until(READY, || d.stream_bytes() > b0 + (8 << 20)),
                 "{f}: the stream src → {} does not flow",
                 dst.name
             );
@@ -678,7 +610,7 @@ fn rule_removal_cuts_stream(hook: Hook) {
             let id = t.rule_add(&rule);
             let b1 = d.stream_bytes();
             assert!(
-                poll(Duration::from_secs(20), || d.stream_bytes()
+                poll_until(Duration::from_secs(20), || d.stream_bytes()
                     > b1 + (1 << 20)),
                 "{f}: the stream src → {} did not resume after the rule was added back",
                 dst.name
@@ -780,7 +712,7 @@ fn remote_group_membership(hook: Hook) {
         let tag = unique("cidr");
         web.udp(db.ip4, Some("203.0.113.5"), &tag, 0, 0.0);
         assert!(
-            poll(COUNT, || !d.udp_got(&tag).is_empty()),
+            poll_until(COUNT, || !d.udp_got(&tag).is_empty()),
             "UDP web → {} from 203.0.113.5 (inside its AAP 203.0.113.0/28) never arrived; counters:\n{}",
             db.name,
             t.counters()
@@ -794,7 +726,7 @@ fn remote_group_membership(hook: Hook) {
     for db in [&DB1, &DB2] {
         for v6 in [false, true] {
             assert!(
-                poll(APPLY, || out.udp_echoed(db.ip(v6), None)),
+                poll_until(APPLY, || out.udp_echoed(db.ip(v6), None)),
                 "{}: out → {} still denied {APPLY:?} after out joined web; counters:\n{}",
                 fam(v6),
                 db.name,
@@ -818,7 +750,7 @@ fn remote_group_membership(hook: Hook) {
     for db in [&DB1, &DB2] {
         for v6 in [false, true] {
             assert!(
-                poll(APPLY, || !out.udp_echoed(db.ip(v6), None)),
+                poll_until(APPLY, || !out.udp_echoed(db.ip(v6), None)),
                 "{}: out → {} still allowed {APPLY:?} after out left web",
                 fam(v6),
                 db.name
@@ -836,7 +768,7 @@ fn remote_group_membership(hook: Hook) {
     t.vm(&WEB).exec("ip addr add 192.0.2.102/32 dev eth0");
     for db in [&DB1, &DB2] {
         assert!(
-            poll(APPLY, || web.udp_echoed(db.ip4, Some("192.0.2.102"))),
+            poll_until(APPLY, || web.udp_echoed(db.ip4, Some("192.0.2.102"))),
             "web → {} from the AAP 192.0.2.102 added live: never allowed",
             db.name
         );
@@ -1246,7 +1178,7 @@ fn fragments(hook: Hook) {
                         0x7100 + i as u32 + if v6 { 16 } else { 0 },
                     );
                     let start = Instant::now();
-                    let counted = poll(COUNT, || {
+                    let counted = poll_until(COUNT, || {
                         reasons
                             .iter()
                             .zip(&before)
@@ -1275,10 +1207,10 @@ fn fragments(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

@@ -14,10 +14,15 @@
 
 use std::time::{Duration, Instant};
 
-use tests::harness::{
-    Capture, Cloud, Hook, HvOpts, Netns, PYTHON, VmOpts, agent_has_flag, cmd, metric, ping, run,
-    script, wait_until,
+use tests::fixtures::addresses::unique;
+use tests::framework::{
+    hook::Hook,
+    http::metric,
+    netns::Netns,
+    process::{cmd, run, wait_until},
+    python::python_command,
 };
+use tests::harness::{Capture, Cloud, HvOpts, VmOpts, agent_has_flag, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);
@@ -113,9 +118,8 @@ impl Setup {
     /// The rogue sends one VXLAN datagram of `kind` to hv1 (see vxlan_inject.py).
     fn inject(&self, kind: &str, src_mac: &str, src_ip: &str, dst_ip: &str, payload: &str) {
         let hv1 = &self.cloud.hvs[0].tunnel_ip;
-        let mut c = self.rogue.command(PYTHON);
-        c.arg(script("vxlan_inject.py"))
-            .args(["--dst", hv1, "--vni", &VNI.to_string(), "--kind", kind])
+        let mut c = python_command(&self.rogue, "vxlan_inject.py");
+        c.args(["--dst", hv1, "--vni", &VNI.to_string(), "--kind", kind])
             .args(["--src-mac", src_mac, "--dst-mac", A1_MAC])
             .args(["--src-ip", src_ip, "--dst-ip", dst_ip, "--payload", payload]);
         run(&mut c);
@@ -123,9 +127,8 @@ impl Setup {
 
     /// a2 sends a UDP frame with `payload` to a1 (through hv2's datapath and the tunnel).
     fn a2_sends(&self, payload: &str) {
-        let mut c = self.a2().command(PYTHON);
-        c.arg(script("fwdsend.py"))
-            .args(["--dst-mac", A1_MAC, "--dst-ip", A1_IP, "--src-ip", A2_IP])
+        let mut c = python_command(self.a2(), "fwdsend.py");
+        c.args(["--dst-mac", A1_MAC, "--dst-ip", A1_IP, "--src-ip", A2_IP])
             .args(["--payload", payload]);
         run(&mut c);
     }
@@ -157,14 +160,6 @@ fn rogue_host(cloud: &Cloud) -> Netns {
         ping(&ns, &hv1, 1)
     });
     ns
-}
-
-fn unique(tag: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("dft-{tag}-{n}")
 }
 
 /// a1's neighbour entry for `ip`, as `ip neigh` prints it.
@@ -304,10 +299,10 @@ fn rogue_underlay_host(hook: Hook) {
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
         mod xdp {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Xdp) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Xdp) })*
         }
         mod tc {
-            $(#[test] fn $name() { super::$name(tests::harness::Hook::Tc) })*
+            $(#[test] fn $name() { super::$name(tests::framework::hook::Hook::Tc) })*
         }
     };
 }

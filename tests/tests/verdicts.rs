@@ -5,7 +5,7 @@
 //!
 //! Every `DropReason` and every `PassPath` must appear in the tables for each hook (checked
 //! at the end), with documented exceptions: `EthTruncated` (below), the routing and
-//! responder outcomes covered by `verdicts_l3.rs` ([`OTHER_FILE`]), the paths XDP never
+//! responder outcomes covered by `verdicts_l3.rs` (`tests::verdict::COVERED_ELSEWHERE`), the paths XDP never
 //! decides itself ([`XDP_HANDOFF_ONLY`]) and those test runs cannot reach
 //! ([`NOT_IN_TEST_RUN`]). The forwarding table (`fwd_cases`) runs with
 //! `CFG_F_FORWARDING` set; the port-security table with it unset (frames go to the
@@ -16,8 +16,6 @@
 //! too (also for XDP when the first bytes are declared metadata: the packet after them
 //! must still be >= 14 bytes, checked on 6.18), so that check exists for the verifier only.
 
-use std::collections::BTreeSet;
-
 use dragonflow_common::{
     addr::{
         ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, ADDR_F_WATCH, AddrKey, FAMILY_V4, FAMILY_V6,
@@ -27,10 +25,17 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
+use tests::fixtures::addresses::pad4;
+use tests::framework::{
+    hook::Hook,
+    netns::{EnterNetns, send_raw},
+};
+use tests::verdict::{self, Coverage, covered_elsewhere};
 use tests::{
-    frames::*,
-    harness::Hook,
-    testrun::{Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action},
+    fixtures::frames::*,
+    framework::test_run::{
+        Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action,
+    },
 };
 
 const IF: u32 = LO_IFINDEX;
@@ -196,12 +201,6 @@ fn v6_icmp(mac: [u8; 6], src: [u8; 16], dst: [u8; 16], hop: u8, msg: &[u8]) -> V
 fn garp4(op: u16, mac: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let tha = if op == 1 { [0; 6] } else { BROADCAST };
     eth(BROADCAST, mac, ETH_P_ARP, &arp(op, mac, spa, tha, tpa))
-}
-
-fn pad4(a: [u8; 4]) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&a);
-    b
 }
 
 fn cases() -> Vec<Case> {
@@ -1320,30 +1319,29 @@ fn check(dp: &mut Datapath, hook: Hook, c: &Case) -> bool {
         }
         Err(e) => panic!("{ctx}: BPF_PROG_TEST_RUN: {e}"),
     };
-    let after = dp.stats();
-    let (want_action, want_slot) = match c.expect {
-        Expect::Pass(_) => (pass_action(hook), slot(c.expect)),
-        Expect::Drop(_) => (drop_action(hook), slot(c.expect)),
+    let got = verdict::Outcome {
+        action: r.retval,
+        out: r.data_out,
+        moved: verdict::moved(&before, &dp.stats()),
     };
-    let moved: Vec<(usize, u64)> = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
-    let mut want_moved = vec![(want_slot, 1)];
+    let want_action = match c.expect {
+        Expect::Pass(_) => pass_action(hook),
+        Expect::Drop(_) => drop_action(hook),
+    };
+    let mut want_moved = vec![(slot(c.expect), 1)];
     if c.garp.is_some() {
         want_moved.push((ev_slot(EventStat::GarpSent), 1));
     }
     want_moved.sort();
-    assert_eq!(
-        (r.retval, &moved),
-        (want_action, &want_moved),
-        "{ctx}: expected {:?} (action {want_action}, slots {want_moved:?}); got action {} and slots {moved:?}",
-        c.expect,
-        r.retval
+    verdict::assert_outcome(
+        &format!("{ctx} (expected {:?})", c.expect),
+        &got,
+        want_action,
+        &want_moved,
     );
     if matches!(c.expect, Expect::Pass(_)) {
         assert_eq!(
-            r.data_out, c.frame,
+            got.out, c.frame,
             "{ctx}: an allowed frame must leave unchanged"
         );
     }
@@ -1386,28 +1384,27 @@ fn verdict_table_both_hooks() {
     // The forwarding table needs real devices (flood targets): it runs in a namespace.
     let fwd = FwdNet::new();
     for hook in Hook::BOTH {
-        let mut drops = BTreeSet::new();
-        let mut passes = BTreeSet::new();
+        let mut covered = Coverage::new();
         for c in &cases {
             if !check(&mut dp, hook, c) {
                 continue;
             }
-            match c.expect {
-                Expect::Pass(p) => passes.insert(p as u32),
-                Expect::Drop(r) => drops.insert(r as u32),
-            };
+            covered.record(match c.expect {
+                Expect::Pass(p) => Stat::Pass(p),
+                Expect::Drop(r) => Stat::Drop(r),
+            });
         }
         {
             let _in_ns = EnterNetns::new(&fwd.ns.name);
             for c in fwd_cases(&fwd) {
-                check_fwd(&mut dp, &fwd, hook, &c, &mut drops, &mut passes);
+                check_fwd(&mut dp, &fwd, hook, &c, &mut covered);
             }
         }
         if hook == Hook::Tc && tunnel_without_metadata(&dp) {
-            drops.insert(DropReason::UnknownVni as u32);
+            covered.record(Stat::Drop(DropReason::UnknownVni));
         }
         for r in DropReason::ALL {
-            if OTHER_FILE.contains(&r.name()) || NOT_IN_TEST_RUN.contains(&r.name()) {
+            if covered_elsewhere(r.name()) || NOT_IN_TEST_RUN.contains(&r.name()) {
                 continue;
             }
             if hook == Hook::Xdp
@@ -1419,21 +1416,21 @@ fn verdict_table_both_hooks() {
                 continue; // unreachable through the kernel, see the module docs
             }
             assert!(
-                drops.contains(&(*r as u32)),
+                covered.has_drop(*r),
                 "[{}] no case for drop reason {}",
                 hook.as_str(),
                 r.name()
             );
         }
         for p in PassPath::ALL {
-            if OTHER_FILE.contains(&p.name()) {
+            if covered_elsewhere(p.name()) {
                 continue;
             }
             if hook == Hook::Xdp && XDP_HANDOFF_ONLY.contains(&p.name()) {
                 continue;
             }
             assert!(
-                passes.contains(&(*p as u32)),
+                covered.has_pass(*p),
                 "[{}] no case for pass path {}",
                 hook.as_str(),
                 p.name()
@@ -1563,7 +1560,10 @@ fn vlan_tag_in_skb_metadata_tc_and_guard() {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
     use dragonflow_common::maps::progs;
     use std::time::Duration;
-    use tests::harness::{Netns, unique_prefix, wait_until};
+    use tests::framework::{
+        netns::Netns,
+        process::{unique_prefix, wait_until},
+    };
 
     let ns = Netns::new(&format!("{}-vlan", unique_prefix()));
     // No IPv6 autoconfiguration traffic (DAD, MLD, RS) to disturb the counters.
@@ -1650,94 +1650,7 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Moves the current thread into a network namespace until dropped.
-struct EnterNetns {
-    orig: std::fs::File,
-}
-
-impl EnterNetns {
-    fn new(name: &str) -> Self {
-        use std::os::fd::AsRawFd as _;
-        let orig = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-        let target = std::fs::File::open(format!("/var/run/netns/{name}")).expect("netns");
-        // SAFETY: setns on valid netns fds affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
-        EnterNetns { orig }
-    }
-}
-
-impl Drop for EnterNetns {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: as above.
-        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
-/// Sends one Ethernet frame out of `dev` (in the current thread's namespace).
-fn send_raw(dev: &str, frame: &[u8]) {
-    let name = std::ffi::CString::new(dev).unwrap();
-    // SAFETY: plain libc calls with valid arguments; the socket is closed below.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert!(ifindex > 0, "no device {dev}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let rc = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(rc, frame.len() as isize, "send on {dev}: {err}");
-    }
-}
-
 // ---- Forwarding (issue 3) ---------------------------------------------------------------
-
-/// Outcomes covered by `tests/tests/verdicts_l3.rs` (distributed routing and the ARP/ND
-/// responder, written with those stages).
-const OTHER_FILE: &[&str] = &[
-    "ttl_exceeded",
-    "no_route",
-    "no_neighbor",
-    "router_neigh_unanswered",
-    "routed",
-    "arp_responder",
-    "nd_responder",
-    "router_echo",
-    // tests/verdicts_sg.rs (security groups, conntrack, fragments)
-    "sg_denied",
-    "ct_full",
-    "frag_no_first",
-    "frag_tiny",
-    "frag_overlap",
-    // tests/verdicts_aap.rs (shared allowed-address-pair addresses, broadcast way; the
-    // detection way from a real tunnel device)
-    "no_holder",
-    "inactive_holder",
-    "aap_group",
-    // tests/verdicts_tunnel.rs (tunnel admission: needs a real VXLAN device)
-    "tunnel_unknown_peer",
-    "tunnel_src_mac",
-    // tests/verdicts_limits.rs (per-port flood rate limit, conntrack quota)
-    "flood_rate_limited",
-    "ct_port_quota",
-];
 
 /// Paths XDP never decides: it hands tunnel and flood frames to its TC companion
 /// (XDP_PASS, uncounted — asserted below).
@@ -1778,7 +1691,7 @@ const NO_SUCH_IFINDEX: u32 = 999_999;
 /// (bpf_clone_redirect really sends in a test run) are visible. `fwdt` is a real tap no
 /// process has opened (a VM still booting): up, no carrier, its queue drops everything.
 struct FwdNet {
-    ns: tests::harness::Netns,
+    ns: tests::framework::netns::Netns,
     tap1: u32,
     tap2: u32,
     vx: u32,
@@ -1787,13 +1700,14 @@ struct FwdNet {
 
 impl FwdNet {
     fn new() -> Self {
-        let ns = tests::harness::Netns::new(&format!("{}-fwd", tests::harness::unique_prefix()));
+        let ns = tests::framework::netns::Netns::new(&format!(
+            "{}-fwd",
+            tests::framework::process::unique_prefix()
+        ));
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
         for d in ["fwd1", "fwd2", "fwdvx"] {
-            ns.exec(&format!("ip link add {d} type veth peer name {d}p"));
-            ns.exec(&format!("ip link set {d} up"));
-            ns.exec(&format!("ip link set {d}p up"));
+            ns.add_veth_pair(d);
         }
         ns.exec("ip tuntap add dev fwdt mode tap");
         ns.exec("ip link set fwdt up");
@@ -1808,13 +1722,7 @@ impl FwdNet {
     }
 
     fn tx_packets(&self, dev: &str) -> u64 {
-        let out = self
-            .ns
-            .exec(&format!("cat /sys/class/net/{dev}/statistics/tx_packets"));
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("tx_packets of {dev}: {e}"))
+        self.ns.tx_packets(dev)
     }
 }
 
@@ -1938,7 +1846,7 @@ struct FwdCase {
 }
 
 fn fwd_cases(_n: &FwdNet) -> Vec<FwdCase> {
-    use tests::testrun::actions::{TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_REDIRECT};
+    use tests::framework::test_run::actions::{TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_REDIRECT};
     let to = |dst: [u8; 6], payload: usize| {
         eth(
             dst,
@@ -2115,15 +2023,8 @@ fn fwd_cases(_n: &FwdNet) -> Vec<FwdCase> {
 
 /// Runs one forwarding case through one hook (in the namespace of `n`) and checks action,
 /// output frame, counters and flood copies.
-fn check_fwd(
-    dp: &mut Datapath,
-    n: &FwdNet,
-    hook: Hook,
-    c: &FwdCase,
-    drops: &mut BTreeSet<u32>,
-    passes: &mut BTreeSet<u32>,
-) {
-    use tests::testrun::actions::{TC_ACT_SHOT, XDP_DROP, XDP_PASS};
+fn check_fwd(dp: &mut Datapath, n: &FwdNet, hook: Hook, c: &FwdCase, covered: &mut Coverage) {
+    use tests::framework::test_run::actions::{TC_ACT_SHOT, XDP_DROP, XDP_PASS};
     let ctx = format!("[{}] fwd: {}", hook.as_str(), c.name);
     let want = match hook {
         Hook::Xdp => c.xdp,
@@ -2135,21 +2036,15 @@ fn check_fwd(
     seed_fwd(dp, n, c.seed);
     let devs = ["fwd1", "fwd2", "fwdvx"];
     let tx_before: Vec<u64> = devs.iter().map(|d| n.tx_packets(d)).collect();
-    let before = dp.stats();
-    let r = dp.run(hook, &c.frame);
-    let after = dp.stats();
-    let moved: Vec<(usize, u64)> = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
+    let got = verdict::run(dp, hook, &c.frame);
     let sec = (slot(Expect::Pass(c.sec)), 1);
     let (action, mut want_moved) = match want {
         Out::Fwd(a, p) => {
-            passes.insert(p as u32);
+            covered.record(Stat::Pass(p));
             (a, vec![sec, (slot(Expect::Pass(p)), 1)])
         }
         Out::Drop(reason) => {
-            drops.insert(reason as u32);
+            covered.record(Stat::Drop(reason));
             let a = if hook == Hook::Xdp {
                 XDP_DROP
             } else {
@@ -2163,17 +2058,14 @@ fn check_fwd(
         }
     };
     want_moved.sort();
-    assert_eq!(
-        (r.retval, &moved),
-        (action, &want_moved),
-        "{ctx}: expected {want:?}; got action {} and slots {moved:?}",
-        r.retval
+    verdict::assert_outcome(
+        &format!("{ctx} (expected {want:?})"),
+        &got,
+        action,
+        &want_moved,
     );
     if !matches!(want, Out::Drop(_)) {
-        assert_eq!(
-            r.data_out, c.frame,
-            "{ctx}: the frame leaves byte-identical"
-        );
+        assert_eq!(got.out, c.frame, "{ctx}: the frame leaves byte-identical");
     }
     // Flood copies are transmitted synchronously by bpf_clone_redirect.
     for (i, d) in devs.iter().enumerate() {
@@ -2190,18 +2082,14 @@ fn check_fwd(
 /// counted under from_tunnel (and nothing else).
 fn tunnel_without_metadata(dp: &Datapath) -> bool {
     use dragonflow_common::maps::progs;
-    use tests::testrun::actions::TC_ACT_SHOT;
+    use tests::framework::test_run::actions::TC_ACT_SHOT;
     let frame = v4_udp(PORT_MAC, IP4, 1000, 53);
-    let before = dp.stats();
-    let r = dp.run_prog(progs::FROM_TUNNEL_TC, Hook::Tc, &frame, LO_IFINDEX);
-    let after = dp.stats();
-    assert_eq!(r.retval, TC_ACT_SHOT);
-    let moved: Vec<usize> = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .collect();
-    assert_eq!(
-        moved,
-        vec![stat_index(Direction::FromTunnel, Stat::Drop(DropReason::UnknownVni)) as usize]
+    let got = verdict::run_prog(dp, progs::FROM_TUNNEL_TC, Hook::Tc, &frame, LO_IFINDEX);
+    verdict::assert_outcome(
+        "tunnel program without metadata",
+        &got,
+        TC_ACT_SHOT,
+        &verdict::once(Direction::FromTunnel, &[Stat::Drop(DropReason::UnknownVni)]),
     );
     true
 }

@@ -19,28 +19,33 @@
 //! detection way's readdressing.
 
 use std::{
-    collections::BTreeSet,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use aya::{maps::ProgramArray, programs::SchedClassifier};
 use dragonflow_common::{
-    addr::{ADDR_F_AAP, ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
+    addr::{ADDR_F_AAP, AddrKey, FAMILY_V4},
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_GROUP, DEST_LOCAL, DEST_REMOTE, DEST_ROUTER,
         FloodDest, FloodList, GROUP_M_F_FIRST, Group, GroupKey, GroupMember, L2_F_SHARED_IP,
         L2Dest, L2Key, NEIGH_F_AAP, NEIGH_F_ACTIVE, NEIGH_F_FIXED, NEIGH_F_ROUTER, NEIGH_F_SHARED,
-        NeighKey, NeighValue, RouteDest, RouteKey, TUN_F_PORT,
+        NeighValue, RouteDest, RouteKey, TUN_F_PORT,
     },
     maps::{self as names, PROG_AAP_GROUP, progs},
-    port::{PORT_F_PORT_SECURITY, PortConfig},
-    verdict::{Direction, DropReason, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, PassPath, Stat},
 };
+use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
+use tests::fixtures::seeding::SecuredPort;
+use tests::framework::{
+    hook::Hook,
+    netns::Netns,
+    process::{unique_prefix, wait_until},
+};
+use tests::verdict::{self, Coverage, slot};
 use tests::{
-    frames::*,
-    harness::{Hook, Netns, unique_prefix, wait_until},
-    testrun::{Datapath, LO_IFINDEX, actions},
+    fixtures::frames::*,
+    framework::test_run::{Datapath, LO_IFINDEX, actions},
 };
 
 const IF: u32 = LO_IFINDEX;
@@ -105,28 +110,6 @@ const fn v6(host: u16) -> [u8; 16] {
     ]
 }
 
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-fn neigh4(net_id: u32, ip: [u8; 4]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        ip: pad4(ip),
-    }
-}
-
-fn neigh6(net_id: u32, ip: [u8; 16]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V6,
-        _pad: [0; 3],
-        ip,
-    }
-}
-
 /// The devices copies go to, in a namespace: `tap1`, `tap2` (local holders) and `vx`
 /// (stands in for df-vxlan), veth pairs whose far ends (`…p`) are read.
 struct Devices {
@@ -144,9 +127,7 @@ impl Devices {
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
         for d in DEVS {
-            ns.exec(&format!("ip link add {d} type veth peer name {d}p"));
-            ns.exec(&format!("ip link set {d} up"));
-            ns.exec(&format!("ip link set {d}p up"));
+            ns.add_veth_pair(d);
         }
         Devices {
             tap1: ns.ifindex("aap1"),
@@ -319,29 +300,16 @@ fn seed(dp: &mut Datapath, d: &Devices) {
         flags: CFG_F_FORWARDING,
         policy_gen: 0,
     });
-    dp.add_port(
-        IF,
-        PortConfig {
-            net_id: NET_A,
-            flags: PORT_F_PORT_SECURITY,
-            mac: VM_MAC,
-            mtu: 1500,
-        },
-    );
-    dp.add_addr_net(AddrKey::v4(IF, VM_MAC, VM4), ADDR_F_FIXED, NET_A);
+    SecuredPort {
+        ifindex: IF,
+        net_id: NET_A,
+        mac: VM_MAC,
+        ip4: &[VM4],
+        ip6: &[VM6],
+    }
+    .seed(dp);
     // The sender may announce VIP4 (a holder announcing itself; port security allows it).
     dp.add_addr_net(AddrKey::v4(IF, VM_MAC, VIP4), ADDR_F_AAP, NET_A);
-    dp.add_addr_net(AddrKey::v6(IF, VM_MAC, VM6), ADDR_F_FIXED, NET_A);
-    dp.add_addr_net(
-        AddrKey::v6(
-            IF,
-            VM_MAC,
-            dragonflow_common::addr::link_local_from_mac(VM_MAC),
-        ),
-        ADDR_F_LINK_LOCAL,
-        NET_A,
-    );
-    dp.add_mac(MacKey::new(IF, VM_MAC));
     // The sender's tap too: XDP answers ARP/NS (XDP_TX) only out of taps it can deliver
     // to, those in the devmap (a tun device in production).
     dp.add_devmap(IF);
@@ -884,22 +852,6 @@ fn cases() -> Vec<Case> {
     v
 }
 
-fn slot(dir: Direction, s: Stat) -> usize {
-    stat_index(dir, s) as usize
-}
-
-/// Runs `prog` on `frame` and returns (action, output frame, counter slots that moved).
-fn run_one(dp: &Datapath, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>, Vec<(usize, u64)>) {
-    let before = dp.stats();
-    let r = dp.run(hook, frame);
-    let after = dp.stats();
-    let moved = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
-    (r.retval, r.data_out, moved)
-}
-
 /// Checks one case on one program (the TC program stands for both hooks' decisions).
 fn check_on(
     dp: &Datapath,
@@ -907,21 +859,21 @@ fn check_on(
     hook: Hook,
     c: &Case,
     want: Out,
-    covered: &mut BTreeSet<String>,
+    covered: &mut Coverage,
 ) {
     let ctx = format!("[{}] {}", hook.as_str(), c.name);
     for s in sniff {
         s.drain();
     }
-    let (action, out, moved) = run_one(dp, hook, &c.frame);
+    let got = verdict::run(dp, hook, &c.frame);
     let sec = (slot(Direction::FromVm, Stat::Pass(c.allowed)), 1);
     let (want_action, mut want_moved) = match want {
         Out::Pass(a, p) => {
-            covered.insert(p.name().to_string());
+            covered.record(Stat::Pass(p));
             (a, vec![sec, (slot(Direction::FromVm, Stat::Pass(p)), 1)])
         }
         Out::Drop(r) => {
-            covered.insert(r.name().to_string());
+            covered.record(Stat::Drop(r));
             let a = match hook {
                 Hook::Xdp => actions::XDP_DROP,
                 Hook::Tc => actions::TC_ACT_SHOT,
@@ -931,14 +883,15 @@ fn check_on(
         Out::Handoff => (actions::XDP_PASS, vec![]),
     };
     want_moved.sort();
-    assert_eq!(
-        (action, &moved),
-        (want_action, &want_moved),
-        "{ctx}: expected {want:?}; got action {action} and slots {moved:?}"
+    verdict::assert_outcome(
+        &format!("{ctx} (expected {want:?})"),
+        &got,
+        want_action,
+        &want_moved,
     );
     match (&c.reply, want) {
-        (Some(reply), Out::Pass(..)) => assert_eq!(&out, reply, "{ctx}: the reply"),
-        _ if matches!(want, Out::Handoff) => assert_eq!(out, c.frame, "{ctx}: untouched"),
+        (Some(reply), Out::Pass(..)) => assert_eq!(&got.out, reply, "{ctx}: the reply"),
+        _ if matches!(want, Out::Handoff) => assert_eq!(got.out, c.frame, "{ctx}: untouched"),
         _ => {}
     }
     let handoff = want == Out::Handoff;
@@ -954,10 +907,6 @@ fn check_on(
     }
 }
 
-fn hex(f: &[u8]) -> String {
-    f.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn shared_addresses_both_hooks() {
     let d = Devices::new();
@@ -967,7 +916,7 @@ fn shared_addresses_both_hooks() {
         let sniff = DEVS.map(Sniffer::open);
         let cases = cases();
         for hook in Hook::BOTH {
-            let mut covered = BTreeSet::new();
+            let mut covered = Coverage::new();
             for c in &cases {
                 seed(&mut dp, &d);
                 if c.unlinked {
@@ -984,13 +933,7 @@ fn shared_addresses_both_hooks() {
                     }
                 }
             }
-            for must in ["aap_group", "no_holder", "routed", "arp_responder"] {
-                assert!(
-                    covered.contains(must),
-                    "[{}] no case for {must}",
-                    hook.as_str()
-                );
-            }
+            covered.assert_covers(hook, ["aap_group", "no_holder", "routed", "arp_responder"]);
         }
     });
 }
@@ -1067,17 +1010,10 @@ fn detection_way_from_the_tunnel() {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
             sock.send_to(&vx, "127.0.0.1:4789").expect("send VXLAN");
             // The device decapsulates asynchronously: wait for the outcome.
-            let moved = || {
-                let after = dp.stats();
-                (0..after.len())
-                    .filter(|&i| after[i] != before[i])
-                    .map(|i| (i, after[i] - before[i]))
-                    .collect::<Vec<_>>()
-            };
             wait_until(
-                &format!("tunnel: {name}: counters {want:?}"),
+                &format!("tunnel: {name}: counters {:?}", verdict::names(want)),
                 Duration::from_secs(5),
-                || moved() == *want,
+                || verdict::moved(&before, &dp.stats()) == *want,
             );
             for (i, s) in sniff.iter().enumerate() {
                 let got = s.frames(copies[i].len());
@@ -1117,32 +1053,26 @@ fn shared_ip_questions_use_the_flood_bucket() {
             v.sort();
             v
         };
-        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
-        assert_eq!(
-            (action, moved),
-            (
-                actions::TC_ACT_SHOT,
-                outcome(Stat::Pass(PassPath::AapGroup))
-            ),
-            "the first question: to the holders"
+        verdict::assert_outcome(
+            "the first question: to the holders",
+            &verdict::run(&dp, Hook::Tc, &question),
+            actions::TC_ACT_SHOT,
+            &outcome(Stat::Pass(PassPath::AapGroup)),
         );
-        let (action, _, moved) = run_one(&dp, Hook::Tc, &question);
-        assert_eq!(
-            (action, moved),
-            (
-                actions::TC_ACT_SHOT,
-                outcome(Stat::Drop(DropReason::FloodRateLimited))
-            ),
-            "the second question: over the bucket"
+        verdict::assert_outcome(
+            "the second question: over the bucket",
+            &verdict::run(&dp, Hook::Tc, &question),
+            actions::TC_ACT_SHOT,
+            &outcome(Stat::Drop(DropReason::FloodRateLimited)),
         );
         for i in 0..3 {
-            let (action, _, moved) = run_one(&dp, Hook::Tc, &to_vrrp);
             let mut want = vec![(sec(PassPath::Ipv4), 1), (sec(PassPath::AapGroup), 1)];
             want.sort();
-            assert_eq!(
-                (action, moved),
-                (actions::TC_ACT_SHOT, want),
-                "frame {i} to the shared MAC: not limited"
+            verdict::assert_outcome(
+                &format!("frame {i} to the shared MAC: not limited"),
+                &verdict::run(&dp, Hook::Tc, &to_vrrp),
+                actions::TC_ACT_SHOT,
+                &want,
             );
         }
     });

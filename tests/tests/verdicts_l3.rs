@@ -11,21 +11,21 @@
 //! therefore checks the hand-off and then runs the TC program on the untouched frame, as
 //! the kernel does on a tap with both attached: the outcome of the XDP deployment.
 
-use std::collections::BTreeSet;
-
 use dragonflow_common::{
-    addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
+    addr::{FAMILY_V4, FAMILY_V6},
     fwd::{
         CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, DEST_ROUTER, L2Dest, L2Key, NEIGH_F_FIXED,
-        NEIGH_F_ROUTER, NeighKey, NeighValue, RouteDest, RouteKey,
+        NEIGH_F_ROUTER, NeighValue, RouteDest, RouteKey,
     },
-    port::{PORT_F_PORT_SECURITY, PortConfig},
-    verdict::{Direction, DropReason, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, PassPath, Stat},
 };
+use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
+use tests::fixtures::seeding::SecuredPort;
+use tests::framework::hook::Hook;
+use tests::verdict::{self, Coverage, covered_by};
 use tests::{
-    frames::*,
-    harness::Hook,
-    testrun::{Datapath, LO_IFINDEX, actions},
+    fixtures::frames::*,
+    framework::test_run::{Datapath, LO_IFINDEX, actions},
 };
 
 const IF: u32 = LO_IFINDEX;
@@ -69,28 +69,6 @@ const fn v6(net: u8, host: u8) -> [u8; 16] {
     ]
 }
 
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-fn neigh4(net_id: u32, ip: [u8; 4]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        ip: pad4(ip),
-    }
-}
-
-fn neigh6(net_id: u32, ip: [u8; 16]) -> NeighKey {
-    NeighKey {
-        net_id,
-        family: FAMILY_V6,
-        _pad: [0; 3],
-        ip,
-    }
-}
-
 fn route_key(family: u8, ip: [u8; 16]) -> RouteKey {
     RouteKey {
         router_id: ROUTER,
@@ -115,27 +93,14 @@ fn seed(dp: &mut Datapath) {
     // XDP answers ARP/NS (XDP_TX) only out of taps it can deliver to, those in the devmap
     // (a tun device in production); `responder_needs_xdp_target` covers the others.
     dp.add_devmap(IF);
-    dp.add_port(
-        IF,
-        PortConfig {
-            net_id: NET_A,
-            flags: PORT_F_PORT_SECURITY,
-            mac: VM_MAC,
-            mtu: 1500,
-        },
-    );
-    dp.add_addr_net(AddrKey::v4(IF, VM_MAC, VM4), ADDR_F_FIXED, NET_A);
-    dp.add_addr_net(AddrKey::v6(IF, VM_MAC, VM6), ADDR_F_FIXED, NET_A);
-    dp.add_addr_net(
-        AddrKey::v6(
-            IF,
-            VM_MAC,
-            dragonflow_common::addr::link_local_from_mac(VM_MAC),
-        ),
-        ADDR_F_LINK_LOCAL,
-        NET_A,
-    );
-    dp.add_mac(MacKey::new(IF, VM_MAC));
+    SecuredPort {
+        ifindex: IF,
+        net_id: NET_A,
+        mac: VM_MAC,
+        ip4: &[VM4],
+        ip6: &[VM6],
+    }
+    .seed(dp);
 
     let fixed = |mac| NeighValue {
         mac,
@@ -737,7 +702,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn slot(s: Stat) -> usize {
-    stat_index(Direction::FromVm, s) as usize
+    verdict::slot(Direction::FromVm, s)
 }
 
 fn is_responder(e: Expect) -> bool {
@@ -763,16 +728,10 @@ fn tc_action(e: Expect) -> u32 {
     }
 }
 
-/// Runs `prog`'s hook once and returns (action, output, counters that moved).
+/// Runs `hook`'s program once: (action, output, counters that moved).
 fn run(dp: &Datapath, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>, Vec<(usize, u64)>) {
-    let before = dp.stats();
-    let r = dp.run(hook, frame);
-    let after = dp.stats();
-    let moved = (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect();
-    (r.retval, r.data_out, moved)
+    let o = verdict::run(dp, hook, frame);
+    (o.action, o.out, o.moved)
 }
 
 fn check(dp: &mut Datapath, hook: Hook, c: &Case) {
@@ -823,10 +782,6 @@ fn check(dp: &mut Datapath, hook: Hook, c: &Case) {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Independent checksum verification of a rewritten frame: the IPv4 header sum, the
 /// ICMP sum, and the ICMPv6 sum over the pseudo-header.
 fn verify_checksums(ctx: &str, f: &[u8]) {
@@ -859,29 +814,16 @@ fn verify_checksums(ctx: &str, f: &[u8]) {
 fn responder_and_l3_both_hooks() {
     let mut dp = Datapath::load();
     let cases = cases();
-    let must_cover = [
-        Expect::Drop(DropReason::TtlExceeded),
-        Expect::Drop(DropReason::NoRoute),
-        Expect::Drop(DropReason::NoNeighbor),
-        Expect::Drop(DropReason::RouterNeighUnanswered),
-        Expect::Pass(PassPath::Routed),
-        Expect::Pass(PassPath::ArpResponder),
-        Expect::Pass(PassPath::NdResponder),
-        Expect::Pass(PassPath::RouterEcho),
-    ];
     for hook in Hook::BOTH {
-        let mut covered = BTreeSet::new();
+        let mut covered = Coverage::new();
         for c in &cases {
             check(&mut dp, hook, c);
-            covered.insert(format!("{:?}", c.expect));
+            covered.record(match c.expect {
+                Expect::Pass(p) => Stat::Pass(p),
+                Expect::Drop(r) => Stat::Drop(r),
+            });
         }
-        for e in must_cover {
-            assert!(
-                covered.contains(&format!("{e:?}")),
-                "[{}] no case for {e:?}",
-                hook.as_str()
-            );
-        }
+        covered.assert_covers(hook, covered_by("verdicts_l3"));
     }
 }
 

@@ -17,20 +17,22 @@
 use std::collections::BTreeSet;
 
 use dragonflow_common::{
-    addr::{ADDR_F_FIXED, AddrKey, FAMILY_V4, MacKey},
+    addr::FAMILY_V4,
     fwd::{
         CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, FloodList, NEIGH_F_FIXED, NeighKey,
         NeighValue,
     },
     limits::{CtFreed, Limits, flood_params},
-    port::{PORT_F_PORT_SECURITY, PortConfig},
     sg::{CT_F_COUNTED, CT_ORIGIN_EGRESS, DIR_EGRESS, IDENT_ANY_V4},
-    verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
+use tests::fixtures::addresses::pad4;
+use tests::fixtures::seeding::SecuredPort;
+use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
+use tests::verdict::{self, Coverage};
 use tests::{
-    frames::*,
-    harness::{Hook, Netns, unique_prefix},
-    testrun::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    fixtures::frames::*,
+    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
 };
 
 const NET: u32 = 42;
@@ -52,10 +54,6 @@ const BURST: u32 = 3;
 const RATE: u32 = 1;
 const QUOTA: u32 = 3;
 
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
 struct Net {
     ns: Netns,
     tapb: u32,
@@ -64,9 +62,7 @@ struct Net {
 impl Net {
     fn new() -> Self {
         let ns = Netns::new(&format!("{}-lim", unique_prefix()));
-        ns.exec("ip link add tapb type veth peer name tapbp");
-        ns.exec("ip link set tapb up");
-        ns.exec("ip link set tapbp up");
+        ns.add_veth_pair("tapb");
         Net {
             tapb: ns.ifindex("tapb"),
             ns,
@@ -85,17 +81,14 @@ fn seed(dp: &mut Datapath, n: &Net, flags: u32, limits: Limits) {
     });
     dp.set_limits(limits);
     for (ifindex, mac, ip) in [(LO_IFINDEX, A_MAC, A4), (n.tapb, B_MAC, B4)] {
-        dp.add_port(
+        SecuredPort {
             ifindex,
-            PortConfig {
-                net_id: NET,
-                flags: PORT_F_PORT_SECURITY,
-                mac,
-                mtu: 1500,
-            },
-        );
-        dp.add_addr_net(AddrKey::v4(ifindex, mac, ip), ADDR_F_FIXED, NET);
-        dp.add_mac(MacKey::new(ifindex, mac));
+            net_id: NET,
+            mac,
+            ip4: &[ip],
+            ip6: &[],
+        }
+        .seed(dp);
         // As the agent does for a tun tap: XDP answers ARP out of taps in its devmap only.
         dp.add_devmap(ifindex);
     }
@@ -120,47 +113,6 @@ fn seed(dp: &mut Datapath, n: &Net, flags: u32, limits: Limits) {
     );
 }
 
-/// Counter slots that moved between two snapshots, by name.
-fn moved(before: &[u64], after: &[u64]) -> Vec<String> {
-    (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| format!("{} x{}", name(i), after[i] - before[i]))
-        .collect()
-}
-
-fn name(i: usize) -> String {
-    for d in [Direction::FromVm, Direction::ToVm, Direction::FromTunnel] {
-        for r in DropReason::ALL {
-            if stat_index(d, Stat::Drop(*r)) as usize == i {
-                return format!("{}/drop {}", d.name(), r.name());
-            }
-        }
-        for p in PassPath::ALL {
-            if stat_index(d, Stat::Pass(*p)) as usize == i {
-                return format!("{}/pass {}", d.name(), p.name());
-            }
-        }
-        for e in EventStat::ALL {
-            if stat_index(d, Stat::Event(*e)) as usize == i {
-                return format!("{}/{}", d.name(), e.name());
-            }
-        }
-    }
-    format!("slot {i}")
-}
-
-fn slots(s: &[Stat]) -> Vec<String> {
-    let mut v: Vec<(usize, String)> = s
-        .iter()
-        .map(|&st| {
-            let i = stat_index(Direction::FromVm, st) as usize;
-            (i, format!("{} x1", name(i)))
-        })
-        .collect();
-    v.sort();
-    v.into_iter().map(|(_, n)| n).collect()
-}
-
 /// Runs `frame` from `ifindex` on `hook`: the action and the slots that moved must be
 /// `act` and `want`; records the drop reasons seen.
 #[allow(clippy::too_many_arguments)]
@@ -172,19 +124,18 @@ fn expect(
     frame: &[u8],
     act: u32,
     want: &[Stat],
-    seen: &mut BTreeSet<&'static str>,
+    seen: &mut Coverage,
 ) {
-    let before = dp.stats();
-    let r = dp.run_prog(from_vm_prog(hook), hook, frame, ifindex);
-    assert_eq!(
-        (r.retval, moved(&before, &dp.stats())),
-        (act, slots(want)),
-        "[{}] {ctx}: action and counters",
-        hook.as_str()
+    let got = verdict::run_prog(dp, from_vm_prog(hook), hook, frame, ifindex);
+    verdict::assert_outcome(
+        &format!("[{}] {ctx}", hook.as_str()),
+        &got,
+        act,
+        &verdict::once(Direction::FromVm, want),
     );
-    for s in want {
-        if let Stat::Drop(d) = s {
-            seen.insert(d.name());
+    for &s in want {
+        if let Stat::Drop(_) = s {
+            seen.record(s);
         }
     }
 }
@@ -199,7 +150,7 @@ fn arp_request(src_mac: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
 }
 
 /// The flood scenario on one hook (see the module docs).
-fn flood_bucket(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'static str>) {
+fn flood_bucket(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     let (interval, tolerance) = flood_params(RATE, BURST);
     seed(
         dp,
@@ -384,7 +335,7 @@ fn udp_to(src: [u8; 4], src_mac: [u8; 6], sport: u16) -> Vec<u8> {
 
 /// The quota scenario on one hook (see the module docs). Forwarding is off: the egress
 /// judgement is all there is, and both hooks finish the frame themselves.
-fn ct_quota(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<&'static str>) {
+fn ct_quota(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(
         dp,
         n,
@@ -541,7 +492,7 @@ fn limits_both_hooks() {
     n.ns.within(|| {
         let mut dp = Datapath::load();
         for hook in Hook::BOTH {
-            let mut seen = BTreeSet::new();
+            let mut seen = Coverage::new();
             flood_bucket(&mut dp, &n, hook, &mut seen);
             ct_quota(&mut dp, &n, hook, &mut seen);
             let want: BTreeSet<&str> = if hook == Hook::Xdp {
@@ -550,7 +501,7 @@ fn limits_both_hooks() {
             } else {
                 ["flood_rate_limited", "ct_port_quota", "sg_denied"].into()
             };
-            assert_eq!(seen, want, "[{}] reasons covered", hook.as_str());
+            assert_eq!(*seen.drops(), want, "[{}] reasons covered", hook.as_str());
         }
     });
 }

@@ -20,13 +20,12 @@
 //! (TCP states, revalidated entries) the conntrack entries are read back too.
 
 use std::{
-    collections::BTreeSet,
     net::UdpSocket,
     time::{Duration, Instant},
 };
 
 use dragonflow_common::{
-    addr::{ADDR_F_FIXED, ADDR_F_LINK_LOCAL, AddrKey, FAMILY_V4, FAMILY_V6, MacKey},
+    addr::{FAMILY_V4, FAMILY_V6},
     fwd::{
         CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, DEST_LOCAL, DEST_REMOTE, L2Dest,
         L2Key, TUN_F_PORT, TUN_F_UNSECURED,
@@ -38,12 +37,19 @@ use dragonflow_common::{
         CT_UNREPLIED, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, IDENT_ANY_V4, IDENT_ANY_V6,
         ct_timeout_secs,
     },
-    verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
+    verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
+use tests::fixtures::addresses::pad4;
+use tests::fixtures::seeding::SecuredPort;
+use tests::framework::{
+    hook::Hook,
+    netns::Netns,
+    process::{unique_prefix, wait_until},
+};
+use tests::verdict::{Coverage, covered_by, moved, names, slot};
 use tests::{
-    frames::*,
-    harness::{Hook, Netns, unique_prefix, wait_until},
-    testrun::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    fixtures::frames::*,
+    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
 };
 
 const NET: u32 = 42;
@@ -86,10 +92,6 @@ const fn v6(host: u8) -> [u8; 16] {
     ]
 }
 
-const fn pad4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
 /// The namespace and its devices (see the module docs).
 struct Net {
     ns: Netns,
@@ -104,12 +106,8 @@ impl Net {
         let ns = Netns::new(&format!("{}-sg", unique_prefix()));
         ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
         ns.exec("sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
-        ns.exec("ip link add tapb type veth peer name tapbp");
-        ns.exec("ip link set tapb up");
-        ns.exec("ip link set tapbp up");
-        ns.exec("ip link add tapc type veth peer name tapcp");
-        ns.exec("ip link set tapc up");
-        ns.exec("ip link set tapcp up");
+        ns.add_veth_pair("tapb");
+        ns.add_veth_pair("tapc");
         // REMOTE_CHASSIS's underlay address, the outer source of `from_chassis`.
         ns.exec("ip addr add 198.18.0.2/32 dev lo");
         ns.exec("ip link add vx type vxlan external dstport 4789");
@@ -123,13 +121,7 @@ impl Net {
     }
 
     fn tx_packets(&self, dev: &str) -> u64 {
-        let out = self
-            .ns
-            .exec(&format!("cat /sys/class/net/{dev}/statistics/tx_packets"));
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("tx_packets of {dev}: {e}"))
+        self.ns.tx_packets(dev)
     }
 }
 
@@ -153,27 +145,14 @@ fn seed(dp: &mut Datapath, n: &Net) {
     dp.clear();
     set_config(dp, n, CFG_F_FORWARDING | CFG_F_SECURITY_GROUPS, 1);
     for (ifindex, mac, ip4, ip6) in [(LO_IFINDEX, A_MAC, A4, A6), (n.tapb, B_MAC, B4, B6)] {
-        dp.add_port(
+        SecuredPort {
             ifindex,
-            PortConfig {
-                net_id: NET,
-                flags: PORT_F_PORT_SECURITY,
-                mac,
-                mtu: 1500,
-            },
-        );
-        dp.add_addr_net(AddrKey::v4(ifindex, mac, ip4), ADDR_F_FIXED, NET);
-        dp.add_addr_net(AddrKey::v6(ifindex, mac, ip6), ADDR_F_FIXED, NET);
-        dp.add_addr_net(
-            AddrKey::v6(
-                ifindex,
-                mac,
-                dragonflow_common::addr::link_local_from_mac(mac),
-            ),
-            ADDR_F_LINK_LOCAL,
-            NET,
-        );
-        dp.add_mac(MacKey::new(ifindex, mac));
+            net_id: NET,
+            mac,
+            ip4: &[ip4],
+            ip6: &[ip6],
+        }
+        .seed(dp);
         dp.add_l2(
             L2Key::new(NET, mac),
             L2Dest {
@@ -515,62 +494,14 @@ fn action(hook: Hook, act: Act) -> u32 {
     }
 }
 
-/// The counter slots that moved between two snapshots, with their increments.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(usize, u64)> {
-    (0..after.len())
-        .filter(|&i| after[i] != before[i])
-        .map(|i| (i, after[i] - before[i]))
-        .collect()
-}
-
 fn slots_of(slots: &[Slot]) -> Vec<(usize, u64)> {
-    let mut v: Vec<(usize, u64)> = slots
-        .iter()
-        .map(|&(d, s)| (stat_index(d, s) as usize, 1))
-        .collect();
+    let mut v: Vec<(usize, u64)> = slots.iter().map(|&(d, s)| (slot(d, s), 1)).collect();
     v.sort();
     v
 }
 
-/// Names a slot index, for readable failures.
-fn name(i: usize) -> String {
-    for d in [Direction::FromVm, Direction::ToVm, Direction::FromTunnel] {
-        for r in DropReason::ALL {
-            if stat_index(d, Stat::Drop(*r)) as usize == i {
-                return format!("{}/drop {}", d.name(), r.name());
-            }
-        }
-        for p in PassPath::ALL {
-            if stat_index(d, Stat::Pass(*p)) as usize == i {
-                return format!("{}/pass {}", d.name(), p.name());
-            }
-        }
-        for e in EventStat::ALL {
-            if stat_index(d, Stat::Event(*e)) as usize == i {
-                return format!("{}/{}", d.name(), e.name());
-            }
-        }
-    }
-    format!("slot {i}")
-}
-
-fn names(v: &[(usize, u64)]) -> Vec<String> {
-    v.iter()
-        .map(|&(i, n)| format!("{} x{n}", name(i)))
-        .collect()
-}
-
-/// Reasons the tables must cover (`verdicts.rs` lists them as tested here).
-const MUST_COVER: [DropReason; 5] = [
-    DropReason::SgDenied,
-    DropReason::CtFull,
-    DropReason::FragNoFirst,
-    DropReason::FragTiny,
-    DropReason::FragOverlap,
-];
-
 /// Runs one step on `hook` and checks action and counters; records the drops seen.
-fn run(dp: &Datapath, n: &Net, hook: Hook, scenario: &str, s: &Step, seen: &mut BTreeSet<u32>) {
+fn run(dp: &Datapath, n: &Net, hook: Hook, scenario: &str, s: &Step, seen: &mut Coverage) {
     let ctx = format!("[{}] {scenario}: {}", hook.as_str(), s.name);
     let ifindex = match s.from {
         Sender::A => LO_IFINDEX,
@@ -600,8 +531,8 @@ fn run(dp: &Datapath, n: &Net, hook: Hook, scenario: &str, s: &Step, seen: &mut 
         assert_eq!(r.data_out, s.frame, "{ctx}: the frame leaves untouched");
     }
     for &(_, st) in &s.slots {
-        if let Stat::Drop(d) = st {
-            seen.insert(d as u32);
+        if let Stat::Drop(_) = st {
+            seen.record(st);
         }
     }
 }
@@ -663,7 +594,7 @@ use PassPath::{Ipv4, Ipv6};
 use Sender::{A, B};
 
 /// TCP from SYN to RST, then a new SYN on the closed tuple; IPv4 and IPv6.
-fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "TCP states";
     let (a, b) = (LO_IFINDEX, n.tapb);
@@ -779,8 +710,9 @@ fn tcp_states(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) 
     );
 }
 
-/// Denials in each direction, untracked TCP, unsolicited replies, port ranges (ATTACKS 14).
-fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+/// Denials in each direction, untracked TCP, unsolicited replies, port ranges (docs/THREATS.md row
+/// 14).
+fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "denials";
     let steps = [
@@ -845,9 +777,9 @@ fn denials(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
     );
 }
 
-/// Ping both ways (the reply passes; a request back with the same id does not: ATTACKS
-/// 14), and an echo reply nobody asked for.
-fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+/// Ping both ways (the reply passes; a request back with the same id does not: docs/THREATS.md
+/// row 14), and an echo reply nobody asked for.
+fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "ICMP echo";
     let steps = [
@@ -907,7 +839,7 @@ fn icmp(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 
 /// ICMP errors about a tracked flow pass both sides; about an unknown flow they are new
 /// ICMP messages (IPv4 and IPv6).
-fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "related ICMP errors";
     let q4 = ipv4(A4, B4, UDP, &udp(40020, 53, b"question"));
@@ -960,7 +892,7 @@ fn related(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 /// at its own egress nor at the receiver's ingress; every error type (IPv4 3, 11, 12;
 /// IPv6 1–4). A router on the path (here B, forwarding A's datagram to 198.51.100.7)
 /// reports from its own address: related.
-fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "ICMP errors not for the quoted source";
     let third4 = ADMIN4;
@@ -1078,7 +1010,7 @@ fn unrelated_errors(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<
 
 /// A policy generation bump re-judges entries at their next packet: a removed rule cuts
 /// the established flow, a kept one lets it go on (refreshed, judged once).
-fn revalidation(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn revalidation(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "policy_gen";
     for s in [
@@ -1157,7 +1089,7 @@ fn revalidation(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>
 
 /// An entry past its timeout counts as absent: the reply it would have let through is
 /// judged as new.
-fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "timeouts";
     let now = monotonic_ns();
@@ -1212,7 +1144,7 @@ fn expiry(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 }
 
 /// A full conntrack table drops new flows (`ct_full`), not established ones.
-fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "full table";
     run(
@@ -1289,9 +1221,9 @@ fn full_table(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) 
     dp.clear_sg();
 }
 
-/// Fragments (ATTACKS 10): a later fragment needs its first; tiny first fragments and
+/// Fragments (docs/THREATS.md row 10): a later fragment needs its first; tiny first fragments and
 /// overlapping later ones are dropped; a well-formed datagram passes (IPv4 and IPv6).
-fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     let sc = "fragments";
     // UDP header + 16 bytes in the first fragment: L4 data 0..24.
@@ -1368,7 +1300,7 @@ fn fragments(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
 
 /// Egress rules alone (forwarding off: the frame goes up the stack once judged): port
 /// blocks, ICMP type/code rules, group destinations, exemptions.
-fn egress_rules(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn egress_rules(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     set_config(dp, n, CFG_F_SECURITY_GROUPS, 1);
     let sc = "egress rules, forwarding off";
@@ -1520,7 +1452,7 @@ fn egress_rules(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>
 }
 
 /// Without `CFG_F_SECURITY_GROUPS`, or for ports without port security, nothing is judged.
-fn not_enforced(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut BTreeSet<u32>) {
+fn not_enforced(dp: &mut Datapath, n: &Net, hook: Hook, seen: &mut Coverage) {
     seed(dp, n);
     set_config(dp, n, CFG_F_FORWARDING, 1);
     let sc = "not enforced";
@@ -1625,7 +1557,7 @@ fn security_groups_both_hooks() {
     n.ns.within(|| {
         let mut dp = Datapath::load();
         for hook in Hook::BOTH {
-            let mut seen = BTreeSet::new();
+            let mut seen = Coverage::new();
             for scenario in [
                 tcp_states,
                 denials,
@@ -1641,14 +1573,7 @@ fn security_groups_both_hooks() {
             ] {
                 scenario(&mut dp, &n, hook, &mut seen);
             }
-            for r in MUST_COVER {
-                assert!(
-                    seen.contains(&(r as u32)),
-                    "[{}] no case for {}",
-                    hook.as_str(),
-                    r.name()
-                );
-            }
+            seen.assert_covers(hook, covered_by("verdicts_sg"));
         }
     });
 }

@@ -31,7 +31,9 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
-use tests::{frames::*, harness::Netns, harness::unique_prefix, testrun::Datapath};
+use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
+use tests::verdict::{Coverage, covered_by, moved, names};
+use tests::{fixtures::frames::*, framework::test_run::Datapath};
 
 const NET: u32 = 42;
 const OTHER_NET: u32 = 43;
@@ -93,13 +95,7 @@ impl Net {
     }
 
     fn tx_packets(&self) -> u64 {
-        let out = self
-            .ns
-            .exec("cat /sys/class/net/tapb/statistics/tx_packets");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("tx_packets of tapb: {e}"))
+        self.ns.tx_packets("tapb")
     }
 }
 
@@ -481,16 +477,6 @@ fn slot(w: Want) -> usize {
     stat_index(Direction::FromTunnel, s) as usize
 }
 
-fn moved(before: &[u64], after: &[u64]) -> Vec<(usize, u64)> {
-    before
-        .iter()
-        .zip(after)
-        .enumerate()
-        .filter(|(_, (b, a))| a != b)
-        .map(|(i, (b, a))| (i, a - b))
-        .collect()
-}
-
 /// Every row through the real device: exactly its counter moves by one, and it reaches
 /// B's tap exactly when it passes.
 #[test]
@@ -501,7 +487,7 @@ fn tunnel_admission_table() {
         seed(&mut dp, &n);
         dp.attach_from_tunnel("vx");
         let mut failures = Vec::new();
-        let mut covered = std::collections::BTreeSet::new();
+        let mut covered = Coverage::new();
         for r in rows() {
             let before = dp.stats();
             let tx = n.tx_packets();
@@ -523,18 +509,17 @@ fn tunnel_admission_table() {
             if got != want || sent != delivered {
                 failures.push(format!(
                     "{}: want {:?} (delivered {delivered}); counters moved {:?}, delivered {sent}",
-                    r.name, r.want, got
+                    r.name,
+                    r.want,
+                    names(&got)
                 ));
             }
-            covered.insert(slot(r.want));
+            covered.record(match r.want {
+                Want::Drop(d) => Stat::Drop(d),
+                Want::Pass(p) => Stat::Pass(p),
+            });
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-        for r in [DropReason::TunnelUnknownPeer, DropReason::TunnelSrcMac] {
-            assert!(
-                covered.contains(&slot(Want::Drop(r))),
-                "no row for {}",
-                r.name()
-            );
-        }
+        covered.assert_covers(Hook::Tc, covered_by("verdicts_tunnel"));
     });
 }

@@ -39,9 +39,8 @@ use aya::{
 };
 use dragonflow_agent::datapath::EBPF_OBJECT;
 use dragonflow_common::maps::{self as names, progs};
-use tests::harness::{
-    Cloud, Hook, HvOpts, Netns, VmOpts, agent_has_flag, iperf3, metric, ping, wait_until,
-};
+use tests::framework::{hook::Hook, http::metric, netns::Netns, process::wait_until};
+use tests::harness::{Cloud, HvOpts, VmOpts, agent_has_flag, iperf3, ping};
 
 /// `sg`: security groups enforced (nftables rules or our agent's default).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -370,7 +369,7 @@ impl Stub {
 /// Loads `r1 = target; r2 = 0; call bpf_redirect; exit` and links it at tcx ingress of
 /// `ifindex` (in the calling thread's namespace); the program and link fds.
 fn tc_redirect_stub(ifindex: u32, target: u32) -> [OwnedFd; 2] {
-    use tests::rawbpf::{self, insn};
+    use tests::framework::rawbpf::{self, insn};
     const BPF_FUNC_REDIRECT: i32 = 23;
     let prog = [
         insn(0xb7, 1, 0, 0, target as i32), // mov64 r1, target
@@ -482,7 +481,11 @@ fn sg_engaged(setup: Setup, cloud: &Cloud) {
         Setup::Dragonflow { .. } => {
             let m = hv.metrics();
             let ev = |e: &str| {
-                tests::harness::metric_sum(&m, "dragonflow_datapath_events_total", &[("event", e)])
+                tests::framework::http::metric_sum(
+                    &m,
+                    "dragonflow_datapath_events_total",
+                    &[("event", e)],
+                )
             };
             eprintln!(
                 "   security groups: ct_new {}, ct_established {}",

@@ -42,8 +42,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use tests::framework::{
+    http::metric,
+    netns::Netns,
+    process::{cmd, unique_prefix, wait_until},
+};
 use tests::{
-    harness::{Cloud, Netns, cmd, metric, ping, unique_prefix, wait_until},
+    harness::{Cloud, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,
         route_vip_via_vmac, vip_cloud, vm,
@@ -105,7 +110,8 @@ impl BridgeBed {
 
 enum Bed {
     Bridge(BridgeBed),
-    Cloud(Cloud),
+    // Boxed: a whole cloud (hypervisors, VMs, etcd members) is much larger than the bridge.
+    Cloud(Box<Cloud>),
 }
 
 impl Bed {
@@ -280,8 +286,8 @@ fn run_setup(setup: Setup, failovers: usize) -> Vec<Sample> {
     eprintln!("== {}", setup.name());
     let bed = match setup {
         Setup::Bridge => Bed::Bridge(BridgeBed::new()),
-        Setup::Broadcast => Bed::Cloud(vip_cloud("broadcast", true, &[])),
-        Setup::Detection => Bed::Cloud(vip_cloud("detection", true, &[])),
+        Setup::Broadcast => Bed::Cloud(Box::new(vip_cloud("broadcast", true, &[]))),
+        Setup::Detection => Bed::Cloud(Box::new(vip_cloud("detection", true, &[]))),
     };
     let conf = |me: &VmDef, peer: &VmDef, prio: u8| VrrpConf {
         nopreempt: true,

@@ -27,10 +27,10 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
+use tests::framework::hook::Hook;
 use tests::{
-    frames::*,
-    harness::Hook,
-    testrun::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
+    fixtures::frames::*,
+    framework::test_run::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
 };
 
 const GW_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 0, 0x01];
@@ -319,7 +319,7 @@ fn from_tunnel(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) 
         maps::{BENCH_TUN, progs::BENCH_FROM_TUNNEL_TC},
         verdict::Stat,
     };
-    use tests::testrun::{actions, stub_redirect_prog};
+    use tests::framework::test_run::{actions, stub_redirect_prog};
     const NET: u32 = 42;
     const CHASSIS: [u8; 4] = [198, 18, 0, 2];
     const ROGUE: [u8; 4] = [198, 18, 0, 66];
@@ -464,7 +464,7 @@ fn limits(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
         limits::{Limits, flood_params},
         sg::{DIR_EGRESS, IDENT_ANY_V4},
     };
-    use tests::testrun::{Ports, actions, policy_key};
+    use tests::framework::test_run::{Ports, actions, policy_key};
     const NET: u32 = 42;
     let hook = Hook::Tc;
     let (m, a4) = (mac(0), ip4(0, 1));
@@ -646,7 +646,7 @@ fn limits(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
 /// returns the action without transmitting.
 fn forwarding(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
     use dragonflow_common::fwd::{CFG_F_FORWARDING, ChassisConfig, DEST_LOCAL, L2Dest, L2Key};
-    use tests::testrun::{actions, stub_redirect_prog};
+    use tests::framework::test_run::{actions, stub_redirect_prog};
     const NET: u32 = 42;
     let peer = mac(1);
     dp.clear();
@@ -785,7 +785,7 @@ fn sg_seed(dp: &mut Datapath, c: SgConfig) -> (Vec<u8>, [u8; 6]) {
         fwd::{CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig, DEST_LOCAL, L2Dest, L2Key},
         sg::{DIR_EGRESS, DIR_INGRESS},
     };
-    use tests::testrun::{Ports, policy_key};
+    use tests::framework::test_run::{Ports, policy_key};
     const NET: u32 = 42;
     dp.clear();
     let (a_mac, b_mac) = (mac(0), mac(1));
@@ -893,7 +893,7 @@ fn sg_tcp(
 /// weighs on all of them alike; the median round is reported. The last column is each
 /// figure over the smallest configuration's (target: ≤ 1.3).
 fn security_groups(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
-    use tests::testrun::{actions, stub_redirect_prog};
+    use tests::framework::test_run::{actions, stub_redirect_prog};
     let configs: Vec<SgConfig> = [1, 100, 1000]
         .iter()
         .flat_map(|&rules| {

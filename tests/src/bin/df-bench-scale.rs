@@ -38,7 +38,11 @@ use dragonflow_common::{
 };
 use etcd_client::{Client, Txn, TxnOp};
 use serde_json::{Value, json};
-use tests::harness::{Cloud, ETCD_IP, ETCD_PORT, Hook};
+use tests::framework::{
+    etcd::{ETCD_IP, ETCD_PORT},
+    hook::Hook,
+};
+use tests::harness::Cloud;
 
 const PREFIX: &str = "/dragonflow/";
 /// etcd's default `--max-txn-ops`.
@@ -426,7 +430,7 @@ fn main() {
     let rounds = arg(&args, "--rounds", 100);
     let idle = arg(&args, "--idle-secs", 30);
     // Built (or found current) before anything is timed.
-    let _ = tests::harness::agent_bin();
+    let _ = tests::framework::process::agent_bin();
 
     let mut setups = [
         Setup::new("large", Shape::large(ports)),

@@ -21,7 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::harness::{Cloud, Hook, HvOpts, Hypervisor, VmOpts, metric, ping, wait_until};
+use tests::framework::{hook::Hook, http::metric, process::wait_until};
+use tests::harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -176,7 +177,7 @@ fn main() {
     let mut cloud = Cloud::new();
     println!(
         "    etcd at {} (namespace {})",
-        cloud.etcd.endpoint(),
+        cloud.etcd.endpoints(),
         cloud.ul.name
     );
 
@@ -268,7 +269,7 @@ fn main() {
         }
     };
     // The first ping of each path also waits for the other chassis to be known.
-    let reach = |ns: &tests::harness::Netns, ip: &str| {
+    let reach = |ns: &tests::framework::netns::Netns, ip: &str| {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
             if ping(ns, ip, 1) {
@@ -429,7 +430,7 @@ fn main() {
         !ping(web3, "192.0.2.13", 1),
     );
     let events = |hv: &Hypervisor, event: &str| {
-        tests::harness::metric_sum(
+        tests::framework::http::metric_sum(
             &hv.metrics(),
             "dragonflow_datapath_events_total",
             &[("event", event)],
@@ -496,7 +497,7 @@ fn wait_until_some_garp(cloud: &Cloud) -> String {
     let found = (0..100).any(|_| {
         let o = hv
             .ns
-            .command(tests::harness::dfctl_bin())
+            .command(tests::framework::process::dfctl_bin())
             .args(["garp", "list", "--agent", &agent])
             .output();
         if let Ok(o) = o

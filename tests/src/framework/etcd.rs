@@ -1,37 +1,21 @@
-//! Production-shaped etcd for the tests: a real multi-member cluster on loopback (free
-//! ports, temp data dirs), optionally serving TLS with client certificates, a test PKI made
-//! with the `openssl` CLI, and an agent process running in the root namespace against it
-//! (no tunnel, no taps: what is tested is its etcd session). Every guard kills and removes
-//! what it made on Drop.
+//! The one etcd guard of the tests ([`Etcd`]): real etcd members (Debian's etcd-server)
+//! on free ports or in a namespace, with temp data dirs, optionally serving TLS with a test
+//! PKI ([`Pki`], made with the `openssl` CLI). Every guard kills and removes what it made
+//! on Drop.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::harness::{agent_bin, dfctl_bin, http_get, metric_sum, wait_until};
+use super::{free_port, netns::Netns, temp_path};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A unique temp path for one guard.
-fn temp_path(what: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
-        "df-test-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ))
-}
+/// The underlay address a simulated cloud's etcd listens on inside the underlay namespace.
+pub const ETCD_IP: &str = "198.18.0.1";
+/// The client port there (the peer port is the next one).
+pub const ETCD_PORT: u16 = 2379;
 
 /// A test certificate authority, server and client certificates made with the `openssl`
 /// CLI in a temp dir (removed on Drop). The server certificate is for 127.0.0.1; the
@@ -145,7 +129,7 @@ impl Drop for Pki {
     }
 }
 
-/// One member of an [`EtcdCluster`]: its process (None while killed), ports and data dir.
+/// One member of an [`Etcd`]: its process (None while killed), ports and data dir.
 pub struct Member {
     child: Option<Child>,
     name: String,
@@ -154,31 +138,74 @@ pub struct Member {
     peer_url: String,
 }
 
-/// A real etcd cluster of `n` members on loopback (free ports, temp data dirs), optionally
-/// serving TLS with client certificates required. Every member is killed and every data
-/// dir removed on Drop.
-pub struct EtcdCluster {
+/// A real etcd (Debian's etcd-server): `n` members, each with its own temp data dir, run
+/// either on loopback with free ports (optionally serving TLS with client certificates
+/// required) or, for a simulated cloud, as one member inside the underlay namespace.
+/// Members can be killed and restarted on their data dirs (leader loss, lost quorum, an
+/// outage). Every member is killed and every data dir removed on Drop.
+pub struct Etcd {
     pub members: Vec<Member>,
     initial_cluster: String,
     token: String,
     tls: Option<(String, String, String)>,
     root: PathBuf,
+    /// The namespace the members run in (`None`: the caller's).
+    netns: Option<String>,
 }
 
-impl EtcdCluster {
-    pub fn start(n: usize, pki: Option<&Pki>) -> EtcdCluster {
-        let root = temp_path("etcd-cluster");
+impl Etcd {
+    /// A cluster of `n` members on loopback, serving TLS with `pki`'s server certificate
+    /// (and requiring client certificates) when given; returns once every member is
+    /// healthy.
+    pub fn cluster(n: usize, pki: Option<&Pki>) -> Etcd {
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let urls = (0..n)
+            .map(|_| {
+                (
+                    format!("{scheme}://127.0.0.1:{}", free_port()),
+                    format!("http://127.0.0.1:{}", free_port()),
+                )
+            })
+            .collect();
+        let tls = pki.map(|p| (p.path("ca.pem"), p.path("server.pem"), p.path("server.key")));
+        let mut c = Etcd::new(urls, tls, None);
+        for i in 0..n {
+            c.start_member(i);
+        }
+        c.wait_healthy(Duration::from_secs(30));
+        c
+    }
+
+    /// One member inside `ns` on [`ETCD_IP`]:[`ETCD_PORT`] (the simulated cloud's
+    /// underlay); returns once it is healthy. The namespace must outlive the guard.
+    pub fn start_in(ns: &Netns) -> Etcd {
+        let urls = vec![(
+            format!("http://{ETCD_IP}:{ETCD_PORT}"),
+            format!("http://{ETCD_IP}:{}", ETCD_PORT + 1),
+        )];
+        let mut e = Etcd::new(urls, None, Some(ns.name.clone()));
+        e.start();
+        e
+    }
+
+    fn new(
+        urls: Vec<(String, String)>,
+        tls: Option<(String, String, String)>,
+        netns: Option<String>,
+    ) -> Etcd {
+        let root = temp_path("etcd");
         let token = root.file_name().unwrap().to_string_lossy().into_owned();
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let scheme = if pki.is_some() { "https" } else { "http" };
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
+        let members: Vec<Member> = urls
+            .into_iter()
+            .enumerate()
+            .map(|(i, (client_url, peer_url))| Member {
                 child: None,
                 name: format!("m{i}"),
                 dir: root.join(format!("m{i}")),
-                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url,
+                peer_url,
             })
             .collect();
         let initial_cluster = members
@@ -186,18 +213,44 @@ impl EtcdCluster {
             .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = EtcdCluster {
+        Etcd {
             members,
             initial_cluster,
             token,
-            tls: pki.map(|p| (p.path("ca.pem"), p.path("server.pem"), p.path("server.key"))),
+            tls,
             root,
-        };
-        for i in 0..n {
-            c.start_member(i);
+            netns,
         }
-        c.wait_healthy(Duration::from_secs(30));
-        c
+    }
+
+    /// `program` run where the members run (inside the namespace, if any).
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// (Re)starts every stopped member on its data dir and waits until all are healthy
+    /// (the end of an outage, see [`Etcd::stop`]).
+    pub fn start(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.start_member(i);
+            }
+        }
+        self.wait_healthy(Duration::from_secs(20));
+    }
+
+    /// SIGKILLs every member, keeping the data dirs: an etcd outage.
+    pub fn stop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
     }
 
     pub fn endpoints(&self) -> String {
@@ -242,7 +295,7 @@ impl EtcdCluster {
         let m = &self.members[i];
         assert!(m.child.is_none(), "{} already running", m.name);
         let log = std::fs::File::create(self.root.join(format!("{}.log", m.name))).unwrap();
-        let mut cmd = Command::new("etcd");
+        let mut cmd = self.command("etcd");
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.dir)
@@ -261,7 +314,7 @@ impl EtcdCluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn etcd (is /usr/bin/etcd installed?)");
+            .expect("spawn etcd (is etcd-server installed? run `cargo xtask setup`)");
         self.members[i].child = Some(child);
     }
 
@@ -273,9 +326,9 @@ impl EtcdCluster {
         }
     }
 
-    /// `etcdctl` with this cluster's endpoints (and the PKI's client certificate).
+    /// `etcdctl` (where the members run) with these endpoints (and the PKI's client certificate).
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = self.command("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoints, "--command-timeout=3s"]);
         if let Some((ca, _, _)) = &self.tls {
@@ -352,175 +405,11 @@ impl EtcdCluster {
     }
 }
 
-impl Drop for EtcdCluster {
+impl Drop for Etcd {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
             self.kill_member(i);
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
-}
-
-/// (exit code, stdout, stderr) of one dfctl run against `endpoints`, with `extra` global
-/// options (TLS, credentials) and no password in the environment.
-pub fn dfctl(endpoints: &str, extra: &[String], args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(dfctl_bin())
-        .args(["--etcd-endpoints", endpoints])
-        .args(extra)
-        .args(args)
-        .env_remove("DRAGONFLOW_PREFIX")
-        .env_remove("DRAGONFLOW_ETCD_PASSWORD")
-        .output()
-        .expect("spawn dfctl");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// An agent process in the root namespace with its own bpffs mount, no tunnel and a tap
-/// prefix that matches no interface: only its etcd session is exercised. Killed, its
-/// bpffs unmounted and its log removed on Drop (the log is printed if the test panics).
-pub struct Agent {
-    child: Option<Child>,
-    pub chassis: String,
-    pub metrics_addr: String,
-    bpffs: PathBuf,
-    log: PathBuf,
-    args: Vec<String>,
-}
-
-impl Agent {
-    /// Starts an agent for `chassis` with `args` (endpoints, TLS, …) added.
-    pub fn spawn(chassis: &str, args: &[String]) -> Agent {
-        let bpffs = temp_path("bpffs");
-        std::fs::create_dir_all(&bpffs).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&bpffs)
-            .status()
-            .expect("mount");
-        assert!(st.success(), "mount bpffs at {}", bpffs.display());
-        let mut a = Agent {
-            child: None,
-            chassis: chassis.to_string(),
-            metrics_addr: format!("127.0.0.1:{}", free_port()),
-            log: bpffs.with_extension("log"),
-            bpffs,
-            args: args.to_vec(),
-        };
-        a.start();
-        a
-    }
-
-    /// (Re)starts the process with the same settings and pin directory.
-    pub fn start(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "agent {} already running",
-            self.chassis
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let prefix = format!("dfz{}", free_port());
-        let child = Command::new(agent_bin())
-            .args(["--chassis", &self.chassis, "--no-tunnel"])
-            .args(["--tap-prefix", &prefix, "--probe-interval-ms", "0"])
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            // Kept across restarts of this guard's agent: its instance id lives there.
-            .arg("--state-dir")
-            .arg(self.bpffs.with_extension("state"))
-            .args(["--metrics-addr", &self.metrics_addr])
-            .args(&self.args)
-            .env("RUST_LOG", "info,dragonflow_agent=debug")
-            .env_remove("DRAGONFLOW_ETCD_PASSWORD")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL (pins and the etcd lease stay).
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The exit status once the process ended within `within`, else None.
-    pub fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.as_mut()?.try_wait().ok().flatten() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn healthz(&self) -> Option<(u16, String)> {
-        http_get(&self.metrics_addr, "/healthz")
-    }
-
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, text) = http_get(&self.metrics_addr, "/metrics")?;
-        Some(metric_sum(&text, name, &[]))
-    }
-
-    /// Waits for /healthz `ok` (synced and connected).
-    pub fn wait_ok(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                panic!("agent {} exited ({st}):\n{}", self.chassis, self.log());
-            }
-            if self.healthz().is_some_and(|(s, b)| s == 200 && b == "ok\n") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent {} not ok within {within:?}:\n{}",
-                self.chassis,
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-        if thread::panicking() {
-            eprintln!("---- agent {} log ----\n{}", self.chassis, self.log());
-        }
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_dir_all(self.bpffs.with_extension("state"));
-    }
-}
-
-/// Polls `f` until it holds, returning how long that took (panics after `within`).
-pub fn time_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    wait_until(what, within, &mut f);
-    t.elapsed()
 }

@@ -48,7 +48,7 @@ use dragonflow_common::{
     verdict::{Direction, STATS_LEN, Stat, stat_index},
 };
 
-use crate::harness::Hook;
+use crate::framework::hook::Hook;
 
 /// Programs in the object that [`Datapath`] loads.
 pub const XDP_PROGS: &[&str] = &[progs::FROM_VM_XDP];
