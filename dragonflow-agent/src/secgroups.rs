@@ -546,6 +546,7 @@ mod tests {
             chassis: None,
             ifname: None,
             device_owner: String::new(),
+            admin_state_up: true,
         }
     }
 

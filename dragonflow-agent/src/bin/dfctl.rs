@@ -747,6 +747,7 @@ impl Ctx {
             chassis: a.chassis,
             ifname: a.ifname,
             device_owner: a.device_owner,
+            admin_state_up: true,
         };
         let mut port = port;
         self.check(&port)?;
