@@ -1,10 +1,11 @@
 """The northbound database in etcd, over etcd's v3 JSON gateway (etcd3gw).
 
-A thin layer over etcd3gw that adds what the driver needs and etcd3gw leaves out:
-several endpoints (the next one is tried when one cannot be reached), user/password
-authentication (a token from ``auth/authenticate`` sent as the Authorization header),
-range reads that return the store revision (to start a watch exactly after a
-snapshot) and a create-if-absent transaction (the maintenance lock).
+A thin layer over etcd3gw that adds what the driver needs and etcd3gw leaves
+out: several endpoints (the next one is tried when one cannot be reached),
+user/password authentication (a token from ``auth/authenticate`` sent as the
+Authorization header), range reads that return the store revision (to start a
+watch exactly after a snapshot) and a create-if-absent transaction (the
+maintenance lock).
 """
 
 import base64
@@ -15,10 +16,10 @@ import etcd3gw
 from etcd3gw import exceptions as etcd_exc
 from oslo_log import log as logging
 
+from networking_dragonflow_ebpf._i18n import _
+
 LOG = logging.getLogger(__name__)
 
-# The agents read only these kinds; the driver writes all of them but `chassis`.
-KINDS = ('chassis', 'lswitch', 'subnet', 'lport', 'lrouter', 'secgroup')
 PORT_STATUS = 'portstatus'
 # etcd >= 3.4 serves the gateway at /v3/ (Debian 12 ships 3.4).
 API_PATH = '/v3/'
@@ -54,7 +55,7 @@ class EtcdStore(object):
     def __init__(self, endpoints, prefix, ca_cert=None, cert=None, key=None,
                  user=None, password=None, timeout=5.0):
         if not endpoints:
-            raise ValueError('etcd_endpoints is empty')
+            raise ValueError(_('etcd_endpoints is empty'))
         self.prefix = prefix if prefix.endswith('/') else prefix + '/'
         self._user = user
         self._password = password
@@ -62,8 +63,9 @@ class EtcdStore(object):
         for url in endpoints:
             u = parse.urlsplit(url.strip())
             if u.scheme not in ('http', 'https') or not u.hostname:
-                raise ValueError('etcd endpoint %r is not an http(s)://host:port'
-                                 ' URL' % url)
+                raise ValueError(
+                    _('etcd endpoint %r is not an http(s)://host:port URL')
+                    % url)
             self._clients.append(etcd3gw.Etcd3Client(
                 host=u.hostname, port=u.port or 2379, protocol=u.scheme,
                 ca_cert=ca_cert, cert_cert=cert, cert_key=key,
@@ -94,7 +96,8 @@ class EtcdStore(object):
             idx = (self._current + i) % n
             client = self._clients[idx]
             try:
-                if self._user and 'Authorization' not in client.session.headers:
+                headers = client.session.headers
+                if self._user and 'Authorization' not in headers:
                     self._authenticate(client)
                 try:
                     result = fn(client)
@@ -110,7 +113,8 @@ class EtcdStore(object):
             except (etcd_exc.ConnectionFailedError,
                     etcd_exc.ConnectionTimeoutError) as e:
                 errors.append('%s: %s' % (client.base_url, e))
-        raise Unavailable('no etcd endpoint answered: %s' % '; '.join(errors))
+        raise Unavailable(_('no etcd endpoint answered: %s')
+                          % '; '.join(errors))
 
     def _post(self, path, body):
         return self._call(lambda c: c.post(c.get_url(path), json=body))
@@ -128,7 +132,7 @@ class EtcdStore(object):
         return json.loads(_unb64(kvs[0].get('value'))) if kvs else None
 
     def get_kind(self, kind):
-        """All records of a kind: ({id: record or None if not JSON}, revision)."""
+        """All records of a kind: ({id: record, None if not JSON}, rev)."""
         prefix = '%s%s/' % (self.prefix, kind)
         resp = self._post('/kv/range', {'key': _b64(prefix),
                                         'range_end': _b64(_range_end(prefix))})

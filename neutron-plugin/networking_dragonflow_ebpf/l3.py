@@ -1,7 +1,10 @@
-"""The L3 service plugin ``dragonflow_ebpf_router``: Neutron routers as
-distributed ``lrouter`` records (every chassis routes between the router's
-networks locally). External gateways and floating IPs are not provided and are
-refused, so nothing is accepted that no datapath would carry out."""
+"""The L3 service plugin ``dragonflow_ebpf_router``:
+
+Neutron routers as distributed ``lrouter`` records (every chassis routes
+between the router's networks locally). External gateways and floating IPs are
+not provided and are refused, so nothing is accepted that no datapath would
+carry out.
+"""
 
 from neutron.db import l3_db
 from neutron_lib.api.definitions import l3 as l3_apidef
@@ -68,8 +71,10 @@ class DragonflowEbpfRouterPlugin(service_base.ServicePluginBase,
                           'routers route between tenant networks only')
 
     def _check_interface(self, context, router_id, interface_info):
-        """One interface per network and one address per family: what the
-        datapath's router model holds (validate.rs)."""
+        """One interface per network and one address per family:
+
+        what the datapath's router model holds (validate.rs).
+        """
         core = self._core_plugin
         admin = context.elevated()
         if interface_info.get('port_id'):

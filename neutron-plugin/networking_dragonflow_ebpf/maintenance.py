@@ -1,15 +1,16 @@
 """The maintenance worker: nothing lost between Neutron and etcd.
 
 On start and every ``maintenance_interval`` seconds one worker (of all Neutron
-servers) reads Neutron's database, computes the records it means, and compares them
-with what etcd holds: missing or different records are written, records of resources
-Neutron no longer has are deleted. So a write that failed while etcd was unreachable
-(the postcommit only logs it) lands at most one interval after etcd is back.
+servers) reads Neutron's database, computes the records it means, and compares
+them with what etcd holds: missing or different records are written, records of
+resources Neutron no longer has are deleted. So a write that failed while etcd
+was unreachable (the postcommit only logs it) lands at most one interval after
+etcd is back.
 
 Only one worker repairs at a time: it must first create ``<prefix>neutron/
-maintenance-lock`` under a fresh lease (an etcd transaction that succeeds only when
-the key is absent); the lease outlives a repair by far, and a worker that dies
-mid-repair frees the lock when its lease expires.
+maintenance-lock`` under a fresh lease (an etcd transaction that succeeds only
+when the key is absent); the lease outlives a repair by far, and a worker that
+dies mid-repair frees the lock when its lease expires.
 """
 
 import os
@@ -64,9 +65,11 @@ def desired(context):
 
 
 def repair(store, context):
-    """One comparison and repair, under the lock. Returns the counts of
-    records created, updated and deleted, or None when another worker holds the
-    lock."""
+    """One comparison and repair, under the lock.
+
+    Returns the counts of records created, updated and deleted, or None when
+    another worker holds the lock.
+    """
     lease = store.grant_lease(LOCK_TTL)
     owner = '%s:%d' % (socket.gethostname(), os.getpid())
     if not store.create_if_absent(lock_key(store), owner, lease):

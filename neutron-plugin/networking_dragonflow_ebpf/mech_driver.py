@@ -95,8 +95,11 @@ class DragonflowEbpfMechanismDriver(api.MechanismDriver):
             self._block_until_enforced(context)
 
     def _block_until_enforced(self, context):
-        """Keeps a port with a host DOWN until that host's agent reports it
-        attached (port_status), so Nova's network-vif-plugged means enforced."""
+        """Keeps a port with a host DOWN until the datapath enforces it.
+
+        The block is lifted when that host's agent reports the port attached
+        (port_status), so Nova's network-vif-plugged means enforced.
+        """
         port = context.current
         if (not context.host or not nb.is_vm_port(port) or
                 port['status'] == n_const.PORT_STATUS_ACTIVE or

@@ -1,7 +1,7 @@
 """Neutron resources as northbound records (docs/nb-schema.json).
 
-Pure functions from the dicts Neutron's plugins return to the JSON the agents decode
-(dragonflow-agent/src/nb/model.rs). The records carry Neutron's ids, so
+Pure functions from the dicts Neutron's plugins return to the JSON the agents
+decode (dragonflow-agent/src/nb/model.rs). The records carry Neutron's ids, so
 ``<prefix><kind>/<neutron id>`` names each one.
 """
 
@@ -9,8 +9,8 @@ import netaddr
 from neutron_lib.api.definitions import portbindings
 from neutron_lib import constants as n_const
 
-# Protocol names the agents know (validate.rs, PROTOCOL_NAMES); Neutron accepts more,
-# which are written as their numbers.
+# Protocol names the agents know (validate.rs, PROTOCOL_NAMES); Neutron
+# accepts more, which are written as their numbers.
 AGENT_PROTOCOL_NAMES = frozenset([
     'icmp', 'tcp', 'udp', 'dccp', 'gre', 'esp', 'ah', 'icmpv6', 'ipv6-icmp',
     'ospf', 'pim', 'vrrp', 'sctp', 'udplite'])
@@ -21,14 +21,17 @@ ROUTER_INTERFACE_OWNERS = (n_const.DEVICE_OWNER_ROUTER_INTF,
 
 
 def tap_name(port_id):
-    """Nova's and the agent's tap name for a port: tap + the id's first 11 chars."""
+    """Nova's and the agent's tap name: tap + the id's first 11 chars."""
     return ('tap' + port_id)[:14]
 
 
 def is_vm_port(port):
-    """Ports the datapath enforces as lports. Ports Neutron owns (``network:*``:
-    router interfaces, which are part of the lrouter record; DHCP, router gateway and
-    floating IP ports, whose features the datapath does not provide) are not lports."""
+    """Ports the datapath enforces as lports.
+
+    Ports Neutron owns (``network:*``: router interfaces, which are part of the
+    lrouter record; DHCP, router gateway and floating IP ports, whose features
+    the datapath does not provide) are not lports.
+    """
     return not (port.get('device_owner') or '').startswith('network:')
 
 
@@ -106,7 +109,8 @@ def _protocol(rule):
 def secgroup_rule(rule):
     proto = _protocol(rule)
     pmin, pmax = rule.get('port_range_min'), rule.get('port_range_max')
-    # Neutron takes a lone port_range_min as the single port; the agent wants both.
+    # Neutron takes a lone port_range_min as the single port; the agent
+    # wants both.
     if pmin is not None and pmax is None and proto in (
             'tcp', 'udp', '6', '17'):
         pmax = pmin
@@ -137,8 +141,11 @@ def secgroup(group, rules=None):
 
 
 def lrouter(router, interface_ports, subnet_cidrs):
-    """``interface_ports``: the router's interface ports; ``subnet_cidrs``:
-    subnet id -> cidr of the subnets they are on."""
+    """``interface_ports``:
+
+    the router's interface ports; ``subnet_cidrs``: subnet id -> cidr of the
+    subnets they are on.
+    """
     ifaces = []
     for port in sorted(interface_ports, key=lambda p: p['id']):
         addrs = []
@@ -150,8 +157,8 @@ def lrouter(router, interface_ports, subnet_cidrs):
             addrs.append('%s/%d' % (ip['ip_address'], length))
         if not addrs:
             continue
-        # IPv4 first, so a dual-stack interface reads the same whatever the order
-        # Neutron listed its addresses in.
+        # IPv4 first, so a dual-stack interface reads the same whatever the
+        # order Neutron listed its addresses in.
         addrs.sort(key=lambda a: netaddr.IPNetwork(a).version)
         iface = {'id': port['id'], 'lswitch': port['network_id'],
                  'mac': port['mac_address'], 'ip': addrs[0]}

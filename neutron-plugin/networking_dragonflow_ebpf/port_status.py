@@ -1,18 +1,18 @@
 """Port status from the datapath back to Neutron (and so to Nova).
 
-Each agent publishes ``<prefix>portstatus/<port id>`` for the ports of its chassis,
-under its lease (docs/neutron.md, "Port status"):
+Each agent publishes ``<prefix>portstatus/<port id>`` for the ports of its
+chassis, under its lease (docs/neutron.md, "Port status"):
 
-    {"chassis": "hv1", "state": "attached", "since": "2026-12-03T16:52:29Z",
+{"chassis": "hv1", "state": "attached", "since": "2026-12-03T16:52:29Z",
      "reason": ""}
 
-``state`` is one of ``attached``, ``fail-closed``, ``attach-failed``, ``admin-down``.
-A port bound by this driver turns ACTIVE only when the record of the chassis it is
-bound to says ``attached``: the driver lifts the L2 provisioning block it put on the
-port, and Neutron's own provisioning code sets the status and sends Nova
-``network-vif-plugged``. Any other state, or no record (the port is not plugged yet,
-or the agent died and its lease took the record along), makes it DOWN again, with the
-block back in place.
+``state`` is one of ``attached``, ``fail-closed``, ``attach-failed``,
+``admin-down``. A port bound by this driver turns ACTIVE only when the record
+of the chassis it is bound to says ``attached``: the driver lifts the L2
+provisioning block it put on the port, and Neutron's own provisioning code sets
+the status and sends Nova ``network-vif-plugged``. Any other state, or no
+record (the port is not plugged yet, or the agent died and its lease took the
+record along), makes it DOWN again, with the block back in place.
 """
 
 import threading
@@ -39,7 +39,7 @@ STATES = (ATTACHED, 'fail-closed', 'attach-failed', 'admin-down')
 
 
 def enforced(port, record):
-    """Whether ``record`` says the datapath enforces ``port`` where it is bound."""
+    """Whether the datapath enforces ``port`` on the host it is bound to."""
     return (record is not None and record.get('state') == ATTACHED and
             record.get('chassis') == nb.bound_chassis(port))
 
@@ -89,7 +89,9 @@ class PortStatusSync(object):
 
     def resync(self, context):
         """Applies every record, and no-record to every bound port without one.
-        Returns the etcd revision the records were read at."""
+
+        Returns the etcd revision the records were read at.
+        """
         records, revision = self.store.get_kind(etcd_store.PORT_STATUS)
         for port in self.plugin.get_ports(context):
             if port.get(portbindings.VIF_TYPE) != portbindings.VIF_TYPE_TAP:
@@ -112,8 +114,11 @@ class PortStatusSync(object):
 
 
 class PortStatusWorker(worker.BaseWorker):
-    """A Neutron worker process: a full read, then the watch from that revision,
-    again every ``port_status_resync_interval`` and after any error."""
+    """A Neutron worker process:
+
+    a full read, then the watch from that revision, again every
+    ``port_status_resync_interval`` and after any error.
+    """
 
     def __init__(self):
         super().__init__()

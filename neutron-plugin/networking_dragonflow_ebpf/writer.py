@@ -1,8 +1,9 @@
 """Writes of records after Neutron committed, that never fail the API call.
 
-A write that fails (etcd unreachable) is logged and left to the maintenance worker,
-which compares the database with the northbound and repairs the difference; raising
-from a postcommit would make ML2 undo a create the user already saw succeed.
+A write that fails (etcd unreachable) is logged and left to the maintenance
+worker, which compares the database with the northbound and repairs the
+difference; raising from a postcommit would make ML2 undo a create the user
+already saw succeed.
 """
 
 from etcd3gw import exceptions as etcd_exc

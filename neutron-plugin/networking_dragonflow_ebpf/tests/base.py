@@ -4,7 +4,9 @@ The etcd is started by the Rust test that runs these tests
 (tests/tests/neutron_plugin.rs), which passes:
 
 - ``DFE_ETCD_ENDPOINT``: its client URL;
-- ``DFE_ETCD_PID``: its process, which the outage test stops (SIGSTOP) and resumes;
+- ``DFE_ETCD_CONTROL``: a directory where a file ``stop`` or ``start`` asks it
+  to
+  stop or start that etcd (the outage test); it removes the file when done;
 - ``DFE_DFCTL``: the dfctl binary, to run written records through the agent's
   validation (``dfctl apply --dry-run``).
 
@@ -114,9 +116,11 @@ class DragonflowEbpfTestCase(test_plugin.Ml2PluginV2TestCase,
         return out
 
     def assert_agent_accepts(self):
-        """Every record the driver wrote passes the agent's validation, the
-        per-record rules and the references between them, through
-        ``dfctl apply --dry-run`` (against an empty prefix)."""
+        """Every record the driver wrote passes the agent's validation.
+
+        That is the per-record rules and the references between them, through
+        ``dfctl apply --dry-run`` (against an empty prefix).
+        """
         records = [dict(r, kind=kind)
                    for kind, recs in self.all_records().items()
                    for r in recs.values()]

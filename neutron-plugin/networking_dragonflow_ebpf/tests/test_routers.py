@@ -50,10 +50,11 @@ class TestRouters(base.DragonflowEbpfTestCase):
 
     def test_dual_stack_interface_port(self):
         sub6 = self.make_subnet(self.net1, '2001:db8:1::/64')
-        port = self.make_port(self.net1, device_owner='', device_id='',
-                              fixed_ips=[
+        fixed_ips = [
             {'subnet_id': self.sub1['id'], 'ip_address': '192.0.2.1'},
-            {'subnet_id': sub6['id'], 'ip_address': '2001:db8:1::1'}])
+            {'subnet_id': sub6['id'], 'ip_address': '2001:db8:1::1'}]
+        port = self.make_port(self.net1, device_owner='', device_id='',
+                              fixed_ips=fixed_ips)
         router = self.make_router()
         self.interface('add', router, port_id=port['id'])
         (iface,) = self.nb('lrouter', router['id'])['ports']
