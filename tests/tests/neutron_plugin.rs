@@ -8,6 +8,7 @@
 //! The outage test in Python stops and starts this etcd: it drops a file `stop` or
 //! `start` into a control directory, and a thread here does it and removes the file.
 
+#[allow(dead_code)] // the constants only setup uses (the pins, the stamp)
 #[path = "../src/neutron_venv.rs"]
 mod neutron_venv;
 
