@@ -20,6 +20,16 @@ ROUTER_INTERFACE_OWNERS = (n_const.DEVICE_OWNER_ROUTER_INTF,
                            n_const.DEVICE_OWNER_HA_REPLICATED_INT)
 
 
+# validate.rs MAX_ID_LEN: names longer than this (in bytes) make the agent skip
+# the record; Neutron counts characters.
+MAX_NAME_BYTES = 255
+
+
+def _name(resource):
+    raw = (resource.get('name') or '').encode('utf-8')[:MAX_NAME_BYTES]
+    return raw.decode('utf-8', errors='ignore')
+
+
 def tap_name(port_id):
     """Nova's and the agent's tap name: tap + the id's first 11 chars."""
     return ('tap' + port_id)[:14]
@@ -38,7 +48,7 @@ def is_vm_port(port):
 def lswitch(network):
     return {
         'id': network['id'],
-        'name': network.get('name') or '',
+        'name': _name(network),
         'segmentation_id': int(network['provider:segmentation_id']),
         'mtu': int(network.get('mtu') or 1450),
     }
@@ -134,7 +144,7 @@ def secgroup(group, rules=None):
     rules = group.get('security_group_rules') if rules is None else rules
     return {
         'id': group['id'],
-        'name': group.get('name') or '',
+        'name': _name(group),
         'rules': sorted((secgroup_rule(r) for r in rules or []),
                         key=lambda r: r['id']),
     }
@@ -165,5 +175,5 @@ def lrouter(router, interface_ports, subnet_cidrs):
         if addrs[1:]:
             iface['extra_ips'] = addrs[1:]
         ifaces.append(iface)
-    return {'id': router['id'], 'name': router.get('name') or '',
+    return {'id': router['id'], 'name': _name(router),
             'ports': ifaces}

@@ -22,6 +22,7 @@ from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import resources
 from neutron_lib import constants as n_const
 from neutron_lib import context as n_context
+from neutron_lib import exceptions as n_exc
 from neutron_lib.plugins import directory
 from neutron_lib import worker
 from oslo_log import log as logging
@@ -59,8 +60,8 @@ class PortStatusSync(object):
         """Sets one port ACTIVE or DOWN from its record (None: no record)."""
         try:
             port = self.plugin.get_port(context, port_id)
-        except Exception:  # noqa: the port was deleted meanwhile
-            return
+        except n_exc.PortNotFound:
+            return  # deleted meanwhile
         if not nb.is_vm_port(port) or port.get(
                 portbindings.VIF_TYPE) != portbindings.VIF_TYPE_TAP:
             return

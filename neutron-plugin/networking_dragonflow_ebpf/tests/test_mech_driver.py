@@ -19,6 +19,14 @@ class TestNetworksAndSubnets(base.DragonflowEbpfTestCase):
         self.api_delete('networks', net['id'])
         self.assertIsNone(self.nb('lswitch', net['id']))
 
+    def test_long_unicode_name_fits_the_agent(self):
+        # 255 characters Neutron accepts, 510 bytes the agent would refuse.
+        net = self.make_net(name='\u00e9' * 255)
+        name = self.nb('lswitch', net['id'])['name']
+        # Cut at 255 bytes, on a character boundary.
+        self.assertEqual('\u00e9' * 127, name)
+        self.assert_agent_accepts()
+
     def test_subnet_lifecycle(self):
         net = self.make_net()
         sub = self.make_subnet(net, '192.0.2.0/24', gateway_ip='192.0.2.1')
