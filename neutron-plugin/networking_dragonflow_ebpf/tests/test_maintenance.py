@@ -80,3 +80,16 @@ class TestMaintenance(base.DragonflowEbpfTestCase):
         self.assertEqual(1, maintenance.repair(self.store,
                                                self.admin)['created'])
         self.assertIsNotNone(self.nb('lswitch', net['id']))
+
+    def test_worker_repairs_on_start(self):
+        net = self.make_net()
+        self.store.delete('lswitch', net['id'])
+        worker = maintenance.MaintenanceWorker()
+        worker.start()
+        self.addCleanup(worker.wait)
+        self.addCleanup(worker.stop)
+        deadline = time.monotonic() + 30
+        while self.nb('lswitch', net['id']) is None:
+            self.assertLess(time.monotonic(), deadline,
+                            'the worker did not repair on start')
+            time.sleep(0.05)
