@@ -116,13 +116,20 @@ pub struct LPort {
     #[serde(default)]
     pub device_owner: String,
     /// Neutron's `admin_state_up`: false = the port's traffic is dropped (and counted) and
-    /// its status reported `admin-down`. Records written before the field read as up.
-    #[serde(default = "default_true")]
+    /// its status reported `admin-down`. Records written before the field read as up, and
+    /// an up port is written without it, exactly as before (older readers see no change).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    // schemars leaves a default out when it would not be serialised; writers need it.
+    #[schemars(extend("default" = true))]
     pub admin_state_up: bool,
 }
 
 const fn default_true() -> bool {
     true
+}
+
+const fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl LPort {

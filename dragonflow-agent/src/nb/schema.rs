@@ -113,4 +113,22 @@ mod tests {
         );
         assert_eq!(doc["$defs"]["LPort"]["additionalProperties"], false);
     }
+
+    /// `admin_state_up` is new: absent reads as up, and an up port is written as before.
+    #[test]
+    fn lport_admin_state_up_defaults_and_round_trips() {
+        let json = r#"{"id":"p1","lswitch":"n1","mac":"fa:16:3e:00:00:01"}"#;
+        let mut p: crate::nb::LPort = serde_json::from_str(json).unwrap();
+        assert!(p.admin_state_up);
+        assert!(
+            !serde_json::to_string(&p)
+                .unwrap()
+                .contains("admin_state_up")
+        );
+        p.admin_state_up = false;
+        let down = serde_json::to_string(&p).unwrap();
+        assert!(down.contains(r#""admin_state_up":false"#));
+        let back: crate::nb::LPort = serde_json::from_str(&down).unwrap();
+        assert!(!back.admin_state_up);
+    }
 }
