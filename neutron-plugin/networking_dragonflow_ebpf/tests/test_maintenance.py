@@ -58,14 +58,18 @@ class TestMaintenance(base.DragonflowEbpfTestCase):
 
     def test_repair_removes_what_neutron_does_not_have(self):
         net = self.make_net()
+        router = self.api_create('routers', {'name': 'r1',
+                                             'tenant_id': 'proj'})['router']
         self.store.put('lswitch', 'stray', {'id': 'stray',
                                             'segmentation_id': 7})
         self.store.delete('lswitch', net['id'])
+        self.store.delete('lrouter', router['id'])
         counts = maintenance.repair(self.store, self.admin)
-        self.assertEqual(1, counts['created'])
+        self.assertEqual(2, counts['created'])
         self.assertEqual(1, counts['deleted'])
         self.assertIsNone(self.nb('lswitch', 'stray'))
         self.assertIsNotNone(self.nb('lswitch', net['id']))
+        self.assertEqual('r1', self.nb('lrouter', router['id'])['name'])
 
     def test_one_repairer_at_a_time(self):
         net = self.make_net()
