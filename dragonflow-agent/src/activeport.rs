@@ -1452,6 +1452,7 @@ mod tests {
             chassis: Some(chassis.into()),
             ifname: None,
             device_owner: String::new(),
+            admin_state_up: true,
         }
     }
 

@@ -1026,6 +1026,7 @@ mod tests {
             chassis: chassis.map(Into::into),
             ifname: None,
             device_owner: String::new(),
+            admin_state_up: true,
         }
     }
 

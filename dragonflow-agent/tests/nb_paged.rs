@@ -37,6 +37,7 @@ fn port(i: u32) -> LPort {
         chassis: None,
         ifname: None,
         device_owner: "compute:nova".into(),
+        admin_state_up: true,
     }
 }
 

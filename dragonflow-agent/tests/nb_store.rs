@@ -21,6 +21,7 @@ fn port(id: &str) -> LPort {
         chassis: None,
         ifname: None,
         device_owner: String::new(),
+        admin_state_up: true,
     }
 }
 

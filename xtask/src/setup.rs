@@ -24,6 +24,10 @@ use crate::run::{self, have, probe};
 #[path = "../../tests/src/guest_kernel.rs"]
 mod guest_kernel;
 
+/// The Neutron driver's venv, shared with the test that runs the driver's tests in it.
+#[path = "../../tests/src/neutron_venv.rs"]
+mod neutron_venv;
+
 struct Pkg {
     name: &'static str,
     why: &'static str,
@@ -119,6 +123,10 @@ const TOOLS: &[Pkg] = &[
     Pkg {
         name: "qemu-system-x86",
         why: "boots the real guest (Debian cloud kernel, virtio-net on a tap) with TCG in tests",
+    },
+    Pkg {
+        name: "python3-venv",
+        why: "the venv Neutron and the Neutron driver's tests run in (`target/neutron-venv`)",
     },
     Pkg {
         name: "busybox-static",
@@ -289,6 +297,7 @@ pub fn setup() -> Result<()> {
 
     ensure_bpf_linker()?;
     ensure_guest_kernel()?;
+    ensure_neutron_venv()?;
     keep_etcd_service_off()?;
     eprintln!("setup: done");
     Ok(())
@@ -491,6 +500,57 @@ fn guest_kernel_present() -> Option<String> {
         let name = e.file_name().to_string_lossy().into_owned();
         name.starts_with("vmlinuz-").then_some(name)
     })
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// The venv the Neutron driver is tested in: Debian's Python, the pinned PyPI packages
+/// and the driver itself in editable mode. Skipped when its stamp lists exactly the
+/// pinned requirements (a second run takes no time); rebuilt from scratch otherwise, so a
+/// half-made venv from an interrupted run never counts as done.
+fn ensure_neutron_venv() -> Result<()> {
+    let root = workspace_root();
+    let venv = root.join(neutron_venv::DIR);
+    let stamp = venv.join(neutron_venv::STAMP);
+    let want = neutron_venv::REQUIREMENTS.join("\n") + "\n";
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        eprintln!("neutron venv is ready in {}", venv.display());
+        return Ok(());
+    }
+    run::step("setup: creating the Neutron venv (neutron, neutron-lib, the driver)");
+    if venv.exists() {
+        fs::remove_dir_all(&venv).with_context(|| format!("remove {}", venv.display()))?;
+    }
+    run::run(
+        Command::new(neutron_venv::BASE_PYTHON)
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )
+    .context("python3 -m venv failed (is python3-venv installed?)")?;
+    let pip = venv.join("bin/pip");
+    // `wheel` first: without it pip cannot build the one sdist among Neutron's
+    // dependencies (ovs) and falls back to ancient releases of other packages.
+    run::run(Command::new(&pip).args(["install", "-q", "wheel"])).context("pip install wheel")?;
+    run::run(
+        Command::new(&pip)
+            .args(["install", "-q"])
+            .args(neutron_venv::REQUIREMENTS),
+    )
+    .context("pip install of Neutron and the test tools failed")?;
+    run::run(
+        Command::new(&pip)
+            .args(["install", "-q", "--no-deps", "-e"])
+            .arg(root.join(neutron_venv::PLUGIN_DIR)),
+    )
+    .context("pip install -e neutron-plugin failed")?;
+    fs::write(&stamp, want).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(())
 }
 
 /// The real-VM tests boot Debian's cloud kernel. It is downloaded (`apt-get download`) and

@@ -58,6 +58,19 @@ impl Serialize for MacAddr {
     }
 }
 
+impl schemars::JsonSchema for MacAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MacAddr".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Six hex pairs separated by ':' or '-', e.g. fa:16:3e:00:00:01.",
+            "pattern": "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -165,6 +178,21 @@ impl FromStr for IpPrefix {
 impl Serialize for IpPrefix {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl schemars::JsonSchema for IpPrefix {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IpPrefix".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // The address part is checked by the decoder; the pattern only fixes the shape.
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An IPv4 or IPv6 address, optionally with a prefix length: \
+                            192.0.2.0/24, 2001:db8::/64; a bare address is a host prefix.",
+            "pattern": "^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$"
+        })
     }
 }
 

@@ -321,6 +321,7 @@ mod tests {
             chassis: tap.map(|_| "hv1".into()),
             ifname: tap.map(Into::into),
             device_owner: String::new(),
+            admin_state_up: true,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod index;
 pub mod model;
 pub mod paged;
+pub mod schema;
 pub mod store;
 pub mod validate;
 

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{IpPrefix, MacAddr};
@@ -10,7 +11,17 @@ use super::{IpPrefix, MacAddr};
 /// How traffic for a shared allowed-address-pair IP is forwarded (the blueprint's two ways).
 /// The same spelling in etcd (serde), on the command line and in the TOML file (clap).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum AapMode {
@@ -22,7 +33,7 @@ pub enum AapMode {
 }
 
 /// `chassis/<name>`: one hypervisor, written by its agent under an etcd lease.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Chassis {
     pub name: String,
     /// Underlay address VXLAN tunnels to this chassis are sent to.
@@ -39,7 +50,7 @@ pub struct Chassis {
 }
 
 /// `lswitch/<id>`: a logical switch (Neutron network).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LSwitch {
     pub id: String,
     #[serde(default)]
@@ -59,7 +70,7 @@ pub const fn default_mtu() -> u16 {
 }
 
 /// `subnet/<id>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Subnet {
     pub id: String,
     pub lswitch: String,
@@ -71,7 +82,9 @@ pub struct Subnet {
 }
 
 /// One allowed address pair (Neutron `allowed_address_pairs` entry).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub struct AllowedAddressPair {
     /// An IP (a /32 or /128 host prefix) or a CIDR.
     pub ip_address: IpPrefix,
@@ -81,7 +94,7 @@ pub struct AllowedAddressPair {
 }
 
 /// `lport/<id>`: a logical port (Neutron port).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LPort {
     pub id: String,
     pub lswitch: String,
@@ -102,10 +115,21 @@ pub struct LPort {
     pub ifname: Option<String>,
     #[serde(default)]
     pub device_owner: String,
+    /// Neutron's `admin_state_up`: false = the port's traffic is dropped (and counted) and
+    /// its status reported `admin-down`. Records written before the field read as up, and
+    /// an up port is written without it, exactly as before (older readers see no change).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    // schemars leaves a default out when it would not be serialised; writers need it.
+    #[schemars(extend("default" = true))]
+    pub admin_state_up: bool,
 }
 
 const fn default_true() -> bool {
     true
+}
+
+const fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl LPort {
@@ -126,7 +150,7 @@ impl LPort {
 
 /// `lrouter/<id>`: a distributed logical router (Neutron router). Every chassis routes
 /// between its interfaces' networks locally (README: "How a packet flows").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LRouter {
     pub id: String,
     #[serde(default)]
@@ -143,7 +167,7 @@ pub struct LRouter {
 /// the other `extra_ips`; records written before dual stack (only `ip`) read unchanged,
 /// and a single-address interface is written exactly as before (no `extra_ips` key), so
 /// older readers still see its first address. Use [`LRouterPort::addrs`] to visit all.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LRouterPort {
     pub id: String,
     pub lswitch: String,
@@ -170,7 +194,7 @@ impl LRouterPort {
 /// port, under its lease (a dead chassis loses its claims), with an etcd transaction that
 /// compares the key's mod_revision; read by every agent, which points L2, L3 and the
 /// ARP/ND responder at `port`/`mac`. Not an NB object operators write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ActivePort {
     pub lswitch: String,
     pub ip: IpAddr,
@@ -188,9 +212,44 @@ pub struct ActivePort {
 
 pub const ACTIVE_PORT_SEGMENT: &str = "activeport";
 
+/// `portstatus/<lport id>`: what the datapath of the chassis hosting a port does with it,
+/// written by that chassis' agent under its lease (a dead chassis' records vanish with
+/// it) and read by the Neutron driver, which sets the Neutron port ACTIVE only for
+/// `attached` (docs/neutron.md: "Port status"). Not an NB object operators write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PortStatus {
+    /// The chassis whose agent wrote the record; a reader ignores a record from a chassis
+    /// the port is not bound to (a stale one from before a migration).
+    pub chassis: String,
+    pub state: PortState,
+    /// When the port entered `state`, RFC 3339 in UTC (`2026-12-03T16:52:29Z`).
+    pub since: String,
+    /// Human-readable detail, e.g. why an attach failed; empty for `attached`.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The states of a [`PortStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortState {
+    /// The tap exists and the port's programs and map entries are installed: port
+    /// security, security groups and forwarding are enforced.
+    Attached,
+    /// The tap exists but the agent could not install the port's current policy (e.g. a
+    /// map is full): its traffic is dropped rather than passed unchecked.
+    FailClosed,
+    /// The tap exists but attaching the programs failed.
+    AttachFailed,
+    /// `admin_state_up` is false: the port's traffic is dropped and counted.
+    AdminDown,
+}
+
+pub const PORT_STATUS_SEGMENT: &str = "portstatus";
+
 /// `secgroup/<id>`: a security group (Neutron `security_group`): allow rules only; a
 /// port's groups together say what it may send and receive (see `crate::secgroups`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecGroup {
     pub id: String,
     #[serde(default)]
@@ -200,7 +259,7 @@ pub struct SecGroup {
 }
 
 /// One rule of a [`SecGroup`] (Neutron `security_group_rule`), in Neutron's field names.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct SecGroupRule {
     pub id: String,
     pub direction: RuleDirection,
@@ -255,6 +314,16 @@ impl TryFrom<String> for RuleDirection {
     }
 }
 
+/// Spelled as Neutron writes it; the decoder also accepts other letter cases.
+impl JsonSchema for RuleDirection {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RuleDirection".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "enum": ["ingress", "egress"] })
+    }
+}
+
 impl From<RuleDirection> for String {
     fn from(d: RuleDirection) -> String {
         d.as_str().to_string()
@@ -293,6 +362,16 @@ impl TryFrom<String> for EtherType {
             "ipv6" => Ok(EtherType::IPv6),
             _ => Err(format!("ethertype {s:?} is invalid: use IPv4 or IPv6")),
         }
+    }
+}
+
+/// Spelled as Neutron writes it; the decoder also accepts other letter cases.
+impl JsonSchema for EtherType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EtherType".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "enum": ["IPv4", "IPv6"] })
     }
 }
 

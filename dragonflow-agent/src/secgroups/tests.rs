@@ -22,6 +22,7 @@ fn port(id: &str, groups: &[&str], ips: &[&str], aaps: &[&str]) -> LPort {
         chassis: None,
         ifname: None,
         device_owner: String::new(),
+        admin_state_up: true,
     }
 }
 

@@ -279,6 +279,7 @@ impl Ctx {
             chassis: a.chassis,
             ifname: a.ifname,
             device_owner: a.device_owner,
+            admin_state_up: true,
         };
         self.check(&port)?;
         // Neutron: a port with port security and no group gets the project's `default`
