@@ -27,32 +27,16 @@ use dragonflow_common::{
 };
 
 pub use crate::forwarding::{NetPart, NetworkView, router_id};
+pub use crate::nb::NbSnapshot;
 use crate::{
     forwarding,
-    nb::{ActivePort, Chassis, IpPrefix, LPort, LRouter, LSwitch, MacAddr, SecGroup},
+    nb::{IpPrefix, LPort, LSwitch, MacAddr},
     secgroups::{IdentLpmKey, Identities, PolicyLpmKey, SgEngine, SgKeys, SgPortView},
 };
 
 /// `MACS` value bits: the MAC is the port's own / an AAP's (both may be set).
 pub const MAC_F_PORT: u32 = ADDR_F_FIXED;
 pub const MAC_F_AAP: u32 = ADDR_F_AAP;
-
-/// The northbound objects the datapath depends on (last good version of each).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NbSnapshot {
-    pub lswitches: BTreeMap<String, LSwitch>,
-    /// Shared with the snapshots derived from this one (`scope`), so that making one
-    /// costs a pointer per port, not a copy.
-    pub lports: BTreeMap<String, Arc<LPort>>,
-    pub lrouters: BTreeMap<String, LRouter>,
-    /// Live chassis (their records vanish with their agent's lease).
-    pub chassis: BTreeMap<String, Chassis>,
-    /// Detection way: the active holder of each shared AAP IP, by (lswitch id, IP), as
-    /// claimed in `activeport/` (entries vanish with the claiming agent's lease).
-    pub active_ports: BTreeMap<(String, std::net::IpAddr), ActivePort>,
-    /// Security groups by id.
-    pub secgroups: BTreeMap<String, SecGroup>,
-}
 
 /// Key of the CIDR LPM trie: prefix length (including [`LPM_FIXED_BITS`]) and the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -11,10 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{
-    nb::{LPort, LRouter},
-    reconcile::NbSnapshot,
-};
+use super::{LPort, LRouter, NbSnapshot};
 
 /// Ids are shared between the lookups (one allocation per record, not one per lookup).
 pub type Id = Arc<str>;

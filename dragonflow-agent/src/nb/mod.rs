@@ -11,11 +11,13 @@ pub mod index;
 pub mod model;
 pub mod paged;
 pub mod schema;
+pub mod snapshot;
 pub mod store;
 pub mod validate;
 
 pub use addr::{IpPrefix, MacAddr};
 pub use model::*;
+pub use snapshot::NbSnapshot;
 pub use store::{NbStore, StoreError, Versioned};
 pub use validate::{
     DecodeError, NbObject, NbRecord, ValidationError, ValidationOptions, decode, decode_with,
