@@ -12,6 +12,7 @@
 //! - `man`    dfctl's man pages, generated from its clap definitions (target/man)
 
 mod audit;
+mod layers;
 mod run;
 mod setup;
 mod sweep;
@@ -55,8 +56,11 @@ enum Cmd {
     },
     /// Check the setup, then `cargo build --release` of the agent (embeds the eBPF object).
     Build,
-    /// `cargo fmt --check`, clippy for the host crates and for the bpfel eBPF crate.
+    /// `cargo fmt --check`, the layer check, clippy for the host crates and for the bpfel
+    /// eBPF crate.
     Clippy,
+    /// Only the layer check (the agent's and the eBPF crate's import rule).
+    Layers,
     /// Setup, then `cargo test` over the workspace (needs root: namespaces, BPF).
     Test {
         /// Extra arguments for `cargo test` (e.g. `-p tests -- aap`). With `-p`, only
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration, hook } => demo(duration, hook),
         Cmd::Bench => bench(),
+        Cmd::Layers => layers::check(run::root()),
         Cmd::Man { out } => man(&out),
         Cmd::Sweep => {
             require_root("removing namespaces and mounts").and_then(|()| sweep::sweep("sweep"))
@@ -202,6 +207,12 @@ fn clippy() -> Result<()> {
     }
 
     let mut failed = Vec::new();
+    // The layer rule of the agent and the eBPF crate (docs/ARCHITECTURE.md).
+    run::step("clippy: layer check");
+    if let Err(e) = layers::check(run::root()) {
+        eprintln!("{}", run::paint(run::RED, &format!("{e:#}")));
+        failed.push("layer check");
+    }
     for (name, mut c) in steps {
         run::step(&format!("clippy: {name}"));
         if !run::status(&mut c)?.success() {
