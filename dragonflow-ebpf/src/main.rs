@@ -69,7 +69,7 @@
 // `core::intrinsics::atomic_xadd`: the BPF target has no compare-and-swap, so the stable
 // atomics offer no read-modify-write (see `limits`).
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![expect(internal_features, reason = "core_intrinsics: see above")]
 
 #[cfg(feature = "bench-progs")]
 mod bench;

@@ -63,7 +63,6 @@ pub static L2: HashMap<L2Key, L2Dest> = HashMap::pinned(L2_MAX, 0);
 
 /// (network, IP) → MAC: the ARP/ND responder's answers and the L3 stage's next hop.
 #[map(name = "df_neigh_v1")]
-#[allow(dead_code)] // read by responder.rs and l3.rs (being written)
 pub static NEIGH: HashMap<NeighKey, NeighValue> = HashMap::pinned(NEIGH_MAX, 0);
 
 /// net_id → the network's flood list (replaced whole by the agent). An entry exists for
@@ -73,7 +72,6 @@ pub static FLOOD: HashMap<u32, FloodList> = HashMap::pinned(FLOOD_NETS_MAX, 0);
 
 /// Each router's connected subnets (LPM).
 #[map(name = "df_routes_v1")]
-#[allow(dead_code)] // read by l3.rs (being written)
 pub static ROUTES: LpmTrie<RouteKey, RouteDest> = LpmTrie::pinned(ROUTES_MAX, 0);
 
 /// Chassis-wide configuration, index 0.

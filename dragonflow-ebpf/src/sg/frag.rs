@@ -10,7 +10,10 @@
 //!   (and by port security for senders that have it).
 
 // Keys and values by reference into the scratch on purpose (see `sg`).
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values by reference into the scratch (see `sg`)"
+)]
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use dragonflow_common::{

@@ -98,7 +98,10 @@
 // Map keys and values are passed by reference into the per-CPU scratch on purpose: by
 // value (what clippy suggests) they would be copied onto the stack first, whose budget
 // is spent (see "Verifier and stack").
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value they would be copied onto the spent stack first"
+)]
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, xdp_md},

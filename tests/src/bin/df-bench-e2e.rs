@@ -317,12 +317,12 @@ enum Stub {
     /// `df_stub_xdp_redirect` from our object: a devmap redirect keyed by the ingress
     /// ifindex, the same helper our XDP hook delivers with; the devmap maps each tap to
     /// the other.
-    Xdp(#[allow(dead_code)] Ebpf),
+    Xdp(#[expect(dead_code, reason = "held: dropping it detaches the programs")] Ebpf),
     /// `bpf_redirect(<other tap>, 0)` as a three-instruction tcx ingress program per tap.
     /// Our object's `df_stub_tc_redirect` redirects to the ingress ifindex itself (a
     /// hairpin, right for BPF_PROG_TEST_RUN), which cannot cross two taps over, so the
     /// target is an immediate here.
-    Tc(#[allow(dead_code)] Vec<OwnedFd>),
+    Tc(#[expect(dead_code, reason = "held: dropping them detaches the links")] Vec<OwnedFd>),
 }
 
 impl Stub {
