@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use aya_build::{Package, Toolchain};
 
 /// Builds the eBPF crate for bpfel-unknown-none with Debian's rustc-web (the only compiler
-/// here with rust-src for `-Z build-std=core`, see docs/CONTRIBUTING.md) and leaves the object in
+/// here with rust-src for `-Z build-std=core`, see docs/TOOLCHAIN.md) and leaves the object in
 /// OUT_DIR, where `src/datapath` embeds it with `include_bytes_aligned!`.
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dragonflow-ebpf");

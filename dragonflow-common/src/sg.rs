@@ -110,8 +110,8 @@ const _: () = assert!(core::mem::size_of::<PolicyValue>() == 4);
 /// Key of `df_ct_v1`: one connection of one port, oriented from the port (local =
 /// the VM's side). Ports are in network byte order as in the packet. ICMP echo: the
 /// identifier is `lport` when the VM sent the request, `rport` when it received it, so
-/// a ping in each direction with the same id are two flows (ATTACKS row 14). Protocols
-/// without ports: both 0.
+/// a ping in each direction with the same id are two flows (docs/THREATS.md, row 14).
+/// Protocols without ports: both 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: bootstrap a fresh Debian 12 machine (as root), idempotently.
 //!
 //! Everything is checked first and only what is missing is installed, so a second run
-//! takes a second or two. The recipe is the verified one in docs/CONTRIBUTING.md: Debian's
+//! takes a second or two. The recipe is the verified one in docs/TOOLCHAIN.md: Debian's
 //! `rustc-web` + `rust-web-src` (the only compiler here with the library source that
 //! `-Z build-std=core` needs for bpfel-unknown-none) and bpf-linker 0.13.0 built against
 //! the same LLVM 22.
@@ -33,7 +33,7 @@ struct Pkg {
     why: &'static str,
 }
 
-/// The Rust/LLVM toolchain, installed as docs/CONTRIBUTING.md describes it (with Recommends).
+/// The Rust/LLVM toolchain, installed as docs/TOOLCHAIN.md describes it (with Recommends).
 const TOOLCHAIN: &[Pkg] = &[
     Pkg {
         name: "rustc-web",
@@ -467,7 +467,7 @@ fn ensure_bpf_linker() -> Result<()> {
     run::step("setup: building bpf-linker against LLVM 22");
     let mut c = Command::new("cargo");
     // LLVM_PREFIX, not llvm-sys variables: bpf-linker's build script reads it, and without
-    // it an older llvm-config on PATH wins (docs/CONTRIBUTING.md, "unable to find library -lLLVM").
+    // it an older llvm-config on PATH wins (docs/TOOLCHAIN.md, "unable to find library -lLLVM").
     c.env("LLVM_PREFIX", LLVM_PREFIX)
         .args([
             "install",
