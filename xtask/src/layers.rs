@@ -208,10 +208,7 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
         while let Some((at, path)) = stack.pop() {
             for next in edges.get(&at).into_iter().flatten() {
                 if next == start {
-                    found.insert(format!(
-                        "import circle: {} -> {start}",
-                        path.join(" -> ")
-                    ));
+                    found.insert(format!("import circle: {} -> {start}", path.join(" -> ")));
                 } else if next > start && !path.contains(next) {
                     let mut p = path.clone();
                     p.push(next.clone());
@@ -243,8 +240,7 @@ pub fn imports(module: &str, text: &str) -> BTreeSet<String> {
             continue;
         };
         // Only whole words: `foo_crate::` is not `crate::`.
-        let word_start =
-            i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
         let after = i + prefix.len();
         if word_start && let Some(base) = base {
             for p in expand(&code[after..]) {
@@ -435,7 +431,10 @@ mod tests {
         ]);
         let ok = vec![
             ("desired".to_string(), "use crate::nb::X;".to_string()),
-            ("controller".to_string(), "use crate::desired::D;".to_string()),
+            (
+                "controller".to_string(),
+                "use crate::desired::D;".to_string(),
+            ),
         ];
         assert!(judge(&RULE, &t, &ok).is_empty());
 
@@ -443,7 +442,10 @@ mod tests {
         let f = judge(&RULE, &t, &up);
         assert!(f.iter().any(|f| f.contains("a layer above")), "{f:?}");
 
-        let tasks = vec![("detect".to_string(), "use crate::controller::C;".to_string())];
+        let tasks = vec![(
+            "detect".to_string(),
+            "use crate::controller::C;".to_string(),
+        )];
         let f = judge(&RULE, &t, &tasks);
         assert!(f.iter().any(|f| f.contains("never import")), "{f:?}");
 
