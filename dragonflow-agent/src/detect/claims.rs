@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time;
 
 use super::judge::Why;
-use crate::nb::{ActivePort, MacAddr, active::*};
+use crate::nb::{ActivePort, MacAddr, active::decode_active};
 
 /// A claim's identity: (lswitch, IP).
 pub(super) type Key = (String, IpAddr);

@@ -27,7 +27,11 @@ use super::{
 use crate::{
     config::Config,
     datapath::sys,
-    nb::{ActivePort, NbSnapshot, active::*, paged},
+    nb::{
+        ActivePort, NbSnapshot,
+        active::{active_key, active_prefix, decode_active, history_key, parse_active_key},
+        paged,
+    },
     obs::state::Shared,
 };
 

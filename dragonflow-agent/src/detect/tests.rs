@@ -13,8 +13,11 @@ use super::{
 };
 use crate::nb::{AllowedAddressPair, LSwitch};
 use crate::{
-    nb::{AapMode, ActivePort, LPort, MacAddr, NbSnapshot, active::*},
-    obs::metrics::{self},
+    nb::{
+        AapMode, ActivePort, LPort, MacAddr, NbSnapshot,
+        active::{active_key, decode_active, history_key, parse_active_key},
+    },
+    obs::metrics,
 };
 
 const VIP: &str = "192.0.2.100";
