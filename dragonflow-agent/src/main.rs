@@ -6,12 +6,11 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use clap::Parser as _;
 use dragonflow_agent::{
-    activeport,
     config::{Cli, Config},
     conntrack::CtShared,
     controller::Controller,
     datapath::{self, sys},
-    garp, instance, netlink,
+    detect, instance, netlink,
     obs::{http, metrics, state::Shared},
     report::Chain,
     sync,
@@ -143,7 +142,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         ct.clone(),
     ));
     // The detection way's counters, kept by its task and the GARP reader.
-    let detect_stats = Arc::new(activeport::Stats::default());
+    let detect_stats = Arc::new(detect::metrics::Stats::default());
     let mut registry = metrics::registry(shared.clone());
     registry.register_collector(Box::new(detect_stats.clone()));
     tokio::spawn(http::serve(listener, shared.clone(), registry));
@@ -153,9 +152,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     // Datapath events feed the detection way (claims, probe answers).
-    let (sighting_tx, sighting_rx) = mpsc::channel(activeport::SIGHTINGS_QUEUE);
+    let (sighting_tx, sighting_rx) = mpsc::channel(detect::task::SIGHTINGS_QUEUE);
     if let Some(ring) = loaded.garp_events {
-        tokio::spawn(garp::run(
+        tokio::spawn(detect::reader::run(
             ring,
             cfg.chassis.clone(),
             shared.clone(),
@@ -196,10 +195,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         nb_tx,
         session_tx,
     ));
-    tokio::spawn(activeport::run(
+    tokio::spawn(detect::task::run(
         cfg.clone(),
         shared.clone(),
-        activeport::Inputs {
+        detect::task::Inputs {
             sightings: sighting_rx,
             snapshots: snapshot_rx,
             sessions: session_rx,

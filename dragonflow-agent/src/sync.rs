@@ -22,18 +22,18 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    activeport::{self, Session},
     config::Config,
+    detect::claims::Session,
     lastgood::{LastGood, Saved},
     nb::{
-        Chassis, Kind, LPort, LRouter, LSwitch, NbObject, SecGroup, ValidationOptions,
+        Chassis, Kind, LPort, LRouter, LSwitch, NbObject, NbSnapshot, SecGroup, ValidationOptions,
+        active,
         claims::ClaimIndex,
         decode_with,
         etcd::{self, CallError},
         paged, parse_key,
     },
     obs::state::Shared,
-    reconcile::NbSnapshot,
     report::Chain,
 };
 
@@ -700,7 +700,7 @@ impl NbCache {
         keys.extend(
             s.active_ports
                 .keys()
-                .map(|(ls, ip)| activeport::active_key(prefix, ls, *ip)),
+                .map(|(ls, ip)| active::active_key(prefix, ls, *ip)),
         );
         keys
     }
@@ -709,7 +709,7 @@ impl NbCache {
         self.set_invalid(key, None, d);
         self.set_held(prefix, key, None, d);
         self.last_good.forget(key);
-        if let Some(Ok(k)) = activeport::parse_active_key(prefix, key) {
+        if let Some(Ok(k)) = active::parse_active_key(prefix, key) {
             settle(
                 &mut self.snapshot.active_ports,
                 &k,
@@ -806,7 +806,7 @@ impl NbCache {
         d: &mut NbDelta,
     ) {
         let key = kv.key.as_str();
-        if let Some(parsed) = activeport::parse_active_key(prefix, key) {
+        if let Some(parsed) = active::parse_active_key(prefix, key) {
             return self.put_active(key, parsed, &kv.value, shared, count, d);
         }
         let Some((kind, id)) = parse_key(prefix, key) else {
@@ -996,7 +996,7 @@ impl NbCache {
     ) {
         let decoded = parsed
             .clone()
-            .and_then(|(ls, ip)| activeport::decode_active(&ls, ip, value).map(|a| ((ls, ip), a)));
+            .and_then(|(ls, ip)| active::decode_active(&ls, ip, value).map(|a| ((ls, ip), a)));
         match decoded {
             Ok((k, a)) => {
                 self.set_invalid(key, None, d);

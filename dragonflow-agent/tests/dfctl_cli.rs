@@ -9,8 +9,11 @@ mod common;
 
 use common::{DFCTL, Etcd, stub_agent};
 use dragonflow_agent::{
-    activeport::{self, Event, HistoryRecord, Why},
-    nb::{ActivePort, MacAddr},
+    detect::{
+        claims::{Event, HistoryRecord},
+        judge::Why,
+    },
+    nb::{ActivePort, MacAddr, active},
 };
 use serde_json::{Value, json};
 
@@ -79,7 +82,7 @@ fn every_list_and_show_in_every_format() {
         reason: "garp".into(),
     };
     etcd.etcdctl_put(
-        &activeport::active_key("/dragonflow/", "net1", vip),
+        &active::active_key("/dragonflow/", "net1", vip),
         &serde_json::to_string(&claim).unwrap(),
     );
     let history = vec![HistoryRecord {
@@ -92,7 +95,7 @@ fn every_list_and_show_in_every_format() {
         by: "hv1".into(),
     }];
     etcd.etcdctl_put(
-        &activeport::history_key("/dragonflow/", "net1", vip),
+        &active::history_key("/dragonflow/", "net1", vip),
         &serde_json::to_string(&history).unwrap(),
     );
 

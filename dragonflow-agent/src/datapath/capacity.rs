@@ -47,7 +47,7 @@ use dragonflow_common::{
 };
 use serde::Serialize;
 
-use crate::reconcile::MapEntries;
+use crate::desired::reconcile::MapEntries;
 
 /// The maps the agent fills from the NB state: the ones whose capacity is configurable
 /// (`--map-capacity`) and checked against the need before every write. (The datapath's
@@ -309,7 +309,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::secgroups::PolicyLpmKey;
+    use crate::desired::secgroups::PolicyLpmKey;
 
     fn addr(ifindex: u32, n: u8) -> AddrKey {
         AddrKey {
@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn routes_keep_longer_prefixes() {
-        use crate::reconcile::RouteLpmKey;
+        use crate::desired::reconcile::RouteLpmKey;
         let mut d = MapEntries::default();
         for len in [40, 56, 48] {
             d.routes.insert(

@@ -2,6 +2,7 @@
 //! (default `/dragonflow/`), shaped after Neutron/Dragonflow objects so operators
 //! recognise them.
 
+pub mod active;
 pub mod addr;
 pub mod bulk;
 pub mod claims;

@@ -248,7 +248,7 @@ pub enum PortState {
 pub const PORT_STATUS_SEGMENT: &str = "portstatus";
 
 /// `secgroup/<id>`: a security group (Neutron `security_group`): allow rules only; a
-/// port's groups together say what it may send and receive (see `crate::secgroups`).
+/// port's groups together say what it may send and receive (see `crate::desired::secgroups`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecGroup {
     pub id: String,

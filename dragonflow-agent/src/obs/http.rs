@@ -151,7 +151,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::{datapath::capacity::MapOverflow, reconcile::NetworkView};
+    use crate::{datapath::capacity::MapOverflow, desired::forwarding::NetworkView};
 
     /// (status, content type, body) of `method path` on a fresh router.
     async fn call(shared: &Arc<Shared>, method: &str, path: &str) -> (u16, String, String) {
@@ -186,7 +186,7 @@ mod tests {
     /// The shared-address gauges come from the networks the controller last computed.
     #[test]
     fn aap_gauges() {
-        use crate::{forwarding::SharedView, nb::AapMode};
+        use crate::{desired::forwarding::SharedView, nb::AapMode};
         let s = Arc::new(Shared::for_tests());
         let shared = |kind, way| SharedView {
             address: String::new(),

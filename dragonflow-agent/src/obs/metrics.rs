@@ -20,7 +20,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    forwarding::mode_name,
+    desired::forwarding::mode_name,
     nb::{self, AapMode, Kind},
     obs::{
         garp,

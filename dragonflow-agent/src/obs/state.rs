@@ -18,10 +18,13 @@ use serde::Serialize;
 use crate::{
     config::Hook,
     datapath::{StatsMaps, capacity::MapOverflow},
+    desired::secgroups::SgPortView,
+    desired::{
+        forwarding::NetworkView,
+        reconcile::{LocalPort, PortState},
+    },
     nb::Kind,
     obs::garp::GarpTable,
-    reconcile::{LocalPort, NetworkView, PortState},
-    secgroups::SgPortView,
 };
 
 /// How a tap is doing.

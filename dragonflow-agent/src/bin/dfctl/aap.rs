@@ -9,8 +9,8 @@ use std::{
 
 use clap::Subcommand;
 use dragonflow_agent::{
-    activeport,
-    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, etcd, paged},
+    detect::claims::{Event, HistoryRecord},
+    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, active, etcd, paged},
 };
 use serde::Serialize;
 
@@ -93,13 +93,13 @@ impl Ctx {
         let chassis = self.items::<Chassis>().await?;
         let mut active: BTreeMap<(String, IpAddr), ActivePort> = BTreeMap::new();
         for kv in self
-            .raw_get(&activeport::active_prefix(&prefix), true, timeout)
+            .raw_get(&active::active_prefix(&prefix), true, timeout)
             .await?
         {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            match activeport::parse_active_key(&prefix, &key)
+            match active::parse_active_key(&prefix, &key)
                 .unwrap_or_else(|| Err(format!("{key}: not an activeport key")))
-                .and_then(|(ls, ip)| activeport::decode_active(&ls, ip, kv.value()))
+                .and_then(|(ls, ip)| active::decode_active(&ls, ip, kv.value()))
             {
                 Ok(a) => {
                     active.insert((a.lswitch.clone(), a.ip), a);
@@ -151,14 +151,14 @@ impl Ctx {
     }
 
     async fn aap_history(&self, lswitch: &str, ip: IpAddr, timeout: Duration) -> Result<()> {
-        let key = activeport::history_key(self.store.prefix(), lswitch, ip);
+        let key = active::history_key(self.store.prefix(), lswitch, ip);
         let kvs = self.raw_get(&key, false, timeout).await?;
         let Some(kv) = kvs.first() else {
             return Err(CliError::Refused(format!(
                 "no active-port history for {ip} on lswitch {lswitch} (never claimed)"
             )));
         };
-        let records: Vec<activeport::HistoryRecord> = serde_json::from_slice(kv.value())
+        let records: Vec<HistoryRecord> = serde_json::from_slice(kv.value())
             .map_err(|e| CliError::Unavailable(format!("{key}: malformed history: {e}")))?;
         output::emit(self.list_output(), &records, || history_table(&records))
     }
@@ -199,7 +199,7 @@ fn aap_table(rows: &[AapRow]) -> String {
     )
 }
 
-fn history_table(records: &[activeport::HistoryRecord]) -> String {
+fn history_table(records: &[HistoryRecord]) -> String {
     let now = now_ms();
     let rows = records
         .iter()
@@ -208,8 +208,8 @@ fn history_table(records: &[activeport::HistoryRecord]) -> String {
                 output::utc(r.at_ms),
                 ago(now, r.at_ms),
                 match r.event {
-                    activeport::Event::Claimed => "claimed".into(),
-                    activeport::Event::Released => "released".into(),
+                    Event::Claimed => "claimed".into(),
+                    Event::Released => "released".into(),
                 },
                 r.port.clone(),
                 r.mac.to_string(),

@@ -1,6 +1,6 @@
 //! GARP events from the datapath (ring buffer `df_garp_ev_v1`): a log line, a counter and
 //! the last one seen per (network, IP), served as JSON at `GET /garp`; each event is then
-//! handed to the detection way (`activeport.rs`: claims in etcd, probe answers).
+//! handed to the detection way (`detect::task`: claims in etcd, probe answers).
 
 use std::{
     sync::Arc,
@@ -13,11 +13,12 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
-    activeport::{Sighting, Stats},
     datapath::sys,
     nb::MacAddr,
     obs::{garp::event_ip, state::Shared},
 };
+
+use super::{judge::Sighting, metrics::Stats};
 
 /// Wall-clock ms of a `bpf_ktime_get_ns` (CLOCK_MONOTONIC) timestamp.
 pub fn wall_ms(ts_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> u64 {

@@ -1,4 +1,4 @@
-//! Security groups, the agent's half (pure, like `reconcile.rs`): from the NB snapshot and
+//! Security groups, the agent's half (pure, like `reconcile`): from the NB snapshot and
 //! the local programmed ports, the entries of `df_ident_v1`, `df_ident_lpm_v1` and
 //! `df_policy_v1` as `dragonflow_common::sg` documents them.
 //!
@@ -45,11 +45,11 @@ use serde::Serialize;
 
 pub use self::engine::{SgEngine, SgKeys, SgSummary};
 use crate::{
+    desired::reconcile::MapEntries,
     nb::{
-        IpPrefix, LPort, SecGroupRule,
+        IpPrefix, LPort, NbSnapshot, SecGroupRule,
         validate::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, rule_protocol},
     },
-    reconcile::{MapEntries, NbSnapshot},
 };
 
 mod engine;
@@ -296,7 +296,7 @@ fn rule_family(rule: &SecGroupRule) -> u8 {
 /// A debugging tag for the entries of a rule: the same 32-bit FNV-1a as router ids, of
 /// `<group>/<rule>`.
 pub fn rule_tag(group: &str, rule: &str) -> u32 {
-    crate::forwarding::router_id(&format!("{group}/{rule}"))
+    crate::desired::hash::fnv1a(&format!("{group}/{rule}"))
 }
 
 /// The (protocol, dport, prefix length) blocks of a rule: one per prefix-aligned port

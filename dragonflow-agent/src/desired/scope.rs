@@ -14,7 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use crate::{nb::index::NbIndex, reconcile::NbSnapshot};
+use crate::nb::{NbSnapshot, index::NbIndex};
 
 /// Networks a local port of `me` is on, plus those their routers connect.
 pub fn networks(me: &str, ix: &NbIndex) -> BTreeSet<String> {
@@ -96,8 +96,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        desired::reconcile::desired,
         nb::{Chassis, LPort, LRouter, LSwitch, SecGroup},
-        reconcile::desired,
     };
 
     fn port(id: &str, ls: &str, chassis: &str, ip: &str, groups: &[&str]) -> (String, Arc<LPort>) {

@@ -31,8 +31,8 @@ use super::{
     l4_blocks, mask, rule_family, rule_selector, rule_tag,
 };
 use crate::{
-    nb::{IpPrefix, LPort, RuleDirection, SecGroup},
-    reconcile::{MapEntries, NbSnapshot},
+    desired::reconcile::MapEntries,
+    nb::{IpPrefix, LPort, NbSnapshot, RuleDirection, SecGroup},
 };
 
 /// An entry: a member address or prefix, or a rule prefix, with its family.

@@ -23,14 +23,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use dragonflow_common::sg::PolicyValue;
 
 use crate::{
-    forwarding::{Context, NetPart, network},
+    desired::forwarding::{Context, NetPart, network},
+    desired::reconcile::{self, Desired, MapEntries, PortState},
+    desired::scope,
+    desired::secgroups::{Identities, SgEngine},
     nb::{
-        LPort,
+        LPort, NbSnapshot,
         index::{Id, NbIndex},
     },
-    reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
-    scope,
-    secgroups::{Identities, SgEngine},
 };
 
 /// What changed in the northbound since the last computation.
@@ -362,8 +362,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        desired::reconcile::desired_with,
         nb::{Chassis, LRouter, LSwitch, SecGroup},
-        reconcile::desired_with,
     };
 
     /// A small deterministic generator (no dependency for one test).
@@ -446,7 +446,7 @@ mod tests {
     }
 
     fn canonical_sg(e: &MapEntries) -> impl PartialEq + std::fmt::Debug + use<> {
-        crate::secgroups::tests::canonical(&e.ident, &e.ident_lpm, &e.policy)
+        crate::desired::secgroups::tests::canonical(&e.ident, &e.ident_lpm, &e.policy)
     }
 
     /// After every random change, the incremental result equals a full computation over
