@@ -136,7 +136,9 @@ fn dashboard_queries() -> Vec<(String, String)> {
 
 #[test]
 fn alert_rules_pass_their_unit_tests_and_every_alert_has_one() {
-    let out = ok(promtool().args(["check", "rules"]).arg(deploy("alerts.yaml")));
+    let out = ok(promtool()
+        .args(["check", "rules"])
+        .arg(deploy("alerts.yaml")));
     assert!(out.contains("SUCCESS"), "promtool check rules:\n{out}");
     let out = ok(promtool()
         .args(["test", "rules"])
@@ -147,9 +149,15 @@ fn alert_rules_pass_their_unit_tests_and_every_alert_has_one() {
     let tested = values_of(&read("alerts-test.yaml"), "alertname");
     assert!(alerts.len() >= 7, "alerts: {alerts:?}");
     let untested: Vec<_> = alerts.difference(&tested).collect();
-    assert!(untested.is_empty(), "alerts without a unit test: {untested:?}");
+    assert!(
+        untested.is_empty(),
+        "alerts without a unit test: {untested:?}"
+    );
     let unknown: Vec<_> = tested.difference(&alerts).collect();
-    assert!(unknown.is_empty(), "tests of alerts that do not exist: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "tests of alerts that do not exist: {unknown:?}"
+    );
 }
 
 /// The dashboard's queries are valid PromQL: written as recording rules into a temporary
@@ -228,7 +236,11 @@ fn manifests_validate_strictly() {
         .expect("PodMonitor matchLabels");
     assert!(!selector.is_empty());
     for (k, v) in selector {
-        assert_eq!(pod_labels.get(k), Some(v), "selector {k}={v} not on the pods");
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "selector {k}={v} not on the pods"
+        );
     }
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["automountServiceAccountToken"], false);
@@ -249,7 +261,10 @@ fn manifests_validate_strictly() {
     assert!(!endpoints.is_empty());
     for e in endpoints {
         let port = e["port"].as_str().expect("endpoint port");
-        assert!(ports.contains(&port), "PodMonitor port {port} not in {ports:?}");
+        assert!(
+            ports.contains(&port),
+            "PodMonitor port {port} not in {ports:?}"
+        );
         assert_eq!(e["path"], "/metrics");
     }
 }
@@ -359,7 +374,10 @@ fn live_agent_notifies_systemd_and_its_metrics_pass_promtool() {
     for (_, expr) in dashboard_queries() {
         used.extend(metric_names(&expr));
     }
-    assert!(used.len() >= 10, "too few metrics found in the rules: {used:?}");
+    assert!(
+        used.len() >= 10,
+        "too few metrics found in the rules: {used:?}"
+    );
     let missing: Vec<_> = used.difference(&exposed).collect();
     assert!(
         missing.is_empty(),

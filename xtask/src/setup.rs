@@ -638,8 +638,7 @@ fn ensure_promtool() -> Result<()> {
     if !ok {
         bail!("the unpacked {} does not run: {out}", unpacked.display());
     }
-    fs::rename(&unpacked, bin)
-        .with_context(|| format!("moving promtool to {}", bin.display()))?;
+    fs::rename(&unpacked, bin).with_context(|| format!("moving promtool to {}", bin.display()))?;
     // The rest (the 50 MB server among it) is not needed.
     fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     Ok(())
