@@ -4,7 +4,8 @@
 //! `kubernetes-validate --strict`, the systemd unit with `systemd-analyze verify`, and a
 //! live agent: its `/metrics` passes `promtool check metrics`, carries every metric the
 //! rules and the dashboard name, and it tells systemd READY=1 once it is synced.
-//! `cargo xtask setup` installs the tools (tests/src/deploy_tools.rs).
+//! `cargo xtask setup` installs the tools (tests/src/deploy_tools.rs). Every test is named
+//! `deploy_*`, so `cargo xtask test -p tests -- deploy` runs them all.
 
 #[path = "../src/deploy_tools.rs"]
 #[allow(dead_code)] // the constants only setup uses (the pins, the stamp)
@@ -135,7 +136,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 }
 
 #[test]
-fn alert_rules_pass_their_unit_tests_and_every_alert_has_one() {
+fn deploy_alert_rules_pass_their_unit_tests_and_every_alert_has_one() {
     let out = ok(promtool()
         .args(["check", "rules"])
         .arg(deploy("alerts.yaml")));
@@ -163,7 +164,7 @@ fn alert_rules_pass_their_unit_tests_and_every_alert_has_one() {
 /// The dashboard's queries are valid PromQL: written as recording rules into a temporary
 /// rule file, which promtool parses (it has no offline query checker of its own).
 #[test]
-fn dashboard_queries_parse() {
+fn deploy_dashboard_queries_parse() {
     let dir = tempdir("dash");
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, (title, expr)) in dashboard_queries().iter().enumerate() {
@@ -179,7 +180,7 @@ fn dashboard_queries_parse() {
 }
 
 #[test]
-fn manifests_validate_strictly() {
+fn deploy_manifests_validate_strictly() {
     let validate = venv_bin("kubernetes-validate");
     let out = ok(Command::new(&validate)
         .arg("--strict")
@@ -273,7 +274,7 @@ fn manifests_validate_strictly() {
 /// run built (verify insists the binary exists). Any complaint fails: unknown keys and
 /// bad values are only warnings (exit 0) to systemd.
 #[test]
-fn systemd_unit_verifies() {
+fn deploy_systemd_unit_verifies() {
     let unit = read("dragonflow-agent.service");
     assert!(unit.contains("\nType=notify\n"), "not Type=notify");
     assert!(unit.contains("ExecStart=/usr/local/bin/dragonflow-agent "));
@@ -307,7 +308,7 @@ fn systemd_unit_verifies() {
 /// synced; then its `/metrics` passes promtool's lint and has every metric the alert
 /// rules and the dashboard use.
 #[test]
-fn live_agent_notifies_systemd_and_its_metrics_pass_promtool() {
+fn deploy_live_agent_notifies_systemd_and_its_metrics_pass_promtool() {
     let dir = tempdir("notify");
     let socket_path = dir.join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
