@@ -304,9 +304,9 @@ fn deploy_systemd_unit_verifies() {
 }
 
 /// A real agent (the harness's hypervisor namespace, its own etcd) started under a
-/// `NOTIFY_SOCKET` as systemd would: READY=1 arrives, and only once `/healthz` says
-/// synced; then its `/metrics` passes promtool's lint and has every metric the alert
-/// rules and the dashboard use.
+/// `NOTIFY_SOCKET` as systemd would: READY=1 arrives, and the agent then reports itself
+/// synced; its `/metrics` passes promtool's lint and has every metric the alert rules
+/// and the dashboard use.
 #[test]
 fn deploy_live_agent_notifies_systemd_and_its_metrics_pass_promtool() {
     let dir = tempdir("notify");
@@ -334,7 +334,7 @@ fn deploy_live_agent_notifies_systemd_and_its_metrics_pass_promtool() {
         msg.lines().any(|l| l == "READY=1"),
         "notification without READY=1: {msg:?}"
     );
-    // Nothing else before it (READY=1 is the first message the agent sends).
+    // The agent sends READY=1 right after it marks itself synced, never before.
     let metrics = cloud.hvs[hv].metrics();
     assert!(
         metrics.contains("\ndragonflow_synced 1\n"),
