@@ -45,6 +45,8 @@ pub struct Hypervisor {
     agent_log: PathBuf,
     pub hook: Hook,
     pub extra_agent_args: Vec<String>,
+    /// Environment the agent starts with besides the test's (e.g. `NOTIFY_SOCKET`).
+    pub extra_agent_env: Vec<(String, String)>,
 }
 
 impl Hypervisor {
@@ -112,6 +114,7 @@ impl Hypervisor {
             .arg(self.agent_log.with_extension("state"))
             .args(["--metrics-addr", &self.metrics_addr])
             .args(&self.extra_agent_args)
+            .envs(self.extra_agent_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,dragonflow_agent=debug")
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -249,6 +252,7 @@ impl Cloud {
             agent_log,
             hook,
             extra_agent_args: Vec::new(),
+            extra_agent_env: Vec::new(),
         });
         i
     }

@@ -28,6 +28,10 @@ mod guest_kernel;
 #[path = "../../tests/src/neutron_venv.rs"]
 mod neutron_venv;
 
+/// The validators of `deploy/` (a venv, promtool), shared with tests/tests/deploy.rs.
+#[path = "../../tests/src/deploy_tools.rs"]
+mod deploy_tools;
+
 struct Pkg {
     name: &'static str,
     why: &'static str,
@@ -298,6 +302,8 @@ pub fn setup() -> Result<()> {
     ensure_bpf_linker()?;
     ensure_guest_kernel()?;
     ensure_neutron_venv()?;
+    ensure_deploy_venv()?;
+    ensure_promtool()?;
     keep_etcd_service_off()?;
     eprintln!("setup: done");
     Ok(())
@@ -553,6 +559,91 @@ fn ensure_neutron_venv() -> Result<()> {
     Ok(())
 }
 
+/// The venv `kubernetes-validate` runs in (tests/tests/deploy.rs checks deploy/*.yaml
+/// with it). Same scheme as [`ensure_neutron_venv`]: a stamp of the pinned requirements
+/// makes a second run free, and anything else is rebuilt from scratch.
+fn ensure_deploy_venv() -> Result<()> {
+    let venv = workspace_root().join(deploy_tools::VENV_DIR);
+    let stamp = venv.join(deploy_tools::STAMP);
+    let want = deploy_tools::REQUIREMENTS.join("\n") + "\n";
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        eprintln!("deploy venv is ready in {}", venv.display());
+        return Ok(());
+    }
+    run::step("setup: creating the deploy venv (kubernetes-validate)");
+    if venv.exists() {
+        fs::remove_dir_all(&venv).with_context(|| format!("remove {}", venv.display()))?;
+    }
+    run::run(
+        Command::new(deploy_tools::BASE_PYTHON)
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )
+    .context("python3 -m venv failed (is python3-venv installed?)")?;
+    run::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(deploy_tools::REQUIREMENTS),
+    )
+    .context("pip install kubernetes-validate failed")?;
+    fs::write(&stamp, want).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(())
+}
+
+/// promtool, unpacked from Debian's `prometheus` package without installing it: the
+/// package would also install and enable a Prometheus server (and its user and web
+/// assets), which no test wants running. promtool is a Go binary that needs only libc,
+/// so the file alone works. Unpacked into a temporary directory and renamed into place only once it
+/// runs, so an interrupted setup never leaves a broken binary where the tests look.
+fn ensure_promtool() -> Result<()> {
+    let bin = Path::new(deploy_tools::PROMTOOL);
+    if probe(Command::new(bin).arg("--version")).is_ok_and(|(ok, _)| ok) {
+        eprintln!("promtool is unpacked at {}", bin.display());
+        return Ok(());
+    }
+    require_root("download promtool into a system cache directory")?;
+    run::step("setup: unpacking promtool from Debian's prometheus package (not installed)");
+    let dir = Path::new(deploy_tools::PROMTOOL_DIR);
+    let work = dir.join(".download");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let download = || {
+        run::run(
+            Command::new("apt-get")
+                .args(["download", "-q", deploy_tools::PROMTOOL_PACKAGE])
+                .current_dir(&work)
+                .stdin(Stdio::null()),
+        )
+    };
+    if download().is_err() {
+        // apt's lists may never have been fetched on this machine.
+        run::run(
+            Command::new("apt-get")
+                .args(["update", "-q"])
+                .stdin(Stdio::null()),
+        )
+        .context("apt-get update failed")?;
+        download().context("apt-get download prometheus failed")?;
+    }
+    let deb = fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let tree = work.join("tree");
+    run::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
+        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+    let unpacked = tree.join("usr/bin/promtool");
+    let (ok, out) = probe(Command::new(&unpacked).arg("--version"))?;
+    if !ok {
+        bail!("the unpacked {} does not run: {out}", unpacked.display());
+    }
+    fs::rename(&unpacked, bin).with_context(|| format!("moving promtool to {}", bin.display()))?;
+    // The rest (the 50 MB server among it) is not needed.
+    fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    Ok(())
+}
+
 /// The real-VM tests boot Debian's cloud kernel. It is downloaded (`apt-get download`) and
 /// unpacked (`dpkg-deb -x`) into a cache directory, never installed: installing it would
 /// make it a boot candidate of the host. Unpacked into a temporary directory and published
@@ -712,6 +803,22 @@ pub fn packages_table() -> String {
          installed) | the real guest's kernel and virtio-net modules |\n",
         guest_kernel::META_PACKAGE,
         guest_kernel::CACHE_DIR
+    ));
+    t.push_str(&format!(
+        "| `promtool` from the package `{}` (`apt-get download`, only the binary unpacked \
+         to `{}`; not installed: no Prometheus server) | checks the alert rules and a live \
+         agent's `/metrics` (deploy/) |\n",
+        deploy_tools::PROMTOOL_PACKAGE,
+        deploy_tools::PROMTOOL
+    ));
+    t.push_str(&format!(
+        "| {} from PyPI in a venv (`{}`) | validates the Kubernetes manifests in deploy/ |\n",
+        deploy_tools::REQUIREMENTS
+            .iter()
+            .map(|r| format!("`{r}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        deploy_tools::VENV_DIR
     ));
     t
 }

@@ -518,6 +518,12 @@ impl Controller {
                 .store(self.revision, Ordering::Relaxed);
             if !self.shared.synced.swap(true, Ordering::Relaxed) {
                 info!("first full sync applied to the datapath; healthy");
+                // systemd's Type=notify (deploy/dragonflow-agent.service): started means
+                // enforcing. A no-op without $NOTIFY_SOCKET; a failed send only delays
+                // systemd's view, never the datapath, so it is logged and ignored.
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    warn!("telling systemd READY=1 failed: {e}");
+                }
             }
             Some(d)
         } else {
