@@ -67,7 +67,8 @@ use tracing::{debug, info, warn};
 use crate::{
     config::Config,
     datapath::sys,
-    nb::{ACTIVE_PORT_SEGMENT, AapMode, ActivePort, LPort, MacAddr, paged},
+    etcd::{paged, session::Session},
+    nb::{ACTIVE_PORT_SEGMENT, AapMode, ActivePort, LPort, MacAddr},
     obs::{
         metrics::{self, Family},
         state::Shared,
@@ -96,13 +97,6 @@ const TXN_ATTEMPTS: usize = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sightings queued between `garp` and this task; beyond that they are dropped (counted).
 pub const SIGHTINGS_QUEUE: usize = 1024;
-
-/// An etcd session of `sync`: its client and the chassis lease, while it is up.
-#[derive(Clone)]
-pub struct Session {
-    pub client: Client,
-    pub lease: i64,
-}
 
 /// One datapath event, as `garp` hands it over.
 #[derive(Clone, Debug, PartialEq, Eq)]

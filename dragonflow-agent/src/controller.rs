@@ -35,16 +35,20 @@ use crate::{
     config::Config,
     conntrack,
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
+    etcd::session::NbEvent,
     incremental::{Incremental, Scope, Touched},
-    lastgood::LastGood,
-    nb::{AapMode, index::NbIndex},
+    nb::{
+        AapMode,
+        cache::{DecodeOptions, NbCache, NbDelta},
+        index::NbIndex,
+        lastgood::LastGood,
+    },
     netlink,
     obs::state::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
     report::Chain,
     scope,
     secgroups::Identities,
-    sync::{DecodeOptions, NbCache, NbDelta, NbEvent},
 };
 
 /// Safety-net rescan of interfaces, in case a netlink message was missed.

@@ -11,10 +11,10 @@ use dragonflow_agent::{
     conntrack::CtShared,
     controller::Controller,
     datapath::{self, sys},
-    garp, instance, netlink,
+    etcd::{instance, session},
+    garp, netlink,
     obs::{http, metrics, state::Shared},
     report::Chain,
-    sync,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -114,7 +114,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.state_dir.display()
     );
     // Refuse before attaching anything when another live agent has this chassis name.
-    sync::check_owner(&cfg, &instance)
+    session::check_owner(&cfg, &instance)
         .await
         .context("refusing to run")?;
     datapath::prepare_pin_dirs(&cfg)?;
@@ -189,7 +189,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (session_tx, session_rx) = watch::channel(None);
     // A fatal etcd finding (the chassis name is another live agent's) ends the session
     // task, whose end closes `nb_rx` and so ends the controller; its error is the agent's.
-    let etcd = tokio::spawn(sync::run(
+    let etcd = tokio::spawn(session::run(
         cfg.clone(),
         instance,
         shared.clone(),

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     config::Hook,
     datapath::{StatsMaps, capacity::MapOverflow},
-    nb::Kind,
+    nb::{Kind, cache::InvalidCounter},
     obs::garp::GarpTable,
     reconcile::{LocalPort, NetworkView, PortState},
     secgroups::SgPortView,
@@ -250,6 +250,16 @@ pub struct Shared {
     pub stats: Mutex<StatsMaps>,
     pub garp: Mutex<GarpTable>,
     pub ct: Arc<dyn CtReport>,
+}
+
+/// The cache of NB objects counts the records it refuses here.
+impl InvalidCounter for Shared {
+    fn count_invalid(&self, kind: Kind) {
+        Shared::count_invalid(self, kind);
+    }
+    fn count_invalid_named(&self, segment: &'static str) {
+        Shared::count_invalid_named(self, segment);
+    }
 }
 
 impl Shared {

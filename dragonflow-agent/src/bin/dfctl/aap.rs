@@ -10,7 +10,8 @@ use std::{
 use clap::Subcommand;
 use dragonflow_agent::{
     activeport,
-    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, etcd, paged},
+    etcd::paged,
+    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, etcd},
 };
 use serde::Serialize;
 

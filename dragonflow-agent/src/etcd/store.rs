@@ -1,6 +1,6 @@
 //! A small typed CRUD layer over etcd for NB objects (`<prefix><kind>/<id>` → JSON).
 //!
-//! - reads decode and validate ([`super::validate::decode_as`]); `list` keeps going past
+//! - reads decode and validate ([`super::decode::decode_as`]); `list` keeps going past
 //!   malformed records and returns them separately so callers can log and count them;
 //! - writes validate first, so nothing this layer writes is refused by a reader;
 //! - `create` is put-if-absent (a txn comparing the key's version with 0), optionally
@@ -16,11 +16,14 @@ use std::{future::Future, time::Duration};
 
 use etcd_client::{Client, Compare, CompareOp, KvClient, PutOptions, Txn, TxnOp};
 
-use super::{
+use super::paged;
+use crate::nb::{
     Kind,
+    decode::{NbObject, NbRecord, decode_as},
+    error::{DecodeError, ValidationError},
     etcd::{self, CallError, EtcdSettings},
-    key, paged,
-    validate::{DecodeError, NbObject, NbRecord, ValidationError, ValidationOptions, decode_as},
+    key,
+    rules::ValidationOptions,
 };
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
