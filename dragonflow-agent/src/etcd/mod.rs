@@ -2,6 +2,7 @@
 //! resync), dfctl's typed store, and the instance id that owns the chassis record. The
 //! connection settings they use are ground ([`crate::nb::etcd`]), shared with the config.
 
+pub mod call;
 pub mod instance;
 pub mod paged;
 pub mod session;

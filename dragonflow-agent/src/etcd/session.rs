@@ -25,13 +25,15 @@ use crate::{
     nb::{
         Chassis, Kind,
         cache::{Change, Kv},
-        etcd::{self, CallError},
     },
     obs::state::Shared,
     report::Chain,
 };
 
-use super::paged;
+use super::{
+    call::{self, CallError},
+    paged,
+};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -100,7 +102,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    etcd::call(CALL_TIMEOUT, attempt)
+    call::call(CALL_TIMEOUT, attempt)
         .await
         .map_err(|source| SyncError::Etcd { what, source })
 }

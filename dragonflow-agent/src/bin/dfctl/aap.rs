@@ -10,8 +10,8 @@ use std::{
 use clap::Subcommand;
 use dragonflow_agent::{
     activeport,
-    etcd::paged,
-    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, etcd},
+    etcd::{call, paged},
+    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch},
 };
 use serde::Serialize;
 
@@ -73,7 +73,7 @@ impl Ctx {
         prefix: bool,
         timeout: Duration,
     ) -> Result<Vec<etcd_client::KeyValue>> {
-        let got = etcd::call(timeout, || {
+        let got = call::call(timeout, || {
             let mut kv = paged::kv(self.store.client());
             async move {
                 if prefix {
