@@ -5,7 +5,6 @@
 pub mod addr;
 pub mod bulk;
 pub mod cache;
-pub mod claims;
 pub mod conflicts;
 pub mod decode;
 pub mod error;

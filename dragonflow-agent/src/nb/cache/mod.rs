@@ -17,7 +17,7 @@ use crate::activeport;
 
 use super::{
     Chassis, Kind, LPort, LRouter, LSwitch, NbObject, NbSnapshot, SecGroup, ValidationOptions,
-    claims::ClaimIndex,
+    conflicts::claims::ClaimIndex,
     decode_with,
     lastgood::{LastGood, Saved},
     parse_key,
@@ -56,7 +56,7 @@ pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     /// The revision the key was created at: of two conflicting ports, the older one wins
-    /// (see `nb::claims`).
+    /// (see `nb::conflicts::claims`).
     pub create_revision: i64,
 }
 
@@ -170,7 +170,7 @@ fn settle<K: Ord + Clone, V: PartialEq>(
 /// skipped; if an earlier version of it was valid, that version stays in force (an
 /// operator's typo must not open or cut a port), until the key is deleted or fixed.
 ///
-/// A port that collides with an older one (`nb::claims`: a fixed IP or single-IP AAP on
+/// A port that collides with an older one (`nb::conflicts::claims`: a fixed IP or single-IP AAP on
 /// another port's fixed IP in the same network, or the same chassis and tap) is invalid
 /// too: its current version is refused until the older port releases the address or tap.
 /// Its last good version stays in force, unless that version is the colliding one itself
