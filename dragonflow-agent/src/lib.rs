@@ -1,5 +1,40 @@
 //! The Dragonflow eBPF agent as a library: the binaries (`dragonflow-agent`, `dfctl`) and
 //! the integration tests share it.
+//!
+//! # Layers
+//!
+//! Lowest first; a module imports only its own layer or below, two tasks never import each
+//! other (they talk through the channels and handles `main.rs` creates), and no two
+//! top-level modules import each other. `cargo xtask layers` (part of `cargo xtask
+//! clippy`) checks this table against every `use` (docs/ARCHITECTURE.md):
+//!
+//! <!-- layers -->
+//! - `lib`: ground
+//! - `nb`: ground
+//! - `config`: ground
+//! - `report`: ground
+//! - `desired`: pure
+//! - `etcd`: adapter
+//! - `datapath`: adapter
+//! - `netlink`: adapter
+//! - `obs`: adapter
+//! - `controller`: task
+//! - `conntrack`: task
+//! - `detect`: task
+//! - `main`: wiring
+//! - `bin`: wiring
+//! <!-- /layers -->
+//!
+//! - **ground**: the northbound model and its etcd schema (`nb`), the configuration, error
+//!   reporting. Knows nothing above it.
+//! - **pure**: `desired`, the NB snapshot and the local taps turned into the map entries
+//!   the datapath should hold, and their difference from what it holds.
+//! - **adapter**: the outside world — etcd (`etcd`, the only module that opens it), the
+//!   kernel (`datapath`: aya and bpf(2); `netlink`: link changes), and what operators see
+//!   (`obs`: the shared state, Prometheus, HTTP).
+//! - **task**: the long-running loops — `controller` (desired → diff → maps), `conntrack`
+//!   (garbage collection), `detect` (the detection way).
+//! - **wiring**: `main.rs` and the `dfctl` binary.
 
 pub mod config;
 pub mod conntrack;
@@ -7,10 +42,8 @@ pub mod controller;
 pub mod datapath;
 pub mod desired;
 pub mod detect;
-pub mod instance;
-pub mod lastgood;
+pub mod etcd;
 pub mod nb;
 pub mod netlink;
 pub mod obs;
 pub mod report;
-pub mod sync;

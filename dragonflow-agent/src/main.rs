@@ -7,13 +7,15 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use dragonflow_agent::{
     config::{Cli, Config},
-    conntrack::CtShared,
+    conntrack,
     controller::Controller,
+    datapath::ct::CtShared,
     datapath::{self, sys},
-    detect, instance, netlink,
+    detect,
+    etcd::{instance, session},
+    netlink,
     obs::{http, metrics, state::Shared},
     report::Chain,
-    sync,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -113,7 +115,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.state_dir.display()
     );
     // Refuse before attaching anything when another live agent has this chassis name.
-    sync::check_owner(&cfg, &instance)
+    session::check_owner(&cfg, &instance)
         .await
         .context("refusing to run")?;
     datapath::prepare_pin_dirs(&cfg)?;
@@ -182,13 +184,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (link_tx, link_rx) = mpsc::channel(1);
     netlink::spawn(link_tx).context("tap watcher")?;
     let (nb_tx, nb_rx) = mpsc::channel(64);
+    // The conntrack collector is its own task; the controller tells it which taps hold
+    // ports through `ct`.
+    if let Some(map) = loaded.maps.ct.take() {
+        tokio::spawn(conntrack::run(
+            map,
+            std::time::Duration::from_secs(cfg.ct_gc_interval_s),
+            ct.clone(),
+        ));
+    }
     let mut controller = Controller::new(cfg.clone(), shared.clone(), ct, loaded.ebpf, loaded.maps);
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     controller.publish_snapshots(snapshot_tx);
     let (session_tx, session_rx) = watch::channel(None);
     // A fatal etcd finding (the chassis name is another live agent's) ends the session
     // task, whose end closes `nb_rx` and so ends the controller; its error is the agent's.
-    let etcd = tokio::spawn(sync::run(
+    let etcd = tokio::spawn(session::run(
         cfg.clone(),
         instance,
         shared.clone(),

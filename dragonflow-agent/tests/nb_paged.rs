@@ -5,9 +5,10 @@
 mod common;
 
 use common::{Etcd, ls};
+use dragonflow_agent::etcd::{NbStore, paged};
 use dragonflow_agent::nb::{
-    LPort, NbStore, paged,
-    validate::{parse_aap, parse_mac},
+    LPort,
+    parse::{parse_aap, parse_mac},
 };
 use etcd_client::Client;
 

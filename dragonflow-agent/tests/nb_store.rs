@@ -4,9 +4,10 @@
 mod common;
 
 use common::{Etcd, ls};
+use dragonflow_agent::etcd::{NbStore, StoreError};
 use dragonflow_agent::nb::{
-    Kind, LPort, LSwitch, NbStore, StoreError, Subnet, ValidationError,
-    validate::{parse_aap, parse_mac},
+    Kind, LPort, LSwitch, Subnet, ValidationError,
+    parse::{parse_aap, parse_mac},
 };
 
 fn port(id: &str) -> LPort {

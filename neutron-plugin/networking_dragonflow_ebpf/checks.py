@@ -1,7 +1,7 @@
 """What Neutron accepts but the datapath cannot honour, refused at precommit.
 
 Each check raises ``InvalidInput`` (HTTP 400) with a message that says why.
-They mirror the agent's rules (dragonflow-agent/src/nb/validate.rs) for the
+They mirror the agent's rules (dragonflow-agent/src/nb/rules/ and nb/refs.rs) for the
 records the driver writes: a record the agent would skip must never be written
 in the first place.
 """

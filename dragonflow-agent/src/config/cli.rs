@@ -11,7 +11,7 @@ use std::{
 use clap::Parser;
 
 use crate::{
-    datapath::capacity::FILLED,
+    config::FILLED,
     nb::{
         AapMode, DEFAULT_PREFIX,
         etcd::{EtcdArgs, EtcdFile},

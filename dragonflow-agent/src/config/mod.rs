@@ -15,13 +15,31 @@ use std::{
 use clap::ValueEnum;
 use serde::Deserialize;
 
-use crate::{
-    datapath::capacity::FILLED,
-    nb::{
-        AapMode,
-        etcd::{EtcdError, EtcdSettings},
-    },
+use crate::nb::{
+    AapMode,
+    etcd::{EtcdError, EtcdSettings},
 };
+
+/// The maps the agent fills from the NB state: the ones whose capacity is configurable
+/// (`--map-capacity`) and checked against the need before every write. (The datapath's
+/// own tables, conntrack, rate limits and counters, are sized by the constants.)
+pub const FILLED: [&str; 15] = [
+    dragonflow_common::maps::PORTS,
+    dragonflow_common::maps::ADDRS,
+    dragonflow_common::maps::CIDRS,
+    dragonflow_common::maps::MACS,
+    dragonflow_common::maps::DEVMAP,
+    dragonflow_common::maps::NEIGH,
+    dragonflow_common::maps::ROUTES,
+    dragonflow_common::maps::L2,
+    dragonflow_common::maps::FLOOD,
+    dragonflow_common::maps::GROUPS,
+    dragonflow_common::maps::TUN_PEERS,
+    dragonflow_common::maps::TUN_SRCS,
+    dragonflow_common::maps::IDENT,
+    dragonflow_common::maps::IDENT_LPM,
+    dragonflow_common::maps::POLICY,
+];
 
 mod cli;
 mod file;

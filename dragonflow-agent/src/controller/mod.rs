@@ -23,11 +23,9 @@ use std::{
 };
 
 use aya::Ebpf;
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use dragonflow_common::{
     fwd::{CFG_F_FORWARDING, CFG_F_SECURITY_GROUPS, ChassisConfig},
     limits::{Limits, flood_params},
-    sg::{CtKey, CtValue},
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -37,18 +35,21 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
-    conntrack,
     datapath::{self, LinkKind, Links, Maps},
     desired::incremental::{Incremental, Scope, Touched},
     desired::reconcile::{MapEntries, PortState},
     desired::scope,
     desired::secgroups::Identities,
-    lastgood::LastGood,
-    nb::{AapMode, NbSnapshot, index::NbIndex},
+    etcd::session::NbEvent,
+    nb::{
+        AapMode, NbSnapshot,
+        cache::{DecodeOptions, NbCache, NbDelta},
+        index::NbIndex,
+        lastgood::LastGood,
+    },
     netlink,
     obs::state::{LimitsView, Shared},
     report::Chain,
-    sync::{DecodeOptions, NbCache, NbDelta, NbEvent},
 };
 
 /// Safety-net rescan of interfaces, in case a netlink message was missed.
@@ -61,7 +62,7 @@ pub struct Controller {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     /// Between this controller and the conntrack collector.
-    ct: Arc<conntrack::CtShared>,
+    ct: Arc<datapath::ct::CtShared>,
     ebpf: Ebpf,
     maps: Maps,
     links: Links,
@@ -130,8 +131,6 @@ pub struct Controller {
     policy_gen: u32,
     /// `CFG_F_SECURITY_GROUPS` is wanted: `--security-groups` and the object has the maps.
     sg_on: bool,
-    /// The conntrack table until `run` hands it to the collector.
-    ct_map: Option<BpfHashMap<MapData, CtKey, CtValue>>,
     /// The port of each programmed tap: a tap that loses or changes its port has its
     /// conntrack entries purged.
     ct_owners: BTreeMap<u32, String>,
@@ -141,7 +140,7 @@ impl Controller {
     pub fn new(
         cfg: Arc<Config>,
         shared: Arc<Shared>,
-        ct: Arc<conntrack::CtShared>,
+        ct: Arc<datapath::ct::CtShared>,
         mut ebpf: Ebpf,
         mut maps: Maps,
     ) -> Self {
@@ -160,7 +159,6 @@ impl Controller {
         if cfg.security_groups && !sg_on {
             error!("the eBPF object lacks the security-group maps: security groups NOT enforced");
         }
-        let ct_map = maps.ct.take();
         let (interval, tolerance) = flood_params(cfg.flood_rate, cfg.flood_burst);
         let limits = Limits {
             flood_interval_ns: interval,
@@ -179,7 +177,7 @@ impl Controller {
             Err(e) => error!("{e}: floods and conntrack entries are NOT limited per port"),
         }
         if let (Some(count), Some(freed)) = (maps.ct_count.take(), maps.ct_freed.take()) {
-            ct.set_quota_maps(conntrack::QuotaMaps { count, freed });
+            ct.set_quota_maps(datapath::ct::QuotaMaps { count, freed });
         }
         {
             let mut view = shared.view.lock().expect("lock");
@@ -252,7 +250,6 @@ impl Controller {
             identities,
             policy_gen,
             sg_on,
-            ct_map,
             ct_owners: BTreeMap::new(),
         }
     }
@@ -270,13 +267,6 @@ impl Controller {
         mut link_rx: mpsc::Receiver<()>,
         shutdown: impl Future<Output = ()>,
     ) {
-        if let Some(map) = self.ct_map.take() {
-            tokio::spawn(conntrack::run(
-                map,
-                Duration::from_secs(self.cfg.ct_gc_interval_s),
-                self.ct.clone(),
-            ));
-        }
         self.reconcile(true, false);
         let mut tick = time::interval(RESCAN);
         tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);

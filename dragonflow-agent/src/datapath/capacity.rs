@@ -47,28 +47,8 @@ use dragonflow_common::{
 };
 use serde::Serialize;
 
+pub use crate::config::FILLED;
 use crate::desired::reconcile::MapEntries;
-
-/// The maps the agent fills from the NB state: the ones whose capacity is configurable
-/// (`--map-capacity`) and checked against the need before every write. (The datapath's
-/// own tables, conntrack, rate limits and counters, are sized by the constants.)
-pub const FILLED: [&str; 15] = [
-    names::PORTS,
-    names::ADDRS,
-    names::CIDRS,
-    names::MACS,
-    names::DEVMAP,
-    names::NEIGH,
-    names::ROUTES,
-    names::L2,
-    names::FLOOD,
-    names::GROUPS,
-    names::TUN_PEERS,
-    names::TUN_SRCS,
-    names::IDENT,
-    names::IDENT_LPM,
-    names::POLICY,
-];
 
 /// Effective capacity (max_entries) per map name.
 pub type Capacities = BTreeMap<&'static str, u32>;

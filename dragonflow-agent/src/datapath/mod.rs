@@ -6,6 +6,7 @@
 //! `links/<ifname>@<xdp|tc|vlan|tunnel>` (bpffs forbids dots in names).
 
 pub mod capacity;
+pub mod ct;
 pub mod links;
 pub mod maps;
 pub mod sys;

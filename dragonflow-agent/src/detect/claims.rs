@@ -23,12 +23,7 @@ pub const HISTORY_MAX: usize = 32;
 pub(super) const TXN_ATTEMPTS: usize = 3;
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An etcd session of `sync`: its client and the chassis lease, while it is up.
-#[derive(Clone)]
-pub struct Session {
-    pub client: Client,
-    pub lease: i64,
-}
+pub use crate::etcd::session::Session;
 
 /// What happened to the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

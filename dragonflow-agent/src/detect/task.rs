@@ -27,10 +27,10 @@ use super::{
 use crate::{
     config::Config,
     datapath::sys,
+    etcd::paged,
     nb::{
         ActivePort, NbSnapshot,
         active::{active_key, active_prefix, decode_active, history_key, parse_active_key},
-        paged,
     },
     obs::state::Shared,
 };

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use super::{
     Kind, LPort, LRouter, LSwitch, NbObject, NbRecord, SecGroup, Subnet, ValidationOptions,
     conflicts::{self, PortIndex},
-    validate,
+    refs,
 };
 
 /// The kinds a file may hold, in the order they are written: what a record refers to is
@@ -408,20 +408,20 @@ fn check_refs(obj: &NbObject, view: &View, ports: &mut PortIndex) -> Result<(), 
     let text = |e: &dyn std::fmt::Display| e.to_string();
     match obj {
         NbObject::LSwitch(ls) => {
-            validate::validate_lswitch_refs(ls, view.subnets_of(&ls.id)).map_err(|e| text(&e))
+            refs::validate_lswitch_refs(ls, view.subnets_of(&ls.id)).map_err(|e| text(&e))
         }
-        NbObject::Subnet(s) => validate::validate_subnet_refs(
+        NbObject::Subnet(s) => refs::validate_subnet_refs(
             s,
             view.lswitches.get(&s.lswitch),
             view.subnets_of(&s.lswitch),
         )
         .map_err(|e| text(&e)),
         NbObject::SecGroup(g) => {
-            validate::validate_secgroup_refs(g, &view.secgroups).map_err(|e| text(&e))
+            refs::validate_secgroup_refs(g, &view.secgroups).map_err(|e| text(&e))
         }
         NbObject::LRouter(r) => {
             for iface in &r.ports {
-                validate::validate_lrouter_port_refs(
+                refs::validate_lrouter_port_refs(
                     &r.id,
                     iface,
                     view.lswitches.get(&iface.lswitch),
@@ -435,14 +435,14 @@ fn check_refs(obj: &NbObject, view: &View, ports: &mut PortIndex) -> Result<(), 
         }
         NbObject::LPort(p) => {
             // Conflicts between ports are the index's (a scan per port would not scale).
-            validate::validate_lport_refs(
+            refs::validate_lport_refs(
                 p,
                 view.lswitches.get(&p.lswitch),
                 view.subnets_of(&p.lswitch),
                 &[],
             )
             .map_err(|e| text(&e))?;
-            validate::validate_lport_secgroups(p, &view.secgroups).map_err(|e| text(&e))?;
+            refs::validate_lport_secgroups(p, &view.secgroups).map_err(|e| text(&e))?;
             conflicts::check_port_routers(p, &view.lrouters).map_err(|e| text(&e))?;
             ports.admit(p).map_err(|e| text(&e))
         }

@@ -1,5 +1,5 @@
 //! NB objects as stored in etcd. Keys: `<prefix><kind>/<id>` (see [`Kind`]).
-//! Validation (Neutron's rules) lives in `validate.rs`; these types only describe shape.
+//! Validation (Neutron's rules) lives in `rules/` (per object), `refs.rs` (referential) and `decode.rs`; these types only describe shape.
 
 use std::net::IpAddr;
 
@@ -265,7 +265,7 @@ pub struct SecGroupRule {
     pub direction: RuleDirection,
     pub ethertype: EtherType,
     /// `None` = any protocol; else a name (`tcp`, `udp`, `icmp`, `icmpv6`, …) or a number
-    /// `"0"`..`"255"` (see `validate::parse_protocol`).
+    /// `"0"`..`"255"` (see `protocol::parse_protocol`).
     #[serde(default)]
     pub protocol: Option<String>,
     /// TCP/UDP: first port of the range; ICMP: the type.

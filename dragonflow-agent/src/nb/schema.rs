@@ -5,7 +5,7 @@
 //! say; `DF_WRITE_NB_SCHEMA=1 cargo test -p dragonflow-agent nb_schema` rewrites it.
 //!
 //! The schema describes shape only (fields, types, enums, defaults); the rules in
-//! `validate.rs` (ranges, host bits, duplicates, references) are checked by the decoder
+//! `rules/` (ranges, host bits, duplicates, references) are checked by the decoder
 //! and by `dfctl apply --dry-run`, which the driver's tests run its records through.
 
 use schemars::{SchemaGenerator, generate::SchemaSettings};

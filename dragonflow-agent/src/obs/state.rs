@@ -23,7 +23,7 @@ use crate::{
         forwarding::NetworkView,
         reconcile::{LocalPort, PortState},
     },
-    nb::Kind,
+    nb::{Kind, cache::InvalidCounter},
     obs::garp::GarpTable,
 };
 
@@ -253,6 +253,16 @@ pub struct Shared {
     pub stats: Mutex<StatsMaps>,
     pub garp: Mutex<GarpTable>,
     pub ct: Arc<dyn CtReport>,
+}
+
+/// The cache of NB objects counts the records it refuses here.
+impl InvalidCounter for Shared {
+    fn count_invalid(&self, kind: Kind) {
+        Shared::count_invalid(self, kind);
+    }
+    fn count_invalid_named(&self, segment: &'static str) {
+        Shared::count_invalid_named(self, segment);
+    }
 }
 
 impl Shared {

@@ -10,7 +10,8 @@ use std::{
 use clap::Subcommand;
 use dragonflow_agent::{
     detect::claims::{Event, HistoryRecord},
-    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, active, etcd, paged},
+    etcd::{call, paged},
+    nb::{AapMode, ActivePort, Chassis, LPort, LSwitch, active},
 };
 use serde::Serialize;
 
@@ -72,7 +73,7 @@ impl Ctx {
         prefix: bool,
         timeout: Duration,
     ) -> Result<Vec<etcd_client::KeyValue>> {
-        let got = etcd::call(timeout, || {
+        let got = call::call(timeout, || {
             let mut kv = paged::kv(self.store.client());
             async move {
                 if prefix {

@@ -1,7 +1,10 @@
 //! What the commands that talk to etcd share: the store, the validation options, the
 //! output choice, and the generic list/show/validate steps.
 
-use dragonflow_agent::nb::{NbRecord, NbStore, ValidationOptions, store::Listing};
+use dragonflow_agent::{
+    etcd::{NbStore, store::Listing},
+    nb::{NbRecord, ValidationOptions},
+};
 use serde::Serialize;
 
 use crate::{

@@ -1,6 +1,9 @@
 //! dfctl's failures and the exit codes they map to.
 
-use dragonflow_agent::nb::{Kind, StoreError, ValidationError};
+use dragonflow_agent::{
+    etcd::StoreError,
+    nb::{Kind, ValidationError},
+};
 
 /// A failure, with the exit code it maps to.
 #[derive(Debug)]

@@ -1,12 +1,13 @@
 //! `dfctl lport`: logical ports (Neutron ports) with their allowed address pairs.
 
 use clap::{Args, Subcommand};
+use dragonflow_agent::etcd::StoreError;
 use dragonflow_agent::nb::{
-    AllowedAddressPair, Kind, LPort, LRouter, LSwitch, MacAddr, NbRecord as _, SecGroup,
-    StoreError, Subnet,
+    AllowedAddressPair, Kind, LPort, LRouter, LSwitch, MacAddr, NbRecord as _, SecGroup, Subnet,
     bulk::DEFAULT_GROUP,
     conflicts,
-    validate::{self, parse_aap, parse_fixed_ip, parse_mac, validate_lport_refs},
+    parse::{parse_aap, parse_fixed_ip, parse_mac},
+    refs::{self, validate_lport_refs},
 };
 
 use crate::{
@@ -289,7 +290,7 @@ impl Ctx {
             port.security_groups = vec![DEFAULT_GROUP.to_string()];
         } else {
             let groups = self.items::<SecGroup>().await?;
-            validate::validate_lport_secgroups(&port, &groups).map_err(inv)?;
+            refs::validate_lport_secgroups(&port, &groups).map_err(inv)?;
         }
         let ls = self
             .store
@@ -393,7 +394,7 @@ impl Ctx {
                 validate_lport_refs(p, ls.as_ref(), &subnets, &ports)
                     .map_err(|e| refused(Box::new(e)))?;
                 if !a.security_groups.is_empty() {
-                    validate::validate_lport_secgroups(p, &secgroups)
+                    refs::validate_lport_secgroups(p, &secgroups)
                         .map_err(|e| refused(Box::new(e)))?;
                 }
                 conflicts::check_port_routers(p, &routers).map_err(|e| refused(Box::new(e.into())))

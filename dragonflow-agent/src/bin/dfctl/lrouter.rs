@@ -1,9 +1,10 @@
 //! `dfctl lrouter`: distributed logical routers, one interface per lswitch.
 
 use clap::Subcommand;
+use dragonflow_agent::etcd::StoreError;
 use dragonflow_agent::nb::{
-    IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch, NbRecord as _, StoreError, Subnet,
-    validate::{self, parse_mac, validate_lrouter_port_refs},
+    IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch, NbRecord as _, Subnet, parse::parse_mac,
+    refs::validate_lrouter_port_refs, rules,
 };
 
 use crate::{
@@ -176,7 +177,7 @@ impl Ctx {
             ip: ips.next().expect("clap requires --ip"),
             extra_ips: ips.collect(),
         };
-        validate::validate_lrouter_port(&port).map_err(inv)?;
+        rules::validate_lrouter_port(&port).map_err(inv)?;
         self.store.get_existing::<LRouter>(&router).await?;
         let ls = self
             .store

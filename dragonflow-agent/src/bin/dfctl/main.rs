@@ -1,6 +1,6 @@
 //! `dfctl`: the operator CLI for the Dragonflow northbound database in etcd.
 //!
-//! Objects are validated with Neutron's rules (`nb::validate`) before they are written, and
+//! Objects are validated with Neutron's rules (`nb::rules`, `nb::refs`) before they are written, and
 //! checked against their neighbours (lswitch exists, fixed IPs inside its subnets, unique
 //! MAC/fixed IPs per lswitch, no overlapping subnets, …). Referential checks read, then
 //! write: two operators racing can still slip past them (as with Neutron's API without DB
@@ -35,10 +35,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use clap_complete::Shell;
-use dragonflow_agent::nb::{
-    DEFAULT_PREFIX, NbStore, ValidationOptions, etcd::EtcdArgs, store::DEFAULT_CONNECT_TIMEOUT,
-    validate,
-};
+use dragonflow_agent::etcd::{NbStore, store::DEFAULT_CONNECT_TIMEOUT};
+use dragonflow_agent::nb::{DEFAULT_PREFIX, ValidationOptions, etcd::EtcdArgs, rules};
 
 use crate::{
     aap::AapCmd,
@@ -87,7 +85,7 @@ struct Cli {
         long,
         global = true,
         env = "DRAGONFLOW_MAX_ALLOWED_ADDRESS_PAIRS",
-        default_value_t = validate::DEFAULT_MAX_ALLOWED_ADDRESS_PAIRS
+        default_value_t = rules::DEFAULT_MAX_ALLOWED_ADDRESS_PAIRS
     )]
     max_allowed_address_pairs: usize,
     /// Accept 0.0.0.0/0 or ::/0 as an allowed address pair. Such a pair lets the port use,

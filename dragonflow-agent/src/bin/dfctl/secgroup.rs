@@ -2,9 +2,10 @@
 //! say what it may send and receive).
 
 use clap::{Args, Subcommand};
+use dragonflow_agent::etcd::StoreError;
 use dragonflow_agent::nb::{
-    EtherType, IpPrefix, LPort, NbRecord as _, RuleDirection, SecGroup, SecGroupRule, StoreError,
-    bulk::DEFAULT_GROUP, validate,
+    EtherType, IpPrefix, LPort, NbRecord as _, RuleDirection, SecGroup, SecGroupRule,
+    bulk::DEFAULT_GROUP, protocol, refs,
 };
 
 use crate::{
@@ -120,7 +121,7 @@ fn rule_match(r: &SecGroupRule) -> impl PartialEq + use<> {
     (
         r.direction,
         r.ethertype,
-        validate::rule_protocol(r),
+        protocol::rule_protocol(r),
         r.port_range_min,
         r.port_range_max,
         r.remote_ip_prefix,
@@ -131,8 +132,8 @@ fn rule_match(r: &SecGroupRule) -> impl PartialEq + use<> {
 /// `80`, `80-90`, `type 8`, `type 3 code 4`, or `any`.
 fn port_range_text(r: &SecGroupRule) -> String {
     let icmp = matches!(
-        validate::rule_protocol(r),
-        Some(validate::PROTO_ICMP | validate::PROTO_ICMPV6)
+        protocol::rule_protocol(r),
+        Some(protocol::PROTO_ICMP | protocol::PROTO_ICMPV6)
     );
     match (r.port_range_min, r.port_range_max) {
         (None, _) => "any".into(),
@@ -331,8 +332,8 @@ impl Ctx {
         let tcp_udp = matches!(
             protocol
                 .as_deref()
-                .map(|p| validate::parse_protocol(p, ethertype)),
-            Some(Ok(Some(validate::PROTO_TCP | validate::PROTO_UDP)))
+                .map(|p| protocol::parse_protocol(p, ethertype)),
+            Some(Ok(Some(protocol::PROTO_TCP | protocol::PROTO_UDP)))
         );
         let port_range_max = match (a.port_min, a.port_max) {
             (Some(min), None) if tcp_udp => Some(min),
@@ -373,7 +374,7 @@ impl Ctx {
                 g.rules.push(rule.clone());
                 g.validate(&self.opts)
                     .map_err(|e| store_refused(Box::new(e)))?;
-                validate::validate_secgroup_refs(g, &groups).map_err(|e| store_refused(Box::new(e)))
+                refs::validate_secgroup_refs(g, &groups).map_err(|e| store_refused(Box::new(e)))
             })
             .await?;
         println!("{}", rule.id);

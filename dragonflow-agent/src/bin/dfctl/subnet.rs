@@ -3,7 +3,8 @@
 use clap::Subcommand;
 use dragonflow_agent::nb::{
     Kind, LPort, LRouter, LSwitch, Subnet,
-    validate::{parse_cidr, parse_gateway, validate_subnet_refs},
+    parse::{parse_cidr, parse_gateway},
+    refs::validate_subnet_refs,
 };
 
 use crate::{

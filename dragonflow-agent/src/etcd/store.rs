@@ -1,6 +1,6 @@
 //! A small typed CRUD layer over etcd for NB objects (`<prefix><kind>/<id>` → JSON).
 //!
-//! - reads decode and validate ([`super::validate::decode_as`]); `list` keeps going past
+//! - reads decode and validate ([`super::decode::decode_as`]); `list` keeps going past
 //!   malformed records and returns them separately so callers can log and count them;
 //! - writes validate first, so nothing this layer writes is refused by a reader;
 //! - `create` is put-if-absent (a txn comparing the key's version with 0), optionally
@@ -17,10 +17,16 @@ use std::{future::Future, time::Duration};
 use etcd_client::{Client, Compare, CompareOp, KvClient, PutOptions, Txn, TxnOp};
 
 use super::{
+    call::{self, CallError},
+    paged,
+};
+use crate::nb::{
     Kind,
-    etcd::{self, CallError, EtcdSettings},
-    key, paged,
-    validate::{DecodeError, NbObject, NbRecord, ValidationError, ValidationOptions, decode_as},
+    decode::{NbObject, NbRecord, decode_as},
+    error::{DecodeError, ValidationError},
+    etcd::EtcdSettings,
+    key,
+    rules::ValidationOptions,
 };
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -157,7 +163,7 @@ impl NbStore {
     ) -> Result<Self, StoreError> {
         let joined = etcd.endpoints_str();
         let options = etcd.connect_options(connect_timeout, KEEPALIVE);
-        let client = etcd::call(connect_timeout + op_timeout, || {
+        let client = call::call(connect_timeout + op_timeout, || {
             Client::connect(&etcd.endpoints, Some(options.clone()))
         })
         .await
@@ -215,13 +221,13 @@ impl NbStore {
     }
 
     /// One request, retried on another member while the cluster cannot serve it (see
-    /// [`etcd::call`]); `attempt` gets a fresh KV client each time.
+    /// [`call::call`]); `attempt` gets a fresh KV client each time.
     async fn run<R, F, Fut>(&self, op: impl Into<String>, mut attempt: F) -> Result<R, StoreError>
     where
         F: FnMut(KvClient) -> Fut,
         Fut: Future<Output = Result<R, etcd_client::Error>>,
     {
-        etcd::call(self.op_timeout, || attempt(paged::kv(&self.client)))
+        call::call(self.op_timeout, || attempt(paged::kv(&self.client)))
             .await
             .map_err(|source| {
                 let (endpoints, op) = (self.endpoints.clone(), op.into());
@@ -383,7 +389,7 @@ impl NbStore {
             .await?;
         if !resp.kvs().is_empty() {
             // Also when our own create was applied but its answer lost and the txn retried
-            // on another member (`etcd::call`): rare, and indistinguishable here from an
+            // on another member (`call::call`): rare, and indistinguishable here from an
             // identical record written by someone else.
             return Err(StoreError::AlreadyExists { kind, id });
         }

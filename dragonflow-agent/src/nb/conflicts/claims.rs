@@ -19,7 +19,7 @@ use std::{
     sync::Arc,
 };
 
-use super::LPort;
+use crate::nb::LPort;
 
 /// One thing a port holds for itself alone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,12 +82,7 @@ impl Filed {
             created,
             lswitch: names.get(&p.lswitch),
             fixed: p.fixed_ips.clone().into_boxed_slice(),
-            aaps: p
-                .allowed_address_pairs
-                .iter()
-                .filter(|a| a.ip_address.is_host())
-                .map(|a| a.ip_address.addr)
-                .collect(),
+            aaps: super::single_ip_aaps(p).collect(),
             binding: p
                 .chassis
                 .as_deref()

@@ -16,6 +16,11 @@
 //!
 //! CIDR pairs are not compared: a CIDR routed through a VM (the reason for one) usually
 //! covers other ports' addresses by design.
+//!
+//! Two users: `dfctl` checks a port against the others before writing it ([`check_port`],
+//! [`PortIndex`] for a whole file), and the agent keeps, for the ports etcd already holds,
+//! which port holds each address and tap ([`claims::ClaimIndex`]: the older one wins, and
+//! MACs are not compared there, since the datapath tells ports apart by tap and address).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -23,6 +28,8 @@ use std::{
 };
 
 use super::{LPort, LRouter, MacAddr};
+
+pub mod claims;
 
 /// Why a port cannot be written next to another one. `other` is the port already there.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -253,7 +260,9 @@ pub fn check_port_routers(port: &LPort, routers: &[LRouter]) -> Result<(), PortC
     Ok(())
 }
 
-fn single_ip_aaps(port: &LPort) -> impl Iterator<Item = IpAddr> + '_ {
+/// The addresses a port claims through its allowed address pairs: only single-IP pairs
+/// count (a CIDR pair is routed through the port, not owned by it).
+pub(crate) fn single_ip_aaps(port: &LPort) -> impl Iterator<Item = IpAddr> + '_ {
     port.allowed_address_pairs
         .iter()
         .filter(|a| a.ip_address.is_host())
