@@ -37,7 +37,11 @@ use crate::{
     datapath::{self, LinkKind, Links, Maps, Outcome, tunnel},
     incremental::{Incremental, Scope, Touched},
     lastgood::LastGood,
-    nb::{AapMode, index::NbIndex},
+    nb::{
+        AapMode,
+        index::NbIndex,
+        model::{self, PortStates},
+    },
     netlink,
     obs::state::{LimitsView, PortView, Shared, TapState, TapView, TunnelView},
     reconcile::{self, Desired, MapEntries, NbSnapshot, PortState},
@@ -114,6 +118,8 @@ pub struct Controller {
     flood_overflow: BTreeMap<u32, usize>,
     /// Where each new NB snapshot goes once it is reconciled (the detection way).
     snapshots: Option<watch::Sender<Option<Arc<NbSnapshot>>>>,
+    /// Where each local port's state goes when it changes (the port status records).
+    port_states: Option<watch::Sender<PortStates>>,
     /// Whether the last snapshot sent there had a network in the detection way or a
     /// claim: the detector needs snapshots only then (and one more when that ends).
     detection_fed: bool,
@@ -244,6 +250,7 @@ impl Controller {
             nb_warnings: BTreeSet::new(),
             flood_overflow: BTreeMap::new(),
             snapshots: None,
+            port_states: None,
             detection_fed: false,
             identities,
             policy_gen,
@@ -257,6 +264,12 @@ impl Controller {
     /// taps in `Shared::taps` are current).
     pub fn publish_snapshots(&mut self, tx: watch::Sender<Option<Arc<NbSnapshot>>>) {
         self.snapshots = Some(tx);
+    }
+
+    /// Publishes each local port's state on `tx` whenever one changes (after the taps and
+    /// the view are published).
+    pub fn publish_port_states(&mut self, tx: watch::Sender<PortStates>) {
+        self.port_states = Some(tx);
     }
 
     /// Runs until `shutdown` resolves.
@@ -870,6 +883,9 @@ impl Controller {
                     PortState::TapConflict { with } => {
                         warn!(lport = %p.id, tap = %p.tap, "tap name already used by port {with}; port skipped")
                     }
+                    PortState::AdminDown => {
+                        info!(lport = %p.id, tap = %p.tap, "port administratively down: its traffic is dropped")
+                    }
                 }
             }
         }
@@ -920,14 +936,24 @@ impl Controller {
                     error,
                 }
             })
-            .collect();
-        self.shared.taps.publish(taps);
+            .collect::<Vec<_>>();
         let mut view = self.shared.view.lock().expect("lock");
         if let Some(d) = desired {
             view.ports = d.local_ports.iter().map(PortView::from).collect();
             view.networks = d.networks.clone();
             view.remote_chassis = d.remote_chassis.clone();
         }
+        if let Some(tx) = &self.port_states {
+            let now = port_states(&view.ports, &taps);
+            tx.send_if_modified(|old| {
+                let changed = *old != now;
+                if changed {
+                    *old = now;
+                }
+                changed
+            });
+        }
+        self.shared.taps.publish(taps);
         view.tunnel = self.cfg.tunnel_dev.as_ref().map(|name| TunnelView {
             name: name.clone(),
             ifindex: self.tunnel_ifindex,
@@ -1004,4 +1030,46 @@ impl Controller {
         }
         self.ct_owners = owners;
     }
+}
+
+/// Each local port's state for its port status record, from the ports the controller last
+/// computed and its taps as they are now: a programmed port is what its tap is; a port
+/// administratively down, or on an unknown lswitch, whose tap exists is admin-down or
+/// fail closed (its tap has no entries); a port with no tap, or whose tap another port
+/// holds, has no state.
+fn port_states(ports: &[PortView], taps: &[TapView]) -> PortStates {
+    let by_name: BTreeMap<&str, &TapView> = taps.iter().map(|t| (t.ifname.as_str(), t)).collect();
+    ports
+        .iter()
+        .filter_map(|p| {
+            let tap = by_name.get(p.tap.as_str())?;
+            let name = p.state;
+            let state = if name == PortState::AdminDown.name() {
+                (
+                    model::PortState::AdminDown,
+                    "admin_state_up is false".to_string(),
+                )
+            } else if name == PortState::UnknownLSwitch.name() {
+                (
+                    model::PortState::FailClosed,
+                    format!("unknown lswitch {}", p.lswitch),
+                )
+            } else if p.ifindex.is_some() && tap.lport.as_deref() == Some(p.id.as_str()) {
+                match tap.state {
+                    TapState::Attached => (model::PortState::Attached, String::new()),
+                    TapState::FailClosed => (
+                        model::PortState::FailClosed,
+                        "its entries are not in the maps (see /state map_overflow)".to_string(),
+                    ),
+                    TapState::AttachFailed => (
+                        model::PortState::AttachFailed,
+                        tap.error.clone().unwrap_or_default(),
+                    ),
+                }
+            } else {
+                return None;
+            };
+            Some((p.id.clone(), state))
+        })
+        .collect()
 }

@@ -14,6 +14,7 @@ pub mod lastgood;
 pub mod nb;
 pub mod netlink;
 pub mod obs;
+pub mod portstatus;
 pub mod reconcile;
 pub mod report;
 pub mod scope;

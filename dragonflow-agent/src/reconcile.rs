@@ -370,6 +370,9 @@ pub enum PortState {
     UnknownLSwitch,
     /// Another local port with a lower id claims the same tap name.
     TapConflict { with: String },
+    /// `admin_state_up` is false: no entries, so its tap stays fail closed (everything
+    /// it sends is dropped and counted) and nothing is forwarded to it.
+    AdminDown,
 }
 
 impl PortState {
@@ -379,6 +382,7 @@ impl PortState {
             PortState::NoTap => "no_tap",
             PortState::UnknownLSwitch => "unknown_lswitch",
             PortState::TapConflict { .. } => "tap_conflict",
+            PortState::AdminDown => "admin_down",
         }
     }
 }
@@ -481,6 +485,8 @@ pub fn local_ports<'a>(
             PortState::TapConflict {
                 with: other.clone(),
             }
+        } else if !port.admin_state_up {
+            PortState::AdminDown
         } else if let Some(&ifindex) = taps.get(&tap) {
             let ls = &nb.lswitches[&port.lswitch];
             port_entries(&mut out.entries, ifindex, port, ls);
@@ -818,6 +824,27 @@ mod tests {
         assert!(
             d.entries.ifindexes().iter().all(|&i| i == 5),
             "the other port still works"
+        );
+    }
+
+    /// `admin_state_up = false`: the port keeps its tap (managed, fail closed) but gets no
+    /// entry keyed by its tap (forwarding uses only programmed ports).
+    #[test]
+    fn admin_down_port_gets_no_entries() {
+        let mut down = port("p1", "hv1");
+        down.admin_state_up = false;
+        let d = desired(
+            "hv1",
+            &snapshot(vec![down, port("p2", "hv1")]),
+            &taps(&[("tapp1", 4), ("tapp2", 5)]),
+        );
+        assert_eq!(d.local_ports[0].state, PortState::AdminDown);
+        assert_eq!(d.count("admin_down"), 1);
+        assert!(!d.tap_ports.contains_key("tapp1"));
+        assert_eq!(
+            d.entries.ifindexes(),
+            BTreeSet::from([5]),
+            "only the port that is up has entries"
         );
     }
 
