@@ -8,7 +8,9 @@ requests from the Rust test, one JSON object per line on stdin/stdout:
 - {"op": "setup"} -> {"prefix": <the NB key prefix>}
 - {"op": "network", "cidr": ..., "gateway": ...}
   -> {"network": id, "subnet": id}
-- {"op": "port", "network": id, "host": chassis, "ip": ...}
+- {"op": "secgroup"} -> {"id": id} (a group created through the API: egress
+  anywhere and ingress from its members, IPv4 and IPv6)
+- {"op": "port", "network": id, "host": chassis, "ip": ..., "secgroup": id}
   -> {"id", "mac", "ip", "tap", "status", "vif_type"}
 - {"op": "wait_active", "ports": [ids], "timeout": s}
   -> {"status": {id: status}} once all are ACTIVE, or when time is up
@@ -60,9 +62,30 @@ def main():
                 sub = case.make_subnet(net, req['cidr'],
                                        gateway_ip=req['gateway'])
                 reply({'network': net['id'], 'subnet': sub['id']})
+            elif op == 'secgroup':
+                sg = case.api_create('security-groups', {
+                    'name': 'e2e', 'tenant_id': 'proj'})['security_group']
+                # Egress explicitly: the new group came without Neutron's
+                # default egress rules under this test base.
+                for ethertype in ('IPv4', 'IPv6'):
+                    case.api_create('security-group-rules', {
+                        'security_group_id': sg['id'],
+                        'direction': 'ingress', 'ethertype': ethertype,
+                        'remote_group_id': sg['id'], 'tenant_id': 'proj'})
+                    r = case.new_create_request(
+                        'security-group-rules', {'security_group_rule': {
+                            'security_group_id': sg['id'],
+                            'direction': 'egress', 'ethertype': ethertype,
+                            'tenant_id': 'proj'}}, case.fmt, as_admin=True)
+                    status = r.get_response(case.api).status_int
+                    # 409: Neutron gave the group that rule already.
+                    if status not in (201, 409):
+                        raise RuntimeError('egress rule: HTTP %d' % status)
+                reply({'id': sg['id']})
             elif op == 'port':
                 kw = {portbindings.HOST_ID: req['host'],
-                      'fixed_ips': [{'ip_address': req['ip']}]}
+                      'fixed_ips': [{'ip_address': req['ip']}],
+                      'security_groups': [req['secgroup']]}
                 port = case.make_port({'id': req['network']}, **kw)
                 reply({'id': port['id'], 'mac': port['mac_address'],
                        'ip': port['fixed_ips'][0]['ip_address'],
