@@ -21,6 +21,7 @@
 //! - `controller`: task
 //! - `conntrack`: task
 //! - `detect`: task
+//! - `portstatus`: task
 //! - `main`: wiring
 //! - `bin`: wiring
 //! <!-- /layers -->
@@ -33,7 +34,8 @@
 //!   kernel (`datapath`: aya and bpf(2); `netlink`: link changes), and what operators see
 //!   (`obs`: the shared state, Prometheus, HTTP).
 //! - **task**: the long-running loops — `controller` (desired → diff → maps), `conntrack`
-//!   (garbage collection), `detect` (the detection way).
+//!   (garbage collection), `detect` (the detection way), `portstatus` (the port status records
+//!   Neutron reads).
 //! - **wiring**: `main.rs` and the `dfctl` binary.
 
 pub mod config;
@@ -46,4 +48,5 @@ pub mod etcd;
 pub mod nb;
 pub mod netlink;
 pub mod obs;
+pub mod portstatus;
 pub mod report;

@@ -12,9 +12,10 @@ use dragonflow_agent::{
     datapath::ct::CtShared,
     datapath::{self, sys},
     detect,
-    etcd::{instance, session},
+    etcd::{self, instance, session},
     netlink,
     obs::{http, metrics, state::Shared},
+    portstatus,
     report::Chain,
 };
 use tokio::{
@@ -196,6 +197,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut controller = Controller::new(cfg.clone(), shared.clone(), ct, loaded.ebpf, loaded.maps);
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     controller.publish_snapshots(snapshot_tx);
+    let (port_state_tx, port_state_rx) = watch::channel(Default::default());
+    controller.publish_port_states(port_state_tx);
     let (session_tx, session_rx) = watch::channel(None);
     // A fatal etcd finding (the chassis name is another live agent's) ends the session
     // task, whose end closes `nb_rx` and so ends the controller; its error is the agent's.
@@ -205,6 +208,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shared.clone(),
         nb_tx,
         session_tx,
+    ));
+    // The port status records go under the same session's lease.
+    tokio::spawn(portstatus::run(
+        cfg.clone(),
+        port_state_rx,
+        session_rx.clone(),
+        |s: &etcd::session::Session| (s.client.clone(), s.lease),
     ));
     tokio::spawn(detect::task::run(
         cfg.clone(),

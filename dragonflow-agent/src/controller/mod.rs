@@ -46,6 +46,7 @@ use crate::{
         cache::{DecodeOptions, NbCache, NbDelta},
         index::NbIndex,
         lastgood::LastGood,
+        model::PortStates,
     },
     netlink,
     obs::state::{LimitsView, Shared},
@@ -119,6 +120,8 @@ pub struct Controller {
     flood_overflow: BTreeMap<u32, usize>,
     /// Where each new NB snapshot goes once it is reconciled (the detection way).
     snapshots: Option<watch::Sender<Option<Arc<NbSnapshot>>>>,
+    /// Where each local port's state goes when it changes (the port status records).
+    port_states: Option<watch::Sender<PortStates>>,
     /// Whether the last snapshot sent there had a network in the detection way or a
     /// claim: the detector needs snapshots only then (and one more when that ends).
     detection_fed: bool,
@@ -246,6 +249,7 @@ impl Controller {
             nb_warnings: BTreeSet::new(),
             flood_overflow: BTreeMap::new(),
             snapshots: None,
+            port_states: None,
             detection_fed: false,
             identities,
             policy_gen,
@@ -258,6 +262,12 @@ impl Controller {
     /// taps in `Shared::taps` are current).
     pub fn publish_snapshots(&mut self, tx: watch::Sender<Option<Arc<NbSnapshot>>>) {
         self.snapshots = Some(tx);
+    }
+
+    /// Publishes each local port's state on `tx` whenever one changes (after the taps and
+    /// the view are published).
+    pub fn publish_port_states(&mut self, tx: watch::Sender<PortStates>) {
+        self.port_states = Some(tx);
     }
 
     /// Runs until `shutdown` resolves.

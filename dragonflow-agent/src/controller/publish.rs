@@ -6,7 +6,8 @@ use dragonflow_common::fwd::CFG_F_SECURITY_GROUPS;
 
 use crate::{
     datapath::{self},
-    desired::reconcile::Desired,
+    desired::reconcile::{Desired, PortState},
+    nb::model::{self, PortStates},
     obs::state::{PortView, TapState, TapView, TunnelView},
 };
 
@@ -52,14 +53,24 @@ impl Controller {
                     error,
                 }
             })
-            .collect();
-        self.shared.taps.publish(taps);
+            .collect::<Vec<_>>();
         let mut view = self.shared.view.lock().expect("lock");
         if let Some(d) = desired {
             view.ports = d.local_ports.iter().map(PortView::from).collect();
             view.networks = d.networks.clone();
             view.remote_chassis = d.remote_chassis.clone();
         }
+        if let Some(tx) = &self.port_states {
+            let now = port_states(&view.ports, &taps);
+            tx.send_if_modified(|old| {
+                let changed = *old != now;
+                if changed {
+                    *old = now;
+                }
+                changed
+            });
+        }
+        self.shared.taps.publish(taps);
         view.tunnel = self.cfg.tunnel_dev.as_ref().map(|name| TunnelView {
             name: name.clone(),
             ifindex: self.tunnel_ifindex,
@@ -78,4 +89,46 @@ impl Controller {
             view.security_groups.ports = d.sg_ports.clone();
         }
     }
+}
+
+/// Each local port's state for its port status record, from the ports the controller last
+/// computed and its taps as they are now: a programmed port is what its tap is; a port
+/// administratively down, or on an unknown lswitch, whose tap exists is admin-down or
+/// fail closed (its tap has no entries); a port with no tap, or whose tap another port
+/// holds, has no state.
+fn port_states(ports: &[PortView], taps: &[TapView]) -> PortStates {
+    let by_name: BTreeMap<&str, &TapView> = taps.iter().map(|t| (t.ifname.as_str(), t)).collect();
+    ports
+        .iter()
+        .filter_map(|p| {
+            let tap = by_name.get(p.tap.as_str())?;
+            let name = p.state;
+            let state = if name == PortState::AdminDown.name() {
+                (
+                    model::PortState::AdminDown,
+                    "admin_state_up is false".to_string(),
+                )
+            } else if name == PortState::UnknownLSwitch.name() {
+                (
+                    model::PortState::FailClosed,
+                    format!("unknown lswitch {}", p.lswitch),
+                )
+            } else if p.ifindex.is_some() && tap.lport.as_deref() == Some(p.id.as_str()) {
+                match tap.state {
+                    TapState::Attached => (model::PortState::Attached, String::new()),
+                    TapState::FailClosed => (
+                        model::PortState::FailClosed,
+                        "its entries are not in the maps (see /state map_overflow)".to_string(),
+                    ),
+                    TapState::AttachFailed => (
+                        model::PortState::AttachFailed,
+                        tap.error.clone().unwrap_or_default(),
+                    ),
+                }
+            } else {
+                return None;
+            };
+            Some((p.id.clone(), state))
+        })
+        .collect()
 }

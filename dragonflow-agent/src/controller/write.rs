@@ -111,6 +111,9 @@ impl Controller {
                     PortState::TapConflict { with } => {
                         warn!(lport = %p.id, tap = %p.tap, "tap name already used by port {with}; port skipped")
                     }
+                    PortState::AdminDown => {
+                        info!(lport = %p.id, tap = %p.tap, "port administratively down: its traffic is dropped")
+                    }
                 }
             }
         }

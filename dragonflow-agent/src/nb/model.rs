@@ -247,6 +247,11 @@ pub enum PortState {
 
 pub const PORT_STATUS_SEGMENT: &str = "portstatus";
 
+/// Each local port's [`PortState`] and its reason, by lport id, as the controller sees
+/// them; the port status task turns them into [`PortStatus`] records. A port whose tap
+/// does not exist yet has none.
+pub type PortStates = std::collections::BTreeMap<String, (PortState, String)>;
+
 /// `secgroup/<id>`: a security group (Neutron `security_group`): allow rules only; a
 /// port's groups together say what it may send and receive (see `crate::desired::secgroups`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

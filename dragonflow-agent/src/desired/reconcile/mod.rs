@@ -368,6 +368,9 @@ pub enum PortState {
     UnknownLSwitch,
     /// Another local port with a lower id claims the same tap name.
     TapConflict { with: String },
+    /// `admin_state_up` is false: no entries, so its tap stays fail closed (everything
+    /// it sends is dropped and counted) and nothing is forwarded to it.
+    AdminDown,
 }
 
 impl PortState {
@@ -377,6 +380,7 @@ impl PortState {
             PortState::NoTap => "no_tap",
             PortState::UnknownLSwitch => "unknown_lswitch",
             PortState::TapConflict { .. } => "tap_conflict",
+            PortState::AdminDown => "admin_down",
         }
     }
 }
@@ -479,6 +483,8 @@ pub fn local_ports<'a>(
             PortState::TapConflict {
                 with: other.clone(),
             }
+        } else if !port.admin_state_up {
+            PortState::AdminDown
         } else if let Some(&ifindex) = taps.get(&tap) {
             let ls = &nb.lswitches[&port.lswitch];
             port_entries(&mut out.entries, ifindex, port, ls);

@@ -203,6 +203,27 @@ fn unknown_lswitch_skipped() {
     );
 }
 
+/// `admin_state_up = false`: the port keeps its tap (managed, fail closed) but gets no
+/// entry keyed by its tap (forwarding uses only programmed ports).
+#[test]
+fn admin_down_port_gets_no_entries() {
+    let mut down = port("p1", "hv1");
+    down.admin_state_up = false;
+    let d = desired(
+        "hv1",
+        &snapshot(vec![down, port("p2", "hv1")]),
+        &taps(&[("tapp1", 4), ("tapp2", 5)]),
+    );
+    assert_eq!(d.local_ports[0].state, PortState::AdminDown);
+    assert_eq!(d.count("admin_down"), 1);
+    assert!(!d.tap_ports.contains_key("tapp1"));
+    assert_eq!(
+        d.entries.ifindexes(),
+        BTreeSet::from([5]),
+        "only the port that is up has entries"
+    );
+}
+
 #[test]
 fn remote_and_unbound_ports_ignored() {
     let mut unbound = port("p3", "hv1");
