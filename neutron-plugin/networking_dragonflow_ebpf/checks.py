@@ -1,9 +1,21 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """What Neutron accepts but the datapath cannot honour, refused at precommit.
 
 Each check raises ``InvalidInput`` (HTTP 400) with a message that says why.
-They mirror the agent's rules (dragonflow-agent/src/nb/rules/ and nb/refs.rs) for the
-records the driver writes: a record the agent would skip must never be written
-in the first place.
+They mirror the agent's rules (dragonflow-agent/src/nb/rules/ and
+nb/refs.rs) for the records the driver writes: a record the agent would
+skip must never be written in the first place.
 """
 
 import netaddr
