@@ -12,7 +12,7 @@ use dragonflow_agent::{
     datapath::ct::CtShared,
     datapath::{self, sys},
     detect,
-    etcd::{self, instance, session},
+    etcd::{instance, session},
     netlink,
     obs::{http, metrics, state::Shared},
     portstatus,
@@ -214,7 +214,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.clone(),
         port_state_rx,
         session_rx.clone(),
-        |s: &etcd::session::Session| (s.client.clone(), s.lease),
     ));
     tokio::spawn(detect::task::run(
         cfg.clone(),

@@ -18,7 +18,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
-    etcd::call::{self, CallError},
+    etcd::{
+        call::{self, CallError},
+        session::Session,
+    },
     nb::model::{PORT_STATUS_SEGMENT, PortStates, PortStatus},
     report::Chain,
 };
@@ -85,21 +88,20 @@ fn now_rfc3339() -> String {
     format!("{:.0}", jiff::Timestamp::now())
 }
 
-/// Runs until the controller's channel closes. `lease_of` gives an etcd session's client
-/// and chassis lease (the session type belongs to the task that makes it).
-pub async fn run<S, L>(
+/// Runs until the controller's channel closes; writes under the lease of the etcd session
+/// `sessions` carries (none while etcd is unreachable).
+pub async fn run(
     cfg: Arc<Config>,
     mut states: watch::Receiver<PortStates>,
-    mut sessions: watch::Receiver<Option<S>>,
-    lease_of: L,
-) where
-    S: Clone + Send + Sync,
-    L: Fn(&S) -> (Client, i64),
-{
+    mut sessions: watch::Receiver<Option<Session>>,
+) {
     let mut records = Records::default();
     // What etcd holds under the current session, as this task wrote it.
     let mut written: BTreeMap<String, PortStatus> = BTreeMap::new();
-    let mut session = sessions.borrow_and_update().as_ref().map(&lease_of);
+    let mut session = sessions
+        .borrow_and_update()
+        .as_ref()
+        .map(|s| (s.client.clone(), s.lease));
     records.update(&cfg.chassis, &states.borrow_and_update(), &now_rfc3339());
     let mut failing = false;
     loop {
@@ -130,7 +132,7 @@ pub async fn run<S, L>(
                 if r.is_err() {
                     return;
                 }
-                session = sessions.borrow_and_update().as_ref().map(&lease_of);
+                session = sessions.borrow_and_update().as_ref().map(|s| (s.client.clone(), s.lease));
                 // Under a new lease every record is written again (the old lease's may be
                 // gone); without a session nothing can be written.
                 written.clear();

@@ -23,8 +23,6 @@ pub const HISTORY_MAX: usize = 32;
 pub(super) const TXN_ATTEMPTS: usize = 3;
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub use crate::etcd::session::Session;
-
 /// What happened to the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

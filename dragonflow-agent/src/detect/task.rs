@@ -17,8 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     claims::{
-        ActiveError, Event, HistoryRecord, Key, Session, TXN_ATTEMPTS, call, now_ms, push_history,
-        read,
+        ActiveError, Event, HistoryRecord, Key, TXN_ATTEMPTS, call, now_ms, push_history, read,
     },
     judge::{Damper, Sighting, Verdict, Why, holders, judge, stale},
     metrics::Stats,
@@ -27,7 +26,7 @@ use super::{
 use crate::{
     config::Config,
     datapath::sys,
-    etcd::paged,
+    etcd::{paged, session::Session},
     nb::{
         ActivePort, NbSnapshot,
         active::{active_key, active_prefix, decode_active, history_key, parse_active_key},
