@@ -28,6 +28,10 @@ mod pod {
     unsafe impl aya::Pod for port::PortConfig {}
     unsafe impl aya::Pod for event::GarpEvent {}
     unsafe impl aya::Pod for event::GarpRateKey {}
+    unsafe impl aya::Pod for event::DropEvent {}
+    unsafe impl aya::Pod for event::MonitorConfig {}
+    unsafe impl aya::Pod for event::DropRate {}
+    unsafe impl aya::Pod for event::PortStats {}
     unsafe impl aya::Pod for fwd::L2Key {}
     unsafe impl aya::Pod for fwd::L2Dest {}
     unsafe impl aya::Pod for fwd::NeighKey {}

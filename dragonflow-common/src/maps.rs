@@ -32,6 +32,24 @@ pub const STATS: &str = "df_stats_v2";
 pub const GARP_EVENTS: &str = "df_garp_ev_v1";
 pub const GARP_EVENTS_BYTES: u32 = 256 * 1024;
 
+/// Ring buffer of [`crate::event::DropEvent`]: sampled drops for `dfctl monitor`.
+pub const DROP_EVENTS: &str = "df_drop_ev_v1";
+pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Array[1] of [`crate::event::MonitorConfig`]: whether (and how fast) the datapath emits
+/// drop events; set by the agent while a monitor client is connected.
+pub const MONITOR: &str = "df_monitor_v1";
+
+/// Per-CPU Array[1] of [`crate::event::DropRate`]: each CPU's drop-event window.
+pub const DROP_RATE: &str = "df_drop_rl_v1";
+
+/// Per-CPU hash u32 tap ifindex → [`crate::event::PortStats`]: each port's passes and
+/// drops by reason and direction. The agent creates a port's entry when it attaches its
+/// tap and deletes it on detach; the datapath only updates existing entries (a tap without
+/// one is not counted per port). Not preallocated: memory only for the ports there are.
+pub const PORT_STATS: &str = "df_port_stats_v1";
+pub const PORT_STATS_MAX: u32 = PORTS_MAX;
+
 /// LRU [`crate::event::GarpRateKey`] → u64 last event time (ns, bpf_ktime_get_ns): the
 /// per (port, IP) rate limit of GARP events.
 pub const GARP_RATE: &str = "df_garp_rl_v1";
@@ -154,6 +172,10 @@ pub const ALL: &[&str] = &[
     STATS,
     GARP_EVENTS,
     GARP_RATE,
+    DROP_EVENTS,
+    MONITOR,
+    DROP_RATE,
+    PORT_STATS,
     L2,
     NEIGH,
     FLOOD,
@@ -198,6 +220,7 @@ pub fn capacity(name: &str) -> Option<u32> {
         TUN_SRCS => Some(TUN_SRCS_MAX),
         FLOOD_RL => Some(FLOOD_RL_MAX),
         CT_COUNT | CT_FREED => Some(CT_COUNT_MAX),
+        PORT_STATS => Some(PORT_STATS_MAX),
         _ => None,
     }
 }

@@ -253,6 +253,12 @@ named_enum! {
         CtUntracked = 7 => "ct_untracked",
         /// Security groups: exempt traffic (ARP, ND, DHCP client/server) passed.
         SgExempt = 8 => "sg_exempt",
+        /// A drop event pushed to the monitor ring buffer (`dfctl monitor`).
+        DropEventSent = 9 => "drop_event_sent",
+        /// A drop event suppressed by the per-CPU rate limit of the monitor.
+        DropEventRateLimited = 10 => "drop_event_rate_limited",
+        /// The monitor ring buffer was full: the drop event is lost.
+        DropEventRingFull = 11 => "drop_event_ring_full",
     }
 }
 

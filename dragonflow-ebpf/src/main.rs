@@ -18,6 +18,7 @@
 //! - `config`: ground
 //! - `limits`: ground
 //! - `events`: ground
+//! - `report`: ground
 //! - `parse`: ground
 //! - `parse::arp`: ground
 //! - `parse::ipv4`: ground
@@ -82,6 +83,7 @@ mod maps;
 mod parse;
 mod pipeline;
 mod portsec;
+mod report;
 mod sg;
 mod stats;
 
@@ -90,7 +92,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use dragonflow_common::{port::PORT_F_PORT_SECURITY, verdict::DropReason};
+use dragonflow_common::{
+    port::PORT_F_PORT_SECURITY,
+    verdict::{Direction, DropReason},
+};
 
 use crate::{
     ctx::PacketCtx,
@@ -115,14 +120,14 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     let mut port = PortCache::new(ctx.ifindex());
     let Some(mut sg) = Sg::new(ctx.ifindex(), config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
-        stats::drop(DropReason::SgDenied);
+        report::drop(&ctx, ctx.ifindex(), Direction::FromVm, DropReason::SgDenied);
         return xdp_action::XDP_DROP;
     };
     let pass = match pipeline::from_vm(&ctx, &mut port, &mut sg) {
         Ok(pass) => pass,
         Err((allowed, reason)) => {
             decided(&mut port, allowed);
-            drop_from_vm(&sg, reason);
+            drop_from_vm(&ctx, &sg, port.ifindex(), reason);
             return xdp_action::XDP_DROP;
         }
     };
@@ -133,7 +138,7 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
         }
         Fwd::Kernel => {
             decided(&mut port, None);
-            stats::pass(pass.path);
+            report::pass(port.ifindex(), Direction::FromVm, pass.path);
             return xdp_action::XDP_PASS;
         }
         Fwd::Local { ifindex, path } => (
@@ -149,11 +154,11 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     decided(&mut port, Some(pass.path));
     match action {
         Ok(a) => {
-            stats::pass(path);
+            report::pass(port.ifindex(), Direction::FromVm, path);
             a
         }
         Err(reason) => {
-            stats::drop(reason);
+            report::drop(&ctx, port.ifindex(), Direction::FromVm, reason);
             xdp_action::XDP_DROP
         }
     }
@@ -167,20 +172,25 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
     let mut port = PortCache::new(ctx.ifindex());
     let Some(mut sg) = Sg::new(ctx.ifindex(), config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
-        stats::drop(DropReason::SgDenied);
+        report::drop(&ctx, ctx.ifindex(), Direction::FromVm, DropReason::SgDenied);
         return TC_ACT_SHOT;
     };
     let pass = match pipeline::from_vm(&ctx, &mut port, &mut sg) {
         Ok(pass) => pass,
         Err((allowed, reason)) => {
             decided(&mut port, allowed);
-            drop_from_vm(&sg, reason);
+            drop_from_vm(&ctx, &sg, port.ifindex(), reason);
             return TC_ACT_SHOT;
         }
     };
     decided(&mut port, Some(pass.path));
     let out = match pass.fwd {
-        Fwd::Kernel => return TC_ACT_OK,
+        Fwd::Kernel => {
+            // `decided` counted the outcome's global slot (forwarding off: the
+            // port-security path is the outcome).
+            report::port_pass(port.ifindex(), Direction::FromVm);
+            return TC_ACT_OK;
+        }
         Fwd::Local { ifindex, path } => fwd::redirect(ifindex).map(|a| (path, a)),
         Fwd::Back(path) => fwd::redirect(port.ifindex()).map(|a| (path, a)),
         Fwd::Tunnel {
@@ -242,11 +252,11 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
     };
     match out {
         Ok((path, action)) => {
-            stats::pass(path);
+            report::pass(port.ifindex(), Direction::FromVm, path);
             action
         }
         Err(reason) => {
-            drop_from_vm(&sg, reason);
+            drop_from_vm(&ctx, &sg, port.ifindex(), reason);
             TC_ACT_SHOT
         }
     }
@@ -285,7 +295,12 @@ pub fn df_vlan_guard(ctx: TcContext) -> i32 {
     {
         return TC_ACT_OK;
     }
-    stats::drop(DropReason::VlanTagged);
+    report::drop(
+        &ctx,
+        ctx.ifindex(),
+        Direction::FromVm,
+        DropReason::VlanTagged,
+    );
     TC_ACT_SHOT
 }
 

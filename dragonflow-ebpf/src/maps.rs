@@ -8,21 +8,24 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
+        RingBuf,
+    },
 };
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
-    event::GarpRateKey,
+    event::{DropRate, GarpRateKey, MonitorConfig, PortStats},
     fwd::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
         RouteKey, TunPeerKey, TunSrcKey,
     },
     limits::{CtCount, CtFreed, Limits},
     maps::{
-        ADDRS_MAX, CIDRS_MAX, CT_COUNT_MAX, CT_MAX, DEVMAP_MAX, FLOOD_NETS_MAX, FLOOD_RL_MAX,
-        FRAG_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX, IDENT_MAX, L2_MAX,
-        MACS_MAX, NEIGH_MAX, POLICY_MAX, PORTS_MAX, PROGS_MAX, ROUTES_MAX, TUN_PEERS_MAX,
-        TUN_SRCS_MAX,
+        ADDRS_MAX, CIDRS_MAX, CT_COUNT_MAX, CT_MAX, DEVMAP_MAX, DROP_EVENTS_BYTES, FLOOD_NETS_MAX,
+        FLOOD_RL_MAX, FRAG_MAX, GARP_EVENTS_BYTES, GARP_RATE_MAX, GROUPS_MAX, IDENT_LPM_MAX,
+        IDENT_MAX, L2_MAX, MACS_MAX, NEIGH_MAX, POLICY_MAX, PORT_STATS_MAX, PORTS_MAX, PROGS_MAX,
+        ROUTES_MAX, TUN_PEERS_MAX, TUN_SRCS_MAX,
     },
     port::PortConfig,
     sg::{CtKey, CtValue, FragKey, FragValue, IdentKey, PolicyKey, PolicyValue},
@@ -52,6 +55,24 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_LEN, 0);
 /// GARP events for the agent.
 #[map(name = "df_garp_ev_v1")]
 pub static GARP_EVENTS: RingBuf = RingBuf::pinned(GARP_EVENTS_BYTES, 0);
+
+/// Sampled drops for `dfctl monitor` (written only by `report`).
+#[map(name = "df_drop_ev_v1")]
+pub static DROP_EVENTS: RingBuf = RingBuf::pinned(DROP_EVENTS_BYTES, 0);
+
+/// Whether a monitor client listens, and its rate (written by the agent).
+#[map(name = "df_monitor_v1")]
+pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+
+/// Each CPU's drop-event window (the monitor's rate limit).
+#[map(name = "df_drop_rl_v1")]
+pub static DROP_RATE: PerCpuArray<DropRate> = PerCpuArray::pinned(1, 0);
+
+/// Per-port outcomes; entries made by the agent only (`BPF_F_NO_PREALLOC`: memory for the
+/// ports there are, not for the capacity times the CPUs).
+#[map(name = "df_port_stats_v1")]
+pub static PORT_STATS: PerCpuHashMap<u32, PortStats> =
+    PerCpuHashMap::pinned(PORT_STATS_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Last GARP event time per (port, IP).
 #[map(name = "df_garp_rl_v1")]

@@ -8,12 +8,14 @@ use dragonflow_common::verdict::{Direction, DropReason, PassPath};
 
 use crate::{
     config,
+    ctx::PacketCtx,
     fwd::{
         self, tunnel,
         verdict::{Fwd, Pass},
     },
     parse::{self, Eth, is_group},
     portsec::{self, PortCache},
+    report,
     sg::{Hook, Sg},
     stats,
 };
@@ -78,33 +80,48 @@ pub fn from_vm<C: Hook>(
 /// The tunnel program once its key is read (`None`: no IPv4 tunnel key).
 #[inline(always)]
 pub fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
+    // The tunnel device stands for the port of what it drops (its own counters: none,
+    // the agent makes no entry for it; its drop events name it).
+    let dev = ctx.ifindex();
     let Some(mut sg) = Sg::new(0, config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
-        stats::drop_in(Direction::FromTunnel, DropReason::SgDenied);
+        report::drop(ctx, dev, Direction::FromTunnel, DropReason::SgDenied);
         return TC_ACT_SHOT;
     };
     match fwd::from_tunnel(ctx, rx, &mut sg) {
         Ok((path, action)) => {
-            stats::pass_in(Direction::FromTunnel, path);
+            report::pass(dev, Direction::FromTunnel, path);
             action
         }
         Err(reason) => {
-            // The receiver's ingress rules counted their own drop (under `to_vm`).
-            if !sg.counted(reason) {
-                stats::drop_in(Direction::FromTunnel, reason);
-            }
+            drop_in(ctx, &sg, dev, Direction::FromTunnel, reason);
             TC_ACT_SHOT
         }
     }
 }
 
-/// Counts a from-VM drop, unless it is the receiver's security-group drop that
-/// `sg::policy::to_port` counted under `to_vm` (see `sg`).
+/// Counts a drop of `ifindex` in `dir` (with its event), unless it is the receiver's
+/// security-group drop that `sg::policy::to_port` counted under `to_vm` (see `sg`): then
+/// only that drop's event, under the receiver.
 #[inline(always)]
-pub fn drop_from_vm(sg: &Sg, reason: DropReason) {
-    if !sg.counted(reason) {
-        stats::drop(reason);
+pub fn drop_in<C: report::Frame>(
+    ctx: &C,
+    sg: &Sg,
+    ifindex: u32,
+    dir: Direction,
+    reason: DropReason,
+) {
+    if sg.counted(reason) {
+        report::drop_event_only(ctx, sg.counted_port(), Direction::ToVm, reason);
+    } else {
+        report::drop(ctx, ifindex, dir, reason);
     }
+}
+
+/// [`drop_in`] for a from-VM frame of `ifindex`.
+#[inline(always)]
+pub fn drop_from_vm<C: report::Frame>(ctx: &C, sg: &Sg, ifindex: u32, reason: DropReason) {
+    drop_in(ctx, sg, ifindex, Direction::FromVm, reason);
 }
 
 /// This program decides the frame: count the port-security path that allowed it (if it

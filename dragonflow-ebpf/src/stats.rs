@@ -1,7 +1,9 @@
 //! Counters: one per-CPU `u64` slot per outcome (Katran style), so every packet's fate is
 //! visible to the agent's metrics.
 
-use dragonflow_common::verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index};
+use dragonflow_common::verdict::{
+    Direction, DropReason, EventStat, PassPath, STATS_PER_DIR, Stat, stat_index,
+};
 
 use crate::maps::STATS;
 
@@ -14,11 +16,6 @@ fn bump(index: u32) {
 }
 
 #[inline(always)]
-pub fn drop(reason: DropReason) {
-    bump(stat_index(Direction::FromVm, Stat::Drop(reason)));
-}
-
-#[inline(always)]
 pub fn pass(path: PassPath) {
     bump(stat_index(Direction::FromVm, Stat::Pass(path)));
 }
@@ -28,7 +25,7 @@ pub fn event(e: EventStat) {
     bump(stat_index(Direction::FromVm, Stat::Event(e)));
 }
 
-/// A drop decided by a program of another direction (the tunnel program).
+/// A drop (counted through `report`, which also counts it per port).
 #[inline(always)]
 pub fn drop_in(dir: Direction, reason: DropReason) {
     bump(stat_index(dir, Stat::Drop(reason)));
@@ -44,4 +41,10 @@ pub fn pass_in(dir: Direction, path: PassPath) {
 #[inline(always)]
 pub fn event_in(dir: Direction, e: EventStat) {
     bump(stat_index(dir, Stat::Event(e)));
+}
+
+/// [`event_in`] with the direction as a number (`< 3`, checked by the caller).
+#[inline(always)]
+pub fn event_at(dir: u32, e: EventStat) {
+    bump(dir * STATS_PER_DIR + stat_index(Direction::FromVm, Stat::Event(e)));
 }

@@ -52,8 +52,8 @@ use crate::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN,
         nd::ND_NEIGHBOR_SOLICIT,
     },
+    report,
     sg::{Sg, policy},
-    stats,
 };
 
 /// [`Call::how`]: the group of the frame's destination MAC (a shared MAC).
@@ -170,7 +170,7 @@ pub fn run(ctx: &TcContext) {
     };
     let Some(mut sg) = Sg::new(ingress, config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
-        stats::drop_in(dir, DropReason::SgDenied);
+        report::drop(ctx, ingress, dir, DropReason::SgDenied);
         return;
     };
     match copies(ctx, net_id, how, ingress, vxlan, &mut sg) {
@@ -180,12 +180,15 @@ pub fn run(ctx: &TcContext) {
             } else {
                 PassPath::AapGroup
             };
-            stats::pass_in(dir, path);
+            report::pass(ingress, dir, path);
         }
         Err(reason) => {
-            // An ingress refusal of the only holder was counted `to_vm` by `sg`.
-            if !sg.counted(reason) {
-                stats::drop_in(dir, reason);
+            // An ingress refusal of the only holder was counted `to_vm` by `sg`: only
+            // its event then.
+            if sg.counted(reason) {
+                report::drop_event_only(ctx, sg.counted_port(), Direction::ToVm, reason);
+            } else {
+                report::drop(ctx, ingress, dir, reason);
             }
         }
     }

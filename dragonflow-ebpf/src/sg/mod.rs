@@ -131,6 +131,7 @@ use crate::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
         l3::{self, FRAG_FIRST, FRAG_LATER, L3},
     },
+    report,
     sg::flow::{
         F_CREATE, F_EXEMPT_EGRESS, F_EXEMPT_INGRESS, F_ICMP_ERROR, F_TRACK, Flow,
         ICMPV6_ECHO_REQUEST,
@@ -198,6 +199,9 @@ struct Run {
     policy_gen: u32,
     /// The sending port (0 from the tunnel).
     sender: u32,
+    /// The port whose ingress drop `counted` is (for the delivering program's drop
+    /// event).
+    counted_port: u32,
     /// The monotonic clock, read once per run by the first side that needs it (0: not
     /// yet): a local delivery judges two sides.
     now: u64,
@@ -255,6 +259,7 @@ impl Sg {
                 counted: 0,
                 policy_gen,
                 sender,
+                counted_port: 0,
                 now: 0,
             };
             (*s).l3.family = 0;
@@ -299,6 +304,12 @@ impl Sg {
             .is_some_and(|r| u32::from(r.counted) == reason as u32)
     }
 
+    /// The port whose ingress drop is [`Sg::counted`] (0: none).
+    #[inline(always)]
+    pub fn counted_port(&self) -> u32 {
+        self.run().map_or(0, |r| r.counted_port)
+    }
+
     /// Parses the flow if security groups are on and it is not parsed yet. Callers of
     /// `policy::to_port` call this while the packet is as the sender sent it (before any
     /// clone or rewrite); `to_port` itself never reads the packet.
@@ -338,9 +349,10 @@ impl Sg {
         }
         let r = self.judge(DIR_INGRESS, ifindex, group);
         if let Err(reason) = r {
-            stats::drop_in(Direction::ToVm, reason);
+            report::port_drop(ifindex, Direction::ToVm, reason);
             if let Some(run) = self.run_mut() {
                 run.counted = reason as u8;
+                run.counted_port = ifindex;
             }
         }
         r
