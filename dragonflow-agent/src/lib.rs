@@ -21,6 +21,7 @@
 //! - `controller`: task
 //! - `conntrack`: task
 //! - `detect`: task
+//! - `monitor`: task
 //! - `portstatus`: task
 //! - `main`: wiring
 //! - `bin`: wiring
@@ -34,7 +35,7 @@
 //!   kernel (`datapath`: aya and bpf(2); `netlink`: link changes), and what operators see
 //!   (`obs`: the shared state, Prometheus, HTTP).
 //! - **task**: the long-running loops — `controller` (desired → diff → maps), `conntrack`
-//!   (garbage collection), `detect` (the detection way), `portstatus` (the port status records
+//!   (garbage collection), `detect` (the detection way), `monitor` (the drop events of `dfctl monitor`), `portstatus` (the port status records
 //!   Neutron reads).
 //! - **wiring**: `main.rs` and the `dfctl` binary.
 
@@ -45,6 +46,7 @@ pub mod datapath;
 pub mod desired;
 pub mod detect;
 pub mod etcd;
+pub mod monitor;
 pub mod nb;
 pub mod netlink;
 pub mod obs;

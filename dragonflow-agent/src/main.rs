@@ -13,7 +13,7 @@ use dragonflow_agent::{
     datapath::{self, sys},
     detect,
     etcd::{instance, session},
-    netlink,
+    monitor, netlink,
     obs::{http, metrics, state::Shared},
     portstatus,
     report::Chain,
@@ -144,13 +144,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         loaded.stats,
         ct.clone(),
     ));
+    shared
+        .port_drops_top_k
+        .store(cfg.port_drops_top_k, std::sync::atomic::Ordering::Relaxed);
+    if let Some(m) = loaded.monitor.take() {
+        tokio::spawn(monitor::run(m, shared.clone(), cfg.monitor_rate));
+    }
     // The detection way's counters, kept by its task and the GARP reader.
     let detect_stats = Arc::new(detect::metrics::Stats::default());
     let mut registry = metrics::registry(shared.clone());
     registry.register_collector(Box::new(detect_stats.clone()));
     tokio::spawn(http::serve(listener, shared.clone(), registry));
     info!(
-        "serving /metrics, /healthz, /garp and /state on http://{}",
+        "serving /metrics, /healthz, /garp, /state and /monitor on http://{}",
         cfg.metrics_addr
     );
 

@@ -86,6 +86,13 @@ pub struct Cli {
     /// Minimum interval between two GARP events for one (port, IP), in ms [default: 200].
     #[arg(long, env = "DRAGONFLOW_GARP_MIN_INTERVAL_MS", value_name = "MS")]
     pub garp_min_interval_ms: Option<u64>,
+    /// Most drop events per second per CPU the datapath sends to `dfctl monitor` while a
+    /// client is connected; the rest are counted (`drop_event_rate_limited`) [default: 1000].
+    #[arg(long, env = "DRAGONFLOW_MONITOR_RATE", value_name = "N")]
+    pub monitor_rate: Option<u32>,
+    /// Ports named in `dragonflow_port_drops_top` (the K that dropped most) [default: 10].
+    #[arg(long, env = "DRAGONFLOW_PORT_DROPS_TOP_K", value_name = "K")]
+    pub port_drops_top_k: Option<usize>,
     /// Detection way: interval between two ARP/ND liveness probes of each local active
     /// holder of a shared AAP IP, in ms; 0 turns probing off [default: 1000].
     #[arg(long, env = "DRAGONFLOW_PROBE_INTERVAL_MS", value_name = "MS")]
@@ -368,6 +375,14 @@ impl Cli {
                 .garp_min_interval_ms
                 .or(file.garp_min_interval_ms)
                 .unwrap_or(DEFAULT_GARP_MIN_INTERVAL_MS),
+            monitor_rate: self
+                .monitor_rate
+                .or(file.monitor_rate)
+                .unwrap_or(dragonflow_common::event::MONITOR_RATE_DEFAULT),
+            port_drops_top_k: self
+                .port_drops_top_k
+                .or(file.port_drops_top_k)
+                .unwrap_or(10),
             max_allowed_address_pairs: self
                 .max_allowed_address_pairs
                 .or(file.max_allowed_address_pairs)

@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub aap_mode: Option<AapMode>,
     pub garp_min_interval_ms: Option<u64>,
+    pub monitor_rate: Option<u32>,
+    pub port_drops_top_k: Option<usize>,
     pub probe_interval_ms: Option<u64>,
     pub probe_misses: Option<u32>,
     pub claim_backoff_ms: Option<u64>,

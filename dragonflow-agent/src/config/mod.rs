@@ -100,6 +100,10 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub aap_mode: AapMode,
     pub garp_min_interval_ms: u64,
+    /// Drop events per second per CPU for `dfctl monitor`.
+    pub monitor_rate: u32,
+    /// Ports in `dragonflow_port_drops_top`.
+    pub port_drops_top_k: usize,
     /// Liveness probe interval of the detection way (0: off).
     pub probe_interval_ms: u64,
     /// Unanswered probes after which an active entry is removed.

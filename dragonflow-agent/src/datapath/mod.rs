@@ -9,6 +9,7 @@ pub mod capacity;
 pub mod ct;
 pub mod links;
 pub mod maps;
+pub mod monitor;
 pub mod sys;
 pub mod tunnel;
 
@@ -102,6 +103,8 @@ pub struct Loaded {
     pub maps: Maps,
     pub stats: StatsMaps,
     pub garp_events: Option<RingBuf<MapData>>,
+    /// The drop events of `dfctl monitor` and their switch.
+    pub monitor: Option<monitor::MonitorMaps>,
 }
 
 /// Loads [`EBPF_OBJECT`]: every shared map is pinned by name in `<pins>/maps`, so maps
@@ -144,7 +147,8 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
     remove_stale_maps(&maps_dir);
     let mut maps = Maps::take(&mut ebpf)?;
     maps.capacity = effective_capacities(&maps_dir, cfg);
-    let stats = StatsMaps::take(&mut ebpf)?;
+    let stats = StatsMaps::take(&mut ebpf, &maps_dir)?;
+    let monitor = monitor::MonitorMaps::take(&mut ebpf);
     let garp_events = match ebpf.take_map(names::GARP_EVENTS) {
         Some(m) => match RingBuf::try_from(m) {
             Ok(rb) => Some(rb),
@@ -170,6 +174,7 @@ pub fn load(cfg: &Config) -> Result<Loaded, DatapathError> {
         maps,
         stats,
         garp_events,
+        monitor,
     })
 }
 

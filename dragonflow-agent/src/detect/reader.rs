@@ -8,14 +8,21 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use dragonflow_common::event::{GARP_OP_ARP_REPLY, GarpEvent};
+use dragonflow_common::{
+    event::{GARP_OP_ARP_REPLY, GarpEvent},
+    verdict::Direction,
+};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
     datapath::sys,
     nb::MacAddr,
-    obs::{garp::event_ip, state::Shared},
+    obs::{
+        garp::{event_ip, op_name},
+        monitor,
+        state::Shared,
+    },
 };
 
 use super::{judge::Sighting, metrics::Stats};
@@ -79,6 +86,30 @@ pub async fn run(
     }
 }
 
+/// The GARP as a line of `GET /monitor` (`dfctl monitor`).
+fn garp_event(ev: &GarpEvent, ifname: &str, lport: &str, seen: u64) -> monitor::Event {
+    let ip = event_ip(ev);
+    let v6 = ip.is_ipv6();
+    monitor::Event {
+        kind: "garp",
+        time_unix_ms: seen,
+        ifindex: ev.ifindex,
+        ifname: ifname.to_string(),
+        port: lport.to_string(),
+        direction: Some(Direction::FromVm.name()),
+        reason: None,
+        frame_len: None,
+        headers: monitor::Headers {
+            src_mac: Some(MacAddr(ev.mac)),
+            arp_op: Some(op_name(ev.op).to_string()),
+            arp_sender_mac: (!v6).then_some(MacAddr(ev.mac)),
+            arp_sender_ip: (!v6).then_some(ip),
+            nd_target: v6.then_some(ip),
+            ..Default::default()
+        },
+    }
+}
+
 fn handle(ev: &GarpEvent, chassis: &str, shared: &Shared) -> Sighting {
     let (ifname, lport) = shared.taps.port_of(ev.ifindex);
     let seen = wall_ms(ev.ts_ns, sys::monotonic_ns(), SystemTime::now());
@@ -91,6 +122,9 @@ fn handle(ev: &GarpEvent, chassis: &str, shared: &Shared) -> Sighting {
         mac: MacAddr(ev.mac),
         op: ev.op,
     };
+    shared
+        .monitor
+        .publish(garp_event(ev, &ifname, &lport, seen));
     let mut table = shared.garp.lock().expect("garp lock");
     let e = table.record(ev, ifname, lport, seen);
     // ARP replies are mostly answers to the detection way's liveness probes (one per

@@ -6,7 +6,12 @@
 //!   while a map cannot hold what is needed; 200 `degraded: …` while etcd is unreachable
 //!   (the datapath keeps enforcing the last good state);
 //! - `GET /garp`: JSON array of the last GARP seen per IP;
-//! - `GET /state`: JSON of local ports, taps and sync state (for tests and operators).
+//! - `GET /state`: JSON of local ports, taps and sync state (for tests and operators);
+//! - `GET /monitor?port=&reason=&direction=&events=drops,garp`: a live stream of events
+//!   (`obs::monitor`), one JSON object per line, until the client goes (`dfctl monitor`).
+//!   A client that falls behind gets `{"kind":"lost","count":N}` instead of what it
+//!   missed; `{"kind":"heartbeat"}` lines every few seconds show a client is gone (the
+//!   datapath's drop events stay on only while someone listens).
 //!
 //! HEAD is answered like GET without the body; other methods get 405.
 
@@ -56,6 +61,7 @@ pub fn router(shared: Arc<Shared>, registry: Registry) -> Router {
         .route("/healthz", get(healthz).fallback(other))
         .route("/garp", get(garp).fallback(other))
         .route("/state", get(state).fallback(other))
+        .route("/monitor", get(monitor).fallback(other))
         .fallback(other)
         .with_state(ctx)
 }
@@ -97,12 +103,89 @@ async fn state(State(ctx): State<Ctx>) -> Response {
     reply(StatusCode::OK, JSON, ctx.shared.state_json())
 }
 
+/// The value of `key` in a query string (`+` and `%XX` decoded).
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Seconds between heartbeat lines of `/monitor`.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn monitor(State(ctx): State<Ctx>, uri: axum::http::Uri) -> Response {
+    use tokio::sync::broadcast::error::RecvError;
+
+    use crate::obs::monitor::{Filter, Item};
+    let q = uri.query().unwrap_or("");
+    let filter = match Filter::new(
+        query_value(q, "port"),
+        query_value(q, "reason"),
+        query_value(q, "direction"),
+        query_value(q, "events"),
+    ) {
+        Ok(f) => f,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+    };
+    let sub = ctx.shared.monitor.subscribe();
+    let lines = futures_util::stream::unfold((sub, filter), |(mut sub, filter)| async move {
+        loop {
+            let line = match tokio::time::timeout(HEARTBEAT, sub.rx.recv()).await {
+                Err(_) => "{\"kind\":\"heartbeat\"}".to_string(),
+                Ok(Ok(Item::Event(e))) => {
+                    if !filter.matches(&e) {
+                        continue;
+                    }
+                    serde_json::to_string(&*e).expect("serialisable")
+                }
+                Ok(Err(RecvError::Lagged(n))) => format!("{{\"kind\":\"lost\",\"count\":{n}}}"),
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((
+                Ok::<_, std::convert::Infallible>(format!("{line}\n")),
+                (sub, filter),
+            ));
+        }
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
 async fn other(method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
         reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "try /metrics, /healthz, /garp or /state\n".into(),
+            "try /metrics, /healthz, /garp, /state or /monitor\n".into(),
         )
     } else {
         reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into())

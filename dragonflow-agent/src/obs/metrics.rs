@@ -137,6 +137,7 @@ impl Collector for StateCollector {
         status(&mut enc, shared, &view)?;
         limits(&mut enc, shared, &view)?;
         aap_and_ports(&mut enc, shared, &view)?;
+        port_drops(&mut enc, shared)?;
         counters(&mut enc, shared)
     }
 }
@@ -339,6 +340,41 @@ fn limits(enc: &mut DescriptorEncoder, shared: &Shared, view: &View) -> fmt::Res
     )?;
     f.sample(&[("reason", "expired")], expired)?;
     f.sample(&[("reason", "port_gone")], port_gone)
+}
+
+/// The ports that drop most, without one series per port: the top K (`--port-drops-top-k`)
+/// by drops, one series per (port, reason) of theirs, and the untruncated total.
+fn port_drops(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
+    let mut ports = shared.port_stats();
+    let total: u64 = ports.iter().map(|p| p.drops_total).sum();
+    ports.retain(|p| p.drops_total > 0);
+    ports.sort_by_key(|p| (std::cmp::Reverse(p.drops_total), p.ifindex));
+    ports.truncate(shared.port_drops_top_k.load(Ordering::Relaxed));
+    let mut f = Family::gauge(
+        enc,
+        "dragonflow_port_drops_top",
+        "Frames dropped by the ports that dropped most (the top --port-drops-top-k ports by drops since their tap was attached), by port (logical port id, else tap name), direction and reason.",
+    )?;
+    for p in &ports {
+        let name = if p.lport.is_empty() { &p.tap } else { &p.lport };
+        for (dir, reasons) in &p.drops {
+            for (reason, n) in reasons {
+                let labels = [
+                    ("port", name.as_str()),
+                    ("direction", dir),
+                    ("reason", reason),
+                ];
+                f.sample(&labels, *n)?;
+            }
+        }
+    }
+    single(
+        enc,
+        MetricType::Counter,
+        "dragonflow_port_drops_total",
+        "Frames dropped by every port with per-port counters (all ports, not only the top ones).",
+        total,
+    )
 }
 
 fn aap_and_ports(enc: &mut DescriptorEncoder, shared: &Shared, view: &View) -> fmt::Result {

@@ -1,4 +1,5 @@
-//! Observation: the state the tasks publish (`state`), the GARP table (`garp`), its
+//! Observation: the state the tasks publish (`state`), the GARP table (`garp`), the
+//! live event stream (`monitor`), its
 //! Prometheus exposition (`metrics`) and the HTTP endpoints that serve both (`http`).
 //!
 //! An adapter: it reads ground and pure types and never imports a task. Tasks publish
@@ -9,4 +10,5 @@
 pub mod garp;
 pub mod http;
 pub mod metrics;
+pub mod monitor;
 pub mod state;

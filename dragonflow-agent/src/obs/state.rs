@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -24,7 +24,7 @@ use crate::{
         reconcile::{LocalPort, PortState},
     },
     nb::{Kind, cache::InvalidCounter},
-    obs::garp::GarpTable,
+    obs::{garp::GarpTable, monitor::Hub},
 };
 
 /// How a tap is doing.
@@ -229,6 +229,25 @@ pub struct CtPortUse {
     pub ingress: u64,
 }
 
+/// One port's counters from the datapath (`df_port_stats_v1`), with its tap and
+/// conntrack use: `/state`'s `port_stats`, `dfctl port status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortStatsView {
+    pub ifindex: u32,
+    pub tap: String,
+    pub lport: String,
+    /// `TapState` name, "" when the controller does not know the tap (any more).
+    pub tap_state: &'static str,
+    /// Frames passed, by direction (`to_vm`: not counted per port, always 0).
+    pub passes: BTreeMap<&'static str, u64>,
+    /// Drops by direction and reason (only reasons with drops).
+    pub drops: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub drops_total: u64,
+    /// Conntrack entries in use, by origin direction.
+    pub ct_egress: u64,
+    pub ct_ingress: u64,
+}
+
 /// Everything the HTTP endpoints and the tasks share.
 pub struct Shared {
     pub chassis: String,
@@ -253,6 +272,10 @@ pub struct Shared {
     pub stats: Mutex<StatsMaps>,
     pub garp: Mutex<GarpTable>,
     pub ct: Arc<dyn CtReport>,
+    /// The live event stream (`GET /monitor`).
+    pub monitor: Hub,
+    /// Ports named in `dragonflow_port_drops_top` (`--port-drops-top-k`).
+    pub port_drops_top_k: AtomicUsize,
 }
 
 /// The cache of NB objects counts the records it refuses here.
@@ -284,6 +307,8 @@ impl Shared {
             stats: Mutex::new(stats),
             garp: Mutex::new(GarpTable::default()),
             ct,
+            monitor: Hub::default(),
+            port_drops_top_k: AtomicUsize::new(10),
         }
     }
 
@@ -346,6 +371,50 @@ impl Shared {
         rows
     }
 
+    /// Every port's counters (taps with an entry in `df_port_stats_v1`), by ifindex.
+    pub fn port_stats(&self) -> Vec<PortStatsView> {
+        use dragonflow_common::{
+            event::PORT_STATS_PER_DIR,
+            verdict::{DIRECTIONS, DropReason},
+        };
+        let raw = self.stats.lock().expect("lock").read_port_stats();
+        let taps = self.taps.all();
+        let ct = self.ct.port_use();
+        raw.into_iter()
+            .map(|(ifindex, c)| {
+                let tap = taps.iter().find(|t| t.ifindex == ifindex);
+                let mut passes = BTreeMap::new();
+                let mut drops = BTreeMap::new();
+                let mut drops_total = 0;
+                for d in DIRECTIONS {
+                    let base = d as usize * PORT_STATS_PER_DIR;
+                    passes.insert(d.name(), c.get(base).copied().unwrap_or(0));
+                    let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
+                    for r in DropReason::ALL {
+                        let n = c.get(base + *r as usize).copied().unwrap_or(0);
+                        if n > 0 {
+                            by.insert(r.name(), n);
+                            drops_total += n;
+                        }
+                    }
+                    drops.insert(d.name(), by);
+                }
+                let [ct_egress, ct_ingress] = ct.get(&ifindex).copied().unwrap_or([0, 0]);
+                PortStatsView {
+                    ifindex,
+                    tap: tap.map(|t| t.ifname.clone()).unwrap_or_default(),
+                    lport: tap.and_then(|t| t.lport.clone()).unwrap_or_default(),
+                    tap_state: tap.map_or("", |t| t.state.name()),
+                    passes,
+                    drops,
+                    drops_total,
+                    ct_egress,
+                    ct_ingress,
+                }
+            })
+            .collect()
+    }
+
     /// The `/state` document.
     pub fn state_json(&self) -> String {
         let view = self.view.lock().expect("lock").clone();
@@ -357,6 +426,7 @@ impl Shared {
             etcd_revision: self.etcd_revision.load(Ordering::Relaxed),
             taps: self.taps.all(),
             ct_port_use: self.ct_port_use(),
+            port_stats: self.port_stats(),
             view: &view,
         };
         serde_json::to_string_pretty(&doc).expect("serialisable")
@@ -375,4 +445,6 @@ struct StateDoc<'a> {
     view: &'a View,
     /// Conntrack entries per tap and origin direction, largest first.
     ct_port_use: Vec<CtPortUse>,
+    /// Per-port counters of the datapath.
+    port_stats: Vec<PortStatsView>,
 }

@@ -27,7 +27,9 @@ mod generate;
 mod lport;
 mod lrouter;
 mod lswitch;
+mod monitor;
 mod output;
+mod port;
 mod secgroup;
 mod subnet;
 
@@ -127,6 +129,13 @@ enum Cmd {
     /// Gratuitous ARPs / ARP replies for AAP IPs seen by an agent's datapath.
     #[command(subcommand)]
     Garp(GarpCmd),
+    /// Watch the datapath's drops (with the headers of each dropped frame) and GARPs live,
+    /// from the agent on this host (HTTP GET <agent>/monitor); Ctrl-C to stop.
+    Monitor(monitor::MonitorArgs),
+    /// A port's datapath counters on this host (passes, drops by reason, conntrack use,
+    /// tap state).
+    #[command(subcommand)]
+    Port(port::PortCmd),
     /// Shared allowed-address-pair IPs: holders, mode, the active port (detection way) and
     /// its history.
     #[command(subcommand)]
@@ -166,6 +175,8 @@ fn dispatch(cli: Cli) -> Result<()> {
     let timeout = Duration::from_secs_f64(cli.timeout.clamp(0.1, 3600.0));
     match &cli.cmd {
         Cmd::Garp(c) => return garp::run(c, timeout, cli.output),
+        Cmd::Monitor(a) => return monitor::run(a, cli.output),
+        Cmd::Port(c) => return port::run(c, timeout, cli.output),
         Cmd::Ct(c) => return ct::run(c, cli.output),
         Cmd::Completion { shell } => return generate::completion(*shell),
         Cmd::Man { out } => return generate::man(out),
@@ -189,7 +200,12 @@ async fn run(cli: Cli, timeout: Duration) -> Result<()> {
         Cmd::Chassis(c) => ctx.chassis(c).await,
         Cmd::Aap(c) => ctx.aap(c, timeout).await,
         Cmd::Apply(a) => ctx.apply(a).await,
-        Cmd::Garp(_) | Cmd::Ct(_) | Cmd::Completion { .. } | Cmd::Man { .. } => {
+        Cmd::Garp(_)
+        | Cmd::Ct(_)
+        | Cmd::Monitor(_)
+        | Cmd::Port(_)
+        | Cmd::Completion { .. }
+        | Cmd::Man { .. } => {
             unreachable!("dispatched without etcd")
         }
     }

@@ -14,7 +14,9 @@ use crate::error::{CliError, Result};
 /// The format of a list or show (`-o`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {
-    /// Aligned columns with a header line (the default of lists).
+    /// Aligned columns with a header line (the default of lists); `text` is the same
+    /// choice (`dfctl monitor`: one readable line per event).
+    #[value(alias = "text")]
     Table,
     /// Pretty-printed JSON (the default of `show`, except `secgroup show`).
     Json,

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use aya::{
     maps::{
-        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, ProgramArray,
+        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        ProgramArray,
     },
     programs::SchedClassifier,
 };
 use dragonflow_common::{
     addr::{AddrKey, AddrValue, MacKey},
-    event::GarpRateKey,
+    event::{GarpRateKey, PortStats},
     fwd::{
         ChassisConfig, FloodList, Group, GroupKey, L2Dest, L2Key, NeighKey, NeighValue, RouteDest,
         RouteKey, TunPeerKey, TunSrcKey,
@@ -71,6 +72,9 @@ pub struct Maps {
     /// The per-port conntrack counters, handed to the collector with the table.
     pub ct_count: Option<HashMap<MapData, u32, CtCount>>,
     pub ct_freed: Option<HashMap<MapData, u32, CtFreed>>,
+    /// Per-port counters: the agent makes an entry per managed tap and removes it when
+    /// the tap goes ([`Maps::sync_port_stats`]); the datapath never inserts.
+    pub port_stats: Option<PerCpuHashMap<MapData, u32, PortStats>>,
     /// Effective capacity of each map in `capacity::FILLED` (read from the kernel after
     /// loading: a map adopted from a previous agent keeps the size it was created with).
     /// A map missing here is not limited by [`Maps::fit`].
@@ -85,6 +89,9 @@ pub struct Maps {
 #[derive(Default)]
 pub struct StatsMaps {
     pub stats: Option<PerCpuArray<MapData, u64>>,
+    /// A second handle on `df_port_stats_v1` (the controller holds the writer's), read at
+    /// scrape time.
+    pub port_stats: Option<PerCpuHashMap<MapData, u32, PortStats>>,
     pub garp_rate: Option<HashMap<MapData, GarpRateKey, u64>>,
 }
 
@@ -160,10 +167,51 @@ impl Maps {
                 ebpf.take_map(maps::CT_FREED),
                 HashMap::try_from,
             )?,
+            port_stats: typed(
+                maps::PORT_STATS,
+                ebpf.take_map(maps::PORT_STATS),
+                PerCpuHashMap::try_from,
+            )?,
             capacity: Capacities::new(),
             overflow: BTreeMap::new(),
             failing: BTreeMap::new(),
         })
+    }
+
+    /// Makes `df_port_stats_v1` hold an entry for exactly the taps in `taps` (their
+    /// counters start at zero; an existing entry keeps its counts, so a restarted agent
+    /// keeps them too).
+    pub fn sync_port_stats(&mut self, taps: &std::collections::BTreeSet<u32>) {
+        let Some(m) = self.port_stats.as_mut() else {
+            return;
+        };
+        let have: Vec<u32> = m.keys().filter_map(Result::ok).collect();
+        for k in &have {
+            if !taps.contains(k)
+                && let Err(e) = m.remove(k)
+            {
+                debug!(ifindex = k, "{}: {}", maps::PORT_STATS, Chain(&e));
+            }
+        }
+        let Ok(ncpus) = aya::util::nr_cpus() else {
+            return;
+        };
+        for &ifindex in taps {
+            if have.contains(&ifindex) {
+                continue;
+            }
+            let zeros = match aya::maps::PerCpuValues::try_from(vec![PortStats::default(); ncpus]) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!("{}: {e}", maps::PORT_STATS);
+                    return;
+                }
+            };
+            // BPF_NOEXIST: never reset the counters of an entry made meanwhile.
+            if let Err(e) = m.insert(ifindex, zeros, 2) {
+                debug!(ifindex, "{}: {}", maps::PORT_STATS, Chain(&e));
+            }
+        }
     }
 
     /// Writes the per-port limits (`df_limits_v1[0]`); they apply from the next frame.
@@ -314,8 +362,24 @@ impl Maps {
 }
 
 impl StatsMaps {
-    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+    pub fn take(ebpf: &mut aya::Ebpf, maps_dir: &std::path::Path) -> Result<Self, MapsError> {
+        let port_stats = match MapData::from_pin(maps_dir.join(maps::PORT_STATS)) {
+            Ok(md) => typed(
+                maps::PORT_STATS,
+                Some(Map::PerCpuHashMap(md)),
+                PerCpuHashMap::try_from,
+            )?,
+            Err(e) => {
+                warn!(
+                    "cannot open {}: {}; no per-port counters",
+                    maps::PORT_STATS,
+                    Chain(&e)
+                );
+                None
+            }
+        };
         Ok(StatsMaps {
+            port_stats,
             stats: typed(
                 maps::STATS,
                 ebpf.take_map(maps::STATS),
@@ -327,6 +391,27 @@ impl StatsMaps {
                 HashMap::try_from,
             )?,
         })
+    }
+
+    /// Each port's counters summed over CPUs (`event::PortStats` layout), by tap ifindex.
+    pub fn read_port_stats(&self) -> BTreeMap<u32, Vec<u64>> {
+        let mut out = BTreeMap::new();
+        let Some(m) = &self.port_stats else {
+            return out;
+        };
+        for item in m.iter() {
+            let Ok((ifindex, per_cpu)) = item else {
+                continue;
+            };
+            let mut sum = vec![0u64; PortStats::default().c.len()];
+            for v in per_cpu.iter() {
+                for (s, c) in sum.iter_mut().zip(v.c.iter()) {
+                    *s += c;
+                }
+            }
+            out.insert(ifindex, sum);
+        }
+        out
     }
 
     /// Every counter summed over CPUs, indexed like `verdict::stat_index` (zeros if the
