@@ -511,9 +511,6 @@ impl Controller {
                     self.links.forget(&pin.ifname);
                 }
             }
-            // Per-port counters for exactly the taps this agent manages.
-            let taps: std::collections::BTreeSet<u32> = self.ifaces.values().copied().collect();
-            self.maps.sync_port_stats(&taps);
             // `dragonflow_etcd_revision` >= R means the maps reflect etcd revision R: tests
             // and operators can wait on it after a write.
             self.shared

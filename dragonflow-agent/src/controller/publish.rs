@@ -14,7 +14,7 @@ use crate::{
 use super::Controller;
 
 impl Controller {
-    pub(super) fn publish(&self, managed: &BTreeMap<String, u32>, desired: Option<&Desired>) {
+    pub(super) fn publish(&mut self, managed: &BTreeMap<String, u32>, desired: Option<&Desired>) {
         let mut links_by_if: BTreeMap<&str, Vec<&'static str>> = BTreeMap::new();
         for (ifname, kind, _) in self.links.done() {
             links_by_if.entry(ifname).or_default().push(kind.suffix());
@@ -27,6 +27,10 @@ impl Controller {
                 .filter_map(|t| Some((t.ifname, t.lport?)))
                 .collect(),
         };
+        // Per-port counters for exactly the taps this agent manages (made when a tap is
+        // first seen, removed when it goes).
+        self.maps
+            .sync_port_stats(&managed.values().copied().collect());
         let taps = managed
             .iter()
             .map(|(ifname, &ifindex)| {

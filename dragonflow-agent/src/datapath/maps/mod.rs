@@ -208,7 +208,7 @@ impl Maps {
                 }
             };
             // BPF_NOEXIST: never reset the counters of an entry made meanwhile.
-            if let Err(e) = m.insert(ifindex, zeros, 2) {
+            if let Err(e) = m.insert(ifindex, zeros, 1) {
                 debug!(ifindex, "{}: {}", maps::PORT_STATS, Chain(&e));
             }
         }
