@@ -13,9 +13,10 @@
 //! after round, and the median round is reported. The frame under test always comes from
 //! the same port (lo, ifindex 1); the other ports only fill the maps.
 //!
-//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] [--limits-only]`
-//! (`--sg-only`: the security-group table alone; `--tunnel-only`: the from-tunnel table
-//! alone; `--limits-only`: the limits table alone)
+//! `df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] [--limits-only]
+//! [--monitor-only]` (`--sg-only`: the security-group table alone; `--tunnel-only`: the
+//! from-tunnel table alone; `--limits-only`: the limits table alone; `--monitor-only`: the
+//! cost of the per-port counters and of `dfctl monitor`'s drop events alone)
 
 use std::fmt::Write as _;
 
@@ -170,6 +171,7 @@ fn main() {
     let mut sg_only = false;
     let mut tunnel_only = false;
     let mut limits_only = false;
+    let mut monitor_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || {
@@ -183,15 +185,19 @@ fn main() {
             "--sg-only" => sg_only = true,
             "--tunnel-only" => tunnel_only = true,
             "--limits-only" => limits_only = true,
+            "--monitor-only" => monitor_only = true,
             _ => panic!(
                 "usage: df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] \
-                 [--limits-only]"
+                 [--limits-only] [--monitor-only]"
             ),
         }
     }
     let mut dp = Datapath::load();
-    if sg_only || tunnel_only || limits_only {
+    if sg_only || tunnel_only || limits_only || monitor_only {
         let mut out = String::new();
+        if monitor_only {
+            monitor(&mut dp, &mut out, repeat, rounds);
+        }
         if sg_only {
             security_groups(&mut dp, &mut out, repeat, rounds);
         }
@@ -305,7 +311,131 @@ fn main() {
     from_tunnel(&mut dp, &mut out, repeat, rounds);
     security_groups(&mut dp, &mut out, repeat, rounds);
     limits(&mut dp, &mut out, repeat, rounds);
+    monitor(&mut dp, &mut out, repeat, rounds);
     print!("{out}");
+}
+
+/// How the per-port counters and the monitor are set for one measurement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mon {
+    /// The port has no `df_port_stats_v1` entry (the lookup misses); no client.
+    NoEntry,
+    /// The port has its entry (as the agent makes it); no client: the production case.
+    Entry,
+    /// A client listens; every event is over the rate (1 per second per CPU): the window
+    /// check only.
+    RateLimited,
+    /// A client listens with no rate limit and the ring is drained between runs (of at
+    /// most `SENT_REPEAT` frames, which fit in the ring): every drop is emitted.
+    Sent,
+}
+
+/// Frames per run in [`Mon::Sent`]: the ring (256 KiB) holds ~1,500 events of 168 bytes.
+const SENT_REPEAT: u32 = 1000;
+
+/// The cost of the per-port counters (a per-CPU hash lookup on every decided frame) and
+/// of `dfctl monitor`'s drop events, on the allowed-IPv4 fast path and on a spoof drop,
+/// next to the stub. An object without the maps (an older build, `DF_EBPF_OBJECT`) gets
+/// the plain rows only, for a before/after comparison.
+fn monitor(dp: &mut Datapath, out: &mut String, repeat: u32, rounds: usize) {
+    use aya::maps::{Array, PerCpuHashMap, PerCpuValues, RingBuf};
+    use dragonflow_common::{
+        event::{MON_F_DROPS, MonitorConfig, PortStats},
+        maps as names,
+    };
+    let cfg = Config { ports: 10, aaps: 0 };
+    seed(dp, &cfg);
+    let all = paths(&cfg);
+    let cases = [&all[0], &all[3]];
+    let has_maps = dp.ebpf.map(names::PORT_STATS).is_some();
+    let set = |dp: &mut Datapath, m: Mon| {
+        if !has_maps {
+            return;
+        }
+        let ncpus = aya::util::nr_cpus().expect("nr_cpus");
+        let mut ps: PerCpuHashMap<_, u32, PortStats> =
+            PerCpuHashMap::try_from(dp.ebpf.map_mut(names::PORT_STATS).expect("map"))
+                .expect("port stats");
+        let _ = ps.remove(&LO_IFINDEX);
+        if m != Mon::NoEntry {
+            let zeros = PerCpuValues::try_from(vec![PortStats::default(); ncpus]).expect("values");
+            ps.insert(LO_IFINDEX, zeros, 0).expect("port stats entry");
+        }
+        let mut mon: Array<_, MonitorConfig> =
+            Array::try_from(dp.ebpf.map_mut(names::MONITOR).expect("map")).expect("monitor");
+        let v = match m {
+            Mon::NoEntry | Mon::Entry => MonitorConfig::default(),
+            Mon::RateLimited => MonitorConfig {
+                flags: MON_F_DROPS,
+                rate: 1,
+            },
+            Mon::Sent => MonitorConfig {
+                flags: MON_F_DROPS,
+                rate: u32::MAX,
+            },
+        };
+        mon.set(0, v, 0).expect("monitor config");
+    };
+    let drain = |dp: &mut Datapath| {
+        if let Some(m) = dp.ebpf.map_mut(names::DROP_EVENTS) {
+            let mut rb = RingBuf::try_from(m).expect("ring");
+            while let Some(item) = rb.next() {
+                drop(item);
+            }
+        }
+    };
+    let modes: &[(Mon, &str)] = if has_maps {
+        &[
+            (Mon::NoEntry, "no port entry, no client"),
+            (Mon::Entry, "port entry, no client (production)"),
+            (Mon::RateLimited, "port entry, client, over the rate"),
+            (Mon::Sent, "port entry, client, every drop emitted"),
+        ]
+    } else {
+        &[(Mon::NoEntry, "object without per-port counters or monitor")]
+    };
+    let _ = writeln!(
+        out,
+        "\n### Per-port counters and drop events (`dfctl monitor`)\n\n\
+         10 ports, no AAP; median of {rounds} rounds; repeat {repeat} per run, {SENT_REPEAT} \
+         when every drop is emitted (the ring is drained between runs).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| hook | path | per-port entry / monitor | ns/pkt | stub ns/pkt | ratio |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|");
+    for hook in Hook::BOTH {
+        for (name, frame) in cases {
+            for &(m, what) in modes {
+                // Every drop is emitted only on the drop path.
+                if m == Mon::Sent && !name.starts_with("drop")
+                    || m == Mon::RateLimited && !name.starts_with("drop")
+                {
+                    continue;
+                }
+                set(dp, m);
+                let n = if m == Mon::Sent { SENT_REPEAT } else { repeat };
+                let mut stub = Vec::new();
+                let mut path = Vec::new();
+                for _ in 0..rounds {
+                    stub.push(time(dp, stub_prog(hook), hook, frame, n));
+                    path.push(time(dp, from_vm_prog(hook), hook, frame, n));
+                    if m == Mon::Sent {
+                        drain(dp);
+                    }
+                }
+                let (stub, ns) = (median(stub), median(path));
+                let _ = writeln!(
+                    out,
+                    "| {} | {name} | {what} | {ns:.1} | {stub:.1} | {:.2}x |",
+                    hook.as_str(),
+                    ns / stub
+                );
+            }
+        }
+    }
+    set(dp, Mon::NoEntry);
 }
 
 /// The tunnel program (`df_bench_from_tunnel`: `df_from_tunnel` with its tunnel key from
