@@ -138,7 +138,7 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
         }
         Fwd::Kernel => {
             decided(&mut port, None);
-            report::pass(port.ifindex(), Direction::FromVm, pass.path);
+            report::pass(Direction::FromVm, pass.path);
             return xdp_action::XDP_PASS;
         }
         Fwd::Local { ifindex, path } => (
@@ -154,7 +154,7 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     decided(&mut port, Some(pass.path));
     match action {
         Ok(a) => {
-            report::pass(port.ifindex(), Direction::FromVm, path);
+            report::pass(Direction::FromVm, path);
             a
         }
         Err(reason) => {
@@ -185,12 +185,7 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
     };
     decided(&mut port, Some(pass.path));
     let out = match pass.fwd {
-        Fwd::Kernel => {
-            // `decided` counted the outcome's global slot (forwarding off: the
-            // port-security path is the outcome).
-            report::port_pass(port.ifindex(), Direction::FromVm);
-            return TC_ACT_OK;
-        }
+        Fwd::Kernel => return TC_ACT_OK,
         Fwd::Local { ifindex, path } => fwd::redirect(ifindex).map(|a| (path, a)),
         Fwd::Back(path) => fwd::redirect(port.ifindex()).map(|a| (path, a)),
         Fwd::Tunnel {
@@ -252,7 +247,7 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
     };
     match out {
         Ok((path, action)) => {
-            report::pass(port.ifindex(), Direction::FromVm, path);
+            report::pass(Direction::FromVm, path);
             action
         }
         Err(reason) => {

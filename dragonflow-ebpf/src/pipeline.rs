@@ -90,7 +90,7 @@ pub fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
     };
     match fwd::from_tunnel(ctx, rx, &mut sg) {
         Ok((path, action)) => {
-            report::pass(dev, Direction::FromTunnel, path);
+            report::pass(Direction::FromTunnel, path);
             action
         }
         Err(reason) => {

@@ -1,16 +1,18 @@
 //! The funnel of what a decided frame leaves behind for operators: its global counter
 //! slot (`stats`), its port's counters (`df_port_stats_v1`) and, for a drop while a
 //! monitor client listens, a drop event (`df_drop_ev_v1`, `dfctl monitor`). Every entry
-//! point counts its outcome through [`pass`] / [`drop`]; the security-group stage counts
+//! point counts its outcome through [`pass`] / [`drop`] (drops only per port, see
+//! [`pass`]); the security-group stage counts
 //! its `to_vm` drops through [`port_drop`]. `PORT_STATS`, `DROP_EVENTS` and `DROP_RATE`
 //! are touched nowhere else: a mode in which a frame must leave nothing behind (a trace)
 //! is honoured here, in [`port_count`] and at the top of [`drop`].
 //!
-//! Cost: a pass adds one per-CPU hash lookup of the tap (a missing entry is skipped: the
-//! agent makes one per attached tap, the datapath never inserts). A drop adds that and
-//! one array lookup (`df_monitor_v1`); only when a client listens does it call the
-//! global function that reads the clock, applies the per-CPU rate limit and copies the
-//! frame's first bytes into the ring buffer — verified once, not at every drop site.
+//! Cost: nothing on a pass beyond its global slot. A drop adds one per-CPU hash lookup
+//! of the tap (a missing entry is skipped: the agent makes one per managed tap, the
+//! datapath never inserts) and one array lookup (`df_monitor_v1`); only when a client
+//! listens does it call the global function that reads the clock, applies the per-CPU
+//! rate limit and copies the frame's first bytes into the ring buffer — verified once, not
+//! at every drop site.
 //!
 //! Ground layer. May import `ctx`, `maps`, `stats`.
 
@@ -49,17 +51,13 @@ impl Frame for TcContext {
     }
 }
 
-/// A frame of `ifindex` allowed in `dir` by `path` (its outcome slot).
+/// A frame allowed in `dir` by `path` (its outcome slot). Not counted per port: a
+/// per-CPU hash lookup on every allowed frame measured +8 to +15 % on the allowed-IPv4
+/// fast path (docs/BENCHMARKS.md); the agent reports a port's frames from the kernel's
+/// own counters of its tap instead.
 #[inline(always)]
-pub fn pass(ifindex: u32, dir: Direction, path: PassPath) {
+pub fn pass(dir: Direction, path: PassPath) {
     stats::pass_in(dir, path);
-    port_count(ifindex, dir, 0);
-}
-
-/// The port's pass only, when the global slot was counted elsewhere (`decided`).
-#[inline(always)]
-pub fn port_pass(ifindex: u32, dir: Direction) {
-    port_count(ifindex, dir, 0);
 }
 
 /// A frame of `ifindex` dropped in `dir`: every counter and, while a monitor client
@@ -96,7 +94,8 @@ fn event<F: Frame>(ctx: &F, ifindex: u32, dir: Direction, reason: DropReason) {
     }
 }
 
-/// The only writer of `PORT_STATS`: slot 0 passes, else the drop reason.
+/// The only writer of `PORT_STATS`: the drop reason's slot (slot 0, passes, is left to
+/// the agent's view, see [`pass`]).
 #[inline(always)]
 fn port_count(ifindex: u32, dir: Direction, slot: u32) {
     if let Some(p) = PORT_STATS.get_ptr_mut(ifindex) {

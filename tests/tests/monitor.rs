@@ -226,8 +226,12 @@ fn monitor(hook: Hook) {
     assert_eq!(st["tap"], A.tap(), "{st}");
     assert_eq!(st["tap_state"], "attached", "{st}");
     assert!(
-        st["passes"]["from_vm"].as_u64().unwrap_or(0) >= 1,
+        st["passes_from_vm"].as_u64().unwrap_or(0) >= 1,
         "VM a's pings passed: {st}"
+    );
+    assert!(
+        st["frames_from_vm"].as_u64().unwrap_or(0) >= drops + 1,
+        "the tap's kernel counter covers the drops and the passes: {st}"
     );
     let out = run(ns
         .command(dfctl_bin())

@@ -325,3 +325,16 @@ pub fn xdp_prog_ids(ifindex: u32) -> io::Result<Vec<u32>> {
     }
     Ok(ids)
 }
+
+/// The kernel's count of frames `ifname` received (`rx_packets`: for a tap, what its VM
+/// sent), from sysfs; `None` when unreadable.
+pub fn rx_packets(ifname: &str) -> Option<u64> {
+    if ifname.is_empty() || ifname.contains('/') {
+        return None;
+    }
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/rx_packets"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -238,8 +238,12 @@ pub struct PortStatsView {
     pub lport: String,
     /// `TapState` name, "" when the controller does not know the tap (any more).
     pub tap_state: &'static str,
-    /// Frames passed, by direction (`to_vm`: not counted per port, always 0).
-    pub passes: BTreeMap<&'static str, u64>,
+    /// Frames the VM sent, as the kernel counts them on its tap (`rx_packets`; `None`
+    /// when unreadable). The datapath does not count passes per port (it would cost the
+    /// fast path a lookup, docs/BENCHMARKS.md).
+    pub frames_from_vm: Option<u64>,
+    /// `frames_from_vm` minus the port's `from_vm` drops: the frames it let through.
+    pub passes_from_vm: Option<u64>,
     /// Drops by direction and reason (only reasons with drops).
     pub drops: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub drops_total: u64,
@@ -375,7 +379,7 @@ impl Shared {
     pub fn port_stats(&self) -> Vec<PortStatsView> {
         use dragonflow_common::{
             event::PORT_STATS_PER_DIR,
-            verdict::{DIRECTIONS, DropReason},
+            verdict::{DIRECTIONS, Direction, DropReason},
         };
         let raw = self.stats.lock().expect("lock").read_port_stats();
         let taps = self.taps.all();
@@ -383,29 +387,34 @@ impl Shared {
         raw.into_iter()
             .map(|(ifindex, c)| {
                 let tap = taps.iter().find(|t| t.ifindex == ifindex);
-                let mut passes = BTreeMap::new();
                 let mut drops = BTreeMap::new();
                 let mut drops_total = 0;
+                let mut drops_from_vm = 0;
                 for d in DIRECTIONS {
                     let base = d as usize * PORT_STATS_PER_DIR;
-                    passes.insert(d.name(), c.get(base).copied().unwrap_or(0));
                     let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
                     for r in DropReason::ALL {
                         let n = c.get(base + *r as usize).copied().unwrap_or(0);
                         if n > 0 {
                             by.insert(r.name(), n);
                             drops_total += n;
+                            if d == Direction::FromVm {
+                                drops_from_vm += n;
+                            }
                         }
                     }
                     drops.insert(d.name(), by);
                 }
                 let [ct_egress, ct_ingress] = ct.get(&ifindex).copied().unwrap_or([0, 0]);
+                let ifname = tap.map(|t| t.ifname.clone()).unwrap_or_default();
+                let frames_from_vm = crate::datapath::sys::rx_packets(&ifname);
                 PortStatsView {
                     ifindex,
-                    tap: tap.map(|t| t.ifname.clone()).unwrap_or_default(),
+                    tap: ifname,
+                    frames_from_vm,
+                    passes_from_vm: frames_from_vm.map(|f| f.saturating_sub(drops_from_vm)),
                     lport: tap.and_then(|t| t.lport.clone()).unwrap_or_default(),
                     tap_state: tap.map_or("", |t| t.state.name()),
-                    passes,
                     drops,
                     drops_total,
                     ct_egress,

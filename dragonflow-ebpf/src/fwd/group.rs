@@ -180,7 +180,7 @@ pub fn run(ctx: &TcContext) {
             } else {
                 PassPath::AapGroup
             };
-            report::pass(ingress, dir, path);
+            report::pass(dir, path);
         }
         Err(reason) => {
             // An ingress refusal of the only holder was counted `to_vm` by `sg`: only

@@ -1,6 +1,7 @@
 //! `dfctl port status PORT`: one port's datapath counters as its agent reports them
-//! (`GET /state`, `port_stats`): passes, drops by direction and reason, conntrack entries
-//! in use and the tap's state.
+//! (`GET /state`, `port_stats`): frames from the VM (the kernel's count on its tap) and
+//! those passed, drops by direction and reason, conntrack entries in use and the tap's
+//! state.
 
 use std::time::Duration;
 
@@ -78,13 +79,8 @@ fn status_table(r: &Value) -> String {
             ),
         ],
     ];
-    if let Some(p) = r.get("passes").and_then(Value::as_object) {
-        for (dir, n) in p {
-            if dir != "to_vm" {
-                rows.push(vec![format!("passes {dir}"), n.to_string()]);
-            }
-        }
-    }
+    rows.push(vec!["frames from the VM".into(), s("frames_from_vm")]);
+    rows.push(vec!["passes from_vm".into(), s("passes_from_vm")]);
     rows.push(vec!["drops total".into(), s("drops_total")]);
     if let Some(d) = r.get("drops").and_then(Value::as_object) {
         for (dir, reasons) in d {
