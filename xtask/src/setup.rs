@@ -133,6 +133,14 @@ const TOOLS: &[Pkg] = &[
         why: "the venv Neutron and the Neutron driver's tests run in (`target/neutron-venv`)",
     },
     Pkg {
+        name: "debootstrap",
+        why: "the offline image build (deploy/build-image.sh): a Debian root filesystem from the apt mirror",
+    },
+    Pkg {
+        name: "umoci",
+        why: "the offline image build: the OCI image layout made from that root filesystem",
+    },
+    Pkg {
         name: "busybox-static",
         why: "the real guest's userland (sh, nc, md5sum) in the initramfs the tests build",
     },
