@@ -266,7 +266,7 @@ impl Cli {
             .tunnel_dev
             .or(file.tunnel_dev)
             .unwrap_or_else(|| DEFAULT_TUNNEL_DEV.to_string());
-        if crate::nb::validate::check_ifname(&tunnel_dev).is_err() {
+        if crate::nb::rules::check_ifname(&tunnel_dev).is_err() {
             return Err(ConfigError::BadTunnelDev(tunnel_dev));
         }
         let lease_ttl_s = self
