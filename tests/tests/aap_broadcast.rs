@@ -20,6 +20,10 @@
 //! What a VM did or did not receive is read from a tcpdump inside it; "did not" is decided
 //! after a fence: a later broadcast from the same sender reached the same VM, so an earlier
 //! frame would have too.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,10 @@
 //! hook of a tap carries exactly one program of this project, the new agent's, which
 //! enforces changes made after the restart; a device the new agent would not otherwise
 //! manage is taken over too (fail closed), never left running a frozen program.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{path::Path, time::Duration};
 

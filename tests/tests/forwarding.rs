@@ -18,6 +18,10 @@
 //! What a VM did or did not receive is read from a tcpdump inside its namespace
 //! ([`Capture`]); "did not" is decided after a fence: a later frame over the same or a
 //! longer path has arrived, so the earlier one would have too. No fixed sleeps.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     thread,

@@ -21,6 +21,10 @@
 //!
 //! Every count is taken after a fence (a later frame over the same path, waited for),
 //! never after a sleep.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::{Duration, Instant};
 

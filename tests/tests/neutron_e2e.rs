@@ -4,14 +4,17 @@
 //! simulated hypervisors; real agents in namespaces enforce them; the VMs ping each other
 //! across the chassis and through the router; a spoofed packet is dropped; an allowed address pair added through Neutron's API starts passing;
 //! the ports turn ACTIVE in Neutron through the agents' `portstatus/` records.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
-// Constants shared with xtask's setup; this test needs only the venv's place.
-#[allow(dead_code)]
+#[expect(dead_code, reason = "constants shared with xtask's setup: this test needs the venv's place")]
 #[path = "../src/neutron_venv.rs"]
 mod neutron_venv;
 

@@ -17,6 +17,10 @@
 //! `allow-all` (tests::fixtures::vmctl_topo::ALLOW_ALL): the legitimate frames here include sources no group
 //! would list (link-locals, 0.0.0.0, a port without port security), and the verdicts
 //! asserted are port security's. security_groups.rs tests the groups themselves.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::Duration;
 

@@ -5,6 +5,10 @@
 //! to the peer and answered (the reply redirected back into the tun device), spoofs
 //! dropped and counted. Before the process opens the tap, flood copies into it are
 //! refused by the device and counted as `dest_refused`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::Duration;
 

@@ -21,6 +21,10 @@
 //! Each VM runs `tests/scripts/sgctl.py`, which serves TCP 8080 (echo), UDP 8081 (echo),
 //! TCP 9999 (echo: a port no rule opens, so a refused connection is the datapath's, not a
 //! closed port) and TCP 5001 (counts a bulk stream), and opens client flows on request.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     thread,
@@ -348,7 +352,10 @@ impl Sg {
     /// chassis in that direction and not in the other, and, after `fence`, `arrived` says
     /// nothing came through.
     #[track_caller]
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one denial case: who, which way, how often, and the three steps that send, fence and look"
+    )]
     fn denied(
         &self,
         what: &str,

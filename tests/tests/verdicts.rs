@@ -15,6 +15,10 @@
 //! either hook a frame shorter than an Ethernet header, and BPF_PROG_TEST_RUN refuses one
 //! too (also for XDP when the first bytes are declared metadata: the packet after them
 //! must still be >= 14 bytes, checked on 6.18), so that check exists for the verifier only.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use dragonflow_common::{
     addr::{

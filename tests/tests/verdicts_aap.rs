@@ -17,6 +17,10 @@
 //! cannot give; `tests/aap_broadcast.rs` covers it end to end, and
 //! [`detection_way_from_the_tunnel`] runs `df_from_tunnel` on a real VXLAN device for the
 //! detection way's readdressing.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},

@@ -13,6 +13,10 @@
 //!   new flows dropped as `ct_port_quota`, while its established flows and another port's
 //!   new flows pass; what the agent's collector frees (entry deleted, `freed` counted)
 //!   makes room again, and an entry the datapath deletes itself (revalidation) is counted.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::collections::BTreeSet;
 
@@ -115,7 +119,10 @@ fn seed(dp: &mut Datapath, n: &Net, flags: u32, limits: Limits) {
 
 /// Runs `frame` from `ifindex` on `hook`: the action and the slots that moved must be
 /// `act` and `want`; records the drop reasons seen.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one verdict case: the frame, where it enters, and what must happen; read as a table at the call sites"
+)]
 fn expect(
     dp: &Datapath,
     hook: Hook,

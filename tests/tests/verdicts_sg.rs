@@ -18,6 +18,10 @@
 //! `to_vm` the receiver's ingress judgement; `from_tunnel` the tunnel program's outcome).
 //! An ingress drop is counted once, under `to_vm`. Where the state itself matters
 //! (TCP states, revalidated entries) the conntrack entries are read back too.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     net::UdpSocket,

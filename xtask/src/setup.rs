@@ -22,6 +22,10 @@ use crate::run::{self, have, probe};
 
 /// The guest kernel's package and cache paths, shared with the tests that boot it.
 #[path = "../../tests/src/guest_kernel.rs"]
+#[expect(
+    unreachable_pub,
+    reason = "the tests crate exports this module (`tests::guest_kernel`), so its items are `pub`"
+)]
 mod guest_kernel;
 
 /// The Neutron driver's venv, shared with the test that runs the driver's tests in it.
@@ -140,18 +144,18 @@ const TOOLS: &[Pkg] = &[
 
 /// Every apt package setup installs: the one list that setup, `setup --check`, the
 /// fresh-machine audit (`cargo xtask audit`) and the README's table (`setup --list`) read.
-pub fn apt_packages() -> Vec<&'static str> {
+pub(crate) fn apt_packages() -> Vec<&'static str> {
     TOOLCHAIN.iter().chain(TOOLS).map(|p| p.name).collect()
 }
 
 /// Crates setup `cargo install`s (the audit reads this too).
-pub const CARGO_INSTALLS: &[&str] = &["bpf-linker"];
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub(crate) const CARGO_INSTALLS: &[&str] = &["bpf-linker"];
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// What a check found missing.
 #[derive(Default)]
-pub struct Missing {
+pub(crate) struct Missing {
     packages: Vec<&'static str>,
     bpf_linker: Option<String>,
     rustup: Option<String>,
@@ -169,7 +173,7 @@ impl Missing {
 
 /// Read-only check, used by `cargo xtask build` and `cargo xtask setup --check` (for
 /// people who cannot run apt as root): errors naming what is missing and how to get it.
-pub fn check() -> Result<()> {
+pub(crate) fn check() -> Result<()> {
     let m = find_missing()?;
     if m.is_empty() {
         eprintln!(
@@ -262,7 +266,7 @@ fn find_missing() -> Result<Missing> {
     Ok(m)
 }
 
-pub fn setup() -> Result<()> {
+pub(crate) fn setup() -> Result<()> {
     run::step("setup: checking the machine");
     if !Path::new("/etc/debian_version").exists() {
         bail!("`cargo xtask setup` supports Debian 12 only (no /etc/debian_version here)");
@@ -787,7 +791,7 @@ fn require_root(to: &str) -> Result<()> {
 
 /// The README's table of what setup installs, generated from the lists above
 /// (`cargo xtask setup --list`); a unit test keeps the README equal to it.
-pub fn packages_table() -> String {
+pub(crate) fn packages_table() -> String {
     let mut t = String::from("| package | installed for |\n|---|---|\n");
     for p in TOOLCHAIN.iter().chain(TOOLS) {
         t.push_str(&format!("| `{}` | {} |\n", p.name, p.why));

@@ -25,6 +25,10 @@
 //! or XDP_TX into a veth only delivers when the receiver has NAPI, and XDP_TX only when it
 //! has an XDP program) and checksum offload off (an XDP redirect drops the skb's
 //! partial-checksum state; README: "XDP or TC"), for the stub and for our program alike.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     os::fd::OwnedFd,

@@ -27,6 +27,10 @@
 //! moves come within twice its 1 s back-off) never delays one. Usage:
 //! `df-bench-failover [FAILOVERS [bridge|broadcast|detection]…]` (default: 20 failovers in
 //! each setup); prints markdown.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     fs,

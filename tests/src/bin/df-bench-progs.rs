@@ -16,6 +16,10 @@
 //! `df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] [--limits-only]`
 //! (`--sg-only`: the security-group table alone; `--tunnel-only`: the from-tunnel table
 //! alone; `--limits-only`: the limits table alone)
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::fmt::Write as _;
 

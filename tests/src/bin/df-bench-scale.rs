@@ -22,6 +22,10 @@
 //! from the members of the next group.
 //!
 //! Usage: `df-bench-scale [--ports N] [--rounds R] [--idle-secs S]`; prints markdown.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     fs,
