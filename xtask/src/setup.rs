@@ -159,6 +159,7 @@ pub(crate) struct Missing {
     packages: Vec<&'static str>,
     bpf_linker: Option<String>,
     rustup: Option<String>,
+    nightly_rustfmt: Option<String>,
     guest_kernel: Option<String>,
 }
 
@@ -167,6 +168,7 @@ impl Missing {
         self.packages.is_empty()
             && self.bpf_linker.is_none()
             && self.rustup.is_none()
+            && self.nightly_rustfmt.is_none()
             && self.guest_kernel.is_none()
     }
 }
@@ -198,6 +200,7 @@ pub(crate) fn check() -> Result<()> {
     }
     lines.extend(m.bpf_linker.clone());
     lines.extend(m.rustup.clone());
+    lines.extend(m.nightly_rustfmt.clone());
     lines.extend(m.guest_kernel.clone());
     let toolchain: Vec<&str> = TOOLCHAIN
         .iter()
@@ -224,6 +227,9 @@ pub(crate) fn check() -> Result<()> {
             "LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --version \
              {BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22"
         ));
+    }
+    if m.nightly_rustfmt.is_some() {
+        fix.push(NIGHTLY_RUSTFMT_INSTALL.join(" "));
     }
     if m.guest_kernel.is_some() {
         fix.push(format!(
@@ -256,6 +262,9 @@ fn find_missing() -> Result<Missing> {
         None => m.bpf_linker = Some("bpf-linker is not on PATH".into()),
     }
     m.rustup = rustup_problem();
+    if m.rustup.is_none() && !nightly_rustfmt_present() {
+        m.nightly_rustfmt = Some("nightly rustfmt is missing (`cargo xtask fmt`)".into());
+    }
     if guest_kernel_present().is_none() {
         m.guest_kernel = Some(format!(
             "no guest kernel unpacked in {}/{} (the real-VM tests boot it)",
@@ -303,6 +312,7 @@ pub(crate) fn setup() -> Result<()> {
         bail!("{problem}");
     }
 
+    ensure_nightly_rustfmt()?;
     ensure_bpf_linker()?;
     ensure_guest_kernel()?;
     ensure_neutron_venv()?;
@@ -449,6 +459,36 @@ fn rustup_problem() -> Option<String> {
         );
     }
     None
+}
+
+/// rustup installing nightly's rustfmt (only that component: `--profile minimal` brings
+/// rustc, cargo and rust-std, which `cargo +nightly fmt` needs to run).
+const NIGHTLY_RUSTFMT_INSTALL: &[&str] = &[
+    "rustup",
+    "toolchain",
+    "install",
+    "nightly",
+    "--profile",
+    "minimal",
+    "--component",
+    "rustfmt",
+];
+
+/// rustfmt.toml's import grouping is unstable: the project formats with nightly rustfmt
+/// (`cargo xtask fmt`, docs/TOOLCHAIN.md). Nothing is compiled with nightly.
+fn nightly_rustfmt_present() -> bool {
+    probe(Command::new("rustup").args(["run", "nightly", "rustfmt", "--version"]))
+        .is_ok_and(|(ok, _)| ok)
+}
+
+fn ensure_nightly_rustfmt() -> Result<()> {
+    if nightly_rustfmt_present() {
+        eprintln!("nightly rustfmt is installed");
+        return Ok(());
+    }
+    eprintln!("nightly rustfmt missing: installing it with rustup");
+    let (program, args) = NIGHTLY_RUSTFMT_INSTALL.split_first().expect("not empty");
+    run::run(Command::new(program).args(args))
 }
 
 fn bpf_linker_version() -> Option<String> {
