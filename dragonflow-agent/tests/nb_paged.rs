@@ -9,10 +9,12 @@
 mod common;
 
 use common::{Etcd, ls};
-use dragonflow_agent::etcd::{NbStore, paged};
-use dragonflow_agent::nb::{
-    LPort,
-    parse::{parse_aap, parse_mac},
+use dragonflow_agent::{
+    etcd::{NbStore, paged},
+    nb::{
+        LPort,
+        parse::{parse_aap, parse_mac},
+    },
 };
 use etcd_client::Client;
 

@@ -8,10 +8,12 @@
 mod common;
 
 use common::{Etcd, ls};
-use dragonflow_agent::etcd::{NbStore, StoreError};
-use dragonflow_agent::nb::{
-    Kind, LPort, LSwitch, Subnet, ValidationError,
-    parse::{parse_aap, parse_mac},
+use dragonflow_agent::{
+    etcd::{NbStore, StoreError},
+    nb::{
+        Kind, LPort, LSwitch, Subnet, ValidationError,
+        parse::{parse_aap, parse_mac},
+    },
 };
 
 fn port(id: &str) -> LPort {

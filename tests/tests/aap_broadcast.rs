@@ -27,15 +27,17 @@
 
 use std::time::{Duration, Instant};
 
-use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::{run, wait_until},
-    python::{PYTHON, python_command},
+use tests::{
+    fixtures::addresses::{ip_bytes, mac_bytes, unique},
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{run, wait_until},
+        python::{PYTHON, python_command},
+    },
+    harness::{Capture, Cloud, Frame, HvOpts, VmOpts, ping},
 };
-use tests::harness::{Capture, Cloud, Frame, HvOpts, VmOpts, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);

@@ -24,13 +24,13 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::framework::{
-    http::{metric, metric_sum},
-    netns::Netns,
-    process::{run, wait_until},
-    python::python_command,
-};
 use tests::{
+    framework::{
+        http::{metric, metric_sum},
+        netns::Netns,
+        process::{run, wait_until},
+        python::python_command,
+    },
     harness::{Capture, Cloud, Hypervisor, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,

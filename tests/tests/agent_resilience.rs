@@ -15,11 +15,13 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::fixtures::vmctl_topo::{
-    A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted,
+use tests::{
+    fixtures::vmctl_topo::{
+        A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted,
+    },
+    framework::{hook::Hook, http::metric_sum, process::wait_until},
+    harness::ping,
 };
-use tests::framework::{hook::Hook, http::metric_sum, process::wait_until};
-use tests::harness::ping;
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -12,7 +12,10 @@
 )]
 
 #[path = "../src/deploy_tools.rs"]
-#[expect(dead_code, reason = "setup's constants (the pins, the stamp): this test needs fewer")]
+#[expect(
+    dead_code,
+    reason = "setup's constants (the pins, the stamp): this test needs fewer"
+)]
 mod deploy_tools;
 
 use std::{

@@ -14,9 +14,9 @@ use std::{path::Path, time::Duration};
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use dragonflow_agent::datapath::sys;
 use serde_json::json;
-use tests::fixtures::vmctl_topo::{A, B, Topo, probe};
-use tests::framework::{
-    hook::Hook, http::metric_sum, netns::Netns, pin::Bpffs, process::wait_until,
+use tests::{
+    fixtures::vmctl_topo::{A, B, Topo, probe},
+    framework::{hook::Hook, http::metric_sum, netns::Netns, pin::Bpffs, process::wait_until},
 };
 
 /// This project's programs on `ifname`'s tcx ingress and XDP hook: (hook, name, id).

@@ -28,16 +28,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::{run, wait_until},
-    python::python_command,
-};
-use tests::harness::{
-    Capture, Cloud, Frame, HvOpts, Hypervisor, VmOpts, agent_has_flag, iperf3, ping,
+use tests::{
+    fixtures::addresses::{ip_bytes, mac_bytes, unique},
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{run, wait_until},
+        python::python_command,
+    },
+    harness::{Capture, Cloud, Frame, HvOpts, Hypervisor, VmOpts, agent_has_flag, iperf3, ping},
 };
 
 const READY: Duration = Duration::from_secs(30);

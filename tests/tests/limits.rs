@@ -28,8 +28,10 @@
 
 use std::time::{Duration, Instant};
 
-use tests::framework::{hook::Hook, http::metric, process::wait_until, python::python};
-use tests::harness::{Capture, Cloud, HvOpts, VmOpts, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, process::wait_until, python::python},
+    harness::{Capture, Cloud, HvOpts, VmOpts, ping},
+};
 
 const READY: Duration = Duration::from_secs(30);
 const COUNT: Duration = Duration::from_secs(10);

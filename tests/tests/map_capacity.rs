@@ -24,8 +24,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::framework::{hook::Hook, http::metric, process::wait_until, python::python};
-use tests::harness::{Cloud, HvOpts, VmOpts, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, process::wait_until, python::python},
+    harness::{Cloud, HvOpts, VmOpts, ping},
+};
 
 /// The agent started, the NB read, taps attached.
 const READY: Duration = Duration::from_secs(30);

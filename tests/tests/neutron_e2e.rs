@@ -14,17 +14,22 @@ use std::{
     time::Duration,
 };
 
-#[expect(dead_code, reason = "constants shared with xtask's setup: this test needs the venv's place")]
+#[expect(
+    dead_code,
+    reason = "constants shared with xtask's setup: this test needs the venv's place"
+)]
 #[path = "../src/neutron_venv.rs"]
 mod neutron_venv;
 
 use serde_json::{Value, json};
-use tests::framework::{
-    hook::Hook,
-    process::{poll_until, wait_until},
-    python::{JsonChild, script},
+use tests::{
+    framework::{
+        hook::Hook,
+        process::{poll_until, wait_until},
+        python::{JsonChild, script},
+    },
+    harness::{Cloud, HvOpts, VmOpts, ping},
 };
-use tests::harness::{Cloud, HvOpts, VmOpts, ping};
 
 /// Neutron's setUp loads the plugin and its extensions: seconds on a loaded machine.
 const NEUTRON_CALL: Duration = Duration::from_secs(120);

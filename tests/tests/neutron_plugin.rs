@@ -12,7 +12,10 @@
     reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
 )]
 
-#[expect(dead_code, reason = "setup's constants (the pins, the stamp): this test needs fewer")]
+#[expect(
+    dead_code,
+    reason = "setup's constants (the pins, the stamp): this test needs fewer"
+)]
 #[path = "../src/neutron_venv.rs"]
 mod neutron_venv;
 

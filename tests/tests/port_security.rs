@@ -25,17 +25,18 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::fixtures::vmctl_topo::{
-    A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
-    link_local, probe, wait_counted,
+use tests::{
+    fixtures::vmctl_topo::{
+        A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
+        link_local, probe, wait_counted,
+    },
+    framework::{
+        hook::Hook,
+        http::metric_sum,
+        process::{dfctl_bin, poll_until, wait_for, wait_until},
+    },
+    harness::ping,
 };
-use tests::framework::process::poll_until;
-use tests::framework::{
-    hook::Hook,
-    http::metric_sum,
-    process::{dfctl_bin, wait_for, wait_until},
-};
-use tests::harness::ping;
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -13,9 +13,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::fixtures::vmctl_topo::{A, B, Topo};
-use tests::framework::{hook::Hook, process::wait_for};
-use tests::harness::ping;
+use tests::{
+    fixtures::vmctl_topo::{A, B, Topo},
+    framework::{hook::Hook, process::wait_for},
+    harness::ping,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

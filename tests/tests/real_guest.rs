@@ -27,14 +27,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::framework::{
-    hook::Hook,
-    http::{metric, metric_sum},
-    netns::Netns,
-    process::{wait_for, wait_until},
-    python::python_command,
-};
 use tests::{
+    framework::{
+        hook::Hook,
+        http::{metric, metric_sum},
+        netns::Netns,
+        process::{wait_for, wait_until},
+        python::python_command,
+    },
     guest::{Guest, GuestSpec},
     harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping},
 };

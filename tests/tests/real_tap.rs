@@ -13,8 +13,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::fixtures::vmctl_topo::{A, B, Topo, counters, wait_counted};
-use tests::framework::{hook::Hook, process::run, python::python_command};
+use tests::{
+    fixtures::vmctl_topo::{A, B, Topo, counters, wait_counted},
+    framework::{hook::Hook, process::run, python::python_command},
+};
 
 const TAP: &str = "taprt";
 const MAC: &str = "fa:16:3e:00:00:0f";

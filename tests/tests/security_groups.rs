@@ -32,16 +32,17 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::fixtures::addresses::unique;
-use tests::framework::process::poll_until;
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::wait_until,
-    python::{JsonChild, python_command},
+use tests::{
+    fixtures::addresses::unique,
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{poll_until, wait_until},
+        python::{JsonChild, python_command},
+    },
+    harness::{Capture, Cloud, HvOpts, Hypervisor, VmOpts, ping},
 };
-use tests::harness::{Capture, Cloud, HvOpts, Hypervisor, VmOpts, ping};
 
 /// Chassis known, taps attached, first rules in place.
 const READY: Duration = Duration::from_secs(30);

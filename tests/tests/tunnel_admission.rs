@@ -18,15 +18,17 @@
 
 use std::time::{Duration, Instant};
 
-use tests::fixtures::addresses::unique;
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::{cmd, run, wait_until},
-    python::python_command,
+use tests::{
+    fixtures::addresses::unique,
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{cmd, run, wait_until},
+        python::python_command,
+    },
+    harness::{Capture, Cloud, HvOpts, VmOpts, agent_has_flag, ping},
 };
-use tests::harness::{Capture, Cloud, HvOpts, VmOpts, agent_has_flag, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);

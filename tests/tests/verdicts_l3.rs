@@ -23,13 +23,17 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat},
 };
-use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::hook::Hook;
-use tests::verdict::{self, Coverage, covered_by};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, actions},
+    fixtures::{
+        addresses::{hex, neigh4, neigh6, pad4},
+        frames::*,
+        seeding::SecuredPort,
+    },
+    framework::{
+        hook::Hook,
+        test_run::{Datapath, LO_IFINDEX, actions},
+    },
+    verdict::{self, Coverage, covered_by},
 };
 
 const IF: u32 = LO_IFINDEX;

@@ -30,13 +30,15 @@ use dragonflow_common::{
     sg::{CT_F_COUNTED, CT_ORIGIN_EGRESS, DIR_EGRESS, IDENT_ANY_V4},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
-use tests::fixtures::addresses::pad4;
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
-use tests::verdict::{self, Coverage};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    fixtures::{addresses::pad4, frames::*, seeding::SecuredPort},
+    framework::{
+        hook::Hook,
+        netns::Netns,
+        process::unique_prefix,
+        test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    },
+    verdict::{self, Coverage},
 };
 
 const NET: u32 = 42;

@@ -43,17 +43,15 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
-use tests::fixtures::addresses::pad4;
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::{
-    hook::Hook,
-    netns::Netns,
-    process::{unique_prefix, wait_until},
-};
-use tests::verdict::{Coverage, covered_by, moved, names, slot};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    fixtures::{addresses::pad4, frames::*, seeding::SecuredPort},
+    framework::{
+        hook::Hook,
+        netns::Netns,
+        process::{unique_prefix, wait_until},
+        test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    },
+    verdict::{Coverage, covered_by, moved, names, slot},
 };
 
 const NET: u32 = 42;

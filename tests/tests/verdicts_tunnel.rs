@@ -35,9 +35,11 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
-use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
-use tests::verdict::{Coverage, covered_by, moved, names};
-use tests::{fixtures::frames::*, framework::test_run::Datapath};
+use tests::{
+    fixtures::frames::*,
+    framework::{hook::Hook, netns::Netns, process::unique_prefix, test_run::Datapath},
+    verdict::{Coverage, covered_by, moved, names},
+};
 
 const NET: u32 = 42;
 const OTHER_NET: u32 = 43;

@@ -140,7 +140,13 @@ fn dst_ip_key(pkt: &Pkt, proto: u16, net_id: u32) -> Option<NeighKey> {
 /// call; TC programs may use it freely). Returns only if the tail call failed (the agent
 /// has not filled `df_progs_v1`): `RedirectFailed`.
 #[inline(always)]
-pub(crate) fn tail_call(ctx: &TcContext, net_id: u32, how: u32, ingress: u32, vxlan: u32) -> DropReason {
+pub(crate) fn tail_call(
+    ctx: &TcContext,
+    net_id: u32,
+    how: u32,
+    ingress: u32,
+    vxlan: u32,
+) -> DropReason {
     let skb = ctx.skb.skb;
     // SAFETY: the context of this run; `cb` is the program's scratch area in TC.
     unsafe {

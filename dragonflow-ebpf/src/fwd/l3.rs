@@ -89,7 +89,12 @@ pub(crate) enum L3Out {
 /// Routes a frame sent to the MAC of router `router_id` on network `net_id` (the frame's;
 /// see the module docs).
 #[inline(always)]
-pub(crate) fn route(pkt: &Pkt, eth: &Eth, router_id: u32, net_id: u32) -> Result<L3Out, DropReason> {
+pub(crate) fn route(
+    pkt: &Pkt,
+    eth: &Eth,
+    router_id: u32,
+    net_id: u32,
+) -> Result<L3Out, DropReason> {
     match eth.proto {
         ETH_P_IP => route_v4(pkt, eth, router_id),
         ETH_P_IPV6 => route_v6(pkt, eth, router_id, net_id),

@@ -124,7 +124,12 @@ pub(crate) fn ip6_is_unspecified(a: &[u8; 16]) -> bool {
 
 /// The TCP header at `l4` is complete (doff >= 5, all of it before `l3_end`).
 #[inline(always)]
-pub(crate) fn tcp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(), DropReason> {
+pub(crate) fn tcp_ok(
+    pkt: &Pkt,
+    l4: usize,
+    l3_end: usize,
+    err: DropReason,
+) -> Result<(), DropReason> {
     let t = pkt.bytes::<TCP_HLEN>(l4).ok_or(err)?;
     let doff = (crate::ctx::u8_at(t, 12) >> 4) as usize * 4;
     if doff < TCP_HLEN || l4 + doff > l3_end {
@@ -150,7 +155,12 @@ pub(crate) fn udp_ports(
 
 /// An ICMP/ICMPv6 header of `ICMP_HLEN`/4 bytes at `l4`, complete before `l3_end`.
 #[inline(always)]
-pub(crate) fn icmp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(), DropReason> {
+pub(crate) fn icmp_ok(
+    pkt: &Pkt,
+    l4: usize,
+    l3_end: usize,
+    err: DropReason,
+) -> Result<(), DropReason> {
     if pkt.bytes::<ICMP_HLEN>(l4).is_none() || l4 + ICMP_HLEN > l3_end {
         return Err(err);
     }

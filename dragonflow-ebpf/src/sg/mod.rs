@@ -409,7 +409,11 @@ pub(crate) extern "C" fn df_sg_parse_xdp(ctx: *mut xdp_md, s: *mut Scratch, eth_
 /// headers into the linear area (`PacketCtx::pkt`); `len` is the whole frame's.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn df_sg_parse_tc(skb: *mut __sk_buff, s: *mut Scratch, eth_proto: u32) -> u32 {
+pub(crate) extern "C" fn df_sg_parse_tc(
+    skb: *mut __sk_buff,
+    s: *mut Scratch,
+    eth_proto: u32,
+) -> u32 {
     if s.is_null() {
         return 1;
     }

@@ -43,8 +43,10 @@ use aya::{
 };
 use dragonflow_agent::datapath::EBPF_OBJECT;
 use dragonflow_common::maps::{self as names, progs};
-use tests::framework::{hook::Hook, http::metric, netns::Netns, process::wait_until};
-use tests::harness::{Cloud, HvOpts, VmOpts, agent_has_flag, iperf3, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, netns::Netns, process::wait_until},
+    harness::{Cloud, HvOpts, VmOpts, agent_has_flag, iperf3, ping},
+};
 
 /// `sg`: security groups enforced (nftables rules or our agent's default).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -46,12 +46,12 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tests::framework::{
-    http::metric,
-    netns::Netns,
-    process::{cmd, unique_prefix, wait_until},
-};
 use tests::{
+    framework::{
+        http::metric,
+        netns::Netns,
+        process::{cmd, unique_prefix, wait_until},
+    },
     harness::{Cloud, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,

@@ -31,10 +31,12 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
-use tests::framework::hook::Hook;
 use tests::{
     fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
+    framework::{
+        hook::Hook,
+        test_run::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
+    },
 };
 
 const GW_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 0, 0x01];

@@ -42,11 +42,13 @@ use dragonflow_common::{
 };
 use etcd_client::{Client, Txn, TxnOp};
 use serde_json::{Value, json};
-use tests::framework::{
-    etcd::{ETCD_IP, ETCD_PORT},
-    hook::Hook,
+use tests::{
+    framework::{
+        etcd::{ETCD_IP, ETCD_PORT},
+        hook::Hook,
+    },
+    harness::Cloud,
 };
-use tests::harness::Cloud;
 
 const PREFIX: &str = "/dragonflow/";
 /// etcd's default `--max-txn-ops`.

@@ -25,8 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::framework::{hook::Hook, http::metric, process::wait_until};
-use tests::harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, process::wait_until},
+    harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping},
+};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 

@@ -39,8 +39,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use clap_complete::Shell;
-use dragonflow_agent::etcd::{NbStore, store::DEFAULT_CONNECT_TIMEOUT};
-use dragonflow_agent::nb::{DEFAULT_PREFIX, ValidationOptions, etcd::EtcdArgs, rules};
+use dragonflow_agent::{
+    etcd::{NbStore, store::DEFAULT_CONNECT_TIMEOUT},
+    nb::{DEFAULT_PREFIX, ValidationOptions, etcd::EtcdArgs, rules},
+};
 
 use crate::{
     aap::AapCmd,

@@ -14,7 +14,6 @@ use tracing::{info, warn};
 // The active-port key and record helpers still live with the detection task; they move
 // into `nb/` once that task's split has landed (issue 12), which removes this upward use.
 use super::active as activeport;
-
 use super::{
     Chassis, Kind, LPort, LRouter, LSwitch, NbObject, NbSnapshot, SecGroup, ValidationOptions,
     conflicts::claims::ClaimIndex,
