@@ -3,6 +3,10 @@
 //! over in the detection way while a client pings it. The demo binary exits non-zero when
 //! a step fails; this test also checks the failover lines are there, so a demo that
 //! silently stopped showing them fails too.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::process::Command;
 

@@ -17,6 +17,10 @@
 //!                      web3 192.0.2.14              on net1
 //!   router r1: 192.0.2.1 on net1, 198.51.100.1 on net2 (every VM's default gateway)
 //! ```
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -24,9 +28,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::framework::{hook::Hook, http::metric, netns::Netns, process::wait_until};
-use tests::harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping};
-use tests::vrrp::{Keepalived, VrrpConf};
+use tests::{
+    framework::{hook::Hook, http::metric, netns::Netns, process::wait_until},
+    harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping},
+    vrrp::{Keepalived, VrrpConf},
+};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
