@@ -28,7 +28,7 @@ use crate::{
 /// `portsec`), so the fast path never looks the port up: the address hit also gives the
 /// network.
 #[inline(always)]
-pub fn from_vm<C: Hook>(
+pub(crate) fn from_vm<C: Hook>(
     ctx: &C,
     port: &mut PortCache,
     sg: &mut Sg,
@@ -79,7 +79,7 @@ pub fn from_vm<C: Hook>(
 
 /// The tunnel program once its key is read (`None`: no IPv4 tunnel key).
 #[inline(always)]
-pub fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
+pub(crate) fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
     // The tunnel device stands for the port of what it drops (its own counters: none,
     // the agent makes no entry for it; its drop events name it).
     let dev = ctx.ifindex();
@@ -104,7 +104,7 @@ pub fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
 /// security-group drop that `sg::policy::to_port` counted under `to_vm` (see `sg`): then
 /// only that drop's event, under the receiver.
 #[inline(always)]
-pub fn drop_in<C: report::Frame>(
+pub(crate) fn drop_in<C: report::Frame>(
     ctx: &C,
     sg: &Sg,
     ifindex: u32,
@@ -120,7 +120,7 @@ pub fn drop_in<C: report::Frame>(
 
 /// [`drop_in`] for a from-VM frame of `ifindex`.
 #[inline(always)]
-pub fn drop_from_vm<C: report::Frame>(ctx: &C, sg: &Sg, ifindex: u32, reason: DropReason) {
+pub(crate) fn drop_from_vm<C: report::Frame>(ctx: &C, sg: &Sg, ifindex: u32, reason: DropReason) {
     drop_in(ctx, sg, ifindex, Direction::FromVm, reason);
 }
 
@@ -128,7 +128,7 @@ pub fn drop_from_vm<C: report::Frame>(ctx: &C, sg: &Sg, ifindex: u32, reason: Dr
 /// passed port security) and emit its pending GARP event. The outcome is counted by the
 /// caller. See `dragonflow_common::verdict` for the counting convention.
 #[inline(always)]
-pub fn decided(port: &mut PortCache, allowed: Option<PassPath>) {
+pub(crate) fn decided(port: &mut PortCache, allowed: Option<PassPath>) {
     if let Some(p) = allowed {
         stats::pass(p);
     }

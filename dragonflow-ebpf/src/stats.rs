@@ -16,35 +16,35 @@ fn bump(index: u32) {
 }
 
 #[inline(always)]
-pub fn pass(path: PassPath) {
+pub(crate) fn pass(path: PassPath) {
     bump(stat_index(Direction::FromVm, Stat::Pass(path)));
 }
 
 #[inline(always)]
-pub fn event(e: EventStat) {
+pub(crate) fn event(e: EventStat) {
     bump(stat_index(Direction::FromVm, Stat::Event(e)));
 }
 
 /// A drop (counted through `report`, which also counts it per port).
 #[inline(always)]
-pub fn drop_in(dir: Direction, reason: DropReason) {
+pub(crate) fn drop_in(dir: Direction, reason: DropReason) {
     bump(stat_index(dir, Stat::Drop(reason)));
 }
 
 #[inline(always)]
-pub fn pass_in(dir: Direction, path: PassPath) {
+pub(crate) fn pass_in(dir: Direction, path: PassPath) {
     bump(stat_index(dir, Stat::Pass(path)));
 }
 
 /// A side counter of another direction (the security-group stage counts in the
 /// direction it judges: `to_vm` for ingress).
 #[inline(always)]
-pub fn event_in(dir: Direction, e: EventStat) {
+pub(crate) fn event_in(dir: Direction, e: EventStat) {
     bump(stat_index(dir, Stat::Event(e)));
 }
 
 /// [`event_in`] with the direction as a number (`< 3`, checked by the caller).
 #[inline(always)]
-pub fn event_at(dir: u32, e: EventStat) {
+pub(crate) fn event_at(dir: u32, e: EventStat) {
     bump(dir * STATS_PER_DIR + stat_index(Direction::FromVm, Stat::Event(e)));
 }

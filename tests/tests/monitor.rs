@@ -19,12 +19,14 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::fixtures::vmctl_topo::{A, AGENT_URL, B, Topo, counters, sum, wait_counted};
-use tests::framework::{
-    hook::Hook,
-    http::metric_sum,
-    netns::Netns,
-    process::{dfctl_bin, poll_until, run, wait_for},
+use tests::{
+    fixtures::vmctl_topo::{A, AGENT_URL, B, Topo, counters, sum, wait_counted},
+    framework::{
+        hook::Hook,
+        http::metric_sum,
+        netns::Netns,
+        process::{dfctl_bin, poll_until, run, wait_for},
+    },
 };
 
 /// The datapath's rate limit for this test (events per second per CPU).

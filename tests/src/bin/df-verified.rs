@@ -3,6 +3,10 @@
 //! translated size, as the commit messages of eBPF changes report them. Needs root.
 //!
 //! `cargo run -p tests --bin df-verified` (add `--features bench` for the stubs).
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use aya::programs::SchedClassifier;
 use dragonflow_common::maps::progs;
