@@ -58,20 +58,20 @@ pub(crate) static GARP_EVENTS: RingBuf = RingBuf::pinned(GARP_EVENTS_BYTES, 0);
 
 /// Sampled drops for `dfctl monitor` (written only by `report`).
 #[map(name = "df_drop_ev_v1")]
-pub static DROP_EVENTS: RingBuf = RingBuf::pinned(DROP_EVENTS_BYTES, 0);
+pub(crate) static DROP_EVENTS: RingBuf = RingBuf::pinned(DROP_EVENTS_BYTES, 0);
 
 /// Whether a monitor client listens, and its rate (written by the agent).
 #[map(name = "df_monitor_v1")]
-pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+pub(crate) static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
 
 /// Each CPU's drop-event window (the monitor's rate limit).
 #[map(name = "df_drop_rl_v1")]
-pub static DROP_RATE: PerCpuArray<DropRate> = PerCpuArray::pinned(1, 0);
+pub(crate) static DROP_RATE: PerCpuArray<DropRate> = PerCpuArray::pinned(1, 0);
 
 /// Per-port outcomes; entries made by the agent only (`BPF_F_NO_PREALLOC`: memory for the
 /// ports there are, not for the capacity times the CPUs).
 #[map(name = "df_port_stats_v1")]
-pub static PORT_STATS: PerCpuHashMap<u32, PortStats> =
+pub(crate) static PORT_STATS: PerCpuHashMap<u32, PortStats> =
     PerCpuHashMap::pinned(PORT_STATS_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Last GARP event time per (port, IP).

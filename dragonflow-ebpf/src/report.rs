@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// A hook whose frame a drop event can copy (through the hook's global function).
-pub trait Frame {
+pub(crate) trait Frame {
     /// Emits the drop event of `ifindex` (`what`: direction << 8 | reason).
     fn drop_event(&self, ifindex: u32, what: u32);
 }
@@ -56,14 +56,14 @@ impl Frame for TcContext {
 /// fast path (docs/BENCHMARKS.md); the agent reports a port's frames from the kernel's
 /// own counters of its tap instead.
 #[inline(always)]
-pub fn pass(dir: Direction, path: PassPath) {
+pub(crate) fn pass(dir: Direction, path: PassPath) {
     stats::pass_in(dir, path);
 }
 
 /// A frame of `ifindex` dropped in `dir`: every counter and, while a monitor client
 /// listens, an event.
 #[inline(always)]
-pub fn drop<F: Frame>(ctx: &F, ifindex: u32, dir: Direction, reason: DropReason) {
+pub(crate) fn drop<F: Frame>(ctx: &F, ifindex: u32, dir: Direction, reason: DropReason) {
     stats::drop_in(dir, reason);
     port_count(ifindex, dir, reason as u32);
     event(ctx, ifindex, dir, reason);
@@ -72,14 +72,14 @@ pub fn drop<F: Frame>(ctx: &F, ifindex: u32, dir: Direction, reason: DropReason)
 /// A drop whose counters were already made ([`port_drop`], the security-group stage's
 /// `to_vm` drop): only its event.
 #[inline(always)]
-pub fn drop_event_only<F: Frame>(ctx: &F, ifindex: u32, dir: Direction, reason: DropReason) {
+pub(crate) fn drop_event_only<F: Frame>(ctx: &F, ifindex: u32, dir: Direction, reason: DropReason) {
     event(ctx, ifindex, dir, reason);
 }
 
 /// A drop counted without the frame at hand (the security-group stage's ingress): the
 /// global slot and the port's; the delivering program raises its event.
 #[inline(always)]
-pub fn port_drop(ifindex: u32, dir: Direction, reason: DropReason) {
+pub(crate) fn port_drop(ifindex: u32, dir: Direction, reason: DropReason) {
     stats::drop_in(dir, reason);
     port_count(ifindex, dir, reason as u32);
 }
@@ -114,7 +114,7 @@ const WINDOW_NS: u64 = 1_000_000_000;
 /// BTF signature) instead of at every drop site on every path of the caller.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_drop_event_tc(skb: *mut __sk_buff, ifindex: u32, what: u32) -> u32 {
+pub(crate) extern "C" fn df_drop_event_tc(skb: *mut __sk_buff, ifindex: u32, what: u32) -> u32 {
     if skb.is_null() {
         return 1;
     }
@@ -129,7 +129,7 @@ pub extern "C" fn df_drop_event_tc(skb: *mut __sk_buff, ifindex: u32, what: u32)
 /// [`df_drop_event_tc`] for XDP.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_drop_event_xdp(xdp: *mut xdp_md, ifindex: u32, what: u32) -> u32 {
+pub(crate) extern "C" fn df_drop_event_xdp(xdp: *mut xdp_md, ifindex: u32, what: u32) -> u32 {
     if xdp.is_null() {
         return 1;
     }

@@ -9,6 +9,10 @@
 //! filtered on another port never sees it; the per-CPU rate limit holds (events ≤ rate ×
 //! seconds × CPUs + slack, the rest counted as rate-limited); and once the last client
 //! is gone, events stop again.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     io::{BufRead, BufReader},
@@ -232,7 +236,7 @@ fn monitor(hook: Hook) {
         "VM a's pings passed: {st}"
     );
     assert!(
-        st["frames_from_vm"].as_u64().unwrap_or(0) >= drops + 1,
+        st["frames_from_vm"].as_u64().unwrap_or(0) > drops,
         "the tap's kernel counter covers the drops and the passes: {st}"
     );
     let out = run(ns

@@ -306,7 +306,7 @@ impl Sg {
 
     /// The port whose ingress drop is [`Sg::counted`] (0: none).
     #[inline(always)]
-    pub fn counted_port(&self) -> u32 {
+    pub(crate) fn counted_port(&self) -> u32 {
         self.run().map_or(0, |r| r.counted_port)
     }
 
