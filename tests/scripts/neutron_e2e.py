@@ -10,8 +10,10 @@ requests from the Rust test, one JSON object per line on stdin/stdout:
   -> {"network": id, "subnet": id}
 - {"op": "secgroup"} -> {"id": id} (a group created through the API: egress
   anywhere and ingress from its members, IPv4 and IPv6)
-- {"op": "port", "network": id, "host": chassis, "ip": ..., "secgroup": id}
-  -> {"id", "mac", "ip", "tap", "status", "vif_type"}
+- {"op": "port", "network": id, "host": chassis, "ip": ..., "secgroup": id,
+  "aaps": [ip, ...] (optional)}
+  -> {"id", "mac", "ip", "tap", "status", "vif_type", "allowed_address_pairs"}
+  (each AAP without a MAC: Neutron gives it the port's own)
 - {"op": "wait_active", "ports": [ids], "timeout": s}
   -> {"status": {id: status}} once all are ACTIVE, or when time is up
 - {"op": "router", "subnets": [ids]} -> {"router": id} (a router with an
@@ -86,12 +88,17 @@ def main():
                 kw = {portbindings.HOST_ID: req['host'],
                       'fixed_ips': [{'ip_address': req['ip']}],
                       'security_groups': [req['secgroup']]}
+                if req.get('aaps'):
+                    kw['allowed_address_pairs'] = [
+                        {'ip_address': ip} for ip in req['aaps']]
                 port = case.make_port({'id': req['network']}, **kw)
                 reply({'id': port['id'], 'mac': port['mac_address'],
                        'ip': port['fixed_ips'][0]['ip_address'],
                        'tap': ('tap' + port['id'])[:14],
                        'status': port['status'],
-                       'vif_type': port[portbindings.VIF_TYPE]})
+                       'vif_type': port[portbindings.VIF_TYPE],
+                       'allowed_address_pairs':
+                           port['allowed_address_pairs']})
             elif op == 'wait_active':
                 # Polled with a deadline: a full read of the records and the
                 # ports' statuses each round (the driver's resync).
