@@ -82,7 +82,9 @@ def main():
                     status = r.get_response(case.api).status_int
                     # 409: Neutron gave the group that rule already.
                     if status not in (201, 409):
-                        raise RuntimeError('egress rule: HTTP %d' % status)
+                        # A test's error, not a user-facing message (N534).
+                        why = 'egress rule: HTTP %d' % status
+                        raise RuntimeError(why)
                 reply({'id': sg['id']})
             elif op == 'port':
                 kw = {portbindings.HOST_ID: req['host'],
@@ -122,8 +124,8 @@ def main():
                     r.environ['neutron.context'] = case.admin
                     res = r.get_response(case.api)
                     if res.status_int != 200:
-                        raise RuntimeError('add_router_interface %s: %s' % (
-                            sub, res.body))
+                        why = 'add_router_interface %s: %s' % (sub, res.body)
+                        raise RuntimeError(why)
                 reply({'router': router['id']})
             elif op == 'aap':
                 port = case.api_update(

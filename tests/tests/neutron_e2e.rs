@@ -79,8 +79,10 @@ fn start_neutron(cloud: &Cloud) -> (Neutron, String) {
 }
 
 /// A security group made through the API, which admits its members (all protocols, so
-/// VRRP too) and lets everything out: the group Neutron creates implicitly (`default`)
-/// reaches the driver only through the maintenance worker, which these tests do not run.
+/// VRRP too) and lets everything out. Not Neutron's implicit `default` group: under its
+/// unit-test base that group is created without rules (Neutron makes them from its
+/// default-rule templates, which a migration inserts and the test database, built from
+/// the models, does not hold), so it would admit nothing.
 fn member_secgroup(neutron: &Neutron) -> Value {
     neutron.call(json!({"op": "secgroup"}))["id"].clone()
 }
@@ -142,7 +144,7 @@ fn neutron_e2e_ports_enforced_by_agents_turn_active() {
     let (ip_a, ip_b) = (a["ip"].as_str().unwrap(), b["ip"].as_str().unwrap());
     let ip_c = c["ip"].as_str().unwrap();
 
-    // Enforced: a and b (default security group, which admits its members) reach each
+    // Enforced: a and b (the group above, which admits its members) reach each
     // other across the chassis.
     if !poll_until(READY, || ping(vm_a, ip_b, 1)) {
         panic!(
