@@ -1,12 +1,16 @@
 //! Counters: one per-CPU `u64` slot per outcome (Katran style), so every packet's fate is
-//! visible to the agent's metrics.
+//! visible to the agent's metrics. A traced run (`trace`) moves none: it notes them.
 
 use dragonflow_common::verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index};
 
-use crate::maps::STATS;
+use crate::{maps::STATS, trace};
 
 #[inline(always)]
 fn bump(index: u32) {
+    // A traced run notes the slot instead (see `trace`).
+    if trace::stat(index) {
+        return;
+    }
     if let Some(p) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot of this CPU; BPF programs do not migrate mid-run.
         unsafe { *p += 1 };

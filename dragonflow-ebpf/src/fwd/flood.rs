@@ -14,6 +14,7 @@ use crate::{
     fwd::{l2, tunnel},
     maps::FLOOD,
     sg::{Sg, policy},
+    trace,
 };
 
 /// TC: one copy of a group frame to every flood destination of `net_id` except the
@@ -85,8 +86,9 @@ pub fn flood(
 /// not be (no such device), > 0 when the device's queue dropped it.
 #[inline(always)]
 pub fn clone_redirect(ctx: &TcContext, ifindex: u32) -> i64 {
+    // A trace sends no copy (`BPF_PROG_TEST_RUN` would transmit a clone).
     // SAFETY: plain helper call on this program's skb.
-    unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) }
+    trace::copy(|| unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) })
 }
 
 /// The outcome of a frame's copies (flood, shared-address group) from their
