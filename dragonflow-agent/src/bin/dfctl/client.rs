@@ -94,7 +94,10 @@ impl AgentClient {
             return Err(CliError::Refused(format!("{path}: {}", text.trim())));
         }
         if status != ureq::http::StatusCode::OK {
-            return Err(unavailable(format!("POST {url} answered {status}: {}", text.trim())));
+            return Err(unavailable(format!(
+                "POST {url} answered {status}: {}",
+                text.trim()
+            )));
         }
         serde_json::from_str(&text).map_err(|e| unavailable(format!("{path} is not JSON: {e}")))
     }

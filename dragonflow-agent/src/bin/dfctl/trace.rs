@@ -128,7 +128,9 @@ fn build(a: &TraceArgs, port: &LPort, ports: &[LPort], routers: &[LRouter]) -> R
                 IpAddr::V4(v) => Some(*v),
                 IpAddr::V6(_) => None,
             })
-            .ok_or_else(|| CliError::Refused(format!("port {} has no IPv4: give --src", port.id)))?,
+            .ok_or_else(|| {
+                CliError::Refused(format!("port {} has no IPv4: give --src", port.id))
+            })?,
     };
     let smac = match &a.src_mac {
         Some(m) => mac(m)?,
@@ -236,7 +238,9 @@ fn dest_mac(port: &LPort, dst: Ipv4Addr, ports: &[LPort], routers: &[LRouter]) -
     let same_net = ports.iter().filter(|p| p.lswitch == port.lswitch);
     for p in same_net {
         if p.fixed_ips.contains(&ip)
-            || p.allowed_address_pairs.iter().any(|a| a.ip_address.addr == ip)
+            || p.allowed_address_pairs
+                .iter()
+                .any(|a| a.ip_address.addr == ip)
         {
             return Some(p.mac.0);
         }
@@ -259,7 +263,11 @@ fn flow(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8, Option<u16>)> {
     let proto = frame[23];
     let l4 = 14 + ihl;
     let dport = (proto == 6 || proto == 17)
-        .then(|| frame.get(l4 + 2..l4 + 4).map(|b| u16::from_be_bytes([b[0], b[1]])))
+        .then(|| {
+            frame
+                .get(l4 + 2..l4 + 4)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        })
         .flatten();
     Some((src, dst, proto, dport))
 }
@@ -308,7 +316,11 @@ fn rule_allows(
             return false;
         };
         let bits = u32::from(pfx.len.min(32));
-        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
         if u32::from(net) & mask != u32::from(remote) & mask {
             return false;
         }
@@ -318,7 +330,9 @@ fn rule_allows(
         let member = ports.iter().any(|p| {
             p.security_groups.contains(g)
                 && (p.fixed_ips.contains(&ip)
-                    || p.allowed_address_pairs.iter().any(|a| a.ip_address.addr == ip))
+                    || p.allowed_address_pairs
+                        .iter()
+                        .any(|a| a.ip_address.addr == ip))
         });
         if !member {
             return false;
@@ -329,7 +343,12 @@ fn rule_allows(
 
 /// The security-group rule behind the verdict, in words: the rule that allowed each
 /// judged side, or the groups none of whose rules allows the denied packet.
-fn rules_line(resp: &Response, frame: &[u8], ports: &[LPort], groups: &[SecGroup]) -> Option<String> {
+fn rules_line(
+    resp: &Response,
+    frame: &[u8],
+    ports: &[LPort],
+    groups: &[SecGroup],
+) -> Option<String> {
     let (src, dst, proto, dport) = flow(frame)?;
     let denied = resp.reason.as_deref() == Some("sg_denied");
     let mut lines = Vec::new();
@@ -339,14 +358,22 @@ fn rules_line(resp: &Response, frame: &[u8], ports: &[LPort], groups: &[SecGroup
         } else {
             RuleDirection::Ingress
         };
-        let remote = if dir == RuleDirection::Egress { dst } else { src };
+        let remote = if dir == RuleDirection::Egress {
+            dst
+        } else {
+            src
+        };
         let port_id = side.port.clone()?;
         let port = ports.iter().find(|p| p.id == port_id)?;
         let what = match dport {
             Some(d) => format!("{}/{d}", proto_name(proto)),
             None => proto_name(proto),
         };
-        let towards = if dir == RuleDirection::Egress { "to" } else { "from" };
+        let towards = if dir == RuleDirection::Egress {
+            "to"
+        } else {
+            "from"
+        };
         if side.matched == "none" {
             if denied {
                 lines.push(format!(
