@@ -68,9 +68,6 @@ pub struct TraceRecord {
     pub out_ifindex: u32,
     pub vni: u32,
     pub remote_ip: u32,
-    /// Copies a flood or group would have sent (local and remote).
-    pub copies: u32,
-    pub _pad: u32,
     /// Egress (index 0) and ingress (index 1) rules.
     pub sg: [TraceSg; 2],
 }
@@ -85,12 +82,10 @@ impl Default for TraceRecord {
             out_ifindex: 0,
             vni: 0,
             remote_ip: 0,
-            copies: 0,
-            _pad: 0,
             sg: [TraceSg::default(); 2],
         }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<TraceSg>() == 16);
-const _: () = assert!(core::mem::size_of::<TraceRecord>() == 8 + 4 * TRACE_STATS_MAX + 24 + 32);
+const _: () = assert!(core::mem::size_of::<TraceRecord>() == 8 + 4 * TRACE_STATS_MAX + 16 + 32);

@@ -49,3 +49,19 @@ pub fn pass_in(dir: Direction, path: PassPath) {
 pub fn event_in(dir: Direction, e: EventStat) {
     bump(stat_index(dir, Stat::Event(e)));
 }
+
+/// [`drop_in`] through a *global* BPF function, verified once: for the receiver's ingress
+/// drops, which the copy loops (flood, group) reach once per copy. Inline there, the trace
+/// check of [`bump`] was verified again on every iteration of every path (measured:
+/// `df_aap_group` 266k -> 527k verified instructions). Off the fast path (drops only).
+#[inline(always)]
+pub fn drop_in_looped(dir: Direction, reason: DropReason) {
+    df_stat_bump(stat_index(dir, Stat::Drop(reason)));
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn df_stat_bump(index: u32) -> u32 {
+    bump(index);
+    0
+}

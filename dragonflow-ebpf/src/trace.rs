@@ -84,12 +84,23 @@ pub fn record() -> Option<*mut TraceRecord> {
     TRACE.get_ptr_mut(0)
 }
 
-/// While tracing: notes the counter slot `index` instead of moving it (true).
+/// While tracing: notes the counter slot `index` instead of moving it (true). The check
+/// is inline (one per-CPU load on the fast path); the note is [`df_trace_stat`].
 #[inline(always)]
 pub fn stat(index: u32) -> bool {
     if !on() {
         return false;
     }
+    df_trace_stat(index);
+    true
+}
+
+/// Notes a counter slot (see [`stat`]). A *global* BPF function, as every note here: the
+/// verifier checks its body once instead of on every path of every counting site, and the
+/// traced branch adds only a call to the caller's paths.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn df_trace_stat(index: u32) -> u32 {
     if let Some(r) = record() {
         // SAFETY: map value pointer, valid for this run; only the (serialized) trace
         // writes it.
@@ -101,17 +112,23 @@ pub fn stat(index: u32) -> bool {
             }
         }
     }
-    true
+    0
 }
 
 /// While tracing: notes the forwarding decision (`dragonflow_common::trace::FWD_*`).
 #[inline(always)]
 pub fn fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) {
-    if !on() {
-        return;
+    if on() {
+        df_trace_fwd(kind, out_ifindex, vni, remote_ip);
     }
+}
+
+/// Notes the forwarding decision (see [`fwd`]; global: see [`df_trace_stat`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn df_trace_fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) -> u32 {
     if let Some(r) = record() {
-        // SAFETY: as in `stat`.
+        // SAFETY: as in `df_trace_stat`.
         unsafe {
             (*r).fwd = kind;
             (*r).out_ifindex = out_ifindex;
@@ -119,18 +136,23 @@ pub fn fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) {
             (*r).remote_ip = remote_ip;
         }
     }
+    0
 }
 
-/// `bpf_clone_redirect` unless tracing, where the copy is only counted (0: "sent").
+/// The mask of a copy's target and result ([`fwd::flood::clone_redirect`]): all ones in
+/// a real run, 0 in a trace. A trace must send no copy (`BPF_PROG_TEST_RUN` would transmit
+/// a clone); masking the target to ifindex 0, which no device has, makes
+/// `bpf_clone_redirect` fail before it clones, and masking its result makes that failure
+/// look like a sent copy. Arithmetic, not a branch: the copy loops (flood, group) are the
+/// programs' most expensive part to verify, and a branch in them split their states (a
+/// branch there took `df_aap_group` from 266k verified instructions past the 1M limit).
+/// Read once per frame, before a loop.
+///
+/// [`fwd::flood::clone_redirect`]: crate::fwd::flood::clone_redirect
 #[inline(always)]
-pub fn copy(send: impl FnOnce() -> i64) -> i64 {
-    if on() {
-        if let Some(r) = record() {
-            // SAFETY: as in `stat`.
-            unsafe { (*r).copies += 1 };
-        }
-        0
-    } else {
-        send()
-    }
+pub fn send_mask() -> u32 {
+    // SAFETY: this CPU's slot, valid for this run.
+    TRACE_RUN
+        .get_ptr(0)
+        .map_or(u32::MAX, |r| unsafe { *r }.wrapping_sub(1))
 }

@@ -303,3 +303,41 @@ fn traces_leave_no_state_tc() {
 fn traces_leave_no_state_xdp() {
     leaves_nothing(Hook::Xdp);
 }
+
+/// The trace mode's verifier cost: every program still loads, within the kernel's 1M
+/// instruction budget; the counts are printed (`--nocapture`) for the commit messages.
+/// `DF_EBPF_OBJECT=<object>` measures another build (e.g. main's, for the "before").
+#[test]
+fn programs_load_within_the_verifier_budget() {
+    use aya::programs::SchedClassifier;
+    use dragonflow_common::maps::progs;
+    use tests::framework::test_run::Datapath;
+
+    let mut dp = Datapath::load();
+    let group: &mut SchedClassifier = dp
+        .ebpf
+        .program_mut(progs::AAP_GROUP_TC)
+        .expect("df_aap_group in the object")
+        .try_into()
+        .expect("classifier");
+    if group.fd().is_err() {
+        group.load().expect("load df_aap_group");
+    }
+    for name in [
+        progs::FROM_VM_XDP,
+        progs::FROM_VM_TC,
+        progs::FROM_TUNNEL_TC,
+        progs::AAP_GROUP_TC,
+        progs::VLAN_GUARD_TC,
+    ] {
+        let p = dp.ebpf.program(name).expect("program");
+        let info = p.info().expect("program info");
+        let verified = info.verified_instruction_count().expect("verified_insns");
+        let xlated = info.size_translated().unwrap_or(0);
+        println!("verifier: {name:<16} verified {verified:>7} xlated bytes {xlated:>6}");
+        assert!(
+            verified < 1_000_000,
+            "{name}: {verified} verified instructions"
+        );
+    }
+}

@@ -74,7 +74,6 @@ pub struct Forward {
     pub port: Option<String>,
     pub vni: u32,
     pub remote: Option<Ipv4Addr>,
-    pub copies: u32,
 }
 
 /// The answer of `POST /trace`.
@@ -253,7 +252,6 @@ pub fn render(
                 .flatten(),
             vni: if r.fwd == FWD_TUNNEL { r.vni } else { 0 },
             remote: (r.fwd == FWD_TUNNEL).then(|| Ipv4Addr::from(r.remote_ip.to_ne_bytes())),
-            copies: r.copies,
         },
         counted,
         security_groups: sides,

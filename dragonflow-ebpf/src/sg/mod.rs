@@ -339,7 +339,7 @@ impl Sg {
         }
         let r = self.judge(DIR_INGRESS, ifindex, group);
         if let Err(reason) = r {
-            stats::drop_in(Direction::ToVm, reason);
+            stats::drop_in_looped(Direction::ToVm, reason);
             if let Some(run) = self.run_mut() {
                 run.counted = reason as u8;
             }

@@ -496,8 +496,8 @@ fn text(resp: &Response, frame: &[u8], rule: Option<String>, verbose: bool) -> S
             f.remote.map_or("-".into(), |r| r.to_string()),
             f.vni
         ),
-        "flood" => format!("flooded ({} copies)", f.copies),
-        "group" => format!("to the holders of a shared address ({} copies)", f.copies),
+        "flood" => "flooded to the network's flood list".into(),
+        "group" => "to the holders of a shared address".into(),
         "kernel" => "up the hypervisor's stack".into(),
         other => other.to_string(),
     };
