@@ -10,7 +10,7 @@
 # Usage (as root: debootstrap needs it):
 #   deploy/build-image.sh [OUTPUT.tar] [TAG]
 #   default: target/image/dragonflow-agent.oci.tar, tag = the workspace's version
-# Needs: debootstrap and umoci (apt-get install debootstrap umoci).
+# Needs: debootstrap and umoci (`cargo xtask setup` installs both).
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +27,7 @@ mirror=$(sed -n 's/^URIs: *\([^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian
 [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 
 for tool in debootstrap umoci; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install $tool" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { echo "$tool is missing: run cargo xtask setup" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (debootstrap needs it)" >&2; exit 1; }
 

@@ -36,8 +36,11 @@ use dragonflow_common::{
 use tokio::time;
 use tracing::{debug, info, warn};
 
-use crate::datapath::ct::{CtShared, is_missing};
-use crate::{obs::state::CtReport, report::Chain};
+use crate::{
+    datapath::ct::{CtShared, is_missing},
+    obs::state::CtReport,
+    report::Chain,
+};
 
 /// What `/state` and the metrics show of the collector (read at scrape time).
 impl CtReport for CtShared {

@@ -1,5 +1,9 @@
 //! `dragonflow-agent`: the per-hypervisor daemon. See `controller.rs` for the order of
 //! things (adopt, sync, prune) and `config.rs` for the flags.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -9,8 +13,7 @@ use dragonflow_agent::{
     config::{Cli, Config},
     conntrack,
     controller::Controller,
-    datapath::ct::CtShared,
-    datapath::{self, sys},
+    datapath::{self, ct::CtShared, sys},
     detect,
     etcd::{instance, session},
     netlink,

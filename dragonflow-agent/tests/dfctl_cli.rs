@@ -2,6 +2,10 @@
 //! show (JSON and YAML parsed back and compared), shell completion and man pages from the
 //! clap definitions, the OpenStack client's `--allowed-address` syntax, generated MACs and
 //! port ids, and one-line errors for bad input. Real binary, real etcd per test.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{process::Command, time::Duration};
 

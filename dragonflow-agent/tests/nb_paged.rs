@@ -1,14 +1,20 @@
 //! Reading a northbound larger than one gRPC response, against a real etcd: paged range
 //! gets at one revision, pages cut in halves when they exceed the decode limit, and
 //! `NbStore::list` / `dfctl lport list` past the 4 MiB that an unpaged read could not take.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 mod common;
 
 use common::{Etcd, ls};
-use dragonflow_agent::etcd::{NbStore, paged};
-use dragonflow_agent::nb::{
-    LPort,
-    parse::{parse_aap, parse_mac},
+use dragonflow_agent::{
+    etcd::{NbStore, paged},
+    nb::{
+        LPort,
+        parse::{parse_aap, parse_mac},
+    },
 };
 use etcd_client::Client;
 

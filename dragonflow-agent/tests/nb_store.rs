@@ -1,13 +1,19 @@
 //! `NbStore` against a real etcd: put-if-absent, dependency guards, mod_revision-guarded
 //! updates under concurrent writers, malformed records, deletes.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 mod common;
 
 use common::{Etcd, ls};
-use dragonflow_agent::etcd::{NbStore, StoreError};
-use dragonflow_agent::nb::{
-    Kind, LPort, LSwitch, Subnet, ValidationError,
-    parse::{parse_aap, parse_mac},
+use dragonflow_agent::{
+    etcd::{NbStore, StoreError},
+    nb::{
+        Kind, LPort, LSwitch, Subnet, ValidationError,
+        parse::{parse_aap, parse_mac},
+    },
 };
 
 fn port(id: &str) -> LPort {

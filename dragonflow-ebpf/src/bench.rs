@@ -22,7 +22,7 @@ static BENCH_TUN: Array<[u32; 2]> = Array::with_max_entries(1, 0);
 /// BPF_PROG_TEST_RUN cannot give a frame tunnel metadata. Everything after the key is the
 /// same code.
 #[classifier]
-pub fn df_bench_from_tunnel(ctx: TcContext) -> i32 {
+pub(crate) fn df_bench_from_tunnel(ctx: TcContext) -> i32 {
     let rx = BENCH_TUN.get(0).map(|k| tunnel::Received {
         vni: k[0],
         remote_w: k[1],
@@ -32,20 +32,20 @@ pub fn df_bench_from_tunnel(ctx: TcContext) -> i32 {
 
 /// Stub for the micro-benchmark: the cost floor of the XDP hook.
 #[xdp]
-pub fn df_stub_xdp_pass(_ctx: XdpContext) -> u32 {
+pub(crate) fn df_stub_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 /// Stub for the micro-benchmark: the cost floor of the TC hook.
 #[classifier]
-pub fn df_stub_tc_ok(_ctx: TcContext) -> i32 {
+pub(crate) fn df_stub_tc_ok(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
 /// Stub for the micro-benchmark: the floor of an XDP local delivery, a devmap redirect to
 /// the ingress ifindex (the benchmark puts it in `df_devmap_v1`).
 #[xdp]
-pub fn df_stub_xdp_redirect(ctx: XdpContext) -> u32 {
+pub(crate) fn df_stub_xdp_redirect(ctx: XdpContext) -> u32 {
     DEVMAP
         .redirect(ctx.ifindex(), 0)
         .unwrap_or(xdp_action::XDP_DROP)
@@ -54,7 +54,7 @@ pub fn df_stub_xdp_redirect(ctx: XdpContext) -> u32 {
 /// Stub for the micro-benchmark: the floor of a TC local delivery, bpf_redirect to the
 /// ingress ifindex.
 #[classifier]
-pub fn df_stub_tc_redirect(ctx: TcContext) -> i32 {
+pub(crate) fn df_stub_tc_redirect(ctx: TcContext) -> i32 {
     // SAFETY: plain helper call.
     unsafe { aya_ebpf::helpers::bpf_redirect(ctx.ifindex(), 0) as i32 }
 }

@@ -11,13 +11,13 @@ use crate::maps::{CONFIG, PORTS};
 
 /// The chassis configuration (`df_config_v1[0]`).
 #[inline(always)]
-pub fn chassis() -> Option<&'static ChassisConfig> {
+pub(crate) fn chassis() -> Option<&'static ChassisConfig> {
     CONFIG.get(0)
 }
 
 /// The chassis configuration, when forwarding is on.
 #[inline(always)]
-pub fn forwarding() -> Option<&'static ChassisConfig> {
+pub(crate) fn forwarding() -> Option<&'static ChassisConfig> {
     match chassis() {
         Some(c) if c.flags & CFG_F_FORWARDING != 0 => Some(c),
         _ => None,
@@ -26,7 +26,7 @@ pub fn forwarding() -> Option<&'static ChassisConfig> {
 
 /// The port behind a tap, if any.
 #[inline(always)]
-pub fn port(ifindex: u32) -> Option<&'static PortConfig> {
+pub(crate) fn port(ifindex: u32) -> Option<&'static PortConfig> {
     // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
     PORTS.get_ptr(ifindex).map(|p| unsafe { &*p })
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 const TC_PULL_LEN: u32 = 256;
 
 /// What every stage needs from the hook (and `EbpfContext`, for logging).
-pub trait PacketCtx: EbpfContext {
+pub(crate) trait PacketCtx: EbpfContext {
     /// The XDP hook: it can redirect to a local tap (devmap) and bounce a frame back
     /// (XDP_TX), but cannot set tunnel metadata nor clone a frame, so it hands tunnel,
     /// flood and routed frames to its TC companion (see `fwd`).
@@ -102,7 +102,7 @@ impl PacketCtx for TcContext {
 /// Bounds-checked view of the frame: `data..end` is directly readable, `len` is the whole
 /// frame's length (TC: `skb->len`, which may exceed the linear part).
 #[derive(Clone, Copy)]
-pub struct Pkt {
+pub(crate) struct Pkt {
     pub data: usize,
     pub end: usize,
     pub len: usize,
@@ -112,7 +112,7 @@ impl Pkt {
     /// Pointer to `N` bytes at `off`, if they are all inside the readable part.
     /// The `p + N > end` comparison on packet pointers is what the verifier needs.
     #[inline(always)]
-    pub fn bytes<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
+    pub(crate) fn bytes<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
         let p = self.data + off;
         if p + N > self.end {
             None
@@ -124,7 +124,7 @@ impl Pkt {
 
 /// Byte `i` of a bounds-checked header.
 #[inline(always)]
-pub fn u8_at<const N: usize>(h: *const [u8; N], i: usize) -> u8 {
+pub(crate) fn u8_at<const N: usize>(h: *const [u8; N], i: usize) -> u8 {
     // SAFETY: callers only pass pointers returned by `Pkt::bytes`, `i < N`.
     unsafe { *(h as *const u8).add(i) }
 }
@@ -140,7 +140,7 @@ pub fn u8_at<const N: usize>(h: *const [u8; N], i: usize) -> u8 {
 /// itself is unaligned by 2 on some drivers. (rustc knows the BPF target feature
 /// `allows-misaligned-mem-access`, but aya-build owns RUSTFLAGS, so it cannot be set.)
 #[inline(always)]
-pub fn load<T: Copy, const N: usize>(h: *const [u8; N], i: usize) -> T {
+pub(crate) fn load<T: Copy, const N: usize>(h: *const [u8; N], i: usize) -> T {
     // SAFETY: `h` comes from `Pkt::bytes`, `i + size_of::<T>() <= N` at every call site;
     // alignment: see above.
     unsafe { core::ptr::read((h as *const u8).add(i) as *const T) }
@@ -148,13 +148,13 @@ pub fn load<T: Copy, const N: usize>(h: *const [u8; N], i: usize) -> T {
 
 /// Big-endian u16 at byte `i` (an even offset) of a bounds-checked header.
 #[inline(always)]
-pub fn be16_at<const N: usize>(h: *const [u8; N], i: usize) -> u16 {
+pub(crate) fn be16_at<const N: usize>(h: *const [u8; N], i: usize) -> u16 {
     u16::from_be(load::<u16, N>(h, i))
 }
 
 /// `M` bytes at byte `i` of a bounds-checked header.
 #[inline(always)]
-pub fn arr_at<const N: usize, const M: usize>(h: *const [u8; N], i: usize) -> [u8; M] {
+pub(crate) fn arr_at<const N: usize, const M: usize>(h: *const [u8; N], i: usize) -> [u8; M] {
     // SAFETY: as above, `i + M <= N`.
     unsafe { ((h as *const u8).add(i) as *const [u8; M]).read_unaligned() }
 }
@@ -164,7 +164,7 @@ pub fn arr_at<const N: usize, const M: usize>(h: *const [u8; N], i: usize) -> [u
 /// rewrite a frame (the ARP/ND responder, L3) write only through pointers from
 /// `Pkt::bytes`; TC programs that write packet data get the verifier's unclone prologue.
 #[inline(always)]
-pub fn store<T: Copy, const N: usize>(h: *const [u8; N], i: usize, v: T) {
+pub(crate) fn store<T: Copy, const N: usize>(h: *const [u8; N], i: usize, v: T) {
     // SAFETY: `h` comes from `Pkt::bytes` (the packet is writable in XDP and TC),
     // `i + size_of::<T>() <= N` at every call site.
     unsafe { core::ptr::write((h as *mut u8).add(i) as *mut T, v) }
@@ -173,7 +173,7 @@ pub fn store<T: Copy, const N: usize>(h: *const [u8; N], i: usize, v: T) {
 /// Stores a MAC at an even byte `i` of a bounds-checked header, as three 16-bit stores
 /// (every MAC field we write sits at an even offset from the frame start).
 #[inline(always)]
-pub fn store_mac<const N: usize>(h: *const [u8; N], i: usize, m: &[u8; 6]) {
+pub(crate) fn store_mac<const N: usize>(h: *const [u8; N], i: usize, m: &[u8; 6]) {
     store(h, i, u16::from_ne_bytes([m[0], m[1]]));
     store(h, i + 2, u16::from_ne_bytes([m[2], m[3]]));
     store(h, i + 4, u16::from_ne_bytes([m[4], m[5]]));
@@ -182,13 +182,13 @@ pub fn store_mac<const N: usize>(h: *const [u8; N], i: usize, m: &[u8; 6]) {
 /// An IPv6 address at byte `i` of a bounds-checked header, as four 32-bit words in memory
 /// order (four loads instead of sixteen; alignment: see [`load`], as `ipv6` already does).
 #[inline(always)]
-pub fn load_ip6<const N: usize>(h: *const [u8; N], i: usize) -> [u32; 4] {
+pub(crate) fn load_ip6<const N: usize>(h: *const [u8; N], i: usize) -> [u32; 4] {
     [load(h, i), load(h, i + 4), load(h, i + 8), load(h, i + 12)]
 }
 
 /// The write twin of [`load_ip6`].
 #[inline(always)]
-pub fn store_ip6<const N: usize>(h: *const [u8; N], i: usize, a: [u32; 4]) {
+pub(crate) fn store_ip6<const N: usize>(h: *const [u8; N], i: usize, a: [u32; 4]) {
     store(h, i, a[0]);
     store(h, i + 4, a[1]);
     store(h, i + 8, a[2]);
@@ -197,7 +197,7 @@ pub fn store_ip6<const N: usize>(h: *const [u8; N], i: usize, a: [u32; 4]) {
 
 /// The bytes of an address held as memory-order words.
 #[inline(always)]
-pub fn ip6_bytes(a: [u32; 4]) -> [u8; 16] {
+pub(crate) fn ip6_bytes(a: [u32; 4]) -> [u8; 16] {
     let [b0, b1, b2, b3] = a[0].to_ne_bytes();
     let [b4, b5, b6, b7] = a[1].to_ne_bytes();
     let [b8, b9, b10, b11] = a[2].to_ne_bytes();
@@ -209,7 +209,7 @@ pub fn ip6_bytes(a: [u32; 4]) -> [u8; 16] {
 
 /// The words of an address held as bytes (the inverse of [`ip6_bytes`]).
 #[inline(always)]
-pub fn ip6_words(a: [u8; 16]) -> [u32; 4] {
+pub(crate) fn ip6_words(a: [u8; 16]) -> [u32; 4] {
     [
         u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),

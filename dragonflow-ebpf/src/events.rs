@@ -33,7 +33,7 @@ static GARP_MIN_INTERVAL_NS: Global<u64> = Global::new(GARP_MIN_INTERVAL_NS_DEFA
 /// `memset` subprogram; with `[u8; 16]` that call ran on every packet (measured: most of
 /// the TC allowed-IPv4 regression, 3.7x -> 3.0x the stub).
 #[derive(Clone, Copy, Default)]
-pub struct PendingGarp {
+pub(crate) struct PendingGarp {
     pub family: u8,
     /// Memory order, see `ctx::ip6_words`.
     pub ip: [u32; 4],
@@ -46,7 +46,7 @@ pub struct PendingGarp {
 /// `emit`, as when `emit` took the port cache itself, keeps the code LLVM emits (and the
 /// verifier's work) as it was; passing the values changed it (measured: +8,000 verified
 /// instructions in `df_from_vm_tc`).
-pub trait Sender {
+pub(crate) trait Sender {
     fn ifindex(&self) -> u32;
     /// The port, when it exists with port security on.
     fn secured(&mut self) -> Result<&'static PortConfig, DropReason>;
@@ -54,7 +54,7 @@ pub trait Sender {
 
 impl PendingGarp {
     /// Nothing pending (the record every frame starts with).
-    pub const NONE: Self = PendingGarp {
+    pub(crate) const NONE: Self = PendingGarp {
         family: 0,
         ip: [0; 4],
         mac: [0; 6],
@@ -64,7 +64,7 @@ impl PendingGarp {
 
 /// Emits one event of `port` unless rate-limited; counts what happened.
 #[inline(always)]
-pub fn emit<S: Sender>(port: &mut S, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+pub(crate) fn emit<S: Sender>(port: &mut S, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
     // The event names the port's network; a port gone meanwhile raises none.
     let Ok(cfg) = port.secured() else { return };
     let ifindex = port.ifindex();

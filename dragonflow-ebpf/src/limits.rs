@@ -29,7 +29,7 @@ fn add(p: *mut u64, v: u64) {
 /// made (cannot happen: an LRU makes room): 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_flood_admit(ifindex: u32) -> u32 {
+pub(crate) extern "C" fn df_flood_admit(ifindex: u32) -> u32 {
     let Some(l) = LIMITS.get(0) else {
         return 0;
     };
@@ -81,7 +81,7 @@ pub extern "C" fn df_flood_admit(ifindex: u32) -> u32 {
 
 /// [`df_flood_admit`] as a `Result`.
 #[inline(always)]
-pub fn flood(ifindex: u32) -> Result<(), DropReason> {
+pub(crate) fn flood(ifindex: u32) -> Result<(), DropReason> {
     match df_flood_admit(ifindex) {
         0 => Ok(()),
         _ => Err(DropReason::FloodRateLimited),
@@ -96,7 +96,7 @@ pub fn flood(ifindex: u32) -> Result<(), DropReason> {
 /// port): the entry is then inserted uncounted, and its deletion will not be counted
 /// either.
 #[inline(always)]
-pub fn ct_admit(
+pub(crate) fn ct_admit(
     ifindex: u32,
     origin: u8,
     zero: &mut CtCount,
@@ -143,7 +143,7 @@ pub fn ct_admit(
 
 /// A counted entry of origin `origin` was inserted, on the counters `c` of [`ct_admit`].
 #[inline(always)]
-pub fn ct_created(c: *mut CtCount, origin: u8) {
+pub(crate) fn ct_created(c: *mut CtCount, origin: u8) {
     if trace::on() {
         return;
     }
@@ -159,7 +159,7 @@ pub fn ct_created(c: *mut CtCount, origin: u8) {
 
 /// The datapath deleted a counted entry of port `ifindex` created in direction `origin`.
 #[inline(always)]
-pub fn ct_removed(ifindex: u32, origin: u8) {
+pub(crate) fn ct_removed(ifindex: u32, origin: u8) {
     if trace::on() {
         return;
     }

@@ -117,7 +117,7 @@ use crate::{
 /// fresh stack frame on every packet (~0.3x of the stub on the allowed-IPv4 path).
 #[xdp]
 #[inline(always)]
-pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     trace::begin_xdp(&ctx);
     let mut port = PortCache::new(ctx.ifindex());
     let Some(mut sg) = Sg::new(ctx.ifindex(), config::chassis()) else {
@@ -179,7 +179,7 @@ pub fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
 /// `df_from_vm_xdp`). `#[inline(always)]`: see `df_from_vm_xdp`.
 #[classifier]
 #[inline(always)]
-pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
+pub(crate) fn df_from_vm_tc(ctx: TcContext) -> i32 {
     trace::begin_tc(&ctx);
     let mut port = PortCache::new(ctx.ifindex());
     let Some(mut sg) = Sg::new(ctx.ifindex(), config::chassis()) else {
@@ -289,7 +289,7 @@ pub fn df_from_vm_tc(ctx: TcContext) -> i32 {
 /// `df_progs_v1` (see `fwd::group`); counts the outcome in the caller's direction and drops
 /// the original. Never attached.
 #[classifier]
-pub fn df_aap_group(ctx: TcContext) -> i32 {
+pub(crate) fn df_aap_group(ctx: TcContext) -> i32 {
     group::run(&ctx);
     TC_ACT_SHOT
 }
@@ -298,7 +298,7 @@ pub fn df_aap_group(ctx: TcContext) -> i32 {
 /// delivered by (VNI, destination MAC) into local taps only. Everything is counted under
 /// `Direction::FromTunnel`.
 #[classifier]
-pub fn df_from_tunnel(ctx: TcContext) -> i32 {
+pub(crate) fn df_from_tunnel(ctx: TcContext) -> i32 {
     trace::begin_tc(&ctx);
     pipeline::from_tunnel(&ctx, tunnel::received(&ctx))
 }
@@ -308,7 +308,7 @@ pub fn df_from_tunnel(ctx: TcContext) -> i32 {
 /// go on untouched and uncounted (the XDP program already counted them). A tagged frame
 /// was counted by XDP under its pass path too; this drop adds `vlan_tagged`.
 #[classifier]
-pub fn df_vlan_guard(ctx: TcContext) -> i32 {
+pub(crate) fn df_vlan_guard(ctx: TcContext) -> i32 {
     // Never traced (the trace runs the pipeline programs), but every entry resets the
     // run slot (see `trace`).
     trace::begin_tc(&ctx);

@@ -26,7 +26,7 @@ use crate::{
 /// `portsec`), so the fast path never looks the port up: the address hit also gives the
 /// network.
 #[inline(always)]
-pub fn from_vm<C: Hook>(
+pub(crate) fn from_vm<C: Hook>(
     ctx: &C,
     port: &mut PortCache,
     sg: &mut Sg,
@@ -77,7 +77,7 @@ pub fn from_vm<C: Hook>(
 
 /// The tunnel program once its key is read (`None`: no IPv4 tunnel key).
 #[inline(always)]
-pub fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
+pub(crate) fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
     let Some(mut sg) = Sg::new(0, config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
         stats::drop_in(Direction::FromTunnel, DropReason::SgDenied);
@@ -101,7 +101,7 @@ pub fn from_tunnel(ctx: &TcContext, rx: Option<tunnel::Received>) -> i32 {
 /// Counts a from-VM drop, unless it is the receiver's security-group drop that
 /// `sg::policy::to_port` counted under `to_vm` (see `sg`).
 #[inline(always)]
-pub fn drop_from_vm(sg: &Sg, reason: DropReason) {
+pub(crate) fn drop_from_vm(sg: &Sg, reason: DropReason) {
     if !sg.counted(reason) {
         stats::drop(reason);
     }
@@ -111,7 +111,7 @@ pub fn drop_from_vm(sg: &Sg, reason: DropReason) {
 /// passed port security) and emit its pending GARP event. The outcome is counted by the
 /// caller. See `dragonflow_common::verdict` for the counting convention.
 #[inline(always)]
-pub fn decided(port: &mut PortCache, allowed: Option<PassPath>) {
+pub(crate) fn decided(port: &mut PortCache, allowed: Option<PassPath>) {
     if let Some(p) = allowed {
         stats::pass(p);
     }

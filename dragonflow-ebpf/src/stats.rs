@@ -18,35 +18,35 @@ fn bump(index: u32) {
 }
 
 #[inline(always)]
-pub fn drop(reason: DropReason) {
+pub(crate) fn drop(reason: DropReason) {
     bump(stat_index(Direction::FromVm, Stat::Drop(reason)));
 }
 
 #[inline(always)]
-pub fn pass(path: PassPath) {
+pub(crate) fn pass(path: PassPath) {
     bump(stat_index(Direction::FromVm, Stat::Pass(path)));
 }
 
 #[inline(always)]
-pub fn event(e: EventStat) {
+pub(crate) fn event(e: EventStat) {
     bump(stat_index(Direction::FromVm, Stat::Event(e)));
 }
 
 /// A drop decided by a program of another direction (the tunnel program).
 #[inline(always)]
-pub fn drop_in(dir: Direction, reason: DropReason) {
+pub(crate) fn drop_in(dir: Direction, reason: DropReason) {
     bump(stat_index(dir, Stat::Drop(reason)));
 }
 
 #[inline(always)]
-pub fn pass_in(dir: Direction, path: PassPath) {
+pub(crate) fn pass_in(dir: Direction, path: PassPath) {
     bump(stat_index(dir, Stat::Pass(path)));
 }
 
 /// A side counter of another direction (the security-group stage counts in the
 /// direction it judges: `to_vm` for ingress).
 #[inline(always)]
-pub fn event_in(dir: Direction, e: EventStat) {
+pub(crate) fn event_in(dir: Direction, e: EventStat) {
     bump(stat_index(dir, Stat::Event(e)));
 }
 
@@ -55,13 +55,13 @@ pub fn event_in(dir: Direction, e: EventStat) {
 /// check of [`bump`] was verified again on every iteration of every path (measured:
 /// `df_aap_group` 266k -> 527k verified instructions). Off the fast path (drops only).
 #[inline(always)]
-pub fn drop_in_looped(dir: Direction, reason: DropReason) {
+pub(crate) fn drop_in_looped(dir: Direction, reason: DropReason) {
     df_stat_bump(stat_index(dir, Stat::Drop(reason)));
 }
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_stat_bump(index: u32) -> u32 {
+pub(crate) extern "C" fn df_stat_bump(index: u32) -> u32 {
     bump(index);
     0
 }

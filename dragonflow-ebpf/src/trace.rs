@@ -37,7 +37,7 @@ static TRACE_RUN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// when `cb[0..2]` hold the token, which only `BPF_PROG_TEST_RUN`'s `ctx_in` sets (a
 /// frame from a tap or the tunnel never carries the agent's random 64 bits there).
 #[inline(always)]
-pub fn begin_tc(ctx: &TcContext) {
+pub(crate) fn begin_tc(ctx: &TcContext) {
     // SAFETY: skb points at the kernel's __sk_buff for this run.
     let (lo, hi) = unsafe { ((*ctx.skb.skb).cb[0], (*ctx.skb.skb).cb[1]) };
     begin(u64::from(lo) | (u64::from(hi) << 32));
@@ -47,7 +47,7 @@ pub fn begin_tc(ctx: &TcContext) {
 /// from a tap have no metadata (only an XDP program could add it, and ours is the only
 /// one), so only `BPF_PROG_TEST_RUN` (`xdp_md.data` in `ctx_in`) can put it there.
 #[inline(always)]
-pub fn begin_xdp(ctx: &XdpContext) {
+pub(crate) fn begin_xdp(ctx: &XdpContext) {
     let (meta, data) = (ctx.metadata(), ctx.data());
     let candidate = if meta + XDP_META_LEN as usize <= data {
         // SAFETY: 8 bytes inside the metadata area, bounds-checked above.
@@ -73,21 +73,21 @@ fn begin(candidate: u64) {
 
 /// This run is a trace: change nothing, note instead.
 #[inline(always)]
-pub fn on() -> bool {
+pub(crate) fn on() -> bool {
     // SAFETY: this CPU's slot, valid for this run.
     TRACE_RUN.get_ptr(0).is_some_and(|r| unsafe { *r } != 0)
 }
 
 /// The record, while tracing.
 #[inline(always)]
-pub fn record() -> Option<*mut TraceRecord> {
+pub(crate) fn record() -> Option<*mut TraceRecord> {
     TRACE.get_ptr_mut(0)
 }
 
 /// While tracing: notes the counter slot `index` instead of moving it (true). The check
 /// is inline (one per-CPU load on the fast path); the note is [`df_trace_stat`].
 #[inline(always)]
-pub fn stat(index: u32) -> bool {
+pub(crate) fn stat(index: u32) -> bool {
     if !on() {
         return false;
     }
@@ -100,7 +100,7 @@ pub fn stat(index: u32) -> bool {
 /// traced branch adds only a call to the caller's paths.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_trace_stat(index: u32) -> u32 {
+pub(crate) extern "C" fn df_trace_stat(index: u32) -> u32 {
     if let Some(r) = record() {
         // SAFETY: map value pointer, valid for this run; only the (serialized) trace
         // writes it.
@@ -117,7 +117,7 @@ pub extern "C" fn df_trace_stat(index: u32) -> u32 {
 
 /// While tracing: notes the forwarding decision (`dragonflow_common::trace::FWD_*`).
 #[inline(always)]
-pub fn fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) {
+pub(crate) fn fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) {
     if on() {
         df_trace_fwd(kind, out_ifindex, vni, remote_ip);
     }
@@ -126,7 +126,7 @@ pub fn fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) {
 /// Notes the forwarding decision (see [`fwd`]; global: see [`df_trace_stat`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_trace_fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) -> u32 {
+pub(crate) extern "C" fn df_trace_fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) -> u32 {
     if let Some(r) = record() {
         // SAFETY: as in `df_trace_stat`.
         unsafe {
@@ -150,7 +150,7 @@ pub extern "C" fn df_trace_fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip:
 ///
 /// [`fwd::flood::clone_redirect`]: crate::fwd::flood::clone_redirect
 #[inline(always)]
-pub fn send_mask() -> u32 {
+pub(crate) fn send_mask() -> u32 {
     // SAFETY: this CPU's slot, valid for this run.
     TRACE_RUN
         .get_ptr(0)

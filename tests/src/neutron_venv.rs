@@ -5,18 +5,18 @@
 
 /// The venv, relative to the workspace root: per checkout, because the driver is
 /// installed into it in editable mode (`pip install -e`), pointing at this checkout.
-pub const DIR: &str = "target/neutron-venv";
+pub(crate) const DIR: &str = "target/neutron-venv";
 
 /// Debian's Python 3.11 (the PATH one may be a pyenv build).
-pub const BASE_PYTHON: &str = "/usr/bin/python3";
+pub(crate) const BASE_PYTHON: &str = "/usr/bin/python3";
 
 /// The driver's package, relative to the workspace root.
-pub const PLUGIN_DIR: &str = "neutron-plugin";
+pub(crate) const PLUGIN_DIR: &str = "neutron-plugin";
 
 /// What is installed from PyPI, pinned: Neutron and neutron-lib as the driver requires
 /// them, the etcd client, and the test and lint tools (Neutron's unit-test bases need
 /// oslotest, WebTest and ddt, which its wheel does not pull in).
-pub const REQUIREMENTS: &[&str] = &[
+pub(crate) const REQUIREMENTS: &[&str] = &[
     "neutron==29.0.0",
     "neutron-lib==5.0.1",
     "etcd3gw==2.7.0",
@@ -30,4 +30,4 @@ pub const REQUIREMENTS: &[&str] = &[
 
 /// Written into the venv once everything is installed, holding [`REQUIREMENTS`]: setup
 /// skips the venv when it matches, and rebuilds it when the list changed.
-pub const STAMP: &str = "dragonflow-requirements.txt";
+pub(crate) const STAMP: &str = "dragonflow-requirements.txt";

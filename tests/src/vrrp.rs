@@ -20,8 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::framework::{hook::Hook, http::metric, netns::Netns, process::wait_until};
-use crate::harness::{Cloud, HvOpts, VmOpts, agent_has_flag};
+use crate::{
+    framework::{hook::Hook, http::metric, netns::Netns, process::wait_until},
+    harness::{Cloud, HvOpts, VmOpts, agent_has_flag},
+};
 
 /// The shared VIP.
 pub const VIP: &str = "192.0.2.100";

@@ -20,18 +20,24 @@
 //! What a VM did or did not receive is read from a tcpdump inside it; "did not" is decided
 //! after a fence: a later broadcast from the same sender reached the same VM, so an earlier
 //! frame would have too.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::{Duration, Instant};
 
-use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::{run, wait_until},
-    python::{PYTHON, python_command},
+use tests::{
+    fixtures::addresses::{ip_bytes, mac_bytes, unique},
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{run, wait_until},
+        python::{PYTHON, python_command},
+    },
+    harness::{Capture, Cloud, Frame, HvOpts, VmOpts, ping},
 };
-use tests::harness::{Capture, Cloud, Frame, HvOpts, VmOpts, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);

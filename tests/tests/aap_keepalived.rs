@@ -12,6 +12,10 @@
 //! "received none" is decided after a fence: once each client's ping to that holder's own
 //! address (the same path) has arrived, the VIP pings sent before it would have too.
 //! Failovers, claims and expiries are polled with deadlines, never slept for.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     process::Stdio,
@@ -20,13 +24,13 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::framework::{
-    http::{metric, metric_sum},
-    netns::Netns,
-    process::{run, wait_until},
-    python::python_command,
-};
 use tests::{
+    framework::{
+        http::{metric, metric_sum},
+        netns::Netns,
+        process::{run, wait_until},
+        python::python_command,
+    },
     harness::{Capture, Cloud, Hypervisor, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,

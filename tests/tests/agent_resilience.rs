@@ -3,6 +3,10 @@
 //! as it was and the agent resyncs afterwards; a tap with no known port is fail-closed;
 //! malformed northbound records are logged, counted and skipped. The hypervisor has no
 //! bridge: the traffic that must survive is switched by the datapath itself.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     fs,
@@ -11,11 +15,13 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::fixtures::vmctl_topo::{
-    A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted,
+use tests::{
+    fixtures::vmctl_topo::{
+        A, B, C, Ctl, Topo, VmSpec, counters, fence, probe, probe_via, wait_counted,
+    },
+    framework::{hook::Hook, http::metric_sum, process::wait_until},
+    harness::ping,
 };
-use tests::framework::{hook::Hook, http::metric_sum, process::wait_until};
-use tests::harness::ping;
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 

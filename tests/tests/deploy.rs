@@ -3,12 +3,20 @@
 //! dashboard's queries parsed by promtool too, the Kubernetes manifests with
 //! `kubernetes-validate --strict`, the systemd unit with `systemd-analyze verify`, and a
 //! live agent: its `/metrics` passes `promtool check metrics`, carries every metric the
-//! rules and the dashboard name, and it tells systemd READY=1 once it is synced.
+//! rules and the dashboard name, and it tells systemd READY=1 once it is synced; and the
+//! offline image build (`deploy/build-image.sh`) run end to end.
 //! `cargo xtask setup` installs the tools (tests/src/deploy_tools.rs). Every test is named
 //! `deploy_*`, so `cargo xtask test -p tests -- deploy` runs them all.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 #[path = "../src/deploy_tools.rs"]
-#[allow(dead_code)] // the constants only setup uses (the pins, the stamp)
+#[expect(
+    dead_code,
+    reason = "setup's constants (the pins, the stamp): this test needs fewer"
+)]
 mod deploy_tools;
 
 use std::{
@@ -384,6 +392,56 @@ fn deploy_live_agent_notifies_systemd_and_its_metrics_pass_promtool() {
         missing.is_empty(),
         "the rules or the dashboard use metrics the agent does not expose: {missing:?}"
     );
+}
+
+/// The offline image build (deploy/build-image.sh: debootstrap from the apt mirror, umoci,
+/// no registry) run end to end with this build's binaries: the archive is an OCI layout
+/// whose image has the agent as its entrypoint, and both binaries run inside the image's
+/// root filesystem (with the image's libc: a binary needing a newer glibc fails here).
+#[test]
+fn deploy_image_builds_offline_and_runs_the_agent() {
+    let dir = tempdir("image");
+    let archive = dir.join("dragonflow-agent.oci.tar");
+    let bin = agent_bin();
+    ok(Command::new("sh")
+        .arg(deploy("build-image.sh"))
+        .arg(&archive)
+        .arg("test")
+        .env("BIN_DIR", bin.parent().expect("bin dir"))
+        .env("TMPDIR", &dir.0));
+    let layout = dir.join("oci");
+    fs::create_dir_all(&layout).expect("layout dir");
+    ok(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout));
+    let index = fs::read_to_string(layout.join("index.json")).expect("index.json");
+    assert!(
+        index.contains("\"org.opencontainers.image.ref.name\":\"test\""),
+        "the layout names the tag: {index}"
+    );
+    let bundle = dir.join("bundle");
+    ok(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:test", layout.display()))
+        .arg(&bundle));
+    let config: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(bundle.join("config.json")).expect("bundle config.json"),
+    )
+    .expect("config.json is JSON");
+    assert_eq!(
+        config["process"]["args"][0], "/usr/local/bin/dragonflow-agent",
+        "the image's entrypoint: {config}"
+    );
+    let rootfs = bundle.join("rootfs");
+    for (tool, name) in [("dragonflow-agent", "dragonflow-agent"), ("dfctl", "dfctl")] {
+        let out = ok(Command::new("chroot")
+            .arg(&rootfs)
+            .arg(format!("/usr/local/bin/{tool}"))
+            .arg("--version"));
+        assert!(out.contains(name), "{tool} --version in the image: {out}");
+    }
 }
 
 /// A fresh directory under the system temp dir, removed on drop (also when the test

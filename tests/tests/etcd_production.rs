@@ -2,6 +2,10 @@
 //! three-member cluster (Debian's etcd, free loopback ports, temp data dirs) whose leader
 //! dies and whose quorum is lost and restored, and against an etcd requiring TLS client
 //! certificates and user/password authentication.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     os::unix::fs::PermissionsExt,

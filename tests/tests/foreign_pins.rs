@@ -4,15 +4,19 @@
 //! hook of a tap carries exactly one program of this project, the new agent's, which
 //! enforces changes made after the restart; a device the new agent would not otherwise
 //! manage is taken over too (fail closed), never left running a frozen program.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{path::Path, time::Duration};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use dragonflow_agent::datapath::sys;
 use serde_json::json;
-use tests::fixtures::vmctl_topo::{A, B, Topo, probe};
-use tests::framework::{
-    hook::Hook, http::metric_sum, netns::Netns, pin::Bpffs, process::wait_until,
+use tests::{
+    fixtures::vmctl_topo::{A, B, Topo, probe},
+    framework::{hook::Hook, http::metric_sum, netns::Netns, pin::Bpffs, process::wait_until},
 };
 
 /// This project's programs on `ifname`'s tcx ingress and XDP hook: (hook, name, id).

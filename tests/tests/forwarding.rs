@@ -18,22 +18,26 @@
 //! What a VM did or did not receive is read from a tcpdump inside its namespace
 //! ([`Capture`]); "did not" is decided after a fence: a later frame over the same or a
 //! longer path has arrived, so the earlier one would have too. No fixed sleeps.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
-use tests::fixtures::addresses::{ip_bytes, mac_bytes, unique};
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::{run, wait_until},
-    python::python_command,
-};
-use tests::harness::{
-    Capture, Cloud, Frame, HvOpts, Hypervisor, VmOpts, agent_has_flag, iperf3, ping,
+use tests::{
+    fixtures::addresses::{ip_bytes, mac_bytes, unique},
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{run, wait_until},
+        python::python_command,
+    },
+    harness::{Capture, Cloud, Frame, HvOpts, Hypervisor, VmOpts, agent_has_flag, iperf3, ping},
 };
 
 const READY: Duration = Duration::from_secs(30);

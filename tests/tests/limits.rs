@@ -21,11 +21,17 @@
 //!
 //! Every count is taken after a fence (a later frame over the same path, waited for),
 //! never after a sleep.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::{Duration, Instant};
 
-use tests::framework::{hook::Hook, http::metric, process::wait_until, python::python};
-use tests::harness::{Capture, Cloud, HvOpts, VmOpts, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, process::wait_until, python::python},
+    harness::{Capture, Cloud, HvOpts, VmOpts, ping},
+};
 
 const READY: Duration = Duration::from_secs(30);
 const COUNT: Duration = Duration::from_secs(10);

@@ -16,12 +16,18 @@
 //! frame. Once the need fits again, `/healthz` is ok, one line says so, and the waiting
 //! port gets its entries. A restart asking for another capacity adopts the pinned map
 //! with the capacity it has, and says so.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::framework::{hook::Hook, http::metric, process::wait_until, python::python};
-use tests::harness::{Cloud, HvOpts, VmOpts, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, process::wait_until, python::python},
+    harness::{Cloud, HvOpts, VmOpts, ping},
+};
 
 /// The agent started, the NB read, taps attached.
 const READY: Duration = Duration::from_secs(30);

@@ -4,24 +4,32 @@
 //! simulated hypervisors; real agents in namespaces enforce them; the VMs ping each other
 //! across the chassis and through the router; a spoofed packet is dropped; an allowed address pair added through Neutron's API starts passing;
 //! the ports turn ACTIVE in Neutron through the agents' `portstatus/` records.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
-// Constants shared with xtask's setup; this test needs only the venv's place.
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "constants shared with xtask's setup: this test needs the venv's place"
+)]
 #[path = "../src/neutron_venv.rs"]
 mod neutron_venv;
 
 use serde_json::{Value, json};
-use tests::framework::{
-    hook::Hook,
-    process::{poll_until, wait_until},
-    python::{JsonChild, script},
+use tests::{
+    framework::{
+        hook::Hook,
+        process::{poll_until, wait_until},
+        python::{JsonChild, script},
+    },
+    harness::{Cloud, HvOpts, VmOpts, ping},
 };
-use tests::harness::{Cloud, HvOpts, VmOpts, ping};
 
 /// Neutron's setUp loads the plugin and its extensions: seconds on a loaded machine.
 const NEUTRON_CALL: Duration = Duration::from_secs(120);

@@ -7,8 +7,15 @@
 //!
 //! The outage test in Python stops and starts this etcd: it drops a file `stop` or
 //! `start` into a control directory, and a thread here does it and removes the file.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
-#[allow(dead_code)] // the constants only setup uses (the pins, the stamp)
+#[expect(
+    dead_code,
+    reason = "setup's constants (the pins, the stamp): this test needs fewer"
+)]
 #[path = "../src/neutron_venv.rs"]
 mod neutron_venv;
 

@@ -17,21 +17,26 @@
 //! `allow-all` (tests::fixtures::vmctl_topo::ALLOW_ALL): the legitimate frames here include sources no group
 //! would list (link-locals, 0.0.0.0, a port without port security), and the verdicts
 //! asserted are port security's. security_groups.rs tests the groups themselves.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::fixtures::vmctl_topo::{
-    A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
-    link_local, probe, wait_counted,
+use tests::{
+    fixtures::vmctl_topo::{
+        A, AGENT_URL, ALLOW_ALL, B, C, Ctl, FOREIGN_MAC, Topo, VRRP_MAC, VlanPush, counters, fence,
+        link_local, probe, wait_counted,
+    },
+    framework::{
+        hook::Hook,
+        http::metric_sum,
+        process::{dfctl_bin, poll_until, wait_for, wait_until},
+    },
+    harness::ping,
 };
-use tests::framework::process::poll_until;
-use tests::framework::{
-    hook::Hook,
-    http::metric_sum,
-    process::{dfctl_bin, wait_for, wait_until},
-};
-use tests::harness::ping;
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -5,13 +5,19 @@
 //!
 //! The Neutron driver's side (reading these records, ACTIVE/DOWN) is tested under
 //! Neutron's test base (neutron_plugin.rs).
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::fixtures::vmctl_topo::{A, B, Topo};
-use tests::framework::{hook::Hook, process::wait_for};
-use tests::harness::ping;
+use tests::{
+    fixtures::vmctl_topo::{A, B, Topo},
+    framework::{hook::Hook, process::wait_for},
+    harness::ping,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

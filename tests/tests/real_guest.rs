@@ -17,20 +17,24 @@
 //! and leaves checksums to offload); a spoofed source dropped, then allowed once it is a
 //! live AAP; a GARP event; a VIP failover between the guest and a namespace VM; no
 //! `redirect_failed` from boot on.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use tests::framework::{
-    hook::Hook,
-    http::{metric, metric_sum},
-    netns::Netns,
-    process::{wait_for, wait_until},
-    python::python_command,
-};
 use tests::{
+    framework::{
+        hook::Hook,
+        http::{metric, metric_sum},
+        netns::Netns,
+        process::{wait_for, wait_until},
+        python::python_command,
+    },
     guest::{Guest, GuestSpec},
     harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping},
 };

@@ -5,12 +5,18 @@
 //! to the peer and answered (the reply redirected back into the tun device), spoofs
 //! dropped and counted. Before the process opens the tap, flood copies into it are
 //! refused by the device and counted as `dest_refused`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::fixtures::vmctl_topo::{A, B, Topo, counters, wait_counted};
-use tests::framework::{hook::Hook, process::run, python::python_command};
+use tests::{
+    fixtures::vmctl_topo::{A, B, Topo, counters, wait_counted},
+    framework::{hook::Hook, process::run, python::python_command},
+};
 
 const TAP: &str = "taprt";
 const MAC: &str = "fa:16:3e:00:00:0f";

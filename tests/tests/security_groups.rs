@@ -21,6 +21,10 @@
 //! Each VM runs `tests/scripts/sgctl.py`, which serves TCP 8080 (echo), UDP 8081 (echo),
 //! TCP 9999 (echo: a port no rule opens, so a refused connection is the datapath's, not a
 //! closed port) and TCP 5001 (counts a bulk stream), and opens client flows on request.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     thread,
@@ -28,16 +32,17 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::fixtures::addresses::unique;
-use tests::framework::process::poll_until;
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::wait_until,
-    python::{JsonChild, python_command},
+use tests::{
+    fixtures::addresses::unique,
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{poll_until, wait_until},
+        python::{JsonChild, python_command},
+    },
+    harness::{Capture, Cloud, HvOpts, Hypervisor, VmOpts, ping},
 };
-use tests::harness::{Capture, Cloud, HvOpts, Hypervisor, VmOpts, ping};
 
 /// Chassis known, taps attached, first rules in place.
 const READY: Duration = Duration::from_secs(30);
@@ -348,7 +353,10 @@ impl Sg {
     /// chassis in that direction and not in the other, and, after `fence`, `arrived` says
     /// nothing came through.
     #[track_caller]
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one denial case: who, which way, how often, and the three steps that send, fence and look"
+    )]
     fn denied(
         &self,
         what: &str,

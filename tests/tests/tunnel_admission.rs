@@ -11,18 +11,24 @@
 //! What a1 received is read from a tcpdump in its namespace; "did not receive" is decided
 //! once hv1 counted the frame as dropped (the drop and a delivery are the same program
 //! run) and a later legitimate frame from a2 arrived. No fixed sleeps.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::time::{Duration, Instant};
 
-use tests::fixtures::addresses::unique;
-use tests::framework::{
-    hook::Hook,
-    http::metric,
-    netns::Netns,
-    process::{cmd, run, wait_until},
-    python::python_command,
+use tests::{
+    fixtures::addresses::unique,
+    framework::{
+        hook::Hook,
+        http::metric,
+        netns::Netns,
+        process::{cmd, run, wait_until},
+        python::python_command,
+    },
+    harness::{Capture, Cloud, HvOpts, VmOpts, agent_has_flag, ping},
 };
-use tests::harness::{Capture, Cloud, HvOpts, VmOpts, agent_has_flag, ping};
 
 const READY: Duration = Duration::from_secs(30);
 const FENCE: Duration = Duration::from_secs(5);

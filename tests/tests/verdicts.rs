@@ -15,6 +15,10 @@
 //! either hook a frame shorter than an Ethernet header, and BPF_PROG_TEST_RUN refuses one
 //! too (also for XDP when the first bytes are declared metadata: the packet after them
 //! must still be >= 14 bytes, checked on 6.18), so that check exists for the verifier only.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use dragonflow_common::{
     addr::{
@@ -25,17 +29,14 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
-use tests::fixtures::addresses::pad4;
-use tests::framework::{
-    hook::Hook,
-    netns::{EnterNetns, send_raw},
-};
-use tests::verdict::{self, Coverage, covered_elsewhere};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{
-        Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action,
+    fixtures::{addresses::pad4, frames::*},
+    framework::{
+        hook::Hook,
+        netns::{EnterNetns, send_raw},
+        test_run::{Datapath, LO_IFINDEX, LoadOptions, drop_action, from_vm_prog, pass_action},
     },
+    verdict::{self, Coverage, covered_elsewhere},
 };
 
 const IF: u32 = LO_IFINDEX;
@@ -1557,9 +1558,10 @@ fn garp_ring_full_both_hooks() {
 /// count proves the tag really sat in metadata.)
 #[test]
 fn vlan_tag_in_skb_metadata_tc_and_guard() {
+    use std::time::Duration;
+
     use aya::programs::{SchedClassifier, tc::TcAttachType};
     use dragonflow_common::maps::progs;
-    use std::time::Duration;
     use tests::framework::{
         netns::Netns,
         process::{unique_prefix, wait_until},

@@ -17,6 +17,10 @@
 //! cannot give; `tests/aap_broadcast.rs` covers it end to end, and
 //! [`detection_way_from_the_tunnel`] runs `df_from_tunnel` on a real VXLAN device for the
 //! detection way's readdressing.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -35,17 +39,19 @@ use dragonflow_common::{
     maps::{self as names, PROG_AAP_GROUP, progs},
     verdict::{Direction, DropReason, PassPath, Stat},
 };
-use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::{
-    hook::Hook,
-    netns::Netns,
-    process::{unique_prefix, wait_until},
-};
-use tests::verdict::{self, Coverage, slot};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, actions},
+    fixtures::{
+        addresses::{hex, neigh4, neigh6, pad4},
+        frames::*,
+        seeding::SecuredPort,
+    },
+    framework::{
+        hook::Hook,
+        netns::Netns,
+        process::{unique_prefix, wait_until},
+        test_run::{Datapath, LO_IFINDEX, actions},
+    },
+    verdict::{self, Coverage, slot},
 };
 
 const IF: u32 = LO_IFINDEX;

@@ -10,6 +10,10 @@
 //! to its tcx companion `df_from_vm_tc`, which decides. For the XDP hook each such case
 //! therefore checks the hand-off and then runs the TC program on the untouched frame, as
 //! the kernel does on a tap with both attached: the outcome of the XDP deployment.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
@@ -19,13 +23,17 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat},
 };
-use tests::fixtures::addresses::{hex, neigh4, neigh6, pad4};
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::hook::Hook;
-use tests::verdict::{self, Coverage, covered_by};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, actions},
+    fixtures::{
+        addresses::{hex, neigh4, neigh6, pad4},
+        frames::*,
+        seeding::SecuredPort,
+    },
+    framework::{
+        hook::Hook,
+        test_run::{Datapath, LO_IFINDEX, actions},
+    },
+    verdict::{self, Coverage, covered_by},
 };
 
 const IF: u32 = LO_IFINDEX;

@@ -13,6 +13,10 @@
 //!   new flows dropped as `ct_port_quota`, while its established flows and another port's
 //!   new flows pass; what the agent's collector frees (entry deleted, `freed` counted)
 //!   makes room again, and an entry the datapath deletes itself (revalidation) is counted.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::collections::BTreeSet;
 
@@ -26,13 +30,15 @@ use dragonflow_common::{
     sg::{CT_F_COUNTED, CT_ORIGIN_EGRESS, DIR_EGRESS, IDENT_ANY_V4},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
-use tests::fixtures::addresses::pad4;
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
-use tests::verdict::{self, Coverage};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    fixtures::{addresses::pad4, frames::*, seeding::SecuredPort},
+    framework::{
+        hook::Hook,
+        netns::Netns,
+        process::unique_prefix,
+        test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    },
+    verdict::{self, Coverage},
 };
 
 const NET: u32 = 42;
@@ -115,7 +121,10 @@ fn seed(dp: &mut Datapath, n: &Net, flags: u32, limits: Limits) {
 
 /// Runs `frame` from `ifindex` on `hook`: the action and the slots that moved must be
 /// `act` and `want`; records the drop reasons seen.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one verdict case: the frame, where it enters, and what must happen; read as a table at the call sites"
+)]
 fn expect(
     dp: &Datapath,
     hook: Hook,

@@ -18,6 +18,10 @@
 //! `to_vm` the receiver's ingress judgement; `from_tunnel` the tunnel program's outcome).
 //! An ingress drop is counted once, under `to_vm`. Where the state itself matters
 //! (TCP states, revalidated entries) the conntrack entries are read back too.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     net::UdpSocket,
@@ -39,17 +43,15 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, EventStat, PassPath, Stat},
 };
-use tests::fixtures::addresses::pad4;
-use tests::fixtures::seeding::SecuredPort;
-use tests::framework::{
-    hook::Hook,
-    netns::Netns,
-    process::{unique_prefix, wait_until},
-};
-use tests::verdict::{Coverage, covered_by, moved, names, slot};
 use tests::{
-    fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    fixtures::{addresses::pad4, frames::*, seeding::SecuredPort},
+    framework::{
+        hook::Hook,
+        netns::Netns,
+        process::{unique_prefix, wait_until},
+        test_run::{Datapath, LO_IFINDEX, Ports, actions, from_vm_prog, policy_key},
+    },
+    verdict::{Coverage, covered_by, moved, names, slot},
 };
 
 const NET: u32 = 42;

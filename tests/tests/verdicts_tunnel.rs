@@ -18,6 +18,10 @@
 //! Local port B (network 42) is `tapb`, a veth: a row delivers when `tapb` transmits. Each
 //! row: sender, VNI, inner frame, the one `from_tunnel` counter that must move (and
 //! nothing else), delivered or not.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     net::UdpSocket,
@@ -31,9 +35,11 @@ use dragonflow_common::{
     },
     verdict::{Direction, DropReason, PassPath, Stat, stat_index},
 };
-use tests::framework::{hook::Hook, netns::Netns, process::unique_prefix};
-use tests::verdict::{Coverage, covered_by, moved, names};
-use tests::{fixtures::frames::*, framework::test_run::Datapath};
+use tests::{
+    fixtures::frames::*,
+    framework::{hook::Hook, netns::Netns, process::unique_prefix, test_run::Datapath},
+    verdict::{Coverage, covered_by, moved, names},
+};
 
 const NET: u32 = 42;
 const OTHER_NET: u32 = 43;

@@ -25,8 +25,8 @@ use crate::{
 };
 
 /// Where the lists live, relative to the workspace root.
-pub const BASE_IMAGE: &str = ".ci/base-image.tsv";
-pub const DEV_PACKAGES: &str = ".ci/dev-packages";
+pub(crate) const BASE_IMAGE: &str = ".ci/base-image.tsv";
+pub(crate) const DEV_PACKAGES: &str = ".ci/dev-packages";
 
 const HINT: &str = "add it to setup (xtask/src/setup.rs) if the build, tests, demo or \
                     benchmarks need it, or list it in .ci/dev-packages with the reason it \
@@ -34,7 +34,7 @@ const HINT: &str = "add it to setup (xtask/src/setup.rs) if the build, tests, de
 
 /// The reviewed hand-installed tools, split by kind.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct DevList {
+pub(crate) struct DevList {
     pub apt: BTreeSet<String>,
     pub cargo: BTreeSet<String>,
 }
@@ -42,14 +42,14 @@ pub struct DevList {
 /// What the audit found: hand-installed packages nobody accounted for, and list entries
 /// that contradict each other (a dev package that setup installs anyway).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub unlisted_apt: Vec<String>,
     pub unlisted_cargo: Vec<String>,
     pub dev_also_in_setup: Vec<String>,
 }
 
 impl Verdict {
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.unlisted_apt.is_empty()
             && self.unlisted_cargo.is_empty()
             && self.dev_also_in_setup.is_empty()
@@ -57,7 +57,7 @@ impl Verdict {
 }
 
 /// The inputs, as text, exactly as the files and commands give them.
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     /// The fresh machine's package list (TSV).
     pub base_image: &'a str,
     /// `apt-mark showmanual`.
@@ -77,7 +77,7 @@ fn package_name(s: &str) -> &str {
 }
 
 /// The `apt` rows of the base image list.
-pub fn parse_base_image(tsv: &str) -> BTreeSet<String> {
+pub(crate) fn parse_base_image(tsv: &str) -> BTreeSet<String> {
     tsv.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -93,7 +93,7 @@ pub fn parse_base_image(tsv: &str) -> BTreeSet<String> {
 }
 
 /// `.ci/dev-packages`: one package a line with a `# reason`; `cargo:NAME` for crates.
-pub fn parse_dev_list(text: &str) -> Result<DevList> {
+pub(crate) fn parse_dev_list(text: &str) -> Result<DevList> {
     let mut dev = DevList::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -122,7 +122,7 @@ pub fn parse_dev_list(text: &str) -> Result<DevList> {
 
 /// Crate names of `cargo install --list` (`name vX.Y.Z:` or `name vX (source):` lines; the
 /// indented lines under them are the binaries).
-pub fn parse_cargo_installed(list: &str) -> BTreeSet<String> {
+pub(crate) fn parse_cargo_installed(list: &str) -> BTreeSet<String> {
     list.lines()
         .filter(|l| !l.starts_with(char::is_whitespace) && l.trim_end().ends_with(':'))
         .filter_map(|l| l.split_whitespace().next())
@@ -131,7 +131,7 @@ pub fn parse_cargo_installed(list: &str) -> BTreeSet<String> {
 }
 
 /// The verdict: base + setup + dev lists against what the machine has by hand.
-pub fn audit(i: &Inputs<'_>) -> Verdict {
+pub(crate) fn audit(i: &Inputs<'_>) -> Verdict {
     let base = parse_base_image(i.base_image);
     let setup_apt: BTreeSet<&str> = i.setup_apt.iter().copied().collect();
     let setup_cargo: BTreeSet<&str> = i.setup_cargo.iter().copied().collect();
@@ -170,7 +170,7 @@ pub fn audit(i: &Inputs<'_>) -> Verdict {
 }
 
 /// Runs the audit on this machine; fails naming what nobody accounted for.
-pub fn run(base_image: Option<&Path>) -> Result<()> {
+pub(crate) fn run(base_image: Option<&Path>) -> Result<()> {
     run::step("audit: packages installed by hand vs the fresh machine and setup");
     let root = run::root();
     let base_path = base_image

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// One crate's rule: its layers lowest first, and those whose modules stay apart.
-pub struct Rule {
+pub(crate) struct Rule {
     pub name: &'static str,
     /// The crate root (holds the table) relative to the workspace.
     pub root: &'static str,
@@ -29,7 +29,7 @@ pub struct Rule {
     pub isolated: &'static [&'static str],
 }
 
-pub const RULES: &[Rule] = &[
+pub(crate) const RULES: &[Rule] = &[
     Rule {
         name: "dragonflow-agent",
         root: "dragonflow-agent/src/lib.rs",
@@ -45,7 +45,7 @@ pub const RULES: &[Rule] = &[
 ];
 
 /// Checks every rule under the workspace `root`; the error lists every finding.
-pub fn check(root: &Path) -> Result<()> {
+pub(crate) fn check(root: &Path) -> Result<()> {
     let mut findings = Vec::new();
     for rule in RULES {
         let crate_root = root.join(rule.root);
@@ -79,7 +79,7 @@ pub fn check(root: &Path) -> Result<()> {
 }
 
 /// `module path → layer` from the table between the markers.
-pub fn parse_table(text: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn parse_table(text: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let mut inside = false;
     for line in text.lines() {
@@ -137,7 +137,7 @@ fn collect(src: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(
 }
 
 /// The findings for one crate's sources (module path, text).
-pub fn judge(
+pub(crate) fn judge(
     rule: &Rule,
     table: &BTreeMap<String, String>,
     sources: &[(String, String)],
@@ -221,7 +221,7 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
 }
 
 /// The crate module paths `text` (the source of `module`) refers to.
-pub fn imports(module: &str, text: &str) -> BTreeSet<String> {
+pub(crate) fn imports(module: &str, text: &str) -> BTreeSet<String> {
     let code = strip(text);
     let mut out = BTreeSet::new();
     let bytes = code.as_bytes();

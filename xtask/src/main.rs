@@ -4,6 +4,7 @@
 //!   what is missing, `--list` prints what it installs
 //! - `audit`  fail on packages installed by hand that setup does not install (CI, first)
 //! - `build`  release build of the agent with the embedded eBPF object
+//! - `fmt`    rustfmt over the workspace with nightly rustfmt (`--check`: only check)
 //! - `clippy` fmt check, host clippy and bpfel clippy, all with `-D warnings`
 //! - `test`   setup, then every test of the workspace (unit, BPF_PROG_TEST_RUN, netns)
 //! - `demo`   setup, then the live demo (two hypervisors over VXLAN, a router, AAPs)
@@ -56,8 +57,15 @@ enum Cmd {
     },
     /// Check the setup, then `cargo build --release` of the agent (embeds the eBPF object).
     Build,
-    /// `cargo fmt --check`, the layer check, clippy for the host crates and for the bpfel
-    /// eBPF crate.
+    /// Format the workspace: `cargo +nightly fmt --all` (rustfmt.toml groups and merges
+    /// imports, which only nightly rustfmt does).
+    Fmt {
+        /// Only check: fail, showing the diff, when a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+    /// `cargo xtask fmt --check`, the layer check, clippy for the host crates and for the
+    /// bpfel eBPF crate.
     Clippy,
     /// Only the layer check (the agent's and the eBPF crate's import rule).
     Layers,
@@ -109,6 +117,7 @@ fn main() -> ExitCode {
         Cmd::Setup { .. } => setup::setup(),
         Cmd::Audit { base_image } => audit::run(base_image.as_deref()),
         Cmd::Build => build(),
+        Cmd::Fmt { check } => fmt(check),
         Cmd::Clippy => clippy(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { duration, hook } => demo(duration, hook),
@@ -160,13 +169,32 @@ fn man(out: &std::path::Path) -> Result<()> {
     run::run(&mut c)
 }
 
+/// rustfmt.toml uses two unstable options (`group_imports`, `imports_granularity`): stable
+/// rustfmt ignores them with a warning per file and formats differently, so the project's
+/// formatter is nightly rustfmt (setup makes sure rustup has it; docs/TOOLCHAIN.md). Nothing
+/// is compiled with nightly.
+fn fmt_command(check: bool) -> Command {
+    let mut c = run::cargo();
+    c.args(["+nightly", "fmt", "--all"]);
+    if check {
+        c.arg("--check");
+    }
+    c
+}
+
+fn fmt(check: bool) -> Result<()> {
+    run::step(if check {
+        "fmt: check (nightly rustfmt)"
+    } else {
+        "fmt: nightly rustfmt"
+    });
+    run::run(&mut fmt_command(check))
+}
+
 fn clippy() -> Result<()> {
     // `--workspace` minus the eBPF crate: it is a no_std binary for bpfel-unknown-none and
     // built for the host fails ("duplicate lang item panic_impl"); it gets its own run.
-    let mut steps: Vec<(&str, Command)> = Vec::new();
-    let mut fmt = run::cargo();
-    fmt.args(["fmt", "--all", "--check"]);
-    steps.push(("rustfmt", fmt));
+    let mut steps: Vec<(&str, Command)> = vec![("rustfmt (nightly, check)", fmt_command(true))];
     let mut host = run::cargo();
     host.args([
         "clippy",

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (xtask lives one level below it).
-pub fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,14 +25,14 @@ pub fn root() -> &'static Path {
 
 /// `cargo` as found on PATH: rustup's proxy when rustup is installed, so `cargo +/usr …`
 /// works. (`$CARGO` is the toolchain's own cargo, which does not understand `+toolchain`.)
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root());
     c
 }
 
 /// The command line as a shell would take it, with the environment it sets explicitly.
-pub fn display(c: &Command) -> String {
+pub(crate) fn display(c: &Command) -> String {
     let mut s = String::new();
     for (k, v) in c.get_envs() {
         if let Some(v) = v {
@@ -64,12 +64,12 @@ fn quote(s: &OsStr) -> String {
     }
 }
 
-pub const BOLD: &str = "1";
-pub const RED: &str = "31";
-pub const CYAN: &str = "36";
+pub(crate) const BOLD: &str = "1";
+pub(crate) const RED: &str = "31";
+pub(crate) const CYAN: &str = "36";
 
 /// `text` in an ANSI style when stderr is a terminal (and NO_COLOR is unset).
-pub fn paint(style: &str, text: &str) -> String {
+pub(crate) fn paint(style: &str, text: &str) -> String {
     static COLOR: OnceLock<bool> = OnceLock::new();
     let color = *COLOR.get_or_init(|| {
         // SAFETY: isatty only inspects the descriptor.
@@ -83,17 +83,17 @@ pub fn paint(style: &str, text: &str) -> String {
 }
 
 /// Prints a step heading.
-pub fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     eprintln!("{}", paint(BOLD, &format!("==> {what}")));
 }
 
 /// Prints the command about to run.
-pub fn show(c: &Command) {
+pub(crate) fn show(c: &Command) {
     eprintln!("{}", paint(CYAN, &format!("$ {}", display(c))));
 }
 
 /// Shows the command, runs it with inherited stdio and returns its status.
-pub fn status(c: &mut Command) -> Result<ExitStatus> {
+pub(crate) fn status(c: &mut Command) -> Result<ExitStatus> {
     show(c);
     let start = Instant::now();
     let st = c.status().map_err(|e| spawn_error(c, e))?;
@@ -105,7 +105,7 @@ pub fn status(c: &mut Command) -> Result<ExitStatus> {
 }
 
 /// Shows the command and runs it; a non-zero exit is an error.
-pub fn run(c: &mut Command) -> Result<()> {
+pub(crate) fn run(c: &mut Command) -> Result<()> {
     let st = status(c)?;
     if !st.success() {
         bail!("`{}` failed ({st})", display(c));
@@ -115,7 +115,7 @@ pub fn run(c: &mut Command) -> Result<()> {
 
 /// Runs a read-only probe silently and returns (success, stdout). Not shown: probes change
 /// nothing. A missing program is `Ok((false, ""))`.
-pub fn probe(c: &mut Command) -> Result<(bool, String)> {
+pub(crate) fn probe(c: &mut Command) -> Result<(bool, String)> {
     c.stdin(Stdio::null()).stderr(Stdio::null());
     match c.output() {
         Ok(o) => Ok((
@@ -128,7 +128,7 @@ pub fn probe(c: &mut Command) -> Result<(bool, String)> {
 }
 
 /// Whether a program is on PATH (or is an existing path).
-pub fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     if program.contains('/') {
         return Path::new(program).is_file();
     }

@@ -22,6 +22,10 @@ use crate::run::{self, have, probe};
 
 /// The guest kernel's package and cache paths, shared with the tests that boot it.
 #[path = "../../tests/src/guest_kernel.rs"]
+#[expect(
+    unreachable_pub,
+    reason = "the tests crate exports this module (`tests::guest_kernel`), so its items are `pub`"
+)]
 mod guest_kernel;
 
 /// The Neutron driver's venv, shared with the test that runs the driver's tests in it.
@@ -133,6 +137,14 @@ const TOOLS: &[Pkg] = &[
         why: "the venv Neutron and the Neutron driver's tests run in (`target/neutron-venv`)",
     },
     Pkg {
+        name: "debootstrap",
+        why: "the offline image build (deploy/build-image.sh): a Debian root filesystem from the apt mirror",
+    },
+    Pkg {
+        name: "umoci",
+        why: "the offline image build: the OCI image layout made from that root filesystem",
+    },
+    Pkg {
         name: "busybox-static",
         why: "the real guest's userland (sh, nc, md5sum) in the initramfs the tests build",
     },
@@ -140,21 +152,22 @@ const TOOLS: &[Pkg] = &[
 
 /// Every apt package setup installs: the one list that setup, `setup --check`, the
 /// fresh-machine audit (`cargo xtask audit`) and the README's table (`setup --list`) read.
-pub fn apt_packages() -> Vec<&'static str> {
+pub(crate) fn apt_packages() -> Vec<&'static str> {
     TOOLCHAIN.iter().chain(TOOLS).map(|p| p.name).collect()
 }
 
 /// Crates setup `cargo install`s (the audit reads this too).
-pub const CARGO_INSTALLS: &[&str] = &["bpf-linker"];
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub(crate) const CARGO_INSTALLS: &[&str] = &["bpf-linker"];
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// What a check found missing.
 #[derive(Default)]
-pub struct Missing {
+pub(crate) struct Missing {
     packages: Vec<&'static str>,
     bpf_linker: Option<String>,
     rustup: Option<String>,
+    nightly_rustfmt: Option<String>,
     guest_kernel: Option<String>,
 }
 
@@ -163,13 +176,14 @@ impl Missing {
         self.packages.is_empty()
             && self.bpf_linker.is_none()
             && self.rustup.is_none()
+            && self.nightly_rustfmt.is_none()
             && self.guest_kernel.is_none()
     }
 }
 
 /// Read-only check, used by `cargo xtask build` and `cargo xtask setup --check` (for
 /// people who cannot run apt as root): errors naming what is missing and how to get it.
-pub fn check() -> Result<()> {
+pub(crate) fn check() -> Result<()> {
     let m = find_missing()?;
     if m.is_empty() {
         eprintln!(
@@ -194,6 +208,7 @@ pub fn check() -> Result<()> {
     }
     lines.extend(m.bpf_linker.clone());
     lines.extend(m.rustup.clone());
+    lines.extend(m.nightly_rustfmt.clone());
     lines.extend(m.guest_kernel.clone());
     let toolchain: Vec<&str> = TOOLCHAIN
         .iter()
@@ -220,6 +235,9 @@ pub fn check() -> Result<()> {
             "LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --version \
              {BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22"
         ));
+    }
+    if m.nightly_rustfmt.is_some() {
+        fix.push(NIGHTLY_RUSTFMT_INSTALL.join(" "));
     }
     if m.guest_kernel.is_some() {
         fix.push(format!(
@@ -252,6 +270,9 @@ fn find_missing() -> Result<Missing> {
         None => m.bpf_linker = Some("bpf-linker is not on PATH".into()),
     }
     m.rustup = rustup_problem();
+    if m.rustup.is_none() && !nightly_rustfmt_present() {
+        m.nightly_rustfmt = Some("nightly rustfmt is missing (`cargo xtask fmt`)".into());
+    }
     if guest_kernel_present().is_none() {
         m.guest_kernel = Some(format!(
             "no guest kernel unpacked in {}/{} (the real-VM tests boot it)",
@@ -262,7 +283,7 @@ fn find_missing() -> Result<Missing> {
     Ok(m)
 }
 
-pub fn setup() -> Result<()> {
+pub(crate) fn setup() -> Result<()> {
     run::step("setup: checking the machine");
     if !Path::new("/etc/debian_version").exists() {
         bail!("`cargo xtask setup` supports Debian 12 only (no /etc/debian_version here)");
@@ -299,6 +320,7 @@ pub fn setup() -> Result<()> {
         bail!("{problem}");
     }
 
+    ensure_nightly_rustfmt()?;
     ensure_bpf_linker()?;
     ensure_guest_kernel()?;
     ensure_neutron_venv()?;
@@ -445,6 +467,36 @@ fn rustup_problem() -> Option<String> {
         );
     }
     None
+}
+
+/// rustup installing nightly's rustfmt (only that component: `--profile minimal` brings
+/// rustc, cargo and rust-std, which `cargo +nightly fmt` needs to run).
+const NIGHTLY_RUSTFMT_INSTALL: &[&str] = &[
+    "rustup",
+    "toolchain",
+    "install",
+    "nightly",
+    "--profile",
+    "minimal",
+    "--component",
+    "rustfmt",
+];
+
+/// rustfmt.toml's import grouping is unstable: the project formats with nightly rustfmt
+/// (`cargo xtask fmt`, docs/TOOLCHAIN.md). Nothing is compiled with nightly.
+fn nightly_rustfmt_present() -> bool {
+    probe(Command::new("rustup").args(["run", "nightly", "rustfmt", "--version"]))
+        .is_ok_and(|(ok, _)| ok)
+}
+
+fn ensure_nightly_rustfmt() -> Result<()> {
+    if nightly_rustfmt_present() {
+        eprintln!("nightly rustfmt is installed");
+        return Ok(());
+    }
+    eprintln!("nightly rustfmt missing: installing it with rustup");
+    let (program, args) = NIGHTLY_RUSTFMT_INSTALL.split_first().expect("not empty");
+    run::run(Command::new(program).args(args))
 }
 
 fn bpf_linker_version() -> Option<String> {
@@ -787,7 +839,7 @@ fn require_root(to: &str) -> Result<()> {
 
 /// The README's table of what setup installs, generated from the lists above
 /// (`cargo xtask setup --list`); a unit test keeps the README equal to it.
-pub fn packages_table() -> String {
+pub(crate) fn packages_table() -> String {
     let mut t = String::from("| package | installed for |\n|---|---|\n");
     for p in TOOLCHAIN.iter().chain(TOOLS) {
         t.push_str(&format!("| `{}` | {} |\n", p.name, p.why));

@@ -22,7 +22,7 @@ const NETNS_DIR: &str = "/run/netns";
 const NETNS_PREFIX: &str = "dft";
 const BPFFS_PREFIX: &str = "/run/dragonflow-test";
 
-pub fn sweep(when: &str) -> Result<()> {
+pub(crate) fn sweep(when: &str) -> Result<()> {
     let live = live_test_pids();
     let mut removed = 0;
 

@@ -10,14 +10,6 @@ use std::{
 
 use clap::Parser;
 
-use crate::{
-    config::FILLED,
-    nb::{
-        AapMode, DEFAULT_PREFIX,
-        etcd::{EtcdArgs, EtcdFile},
-    },
-};
-
 use super::{
     Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CLAIM_BACKOFF_MS, DEFAULT_CT_GC_INTERVAL_S,
     DEFAULT_CT_PORT_QUOTA, DEFAULT_ETCD, DEFAULT_FLOOD_BURST, DEFAULT_FLOOD_RATE,
@@ -25,6 +17,13 @@ use super::{
     DEFAULT_PROBE_INTERVAL_MS, DEFAULT_PROBE_MISSES, DEFAULT_STATE_DIR, DEFAULT_TAP_PREFIX,
     DEFAULT_TUNNEL_DEV, Hook, MAX_MAP_CAPACITY, XdpMode,
     file::{EndpointList, FileConfig, read_file},
+};
+use crate::{
+    config::FILLED,
+    nb::{
+        AapMode, DEFAULT_PREFIX,
+        etcd::{EtcdArgs, EtcdFile},
+    },
 };
 
 /// Command line. Defaults are documented in the help texts and applied in
@@ -266,7 +265,7 @@ impl Cli {
             .tunnel_dev
             .or(file.tunnel_dev)
             .unwrap_or_else(|| DEFAULT_TUNNEL_DEV.to_string());
-        if crate::nb::validate::check_ifname(&tunnel_dev).is_err() {
+        if crate::nb::rules::check_ifname(&tunnel_dev).is_err() {
             return Err(ConfigError::BadTunnelDev(tunnel_dev));
         }
         let lease_ttl_s = self

@@ -8,9 +8,8 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::nb::AapMode;
-
 use super::{ConfigError, Hook, XdpMode};
+use crate::nb::AapMode;
 
 /// The same settings as read from the TOML file.
 #[derive(Debug, Default, Deserialize)]

@@ -36,10 +36,12 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::Config,
     datapath::{self, LinkKind, Links, Maps},
-    desired::incremental::{Incremental, Scope, Touched},
-    desired::reconcile::{MapEntries, PortState},
-    desired::scope,
-    desired::secgroups::Identities,
+    desired::{
+        incremental::{Incremental, Scope, Touched},
+        reconcile::{MapEntries, PortState},
+        scope,
+        secgroups::Identities,
+    },
     etcd::session::NbEvent,
     nb::{
         AapMode, NbSnapshot,

@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 
 use dragonflow_common::fwd::CFG_F_SECURITY_GROUPS;
 
+use super::Controller;
 use crate::{
     datapath::{self},
     desired::reconcile::{Desired, PortState},
     nb::model::{self, PortStates},
     obs::state::{PortView, TapState, TapView, TunnelView},
 };
-
-use super::Controller;
 
 impl Controller {
     pub(super) fn publish(&self, managed: &BTreeMap<String, u32>, desired: Option<&Desired>) {

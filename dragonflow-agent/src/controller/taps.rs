@@ -5,13 +5,12 @@ use std::{collections::BTreeSet, sync::atomic::Ordering, time::Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::{ATTACH_RETRY, Controller};
 use crate::{
     datapath::{self, LinkKind, Outcome, tunnel},
     netlink,
     report::Chain,
 };
-
-use super::{ATTACH_RETRY, Controller};
 
 impl Controller {
     /// Makes sure the VXLAN device exists (created if missing, e.g. deleted by hand) in

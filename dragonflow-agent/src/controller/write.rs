@@ -6,12 +6,11 @@ use std::{collections::BTreeMap, sync::atomic::Ordering, time::Instant};
 use dragonflow_common::fwd::{CFG_F_SECURITY_GROUPS, ChassisConfig};
 use tracing::{debug, error, info, warn};
 
-use crate::{
-    desired::incremental::Scope,
-    desired::reconcile::{self, Desired, PortState},
-};
-
 use super::Controller;
+use crate::desired::{
+    incremental::Scope,
+    reconcile::{self, Desired, PortState},
+};
 
 impl Controller {
     pub(super) fn write(&mut self, d: &Desired, scope: &Scope, nb_changed: bool) {

@@ -172,7 +172,6 @@ pub fn is_bpffs(dir: &Path) -> io::Result<bool> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[allow(clippy::unnecessary_cast)]
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 

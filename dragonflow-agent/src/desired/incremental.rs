@@ -23,10 +23,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use dragonflow_common::sg::PolicyValue;
 
 use crate::{
-    desired::forwarding::{Context, NetPart, network},
-    desired::reconcile::{self, Desired, MapEntries, PortState},
-    desired::scope,
-    desired::secgroups::{Identities, SgEngine},
+    desired::{
+        forwarding::{Context, NetPart, network},
+        reconcile::{self, Desired, MapEntries, PortState},
+        scope,
+        secgroups::{Identities, SgEngine},
+    },
     nb::{
         LPort, NbSnapshot,
         index::{Id, NbIndex},

@@ -12,13 +12,12 @@ use dragonflow_common::event::{GARP_OP_ARP_REPLY, GarpEvent};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
+use super::{judge::Sighting, metrics::Stats};
 use crate::{
     datapath::sys,
     nb::MacAddr,
     obs::{garp::event_ip, state::Shared},
 };
-
-use super::{judge::Sighting, metrics::Stats};
 
 /// Wall-clock ms of a `bpf_ktime_get_ns` (CLOCK_MONOTONIC) timestamp.
 pub fn wall_ms(ts_ns: u64, mono_now_ns: u64, wall_now: SystemTime) -> u64 {

@@ -11,10 +11,9 @@ use super::{
     metrics::{ALL_WHY, Stats},
     probes::{PROBE_MAC, arp_probe, ns_probe},
 };
-use crate::nb::{AllowedAddressPair, LSwitch};
 use crate::{
     nb::{
-        AapMode, ActivePort, LPort, MacAddr, NbSnapshot,
+        AapMode, ActivePort, AllowedAddressPair, LPort, LSwitch, MacAddr, NbSnapshot,
         active::{active_key, decode_active, history_key, parse_active_key},
     },
     obs::metrics,

@@ -20,6 +20,10 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use super::{
+    call::{self, CallError},
+    paged,
+};
 use crate::{
     config::Config,
     nb::{
@@ -28,11 +32,6 @@ use crate::{
     },
     obs::state::Shared,
     report::Chain,
-};
-
-use super::{
-    call::{self, CallError},
-    paged,
 };
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,7 +1,6 @@
 //! Records the validation tests share.
 
-use super::*;
-use super::{error::ValidationError, parse::parse_aap, rules::ValidationOptions};
+use super::{error::ValidationError, parse::parse_aap, rules::ValidationOptions, *};
 
 pub(crate) fn port() -> LPort {
     serde_json::from_str(

@@ -23,15 +23,6 @@ pub mod snapshot;
 #[cfg(test)]
 mod fixtures;
 
-/// The old home of decoding, parsing and the rules, kept for the modules that the desired-state
-/// move (issue 12) rewrites at the same time; new code imports from the modules above.
-pub mod validate {
-    pub use super::{
-        protocol::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, rule_protocol},
-        rules::check_ifname,
-    };
-}
-
 pub use addr::{IpPrefix, MacAddr};
 pub use decode::{NbObject, NbRecord, decode, decode_with};
 pub use error::{DecodeError, ValidationError};

@@ -18,10 +18,10 @@ use serde::Serialize;
 use crate::{
     config::Hook,
     datapath::{StatsMaps, capacity::MapOverflow},
-    desired::secgroups::SgPortView,
     desired::{
         forwarding::NetworkView,
         reconcile::{LocalPort, PortState},
+        secgroups::SgPortView,
     },
     nb::{Kind, cache::InvalidCounter},
     obs::garp::GarpTable,

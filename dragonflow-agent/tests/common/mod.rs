@@ -1,6 +1,9 @@
 //! Shared by the integration tests: a private etcd per test (free loopback ports, temp data
 //! dir, killed on Drop) and helpers to run the real `dfctl` against it.
-#![allow(dead_code)]
+#![expect(
+    dead_code,
+    reason = "each test file includes this module and uses only some of its helpers"
+)]
 
 use std::{
     io::{Read, Write},
@@ -13,7 +16,7 @@ use std::{
 };
 
 /// A network (VNI 100, MTU 1450) for store tests.
-pub fn ls(id: &str) -> dragonflow_agent::nb::LSwitch {
+pub(crate) fn ls(id: &str) -> dragonflow_agent::nb::LSwitch {
     dragonflow_agent::nb::LSwitch {
         id: id.into(),
         name: String::new(),
@@ -23,9 +26,9 @@ pub fn ls(id: &str) -> dragonflow_agent::nb::LSwitch {
     }
 }
 
-pub const DFCTL: &str = env!("CARGO_BIN_EXE_dfctl");
+pub(crate) const DFCTL: &str = env!("CARGO_BIN_EXE_dfctl");
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -34,14 +37,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A private etcd on loopback; killed and its data dir removed on Drop.
-pub struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
     dir: PathBuf,
-    pub endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Etcd {
-    pub fn start() -> Etcd {
+    pub(crate) fn start() -> Etcd {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "dfctl-test-etcd-{}-{}",
@@ -91,13 +94,13 @@ impl Etcd {
         }
     }
 
-    pub fn dfctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn dfctl(&self, args: &[&str]) -> Output {
         dfctl_at(&self.endpoint, args)
     }
 
     /// Runs dfctl and panics unless it succeeds; returns stdout.
     #[track_caller]
-    pub fn ok(&self, args: &str) -> String {
+    pub(crate) fn ok(&self, args: &str) -> String {
         let out = self.dfctl(&split(args));
         assert!(
             out.status.success(),
@@ -111,7 +114,7 @@ impl Etcd {
 
     /// Runs dfctl, expects exit `code` and a one-line stderr containing `msg`.
     #[track_caller]
-    pub fn fails(&self, args: &str, code: i32, msg: &str) {
+    pub(crate) fn fails(&self, args: &str, code: i32, msg: &str) {
         let out = self.dfctl(&split(args));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "dfctl {args}: stderr {err}");
@@ -127,7 +130,7 @@ impl Etcd {
         );
     }
 
-    pub fn etcdctl_put(&self, key: &str, value: &str) {
+    pub(crate) fn etcdctl_put(&self, key: &str, value: &str) {
         let st = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint, "put", key, value])
@@ -146,11 +149,11 @@ impl Drop for Etcd {
     }
 }
 
-pub fn split(args: &str) -> Vec<&str> {
+pub(crate) fn split(args: &str) -> Vec<&str> {
     args.split_whitespace().collect()
 }
 
-pub fn dfctl_at(endpoint: &str, args: &[&str]) -> Output {
+pub(crate) fn dfctl_at(endpoint: &str, args: &[&str]) -> Output {
     Command::new(DFCTL)
         .args(["--etcd-endpoints", endpoint])
         .args(args)
@@ -160,7 +163,7 @@ pub fn dfctl_at(endpoint: &str, args: &[&str]) -> Output {
 }
 
 /// Serves `body` once per connection, as the agent's /garp endpoint would.
-pub fn stub_agent(chunked: bool, body: &'static str) -> String {
+pub(crate) fn stub_agent(chunked: bool, body: &'static str) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     thread::spawn(move || {

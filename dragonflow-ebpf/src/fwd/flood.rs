@@ -28,7 +28,7 @@ use crate::{
     clippy::too_many_arguments,
     reason = "inlined; the verifier tracks each scalar (a struct would go through the stack)"
 )]
-pub fn flood(
+pub(crate) fn flood(
     ctx: &TcContext,
     pkt: &Pkt,
     proto: u16,
@@ -87,7 +87,7 @@ pub fn flood(
 /// not be (no such device), > 0 when the device's queue dropped it. `mask`:
 /// `trace::send_mask()` (a trace sends nothing and reads 0).
 #[inline(always)]
-pub fn clone_redirect(ctx: &TcContext, ifindex: u32, mask: u32) -> i64 {
+pub(crate) fn clone_redirect(ctx: &TcContext, ifindex: u32, mask: u32) -> i64 {
     // SAFETY: plain helper call on this program's skb.
     let rc = unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex & mask, 0) };
     rc & i64::from(mask as i32)
@@ -103,7 +103,7 @@ pub fn clone_redirect(ctx: &TcContext, ifindex: u32, mask: u32) -> i64 {
 /// flags multiplied the loop states the verifier could not prune (loading the object
 /// took twice as long, measured).
 #[inline(always)]
-pub fn copy_outcome(rcs: i64) -> Result<(), DropReason> {
+pub(crate) fn copy_outcome(rcs: i64) -> Result<(), DropReason> {
     if rcs < 0 {
         Err(DropReason::RedirectFailed)
     } else if rcs > 0 {

@@ -57,24 +57,24 @@ use crate::{
 };
 
 /// [`Call::how`]: the group of the frame's destination MAC (a shared MAC).
-pub const BY_DST_MAC: u32 = 0;
+pub(crate) const BY_DST_MAC: u32 = 0;
 /// The group of the IP an ARP request / NS asks for.
-pub const BY_TARGET: u32 = 1;
+pub(crate) const BY_TARGET: u32 = 1;
 /// The group of the packet's destination IP.
-pub const BY_DST_IP: u32 = 2;
+pub(crate) const BY_DST_IP: u32 = 2;
 const BY_MASK: u32 = 0xff;
 /// Each copy gets its member's MAC as destination, every member one copy (a packet to a
 /// shared IP); without it the frame goes unchanged once per tap/chassis.
-pub const REWRITE: u32 = 1 << 8;
+pub(crate) const REWRITE: u32 = 1 << 8;
 /// Called from the tunnel program: outcomes count under `from_tunnel`.
-pub const FROM_TUNNEL: u32 = 1 << 9;
+pub(crate) const FROM_TUNNEL: u32 = 1 << 9;
 /// A routed packet: the outcome is `Routed` (else `AapGroup`).
-pub const ROUTED: u32 = 1 << 10;
+pub(crate) const ROUTED: u32 = 1 << 10;
 
 /// `how` asks the holders of a shared IP who has it (an ARP request / NS, [`BY_TARGET`]):
 /// flood-like, unlike a packet to the address.
 #[inline(always)]
-pub const fn is_question(how: u32) -> bool {
+pub(crate) const fn is_question(how: u32) -> bool {
     how & BY_MASK == BY_TARGET
 }
 
@@ -84,7 +84,7 @@ pub const fn is_question(how: u32) -> bool {
 /// MAC, `mac`). Unicast neighbour solicitations (NUD) are left alone: like a unicast ARP
 /// request, they check that the MAC's owner is alive.
 #[inline(always)]
-pub fn dst_vip(pkt: &Pkt, proto: u16, net_id: u32) -> Option<&'static NeighValue> {
+pub(crate) fn dst_vip(pkt: &Pkt, proto: u16, net_id: u32) -> Option<&'static NeighValue> {
     let key = dst_ip_key(pkt, proto, net_id)?;
     // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
     let n = NEIGH.get_ptr(key).map(|v| unsafe { &*v })?;
@@ -93,7 +93,7 @@ pub fn dst_vip(pkt: &Pkt, proto: u16, net_id: u32) -> Option<&'static NeighValue
 
 /// The neighbour entry of `key` is a shared AAP IP.
 #[inline(always)]
-pub fn shared(key: &NeighKey) -> bool {
+pub(crate) fn shared(key: &NeighKey) -> bool {
     // SAFETY: a map value stays valid for the program run; only the flags are read.
     NEIGH
         .get_ptr(key)
@@ -140,7 +140,13 @@ fn dst_ip_key(pkt: &Pkt, proto: u16, net_id: u32) -> Option<NeighKey> {
 /// call; TC programs may use it freely). Returns only if the tail call failed (the agent
 /// has not filled `df_progs_v1`): `RedirectFailed`.
 #[inline(always)]
-pub fn tail_call(ctx: &TcContext, net_id: u32, how: u32, ingress: u32, vxlan: u32) -> DropReason {
+pub(crate) fn tail_call(
+    ctx: &TcContext,
+    net_id: u32,
+    how: u32,
+    ingress: u32,
+    vxlan: u32,
+) -> DropReason {
     let skb = ctx.skb.skb;
     // SAFETY: the context of this run; `cb` is the program's scratch area in TC.
     unsafe {
@@ -158,7 +164,7 @@ pub fn tail_call(ctx: &TcContext, net_id: u32, how: u32, ingress: u32, vxlan: u3
 /// The group program (`df_aap_group`): reads the call, makes the copies, counts the
 /// outcome in the caller's direction. The caller drops the original.
 #[inline(always)]
-pub fn run(ctx: &TcContext) {
+pub(crate) fn run(ctx: &TcContext) {
     let skb = ctx.skb.skb;
     // SAFETY: as in `tail_call`.
     let (net_id, how, ingress, vxlan) =

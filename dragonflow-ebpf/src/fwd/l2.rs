@@ -14,7 +14,7 @@ use crate::{
 /// The L2 entry of (`net_id`, MAC given as loaded words, see `parse::Eth::dst_w`). The key
 /// is built with word stores: `L2Key` is three naturally aligned `u32`s.
 #[inline(always)]
-pub fn lookup_w(net_id: u32, mac_w: (u32, u16)) -> Option<&'static L2Dest> {
+pub(crate) fn lookup_w(net_id: u32, mac_w: (u32, u16)) -> Option<&'static L2Dest> {
     let [a, b] = mac_w.1.to_ne_bytes();
     let words = [net_id, mac_w.0, u32::from_ne_bytes([a, b, 0, 0])];
     // SAFETY: L2Key is #[repr(C)], 12 bytes of integers and byte arrays with explicit
@@ -26,7 +26,7 @@ pub fn lookup_w(net_id: u32, mac_w: (u32, u16)) -> Option<&'static L2Dest> {
 
 /// The L2 entry of (`net_id`, `mac`).
 #[inline(always)]
-pub fn lookup(net_id: u32, mac: &[u8; 6]) -> Option<&'static L2Dest> {
+pub(crate) fn lookup(net_id: u32, mac: &[u8; 6]) -> Option<&'static L2Dest> {
     // SAFETY: as above.
     L2.get_ptr(L2Key::new(net_id, *mac)).map(|p| unsafe { &*p })
 }
@@ -35,7 +35,7 @@ pub fn lookup(net_id: u32, mac: &[u8; 6]) -> Option<&'static L2Dest> {
 /// Ethernet header; 0 = unchecked). A TC GSO super-frame is judged by the segments it
 /// will become (`gso_size` + L3/L4 headers), not by its total length.
 #[inline(always)]
-pub fn mtu_ok<C: PacketCtx>(ctx: &C, pkt: &Pkt, proto: u16, mtu: u16) -> bool {
+pub(crate) fn mtu_ok<C: PacketCtx>(ctx: &C, pkt: &Pkt, proto: u16, mtu: u16) -> bool {
     if mtu == 0 {
         return true;
     }
@@ -98,7 +98,7 @@ fn l3l4_hlen(pkt: &Pkt, proto: u16) -> usize {
 ///   the datapath cannot see or rely on; and a tap the agent has not filled in yet (a VM
 ///   booting) is reached by TC's `bpf_redirect` through its ifindex.
 #[inline(always)]
-pub fn xdp_finishes(pkt: &Pkt, proto: u16, mtu: u16, to: u32) -> bool {
+pub(crate) fn xdp_finishes(pkt: &Pkt, proto: u16, mtu: u16, to: u32) -> bool {
     if mtu != 0 && pkt.len - ETH_HLEN > mtu as usize {
         return false;
     }

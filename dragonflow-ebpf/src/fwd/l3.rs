@@ -75,7 +75,7 @@ const REPLY_TTL: u8 = 64;
 
 /// What routing made of a frame sent to a router MAC.
 #[derive(Clone, Copy)]
-pub enum L3Out {
+pub(crate) enum L3Out {
     /// Rewritten (MACs, TTL, checksum): deliver by L2 lookup of (net_id, dst_mac).
     Deliver { net_id: u32, dst_mac: [u8; 6] },
     /// Rewritten (source MAC, TTL, checksum) for a shared IP on `net_id`: one copy to
@@ -89,7 +89,12 @@ pub enum L3Out {
 /// Routes a frame sent to the MAC of router `router_id` on network `net_id` (the frame's;
 /// see the module docs).
 #[inline(always)]
-pub fn route(pkt: &Pkt, eth: &Eth, router_id: u32, net_id: u32) -> Result<L3Out, DropReason> {
+pub(crate) fn route(
+    pkt: &Pkt,
+    eth: &Eth,
+    router_id: u32,
+    net_id: u32,
+) -> Result<L3Out, DropReason> {
     match eth.proto {
         ETH_P_IP => route_v4(pkt, eth, router_id),
         ETH_P_IPV6 => route_v6(pkt, eth, router_id, net_id),

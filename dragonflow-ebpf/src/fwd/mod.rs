@@ -58,13 +58,13 @@ use crate::{
     sg::{Hook, Sg, policy},
 };
 
-pub mod flood;
-pub mod group;
-pub mod l2;
-pub mod l3;
-pub mod responder;
-pub mod tunnel;
-pub mod verdict;
+pub(crate) mod flood;
+pub(crate) mod group;
+pub(crate) mod l2;
+pub(crate) mod l3;
+pub(crate) mod responder;
+pub(crate) mod tunnel;
+pub(crate) mod verdict;
 
 /// Where a frame from a VM that passed port security goes.
 #[inline(always)]
@@ -73,7 +73,7 @@ pub mod verdict;
 /// the frame, before the receiver's ingress: in [`unicast`], for replies of the router,
 /// and by the TC entry point for floods and groups (never for what XDP hands off: its TC
 /// companion judges it). ARP/NS answered by the responder are exempt.
-pub fn from_vm<C: Hook>(
+pub(crate) fn from_vm<C: Hook>(
     ctx: &C,
     pkt: &Pkt,
     eth: &Eth,
@@ -256,7 +256,7 @@ fn unicast<C: Hook>(
 
 /// TC: into the local tap `ifindex` (its egress = toward the VM).
 #[inline(always)]
-pub fn redirect(ifindex: u32) -> Result<i32, DropReason> {
+pub(crate) fn redirect(ifindex: u32) -> Result<i32, DropReason> {
     // SAFETY: plain helper call. With flags 0 it only records the target and returns
     // TC_ACT_REDIRECT; a target gone by then is dropped by the kernel after we return.
     let rc = unsafe { bpf_redirect(ifindex, 0) } as i32;
@@ -269,7 +269,7 @@ pub fn redirect(ifindex: u32) -> Result<i32, DropReason> {
 
 /// TC: through the tunnel.
 #[inline(always)]
-pub fn to_tunnel(
+pub(crate) fn to_tunnel(
     ctx: &TcContext,
     vni: u32,
     remote_ip: [u8; 4],
@@ -285,7 +285,7 @@ pub fn to_tunnel(
 /// security-group rules (`sg`). `rx`: the frame's tunnel key (`tunnel::received`; `None`
 /// without one). Returns the path and the TC action.
 #[inline(always)]
-pub fn from_tunnel(
+pub(crate) fn from_tunnel(
     ctx: &TcContext,
     rx: Option<tunnel::Received>,
     sg: &mut Sg,

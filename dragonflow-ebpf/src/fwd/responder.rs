@@ -62,7 +62,7 @@ const NA_F_OVERRIDE: u8 = 0x20;
 
 /// What the responder made of a frame.
 #[derive(Clone, Copy)]
-pub enum Asked {
+pub(crate) enum Asked {
     /// Rewritten in place into the reply (`ArpResponder` / `NdResponder`): send it back.
     Answered(PassPath),
     /// An ARP request / NS for a shared IP: deliver it unchanged to the IP's holders
@@ -75,7 +75,7 @@ pub enum Asked {
 /// Answers an ARP request or IPv6 NS for an address in `df_neigh_v1` of `net_id` by
 /// rewriting the frame in place into the reply (see [`Asked`] and the module docs).
 #[inline(always)]
-pub fn respond(pkt: &Pkt, eth: &Eth, net_id: u32) -> Asked {
+pub(crate) fn respond(pkt: &Pkt, eth: &Eth, net_id: u32) -> Asked {
     match eth.proto {
         ETH_P_ARP => arp(pkt, eth, net_id),
         ETH_P_IPV6 => ns(pkt, eth, net_id),
@@ -87,7 +87,7 @@ pub fn respond(pkt: &Pkt, eth: &Eth, net_id: u32) -> Asked {
 /// shape) asks for, ethertype `proto`: how a group frame from the tunnel and the group
 /// program find the holders of a shared target.
 #[inline(always)]
-pub fn target_key(pkt: &Pkt, proto: u16, net_id: u32) -> Option<NeighKey> {
+pub(crate) fn target_key(pkt: &Pkt, proto: u16, net_id: u32) -> Option<NeighKey> {
     match proto {
         ETH_P_ARP => {
             let a = pkt.bytes::<ARP_LEN>(ETH_HLEN)?;

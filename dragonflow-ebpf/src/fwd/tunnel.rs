@@ -25,13 +25,13 @@ const TUNNEL_TTL: u8 = 64;
 /// Sets the tunnel key of the skb: VNI = `vni`, toward `remote_ip` (network order as
 /// stored in the maps; the helper takes host order).
 #[inline(always)]
-pub fn set_key(ctx: &TcContext, vni: u32, remote_ip: [u8; 4]) -> Result<(), DropReason> {
+pub(crate) fn set_key(ctx: &TcContext, vni: u32, remote_ip: [u8; 4]) -> Result<(), DropReason> {
     set_key_to(ctx, &mut key(vni), remote_ip)
 }
 
 /// A tunnel key for VNI `vni`, without a destination yet (see [`set_key_to`]).
 #[inline(always)]
-pub fn key(vni: u32) -> bpf_tunnel_key {
+pub(crate) fn key(vni: u32) -> bpf_tunnel_key {
     // SAFETY: bpf_tunnel_key is plain integers; all-zero is its "unset" value.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = vni;
@@ -43,7 +43,7 @@ pub fn key(vni: u32) -> bpf_tunnel_key {
 /// chassis: one key made before the loop keeps the stack the same at every iteration,
 /// which the verifier needs to prune the loop's states.
 #[inline(always)]
-pub fn set_key_to(
+pub(crate) fn set_key_to(
     ctx: &TcContext,
     key: &mut bpf_tunnel_key,
     remote_ip: [u8; 4],
@@ -67,7 +67,7 @@ pub fn set_key_to(
 
 /// What the tunnel key of a received frame says.
 #[derive(Clone, Copy)]
-pub struct Received {
+pub(crate) struct Received {
     /// The VNI: the network's `net_id`.
     pub vni: u32,
     /// The outer IPv4 source (the sending chassis' `tunnel_ip`) as a word in memory
@@ -80,7 +80,7 @@ pub struct Received {
 /// collect-metadata mode, or over an IPv6 underlay (the helper refuses an IPv6 key without
 /// `BPF_F_TUNINFO_IPV6`): the caller drops it, no peer can be checked.
 #[inline(always)]
-pub fn received(ctx: &TcContext) -> Option<Received> {
+pub(crate) fn received(ctx: &TcContext) -> Option<Received> {
     // SAFETY: as above.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: valid skb, key buffer of the size we pass.
@@ -116,7 +116,7 @@ pub fn received(ctx: &TcContext) -> Option<Received> {
 /// The peer is checked before anything in the frame is believed: a frame from no chassis
 /// counts `tunnel_unknown_peer` whatever it carries. Fails closed: no entry, no frame.
 #[inline(always)]
-pub fn admit(ctx: &TcContext, pkt: &Pkt, rx: &Received) -> Result<Eth, DropReason> {
+pub(crate) fn admit(ctx: &TcContext, pkt: &Pkt, rx: &Received) -> Result<Eth, DropReason> {
     let eth = match parse::eth_any(pkt) {
         Ok(eth) => eth,
         // Nothing to attribute the frame with: the peer alone says which reason.

@@ -5,7 +5,7 @@ use dragonflow_common::verdict::PassPath;
 
 /// Where an allowed frame goes.
 #[derive(Clone, Copy)]
-pub enum Fwd {
+pub(crate) enum Fwd {
     /// Forwarding is off (`CFG_F_FORWARDING` unset): up the hypervisor's stack
     /// (XDP_PASS / TC_ACT_OK), as before the forwarding stage existed.
     Kernel,
@@ -42,7 +42,7 @@ pub enum Fwd {
 
 /// An allowed frame.
 #[derive(Clone, Copy)]
-pub struct Pass {
+pub(crate) struct Pass {
     /// The port-security path that allowed it.
     pub path: PassPath,
     pub fwd: Fwd,

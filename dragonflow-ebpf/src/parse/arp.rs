@@ -11,15 +11,15 @@ use crate::{
 };
 
 /// Ethernet/IPv4 ARP: 8-byte header + sha(6) spa(4) tha(6) tpa(4).
-pub const ARP_LEN: usize = 28;
-pub const ARPHRD_ETHER: u16 = 1;
-pub const ARPOP_REQUEST: u16 = 1;
-pub const ARPOP_REPLY: u16 = 2;
+pub(crate) const ARP_LEN: usize = 28;
+pub(crate) const ARPHRD_ETHER: u16 = 1;
+pub(crate) const ARPOP_REQUEST: u16 = 1;
+pub(crate) const ARPOP_REPLY: u16 = 2;
 
 /// An Ethernet/IPv4 ARP request or reply, whole (row 13), whose sender hardware address is
 /// the Ethernet source (row 3).
 #[inline(always)]
-pub fn sanity(pkt: &Pkt, eth: &Eth) -> Result<*const [u8; ARP_LEN], DropReason> {
+pub(crate) fn sanity(pkt: &Pkt, eth: &Eth) -> Result<*const [u8; ARP_LEN], DropReason> {
     let a = pkt
         .bytes::<ARP_LEN>(ETH_HLEN)
         .ok_or(DropReason::ArpMalformed)?;

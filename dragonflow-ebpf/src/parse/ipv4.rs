@@ -13,21 +13,21 @@ use crate::{
     },
 };
 
-pub const BOOTPS: u16 = 67;
-pub const BOOTPC: u16 = 68;
+pub(crate) const BOOTPS: u16 = 67;
+pub(crate) const BOOTPC: u16 = 68;
 
 /// The header and L4 sanity of `portsec::ipv4::check` without the source checks. For
 /// frames from the tunnel, whose source the tunnel program checks by other means (defence
 /// in depth: the sending chassis ran the full check already).
 #[inline(always)]
-pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
+pub(crate) fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
     let (h, hlen, tot) = header(pkt)?;
     l4(pkt, h, hlen, tot).map(|_| ())
 }
 
 /// The IPv4 header, sane (rows 11, 13): (header, header length, total length).
 #[inline(always)]
-pub fn header(pkt: &Pkt) -> Result<(*const [u8; IPV4_HLEN], usize, usize), DropReason> {
+pub(crate) fn header(pkt: &Pkt) -> Result<(*const [u8; IPV4_HLEN], usize, usize), DropReason> {
     let h = pkt
         .bytes::<IPV4_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv4Malformed)?;
@@ -45,7 +45,7 @@ pub fn header(pkt: &Pkt) -> Result<(*const [u8; IPV4_HLEN], usize, usize), DropR
 /// (0, 0) for anything else. Later fragments have no L4 header: judged on their L3 source
 /// alone.
 #[inline(always)]
-pub fn l4(
+pub(crate) fn l4(
     pkt: &Pkt,
     h: *const [u8; IPV4_HLEN],
     hlen: usize,

@@ -28,7 +28,7 @@ const DHCPV6_SERVER: u16 = 547;
 
 /// Where the upper-layer header is.
 #[derive(Clone, Copy)]
-pub struct Chain {
+pub(crate) struct Chain {
     /// Upper-layer protocol.
     pub nh: u8,
     /// Offset of its header.
@@ -47,7 +47,7 @@ pub struct Chain {
 /// advertisements and redirects, ND in fragments, DHCPv6 server replies included) without
 /// the source and ND checks. For frames from the tunnel (see `ipv4::sanity`).
 #[inline(always)]
-pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
+pub(crate) fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
     let (h, l3_end) = header(pkt)?;
     let chain = walk(pkt, u8_at(h, 6), l3_end)?;
     if chain.later_fragment {
@@ -61,7 +61,7 @@ pub fn sanity(pkt: &Pkt) -> Result<(), DropReason> {
 
 /// The fixed IPv6 header, sane (row 13): (header, end of the payload).
 #[inline(always)]
-pub fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> {
+pub(crate) fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> {
     let h = pkt
         .bytes::<IPV6_HLEN>(ETH_HLEN)
         .ok_or(DropReason::Ipv6Malformed)?;
@@ -76,7 +76,7 @@ pub fn header(pkt: &Pkt) -> Result<(*const [u8; IPV6_HLEN], usize), DropReason> 
 /// 7112: a first fragment must carry it whole; rows 10, 13), no DHCPv6 server reply
 /// (row 7).
 #[inline(always)]
-pub fn transport(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<(), DropReason> {
+pub(crate) fn transport(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<(), DropReason> {
     let err = if chain.fragmented {
         DropReason::Ipv6HeaderChain
     } else {
@@ -97,7 +97,7 @@ pub fn transport(pkt: &Pkt, chain: &Chain, l3_end: usize) -> Result<(), DropReas
 
 /// Walks at most `MAX_EXT_HDRS` extension headers to the upper-layer header.
 #[inline(always)]
-pub fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
+pub(crate) fn walk(pkt: &Pkt, first: u8, l3_end: usize) -> Result<Chain, DropReason> {
     let err = DropReason::Ipv6HeaderChain;
     let mut nh = first;
     let mut off = ETH_HLEN + IPV6_HLEN;

@@ -14,16 +14,16 @@ use crate::{
 };
 
 /// [`L3::frag`]: not a fragment (IPv6 atomic fragments included).
-pub const FRAG_NONE: u8 = 0;
+pub(crate) const FRAG_NONE: u8 = 0;
 /// The first fragment (offset 0, more fragments): carries the L4 header.
-pub const FRAG_FIRST: u8 = 1;
+pub(crate) const FRAG_FIRST: u8 = 1;
 /// A later fragment: no L4 header, judged by its first fragment's ports (`frag`).
-pub const FRAG_LATER: u8 = 2;
+pub(crate) const FRAG_LATER: u8 = 2;
 
 /// What the IP header says: filled by port security while it validates the header, or
 /// by [`l3`].
 #[derive(Clone, Copy, Default)]
-pub struct L3 {
+pub(crate) struct L3 {
     /// [`FAMILY_V4`] / [`FAMILY_V6`]; 0 = not filled (not IP, or not parsed yet).
     pub family: u8,
     /// Upper-layer protocol (after the IPv6 extension headers).
@@ -46,7 +46,7 @@ pub struct L3 {
 /// the tunnel, from ports without port security): validated as port security would
 /// (same reasons), since the receiver's rules must not judge garbage.
 #[inline(always)]
-pub fn l3(pkt: &Pkt, eth_proto: u16) -> Result<L3, DropReason> {
+pub(crate) fn l3(pkt: &Pkt, eth_proto: u16) -> Result<L3, DropReason> {
     match eth_proto {
         ETH_P_IP => l3_v4(pkt),
         ETH_P_IPV6 => l3_v6(pkt),
@@ -70,7 +70,7 @@ fn l3_v4(pkt: &Pkt) -> Result<L3, DropReason> {
 
 /// The [`L3`] of a validated IPv4 header (`hlen` ≤ 60, `tot` ≥ `hlen`).
 #[inline(always)]
-pub fn v4_facts(h: *const [u8; IPV4_HLEN], hlen: usize, tot: usize) -> L3 {
+pub(crate) fn v4_facts(h: *const [u8; IPV4_HLEN], hlen: usize, tot: usize) -> L3 {
     let fw = be16_at(h, 6);
     let off = (fw & 0x1fff) * 8;
     let frag = if off != 0 {
@@ -108,7 +108,7 @@ fn l3_v6(pkt: &Pkt) -> Result<L3, DropReason> {
 /// The [`L3`] of a walked IPv6 header chain (the fragment header is read again here, for
 /// its M flag, offset and identification).
 #[inline(always)]
-pub fn v6_facts(pkt: &Pkt, chain: &ipv6::Chain, l3_end: usize) -> L3 {
+pub(crate) fn v6_facts(pkt: &Pkt, chain: &ipv6::Chain, l3_end: usize) -> L3 {
     let (frag, frag_off, frag_id) = if !chain.fragmented {
         (FRAG_NONE, 0, 0)
     } else if let Some(e) = pkt.bytes::<8>(chain.frag_hdr) {

@@ -12,43 +12,43 @@ use dragonflow_common::verdict::DropReason;
 
 use crate::ctx::{Pkt, be16_at, load};
 
-pub mod arp;
-pub mod ipv4;
-pub mod ipv6;
-pub mod l3;
-pub mod nd;
+pub(crate) mod arp;
+pub(crate) mod ipv4;
+pub(crate) mod ipv6;
+pub(crate) mod l3;
+pub(crate) mod nd;
 
-pub const ETH_HLEN: usize = 14;
+pub(crate) const ETH_HLEN: usize = 14;
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_ARP: u16 = 0x0806;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 /// 802.1Q (also priority-tagged frames, VID 0).
-pub const ETH_P_8021Q: u16 = 0x8100;
+pub(crate) const ETH_P_8021Q: u16 = 0x8100;
 /// 802.1ad service tag (QinQ outer).
-pub const ETH_P_8021AD: u16 = 0x88a8;
+pub(crate) const ETH_P_8021AD: u16 = 0x88a8;
 /// Pre-standard QinQ outer tag.
-pub const ETH_P_QINQ_9100: u16 = 0x9100;
+pub(crate) const ETH_P_QINQ_9100: u16 = 0x9100;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_ICMPV6: u8 = 58;
 
-pub const IPV4_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-pub const TCP_HLEN: usize = 20;
-pub const UDP_HLEN: usize = 8;
-pub const ICMP_HLEN: usize = 8;
+pub(crate) const IPV4_HLEN: usize = 20;
+pub(crate) const IPV6_HLEN: usize = 40;
+pub(crate) const TCP_HLEN: usize = 20;
+pub(crate) const UDP_HLEN: usize = 8;
+pub(crate) const ICMP_HLEN: usize = 8;
 
 /// Upper bound of any header offset we read. Legitimate chains are far shorter; the bound
 /// keeps packet offsets provably small for the verifier (it gives up on ranges beyond
 /// 64 KiB) and matches what the TC hook pulls into the linear area.
-pub const MAX_HDR_OFF: usize = 512;
+pub(crate) const MAX_HDR_OFF: usize = 512;
 
 /// The Ethernet header fields the pipeline uses.
 #[derive(Clone, Copy, Default)]
-pub struct Eth {
+pub(crate) struct Eth {
     /// Destination MAC (the forwarding stage's key).
     pub dst: [u8; 6],
     /// The destination MAC as loaded (bytes 0..4 and 4..6, memory order), for L2 keys.
@@ -63,7 +63,7 @@ pub struct Eth {
 
 /// Parses the Ethernet header: untagged IPv4, IPv6 and ARP only (rows 9, 12, 13).
 #[inline(always)]
-pub fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
+pub(crate) fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
     let eth = eth_any(pkt)?;
     check_proto(eth.proto)?;
     Ok(eth)
@@ -71,7 +71,7 @@ pub fn eth(pkt: &Pkt) -> Result<Eth, DropReason> {
 
 /// The Ethernet header, whatever its ethertype (frames of ports without port security).
 #[inline(always)]
-pub fn eth_any(pkt: &Pkt) -> Result<Eth, DropReason> {
+pub(crate) fn eth_any(pkt: &Pkt) -> Result<Eth, DropReason> {
     let h = pkt.bytes::<ETH_HLEN>(0).ok_or(DropReason::EthTruncated)?;
     let src_w = (load::<u32, ETH_HLEN>(h, 6), load::<u16, ETH_HLEN>(h, 10));
     let [a, b, c, d] = src_w.0.to_ne_bytes();
@@ -90,7 +90,7 @@ pub fn eth_any(pkt: &Pkt) -> Result<Eth, DropReason> {
 
 /// Untagged IPv4, IPv6 and ARP only (rows 9, 12, 13).
 #[inline(always)]
-pub fn check_proto(proto: u16) -> Result<(), DropReason> {
+pub(crate) fn check_proto(proto: u16) -> Result<(), DropReason> {
     match proto {
         ETH_P_IP | ETH_P_IPV6 | ETH_P_ARP => Ok(()),
         ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_9100 => Err(DropReason::VlanTagged),
@@ -100,19 +100,19 @@ pub fn check_proto(proto: u16) -> Result<(), DropReason> {
 
 /// Broadcast or multicast (the group bit of the first octet).
 #[inline(always)]
-pub const fn is_group(mac: &[u8; 6]) -> bool {
+pub(crate) const fn is_group(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
 }
 
 /// MAC equality without a `bcmp` call (BPF has no libc).
 #[inline(always)]
-pub fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+pub(crate) fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])
         == 0
 }
 
 #[inline(always)]
-pub fn ip6_is_unspecified(a: &[u8; 16]) -> bool {
+pub(crate) fn ip6_is_unspecified(a: &[u8; 16]) -> bool {
     let mut d = 0u8;
     let mut i = 0;
     while i < 16 {
@@ -124,7 +124,12 @@ pub fn ip6_is_unspecified(a: &[u8; 16]) -> bool {
 
 /// The TCP header at `l4` is complete (doff >= 5, all of it before `l3_end`).
 #[inline(always)]
-pub fn tcp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(), DropReason> {
+pub(crate) fn tcp_ok(
+    pkt: &Pkt,
+    l4: usize,
+    l3_end: usize,
+    err: DropReason,
+) -> Result<(), DropReason> {
     let t = pkt.bytes::<TCP_HLEN>(l4).ok_or(err)?;
     let doff = (crate::ctx::u8_at(t, 12) >> 4) as usize * 4;
     if doff < TCP_HLEN || l4 + doff > l3_end {
@@ -135,7 +140,7 @@ pub fn tcp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<()
 
 /// The UDP header at `l4`, complete before `l3_end`: (source port, destination port).
 #[inline(always)]
-pub fn udp_ports(
+pub(crate) fn udp_ports(
     pkt: &Pkt,
     l4: usize,
     l3_end: usize,
@@ -150,7 +155,12 @@ pub fn udp_ports(
 
 /// An ICMP/ICMPv6 header of `ICMP_HLEN`/4 bytes at `l4`, complete before `l3_end`.
 #[inline(always)]
-pub fn icmp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(), DropReason> {
+pub(crate) fn icmp_ok(
+    pkt: &Pkt,
+    l4: usize,
+    l3_end: usize,
+    err: DropReason,
+) -> Result<(), DropReason> {
     if pkt.bytes::<ICMP_HLEN>(l4).is_none() || l4 + ICMP_HLEN > l3_end {
         return Err(err);
     }
@@ -159,7 +169,7 @@ pub fn icmp_ok(pkt: &Pkt, l4: usize, l3_end: usize, err: DropReason) -> Result<(
 
 /// Folds a 64-bit one's complement sum to 16 bits (not complemented).
 #[inline(always)]
-pub fn csum_fold(sum: u64) -> u16 {
+pub(crate) fn csum_fold(sum: u64) -> u16 {
     let mut s = (sum & 0xffff_ffff) + (sum >> 32);
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
@@ -172,6 +182,6 @@ pub fn csum_fold(sum: u64) -> u16 {
 /// pass the checksum and both words as loaded from the packet (memory order) and store the
 /// result the same way.
 #[inline(always)]
-pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
+pub(crate) fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
     !csum_fold(u64::from(!csum) + u64::from(!old) + u64::from(new))
 }

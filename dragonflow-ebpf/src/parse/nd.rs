@@ -11,32 +11,32 @@ use crate::{
     parse::{MAX_HDR_OFF, mac_eq},
 };
 
-pub const MLD_REPORT: u8 = 131;
-pub const ND_ROUTER_SOLICIT: u8 = 133;
+pub(crate) const MLD_REPORT: u8 = 131;
+pub(crate) const ND_ROUTER_SOLICIT: u8 = 133;
 const ND_ROUTER_ADVERT: u8 = 134;
-pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
-pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+pub(crate) const ND_NEIGHBOR_SOLICIT: u8 = 135;
+pub(crate) const ND_NEIGHBOR_ADVERT: u8 = 136;
 const ND_REDIRECT: u8 = 137;
-pub const MLD2_REPORT: u8 = 143;
+pub(crate) const MLD2_REPORT: u8 = 143;
 
 /// NS/NA: type, code, checksum, flags/reserved, target.
-pub const ND_MSG_LEN: usize = 24;
-pub const ND_OPT_SOURCE_LL: u8 = 1;
-pub const ND_OPT_TARGET_LL: u8 = 2;
+pub(crate) const ND_MSG_LEN: usize = 24;
+pub(crate) const ND_OPT_SOURCE_LL: u8 = 1;
+pub(crate) const ND_OPT_TARGET_LL: u8 = 2;
 /// NA "solicited" flag (first byte after the checksum).
-pub const NA_F_SOLICITED: u8 = 0x40;
+pub(crate) const NA_F_SOLICITED: u8 = 0x40;
 /// Options we walk (legitimate NS/NA carry one or two: LLA, DAD nonce); a message with
 /// more is dropped, so an LLA option cannot hide behind padding options.
 const MAX_ND_OPTS: usize = 6;
 /// ND messages are only valid with hop limit 255 (RFC 4861 §7.1): they were not routed.
-pub const ND_HOP_LIMIT: u8 = 255;
+pub(crate) const ND_HOP_LIMIT: u8 = 255;
 
 /// The type of an ICMPv6 message at `l4` (behind a fragment header if `fragmented`) no
 /// sender may send, whoever vouches for its source: its header in bounds, no ND in a
 /// fragment (RFC 6980), no router advertisement or redirect. Also the whole ICMPv6 sanity
 /// of frames from the tunnel (see `ipv6::sanity`).
 #[inline(always)]
-pub fn icmpv6_type(
+pub(crate) fn icmpv6_type(
     pkt: &Pkt,
     l4: usize,
     fragmented: bool,
@@ -64,7 +64,7 @@ pub fn icmpv6_type(
 /// The fixed part of an NS/NA (type .. target), in bounds and inside the IPv6 payload,
 /// sent with hop limit 255 as RFC 4861 requires (anything less was forwarded: spoofed).
 #[inline(always)]
-pub fn nd_msg(
+pub(crate) fn nd_msg(
     pkt: &Pkt,
     hop_limit: u8,
     l4: usize,
@@ -84,7 +84,7 @@ pub fn nd_msg(
 /// target link-layer address) must carry `mac`; malformed options, or more than
 /// `MAX_ND_OPTS`, are a spoof attempt. Returns whether such an option was present.
 #[inline(always)]
-pub fn lla_options(
+pub(crate) fn lla_options(
     pkt: &Pkt,
     off: usize,
     l3_end: usize,

@@ -18,7 +18,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
+pub(super) fn check(pkt: &Pkt, port: &mut PortCache, eth: &Eth) -> Result<PassPath, DropReason> {
     let a = sanity(pkt, eth)?;
     let op = be16_at(a, 6);
     let sha: [u8; 6] = arr_at(a, 8);

@@ -25,7 +25,7 @@ const BOOTP_CHADDR: usize = 28;
 /// `l3` receives the header facts the security-group stage needs (see `parse::l3`), when
 /// it is on.
 #[inline(always)]
-pub fn check(
+pub(super) fn check(
     pkt: &Pkt,
     port: &mut PortCache,
     eth: &Eth,

@@ -14,7 +14,7 @@ use dragonflow_common::{
     verdict::{DropReason, PassPath},
 };
 
-pub use self::port::PortCache;
+pub(crate) use self::port::PortCache;
 use crate::{
     ctx::{PacketCtx, Pkt},
     parse::{ETH_P_IP, ETH_P_IPV6, Eth, l3::L3},
@@ -30,7 +30,7 @@ mod port;
 /// sanity, one `df_addrs_v2` lookup. `l3` receives the IP header facts the security-group
 /// stage needs, when it is on.
 #[inline(always)]
-pub fn check(
+pub(crate) fn check(
     pkt: &Pkt,
     eth: &Eth,
     port: &mut PortCache,
@@ -48,7 +48,7 @@ pub fn check(
 /// when the port lets everything through. A drop on a tap without a port is
 /// `UnknownPort` (fail closed).
 #[inline(always)]
-pub fn security_drop<C: PacketCtx>(
+pub(crate) fn security_drop<C: PacketCtx>(
     ctx: &C,
     port: &mut PortCache,
     reason: DropReason,

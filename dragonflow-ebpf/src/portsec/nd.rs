@@ -26,7 +26,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn icmpv6(
+pub(super) fn icmpv6(
     pkt: &Pkt,
     port: &mut PortCache,
     eth: &Eth,

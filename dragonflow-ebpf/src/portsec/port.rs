@@ -34,7 +34,7 @@ use crate::{
 /// what port security learnt on the way that later stages use: the network (from the
 /// address hit, so the fast path needs no port lookup) and a GARP event to emit once the
 /// frame is decided (see `events`).
-pub struct PortCache {
+pub(crate) struct PortCache {
     ifindex: u32,
     looked_up: bool,
     port: Option<&'static PortConfig>,
@@ -51,7 +51,7 @@ pub struct PortCache {
 
 impl PortCache {
     #[inline(always)]
-    pub const fn new(ifindex: u32) -> Self {
+    pub(crate) const fn new(ifindex: u32) -> Self {
         PortCache {
             ifindex,
             looked_up: false,
@@ -66,7 +66,7 @@ impl PortCache {
     /// The frame's network: from the address pair that allowed it, else from the port
     /// (paths that allowed it without an address hit looked the port up anyway).
     #[inline(always)]
-    pub fn net_id(&mut self) -> Result<u32, DropReason> {
+    pub(crate) fn net_id(&mut self) -> Result<u32, DropReason> {
         if self.has_net {
             return Ok(self.net_id);
         }
@@ -74,13 +74,13 @@ impl PortCache {
     }
 
     #[inline(always)]
-    pub const fn ifindex(&self) -> u32 {
+    pub(crate) const fn ifindex(&self) -> u32 {
         self.ifindex
     }
 
     /// The port, if the tap has one.
     #[inline(always)]
-    pub fn get(&mut self) -> Option<&'static PortConfig> {
+    pub(crate) fn get(&mut self) -> Option<&'static PortConfig> {
         if !self.looked_up {
             self.port = config::port(self.ifindex);
             self.looked_up = true;
@@ -91,7 +91,7 @@ impl PortCache {
     /// The port, when it exists with port security on. Otherwise `UnknownPort`, which
     /// the entry point turns into the right outcome (unknown port, or no port security).
     #[inline(always)]
-    pub fn secured(&mut self) -> Result<&'static PortConfig, DropReason> {
+    pub(crate) fn secured(&mut self) -> Result<&'static PortConfig, DropReason> {
         match self.get() {
             Some(p) if p.has(PORT_F_PORT_SECURITY) => Ok(p),
             _ => Err(DropReason::UnknownPort),
@@ -101,7 +101,7 @@ impl PortCache {
     /// Raises a GARP event for the frame being judged: emitted by
     /// [`PortCache::flush_garp`] once the frame is decided by this program.
     #[inline(always)]
-    pub fn raise_garp(&mut self, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
+    pub(crate) fn raise_garp(&mut self, family: u8, ip: [u8; 16], mac: [u8; 6], op: u16) {
         self.garp = PendingGarp {
             family,
             ip: ip6_words(ip),
@@ -113,7 +113,7 @@ impl PortCache {
 
     /// Emits the frame's pending GARP event, if any (see `events::emit`).
     #[inline(always)]
-    pub fn flush_garp(&mut self) {
+    pub(crate) fn flush_garp(&mut self) {
         if self.has_garp {
             self.has_garp = false;
             let g = self.garp;
@@ -138,7 +138,7 @@ impl events::Sender for PortCache {
 /// with word stores: `AddrKey` is seven naturally aligned `u32`s (ifindex, MAC 0..4,
 /// MAC 4..6 + family + pad, IP).
 #[inline(always)]
-pub fn src_key(ifindex: u32, eth: &Eth, family: u8, ip: [u32; 4]) -> AddrKey {
+pub(super) fn src_key(ifindex: u32, eth: &Eth, family: u8, ip: [u32; 4]) -> AddrKey {
     let [a, b] = eth.src_w.1.to_ne_bytes();
     let words = [
         ifindex,
@@ -156,7 +156,7 @@ pub fn src_key(ifindex: u32, eth: &Eth, family: u8, ip: [u32; 4]) -> AddrKey {
 
 /// `ADDR_F_*` flags of an allowed (MAC, IP) pair of the port (exact, then CIDR), if any.
 #[inline(always)]
-pub fn lookup_pair(port: &mut PortCache, key: &AddrKey) -> Option<u32> {
+pub(super) fn lookup_pair(port: &mut PortCache, key: &AddrKey) -> Option<u32> {
     if let Some(v) = ADDRS.get_ptr(key) {
         // SAFETY: map value pointer, valid for this run.
         let v = unsafe { &*v };
@@ -179,7 +179,7 @@ pub fn lookup_pair(port: &mut PortCache, key: &AddrKey) -> Option<u32> {
 
 /// The source check: the pair's flags, or why it is not allowed.
 #[inline(always)]
-pub fn check_src(port: &mut PortCache, key: &AddrKey) -> Result<u32, DropReason> {
+pub(super) fn check_src(port: &mut PortCache, key: &AddrKey) -> Result<u32, DropReason> {
     match lookup_pair(port, key) {
         Some(flags) => Ok(flags),
         None => Err(miss_reason(port.secured()?, key.ifindex, &key.mac)),

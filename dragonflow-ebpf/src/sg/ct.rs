@@ -19,7 +19,7 @@ const NS_PER_S: u64 = 1_000_000_000;
     reason = "inlined; the verifier tracks each scalar (a struct would go through the stack)"
 )]
 #[inline(always)]
-pub fn key(
+pub(super) fn key(
     out: &mut CtKey,
     ifindex: u32,
     family: u8,
@@ -59,7 +59,7 @@ pub fn key(
 /// Past its state's timeout (`sg::ct_timeout_secs`, as the agent's collector): counts as
 /// absent. `last_seen_ns` may be a little ahead of `now` (another CPU): not expired.
 #[inline(always)]
-pub fn expired(v: &CtValue, now: u64) -> bool {
+pub(super) fn expired(v: &CtValue, now: u64) -> bool {
     now.saturating_sub(v.last_seen_ns) > ct_timeout_secs(v.state) * NS_PER_S
 }
 
@@ -68,7 +68,7 @@ pub fn expired(v: &CtValue, now: u64) -> bool {
 /// either side: the entry has no room to remember whose) or a RST → CLOSED. Others:
 /// UNREPLIED → REPLIED at the first answer.
 #[inline(always)]
-pub fn next_state(state: u8, f: &Flow, reply: bool) -> u8 {
+pub(super) fn next_state(state: u8, f: &Flow, reply: bool) -> u8 {
     if f.proto == IPPROTO_TCP {
         if f.tcp_rst() {
             CT_TCP_CLOSED
@@ -93,7 +93,7 @@ pub fn next_state(state: u8, f: &Flow, reply: bool) -> u8 {
 /// A TCP SYN for a tuple whose connection is closing or closed is a new connection
 /// (port reuse): judged as new, not let through on the old entry.
 #[inline(always)]
-pub fn reopens(state: u8, f: &Flow) -> bool {
+pub(super) fn reopens(state: u8, f: &Flow) -> bool {
     f.proto == IPPROTO_TCP
         && f.tcp_syn_only()
         && (state == CT_TCP_CLOSING || state == CT_TCP_CLOSED)
@@ -101,7 +101,7 @@ pub fn reopens(state: u8, f: &Flow) -> bool {
 
 /// The state of a new entry.
 #[inline(always)]
-pub const fn initial_state(proto: u8) -> u8 {
+pub(super) const fn initial_state(proto: u8) -> u8 {
     if proto == IPPROTO_TCP {
         CT_TCP_SYN_SENT
     } else {

@@ -21,9 +21,9 @@ use crate::{
     },
 };
 
-pub const IPPROTO_DCCP: u8 = 33;
-pub const IPPROTO_SCTP: u8 = 132;
-pub const IPPROTO_UDPLITE: u8 = 136;
+pub(super) const IPPROTO_DCCP: u8 = 33;
+pub(super) const IPPROTO_SCTP: u8 = 132;
+pub(super) const IPPROTO_UDPLITE: u8 = 136;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -37,7 +37,7 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROB: u8 = 12;
 /// ICMPv6 errors are types 1 (unreachable) to 4 (parameter problem).
 const ICMPV6_ERROR_MAX: u8 = 4;
-pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub(super) const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 /// MLD query/report/done, RS, RA, NS, NA (130..=136) and MLDv2 report (143): exempt.
 const ICMPV6_ND_FIRST: u8 = 130;
@@ -50,23 +50,23 @@ const DHCPV6_CLIENT: u16 = 546;
 const DHCPV6_SERVER: u16 = 547;
 
 /// [`Flow::flags`]: the egress rules do not apply (DHCP/DHCPv6 client → server, ND/MLD).
-pub const F_EXEMPT_EGRESS: u8 = 1 << 0;
+pub(super) const F_EXEMPT_EGRESS: u8 = 1 << 0;
 /// The ingress rules do not apply (DHCP/DHCPv6 server → client, ND/MLD/RA).
-pub const F_EXEMPT_INGRESS: u8 = 1 << 1;
+pub(super) const F_EXEMPT_INGRESS: u8 = 1 << 1;
 /// Conntrack is consulted (TCP, UDP, ICMP echo, other protocols; not other ICMP).
-pub const F_TRACK: u8 = 1 << 2;
+pub(super) const F_TRACK: u8 = 1 << 2;
 /// An allowed miss creates an entry: TCP SYN without ACK, UDP, ICMP echo request, other
 /// protocols — never a later fragment (no L4 header: its first fragment created it).
-pub const F_CREATE: u8 = 1 << 3;
+pub(super) const F_CREATE: u8 = 1 << 3;
 /// An ICMP error with a complete inner header, addressed to the quoted packet's source
 /// (`to_quoted_source`): `inner_*` is the offending packet, which travelled the opposite
 /// way; a conntrack hit on it passes the error (`ct_related`).
-pub const F_ICMP_ERROR: u8 = 1 << 4;
+pub(super) const F_ICMP_ERROR: u8 = 1 << 4;
 
 /// One frame's flow. Addresses and ports are kept as loaded (memory order; ports and
 /// `rule_port` are network-order bytes), the form map keys are built from.
 #[derive(Clone, Copy)]
-pub struct Flow {
+pub(super) struct Flow {
     /// IPv4: `[addr, 0, 0, 0]`.
     pub src: [u32; 4],
     pub dst: [u32; 4],
@@ -105,24 +105,24 @@ impl Flow {
     /// reads for an exempt frame are written (no whole-struct zeroing: bpf-linker turns
     /// that into a byte-loop `memset` call, which also costs the verifier dearly).
     #[inline(always)]
-    pub fn set_not_ip(&mut self) {
+    pub(super) fn set_not_ip(&mut self) {
         self.family = 0;
         self.flags = F_EXEMPT_EGRESS | F_EXEMPT_INGRESS;
         self.frag = FRAG_NONE;
     }
 
     #[inline(always)]
-    pub const fn tcp_syn_only(&self) -> bool {
+    pub(super) const fn tcp_syn_only(&self) -> bool {
         self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
     #[inline(always)]
-    pub const fn tcp_rst(&self) -> bool {
+    pub(super) const fn tcp_rst(&self) -> bool {
         self.tcp_flags & TCP_RST != 0
     }
 
     #[inline(always)]
-    pub const fn tcp_fin(&self) -> bool {
+    pub(super) const fn tcp_fin(&self) -> bool {
         self.tcp_flags & TCP_FIN != 0
     }
 }
@@ -130,7 +130,7 @@ impl Flow {
 /// Protocols whose first 4 L4 bytes are source and destination port, and the length of
 /// their fixed header (a first fragment shorter than that is `frag_tiny`).
 #[inline(always)]
-pub const fn ports_hlen(proto: u8) -> Option<usize> {
+pub(super) const fn ports_hlen(proto: u8) -> Option<usize> {
     match proto {
         IPPROTO_TCP => Some(TCP_HLEN),
         IPPROTO_UDP | IPPROTO_UDPLITE => Some(UDP_HLEN),
@@ -144,7 +144,7 @@ pub const fn ports_hlen(proto: u8) -> Option<usize> {
 /// an L4 header shorter than its protocol's (`l4_malformed`; in a first fragment
 /// `frag_tiny` for IPv4, `ipv6_header_chain` for IPv6, RFC 1858 / RFC 7112).
 #[inline(always)]
-pub fn build(pkt: &Pkt, l3: &L3, f: &mut Flow) -> Result<(), DropReason> {
+pub(super) fn build(pkt: &Pkt, l3: &L3, f: &mut Flow) -> Result<(), DropReason> {
     f.family = l3.family;
     f.proto = l3.proto;
     f.flags = 0;
@@ -241,7 +241,7 @@ pub fn build(pkt: &Pkt, l3: &L3, f: &mut Flow) -> Result<(), DropReason> {
 /// reply (tracked: the answer to a request), errors (related), ND/MLD (exempt), others
 /// (judged by the rules at every packet).
 #[inline(always)]
-pub const fn icmp_flags(family: u8, ty: u8) -> u8 {
+pub(super) const fn icmp_flags(family: u8, ty: u8) -> u8 {
     if family == FAMILY_V4 {
         match ty {
             ICMP_ECHO_REQUEST => F_TRACK | F_CREATE,
@@ -291,7 +291,7 @@ const fn dhcp_exemption(family: u8, sport: u16, dport: u16) -> u8 {
 /// The flags of a later fragment, judged by its first fragment's ports (TCP flags
 /// unknown: never creates; exemptions as the first fragment's).
 #[inline(always)]
-pub fn later_flags(f: &Flow, sport: u16, dport: u16, rule_port: u16) -> u8 {
+pub(super) fn later_flags(f: &Flow, sport: u16, dport: u16, rule_port: u16) -> u8 {
     if ports_hlen(f.proto).is_some() {
         if f.proto == IPPROTO_UDP {
             return F_TRACK | dhcp_exemption(f.family, sport, dport);

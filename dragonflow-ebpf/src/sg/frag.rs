@@ -48,7 +48,7 @@ fn key(out: &mut FragKey, ifindex: u32, dir: u8, f: &Flow) {
 /// What the first fragment of a later fragment's datagram recorded, or why the later
 /// fragment is dropped. `k`: scratch memory for the key.
 #[inline(always)]
-pub fn first(
+pub(super) fn first(
     k: &mut FragKey,
     ifindex: u32,
     dir: u8,
@@ -76,7 +76,7 @@ pub fn first(
 /// `k`, `v`: scratch memory for the key and value. A failed insert (LRU: never for lack
 /// of room) only drops the later fragments.
 #[inline(always)]
-pub fn record(k: &mut FragKey, v: &mut FragValue, ifindex: u32, dir: u8, f: &Flow) {
+pub(super) fn record(k: &mut FragKey, v: &mut FragValue, ifindex: u32, dir: u8, f: &Flow) {
     key(k, ifindex, dir, f);
     *v = FragValue {
         sport: f.sport,

@@ -142,7 +142,7 @@ use crate::{
 mod ct;
 mod flow;
 mod frag;
-pub mod policy;
+pub(crate) mod policy;
 
 /// Per-CPU working memory of the stage ([`Scratch`]): the parsed flow and the map keys,
 /// off the nearly full stack. Private to one program run, so neither pinned nor shared
@@ -166,7 +166,7 @@ const POLICY_KEY_BITS: u32 = 96;
 /// it. Reset by [`Sg::new`] at the start of every run (a program runs to completion on
 /// one CPU without another of ours interleaving: softirq / BH-disabled context).
 #[repr(C)]
-pub struct Scratch {
+pub(crate) struct Scratch {
     run: Run,
     /// Filled by port security for senders that have it (see [`Sg::l3`]).
     l3: L3,
@@ -227,7 +227,7 @@ struct Job {
 /// The stage's handle for one program run: a pointer to this CPU's [`Scratch`] (one
 /// register or stack slot in the caller), null when security groups are off — then
 /// nothing else is read or written (the allowed-IPv4 fast path measures this).
-pub struct Sg {
+pub(crate) struct Sg {
     s: *mut Scratch,
 }
 
@@ -237,7 +237,7 @@ impl Sg {
     /// tunnel). `None` only if the per-CPU slot is missing, which cannot happen (an array
     /// of one entry); callers drop the frame.
     #[inline(always)]
-    pub fn new(sender: u32, cfg: Option<&ChassisConfig>) -> Option<Self> {
+    pub(crate) fn new(sender: u32, cfg: Option<&ChassisConfig>) -> Option<Self> {
         let policy_gen = match cfg {
             Some(c) if c.flags & CFG_F_SECURITY_GROUPS != 0 => c.policy_gen,
             _ => {
@@ -279,14 +279,14 @@ impl Sg {
     /// Where port security writes what it learns of the IP header; `None` when security
     /// groups are off (nothing to write).
     #[inline(always)]
-    pub fn l3(&mut self) -> Option<&mut L3> {
+    pub(crate) fn l3(&mut self) -> Option<&mut L3> {
         // SAFETY: see `new`.
         unsafe { self.s.as_mut().map(|s| &mut s.l3) }
     }
 
     /// The sender passed port security as a secured port: its egress rules apply.
     #[inline(always)]
-    pub fn sender_secured(&mut self) {
+    pub(crate) fn sender_secured(&mut self) {
         if let Some(r) = self.run_mut() {
             r.egress = 1;
         }
@@ -295,7 +295,7 @@ impl Sg {
     /// `reason` is the ingress drop already counted under `to_vm` (the delivering
     /// program must not count it in its own direction too).
     #[inline(always)]
-    pub fn counted(&self, reason: DropReason) -> bool {
+    pub(crate) fn counted(&self, reason: DropReason) -> bool {
         self.run()
             .is_some_and(|r| u32::from(r.counted) == reason as u32)
     }
@@ -304,7 +304,7 @@ impl Sg {
     /// `policy::to_port` call this while the packet is as the sender sent it (before any
     /// clone or rewrite); `to_port` itself never reads the packet.
     #[inline(always)]
-    pub fn prepare<C: Hook>(&mut self, ctx: &C, eth_proto: u16) {
+    pub(crate) fn prepare<C: Hook>(&mut self, ctx: &C, eth_proto: u16) {
         if self.run().is_some_and(|r| r.parsed == PARSE_NONE) {
             ctx.sg_parse(self.s, eth_proto);
         }
@@ -313,7 +313,7 @@ impl Sg {
     /// The sender's egress rules, for a frame this program finishes (`group`: to a
     /// broadcast/multicast MAC). Drops are counted by the caller (`from_vm`).
     #[inline(always)]
-    pub fn egress<C: Hook>(
+    pub(crate) fn egress<C: Hook>(
         &mut self,
         ctx: &C,
         eth_proto: u16,
@@ -333,7 +333,7 @@ impl Sg {
     /// The ingress rules of the local port `ifindex` (see `policy::to_port`); a drop is
     /// counted here under `to_vm`.
     #[inline(always)]
-    pub fn ingress(&mut self, ifindex: u32, group: bool) -> Result<(), DropReason> {
+    pub(crate) fn ingress(&mut self, ifindex: u32, group: bool) -> Result<(), DropReason> {
         if self.s.is_null() {
             return Ok(());
         }
@@ -365,7 +365,7 @@ impl Sg {
 /// calling them from `Sg::prepare` through `EbpfContext::as_ptr` instead changed the code
 /// LLVM emits around them (measured: 3,357 fewer verified instructions in `df_aap_group`,
 /// other programs moved too), and the layering must not change what the verifier sees.
-pub trait Hook: PacketCtx {
+pub(crate) trait Hook: PacketCtx {
     /// Parses the frame's flow into `s` through the hook's global parser.
     fn sg_parse(&self, s: *mut Scratch, eth_proto: u16);
 }
@@ -390,7 +390,7 @@ impl Hook for TcContext {
 /// from-VM program exceed the verifier's budget. Reads the frame directly (no pull).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_sg_parse_xdp(ctx: *mut xdp_md, s: *mut Scratch, eth_proto: u32) -> u32 {
+pub(crate) extern "C" fn df_sg_parse_xdp(ctx: *mut xdp_md, s: *mut Scratch, eth_proto: u32) -> u32 {
     if s.is_null() {
         return 1;
     }
@@ -410,7 +410,11 @@ pub extern "C" fn df_sg_parse_xdp(ctx: *mut xdp_md, s: *mut Scratch, eth_proto: 
 /// headers into the linear area (`PacketCtx::pkt`); `len` is the whole frame's.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_sg_parse_tc(skb: *mut __sk_buff, s: *mut Scratch, eth_proto: u32) -> u32 {
+pub(crate) extern "C" fn df_sg_parse_tc(
+    skb: *mut __sk_buff,
+    s: *mut Scratch,
+    eth_proto: u32,
+) -> u32 {
     if s.is_null() {
         return 1;
     }
@@ -460,7 +464,7 @@ const JUDGE_GROUP: u32 = 1 << 8;
 /// to pass, else a `DropReason`.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn df_sg_judge(s: *mut Scratch, ifindex: u32, how: u32) -> u32 {
+pub(crate) extern "C" fn df_sg_judge(s: *mut Scratch, ifindex: u32, how: u32) -> u32 {
     if s.is_null() {
         return DropReason::SgDenied as u32;
     }

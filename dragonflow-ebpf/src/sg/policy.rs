@@ -18,7 +18,7 @@ use crate::{
 /// nothing itself except security-group drops (`to_vm`, see `Sg::ingress`); the caller
 /// counts the outcome.
 #[inline(always)]
-pub fn to_port(
+pub(crate) fn to_port(
     ifindex: u32,
     frame_dst: &[u8; 6],
     entry_mac: &[u8; 6],

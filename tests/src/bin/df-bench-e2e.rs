@@ -25,6 +25,10 @@
 //! or XDP_TX into a veth only delivers when the receiver has NAPI, and XDP_TX only when it
 //! has an XDP program) and checksum offload off (an XDP redirect drops the skb's
 //! partial-checksum state; README: "XDP or TC"), for the stub and for our program alike.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     os::fd::OwnedFd,
@@ -39,8 +43,10 @@ use aya::{
 };
 use dragonflow_agent::datapath::EBPF_OBJECT;
 use dragonflow_common::maps::{self as names, progs};
-use tests::framework::{hook::Hook, http::metric, netns::Netns, process::wait_until};
-use tests::harness::{Cloud, HvOpts, VmOpts, agent_has_flag, iperf3, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, netns::Netns, process::wait_until},
+    harness::{Cloud, HvOpts, VmOpts, agent_has_flag, iperf3, ping},
+};
 
 /// `sg`: security groups enforced (nftables rules or our agent's default).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -27,6 +27,10 @@
 //! moves come within twice its 1 s back-off) never delays one. Usage:
 //! `df-bench-failover [FAILOVERS [bridge|broadcast|detection]…]` (default: 20 failovers in
 //! each setup); prints markdown.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     fs,
@@ -42,12 +46,12 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tests::framework::{
-    http::metric,
-    netns::Netns,
-    process::{cmd, unique_prefix, wait_until},
-};
 use tests::{
+    framework::{
+        http::metric,
+        netns::Netns,
+        process::{cmd, unique_prefix, wait_until},
+    },
     harness::{Cloud, ping},
     vrrp::{
         C1, CLIENTS, HOLDERS, Keepalived, M1, M2, VIP, VRID, VmDef, VrrpConf, has_addr,

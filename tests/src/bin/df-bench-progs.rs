@@ -16,6 +16,10 @@
 //! `df-bench-progs [--repeat N] [--rounds N] [--sg-only] [--tunnel-only] [--limits-only]`
 //! (`--sg-only`: the security-group table alone; `--tunnel-only`: the from-tunnel table
 //! alone; `--limits-only`: the limits table alone)
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::fmt::Write as _;
 
@@ -27,10 +31,12 @@ use dragonflow_common::{
     port::{PORT_F_CIDR_AAP, PORT_F_PORT_SECURITY, PortConfig},
     verdict::{Direction, DropReason, EventStat, PassPath, Stat, stat_index},
 };
-use tests::framework::hook::Hook;
 use tests::{
     fixtures::frames::*,
-    framework::test_run::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
+    framework::{
+        hook::Hook,
+        test_run::{Datapath, LO_IFINDEX, from_vm_prog, stub_prog},
+    },
 };
 
 const GW_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 0, 0x01];

@@ -22,6 +22,10 @@
 //! from the members of the next group.
 //!
 //! Usage: `df-bench-scale [--ports N] [--rounds R] [--idle-secs S]`; prints markdown.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     fs,
@@ -38,11 +42,13 @@ use dragonflow_common::{
 };
 use etcd_client::{Client, Txn, TxnOp};
 use serde_json::{Value, json};
-use tests::framework::{
-    etcd::{ETCD_IP, ETCD_PORT},
-    hook::Hook,
+use tests::{
+    framework::{
+        etcd::{ETCD_IP, ETCD_PORT},
+        hook::Hook,
+    },
+    harness::Cloud,
 };
-use tests::harness::Cloud;
 
 const PREFIX: &str = "/dragonflow/";
 /// etcd's default `--max-txn-ops`.

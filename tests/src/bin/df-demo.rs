@@ -2,18 +2,25 @@
 //! real agent on each (forwarding in eBPF, no Linux bridge anywhere), two networks joined
 //! by a distributed router, VMs in network namespaces. Shows same-chassis, cross-chassis
 //! and routed pings, ARP answered by the datapath, a spoof dropped with its counter,
-//! allowed address pairs honoured live, a GARP event, and security groups: every port is
+//! allowed address pairs honoured live, a keepalived VIP shared by two VMs on two
+//! hypervisors failing over in the detection way (the claim, the new active port and the
+//! gap a pinging client saw), and security groups: every port is
 //! in the `default` group (egress anywhere, ingress from the group's members) until web3
 //! moves to a group of its own, where a ping is denied (counted) until a rule allows it.
 //! Ctrl-C (or `--duration`) removes every namespace, link, pin and process it made.
 //!
 //! ```text
-//!   hv1 (198.18.0.10)  web1 192.0.2.11, web2 192.0.2.12 (both list the VIP .100),
-//!                      client 192.0.2.13            on net1 (VNI 100)
+//!   hv1 (198.18.0.10)  web1 192.0.2.11 (lists the VIP .100, keepalived master)
+//!                      client 192.0.2.13            on net1 (VNI 100, detection way)
 //!                      app 198.51.100.10            on net2 (VNI 200)
-//!   hv2 (198.18.0.11)  web3 192.0.2.14              on net1
+//!   hv2 (198.18.0.11)  web2 192.0.2.12 (lists the VIP .100, keepalived backup)
+//!                      web3 192.0.2.14              on net1
 //!   router r1: 192.0.2.1 on net1, 198.51.100.1 on net2 (every VM's default gateway)
 //! ```
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -21,8 +28,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::framework::{hook::Hook, http::metric, process::wait_until};
-use tests::harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping};
+use tests::{
+    framework::{hook::Hook, http::metric, netns::Netns, process::wait_until},
+    harness::{Cloud, HvOpts, Hypervisor, VmOpts, ping},
+    vrrp::{Keepalived, VrrpConf},
+};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -124,7 +134,7 @@ const VMS: &[VmDef] = &[
     },
     VmDef {
         name: "web2",
-        hv: 0,
+        hv: 1,
         net: "net1",
         mac: "fa:16:3e:00:00:02",
         ip: "192.0.2.12",
@@ -191,7 +201,7 @@ fn main() {
 
     step("Creating two networks, a router between them and the ports, through dfctl");
     let mut cmds = vec![
-        "lswitch create net1 --name front --vni 100 --mtu 1450".to_string(),
+        "lswitch create net1 --name front --vni 100 --mtu 1450 --aap-mode detection".to_string(),
         "subnet create sub1 --lswitch net1 --cidr 192.0.2.0/24 --gateway 192.0.2.1".into(),
         "lswitch create net2 --name back --vni 200 --mtu 1450".into(),
         "subnet create sub2 --lswitch net2 --cidr 198.51.100.0/24 --gateway 198.51.100.1".into(),
@@ -226,9 +236,9 @@ fn main() {
         let opts = VmOpts::with_gateways(&[v.gateway]);
         let addr = format!("{}/{}", v.ip, v.prefix);
         let mut addrs = vec![addr.as_str()];
-        // web1 holds the VIP; it also configures an address it was never given (.66).
+        // web1 configures an address it was never given (.66); the VIP is keepalived's.
         if v.name == "web1" {
-            addrs.extend(["192.0.2.100/32", "192.0.2.66/32"]);
+            addrs.push("192.0.2.66/32");
         }
         cloud.add_vm_opts(
             v.hv,
@@ -260,7 +270,8 @@ fn main() {
         let i = VMS.iter().position(|v| v.name == name).expect("vm");
         &cloud.vms[i].ns
     };
-    let (web1, client, app, web3) = (vm("web1"), vm("client"), vm("app"), vm("web3"));
+    let (web1, web2, client, app, web3) =
+        (vm("web1"), vm("web2"), vm("client"), vm("app"), vm("web3"));
     let (hv1, hv2) = (&cloud.hvs[0], &cloud.hvs[1]);
     let mut show = |what: &str, ok_: bool| {
         println!("    {what}: {}", ok(ok_));
@@ -282,10 +293,6 @@ fn main() {
     step("Same chassis: client -> web1 (hv1 -> hv1), redirected tap to tap");
     let before = path(hv1, "l2_local");
     show("ping 192.0.2.11", reach(client, "192.0.2.11"));
-    show(
-        "ping 192.0.2.100 (the VIP, held by web1)",
-        reach(client, "192.0.2.100"),
-    );
     println!(
         "    hv1 from_vm l2_local: {before} -> {}",
         path(hv1, "l2_local")
@@ -370,14 +377,71 @@ fn main() {
     let removed = (0..100).any(|_| !spoof_ping());
     show("after --remove-aap: dropped again", removed);
 
-    step("Gratuitous ARP for the VIP from web1 (what keepalived sends on failover)");
-    web1.try_exec("arping -q -U -c 2 -I eth0 192.0.2.100");
-    let garp = wait_until_some_garp(&cloud);
-    show(
-        "GARP event for 192.0.2.100 listed",
-        garp.contains("192.0.2.100"),
+    step(
+        "Shared VIP, detection way: keepalived on web1 (hv1, master) and web2 (hv2, backup) share 192.0.2.100",
     );
-    print!("{garp}");
+    let mut keepalived = [
+        (web1, "web1", "192.0.2.11", 150),
+        (web2, "web2", "192.0.2.12", 100),
+    ]
+    .map(|(ns, name, ip, priority)| {
+        let peer = if ip == "192.0.2.11" {
+            "192.0.2.12"
+        } else {
+            "192.0.2.11"
+        };
+        Keepalived::start(
+            ns,
+            &VrrpConf {
+                name: name.into(),
+                iface: "eth0".into(),
+                vrid: 51,
+                priority,
+                advert_int: 1.0,
+                src: Some(ip.into()),
+                peers: vec![peer.into()],
+                vips: vec!["192.0.2.100/24".into()],
+                use_vmac: false,
+                nopreempt: false,
+            },
+        )
+    });
+    let claimed = wait_active(&cloud, "web1");
+    show(
+        "web1's GARP claimed the VIP (active port web1 on hv1)",
+        claimed,
+    );
+    print!("{}", cloud.dfctl("aap list --lswitch net1"));
+    show(
+        "client pings the VIP (answered by web1)",
+        reach(client, "192.0.2.100"),
+    );
+    println!("    client pings the VIP every 50 ms; stopping keepalived on web1 (the master)");
+    let pinger = Pinger::start(client, "192.0.2.100");
+    // Some replies before the failover, so the gap is measured from a steady state.
+    pinger.wait_replies(10);
+    let t = Instant::now();
+    keepalived[0].stop();
+    let moved = wait_active(&cloud, "web2");
+    show(
+        &format!(
+            "the VIP moved: active port web2 on hv2 ({} ms after the stop)",
+            t.elapsed().as_millis()
+        ),
+        moved,
+    );
+    let replies_before = pinger.replies();
+    pinger.wait_replies(replies_before + 10);
+    let stats = pinger.finish();
+    show(
+        &format!(
+            "client's pings continue through web2: {} sent, {} answered, longest gap {} ms",
+            stats.sent, stats.received, stats.longest_gap_ms
+        ),
+        stats.received > replies_before && stats.longest_gap_ms < 10_000,
+    );
+    print!("{}", cloud.dfctl("aap history net1 192.0.2.100"));
+    keepalived[1].stop();
 
     step("Security groups: every port so far is in `default` (dfctl gave it to them)");
     print!("{}", cloud.dfctl("secgroup show default"));
@@ -490,29 +554,124 @@ fn main() {
     }
 }
 
-fn wait_until_some_garp(cloud: &Cloud) -> String {
-    let agent = format!("http://{}", Hypervisor::METRICS);
-    let hv = &cloud.hvs[0];
-    let mut out = String::new();
-    let found = (0..100).any(|_| {
-        let o = hv
-            .ns
-            .command(tests::framework::process::dfctl_bin())
-            .args(["garp", "list", "--agent", &agent])
-            .output();
-        if let Ok(o) = o
-            && o.status.success()
+/// Waits (30 s at most) until `port` is the active holder of the VIP on net1.
+fn wait_active(cloud: &Cloud, port: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let out = cloud.try_dfctl("--output json aap list --lswitch net1");
+        if out.status.success()
+            && let Ok(rows) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && rows.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["ip"] == "192.0.2.100" && r["active"]["port"] == port)
+            })
         {
-            out = String::from_utf8_lossy(&o.stdout).into_owned();
-            if out.contains("192.0.2.100") {
-                return true;
-            }
+            return true;
         }
-        thread::sleep(Duration::from_millis(100));
-        false
-    });
-    if !found {
-        out.push_str("    (no GARP event seen yet)\n");
+        thread::sleep(Duration::from_millis(50));
     }
-    out
+    false
+}
+
+/// A `ping -D` from a VM running in the background: its replies' timestamps give the
+/// longest silence a client saw during a failover.
+struct Pinger {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+struct PingStats {
+    sent: usize,
+    received: usize,
+    longest_gap_ms: u64,
+}
+
+impl Pinger {
+    fn start(ns: &Netns, ip: &str) -> Pinger {
+        use std::io::Read as _;
+        let mut child = ns
+            .command("ping")
+            .args(["-D", "-n", "-i", "0.05", "-W", "1", ip])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ping");
+        let mut stdout = child.stdout.take().expect("ping stdout");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = out.clone();
+        let reader = thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("ping output")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Pinger {
+            child,
+            out,
+            reader: Some(reader),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().expect("ping output").clone()
+    }
+
+    fn replies(&self) -> usize {
+        self.text()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .count()
+    }
+
+    /// Waits (30 s at most) for `n` replies in all.
+    fn wait_replies(&self, n: usize) {
+        let start = Instant::now();
+        while self.replies() < n && start.elapsed() < Duration::from_secs(30) {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops ping (SIGINT: it prints its summary) and reads its figures.
+    fn finish(mut self) -> PingStats {
+        // SAFETY: kill(2) of the child this guard started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let text = self.text();
+        let stamps: Vec<f64> = text
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect();
+        let longest_gap_ms = stamps
+            .windows(2)
+            .map(|w| ((w[1] - w[0]) * 1000.0) as u64)
+            .max()
+            .unwrap_or(0);
+        // "N packets transmitted, M received"
+        let sent = text
+            .lines()
+            .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
+            .unwrap_or(0);
+        PingStats {
+            sent,
+            received: stamps.len(),
+            longest_gap_ms,
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,13 +1,16 @@
 //! `dfctl lport`: logical ports (Neutron ports) with their allowed address pairs.
 
 use clap::{Args, Subcommand};
-use dragonflow_agent::etcd::StoreError;
-use dragonflow_agent::nb::{
-    AllowedAddressPair, Kind, LPort, LRouter, LSwitch, MacAddr, NbRecord as _, SecGroup, Subnet,
-    bulk::DEFAULT_GROUP,
-    conflicts,
-    parse::{parse_aap, parse_fixed_ip, parse_mac},
-    refs::{self, validate_lport_refs},
+use dragonflow_agent::{
+    etcd::StoreError,
+    nb::{
+        AllowedAddressPair, Kind, LPort, LRouter, LSwitch, MacAddr, NbRecord as _, SecGroup,
+        Subnet,
+        bulk::DEFAULT_GROUP,
+        conflicts,
+        parse::{parse_aap, parse_fixed_ip, parse_mac},
+        refs::{self, validate_lport_refs},
+    },
 };
 
 use crate::{

@@ -1,10 +1,12 @@
 //! `dfctl lrouter`: distributed logical routers, one interface per lswitch.
 
 use clap::Subcommand;
-use dragonflow_agent::etcd::StoreError;
-use dragonflow_agent::nb::{
-    IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch, NbRecord as _, Subnet, parse::parse_mac,
-    refs::validate_lrouter_port_refs, rules,
+use dragonflow_agent::{
+    etcd::StoreError,
+    nb::{
+        IpPrefix, Kind, LPort, LRouter, LRouterPort, LSwitch, NbRecord as _, Subnet,
+        parse::parse_mac, refs::validate_lrouter_port_refs, rules,
+    },
 };
 
 use crate::{

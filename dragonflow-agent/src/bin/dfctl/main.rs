@@ -9,6 +9,10 @@
 //! Exit codes: 0 success; 2 usage, validation or state error (not found, already exists,
 //! still in use); 1 etcd or the agent unreachable or failing. Errors are one line on stderr:
 //! `error: lport p1: allowed address pair 192.0.2.300 is not an IP address or CIDR`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
 
 //!
 //! This file wires clap to the commands: one module per subcommand, `output` for tables,
@@ -36,8 +40,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use clap_complete::Shell;
-use dragonflow_agent::etcd::{NbStore, store::DEFAULT_CONNECT_TIMEOUT};
-use dragonflow_agent::nb::{DEFAULT_PREFIX, ValidationOptions, etcd::EtcdArgs, rules};
+use dragonflow_agent::{
+    etcd::{NbStore, store::DEFAULT_CONNECT_TIMEOUT},
+    nb::{DEFAULT_PREFIX, ValidationOptions, etcd::EtcdArgs, rules},
+};
 
 use crate::{
     aap::AapCmd,

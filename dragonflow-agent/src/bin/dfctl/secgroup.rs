@@ -2,10 +2,12 @@
 //! say what it may send and receive).
 
 use clap::{Args, Subcommand};
-use dragonflow_agent::etcd::StoreError;
-use dragonflow_agent::nb::{
-    EtherType, IpPrefix, LPort, NbRecord as _, RuleDirection, SecGroup, SecGroupRule,
-    bulk::DEFAULT_GROUP, protocol, refs,
+use dragonflow_agent::{
+    etcd::StoreError,
+    nb::{
+        EtherType, IpPrefix, LPort, NbRecord as _, RuleDirection, SecGroup, SecGroupRule,
+        bulk::DEFAULT_GROUP, protocol, refs,
+    },
 };
 
 use crate::{

@@ -3,13 +3,14 @@
 use dragonflow_common::{fwd::ChassisConfig, maps};
 use tracing::warn;
 
+use super::{Maps, write::log_err};
 use crate::{
-    desired::reconcile::{CidrKey, MapEntries, RouteLpmKey},
-    desired::secgroups::{IdentLpmKey, PolicyLpmKey},
+    desired::{
+        reconcile::{CidrKey, MapEntries, RouteLpmKey},
+        secgroups::{IdentLpmKey, PolicyLpmKey},
+    },
     report::Chain,
 };
-
-use super::{Maps, write::log_err};
 
 impl Maps {
     /// Everything the maps hold now (adopted from a previous agent, or written by us).

@@ -7,13 +7,14 @@ use aya::maps::{MapError, lpm_trie::Key};
 use dragonflow_common::maps;
 use tracing::{debug, info, warn};
 
-use super::super::capacity::{self};
+use super::{
+    super::capacity::{self},
+    Maps,
+};
 use crate::{
     desired::reconcile::{Diff, EntriesDiff, MapEntries},
     report::Chain,
 };
-
-use super::Maps;
 
 impl Maps {
     /// Writes `diff`, updating `actual` to what the maps hold afterwards. Returns the

@@ -84,28 +84,27 @@ mod network;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use context::Context;
-pub(crate) use network::network;
-pub use {
-    aap::mode_name,
-    admission::{peer_key, src_key},
-};
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
 };
 
+pub use aap::mode_name;
+pub use admission::{peer_key, src_key};
+pub(crate) use context::Context;
 use dragonflow_common::{
     addr::{FAMILY_V4, FAMILY_V6},
     fwd::{NeighKey, ROUTE_FIXED_BITS, RouteKey},
 };
+pub(crate) use network::network;
 use serde::Serialize;
 
 use crate::{
-    desired::hash::fnv1a,
-    desired::reconcile::{Desired, MapEntries, RouteLpmKey},
+    desired::{
+        hash::fnv1a,
+        reconcile::{Desired, MapEntries, RouteLpmKey},
+    },
     nb::{AapMode, IpPrefix, LPort, NbSnapshot},
 };
 

@@ -27,8 +27,10 @@ use dragonflow_common::{
 };
 
 use crate::{
-    desired::forwarding::{self, NetPart, NetworkView},
-    desired::secgroups::{IdentLpmKey, Identities, PolicyLpmKey, SgEngine, SgKeys, SgPortView},
+    desired::{
+        forwarding::{self, NetPart, NetworkView},
+        secgroups::{IdentLpmKey, Identities, PolicyLpmKey, SgEngine, SgKeys, SgPortView},
+    },
     nb::{IpPrefix, LPort, LSwitch, MacAddr, NbSnapshot},
 };
 

@@ -48,7 +48,7 @@ use crate::{
     desired::reconcile::MapEntries,
     nb::{
         IpPrefix, LPort, NbSnapshot, SecGroupRule,
-        validate::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, rule_protocol},
+        protocol::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, rule_protocol},
     },
 };
 

@@ -2,9 +2,8 @@
 
 use std::collections::HashSet;
 
-use crate::nb::{LPort, error::ValidationError};
-
 use super::*;
+use crate::nb::{LPort, error::ValidationError};
 
 pub fn validate_lport(p: &LPort, opts: &ValidationOptions) -> Result<(), ValidationError> {
     check_id("lport id", &p.id)?;

@@ -2,9 +2,8 @@
 
 use std::net::IpAddr;
 
-use crate::nb::{IpPrefix, LRouter, LRouterPort, error::ValidationError};
-
 use super::*;
+use crate::nb::{IpPrefix, LRouter, LRouterPort, error::ValidationError};
 
 /// A router on its own: ids, and per interface a unicast MAC and usable addresses with a
 /// real prefix (the connected routes), at most one per family; the interface ids,

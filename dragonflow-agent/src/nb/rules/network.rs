@@ -2,9 +2,8 @@
 
 use std::net::IpAddr;
 
-use crate::nb::{Chassis, LSwitch, Subnet, error::ValidationError};
-
 use super::*;
+use crate::nb::{Chassis, LSwitch, Subnet, error::ValidationError};
 
 pub fn validate_lswitch(s: &LSwitch) -> Result<(), ValidationError> {
     check_id("lswitch id", &s.id)?;

@@ -2,9 +2,8 @@
 
 use std::collections::HashSet;
 
-use crate::nb::{EtherType, SecGroup, SecGroupRule, error::ValidationError, protocol::*};
-
 use super::*;
+use crate::nb::{EtherType, SecGroup, SecGroupRule, error::ValidationError, protocol::*};
 
 /// A group on its own: ids, name, and every rule as Neutron's API checks it (protocol
 /// names/numbers and ethertype, port ranges only where we match them and inside
