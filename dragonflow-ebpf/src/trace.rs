@@ -126,7 +126,12 @@ pub(crate) fn fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) {
 /// Notes the forwarding decision (see [`fwd`]; global: see [`df_trace_stat`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn df_trace_fwd(kind: u32, out_ifindex: u32, vni: u32, remote_ip: u32) -> u32 {
+pub(crate) extern "C" fn df_trace_fwd(
+    kind: u32,
+    out_ifindex: u32,
+    vni: u32,
+    remote_ip: u32,
+) -> u32 {
     if let Some(r) = record() {
         // SAFETY: as in `df_trace_stat`.
         unsafe {

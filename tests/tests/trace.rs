@@ -8,6 +8,11 @@
 //! have changed what the real frame meets, and every pass/drop slot the trace names must
 //! be one the real frame moved (other traffic of the VMs may move more, never fewer).
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one of several targets sharing the package's dependencies; src/lib.rs checks the list"
+)]
+
 use std::{
     collections::BTreeMap,
     process::Command,
@@ -16,8 +21,10 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::fixtures::vmctl_topo::{A, B, FOREIGN_MAC, Topo, counters, diff};
-use tests::framework::{hook::Hook, process::dfctl_bin};
+use tests::{
+    fixtures::vmctl_topo::{A, B, FOREIGN_MAC, Topo, counters, diff},
+    framework::{hook::Hook, process::dfctl_bin},
+};
 
 const BCAST: &str = "ff:ff:ff:ff:ff:ff";
 

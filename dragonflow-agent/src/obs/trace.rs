@@ -269,7 +269,7 @@ pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|c| !c.is_ascii_whitespace() && *c != b':')
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     digits
@@ -283,8 +283,9 @@ pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use dragonflow_common::verdict::Direction;
+
+    use super::*;
 
     #[test]
     fn slots_name_back() {
