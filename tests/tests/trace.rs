@@ -22,15 +22,20 @@ use std::{
 
 use serde_json::{Value, json};
 use tests::{
-    fixtures::vmctl_topo::{A, B, FOREIGN_MAC, Topo, counters, diff},
-    framework::{hook::Hook, process::dfctl_bin},
+    fixtures::vmctl_topo::{A, B, FOREIGN_MAC, Topo},
+    framework::{
+        hook::Hook,
+        netns::send_raw,
+        process::{dfctl_bin, wait_until},
+    },
 };
 
 const BCAST: &str = "ff:ff:ff:ff:ff:ff";
 
 /// One row: a vmctl case sent by VM a, the Ethernet header it has (vmctl's signature is
 /// the frame from its L3 header on), and the verdict expected of both the trace and the
-/// real frame (`pass <path>` or `drop <reason>`).
+/// real frame (`pass <path>` or `drop <reason>`), and for a security-group verdict, what
+/// the rule line must say.
 struct Case {
     case: &'static str,
     args: Value,
@@ -39,28 +44,46 @@ struct Case {
     ethertype: &'static str,
     verdict: &'static str,
     reason_or_path: &'static str,
+    rule: Option<&'static str>,
 }
 
-fn cases() -> Vec<Case> {
-    let c = |case, eth_dst, eth_src, ethertype, verdict, what| Case {
+fn row(
+    case: &'static str,
+    eth_dst: &'static str,
+    eth_src: Option<&'static str>,
+    ethertype: &'static str,
+    verdict: &'static str,
+    reason_or_path: &'static str,
+) -> Case {
+    Case {
         case,
         args: json!({}),
         eth_dst,
         eth_src,
         ethertype,
         verdict,
-        reason_or_path: what,
-    };
+        reason_or_path,
+        rule: None,
+    }
+}
+
+/// Every port in `allow-all`: port security, L2 and the responder decide.
+fn open_cases() -> Vec<Case> {
     vec![
         // Allowed, L2 to the local port b (UDP: XDP hands it to TC; ICMP: XDP finishes).
-        c("udp4", B.mac, None, "0800", "pass", "l2_local"),
-        c("icmp_echo", B.mac, None, "0800", "pass", "l2_local"),
-        c("tcp_syn", B.mac, None, "0800", "pass", "l2_local"),
+        row("udp4", B.mac, None, "0800", "pass", "l2_local"),
+        row("icmp_echo", B.mac, None, "0800", "pass", "l2_local"),
+        row("tcp_syn", B.mac, None, "0800", "pass", "l2_local"),
+        // From a's allowed-address-pair IP.
+        Case {
+            args: json!({"spoof": "192.0.2.100"}),
+            ..row("ip4_spoof", B.mac, None, "0800", "pass", "l2_local")
+        },
         // ARP for b's address: answered by the responder.
-        c("arp_request", BCAST, None, "0806", "pass", "arp_responder"),
+        row("arp_request", BCAST, None, "0806", "pass", "arp_responder"),
         // Spoofs.
-        c("ip4_spoof", B.mac, None, "0800", "drop", "src_ip_spoof"),
-        c(
+        row("ip4_spoof", B.mac, None, "0800", "drop", "src_ip_spoof"),
+        row(
             "mac_spoof",
             B.mac,
             Some(FOREIGN_MAC),
@@ -68,19 +91,38 @@ fn cases() -> Vec<Case> {
             "drop",
             "src_mac_spoof",
         ),
-        c("arp_spa_spoof", BCAST, None, "0806", "drop", "arp_spoof"),
+        row("arp_spa_spoof", BCAST, None, "0806", "drop", "arp_spoof"),
+    ]
+}
+
+/// b in `web` only, whose one rule admits TCP to port 40002 (vmctl's `tcp_syn`).
+fn sg_cases() -> Vec<Case> {
+    vec![
+        Case {
+            rule: Some("ingress tcp/40002 from 192.0.2.10 allowed by group web rule web-tcp"),
+            ..row("tcp_syn", B.mac, None, "0800", "pass", "l2_local")
+        },
+        Case {
+            rule: Some("no ingress rule of groups web of port pb allows udp/40000 from 192.0.2.10"),
+            ..row("udp4", B.mac, None, "0800", "drop", "sg_denied")
+        },
     ]
 }
 
 /// `dfctl -o json trace …` run in the hypervisor's namespace against its agent.
-fn dfctl_trace(t: &Topo, args: &[&str]) -> Value {
+fn dfctl_trace_raw(t: &Topo, args: &[&str]) -> std::process::Output {
     let hv = t.hv();
     let agent = format!("http://{}", hv.metrics_addr);
     let mut c: Command = hv.ns.command(dfctl_bin());
     c.args(["--etcd-endpoints", &t.cloud.etcd.endpoints(), "-o", "json"])
         .args(["trace", "--agent", &agent])
         .args(args);
-    let out = c.output().expect("spawn dfctl");
+    c.output().expect("spawn dfctl")
+}
+
+/// [`dfctl_trace_raw`], which must succeed, parsed.
+fn dfctl_trace(t: &Topo, args: &[&str]) -> Value {
+    let out = dfctl_trace_raw(t, args);
     assert!(
         out.status.success(),
         "dfctl trace {args:?} failed: {}{}",
@@ -100,15 +142,18 @@ fn frame_hex(c: &Case, sig: &str) -> String {
     )
 }
 
-/// The from_vm pass/drop slots a trace names.
-fn traced_slots(v: &Value) -> Vec<(String, String)> {
+type Slot = (String, String, String);
+
+/// The pass/drop slots a trace names: (direction, pass|drop, path|reason).
+fn traced_slots(v: &Value) -> Vec<Slot> {
     v["counted"]
         .as_array()
         .expect("counted")
         .iter()
-        .filter(|c| c["direction"] == "from_vm" && c["kind"] != "event")
+        .filter(|c| c["kind"] != "event")
         .map(|c| {
             (
+                c["direction"].as_str().unwrap().to_string(),
                 c["kind"].as_str().unwrap().to_string(),
                 c["name"].as_str().unwrap().to_string(),
             )
@@ -116,19 +161,42 @@ fn traced_slots(v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn verdicts_match(hook: Hook) {
-    let t = Topo::new(hook, &[A, B]);
-    let mut failures = Vec::new();
-    for c in cases() {
-        // Build the exact frame vmctl will send: a dry send would move counters, so
-        // the signature of the real send is used for the trace of the next one. Simpler:
-        // trace the frame with a fresh payload, then send the real one; both carry the
-        // same headers (only the nonce differs).
+/// Every pass/drop counter of the agent, every direction.
+fn all_counters(t: &Topo) -> BTreeMap<Slot, f64> {
+    let mut out = BTreeMap::new();
+    for l in t.hv().metrics().lines() {
+        let Some(rest) = l.strip_prefix("dragonflow_datapath_packets_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let labels: BTreeMap<&str, &str> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+            .collect();
+        let (Some(d), Some(v), Some(what)) = (
+            labels.get("direction"),
+            labels.get("verdict"),
+            labels.get("reason").or_else(|| labels.get("path")),
+        ) else {
+            continue;
+        };
+        *out.entry((d.to_string(), v.to_string(), what.to_string()))
+            .or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// Traces each row, then sends it for real, and compares (see the module docs).
+fn check_rows(t: &Topo, rows: &[Case], failures: &mut Vec<String>) {
+    for c in rows {
+        // The frame: vmctl's own (a first send gives its bytes: the signature, from L3 on).
+        // That send counts too; the comparison below is on the second, real one.
         let probe = t.ctl[0].send(c.case, c.args.clone());
         let sig = probe.sigs[0].clone().expect("signature");
-        // Let the probe settle so its counting is not mistaken for the real send's.
         thread::sleep(Duration::from_millis(300));
-        let v = dfctl_trace(&t, &["--from", &A.port(), "--frame", &frame_hex(&c, &sig)]);
+        let v = dfctl_trace(t, &["--from", &A.port(), "--frame", &frame_hex(c, &sig)]);
         let got = format!(
             "{} {}",
             v["verdict"].as_str().unwrap_or("?"),
@@ -136,35 +204,89 @@ fn verdicts_match(hook: Hook) {
         );
         let want = format!("{} {}", c.verdict, c.reason_or_path);
         if got != want {
-            failures.push(format!("{}: trace says {got}, want {want}: {v}", c.case));
+            failures.push(format!(
+                "{} {}: trace says {got}, want {want}: {v}",
+                c.case, c.args
+            ));
             continue;
         }
+        if let Some(rule) = c.rule {
+            let line = v["security_group_rule"].as_str().unwrap_or("");
+            if !line.contains(rule) {
+                failures.push(format!(
+                    "{}: rule line {line:?} does not say {rule:?}",
+                    c.case
+                ));
+            }
+        }
         let slots = traced_slots(&v);
-        let before = counters(t.hv());
+        let before = all_counters(t);
         t.ctl[0].send(c.case, c.args.clone());
         let deadline = Instant::now() + Duration::from_secs(3);
-        let missing = loop {
-            let now = counters(t.hv());
-            let mut missing = Vec::new();
-            for (kind, name) in &slots {
-                let k = (kind.clone(), name.clone());
-                let d =
-                    now.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0);
-                if d < 1.0 {
-                    missing.push(format!("{kind}/{name}"));
-                }
-            }
+        let (missing, now) = loop {
+            let now = all_counters(t);
+            let missing: Vec<&Slot> = slots
+                .iter()
+                .filter(|k| {
+                    now.get(*k).copied().unwrap_or(0.0) - before.get(*k).copied().unwrap_or(0.0)
+                        < 1.0
+                })
+                .collect();
             if missing.is_empty() || Instant::now() > deadline {
-                break (missing, diff(&before, &now));
+                break (format!("{missing:?}"), now);
             }
             thread::sleep(Duration::from_millis(50));
         };
-        if !missing.0.is_empty() {
+        if missing != "[]" {
+            let moved: Vec<String> = now
+                .iter()
+                .filter(|(k, v)| **v > before.get(*k).copied().unwrap_or(0.0))
+                .map(|(k, _)| format!("{k:?}"))
+                .collect();
             failures.push(format!(
-                "{}: the trace named {:?} but the real frame did not move {:?} (moved: {})",
-                c.case, slots, missing.0, missing.1
+                "{} {}: the trace named {slots:?} but the real frame did not move {missing} \
+                 (moved: {moved:?})",
+                c.case, c.args
             ));
         }
+    }
+}
+
+fn verdicts_match(hook: Hook) {
+    let t = Topo::new(hook, &[A, B]);
+    let mut failures = Vec::new();
+    check_rows(&t, &open_cases(), &mut failures);
+
+    // Security groups: b in `web` only (TCP to 40002 from anywhere).
+    t.cloud
+        .dfctl("secgroup create web --name web --no-default-rules");
+    t.cloud.dfctl(
+        "secgroup rule-add web --direction ingress --protocol tcp --port-min 40002 --id web-tcp",
+    );
+    t.cloud.dfctl("lport update pb --security-group web");
+    let b_ip = B.ip4.to_string();
+    wait_until(
+        "the agent applies b's new group (a traced UDP datagram to b is denied)",
+        Duration::from_secs(20),
+        || {
+            dfctl_trace(&t, &["--from", "pa", "--dst", &b_ip, "--proto", "udp"])["reason"]
+                == "sg_denied"
+        },
+    );
+    check_rows(&t, &sg_cases(), &mut failures);
+
+    // A port this chassis has no tap for: a clear refusal, not a guess.
+    t.cloud.dfctl(&format!(
+        "lport create pz --lswitch net1 --mac fa:16:3e:00:00:7a --fixed-ip 192.0.2.70 --chassis hv1 --ifname tapz --security-group allow-all"
+    ));
+    let out = dfctl_trace_raw(&t, &["--from", "pz", "--dst", &b_ip]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains("port pz has no tap on chassis hv1") {
+        failures.push(format!("a port without a tap: {} {err}", out.status));
+    }
+    let out = dfctl_trace_raw(&t, &["--from", "nosuchport", "--dst", &b_ip]);
+    if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("no port") {
+        failures.push(format!("an unknown port: {}", out.status));
     }
     assert!(failures.is_empty(), "{hook:?}:\n{}", failures.join("\n"));
 }
@@ -347,4 +469,167 @@ fn programs_load_within_the_verifier_budget() {
             "{name}: {verified} verified instructions"
         );
     }
+}
+
+/// The id of the map `name` of the agent's programs (the maps of the programs it holds
+/// open, named by bpftool): other agents on this machine have maps of the same name.
+fn agent_map(t: &Topo, name: &str) -> u32 {
+    let pid = t.hv().agent_pid().expect("agent running");
+    let dir = format!("/proc/{pid}/fdinfo");
+    let infos: Vec<String> = std::fs::read_dir(&dir)
+        .expect("agent fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    let field = |info: &String, f: &str| -> Option<u32> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(f))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let bpftool = |args: &[&str]| -> Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let mut ids: Vec<u32> = infos.iter().filter_map(|i| field(i, "map_id:")).collect();
+    for prog in infos.iter().filter_map(|i| field(i, "prog_id:")) {
+        let v = bpftool(&["prog", "show", "id", &prog.to_string()]);
+        ids.extend(
+            v["map_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_u64().map(|m| m as u32)),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        if bpftool(&["map", "show", "id", &id.to_string()])["name"] == name {
+            return id;
+        }
+    }
+    panic!("the agent's programs have no map {name}");
+}
+
+/// The bytes of entry 0 of an array map.
+fn map_value(id: u32) -> Vec<u8> {
+    let out = Command::new("bpftool")
+        .args([
+            "-j",
+            "map",
+            "lookup",
+            "id",
+            &id.to_string(),
+            "key",
+            "0",
+            "0",
+            "0",
+            "0",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool lookup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v["value"]
+        .as_array()
+        .expect("raw value bytes")
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect()
+}
+
+/// An IPv4/UDP frame from a to b carrying `payload` (UDP checksum 0: none).
+fn udp_frame(payload: &[u8]) -> Vec<u8> {
+    let mac = |m: &str| -> Vec<u8> {
+        m.split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect()
+    };
+    let ip = |s: &str| -> Vec<u8> { s.split('.').map(|x| x.parse::<u8>().unwrap()).collect() };
+    let mut f = mac(B.mac);
+    f.extend(mac(A.mac));
+    f.extend([0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend(total.to_be_bytes());
+    h.extend([0, 1, 0x40, 0, 64, 17, 0, 0]);
+    h.extend(ip(A.ip4));
+    h.extend(ip(B.ip4));
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend(h);
+    f.extend(40100u16.to_be_bytes());
+    f.extend(40100u16.to_be_bytes());
+    f.extend(((8 + payload.len()) as u16).to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(payload);
+    f
+}
+
+/// A VM that sends the agent's very token (read here from the agent's map, which no VM
+/// can do) in every place of its frame is judged like any frame: counted, delivered, and
+/// the trace record untouched — the token counts only in a test run's context.
+fn token_in_a_frame_is_no_trace(hook: Hook) {
+    let t = Topo::new(hook, &[A, B]);
+    let key = map_value(agent_map(&t, "df_trace_key_v1"));
+    assert_eq!(key.len(), 8);
+    assert_ne!(key, vec![0; 8], "the agent wrote its token");
+    // One trace first, so the record holds something to compare.
+    let b_ip = B.ip4.to_string();
+    dfctl_trace(&t, &["--from", "pa", "--dst", &b_ip, "--proto", "icmp"]);
+    let record_id = agent_map(&t, "df_trace_v1");
+    let record = map_value(record_id);
+    let mut payload = Vec::new();
+    for _ in 0..16 {
+        payload.extend(&key);
+        payload.extend(key.iter().rev());
+    }
+    let frame = udp_frame(&payload);
+    let slot = (
+        "from_vm".to_string(),
+        "pass".to_string(),
+        "l2_local".to_string(),
+    );
+    let before = all_counters(&t);
+    let n = 5;
+    for _ in 0..n {
+        t.vm(0).within(|| send_raw("eth0", &frame));
+    }
+    wait_until(
+        "the frames carrying the token are forwarded and counted like any frame",
+        Duration::from_secs(5),
+        || {
+            all_counters(&t).get(&slot).copied().unwrap_or(0.0)
+                - before.get(&slot).copied().unwrap_or(0.0)
+                >= f64::from(n)
+        },
+    );
+    assert_eq!(
+        map_value(record_id),
+        record,
+        "a VM's frame wrote the trace record: it ran as a trace"
+    );
+}
+
+#[test]
+fn token_in_a_frame_is_no_trace_tc() {
+    token_in_a_frame_is_no_trace(Hook::Tc);
+}
+
+#[test]
+fn token_in_a_frame_is_no_trace_xdp() {
+    token_in_a_frame_is_no_trace(Hook::Xdp);
 }
