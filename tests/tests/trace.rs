@@ -633,3 +633,168 @@ fn token_in_a_frame_is_no_trace_tc() {
 fn token_in_a_frame_is_no_trace_xdp() {
     token_in_a_frame_is_no_trace(Hook::Xdp);
 }
+
+/// Two chassis, two networks and a router (as in forwarding.rs): a1 (hv1) and a2 (hv2) on
+/// net1, c1 (hv1) on net2; every port in `default` (its members admit each other).
+fn two_chassis(hook: Hook) -> tests::harness::Cloud {
+    use tests::harness::{Cloud, HvOpts, VmOpts};
+    let mut cloud = Cloud::new();
+    for i in 0..2 {
+        cloud.add_hypervisor_opts(&format!("hv{}", i + 1), hook, HvOpts { bridge: false });
+    }
+    cloud.dfctl("lrouter create r1 --name r1");
+    for (net, vni, cidr, gw, rmac) in [
+        (
+            "net1",
+            101,
+            "192.0.2.0/24",
+            "192.0.2.1",
+            "fa:16:3e:00:01:01",
+        ),
+        (
+            "net2",
+            102,
+            "198.51.100.0/24",
+            "198.51.100.1",
+            "fa:16:3e:00:02:01",
+        ),
+    ] {
+        cloud.dfctl(&format!("lswitch create {net} --vni {vni} --mtu 1450"));
+        cloud.dfctl(&format!(
+            "subnet create {net}-v4 --lswitch {net} --cidr {cidr} --gateway {gw}"
+        ));
+        cloud.dfctl(&format!(
+            "lrouter add-interface r1 --lswitch {net} --mac {rmac} --ip {gw}/24"
+        ));
+    }
+    for (name, hv, net, mac, ip, gw) in [
+        (
+            "a1",
+            0,
+            "net1",
+            "fa:16:3e:01:00:10",
+            "192.0.2.10",
+            "192.0.2.1",
+        ),
+        (
+            "a2",
+            1,
+            "net1",
+            "fa:16:3e:01:00:20",
+            "192.0.2.20",
+            "192.0.2.1",
+        ),
+        (
+            "c1",
+            0,
+            "net2",
+            "fa:16:3e:02:00:10",
+            "198.51.100.10",
+            "198.51.100.1",
+        ),
+    ] {
+        cloud.dfctl(&format!(
+            "lport create p{name} --lswitch {net} --mac {mac} --fixed-ip {ip} --chassis hv{} --ifname tap{name}",
+            hv + 1
+        ));
+        cloud.add_vm_opts(
+            hv,
+            name,
+            &format!("tap{name}"),
+            mac,
+            &[&format!("{ip}/24")],
+            &VmOpts::with_gateways(&[gw]),
+        );
+    }
+    for i in 0..2 {
+        cloud.start_agent(i);
+    }
+    for (vm, ip) in [(0, "192.0.2.20"), (0, "198.51.100.10")] {
+        let ns = &cloud.vms[vm].ns;
+        wait_until(&format!("a1 pings {ip}"), Duration::from_secs(30), || {
+            tests::harness::ping(ns, ip, 1)
+        });
+    }
+    cloud
+}
+
+/// `dfctl -o json trace` against hv1's agent in `cloud`.
+fn trace_on_hv1(cloud: &tests::harness::Cloud, args: &[&str]) -> Value {
+    let hv = &cloud.hvs[0];
+    let agent = format!("http://{}", hv.metrics_addr);
+    let out = hv
+        .ns
+        .command(dfctl_bin())
+        .args(["--etcd-endpoints", &cloud.etcd.endpoints(), "-o", "json"])
+        .args(["trace", "--agent", &agent])
+        .args(args)
+        .output()
+        .expect("spawn dfctl");
+    assert!(
+        out.status.success(),
+        "dfctl trace {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Through the tunnel to the other chassis, and routed by the distributed router: the
+/// trace names the VTEP and VNI, or the rewritten frame (router's MAC, the receiver's MAC,
+/// TTL - 1); the same frame sent by a1 moves the counter the trace names.
+fn tunnel_and_routed(hook: Hook) {
+    let cloud = two_chassis(hook);
+    let hv1 = &cloud.hvs[0];
+    let tunnel = trace_on_hv1(
+        &cloud,
+        &["--from", "pa1", "--dst", "192.0.2.20", "--proto", "udp"],
+    );
+    assert_eq!(tunnel["verdict"], "pass", "{tunnel}");
+    assert_eq!(tunnel["path"], "l2_tunnel", "{tunnel}");
+    assert_eq!(tunnel["forward"]["kind"], "tunnel", "{tunnel}");
+    assert_eq!(tunnel["forward"]["vni"], 101, "{tunnel}");
+    assert_eq!(
+        tunnel["forward"]["remote"].as_str(),
+        Some(cloud.hvs[1].tunnel_ip.as_str()),
+        "{tunnel}"
+    );
+    let routed = trace_on_hv1(
+        &cloud,
+        &["--from", "pa1", "--dst", "198.51.100.10", "--proto", "icmp"],
+    );
+    assert_eq!(routed["verdict"], "pass", "{routed}");
+    assert_eq!(routed["path"], "routed", "{routed}");
+    assert_eq!(routed["forward"]["kind"], "local", "{routed}");
+    assert_eq!(routed["forward"]["port"], "pc1", "{routed}");
+    let out = routed["frame_out"].as_str().expect("frame_out");
+    let inp = routed["frame_in"].as_str().expect("frame_in");
+    // dst MAC c1, src MAC the router's net2 interface, TTL one less.
+    assert_eq!(&out[..12], "fa163e020010", "{routed}");
+    assert_eq!(&out[12..24], "fa163e000201", "{routed}");
+    assert_eq!(&inp[12..24], "fa163e010010");
+    let ttl = |h: &str| u8::from_str_radix(&h[44..46], 16).unwrap();
+    assert_eq!(ttl(out), ttl(inp) - 1, "{routed}");
+
+    for (v, path) in [(&tunnel, "l2_tunnel"), (&routed, "routed")] {
+        let frame: Vec<u8> = (0..v["frame_in"].as_str().unwrap().len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&v["frame_in"].as_str().unwrap()[i..i + 2], 16).unwrap())
+            .collect();
+        let before = hv1.counter("from_vm", "pass", path);
+        cloud.vms[0].ns.within(|| send_raw("eth0", &frame));
+        wait_until(
+            &format!("the frame traced as {path} is counted {path} when a1 sends it"),
+            Duration::from_secs(5),
+            || hv1.counter("from_vm", "pass", path) > before,
+        );
+    }
+}
+
+#[test]
+fn tunnel_and_routed_tc() {
+    tunnel_and_routed(Hook::Tc);
+}
+
+#[test]
+fn tunnel_and_routed_xdp() {
+    tunnel_and_routed(Hook::Xdp);
+}

@@ -100,6 +100,8 @@ impl Ctx {
         if let Some(l) = &verdict_line {
             doc["security_group_rule"] = serde_json::Value::String(l.clone());
         }
+        // The frame traced, as sent (the one built from the fields, or --frame).
+        doc["frame_in"] = serde_json::Value::String(hex(&frame));
         output::emit(out, &doc, || text(&resp, &frame, verdict_line, a.verbose))
     }
 }
