@@ -274,6 +274,30 @@ fn verdicts_match(hook: Hook) {
         },
     );
     check_rows(&t, &sg_cases(), &mut failures);
+    // The text form an operator reads (README, "Debugging a packet").
+    let hv = t.hv();
+    let out = hv
+        .ns
+        .command(dfctl_bin())
+        .args(["--etcd-endpoints", &t.cloud.etcd.endpoints()])
+        .args(["trace", "--agent", &format!("http://{}", hv.metrics_addr)])
+        .args([
+            "--from", "pa", "--dst", &b_ip, "--proto", "tcp", "--dport", "22",
+        ])
+        .output()
+        .expect("spawn dfctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("dfctl trace (text):\n{text}");
+    for want in [
+        "verdict: drop (sg_denied)",
+        "no ingress rule of groups web of port pb allows tcp/22 from 192.0.2.10",
+        "stage:   port security: allowed (ipv4)",
+        "stage:   dropped (to_vm): sg_denied",
+    ] {
+        if !text.contains(want) {
+            failures.push(format!("dfctl trace's text lacks {want:?}:\n{text}"));
+        }
+    }
 
     // A port this chassis has no tap for: a clear refusal, not a guess.
     t.cloud.dfctl(&format!(

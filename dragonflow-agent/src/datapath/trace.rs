@@ -22,7 +22,7 @@ use aya::{
 };
 use dragonflow_common::{
     maps::progs,
-    trace::{FWD_HANDOFF, TRACE, TRACE_KEY, TraceRecord, XDP_META_LEN},
+    trace::{FWD_HANDOFF, FWD_NONE, TRACE, TRACE_KEY, TraceRecord, XDP_META_LEN},
 };
 
 use crate::config::Hook;
@@ -182,8 +182,17 @@ impl Tracer {
                 .as_ref()
                 .ok_or(TraceError::NoProgram(progs::FROM_VM_XDP))?;
             let run = self.run_xdp(prog, ifindex, frame)?;
-            let record = read(&out)?;
+            let mut record = read(&out)?;
             let handoff = run.retval == XDP_PASS && record.fwd == FWD_HANDOFF;
+            if handoff {
+                // The TC companion decides where the frame goes (or drops it): the
+                // record's decision is its, not the hand-off (the program list shows it).
+                record.fwd = FWD_NONE;
+                out.set(0, record, 0).map_err(|e| TraceError::Map {
+                    name: TRACE,
+                    source: Box::new(e),
+                })?;
+            }
             tc_frame = handoff.then(|| run.frame.clone());
             runs.push(run);
         }

@@ -136,6 +136,13 @@ fn counted(index: u32) -> Counted {
     }
 }
 
+/// A pass path of port security (the others are forwarding outcomes).
+pub fn is_port_security(path: &str) -> bool {
+    PassPath::ALL
+        .iter()
+        .any(|p| p.name() == path && (*p as u32) <= PassPath::Ipv6Unspecified as u32)
+}
+
 fn fwd_kind(k: u32) -> &'static str {
     match k {
         FWD_LOCAL => "local",
@@ -187,7 +194,10 @@ pub fn render(
 ) -> Response {
     let r: &TraceRecord = &outcome.record;
     let n = (r.n_stats as usize).min(r.stats.len());
-    let counted: Vec<Counted> = r.stats[..n].iter().map(|i| counted(*i)).collect();
+    let mut counted: Vec<Counted> = r.stats[..n].iter().map(|i| counted(*i)).collect();
+    // In the order of the pipeline: port security's path is counted once the frame is
+    // decided, after the later stages; it comes first here.
+    counted.sort_by_key(|c| u8::from(!(c.kind == "pass" && is_port_security(&c.name))));
     let drop = counted.iter().rev().find(|c| c.kind == "drop");
     let path = counted
         .iter()

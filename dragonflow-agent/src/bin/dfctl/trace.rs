@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use clap::{Args, ValueEnum};
 use dragonflow_agent::{
     nb::model::{EtherType, LPort, LRouter, RuleDirection, SecGroup, SecGroupRule},
-    obs::trace::{Response, hex, unhex},
+    obs::trace::{Counted, Response, hex, is_port_security, unhex},
 };
 
 use crate::{
@@ -451,6 +451,26 @@ fn decode(f: &[u8]) -> String {
     }
 }
 
+/// One counted slot in words.
+fn stage(c: &Counted) -> String {
+    let side = match c.direction.as_str() {
+        "from_vm" => "sender's egress",
+        "to_vm" => "receiver's ingress",
+        _ => "from the tunnel",
+    };
+    match (c.kind.as_str(), c.name.as_str()) {
+        ("pass", p) if is_port_security(p) => format!("port security: allowed ({p})"),
+        ("pass", p) => format!("forwarding: {p}"),
+        ("drop", r) => format!("dropped ({}): {r}", c.direction),
+        ("event", "garp_sent") => "GARP event: would be sent to the agent".into(),
+        ("event", e) if e.starts_with("garp") => format!("GARP event: {e}"),
+        ("event", e) if e.starts_with("ct_") || e == "sg_exempt" => {
+            format!("conntrack ({side}): {}", e.trim_start_matches("ct_"))
+        }
+        (k, n) => format!("{} {k} {n}", c.direction),
+    }
+}
+
 fn text(resp: &Response, frame: &[u8], rule: Option<String>, verbose: bool) -> String {
     let mut s = format!(
         "trace on chassis {} ({} hook), port {} (ifindex {})\n",
@@ -460,11 +480,16 @@ fn text(resp: &Response, frame: &[u8], rule: Option<String>, verbose: bool) -> S
         resp.ifindex
     );
     s += &format!("  in:      {}\n", decode(frame));
-    for p in &resp.programs {
-        s += &format!("  program: {} -> {}\n", p.program, p.action);
+    for (i, p) in resp.programs.iter().enumerate() {
+        let next = if i + 1 < resp.programs.len() {
+            " (handed to its TC companion)"
+        } else {
+            ""
+        };
+        s += &format!("  program: {} -> {}{next}\n", p.program, p.action);
     }
     for c in &resp.counted {
-        s += &format!("  stage:   {} {} {}\n", c.direction, c.kind, c.name);
+        s += &format!("  stage:   {}\n", stage(c));
     }
     for g in &resp.security_groups {
         s += &format!(
@@ -501,6 +526,7 @@ fn text(resp: &Response, frame: &[u8], rule: Option<String>, verbose: bool) -> S
         "flood" => "flooded to the network's flood list".into(),
         "group" => "to the holders of a shared address".into(),
         "kernel" => "up the hypervisor's stack".into(),
+        "none" => "nowhere (dropped before forwarding)".into(),
         other => other.to_string(),
     };
     s += &format!("  forward: {fwd}\n");
