@@ -300,9 +300,9 @@ fn verdicts_match(hook: Hook) {
     }
 
     // A port this chassis has no tap for: a clear refusal, not a guess.
-    t.cloud.dfctl(&format!(
+    t.cloud.dfctl(
         "lport create pz --lswitch net1 --mac fa:16:3e:00:00:7a --fixed-ip 192.0.2.70 --chassis hv1 --ifname tapz --security-group allow-all"
-    ));
+    );
     let out = dfctl_trace_raw(&t, &["--from", "pz", "--dst", &b_ip]);
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || !err.contains("port pz has no tap on chassis hv1") {

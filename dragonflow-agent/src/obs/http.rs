@@ -133,6 +133,8 @@ async fn trace_frame(State(ctx): State<Ctx>, body: String) -> Response {
         Err(e) => return bad(format!("bad trace request: {e}")),
     };
     let frame = match trace::unhex(&req.frame) {
+        // A jumbo frame at most: the trace copies it in and out of the kernel.
+        Ok(f) if f.len() > 9216 => return bad(format!("frame of {} bytes: at most 9216", f.len())),
         Ok(f) if f.len() >= 14 => f,
         Ok(f) => {
             return bad(format!(
@@ -421,9 +423,14 @@ mod tests {
         assert_eq!(call(&s, "GET", "/nope").await.0, 404);
         assert_eq!(
             call(&s, "POST", "/state").await,
-            (405, TEXT.into(), "only GET\n".into())
+            (405, TEXT.into(), "only GET (POST for /trace)\n".into())
         );
         assert_eq!(call(&s, "PUT", "/nope").await.0, 405);
+        // No datapath here: /trace says so instead of failing obscurely; GET is not a route.
+        let (status, _, body) = call(&s, "POST", "/trace").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("tracing is not available"), "{body}");
+        assert_eq!(call(&s, "GET", "/trace").await.0, 404);
         let head = call(&s, "HEAD", "/state").await;
         assert_eq!((head.0, head.2.as_str()), (200, ""));
         let state: serde_json::Value =

@@ -59,8 +59,11 @@ pub(crate) struct TraceArgs {
     #[arg(long, value_name = "MAC")]
     dst_mac: Option<String>,
     /// The whole Ethernet frame in hex instead of the fields above.
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", conflicts_with = "pcap")]
     frame: Option<String>,
+    /// The first frame of a pcap file (Ethernet link type) instead of the fields above.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<std::path::PathBuf>,
     /// The agent of the port's chassis (its HTTP address).
     #[arg(
         long,
@@ -80,9 +83,15 @@ impl Ctx {
             .iter()
             .find(|p| p.id == a.from)
             .ok_or_else(|| CliError::Refused(format!("no port {:?}", a.from)))?;
-        let frame = match &a.frame {
-            Some(h) => unhex(h).map_err(|e| CliError::Refused(format!("--frame: {e}")))?,
-            None => {
+        let frame = match (&a.frame, &a.pcap) {
+            (Some(h), _) => unhex(h).map_err(|e| CliError::Refused(format!("--frame: {e}")))?,
+            (None, Some(path)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| CliError::Refused(format!("--pcap {}: {e}", path.display())))?;
+                first_pcap_frame(&bytes)
+                    .map_err(|e| CliError::Refused(format!("--pcap {}: {e}", path.display())))?
+            }
+            (None, None) => {
                 let routers: Vec<LRouter> = self.items().await?;
                 build(&a, port, &ports, &routers)?
             }
@@ -104,6 +113,38 @@ impl Ctx {
         doc["frame_in"] = serde_json::Value::String(hex(&frame));
         output::emit(out, &doc, || text(&resp, &frame, verdict_line, a.verbose))
     }
+}
+
+/// The first record of a classic pcap file (either byte order, micro- or nanosecond
+/// timestamps) whose link type is Ethernet.
+fn first_pcap_frame(b: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if b.len() < 24 {
+        return Err("shorter than a pcap header".into());
+    }
+    let magic = [b[0], b[1], b[2], b[3]];
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => return Err("not a pcap file (pcapng is not read: save as pcap)".into()),
+    };
+    let u32_at = |o: usize| {
+        let w = [b[o], b[o + 1], b[o + 2], b[o + 3]];
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
+    };
+    if u32_at(20) != 1 {
+        return Err(format!("link type {} is not Ethernet (1)", u32_at(20)));
+    }
+    if b.len() < 40 {
+        return Err("no frame in the file".into());
+    }
+    let caplen = u32_at(32) as usize;
+    b.get(40..40 + caplen)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "the first frame is truncated".into())
 }
 
 fn mac(s: &str) -> Result<[u8; 6]> {
@@ -547,4 +588,85 @@ fn text(resp: &Response, frame: &[u8], rule: Option<String>, verbose: bool) -> S
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcap_first_frame_both_byte_orders() {
+        let frame = [0xffu8; 14];
+        for le in [true, false] {
+            let w = |v: u32| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+            let mut f = Vec::new();
+            f.extend(w(0xa1b2_c3d4));
+            f.extend(if le { [2u8, 0, 4, 0] } else { [0, 2, 0, 4] });
+            f.extend(w(0));
+            f.extend(w(0));
+            f.extend(w(65535));
+            f.extend(w(1));
+            f.extend(w(0));
+            f.extend(w(0));
+            f.extend(w(14));
+            f.extend(w(14));
+            f.extend(frame);
+            assert_eq!(first_pcap_frame(&f).unwrap(), frame.to_vec());
+            let mut other = f.clone();
+            other[20..24].copy_from_slice(&w(113));
+            assert!(
+                first_pcap_frame(&other)
+                    .unwrap_err()
+                    .contains("not Ethernet")
+            );
+            assert!(first_pcap_frame(&f[..45]).is_err());
+        }
+        assert!(first_pcap_frame(b"not a pcap file at all...").is_err());
+    }
+
+    #[test]
+    fn checksums_are_valid() {
+        // A frame built from fields checks out: the IPv4 header and the UDP datagram with
+        // its pseudo-header sum to 0xffff (RFC 1071).
+        let udp_sum = |f: &[u8]| {
+            let mut all = Vec::new();
+            all.extend_from_slice(&f[26..34]);
+            all.extend_from_slice(&[0, 17]);
+            all.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+            all.extend_from_slice(&f[34..]);
+            checksum(&all, 0)
+        };
+        let ip = Ipv4Addr::new(192, 0, 2, 10);
+        let port = LPort {
+            id: "pa".into(),
+            lswitch: "n".into(),
+            mac: dragonflow_agent::nb::MacAddr([0xfa, 0x16, 0x3e, 0, 0, 1]),
+            fixed_ips: vec![IpAddr::V4(ip)],
+            allowed_address_pairs: vec![],
+            port_security_enabled: true,
+            security_groups: vec![],
+            chassis: None,
+            ifname: None,
+            device_owner: String::new(),
+            admin_state_up: true,
+        };
+        let a = TraceArgs {
+            from: "pa".into(),
+            src: None,
+            dst: Some(Ipv4Addr::new(192, 0, 2, 11)),
+            proto: Proto::Udp,
+            sport: 1,
+            dport: 2,
+            src_mac: None,
+            dst_mac: Some("fa:16:3e:00:00:02".into()),
+            frame: None,
+            pcap: None,
+            agent: String::new(),
+            verbose: false,
+        };
+        let f = build(&a, &port, &[], &[]).unwrap();
+        assert_eq!(checksum(&f[14..34], 0), 0);
+        assert_eq!(udp_sum(&f), 0);
+        assert_eq!(&f[26..30], &ip.octets());
+    }
 }
