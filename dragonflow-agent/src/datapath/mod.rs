@@ -10,6 +10,7 @@ pub mod ct;
 pub mod links;
 pub mod maps;
 pub mod sys;
+pub mod trace;
 pub mod tunnel;
 
 use std::{

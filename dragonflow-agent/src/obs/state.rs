@@ -253,6 +253,8 @@ pub struct Shared {
     pub stats: Mutex<StatsMaps>,
     pub garp: Mutex<GarpTable>,
     pub ct: Arc<dyn CtReport>,
+    /// `POST /trace`, once the datapath is loaded (`datapath::trace`).
+    pub tracer: std::sync::OnceLock<Arc<crate::datapath::trace::Tracer>>,
 }
 
 /// The cache of NB objects counts the records it refuses here.
@@ -284,6 +286,7 @@ impl Shared {
             stats: Mutex::new(stats),
             garp: Mutex::new(GarpTable::default()),
             ct,
+            tracer: std::sync::OnceLock::new(),
         }
     }
 
