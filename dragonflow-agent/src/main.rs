@@ -136,6 +136,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     };
 
+    // Before the controller takes the object: the trace maps and program handles.
+    let tracer = match datapath::trace::Tracer::new(&mut loaded.ebpf, cfg.hook) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            warn!("POST /trace unavailable: {}", Chain(&e));
+            None
+        }
+    };
     let listener = http::bind(cfg.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {} (--metrics-addr)", cfg.metrics_addr))?;
@@ -153,13 +161,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(m) = loaded.monitor.take() {
         tokio::spawn(monitor::run(m, shared.clone(), cfg.monitor_rate));
     }
+    if let Some(t) = tracer {
+        let _ = shared.tracer.set(t);
+    }
     // The detection way's counters, kept by its task and the GARP reader.
     let detect_stats = Arc::new(detect::metrics::Stats::default());
     let mut registry = metrics::registry(shared.clone());
     registry.register_collector(Box::new(detect_stats.clone()));
     tokio::spawn(http::serve(listener, shared.clone(), registry));
     info!(
-        "serving /metrics, /healthz, /garp, /state and /monitor on http://{}",
+        "serving /metrics, /healthz, /garp, /state, /monitor and POST /trace on http://{}",
         cfg.metrics_addr
     );
 

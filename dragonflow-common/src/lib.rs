@@ -14,6 +14,7 @@ pub mod limits;
 pub mod maps;
 pub mod port;
 pub mod sg;
+pub mod trace;
 pub mod verdict;
 
 #[cfg(feature = "user")]
@@ -21,7 +22,7 @@ mod pod {
     //! `aya::Pod` lets the agent read and write these types in maps.
     //! SAFETY: every type here is `#[repr(C)]`, `Copy`, made of integers and byte arrays,
     //! with explicit padding, so any bit pattern is valid.
-    use crate::{addr, event, fwd, limits, port, sg};
+    use crate::{addr, event, fwd, limits, port, sg, trace};
     unsafe impl aya::Pod for addr::AddrKey {}
     unsafe impl aya::Pod for addr::AddrValue {}
     unsafe impl aya::Pod for addr::MacKey {}
@@ -52,6 +53,7 @@ mod pod {
     unsafe impl aya::Pod for fwd::GroupKey {}
     unsafe impl aya::Pod for fwd::Group {}
     unsafe impl aya::Pod for limits::Limits {}
+    unsafe impl aya::Pod for trace::TraceRecord {}
     unsafe impl aya::Pod for limits::CtCount {}
     unsafe impl aya::Pod for limits::CtFreed {}
 }

@@ -5,7 +5,7 @@
 //! Ground layer: the event record port security raises ([`PendingGarp`]) and its
 //! emission ([`emit`]). Port security keeps the pending record for the frame being judged
 //! and emits it once the frame is decided (`portsec::PortCache::flush_garp`). May import
-//! `ctx`, `maps`, `stats`.
+//! `ctx`, `maps`, `stats`, `trace`.
 
 use aya_ebpf::{Global, helpers::bpf_ktime_get_ns};
 use dragonflow_common::{
@@ -17,7 +17,7 @@ use dragonflow_common::{
 
 use crate::{
     maps::{GARP_EVENTS, GARP_RATE},
-    stats,
+    stats, trace,
 };
 
 /// Load-time global (`dragonflow_common::maps::globals::GARP_MIN_INTERVAL_NS`).
@@ -84,6 +84,12 @@ pub(crate) fn emit<S: Sender>(port: &mut S, family: u8, ip: [u8; 16], mac: [u8; 
             stats::event(EventStat::GarpRateLimited);
             return;
         }
+    }
+    if trace::on() {
+        // A trace raises no event and leaves the rate limit as it is: it only says the
+        // event would have been sent.
+        stats::event(EventStat::GarpSent);
+        return;
     }
     let Some(mut entry) = GARP_EVENTS.reserve::<GarpEvent>(0) else {
         // Not rate-limiting on a lost event: the next announcement may get through.

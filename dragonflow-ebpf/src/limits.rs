@@ -10,7 +10,10 @@ use dragonflow_common::{
     verdict::DropReason,
 };
 
-use crate::maps::{CT_COUNT, CT_FREED, FLOOD_RL, LIMITS};
+use crate::{
+    maps::{CT_COUNT, CT_FREED, FLOOD_RL, LIMITS},
+    trace,
+};
 
 /// `*p += v`, atomically. The result is not used, so this is a plain BPF_XADD (the BPF
 /// target cannot return it without `-mcpu=v3`, and has no compare-and-swap either).
@@ -36,8 +39,11 @@ pub(crate) extern "C" fn df_flood_admit(ifindex: u32) -> u32 {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let traced = trace::on();
     let p = match FLOOD_RL.get_ptr_mut(ifindex) {
         Some(p) => p,
+        // A trace makes no bucket: a new one admits the frame.
+        None if traced => return 0,
         None => {
             // A new bucket is full: its arrival time is now. Another CPU may make it
             // first (EEXIST): either is the same.
@@ -50,6 +56,15 @@ pub(crate) extern "C" fn df_flood_admit(ifindex: u32) -> u32 {
     };
     // SAFETY: a map value pointer, valid for this run; other CPUs add to it concurrently.
     let mut tat = unsafe { core::ptr::read_volatile(p) };
+    if traced {
+        // The same decision, without touching the bucket.
+        let tat = if tat < now { now } else { tat };
+        return if tat - now > tolerance {
+            DropReason::FloodRateLimited as u32
+        } else {
+            0
+        };
+    }
     if tat < now {
         // The bucket is full (idle since): re-based on now, with a plain store (the
         // bounded race is in the common module's docs).
@@ -88,6 +103,8 @@ pub(crate) fn ct_admit(
 ) -> Result<Option<*mut CtCount>, DropReason> {
     let c = match CT_COUNT.get_ptr_mut(ifindex) {
         Some(c) => c,
+        // A trace makes no counters: a port without any holds no entry, under any quota.
+        None if trace::on() => return Ok(None),
         None => {
             *zero = CtCount::default();
             let _ = CT_COUNT.insert(ifindex, zero, BPF_NOEXIST as u64);
@@ -127,6 +144,9 @@ pub(crate) fn ct_admit(
 /// A counted entry of origin `origin` was inserted, on the counters `c` of [`ct_admit`].
 #[inline(always)]
 pub(crate) fn ct_created(c: *mut CtCount, origin: u8) {
+    if trace::on() {
+        return;
+    }
     // SAFETY: a map value pointer from `ct_admit`, valid for this run.
     unsafe {
         if origin_slot(origin) == 0 {
@@ -140,6 +160,9 @@ pub(crate) fn ct_created(c: *mut CtCount, origin: u8) {
 /// The datapath deleted a counted entry of port `ifindex` created in direction `origin`.
 #[inline(always)]
 pub(crate) fn ct_removed(ifindex: u32, origin: u8) {
+    if trace::on() {
+        return;
+    }
     if let Some(c) = CT_COUNT.get_ptr_mut(ifindex) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe {

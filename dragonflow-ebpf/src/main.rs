@@ -14,9 +14,10 @@
 //! <!-- layers -->
 //! - `ctx`: ground
 //! - `maps`: ground
-//! - `stats`: ground
 //! - `config`: ground
 //! - `limits`: ground
+//! - `trace`: ground
+//! - `stats`: ground
 //! - `events`: ground
 //! - `report`: ground
 //! - `parse`: ground
@@ -86,6 +87,7 @@ mod portsec;
 mod report;
 mod sg;
 mod stats;
+mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -94,6 +96,7 @@ use aya_ebpf::{
 };
 use dragonflow_common::{
     port::PORT_F_PORT_SECURITY,
+    trace::{FWD_BACK, FWD_FLOOD, FWD_GROUP, FWD_HANDOFF, FWD_KERNEL, FWD_LOCAL, FWD_TUNNEL},
     verdict::{Direction, DropReason},
 };
 
@@ -117,6 +120,7 @@ use crate::{
 #[xdp]
 #[inline(always)]
 pub(crate) fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
+    trace::begin_xdp(&ctx);
     let mut port = PortCache::new(ctx.ifindex());
     let Some(mut sg) = Sg::new(ctx.ifindex(), config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
@@ -134,22 +138,31 @@ pub(crate) fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
     let (path, action) = match pass.fwd {
         Fwd::Handoff | Fwd::Tunnel { .. } | Fwd::Flood { .. } | Fwd::Group { .. } => {
             // Not a decision: the TC companion decides, counts and raises events.
+            trace::fwd(FWD_HANDOFF, 0, 0, 0);
             return xdp_action::XDP_PASS;
         }
         Fwd::Kernel => {
+            trace::fwd(FWD_KERNEL, 0, 0, 0);
             decided(&mut port, None);
             report::pass(Direction::FromVm, pass.path);
             return xdp_action::XDP_PASS;
         }
         Fwd::Local { ifindex, path } => (
             path,
-            // The devmap is keyed by the tap's ifindex; a tap missing there (agent
-            // behind) cannot be reached from XDP.
-            DEVMAP
-                .redirect(ifindex, 0)
-                .map_err(|_| DropReason::RedirectFailed),
+            // A trace runs under BPF_PROG_TEST_RUN, which does not carry out redirects.
+            {
+                trace::fwd(FWD_LOCAL, ifindex, 0, 0);
+                // The devmap is keyed by the tap's ifindex; a tap missing there (agent
+                // behind) cannot be reached from XDP.
+                DEVMAP
+                    .redirect(ifindex, 0)
+                    .map_err(|_| DropReason::RedirectFailed)
+            },
         ),
-        Fwd::Back(path) => (path, Ok(xdp_action::XDP_TX)),
+        Fwd::Back(path) => {
+            trace::fwd(FWD_BACK, ctx.ifindex(), 0, 0);
+            (path, Ok(xdp_action::XDP_TX))
+        }
     };
     decided(&mut port, Some(pass.path));
     match action {
@@ -169,6 +182,7 @@ pub(crate) fn df_from_vm_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 #[inline(always)]
 pub(crate) fn df_from_vm_tc(ctx: TcContext) -> i32 {
+    trace::begin_tc(&ctx);
     let mut port = PortCache::new(ctx.ifindex());
     let Some(mut sg) = Sg::new(ctx.ifindex(), config::chassis()) else {
         // Unreachable (a per-CPU array of one entry); fail closed.
@@ -185,16 +199,30 @@ pub(crate) fn df_from_vm_tc(ctx: TcContext) -> i32 {
     };
     decided(&mut port, Some(pass.path));
     let out = match pass.fwd {
-        Fwd::Kernel => return TC_ACT_OK,
-        Fwd::Local { ifindex, path } => fwd::redirect(ifindex).map(|a| (path, a)),
-        Fwd::Back(path) => fwd::redirect(port.ifindex()).map(|a| (path, a)),
+        Fwd::Kernel => {
+            trace::fwd(FWD_KERNEL, 0, 0, 0);
+            return TC_ACT_OK;
+        }
+        // A trace runs under BPF_PROG_TEST_RUN, which does not carry out redirects.
+        Fwd::Local { ifindex, path } => {
+            trace::fwd(FWD_LOCAL, ifindex, 0, 0);
+            fwd::redirect(ifindex).map(|a| (path, a))
+        }
+        Fwd::Back(path) => {
+            trace::fwd(FWD_BACK, port.ifindex(), 0, 0);
+            fwd::redirect(port.ifindex()).map(|a| (path, a))
+        }
         Fwd::Tunnel {
             vni,
             remote_ip,
             vxlan,
             path,
-        } => fwd::to_tunnel(&ctx, vni, remote_ip, vxlan).map(|a| (path, a)),
+        } => {
+            trace::fwd(FWD_TUNNEL, vxlan, vni, u32::from_ne_bytes(remote_ip));
+            fwd::to_tunnel(&ctx, vni, remote_ip, vxlan).map(|a| (path, a))
+        }
         Fwd::Flood { net_id, vxlan } => {
+            trace::fwd(FWD_FLOOD, vxlan, net_id, 0);
             // Re-read: the forwarding stage may not keep packet pointers across helpers.
             let pkt = ctx.pkt();
             match parse::eth(&pkt) {
@@ -220,6 +248,7 @@ pub(crate) fn df_from_vm_tc(ctx: TcContext) -> i32 {
             }
         }
         Fwd::Group { net_id, how } => {
+            trace::fwd(FWD_GROUP, 0, net_id, how);
             // Re-read, as for a flood; the sender's egress rules first. A question for a
             // shared IP is copied to its holders like a flood: it passes the sender's
             // flood bucket too (packets to the VIP itself do not).
@@ -272,6 +301,7 @@ pub(crate) fn df_aap_group(ctx: TcContext) -> i32 {
 /// `Direction::FromTunnel`.
 #[classifier]
 pub(crate) fn df_from_tunnel(ctx: TcContext) -> i32 {
+    trace::begin_tc(&ctx);
     pipeline::from_tunnel(&ctx, tunnel::received(&ctx))
 }
 
@@ -281,6 +311,9 @@ pub(crate) fn df_from_tunnel(ctx: TcContext) -> i32 {
 /// was counted by XDP under its pass path too; this drop adds `vlan_tagged`.
 #[classifier]
 pub(crate) fn df_vlan_guard(ctx: TcContext) -> i32 {
+    // Never traced (the trace runs the pipeline programs), but every entry resets the
+    // run slot (see `trace`).
+    trace::begin_tc(&ctx);
     if !ctx.vlan_tag_in_meta() {
         return TC_ACT_OK;
     }

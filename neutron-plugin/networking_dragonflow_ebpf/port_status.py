@@ -25,6 +25,11 @@ provisioning block it put on the port, and Neutron's own provisioning code sets
 the status and sends Nova ``network-vif-plugged``. Any other state, or no
 record (the port is not plugged yet, or the agent died and its lease took the
 record along), makes it DOWN again, with the block back in place.
+
+A record that is not one (not JSON, not an object, an unknown ``state``, no
+``chassis``) is logged and skipped: it proves nothing, so its port is treated
+as having no record (DOWN, fail-closed), and the other ports and the watch go
+on.
 """
 
 import threading
@@ -55,6 +60,29 @@ def enforced(port, record):
     """Whether the datapath enforces ``port`` on the host it is bound to."""
     return (record is not None and record.get('state') == ATTACHED and
             record.get('chassis') == nb.bound_chassis(port))
+
+
+def problem(record):
+    """Why a decoded value is not a port status record (None: it is one)."""
+    if not isinstance(record, dict):
+        return 'not a JSON object'
+    if record.get('state') not in STATES:
+        return 'state %r is not one of %s' % (record.get('state'),
+                                              ', '.join(STATES))
+    if not isinstance(record.get('chassis'), str) or not record['chassis']:
+        return 'no chassis'
+    return None
+
+
+def checked(key, record):
+    """``record`` if it is a port status record; else None, logged."""
+    why = problem(record)
+    if why is None:
+        return record
+    LOG.warning('port status record %(key)s skipped: %(why)s '
+                '(its port is treated as having no record)',
+                {'key': key, 'why': why})
+    return None
 
 
 class PortStatusSync(object):
@@ -106,6 +134,11 @@ class PortStatusSync(object):
         Returns the etcd revision the records were read at.
         """
         records, revision = self.store.get_kind(etcd_store.PORT_STATUS)
+        # get_kind gives None for a value that is not JSON.
+        records = {ident: checked(self.store.key(etcd_store.PORT_STATUS,
+                                                 ident),
+                                  record if record is not None else b'')
+                   for ident, record in records.items()}
         for port in self.plugin.get_ports(context):
             if port.get(portbindings.VIF_TYPE) != portbindings.VIF_TYPE_TAP:
                 continue
@@ -122,7 +155,8 @@ class PortStatusSync(object):
             try:
                 record = jsonutils.loads(event['kv'].get('value') or b'')
             except ValueError:
-                LOG.warning('port status record %s is not JSON; ignored', key)
+                record = b''  # not JSON: refused by checked() below
+            record = checked(key, record)
         self.apply(context, port_id, record)
 
 
@@ -155,6 +189,11 @@ class PortStatusWorker(worker.BaseWorker):
                 revision = self._sync.resync(context)
                 events, self._cancel = self._sync.store.watch_kind(
                     etcd_store.PORT_STATUS, revision + 1)
+                # stop() sets the event, then cancels the watch it sees: one
+                # that came before this one, if it ran meanwhile.
+                if self._stop.is_set():
+                    self._cancel()
+                    break
                 timer = threading.Timer(self._interval, self._cancel)
                 timer.daemon = True
                 timer.start()

@@ -10,8 +10,10 @@ requests from the Rust test, one JSON object per line on stdin/stdout:
   -> {"network": id, "subnet": id}
 - {"op": "secgroup"} -> {"id": id} (a group created through the API: egress
   anywhere and ingress from its members, IPv4 and IPv6)
-- {"op": "port", "network": id, "host": chassis, "ip": ..., "secgroup": id}
-  -> {"id", "mac", "ip", "tap", "status", "vif_type"}
+- {"op": "port", "network": id, "host": chassis, "ip": ..., "secgroup": id,
+  "aaps": [ip, ...] (optional)}
+  -> {"id", "mac", "ip", "tap", "status", "vif_type", "allowed_address_pairs"}
+  (each AAP without a MAC: Neutron gives it the port's own)
 - {"op": "wait_active", "ports": [ids], "timeout": s}
   -> {"status": {id: status}} once all are ACTIVE, or when time is up
 - {"op": "router", "subnets": [ids]} -> {"router": id} (a router with an
@@ -80,18 +82,25 @@ def main():
                     status = r.get_response(case.api).status_int
                     # 409: Neutron gave the group that rule already.
                     if status not in (201, 409):
-                        raise RuntimeError('egress rule: HTTP %d' % status)
+                        # A test's error, not a user-facing message (N534).
+                        why = 'egress rule: HTTP %d' % status
+                        raise RuntimeError(why)
                 reply({'id': sg['id']})
             elif op == 'port':
                 kw = {portbindings.HOST_ID: req['host'],
                       'fixed_ips': [{'ip_address': req['ip']}],
                       'security_groups': [req['secgroup']]}
+                if req.get('aaps'):
+                    kw['allowed_address_pairs'] = [
+                        {'ip_address': ip} for ip in req['aaps']]
                 port = case.make_port({'id': req['network']}, **kw)
                 reply({'id': port['id'], 'mac': port['mac_address'],
                        'ip': port['fixed_ips'][0]['ip_address'],
                        'tap': ('tap' + port['id'])[:14],
                        'status': port['status'],
-                       'vif_type': port[portbindings.VIF_TYPE]})
+                       'vif_type': port[portbindings.VIF_TYPE],
+                       'allowed_address_pairs':
+                           port['allowed_address_pairs']})
             elif op == 'wait_active':
                 # Polled with a deadline: a full read of the records and the
                 # ports' statuses each round (the driver's resync).
@@ -115,8 +124,8 @@ def main():
                     r.environ['neutron.context'] = case.admin
                     res = r.get_response(case.api)
                     if res.status_int != 200:
-                        raise RuntimeError('add_router_interface %s: %s' % (
-                            sub, res.body))
+                        why = 'add_router_interface %s: %s' % (sub, res.body)
+                        raise RuntimeError(why)
                 reply({'router': router['id']})
             elif op == 'aap':
                 port = case.api_update(

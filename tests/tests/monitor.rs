@@ -15,20 +15,19 @@
 )]
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 use tests::{
-    fixtures::vmctl_topo::{A, AGENT_URL, B, Topo, counters, sum, wait_counted},
+    fixtures::{
+        monitor::Monitor,
+        vmctl_topo::{A, AGENT_URL, B, Topo, counters, sum, wait_counted},
+    },
     framework::{
         hook::Hook,
         http::metric_sum,
-        netns::Netns,
         process::{dfctl_bin, poll_until, run, wait_for},
     },
 };
@@ -38,51 +37,6 @@ const RATE: u64 = 20;
 const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The spoofed source of vmctl's `ip4_spoof`.
 const SPOOF_IP: &str = "192.0.2.66";
-
-/// A `dfctl monitor` process in the hypervisor's namespace; its stdout lines arrive on
-/// `lines`. Killed when dropped.
-struct Monitor {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Monitor {
-    fn spawn(ns: &Netns, args: &[&str]) -> Monitor {
-        let mut c = ns.command(dfctl_bin());
-        c.args(["monitor", "--agent", AGENT_URL])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = c.spawn().expect("spawn dfctl monitor");
-        let out = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { return };
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        Monitor { child, lines }
-    }
-
-    /// Every line that arrived so far, waiting up to `quiet` for the next one.
-    fn drain(&self, quiet: Duration) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(quiet) {
-            out.push(l);
-        }
-        out
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Sum of one side counter of the monitor over directions.
 fn event_stat(t: &Topo, event: &str) -> f64 {

@@ -3,7 +3,8 @@
 //! sqlite) and run here, in the venv `cargo xtask setup` makes, against a real etcd this
 //! test starts on free loopback ports. They also run the records the driver writes
 //! through the agent's validation (`dfctl apply --dry-run`) and check them against
-//! docs/nb-schema.json. A second test runs the OpenStack linter (flake8 + hacking).
+//! docs/nb-schema.json. A second test runs the OpenStack linter (flake8 + hacking) over
+//! the package and tests/scripts/neutron_e2e.py.
 //!
 //! The outage test in Python stops and starts this etcd: it drops a file `stop` or
 //! `start` into a control directory, and a thread here does it and removes the file.
@@ -201,16 +202,28 @@ fn neutron_driver_under_neutrons_test_base() {
 #[test]
 fn neutron_driver_passes_the_openstack_linter() {
     let flake8 = venv_bin("flake8");
-    let plugin = workspace().join(neutron_venv::PLUGIN_DIR);
-    let out = Command::new(flake8)
-        .arg("networking_dragonflow_ebpf")
-        .current_dir(&plugin)
-        .output()
-        .expect("spawn flake8");
-    assert!(
-        out.status.success(),
-        "flake8 (with OpenStack's hacking checks) found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let root = workspace();
+    let plugin = root.join(neutron_venv::PLUGIN_DIR);
+    let config = plugin.join("tox.ini");
+    // The package, from its folder (hacking's license-header check applies where the
+    // LICENSE it ships is); and the script that drives Neutron for the end-to-end test,
+    // from the workspace, with the package's settings: it runs Neutron's code too.
+    for (dir, target) in [
+        (&plugin, "networking_dragonflow_ebpf"),
+        (&root, "tests/scripts/neutron_e2e.py"),
+    ] {
+        let out = Command::new(&flake8)
+            .arg("--config")
+            .arg(&config)
+            .arg(target)
+            .current_dir(dir)
+            .output()
+            .expect("spawn flake8");
+        assert!(
+            out.status.success(),
+            "flake8 (with OpenStack's hacking checks) found problems in {target}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

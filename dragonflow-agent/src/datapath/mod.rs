@@ -11,6 +11,7 @@ pub mod links;
 pub mod maps;
 pub mod monitor;
 pub mod sys;
+pub mod trace;
 pub mod tunnel;
 
 use std::{

@@ -13,6 +13,9 @@
 //!   missed; `{"kind":"heartbeat"}` lines every few seconds show a client is gone (the
 //!   datapath's drop events stay on only while someone listens).
 //!
+//! - `POST /trace`: a frame through the loaded programs in trace mode (`obs::trace`):
+//!   body `{"port": "<NB port id>" | "ifindex": N, "frame": "<hex>"}`, JSON answer.
+//!
 //! HEAD is answered like GET without the body; other methods get 405.
 
 use std::{
@@ -26,13 +29,13 @@ use axum::{
     extract::State,
     http::{Method, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use crate::obs::{metrics, state::Shared};
+use crate::obs::{metrics, state::Shared, trace};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -62,6 +65,7 @@ pub fn router(shared: Arc<Shared>, registry: Registry) -> Router {
         .route("/garp", get(garp).fallback(other))
         .route("/state", get(state).fallback(other))
         .route("/monitor", get(monitor).fallback(other))
+        .route("/trace", post(trace_frame).fallback(other))
         .fallback(other)
         .with_state(ctx)
 }
@@ -180,15 +184,108 @@ async fn monitor(State(ctx): State<Ctx>, uri: axum::http::Uri) -> Response {
         .into_response()
 }
 
+/// Tap and port names from the published taps.
+struct TapNames(Vec<crate::obs::state::TapView>);
+
+impl trace::Names for TapNames {
+    fn tap(&self, ifindex: u32) -> Option<String> {
+        self.0
+            .iter()
+            .find(|t| t.ifindex == ifindex)
+            .map(|t| t.ifname.clone())
+    }
+    fn port(&self, ifindex: u32) -> Option<String> {
+        self.0
+            .iter()
+            .find(|t| t.ifindex == ifindex)
+            .and_then(|t| t.lport.clone())
+    }
+}
+
+async fn trace_frame(State(ctx): State<Ctx>, body: String) -> Response {
+    let bad = |msg: String| reply(StatusCode::BAD_REQUEST, TEXT, msg + "\n");
+    let Some(tracer) = ctx.shared.tracer.get().cloned() else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "tracing is not available on this agent (its programs are not loaded)\n".into(),
+        );
+    };
+    let req: trace::Request = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("bad trace request: {e}")),
+    };
+    let frame = match trace::unhex(&req.frame) {
+        // A jumbo frame at most: the trace copies it in and out of the kernel.
+        Ok(f) if f.len() > 9216 => return bad(format!("frame of {} bytes: at most 9216", f.len())),
+        Ok(f) if f.len() >= 14 => f,
+        Ok(f) => {
+            return bad(format!(
+                "frame of {} bytes: an Ethernet frame has at least 14",
+                f.len()
+            ));
+        }
+        Err(e) => return bad(format!("frame: {e}")),
+    };
+    let ifindex = match (req.ifindex, &req.port) {
+        (Some(i), _) => i,
+        (None, Some(p)) => match ctx.shared.taps.by_lport().get(p) {
+            Some(i) => *i,
+            None => {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    TEXT,
+                    format!("port {p} has no tap on chassis {}\n", ctx.shared.chassis),
+                );
+            }
+        },
+        (None, None) => return bad("give the port (\"port\") or its tap (\"ifindex\")".into()),
+    };
+    let t = tracer.clone();
+    let outcome = match tokio::task::spawn_blocking(move || t.run(ifindex, &frame)).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                format!("trace failed: {}\n", crate::report::Chain(&e)),
+            );
+        }
+        Err(e) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                format!("trace failed: {e}\n"),
+            );
+        }
+    };
+    let names = TapNames(ctx.shared.taps.all());
+    let resp = trace::render(
+        &ctx.shared.chassis,
+        tracer.hook(),
+        ifindex,
+        &outcome,
+        &names,
+    );
+    match serde_json::to_string_pretty(&resp) {
+        Ok(s) => reply(StatusCode::OK, JSON, s + "\n"),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+    }
+}
+
 async fn other(method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
         reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "try /metrics, /healthz, /garp, /state or /monitor\n".into(),
+            "try /metrics, /healthz, /garp, /state, /monitor or POST /trace\n".into(),
         )
     } else {
-        reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into())
+        reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "only GET (POST for /trace)\n".into(),
+        )
     }
 }
 
@@ -409,9 +506,14 @@ mod tests {
         assert_eq!(call(&s, "GET", "/nope").await.0, 404);
         assert_eq!(
             call(&s, "POST", "/state").await,
-            (405, TEXT.into(), "only GET\n".into())
+            (405, TEXT.into(), "only GET (POST for /trace)\n".into())
         );
         assert_eq!(call(&s, "PUT", "/nope").await.0, 405);
+        // No datapath here: /trace says so instead of failing obscurely; GET is not a route.
+        let (status, _, body) = call(&s, "POST", "/trace").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("tracing is not available"), "{body}");
+        assert_eq!(call(&s, "GET", "/trace").await.0, 404);
         let head = call(&s, "HEAD", "/state").await;
         assert_eq!((head.0, head.2.as_str()), (200, ""));
         let state: serde_json::Value =

@@ -280,6 +280,8 @@ pub struct Shared {
     pub monitor: Hub,
     /// Ports named in `dragonflow_port_drops_top` (`--port-drops-top-k`).
     pub port_drops_top_k: AtomicUsize,
+    /// `POST /trace`, once the datapath is loaded (`datapath::trace`).
+    pub tracer: std::sync::OnceLock<Arc<crate::datapath::trace::Tracer>>,
 }
 
 /// The cache of NB objects counts the records it refuses here.
@@ -313,6 +315,7 @@ impl Shared {
             ct,
             monitor: Hub::default(),
             port_drops_top_k: AtomicUsize::new(10),
+            tracer: std::sync::OnceLock::new(),
         }
     }
 

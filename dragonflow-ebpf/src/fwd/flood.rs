@@ -14,6 +14,7 @@ use crate::{
     fwd::{l2, tunnel},
     maps::FLOOD,
     sg::{Sg, policy},
+    trace,
 };
 
 /// TC: one copy of a group frame to every flood destination of `net_id` except the
@@ -54,6 +55,7 @@ pub(crate) fn flood(
     // per copy left the stack different after chassis and tap iterations, which kept the
     // verifier from pruning the loop's states (see `tunnel::set_key_to`).
     let mut key = tunnel::key(net_id);
+    let mask = trace::send_mask();
     let mut i = 0;
     // A constant bound for the verifier; `n` ends it early.
     while i < FLOOD_MAX {
@@ -66,12 +68,12 @@ pub(crate) fn flood(
             if d.ifindex == ingress || policy::to_port(d.ifindex, dst, dst, sg).is_err() {
                 continue;
             }
-            clone_redirect(ctx, d.ifindex)
+            clone_redirect(ctx, d.ifindex, mask)
         } else if d.kind == DEST_REMOTE as u32 && vxlan != 0 {
             // The tunnel key is per-CPU state copied into each clone, which is transmitted
             // synchronously: setting it again for the next chassis is safe.
             match tunnel::set_key_to(ctx, &mut key, d.remote_ip) {
-                Ok(()) => clone_redirect(ctx, vxlan),
+                Ok(()) => clone_redirect(ctx, vxlan, mask),
                 Err(_) => -1,
             }
         } else {
@@ -82,11 +84,13 @@ pub(crate) fn flood(
 }
 
 /// `bpf_clone_redirect` of the frame to `ifindex`'s egress: 0 when sent, < 0 when it could
-/// not be (no such device), > 0 when the device's queue dropped it.
+/// not be (no such device), > 0 when the device's queue dropped it. `mask`:
+/// `trace::send_mask()` (a trace sends nothing and reads 0).
 #[inline(always)]
-pub(crate) fn clone_redirect(ctx: &TcContext, ifindex: u32) -> i64 {
+pub(crate) fn clone_redirect(ctx: &TcContext, ifindex: u32, mask: u32) -> i64 {
     // SAFETY: plain helper call on this program's skb.
-    unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) }
+    let rc = unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex & mask, 0) };
+    rc & i64::from(mask as i32)
 }
 
 /// The outcome of a frame's copies (flood, shared-address group) from their

@@ -54,6 +54,7 @@ use crate::{
     },
     report,
     sg::{Sg, policy},
+    trace,
 };
 
 /// [`Call::how`]: the group of the frame's destination MAC (a shared MAC).
@@ -254,6 +255,7 @@ fn copies(
     // iterations that sent to a chassis and those that did not kept the verifier from
     // pruning loop states (5x the instructions).
     let mut key = tunnel::key(net_id);
+    let mask = trace::send_mask();
     let mut i = 0;
     // A constant bound for the verifier; `n` ends it early.
     while i < GROUP_MAX {
@@ -290,7 +292,7 @@ fn copies(
             rcs |= -1;
             continue;
         }
-        let rc = clone_redirect(ctx, to);
+        let rc = clone_redirect(ctx, to, mask);
         if rc == 0 {
             sent = true;
         }

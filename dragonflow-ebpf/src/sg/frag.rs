@@ -21,7 +21,7 @@ use dragonflow_common::{
     verdict::DropReason,
 };
 
-use crate::{maps::FRAG, sg::flow::Flow};
+use crate::{maps::FRAG, sg::flow::Flow, trace};
 
 /// The datagram of `f` seen by port `ifindex` in `dir`. Word stores: `FragKey` is eleven
 /// naturally aligned `u32`s.
@@ -86,5 +86,7 @@ pub(super) fn record(k: &mut FragKey, v: &mut FragValue, ifindex: u32, dir: u8, 
         // SAFETY: helper without arguments.
         last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
     };
-    let _ = FRAG.insert(&*k, &*v, 0);
+    if !trace::on() {
+        let _ = FRAG.insert(&*k, &*v, 0);
+    }
 }

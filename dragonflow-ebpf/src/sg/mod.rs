@@ -119,6 +119,7 @@ use dragonflow_common::{
         CT_F_COUNTED, CT_REFRESH_NS, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FragKey, FragValue,
         IDENT_FIXED_BITS, IDENT_WORLD, IdentKey, PolicyKey, ident_any,
     },
+    trace::{SG_MATCH_ANY, SG_MATCH_IDENT, SG_MATCH_NONE, TraceSg},
     verdict::{Direction, DropReason, EventStat},
 };
 
@@ -136,7 +137,7 @@ use crate::{
         F_CREATE, F_EXEMPT_EGRESS, F_EXEMPT_INGRESS, F_ICMP_ERROR, F_TRACK, Flow,
         ICMPV6_ECHO_REQUEST,
     },
-    stats,
+    stats, trace,
 };
 
 mod ct;
@@ -579,20 +580,29 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
             origin: dir,
             flags: CT_F_COUNTED,
         };
+        // A trace takes the same decisions (the quota included) but writes no entry.
+        let traced = trace::on();
         // An expired or closed entry of the same key is replaced in place (looked up
         // again: carrying its pointer from step 4 would double the verifier's states).
         // A counted one stays counted (one entry either way); an uncounted one (older
         // than the quota) is counted from now on, within the port's quota.
         match CT.get_ptr_mut(&s.key) {
             // SAFETY: map value pointer, valid for this run.
-            Some(v) if unsafe { (*v).flags } & CT_F_COUNTED != 0 => unsafe { *v = s.value },
+            Some(v) if unsafe { (*v).flags } & CT_F_COUNTED != 0 => {
+                if !traced {
+                    // SAFETY: as above.
+                    unsafe { *v = s.value }
+                }
+            }
             Some(v) => {
                 let c = limits::ct_admit(s.job.ifindex, dir, &mut s.zero_count)?;
                 if c.is_none() {
                     s.value.flags = 0;
                 }
-                // SAFETY: as above.
-                unsafe { *v = s.value };
+                if !traced {
+                    // SAFETY: as above.
+                    unsafe { *v = s.value };
+                }
                 if let Some(c) = c {
                     limits::ct_created(c, dir);
                 }
@@ -604,7 +614,11 @@ fn decide(s: &mut Scratch) -> Result<(), DropReason> {
                 if c.is_none() {
                     s.value.flags = 0;
                 }
-                match CT.insert(&s.key, &s.value, BPF_NOEXIST as u64) {
+                match if traced {
+                    Ok(())
+                } else {
+                    CT.insert(&s.key, &s.value, BPF_NOEXIST as u64)
+                } {
                     Ok(()) => {
                         if let Some(c) = c {
                             limits::ct_created(c, dir);
@@ -688,6 +702,9 @@ fn hit(s: &mut Scratch, v: *mut CtValue) -> bool {
         // `e` is not kept across the rule lookups (it would take stack the verifier
         // counts, see `Scratch`): looked up again below.
         if !revalidate(s) {
+            if trace::on() {
+                return false;
+            }
             // Only the deleter that succeeds counts the deletion (the agent's collector
             // may delete the same entry).
             if CT.remove(&s.key).is_ok() && s.job.counted != 0 {
@@ -700,11 +717,13 @@ fn hit(s: &mut Scratch, v: *mut CtValue) -> bool {
         };
         // SAFETY: as above.
         e = unsafe { &mut *v };
-        e.policy_gen = s.run.policy_gen;
+        if !trace::on() {
+            e.policy_gen = s.run.policy_gen;
+        }
     }
     let dir = s.job.dir;
     let state = ct::next_state(e.state, &s.flow, dir != e.origin);
-    if state != e.state || now.saturating_sub(e.last_seen_ns) >= CT_REFRESH_NS {
+    if (state != e.state || now.saturating_sub(e.last_seen_ns) >= CT_REFRESH_NS) && !trace::on() {
         e.state = state;
         e.last_seen_ns = now;
     }
@@ -749,7 +768,35 @@ fn origin_rule_port(key: &CtKey, origin: u8) -> u16 {
 #[inline(always)]
 fn allowed(s: &mut Scratch) -> bool {
     let ident = identity(s);
-    (ident != IDENT_WORLD && policy(s, ident)) || policy(s, ident_any(s.flow.family))
+    let matched = if ident != IDENT_WORLD && policy(s, ident) {
+        SG_MATCH_IDENT
+    } else if policy(s, ident_any(s.flow.family)) {
+        SG_MATCH_ANY
+    } else {
+        SG_MATCH_NONE
+    };
+    if trace::on() {
+        trace_rules(s, ident, matched);
+    }
+    matched != SG_MATCH_NONE
+}
+
+/// A traced run: which rules judged this side (see `dragonflow_common::trace::TraceSg`).
+#[inline(never)]
+fn trace_rules(s: &Scratch, ident: u32, matched: u32) {
+    let Some(r) = trace::record() else { return };
+    let side = if s.job.check_dir == DIR_EGRESS { 0 } else { 1 };
+    // SAFETY: map value pointer, valid for this run.
+    unsafe {
+        (*r).sg[side] = TraceSg {
+            ifindex: s.job.ifindex,
+            ident,
+            dir: s.job.check_dir,
+            proto: s.flow.proto,
+            port: u16::from_be(s.job.check_port),
+            matched,
+        };
+    }
 }
 
 /// The identity of the packet's remote address (the destination of an egress packet,

@@ -63,4 +63,42 @@ impl AgentClient {
             .map_err(|e| unavailable(format!("GET {url}: reading the body: {e}")))?;
         serde_json::from_str(&body).map_err(|e| unavailable(format!("{path} is not JSON: {e}")))
     }
+
+    /// POST `body` as JSON to `<base><path>` and parse the body of a 200 as JSON; another
+    /// status is reported with the agent's explanation (the body).
+    pub(crate) fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        let unavailable =
+            |why: String| CliError::Unavailable(format!("agent at {}: {why}", self.base));
+        let mut resp = self
+            .http
+            .post(&url)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| unavailable(format!("POST {url}: {e}")))?;
+        let status = resp.status();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_string()
+            .map_err(|e| unavailable(format!("POST {url}: reading the body: {e}")))?;
+        if status == ureq::http::StatusCode::BAD_REQUEST
+            || status == ureq::http::StatusCode::NOT_FOUND
+        {
+            return Err(CliError::Refused(format!("{path}: {}", text.trim())));
+        }
+        if status != ureq::http::StatusCode::OK {
+            return Err(unavailable(format!(
+                "POST {url} answered {status}: {}",
+                text.trim()
+            )));
+        }
+        serde_json::from_str(&text).map_err(|e| unavailable(format!("{path} is not JSON: {e}")))
+    }
 }

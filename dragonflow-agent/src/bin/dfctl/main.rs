@@ -36,6 +36,7 @@ mod output;
 mod port;
 mod secgroup;
 mod subnet;
+mod trace;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -146,6 +147,10 @@ enum Cmd {
     /// its history.
     #[command(subcommand)]
     Aap(AapCmd),
+    /// Run a frame through the real programs and live maps of the agent of a port's
+    /// chassis, changing nothing: the stages it passed, the verdict and drop reason, the
+    /// security-group rule, the frame as it would leave (the agent's POST /trace).
+    Trace(trace::TraceArgs),
     /// Create or replace the records of a file (a JSON or YAML list of records, each with
     /// a `kind`), validated as a whole: one bad record and nothing is written.
     Apply(ApplyArgs),
@@ -206,6 +211,7 @@ async fn run(cli: Cli, timeout: Duration) -> Result<()> {
         Cmd::Chassis(c) => ctx.chassis(c).await,
         Cmd::Aap(c) => ctx.aap(c, timeout).await,
         Cmd::Apply(a) => ctx.apply(a).await,
+        Cmd::Trace(a) => ctx.trace(a, timeout).await,
         Cmd::Garp(_)
         | Cmd::Ct(_)
         | Cmd::Monitor(_)
