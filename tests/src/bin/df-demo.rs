@@ -4,7 +4,8 @@
 //! and routed pings, ARP answered by the datapath, a spoof dropped with its counter,
 //! allowed address pairs honoured live, a keepalived VIP shared by two VMs on two
 //! hypervisors failing over in the detection way (the claim, the new active port and the
-//! gap a pinging client saw), and security groups: every port is
+//! gap a pinging client saw), `dfctl monitor` showing a spoof as it happens, `dfctl trace`
+//! naming the rule a denied packet lacks, and security groups: every port is
 //! in the `default` group (egress anywhere, ingress from the group's members) until web3
 //! moves to a group of its own, where a ping is denied (counted) until a rule allows it.
 //! Ctrl-C (or `--duration`) removes every namespace, link, pin and process it made.
@@ -356,6 +357,15 @@ fn main() {
     println!(
         "    dragonflow_datapath_packets_total{{verdict=\"drop\",reason=\"src_ip_spoof\"}}: {before} -> {after}"
     );
+    println!("    $ dfctl monitor --port web1 --count 1   (on hv1, while web1 spoofs again)");
+    let seen = monitor_one_spoof(hv1, web1);
+    for l in seen.lines() {
+        println!("    {l}");
+    }
+    show(
+        "dfctl monitor shows the spoof (port web1, src_ip_spoof, 192.0.2.66)",
+        seen.contains("web1") && seen.contains("src_ip_spoof") && seen.contains("192.0.2.66"),
+    );
 
     step("Allowed address pairs are live: add 192.0.2.66 to web1, then remove it");
     let spoof_ping = || {
@@ -493,6 +503,33 @@ fn main() {
         "web3 -> client ping denied (web3 left `default`)",
         !ping(web3, "192.0.2.13", 1),
     );
+    println!(
+        "    Why can web3 not reach web2 (both on hv2)? Trace it through hv2's loaded programs:"
+    );
+    println!("    $ dfctl trace --from web3 --dst 192.0.2.12 --proto tcp --dport 80");
+    let trace = dfctl_on(
+        hv2,
+        &cloud.etcd.endpoints(),
+        &[
+            "trace",
+            "--from",
+            "web3",
+            "--dst",
+            "192.0.2.12",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+        ],
+    );
+    for l in trace.lines() {
+        println!("    {l}");
+    }
+    show(
+        "the trace drops it as sg_denied and names the missing ingress rule of `default`",
+        trace.contains("verdict: drop (sg_denied)")
+            && trace.contains("no ingress rule of groups default"),
+    );
     let events = |hv: &Hypervisor, event: &str| {
         tests::framework::http::metric_sum(
             &hv.metrics(),
@@ -552,6 +589,55 @@ fn main() {
         eprintln!("demo: {} step(s) failed: {failed:?}", failed.len());
         std::process::exit(1);
     }
+}
+
+/// `dfctl --etcd-endpoints <etcd> <args> --agent <hv's agent>` run in the hypervisor's namespace (where its agent
+/// listens); stdout, or what went wrong.
+fn dfctl_on(hv: &Hypervisor, etcd: &str, args: &[&str]) -> String {
+    let o = hv
+        .ns
+        .command(tests::framework::process::dfctl_bin())
+        .args(["--etcd-endpoints", etcd])
+        .args(args)
+        .args(["--agent", &format!("http://{}", Hypervisor::METRICS)])
+        .output();
+    match o {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("dfctl: {e}"),
+    }
+}
+
+/// Starts `dfctl monitor --port web1 --count 1` on hv1, then has web1 spoof (a ping from
+/// 192.0.2.66) until the monitor has printed its event (20 s at most); its output.
+fn monitor_one_spoof(hv: &Hypervisor, web1: &Netns) -> String {
+    use std::io::Read as _;
+    let child = hv
+        .ns
+        .command(tests::framework::process::dfctl_bin())
+        .args(["monitor", "--port", "web1", "--count", "1"])
+        .args(["--agent", &format!("http://{}", Hypervisor::METRICS)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return "dfctl monitor did not start".into();
+    };
+    let start = Instant::now();
+    // The monitor switches the events on once connected: spoof until it has seen one.
+    while start.elapsed() < Duration::from_secs(20) && matches!(child.try_wait(), Ok(None)) {
+        web1.try_exec("ping -q -c 1 -W 1 -I 192.0.2.66 192.0.2.13");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut out = String::new();
+    if let Some(mut so) = child.stdout.take() {
+        let _ = so.read_to_string(&mut out);
+    }
+    out
 }
 
 /// Waits (30 s at most) until `port` is the active holder of the VIP on net1.
