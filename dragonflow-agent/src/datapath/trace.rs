@@ -9,11 +9,7 @@
 //! happened into `df_trace_v1`, which this module clears before and reads after a trace;
 //! traces are serialized by a mutex (one record).
 
-use std::{
-    io,
-    os::fd::{AsFd as _, AsRawFd as _},
-    sync::Mutex,
-};
+use std::{io, os::fd::AsFd as _, sync::Mutex};
 
 use aya::{
     Ebpf,
@@ -25,37 +21,14 @@ use dragonflow_common::{
     trace::{FWD_HANDOFF, FWD_NONE, TRACE, TRACE_KEY, TraceRecord, XDP_META_LEN},
 };
 
+use super::sys;
 use crate::config::Hook;
 
-/// `BPF_PROG_TEST_RUN`.
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// XDP_PASS: the frame goes up to the skb path (and the TC companion).
 const XDP_PASS: u32 = 2;
 /// Room for a rewritten frame (the responder and L3 never grow one; a tunnel's
 /// encapsulation is done by the device, not the program).
 const FRAME_OUT_MAX: usize = 16 * 1024;
-
-/// `bpf_attr.test` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -260,30 +233,12 @@ fn read(out: &Array<MapData, TraceRecord>) -> Result<TraceRecord, TraceError> {
 /// One `BPF_PROG_TEST_RUN` of `prog` on `data` with the context `ctx`: the program's
 /// return value and the frame after it.
 fn test_run(prog: &ProgramFd, data: &[u8], ctx: &[u8]) -> io::Result<(u32, Vec<u8>)> {
-    let mut out = vec![0u8; FRAME_OUT_MAX.max(data.len())];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_size_out: out.len() as u32,
-        data_out: out.as_mut_ptr() as u64,
-        ctx_size_in: ctx.len() as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr.test whose buffers outlive the call; the kernel
-    // writes at most `data_size_out` bytes into `out`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    out.truncate((attr.data_size_out as usize).min(out.len()));
-    Ok((attr.retval, out))
+    let run = sys::prog_test_run(
+        prog.as_fd(),
+        data,
+        Some(ctx),
+        FRAME_OUT_MAX.max(data.len()),
+        0,
+    )?;
+    Ok((run.retval, run.data_out))
 }

@@ -16,7 +16,7 @@
 use std::{
     ffi::CString,
     fs, io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, BorrowedFd},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -71,30 +71,6 @@ const BENCH_TC_PROGS: &[&str] = &[];
 /// ifindex of lo: the device test runs happen on (see the module docs).
 pub const LO_IFINDEX: u32 = 1;
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// `bpf_attr.test` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// What one BPF_PROG_TEST_RUN returned.
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -116,39 +92,17 @@ pub fn test_run(
     ctx_in: Option<&[u8]>,
     repeat: u32,
 ) -> io::Result<RunResult> {
-    let mut out = vec![0u8; data_out_size];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: data_in.len() as u32,
-        data_in: data_in.as_ptr() as u64,
+    let run = dragonflow_agent::datapath::sys::prog_test_run(
+        prog,
+        data_in,
+        ctx_in,
+        data_out_size,
         repeat,
-        ..Default::default()
-    };
-    if data_out_size > 0 {
-        attr.data_size_out = data_out_size as u32;
-        attr.data_out = out.as_mut_ptr() as u64;
-    }
-    if let Some(ctx) = ctx_in {
-        attr.ctx_size_in = ctx.len() as u32;
-        attr.ctx_in = ctx.as_ptr() as u64;
-    }
-    // SAFETY: attr points at a valid bpf_attr.test whose buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    out.truncate((attr.data_size_out as usize).min(data_out_size));
+    )?;
     Ok(RunResult {
-        retval: attr.retval,
-        data_out: out,
-        duration_ns: attr.duration,
+        retval: run.retval,
+        data_out: run.data_out,
+        duration_ns: run.duration_ns,
     })
 }
 
